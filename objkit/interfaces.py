@@ -1,0 +1,247 @@
+"""The four plugin kinds objkit composes: Objective, Encoder, NegativeStore, Augmentation.
+
+A plugin is a class deriving from one of these bases, with a ``name`` and a pydantic
+``Config`` model (strict: ``extra="forbid"``). Plugins reach the registry through the
+``objkit`` entry-point group (see :mod:`objkit.hookspecs`); built-in plugins do too.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+if TYPE_CHECKING:
+    import datasets
+    from transformers import PreTrainedTokenizerBase
+
+    from objkit.registry import Registry
+
+DataKind = Literal["text", "parallel"]
+"""What an objective consumes. Rows of a tokenized data source, without special tokens:
+
+* ``"text"``: ``{"input_ids": list[int], "lang": str}`` -- one sentence (or line) each.
+* ``"parallel"``: ``{"src_ids": list[int], "tgt_ids": list[int], "src_lang": str, "tgt_lang": str}``.
+"""
+
+
+class PluginConfig(BaseModel):
+    """Base of every plugin's config model: unknown keys are errors, defaults are typed."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Plugin:
+    """Common metadata. ``name`` is the registry key; ``Config`` validates the plugin's recipe table."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[PluginConfig]] = PluginConfig
+
+
+@dataclass
+class WorldInfo:
+    """Where this process sits in a torch.distributed job (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class BuildContext:
+    """Everything a plugin may need at construction time."""
+
+    encoder: Encoder
+    tokenizer: PreTrainedTokenizerBase
+    registry: Registry
+    instance_name: str
+    seed: int
+    device: torch.device
+    total_steps: int
+    world: WorldInfo = field(default_factory=WorldInfo)
+    precision: str = "fp32"
+
+
+@dataclass
+class StepContext:
+    """Passed to :meth:`Objective.compute` and the after-step hook.
+
+    ``step`` counts completed optimizer updates (0 during the first update).
+    """
+
+    step: int
+    encoder: Encoder
+    device: torch.device
+    world: WorldInfo = field(default_factory=WorldInfo)
+
+
+@dataclass
+class ObjectiveOutput:
+    """Result of one objective on one micro-batch.
+
+    ``loss`` is a scalar mean over the objective's units (masked tokens, sentences);
+    ``sample_size`` is how many units it averages over (used by the composite's
+    ``normalization = "reference"``); ``metrics`` are extra scalars, logged as
+    ``<instance>/<key>`` next to ``<instance>/loss``.
+    """
+
+    loss: torch.Tensor
+    sample_size: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Encoder(Plugin, nn.Module, ABC):
+    """The network being trained (plugin kind ``encoder``; its ``Config`` is the recipe's ``[model]``).
+
+    Contract:
+
+    * ``forward(input_ids, attention_mask, up_to_layer=None, position_ids=None,
+      token_type_ids=None)`` returns the hidden states ``[h_0, h_1, ..., h_L]`` where ``h_0``
+      is the embedding output and ``L = up_to_layer`` (default: all layers). Blocks past
+      ``up_to_layer`` are not run, so a caller that needs layer 8 pays for 8 blocks.
+    * ``lm_logits(hidden)`` applies the LM head to hidden vectors of selected positions
+      (``[N, d] -> [N, vocab]``); callers gather masked positions first and never ask for
+      full ``[batch, length, vocab]`` logits.
+    * ``save_pretrained(path)`` writes a directory that ``transformers.AutoModel`` loads.
+    """
+
+    hidden_size: int
+    num_layers: int
+    vocab_size: int
+
+    @classmethod
+    @abstractmethod
+    def build(cls, config: Any) -> Encoder:
+        """Build from the recipe's ``[model]`` table (weights from a checkpoint or fresh)."""
+
+    @abstractmethod
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        up_to_layer: int | None = None,
+        position_ids: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> list[torch.Tensor]: ...
+
+    @abstractmethod
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor: ...
+
+    @abstractmethod
+    def body(self) -> nn.Module:
+        """The transformer body without the LM head (what a momentum copy tracks)."""
+
+    @abstractmethod
+    def save_pretrained(self, path: str) -> None: ...
+
+
+class Objective(Plugin, ABC):
+    """A pretraining loss.
+
+    Lifecycle: the trainer builds the objective with its validated ``config`` and a
+    :class:`BuildContext`; calls :meth:`prepare` once on the tokenized data source named by
+    the recipe; draws examples from the result and batches them with :meth:`collate`;
+    calls :meth:`compute` on each micro-batch and backpropagates the weighted loss; after
+    every optimizer update calls :meth:`after_optimizer_step`. Any state the objective
+    owns (momentum encoders, queues, RNG) round-trips through :meth:`state_dict`.
+    Trainable parameters it owns (a projection head) are returned by :meth:`trainable_modules`
+    and are optimised with the encoder.
+    """
+
+    data_kind: ClassVar[DataKind]
+
+    def __init__(self, config: PluginConfig, ctx: BuildContext) -> None:
+        self.config = config
+        self.instance_name = ctx.instance_name
+
+    def prepare(self, dataset: datasets.Dataset) -> datasets.Dataset:
+        """Turn tokenized source rows into training examples (default: unchanged).
+
+        Must keep a ``group`` column (the language or language pair) for α-sampling.
+        """
+        return dataset
+
+    @abstractmethod
+    def collate(self, examples: list[dict[str, Any]], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Batch examples into tensors; all randomness (masking) comes from ``generator``."""
+
+    @abstractmethod
+    def compute(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> ObjectiveOutput: ...
+
+    def loss_weight(self, step: int) -> float:
+        """Multiplier on the recipe weight at ``step`` (e.g. 0 until a warm-up condition holds)."""
+        return 1.0
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        return {}
+
+    def after_optimizer_step(self, ctx: StepContext) -> None:
+        """Called once after each optimizer update (EMA updates, queue bookkeeping)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors and JSON-serialisable values; restored by :meth:`load_state_dict`."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise ValueError(f"{type(self).__name__} owns no state but got keys {sorted(state)}")
+
+
+class NegativeStore(Plugin, ABC):
+    """A source of negative keys for contrastive objectives.
+
+    ``negatives(current_keys)`` returns the ``[K, d]`` keys to contrast against (it may
+    include ``current_keys``, e.g. in-batch negatives). ``enqueue(keys)`` records this
+    step's keys, gathered across ranks by the store itself. ``ready`` is False while the
+    store is still filling. State (buffer, pointer, fill count) round-trips via
+    ``state_dict``.
+    """
+
+    def __init__(self, config: PluginConfig, dim: int, device: torch.device, world: WorldInfo) -> None:
+        self.config = config
+        self.dim = dim
+        self.device = device
+        self.world = world
+
+    @abstractmethod
+    def negatives(self, current_keys: torch.Tensor) -> torch.Tensor: ...
+
+    def enqueue(self, keys: torch.Tensor) -> None:
+        """Record keys (default: nothing to record)."""
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class Augmentation(Plugin, ABC):
+    """Transforms a list of examples before collation; randomness comes from ``generator``."""
+
+    data_kind: ClassVar[DataKind]
+
+    def __init__(self, config: PluginConfig, ctx: BuildContext) -> None:
+        self.config = config
+
+    @abstractmethod
+    def apply(self, examples: list[dict[str, Any]], generator: torch.Generator) -> list[dict[str, Any]]: ...
+
+
+PLUGIN_KINDS: dict[str, type[Plugin]] = {
+    "objective": Objective,
+    "negative_store": NegativeStore,
+    "augmentation": Augmentation,
+    "encoder": Encoder,
+}

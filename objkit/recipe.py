@@ -1,0 +1,423 @@
+"""Recipes: TOML files validated by pydantic v2, every key typed.
+
+Loading: :func:`load_recipe` reads the file, follows ``extends`` (relative paths, deep
+merge), applies ``--set dotted.key=VALUE`` overrides, validates the core tables, then
+validates each objective's own keys with its plugin's ``Config``. All problems are
+collected and raised together as one :class:`RecipeError`, one line each.
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from objkit.errors import UserError
+from objkit.registry import Registry, did_you_mean
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ----------------------------------------------------------------------------- data sources
+class TextFile(Strict):
+    path: str = Field(description="file or glob; .txt (one sentence a line), .jsonl or .parquet")
+    lang: str
+    field: str = Field("text", description="column holding the text in jsonl/parquet files")
+
+
+class ParallelPair(Strict):
+    src: str = Field(description="file or glob, line-aligned with tgt")
+    tgt: str
+    src_lang: str
+    tgt_lang: str
+    src_field: str = "text"
+    tgt_field: str = "text"
+
+
+class SourceCommon(Strict):
+    sampling_alpha: float = Field(
+        1.0, gt=0, le=1, description="q_i ∝ n_i^α over languages (text) or language pairs (parallel)"
+    )
+    streaming: bool = Field(False, description="stream files instead of caching them (huge corpora)")
+    max_lines: int | None = Field(None, gt=0, description="read at most this many lines per file")
+
+
+class TextSource(SourceCommon):
+    type: Literal["text"]
+    files: list[TextFile] = Field(min_length=1)
+
+
+class ParallelSource(SourceCommon):
+    type: Literal["parallel"]
+    pairs: list[ParallelPair] = Field(min_length=1)
+
+
+class CldrSource(SourceCommon):
+    """Unicode CLDR display names shipped in `babel`: languages, territories, currencies in many
+    locales, aligned by key. Needs no download."""
+
+    type: Literal["cldr"]
+    kind: Literal["text", "parallel"] = "parallel"
+    locales: list[str] = Field(
+        default_factory=lambda: ["en", "de", "fr", "es", "it", "ru", "zh", "ar", "ja", "cs", "pt", "nl"]
+    )
+    pivot: str | None = Field("en", description="parallel: pair every locale with this one (None: all pairs)")
+    categories: list[Literal["languages", "territories", "currencies", "scripts"]] = Field(
+        default_factory=lambda: ["languages", "territories", "currencies", "scripts"]
+    )
+
+
+DataSource = Annotated[TextSource | ParallelSource | CldrSource, Field(discriminator="type")]
+
+
+def source_kind(source: TextSource | ParallelSource | CldrSource) -> str:
+    if isinstance(source, CldrSource):
+        return source.kind
+    return source.type
+
+
+# ----------------------------------------------------------------------------- model
+class TokenizerTraining(Strict):
+    """Train a SentencePiece unigram tokenizer on the recipe's data (from-scratch runs)."""
+
+    vocab_size: int = Field(8000, ge=100)
+    sources: list[str] | None = Field(None, description="data source names to train on (default: all)")
+    max_sentences: int = Field(200_000, gt=0)
+    character_coverage: float = Field(0.9995, gt=0, le=1)
+
+
+class ModelConfig(Strict):
+    encoder: str = Field("xlmr", description="encoder plugin name")
+    init: str | None = Field(None, description="HF hub id or local directory to continue training from")
+    preset: Literal["tiny", "small", "base", "large"] | None = Field(
+        None, description="architecture for from-scratch runs (or for --dry-run without the checkpoint)"
+    )
+    num_layers: int | None = Field(None, gt=0)
+    hidden_size: int | None = Field(None, gt=0)
+    num_heads: int | None = Field(None, gt=0)
+    intermediate_size: int | None = Field(None, gt=0)
+    dropout: float | None = Field(None, ge=0, lt=1, description="hidden and attention dropout (None: keep)")
+    max_length: int = Field(128, ge=8, description="tokens per sequence (incl. special tokens)")
+    tokenizer: str | TokenizerTraining | None = Field(
+        None, description="HF id/dir, or a table to train one; default: the init checkpoint's"
+    )
+
+    @model_validator(mode="after")
+    def _init_or_architecture(self) -> ModelConfig:
+        if self.init is None and self.preset is None and self.hidden_size is None:
+            raise ValueError("give model.init (checkpoint) or model.preset / explicit dims for a fresh model")
+        if self.init is None and self.tokenizer is None:
+            raise ValueError("a fresh model needs model.tokenizer (a path, or a table to train one)")
+        return self
+
+
+# ----------------------------------------------------------------------------- objectives
+class ObjectiveEntry(BaseModel):
+    """``[objectives.NAME]``: core keys; every other key belongs to the plugin's Config."""
+
+    model_config = ConfigDict(extra="allow")
+
+    plugin: str
+    weight: float = Field(1.0, ge=0)
+    enabled: bool = True
+    data: str = Field(description="name of a [data.*] source")
+
+    @property
+    def plugin_keys(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+# ----------------------------------------------------------------------------- training
+class OptimizerConfig(Strict):
+    name: Literal["adamw"] = "adamw"
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = Field(1e-6, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+
+
+class TrainConfig(Strict):
+    steps: int = Field(gt=0)
+    batch_size: int = Field(gt=0, description="sequences per objective per optimizer step, all ranks")
+    micro_batch_size: int | None = Field(None, gt=0, description="per rank per forward; default batch_size")
+    lr: float = Field(gt=0)
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["linear", "constant"] = "linear"
+    optimizer: OptimizerConfig = OptimizerConfig()
+    clip_norm: float | None = Field(1.0, gt=0)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 1
+    log_every: int = Field(10, gt=0)
+    checkpoint_every: int = Field(1000, gt=0)
+    keep_checkpoints: int = Field(2, ge=1)
+    normalization: Literal["mean", "reference"] = "mean"
+    backward: Literal["per_objective", "joint"] = "per_objective"
+    report_to: list[Literal["jsonl", "tensorboard"]] = Field(default_factory=lambda: ["jsonl"])
+
+    @model_validator(mode="after")
+    def _micro_divides(self) -> TrainConfig:
+        if self.micro_batch_size is not None and self.micro_batch_size > self.batch_size:
+            raise ValueError("micro_batch_size must not exceed batch_size")
+        return self
+
+
+class EvalSet(Strict):
+    src: str
+    tgt: str
+    max_lines: int | None = Field(None, gt=0)
+
+
+class EvalConfig(Strict):
+    every: int = Field(500, gt=0, description="run every N steps (and at the end)")
+    layer: int | None = Field(None, ge=0, description="default: 8 for 12 layers, else round(2/3 depth)")
+    pooling: Literal["mean", "cls"] = "mean"
+    batch_size: int = Field(64, gt=0)
+    sets: dict[str, EvalSet] = Field(default_factory=dict)
+
+
+class Recipe(Strict):
+    name: str | None = None
+    description: str | None = None
+    model: ModelConfig
+    data: dict[str, DataSource] = Field(min_length=1)
+    objectives: dict[str, ObjectiveEntry] = Field(min_length=1)
+    train: TrainConfig
+    eval: EvalConfig | None = None
+
+    def enabled_objectives(self) -> dict[str, ObjectiveEntry]:
+        return {k: v for k, v in self.objectives.items() if v.enabled}
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.model_dump(mode="json", exclude_none=True))
+
+
+class RecipeError(UserError):
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__("\n".join(f"{source}: {p}" for p in problems))
+
+
+# ----------------------------------------------------------------------------- loading
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _read_toml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    label = str(path)
+    if path.resolve() in chain:
+        raise RecipeError(label, [f"extends: cycle through {' -> '.join(str(p) for p in chain)}"])
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RecipeError(label, ["file not found"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(label, [f"not valid TOML: {exc}"]) from None
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str):
+        raise RecipeError(label, [f"extends: expected a relative path string (got {parent!r})"])
+    base = _read_toml((path.parent / parent), chain + (path.resolve(),))
+    return deep_merge(base, raw)
+
+
+def parse_override(assignment: str) -> tuple[list[str], Any]:
+    """``a.b.c=VALUE`` -> (["a","b","c"], value); VALUE is a TOML value, else a plain string."""
+    key, sep, text = assignment.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set {assignment}: expected dotted.key=VALUE")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    return [part.strip() for part in key.strip().split(".")], value
+
+
+def apply_overrides(raw: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
+    result = copy.deepcopy(raw)
+    for assignment in assignments:
+        path, value = parse_override(assignment)
+        node = result
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise UserError(f"--set {assignment}: {part} is not a table")
+            node = child
+        node[path[-1]] = value
+    return result
+
+
+def _fmt_loc(loc: tuple[Any, ...], raw: Any) -> str:
+    """Dotted key path; drops the union/discriminator tags pydantic puts into ``loc``."""
+    parts: list[str] = []
+    node = raw
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        elif i == len(loc) - 1 and isinstance(node, dict):
+            pass  # a missing key: keep its name
+        else:
+            continue  # a union member tag, not a key
+        parts.append(str(part))
+    return ".".join(parts) or "(top level)"
+
+
+def _describe(error: dict[str, Any], raw: Any, prefix: str = "") -> str:
+    loc = _fmt_loc(error["loc"], raw)
+    dotted = f"{prefix}.{loc}" if prefix and loc != "(top level)" else (prefix or loc)
+    msg = error["msg"]
+    if error["type"] == "extra_forbidden":
+        return f"{dotted}: unknown key"
+    if error["type"] == "missing":
+        return f"{dotted}: required key missing"
+    got = error.get("input")
+    shown = "a table" if isinstance(got, dict) else repr(got)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return f"{dotted}: {msg} (got {shown})"
+
+
+def _unknown_key_hint(problem: str, valid: list[str]) -> str:
+    key = problem.split(":", 1)[0].rsplit(".", 1)[-1]
+    return f"{problem}; {did_you_mean(key, valid)}"
+
+
+def _fill_plugin_defaults(raw: dict[str, Any]) -> None:
+    objectives = raw.get("objectives")
+    if isinstance(objectives, dict):
+        for name, table in objectives.items():
+            if isinstance(table, dict):
+                table.setdefault("plugin", name)
+
+
+def validate_recipe(raw: dict[str, Any], registry: Registry, source: str = "recipe") -> ResolvedRecipe:
+    raw = copy.deepcopy(raw)
+    _fill_plugin_defaults(raw)
+    problems: list[str] = []
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        for err in exc.errors():
+            problem = _describe(err, raw)
+            if err["type"] == "extra_forbidden":
+                problem = _unknown_key_hint(problem, _valid_keys(err["loc"]))
+            problems.append(problem)
+        # still check objective plugins so one pass reports everything
+        recipe = None
+    objective_configs: dict[str, Any] = {}
+    objectives = raw.get("objectives") if isinstance(raw.get("objectives"), dict) else {}
+    core = set(ObjectiveEntry.model_fields)
+    for name, table in objectives.items():
+        if not isinstance(table, dict):
+            continue
+        plugin = table.get("plugin", name)
+        try:
+            info = registry.get(str(plugin), kind="objective")
+        except UserError as exc:
+            problems.append(f"objectives.{name}.plugin: {exc}")
+            continue
+        keys = {k: v for k, v in table.items() if k not in core}
+        try:
+            objective_configs[name] = info.cls.Config.model_validate(keys)
+        except ValidationError as exc:
+            for err in exc.errors():
+                problem = _describe(err, keys, prefix=f"objectives.{name}")
+                if err["type"] == "extra_forbidden":
+                    problem = _unknown_key_hint(problem, sorted(core | set(info.cls.Config.model_fields)))
+                problems.append(problem)
+        if recipe is not None and name in recipe.objectives:
+            data_name = recipe.objectives[name].data
+            if data_name not in recipe.data:
+                problems.append(
+                    f"objectives.{name}.data: no data source named {data_name!r}; "
+                    f"{did_you_mean(data_name, list(recipe.data))}"
+                )
+            elif source_kind(recipe.data[data_name]) != info.cls.data_kind:
+                problems.append(
+                    f"objectives.{name}.data: plugin {plugin!r} consumes {info.cls.data_kind} data, "
+                    f"source {data_name!r} is {source_kind(recipe.data[data_name])}"
+                )
+    if recipe is not None:
+        try:
+            registry.get(recipe.model.encoder, kind="encoder")
+        except UserError as exc:
+            problems.append(f"model.encoder: {exc}")
+        if not recipe.enabled_objectives():
+            problems.append("objectives: every objective is disabled")
+    if problems:
+        raise RecipeError(source, problems)
+    assert recipe is not None
+    return ResolvedRecipe(recipe=recipe, objective_configs=objective_configs, source=source)
+
+
+def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the model at ``loc[:-1]`` (for did-you-mean on unknown keys)."""
+    model: Any = Recipe
+    for part in loc[:-1]:
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            field = model.model_fields.get(str(part))
+            if field is None:
+                continue
+            model = _inner_model(field.annotation)
+        elif isinstance(part, str) and part in {"text", "parallel", "cldr"}:
+            model = {"text": TextSource, "parallel": ParallelSource, "cldr": CldrSource}[part]
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return []
+
+
+def _inner_model(annotation: Any) -> Any:
+    from typing import get_args
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        inner = _inner_model(arg)
+        if inner is not None and not (isinstance(inner, tuple)):
+            if isinstance(inner, type) and issubclass(inner, BaseModel):
+                return inner
+    return None
+
+
+class ResolvedRecipe:
+    """A validated recipe plus each objective's validated plugin config."""
+
+    def __init__(self, recipe: Recipe, objective_configs: dict[str, Any], source: str) -> None:
+        self.recipe = recipe
+        self.objective_configs = objective_configs
+        self.source = source
+
+    def to_dict(self) -> dict[str, Any]:
+        data = self.recipe.model_dump(mode="json", exclude_none=True)
+        for name, cfg in self.objective_configs.items():
+            entry = data["objectives"][name]
+            core = {k: entry[k] for k in ObjectiveEntry.model_fields if k in entry}
+            data["objectives"][name] = core | cfg.model_dump(mode="json", exclude_none=True)
+        return data
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None, registry: Registry | None = None) -> ResolvedRecipe:
+    from objkit.registry import default_registry
+
+    path = Path(path)
+    raw = _read_toml(path)
+    raw = apply_overrides(raw, overrides or [])
+    return validate_recipe(raw, registry or default_registry(), source=str(path))
