@@ -41,6 +41,15 @@ class Plugin:
     name: ClassVar[str]
     Config: ClassVar[type[PluginConfig]] = PluginConfig
 
+    @classmethod
+    def check(cls, config: Any, registry: Registry) -> list[str]:
+        """Cross-plugin checks at validation time (e.g. a referenced plugin exists).
+
+        Return one message per problem as ``"dotted.key: what is wrong"``, keys relative to
+        the plugin's table. Called by ``objkit validate`` before anything is built.
+        """
+        return []
+
 
 @dataclass
 class WorldInfo:

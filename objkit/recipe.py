@@ -334,6 +334,7 @@ def validate_recipe(raw: dict[str, Any], registry: Registry, source: str = "reci
         keys = {k: v for k, v in table.items() if k not in core}
         try:
             objective_configs[name] = info.cls.Config.model_validate(keys)
+            problems.extend(f"objectives.{name}.{p}" for p in info.cls.check(objective_configs[name], registry))
         except ValidationError as exc:
             for err in exc.errors():
                 problem = _describe(err, keys, prefix=f"objectives.{name}")
