@@ -191,6 +191,12 @@ class Objective(Plugin, ABC):
     def trainable_modules(self) -> dict[str, nn.Module]:
         return {}
 
+    def plan(self) -> dict[str, int | float | str]:
+        """Extra resources this objective holds, for ``objkit run --dry-run`` (e.g.
+        ``{"key encoder parameters": 559_890_432, "queue bytes": 536_870_912}``). Objectives
+        must be constructible on the ``meta`` device, which the dry run uses."""
+        return {}
+
     def after_optimizer_step(self, ctx: StepContext) -> None:
         """Called once after each optimizer update (EMA updates, queue bookkeeping)."""
 

@@ -1,0 +1,166 @@
+"""The default encoder: transformers' XLM-R (``XLMRobertaModel`` + LM head), SDPA attention.
+
+The LM head is applied to gathered positions only (``lm_logits(hidden[masked])``): with
+XLM-R's 250,002-token vocabulary, full ``[batch, length, vocab]`` logits would be most of
+the step's compute and memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import nn
+from transformers import AutoConfig, XLMRobertaConfig, XLMRobertaForMaskedLM, XLMRobertaModel
+
+from objkit.errors import UserError
+from objkit.hookspecs import hookimpl
+from objkit.interfaces import Encoder
+from objkit.recipe import ModelConfig
+
+PRESETS: dict[str, dict[str, int]] = {
+    "tiny": {"num_hidden_layers": 4, "hidden_size": 128, "num_attention_heads": 4, "intermediate_size": 512},
+    "small": {"num_hidden_layers": 6, "hidden_size": 256, "num_attention_heads": 4, "intermediate_size": 1024},
+    "base": {"num_hidden_layers": 12, "hidden_size": 768, "num_attention_heads": 12, "intermediate_size": 3072},
+    "large": {"num_hidden_layers": 24, "hidden_size": 1024, "num_attention_heads": 16, "intermediate_size": 4096},
+}
+XLMR_VOCAB_SIZE = 250_002
+
+
+def architecture(config: ModelConfig, vocab_size: int, pad_token_id: int = 1) -> XLMRobertaConfig:
+    """An XLM-R config from a preset and/or explicit dims (for fresh models and dry runs)."""
+    dims = dict(PRESETS[config.preset or "base"])
+    explicit = {
+        "num_hidden_layers": config.num_layers,
+        "hidden_size": config.hidden_size,
+        "num_attention_heads": config.num_heads,
+        "intermediate_size": config.intermediate_size,
+    }
+    dims.update({k: v for k, v in explicit.items() if v is not None})
+    if dims["hidden_size"] % dims["num_attention_heads"]:
+        raise UserError(
+            f"model: hidden_size {dims['hidden_size']} is not divisible by num_heads {dims['num_attention_heads']}"
+        )
+    dropout = 0.1 if config.dropout is None else config.dropout
+    return XLMRobertaConfig(
+        vocab_size=vocab_size,
+        max_position_embeddings=config.max_length + pad_token_id + 1,
+        pad_token_id=pad_token_id,
+        bos_token_id=0,
+        eos_token_id=2,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+        type_vocab_size=1,
+        **dims,
+    )
+
+
+class XLMREncoder(Encoder):
+    """XLM-R body + LM head. ``forward`` returns hidden states ``[h_0 .. h_L]``."""
+
+    name: ClassVar[str] = "xlmr"
+    Config: ClassVar[type[ModelConfig]] = ModelConfig
+
+    def __init__(self, mlm: XLMRobertaForMaskedLM) -> None:
+        nn.Module.__init__(self)
+        self.mlm = mlm
+        cfg = mlm.config
+        self.hidden_size = cfg.hidden_size
+        self.num_layers = cfg.num_hidden_layers
+        self.vocab_size = cfg.vocab_size
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def build(cls, config: ModelConfig, vocab_size: int | None = None, load_weights: bool = True) -> XLMREncoder:
+        """From ``config.init`` (hub id or directory) or fresh from the preset/dims.
+
+        ``load_weights=False`` builds the init checkpoint's architecture without weights
+        (``--dry-run`` with the checkpoint absent falls back to the preset).
+        """
+        if config.init is not None and load_weights:
+            overrides = {}
+            if config.dropout is not None:
+                overrides = {"hidden_dropout_prob": config.dropout, "attention_probs_dropout_prob": config.dropout}
+            try:
+                mlm = XLMRobertaForMaskedLM.from_pretrained(config.init, attn_implementation="sdpa", **overrides)
+            except OSError as exc:
+                raise UserError(
+                    f"model.init: cannot load {config.init!r} ({str(exc).splitlines()[0]}); give a hub id "
+                    "that is reachable or a local directory holding config.json and the weights "
+                    "(e.g. --set model.init=/path/to/xlm-roberta-base)"
+                ) from None
+            return cls(mlm)
+        if config.init is not None:
+            try:
+                hf_config = AutoConfig.from_pretrained(config.init)
+            except OSError:
+                hf_config = architecture(config, vocab_size or XLMR_VOCAB_SIZE)
+        else:
+            hf_config = architecture(config, vocab_size or XLMR_VOCAB_SIZE)
+        hf_config._attn_implementation = "sdpa"
+        return cls(XLMRobertaForMaskedLM(hf_config))
+
+    @classmethod
+    def from_hf_config(cls, hf_config: XLMRobertaConfig) -> XLMREncoder:
+        hf_config._attn_implementation = "sdpa"
+        return cls(XLMRobertaForMaskedLM(hf_config))
+
+    # ------------------------------------------------------------------ Encoder API
+    def body(self) -> XLMRobertaModel:
+        return self.mlm.roberta
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        up_to_layer: int | None = None,
+        position_ids: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> list[torch.Tensor]:
+        return run_body(self.body(), input_ids, attention_mask, up_to_layer, position_ids, token_type_ids)
+
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.mlm.lm_head(hidden)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write the body (``AutoModel``) and LM head (``AutoModelForMaskedLM``) in HF format."""
+        self.mlm.save_pretrained(str(path), safe_serialization=True)
+
+
+@contextlib.contextmanager
+def truncated_layers(body: XLMRobertaModel, up_to_layer: int) -> Iterator[None]:
+    """Temporarily keep only the first ``up_to_layer`` transformer blocks (shared, not copied)."""
+    layers = body.encoder.layer
+    if not 0 <= up_to_layer <= len(layers):
+        raise ValueError(f"up_to_layer must be in [0, {len(layers)}] (got {up_to_layer})")
+    body.encoder.layer = layers[:up_to_layer]
+    try:
+        yield
+    finally:
+        body.encoder.layer = layers
+
+
+def run_body(
+    body: XLMRobertaModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    up_to_layer: int | None = None,
+    position_ids: torch.Tensor | None = None,
+    token_type_ids: torch.Tensor | None = None,
+) -> list[torch.Tensor]:
+    """Hidden states ``[h_0 .. h_L]`` of an XLM-R body, running only ``L`` blocks."""
+    depth = len(body.encoder.layer) if up_to_layer is None else up_to_layer
+    if depth == 0:  # no block runs, so no hidden states are captured: the embeddings alone
+        return [body.embeddings(input_ids=input_ids, position_ids=position_ids, token_type_ids=token_type_ids)]
+    kwargs = {"position_ids": position_ids, "token_type_ids": token_type_ids}
+    with truncated_layers(body, depth):
+        out = body(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, **kwargs)
+    return list(out.hidden_states)
+
+
+@hookimpl
+def objkit_plugins() -> list[type]:
+    return [XLMREncoder]
