@@ -10,6 +10,7 @@ from objkit.interfaces import (
     ObjectiveOutput,
     PluginConfig,
     StepContext,
+    VocabInfo,
     WorldInfo,
 )
 
@@ -24,6 +25,7 @@ __all__ = [
     "ObjectiveOutput",
     "PluginConfig",
     "StepContext",
+    "VocabInfo",
     "WorldInfo",
     "hookimpl",
     "__version__",

@@ -63,17 +63,48 @@ class WorldInfo:
         return self.rank == 0
 
 
+@dataclass(frozen=True)
+class VocabInfo:
+    """The token ids objectives need (XLM-R layout: ``<s>``=0, ``<pad>``=1, ``</s>``=2)."""
+
+    bos_id: int
+    eos_id: int
+    mask_id: int
+    pad_id: int
+    vocab_size: int
+    special_ids: tuple[int, ...]
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: PreTrainedTokenizerBase) -> VocabInfo:
+        return cls(
+            bos_id=tokenizer.bos_token_id,
+            eos_id=tokenizer.eos_token_id,
+            mask_id=tokenizer.mask_token_id,
+            pad_id=tokenizer.pad_token_id,
+            vocab_size=len(tokenizer),
+            special_ids=tuple(sorted(set(tokenizer.all_special_ids))),
+        )
+
+    @classmethod
+    def xlmr(cls, vocab_size: int = 250_002) -> VocabInfo:
+        """XLM-R's layout, for dry runs without the checkpoint's tokenizer."""
+        return cls(0, 2, vocab_size - 1, 1, vocab_size, (0, 1, 2, 3, vocab_size - 1))
+
+
 @dataclass
 class BuildContext:
-    """Everything a plugin may need at construction time."""
+    """Everything a plugin may need at construction time. ``tokenizer`` is None in dry runs
+    without the checkpoint; use ``vocab`` for token ids."""
 
     encoder: Encoder
-    tokenizer: PreTrainedTokenizerBase
+    tokenizer: PreTrainedTokenizerBase | None
+    vocab: VocabInfo
     registry: Registry
     instance_name: str
     seed: int
     device: torch.device
     total_steps: int
+    max_length: int = 128
     world: WorldInfo = field(default_factory=WorldInfo)
     precision: str = "fp32"
 

@@ -7,12 +7,10 @@ and padding are never selected.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from pydantic import Field
 
-from objkit.interfaces import PluginConfig
+from objkit.interfaces import Encoder, ObjectiveOutput, PluginConfig, VocabInfo
 
 IGNORE_INDEX = -100
 
@@ -21,25 +19,6 @@ class MaskingConfig(PluginConfig):
     mask_prob: float = Field(0.15, gt=0, lt=1, description="fraction of tokens selected for prediction")
     replace_prob: float = Field(0.8, ge=0, le=1, description="selected tokens replaced by <mask>")
     random_prob: float = Field(0.1, ge=0, le=1, description="selected tokens replaced by a random token")
-
-
-@dataclass(frozen=True)
-class VocabInfo:
-    """What masking needs to know about a tokenizer."""
-
-    mask_id: int
-    pad_id: int
-    vocab_size: int
-    special_ids: tuple[int, ...]
-
-    @classmethod
-    def from_tokenizer(cls, tokenizer) -> VocabInfo:  # noqa: ANN001 - any HF tokenizer
-        return cls(
-            mask_id=tokenizer.mask_token_id,
-            pad_id=tokenizer.pad_token_id,
-            vocab_size=len(tokenizer),
-            special_ids=tuple(sorted(set(tokenizer.all_special_ids))),
-        )
 
 
 def mask_tokens(
@@ -97,3 +76,27 @@ def pad_sequences(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor
         ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
         attention[row, : len(seq)] = 1
     return ids, attention
+
+
+def masked_lm_output(
+    encoder: Encoder,
+    batch: dict[str, torch.Tensor],
+) -> ObjectiveOutput:
+    """Cross-entropy of the LM head at the labelled positions only (never full-vocab logits).
+
+    ``batch`` holds ``input_ids``, ``attention_mask``, ``labels`` (``-100`` = not predicted) and
+    optionally ``position_ids`` / ``token_type_ids``.
+    """
+    hidden = encoder(
+        batch["input_ids"],
+        batch["attention_mask"],
+        position_ids=batch.get("position_ids"),
+        token_type_ids=batch.get("token_type_ids"),
+    )[-1]
+    labels = batch["labels"]
+    selected = labels != IGNORE_INDEX
+    targets = labels[selected]
+    logits = encoder.lm_logits(hidden[selected]).float()
+    loss = torch.nn.functional.cross_entropy(logits, targets)
+    accuracy = (logits.argmax(dim=-1) == targets).float().mean().item() if targets.numel() else 0.0
+    return ObjectiveOutput(loss=loss, sample_size=int(targets.numel()), metrics={"accuracy": accuracy})

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -93,9 +92,8 @@ def plot_runs(run_dirs: list[Path], out: Path) -> None:
             + ", ".join(str(Path(d) / "metrics.jsonl") for d in run_dirs)
         )
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # no display: a no-op where a GUI backend is not set up
+        # the Agg canvas directly, not pyplot: no global backend switch, no display needed
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
         raise UserError("objkit plot needs matplotlib: pip install 'objkit[plot]'") from None
@@ -103,6 +101,7 @@ def plot_runs(run_dirs: list[Path], out: Path) -> None:
     ncols = 1 if len(families) == 1 else 2
     nrows = math.ceil(len(families) / ncols)
     fig = Figure(figsize=(6.4 * ncols, 3.6 * nrows), layout="constrained")
+    FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, (title, keys) in zip(axes, families):
         for name, series in runs:
@@ -124,10 +123,6 @@ def plot_runs(run_dirs: list[Path], out: Path) -> None:
         fig.savefig(out, dpi=120)
     except ValueError as err:  # unknown image format
         raise UserError(f"{out}: {err}") from None
-
-
-def _examples(f: Callable[..., Any]) -> Callable[..., Any]:
-    return f
 
 
 @click.command("plot")

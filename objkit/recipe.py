@@ -68,8 +68,9 @@ class CldrSource(SourceCommon):
         default_factory=lambda: ["en", "de", "fr", "es", "it", "ru", "zh", "ar", "ja", "cs", "pt", "nl"]
     )
     pivot: str | None = Field("en", description="parallel: pair every locale with this one (None: all pairs)")
-    categories: list[Literal["languages", "territories", "currencies", "scripts"]] = Field(
-        default_factory=lambda: ["languages", "territories", "currencies", "scripts"]
+    categories: list[Literal["languages", "territories", "currencies", "scripts", "months", "days"]] = Field(
+        default_factory=lambda: ["languages", "territories", "currencies", "scripts", "months", "days"],
+        description="months/days: stand-alone wide month and weekday names (babel.dates)",
     )
 
 

@@ -270,8 +270,9 @@ def load_encoder(model_dir: str | Path, device: str | torch.device | None = "aut
             raise UserError(f"{model_dir}: not a directory (expected a transformers model directory)")
         if not (path / "config.json").is_file():
             raise UserError(f"{model_dir}: not a transformers model directory (no config.json)")
-    verbosity = hf_logging.get_verbosity()
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # unused MLM head / fresh pooler warnings are expected
+    hf_logging.disable_progress_bar()
     try:
         try:
             model = AutoModel.from_pretrained(str(model_dir))
@@ -289,6 +290,8 @@ def load_encoder(model_dir: str | Path, device: str | torch.device | None = "aut
             ) from None
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     if not hasattr(model.config, "num_hidden_layers"):
         raise UserError(f"{model_dir}: the model config has no num_hidden_layers (not an encoder?)")
     return model.to(dev).eval(), tokenizer

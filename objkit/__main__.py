@@ -1,0 +1,3 @@
+from objkit.cli import main
+
+main()

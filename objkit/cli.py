@@ -1,0 +1,144 @@
+"""The ``objkit`` command line (click). Every command's help ends with examples."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from objkit.errors import UserError
+
+
+def _recipe_options(func):  # noqa: ANN001, ANN202 - click decorator
+    func = click.option(
+        "--set",
+        "overrides",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Override a recipe key; VALUE is parsed as TOML (falls back to a string). Repeatable.",
+    )(func)
+    return click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))(func)
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog="""\b
+Examples:
+  objkit list-plugins
+  objkit validate recipes/quickstart.toml
+  objkit run recipes/quickstart.toml -o runs/quickstart
+  objkit run recipes/infoxlm_large.toml --dry-run
+""",
+)
+@click.version_option(package_name="objkit")
+def cli() -> None:
+    """Compose pretraining objectives for cross-lingual encoders from plugins and recipes."""
+
+
+@cli.command("list-plugins", epilog="""\b
+Examples:
+  objkit list-plugins
+  objkit list-plugins --json | python -m json.tool
+""")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {name, kind, distribution, version, module}.")
+def list_plugins(as_json: bool) -> None:
+    """List installed plugins (built-in and third-party) by kind."""
+    from objkit.registry import default_registry
+
+    registry = default_registry()
+    infos = [info.as_dict() for info in registry.infos()]
+    if as_json:
+        click.echo(json.dumps(infos, indent=2))
+        return
+    header = ("name", "kind", "distribution", "version", "module")
+    widths = [max(len(h), *(len(i[h]) for i in infos)) if infos else len(h) for h in header]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    for info in infos:
+        click.echo("  ".join(info[h].ljust(w) for h, w in zip(header, widths, strict=True)))
+
+
+@cli.command(epilog="""\b
+Examples:
+  objkit validate recipes/infoxlm_base.toml
+  objkit validate recipes/quickstart.toml --set train.steps=50 --set train.lr=1e-3
+  objkit validate recipes/quickstart.toml --set 'data.mono={type="text",files=[{path="a.txt",lang="en"}]}'
+""")
+@_recipe_options
+def validate(recipe: Path, overrides: tuple[str, ...]) -> None:
+    """Validate RECIPE and print it fully resolved (extends, overrides, defaults) as TOML."""
+    from objkit.recipe import load_recipe
+
+    resolved = load_recipe(recipe, list(overrides))
+    click.echo(resolved.to_toml(), nl=False)
+
+
+@cli.command(epilog="""\b
+Examples:
+  objkit run recipes/quickstart.toml -o runs/quickstart
+  objkit run recipes/quickstart_infoxlm.toml -o runs/qi --set train.steps=100
+  objkit run recipes/infoxlm_large.toml --dry-run
+  torchrun --nproc_per_node 8 -m objkit run recipes/infoxlm_base.toml -o runs/base \\
+      --set model.init=/models/xlm-roberta-base --set 'data.mono={...}'
+""")
+@_recipe_options
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), help="Run directory (resumes if it holds checkpoints).")
+@click.option("--dry-run", is_flag=True, help="Build everything on the meta device and print the plan; no training.")
+@click.option("--no-progress", is_flag=True, help="Disable the progress bar.")
+def run(recipe: Path, overrides: tuple[str, ...], output: Path | None, dry_run: bool, no_progress: bool) -> None:
+    """Train the model RECIPE describes into OUTPUT (metrics, checkpoints, export/)."""
+    from objkit.recipe import load_recipe
+    from objkit.registry import default_registry
+
+    registry = default_registry()
+    resolved = load_recipe(recipe, list(overrides), registry)
+    if dry_run:
+        from objkit.plan import dry_run_plan
+
+        cache = (output or Path(".objkit-cache")) / "tokenizer-cache"
+        rows = dry_run_plan(resolved, registry, cache)
+        width = max(len(k) for k, _ in rows)
+        click.echo(f"plan for {recipe} (dry run: nothing trained)")
+        for key, value in rows:
+            click.echo(f"  {key.ljust(width)}  {value}")
+        return
+    if output is None:
+        raise UserError("run: -o/--output DIR is required (where metrics, checkpoints and the export go)")
+    from objkit.runner import run_recipe
+
+    run_recipe(resolved, output, registry, progress=not no_progress)
+
+
+def _load_subcommands() -> None:
+    from objkit.tokenizer import tokenizer_group
+
+    cli.add_command(tokenizer_group)
+    try:
+        from objkit.eval.cli import eval_group
+        from objkit.plot import plot_command
+    except ImportError:  # evaluation is optional at import time only while it is being built
+        return
+    cli.add_command(eval_group)
+    cli.add_command(plot_command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors become one line on stderr and exit code 2."""
+    _load_subcommands()
+    try:
+        cli.main(args=argv, prog_name="objkit", standalone_mode=False)
+    except UserError as exc:
+        for line in str(exc).splitlines():
+            click.echo(f"error: {line}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,116 @@
+"""An embedded, download-free corpus: Unicode CLDR display names shipped in ``babel``.
+
+Every CLDR locale translates the same keys (language codes, territory codes, currency
+codes, script codes, months, weekdays), so names aligned by key are real translations:
+``en "German" <-> de "Deutsch"``. ``kind="parallel"`` yields those pairs; ``kind="text"``
+yields every distinct name of each locale as a monolingual sentence. Order is deterministic
+(locales in recipe order, categories in recipe order, keys sorted).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator
+
+import datasets
+from babel import Locale, UnknownLocaleError, dates, localedata
+
+from objkit.errors import UserError
+from objkit.recipe import CldrSource
+
+CATEGORIES = ("languages", "territories", "currencies", "scripts", "months", "days")
+
+
+def parse_locale(code: str, key: str) -> Locale:
+    """``Locale.parse`` with a one-line :class:`UserError` naming ``key`` and close matches."""
+    try:
+        return Locale.parse(code.replace("-", "_"))
+    except (UnknownLocaleError, ValueError, TypeError):
+        known = localedata.locale_identifiers()
+        close = difflib.get_close_matches(code, known, n=3)
+        hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+        raise UserError(
+            f"{key}: unknown CLDR locale {code!r}; {hint}(any of babel's {len(known)} locales, "
+            "e.g. 'en', 'de', 'zh_Hant')"
+        ) from None
+
+
+def locale_names(locale: Locale, category: str) -> dict[str, str]:
+    """Key -> localized name for one category; keys are ``category:code`` so categories never clash."""
+    if category == "months":
+        table = dates.get_month_names("wide", context="stand-alone", locale=locale)
+    elif category == "days":
+        table = dates.get_day_names("wide", context="stand-alone", locale=locale)
+    elif category in CATEGORIES:
+        table = getattr(locale, category)
+    else:
+        raise ValueError(f"unknown CLDR category {category!r}; valid: {', '.join(CATEGORIES)}")
+    names = {f"{category}:{code}": str(name).strip() for code, name in dict(table).items() if name}
+    return {k: v for k, v in sorted(names.items()) if v}
+
+
+def _all_names(locale: Locale, categories: list[str]) -> dict[str, str]:
+    merged: dict[str, str] = {}
+    for category in categories:
+        merged.update(locale_names(locale, category))
+    return merged
+
+
+def _locales(name: str, source: CldrSource) -> dict[str, Locale]:
+    parsed: dict[str, Locale] = {}
+    for i, code in enumerate(source.locales):
+        parsed.setdefault(code, parse_locale(code, f"data.{name}.locales[{i}]"))
+    return parsed
+
+
+def language_pairs(source: CldrSource) -> list[tuple[str, str]]:
+    """(src, tgt) locale pairs: (pivot, L) for every L != pivot, or every i < j in list order."""
+    locales = list(dict.fromkeys(source.locales))
+    if source.pivot is not None:
+        return [(source.pivot, loc) for loc in locales if loc != source.pivot]
+    return [(a, b) for i, a in enumerate(locales) for b in locales[i + 1 :]]
+
+
+def cldr_parallel(name: str, source: CldrSource) -> dict[str, list[str]]:
+    """Columns ``src_text, tgt_text, src_lang, tgt_lang``: names present in both locales and different."""
+    parsed = _locales(name, source)
+    if source.pivot is not None and source.pivot not in parsed:
+        parsed[source.pivot] = parse_locale(source.pivot, f"data.{name}.pivot")
+    tables = {code: _all_names(loc, list(source.categories)) for code, loc in parsed.items()}
+    cols: dict[str, list[str]] = {"src_text": [], "tgt_text": [], "src_lang": [], "tgt_lang": []}
+    for src, tgt in language_pairs(source):
+        a, b = tables[src], tables[tgt]
+        for key in sorted(a.keys() & b.keys()):
+            if a[key] != b[key]:
+                cols["src_text"].append(a[key])
+                cols["tgt_text"].append(b[key])
+                cols["src_lang"].append(src)
+                cols["tgt_lang"].append(tgt)
+    return cols
+
+
+def cldr_text(name: str, source: CldrSource) -> dict[str, list[str]]:
+    """Columns ``text, lang``: every distinct name of each locale (first occurrence kept)."""
+    cols: dict[str, list[str]] = {"text": [], "lang": []}
+    for code, loc in _locales(name, source).items():
+        names = list(dict.fromkeys(_all_names(loc, list(source.categories)).values()))
+        cols["text"].extend(names)
+        cols["lang"].extend([code] * len(names))
+    return cols
+
+
+def cldr_dataset(name: str, source: CldrSource) -> datasets.Dataset:
+    """The raw (untokenized) corpus as an in-memory :class:`datasets.Dataset`."""
+    cols = cldr_parallel(name, source) if source.kind == "parallel" else cldr_text(name, source)
+    return datasets.Dataset.from_dict(cols)
+
+
+def iter_cldr_texts(name: str, source: CldrSource) -> Iterator[str]:
+    """Every sentence of the corpus (both sides for parallel), for tokenizer training."""
+    if source.kind == "parallel":
+        cols = cldr_parallel(name, source)
+        for src, tgt in zip(cols["src_text"], cols["tgt_text"]):
+            yield src
+            yield tgt
+    else:
+        yield from cldr_text(name, source)["text"]

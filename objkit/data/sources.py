@@ -1,0 +1,305 @@
+"""Read a recipe's data sources into tokenized ``datasets`` rows (see :data:`objkit.interfaces.DataKind`).
+
+Files are read with ``datasets.load_dataset`` (``text`` for .txt, ``json`` for .jsonl/.json,
+``parquet``; .txt/.json[l] may be compressed: .gz, .bz2, .xz), one file at a time so that
+per-file line counts (parallel alignment) and ``max_lines`` hold, then tokenized with a
+batched ``map`` (cached by ``datasets`` for file-backed, non-streaming data) and
+concatenated in recipe order. Rows carry a ``group`` column: the language (text) or
+``"src-tgt"`` (parallel), used for α-sampling and by packing.
+"""
+
+from __future__ import annotations
+
+import glob
+import itertools
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from objkit.data.cldr import cldr_dataset, iter_cldr_texts, language_pairs
+from objkit.errors import UserError
+from objkit.recipe import CldrSource, ParallelSource, TextSource
+
+AnyDataset = datasets.Dataset | datasets.IterableDataset
+Source = TextSource | ParallelSource | CldrSource
+
+_COMPRESSION = (".gz", ".bz2", ".xz")
+_FORMATS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+TEXT_FEATURES = datasets.Features(
+    {"input_ids": datasets.Sequence(datasets.Value("int32")), "lang": datasets.Value("string"),
+     "group": datasets.Value("string")}
+)
+PARALLEL_FEATURES = datasets.Features(
+    {"src_ids": datasets.Sequence(datasets.Value("int32")), "tgt_ids": datasets.Sequence(datasets.Value("int32")),
+     "src_lang": datasets.Value("string"), "tgt_lang": datasets.Value("string"), "group": datasets.Value("string")}
+)
+
+
+# ----------------------------------------------------------------------------- files
+def file_format(path: Path, key: str) -> str:
+    """``datasets`` builder name for a file, from its extension (after an optional compression suffix)."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in _COMPRESSION:
+        suffixes = suffixes[:-1]
+        if suffixes and suffixes[-1] == ".parquet":
+            suffixes = []
+    fmt = _FORMATS.get(suffixes[-1]) if suffixes else None
+    if fmt is None:
+        raise UserError(f"{key}: unsupported file type '{path.name}' (use .txt, .jsonl, .json or .parquet; "
+                        f"text and json may end in {', '.join(_COMPRESSION)})")
+    return fmt
+
+
+def expand(pattern: str, key: str, base_dir: Path | None = None) -> list[Path]:
+    """Files matching ``pattern`` (relative to ``base_dir``), sorted; none -> :class:`UserError`."""
+    full = Path(pattern).expanduser()
+    if not full.is_absolute() and base_dir is not None:
+        full = Path(base_dir) / full
+    files = sorted(Path(p) for p in glob.glob(str(full), recursive=True) if Path(p).is_file())
+    if not files:
+        raise UserError(f"{key}: no file matches '{pattern}'")
+    return files
+
+
+def _read_file(path: Path, key: str, field: str, column: str, *, streaming: bool, max_lines: int | None,
+               cache_dir: str | None) -> AnyDataset:
+    """One file as a dataset with the single string column ``column``."""
+    fmt = file_format(path, key)
+    try:
+        ds = datasets.load_dataset(fmt, data_files=[str(path)], split="train", streaming=streaming,
+                                   cache_dir=cache_dir)
+    except Exception as exc:  # unreadable / malformed file: one line naming the key and file
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{key}: cannot read {path}: {reason}") from None
+    if fmt == "text":
+        field = "text"
+    elif ds.column_names is not None and field not in ds.column_names:
+        raise UserError(f"{key}: {path} has no column {field!r} (columns: {', '.join(ds.column_names)})")
+    if ds.column_names is not None and ds.column_names != [field]:
+        ds = ds.select_columns([field])
+    if field != column:
+        ds = ds.rename_column(field, column)
+    if max_lines is not None:
+        ds = ds.take(max_lines) if streaming else ds.select(range(min(max_lines, len(ds))))
+    return ds
+
+
+# ----------------------------------------------------------------------------- tokenization
+def _tokenize_text(batch: dict[str, list[Any]], *, tokenizer: Any, max_tokens: int, lang: str | None) -> dict:
+    langs = batch["lang"] if lang is None else [lang] * len(batch["text"])
+    keep = [(t.strip(), g) for t, g in zip(batch["text"], langs) if t is not None and t.strip()]
+    ids = tokenizer([t for t, _ in keep], add_special_tokens=False, truncation=True,
+                    max_length=max_tokens)["input_ids"] if keep else []
+    rows = [(i, g) for i, (_, g) in zip(ids, keep) if i]
+    return {"input_ids": [i for i, _ in rows], "lang": [g for _, g in rows], "group": [g for _, g in rows]}
+
+
+def _tokenize_pairs(batch: dict[str, list[Any]], *, tokenizer: Any, max_tokens: int, src_lang: str | None,
+                    tgt_lang: str | None, mismatch: str) -> dict:
+    src, tgt = batch["src_text"], batch["tgt_text"]
+    if any(s is None for s in src) or any(t is None for t in tgt):
+        raise UserError(mismatch)  # streaming: one side ended first
+    n = len(src)
+    src_langs = batch["src_lang"] if src_lang is None else [src_lang] * n
+    tgt_langs = batch["tgt_lang"] if tgt_lang is None else [tgt_lang] * n
+    keep = [i for i in range(n) if src[i].strip() and tgt[i].strip()]
+
+    def encode(texts: list[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        return tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_tokens)["input_ids"]
+
+    s_ids, t_ids = encode([src[i].strip() for i in keep]), encode([tgt[i].strip() for i in keep])
+    rows = [(s, t, src_langs[i], tgt_langs[i]) for i, s, t in zip(keep, s_ids, t_ids) if s and t]
+    return {"src_ids": [r[0] for r in rows], "tgt_ids": [r[1] for r in rows], "src_lang": [r[2] for r in rows],
+            "tgt_lang": [r[3] for r in rows], "group": [f"{r[2]}-{r[3]}" for r in rows]}
+
+
+def _map(ds: AnyDataset, fn: Any, kwargs: dict[str, Any], features: datasets.Features, num_proc: int,
+         desc: str) -> AnyDataset:
+    remove = ds.column_names
+    if isinstance(ds, datasets.IterableDataset):
+        if remove is None:  # features unknown (streamed text): peek once
+            remove = list(next(iter(ds.take(1)), {"text": None}).keys())
+        return ds.map(fn, batched=True, fn_kwargs=kwargs, remove_columns=remove, features=features)
+    return ds.map(fn, batched=True, fn_kwargs=kwargs, remove_columns=remove, features=features,
+                  num_proc=num_proc if num_proc > 1 and len(ds) > 1 else None, desc=desc)
+
+
+# ----------------------------------------------------------------------------- public API
+def _cldr(name: str, source: CldrSource, tokenizer: Any, max_tokens: int, num_proc: int) -> tuple[AnyDataset, list[str]]:
+    """The tokenized CLDR corpus (one in-memory dataset) and its groups."""
+    raw: AnyDataset = cldr_dataset(name, source)
+    if source.max_lines is not None:
+        raw = raw.select(range(min(source.max_lines, len(raw))))
+    if source.streaming:
+        raw = raw.to_iterable_dataset()
+    if source.kind == "text":
+        kwargs: dict[str, Any] = {"tokenizer": tokenizer, "max_tokens": max_tokens, "lang": None}
+        ds = _map(raw, _tokenize_text, kwargs, TEXT_FEATURES, num_proc, f"tokenizing data.{name}")
+        return ds, list(dict.fromkeys(source.locales))
+    kwargs = {"tokenizer": tokenizer, "max_tokens": max_tokens, "src_lang": None, "tgt_lang": None, "mismatch": ""}
+    ds = _map(raw, _tokenize_pairs, kwargs, PARALLEL_FEATURES, num_proc, f"tokenizing data.{name}")
+    return ds, [f"{a}-{b}" for a, b in language_pairs(source)]
+
+
+def load_source_groups(name: str, source: Source, tokenizer: Any, *, max_tokens: int, num_proc: int = 1,
+                       base_dir: Path | None = None, cache_dir: str | None = None) -> dict[str, AnyDataset]:
+    """Tokenized rows of one source, one dataset per group (in order of first appearance).
+
+    :func:`load_source` is their concatenation; streaming callers can hand this dict to
+    :class:`objkit.data.sampling.ExampleStream` so that no group's stream reads another's files.
+    """
+    if isinstance(source, CldrSource):
+        ds, groups = _cldr(name, source, tokenizer, max_tokens, num_proc)
+        if len(groups) == 1:
+            return {groups[0]: ds}
+        return {g: ds.filter(_in_group, fn_kwargs={"group": g}) for g in groups}
+    parts: list[tuple[str, AnyDataset]] = []
+    common: dict[str, Any] = {"streaming": source.streaming, "max_lines": source.max_lines, "cache_dir": cache_dir}
+    if isinstance(source, TextSource):
+        for i, entry in enumerate(source.files):
+            key = f"data.{name}.files[{i}].path"
+            for path in expand(entry.path, key, base_dir):
+                raw = _read_file(path, key, entry.field, "text", **common)
+                kwargs = {"tokenizer": tokenizer, "max_tokens": max_tokens, "lang": entry.lang}
+                parts.append((entry.lang, _map(raw, _tokenize_text, kwargs, TEXT_FEATURES, num_proc,
+                                               f"tokenizing {path.name}")))
+    else:
+        for i, pair in enumerate(source.pairs):
+            key = f"data.{name}.pairs[{i}]"
+            srcs, tgts = expand(pair.src, f"{key}.src", base_dir), expand(pair.tgt, f"{key}.tgt", base_dir)
+            if len(srcs) != len(tgts):
+                raise UserError(f"{key}: src '{pair.src}' matches {len(srcs)} files but tgt '{pair.tgt}' "
+                                f"matches {len(tgts)}")
+            for s_path, t_path in zip(srcs, tgts):
+                s = _read_file(s_path, f"{key}.src", pair.src_field, "src_text", **common)
+                t = _read_file(t_path, f"{key}.tgt", pair.tgt_field, "tgt_text", **common)
+                s_name, t_name = _show(s_path, base_dir), _show(t_path, base_dir)
+                if not source.streaming and len(s) != len(t):
+                    raise UserError(f"{key}: {s_name} has {len(s)} lines but {t_name} has {len(t)}")
+                kwargs = {"tokenizer": tokenizer, "max_tokens": max_tokens, "src_lang": pair.src_lang,
+                          "tgt_lang": pair.tgt_lang, "mismatch": f"{key}: {s_name} and {t_name} have different "
+                          "line counts (found while streaming)"}
+                both = datasets.concatenate_datasets([s, t], axis=1)
+                parts.append((f"{pair.src_lang}-{pair.tgt_lang}", _map(
+                    both, _tokenize_pairs, kwargs, PARALLEL_FEATURES, num_proc, f"tokenizing {s_path.name}")))
+    grouped: dict[str, list[AnyDataset]] = {}
+    for group, ds in parts:
+        grouped.setdefault(group, []).append(ds)
+    return {g: dss[0] if len(dss) == 1 else datasets.concatenate_datasets(dss) for g, dss in grouped.items()}
+
+
+def load_source(name: str, source: Source, tokenizer: Any, *, max_tokens: int, num_proc: int = 1,
+                base_dir: Path | None = None, cache_dir: str | None = None) -> AnyDataset:
+    """Tokenized rows of one source (a ``datasets.IterableDataset`` when ``source.streaming``).
+
+    Text rows: ``{"input_ids", "lang", "group"}`` (group = lang); parallel rows: ``{"src_ids",
+    "tgt_ids", "src_lang", "tgt_lang", "group"}`` (group = ``"src-tgt"``). Ids carry no special
+    tokens and are truncated to ``max_tokens``. Empty lines, and pairs with an empty side, are
+    dropped after alignment. Relative paths are resolved against ``base_dir`` (default: the
+    working directory); ``cache_dir`` goes to ``load_dataset`` (default: the HF cache).
+    Problems raise a one-line :class:`UserError` naming the recipe key and file.
+    """
+    if isinstance(source, CldrSource):
+        return _cldr(name, source, tokenizer, max_tokens, num_proc)[0]
+    parts = list(load_source_groups(name, source, tokenizer, max_tokens=max_tokens, num_proc=num_proc,
+                                    base_dir=base_dir, cache_dir=cache_dir).values())
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+def source_groups(source: Source) -> list[str]:
+    """The ``group`` values a source yields, known from the recipe alone."""
+    if isinstance(source, CldrSource):
+        if source.kind == "text":
+            return list(dict.fromkeys(source.locales))
+        return [f"{a}-{b}" for a, b in language_pairs(source)]
+    if isinstance(source, TextSource):
+        return list(dict.fromkeys(f.lang for f in source.files))
+    return list(dict.fromkeys(f"{p.src_lang}-{p.tgt_lang}" for p in source.pairs))
+
+
+def source_group_sizes(name: str, source: Source, base_dir: Path | None = None) -> dict[str, int]:
+    """Size of each group without reading the data: bytes on disk of its files (both sides for
+    parallel), or row counts for CLDR. The α-sampling hint for streaming sources."""
+    if isinstance(source, CldrSource):
+        raw = cldr_dataset(name, source)
+        col = raw["lang"] if source.kind == "text" else [f"{a}-{b}" for a, b in zip(raw["src_lang"], raw["tgt_lang"])]
+        counts = Counter(col)
+        return {g: counts[g] for g in source_groups(source)}
+    sizes = dict.fromkeys(source_groups(source), 0)
+    if isinstance(source, TextSource):
+        for i, f in enumerate(source.files):
+            sizes[f.lang] += sum(p.stat().st_size for p in expand(f.path, f"data.{name}.files[{i}].path", base_dir))
+    else:
+        for i, pair in enumerate(source.pairs):
+            files = expand(pair.src, f"data.{name}.pairs[{i}].src", base_dir)
+            files += expand(pair.tgt, f"data.{name}.pairs[{i}].tgt", base_dir)
+            sizes[f"{pair.src_lang}-{pair.tgt_lang}"] += sum(p.stat().st_size for p in files)
+    return sizes
+
+
+def _iter_file(path: Path, key: str, field: str, max_lines: int | None) -> Iterator[str]:
+    ds = _read_file(path, key, field, "text", streaming=True, max_lines=max_lines, cache_dir=None)
+    for row in ds:
+        text = (row["text"] or "").strip()
+        if text:
+            yield text
+
+
+def _roundrobin(iterators: list[Iterator[str]]) -> Iterator[str]:
+    active = list(iterators)
+    while active:
+        for it in list(active):
+            try:
+                yield next(it)
+            except StopIteration:
+                active.remove(it)
+
+
+def iter_source_texts(source: Source, limit: int, *, name: str = "source",
+                      base_dir: Path | None = None) -> Iterator[str]:
+    """Up to ``limit`` raw, non-empty sentences of a source, for tokenizer training.
+
+    Parallel sources give both sides (src, tgt alternately). Entries (``files[i]`` /
+    ``pairs[i]``) are read round-robin, each entry's files in sorted order, so a small
+    ``limit`` still covers every language.
+    """
+    if isinstance(source, CldrSource):
+        yield from itertools.islice(iter_cldr_texts(name, source), limit)
+        return
+    entries: list[Iterator[str]] = []
+    if isinstance(source, TextSource):
+        for i, f in enumerate(source.files):
+            key = f"data.{name}.files[{i}].path"
+            files = expand(f.path, key, base_dir)
+            entries.append(itertools.chain.from_iterable(
+                _iter_file(p, key, f.field, source.max_lines) for p in files))
+    else:
+        for i, pair in enumerate(source.pairs):
+            key = f"data.{name}.pairs[{i}]"
+            srcs, tgts = expand(pair.src, f"{key}.src", base_dir), expand(pair.tgt, f"{key}.tgt", base_dir)
+            sides = [itertools.chain.from_iterable(_iter_file(p, f"{key}.src", pair.src_field, source.max_lines)
+                                                   for p in srcs),
+                     itertools.chain.from_iterable(_iter_file(p, f"{key}.tgt", pair.tgt_field, source.max_lines)
+                                                   for p in tgts)]
+            entries.append(_roundrobin(sides))
+    yield from itertools.islice(_roundrobin(entries), limit)
+
+
+def _in_group(row: dict[str, Any], group: str) -> bool:
+    return row["group"] == group
+
+
+def _show(path: Path, base_dir: Path | None) -> str:
+    """A file as messages show it: relative to ``base_dir`` when under it."""
+    if base_dir is not None:
+        try:
+            return str(path.relative_to(base_dir))
+        except ValueError:
+            pass
+    return str(path)

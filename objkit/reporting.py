@@ -1,0 +1,51 @@
+"""Where metrics go: ``RUN/metrics.jsonl`` (always, one JSON object per logged step) and,
+with ``train.report_to = ["jsonl", "tensorboard"]``, TensorBoard scalars under ``RUN/tensorboard``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from objkit.errors import UserError
+
+
+class MetricsWriter:
+    def __init__(self, run_dir: Path, report_to: list[str], enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.jsonl = None
+        self.tensorboard = None
+        if not enabled:
+            return
+        self.jsonl = (run_dir / "metrics.jsonl").open("a", encoding="utf-8")
+        if "tensorboard" in report_to:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise UserError(
+                    "train.report_to: 'tensorboard' needs the tensorboard package: pip install 'objkit[tensorboard]'"
+                ) from None
+            self.tensorboard = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        assert self.jsonl is not None
+        self.jsonl.write(json.dumps(record) + "\n")
+        self.jsonl.flush()
+        if self.tensorboard is not None:
+            step = int(record["step"])
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.tensorboard.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.jsonl is not None:
+            self.jsonl.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]

@@ -1,0 +1,143 @@
+"""Building a run: device, precision, distributed world, tokenizer, encoder, objectives."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from objkit.errors import UserError
+from objkit.interfaces import BuildContext, Encoder, Objective, VocabInfo, WorldInfo
+from objkit.recipe import ResolvedRecipe, TokenizerTraining, TrainConfig
+from objkit.registry import Registry
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(train: TrainConfig, world: WorldInfo) -> torch.device:
+    if train.device == "cuda" or (train.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise UserError("train.device: cuda requested but no CUDA device is available (got 'cuda')")
+        local_rank = int(os.environ.get("LOCAL_RANK", world.rank))
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def resolve_precision(train: TrainConfig, device: torch.device) -> str:
+    """fp32 on CPU (bf16 matmul is slow there); bf16 on CUDA when ``auto`` and supported."""
+    if train.precision == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return "bf16"
+        return "fp32"
+    if train.precision in AUTOCAST_DTYPES and device.type != "cuda":
+        raise UserError(f"train.precision: {train.precision} needs a CUDA device; use fp32 on CPU (got {train.precision!r})")
+    return train.precision
+
+
+def autocast_factory(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager[Any]]:
+    """Mixed precision keeps fp32 master weights; only the forward runs in bf16/fp16."""
+    if precision not in AUTOCAST_DTYPES:
+        return contextlib.nullcontext
+    dtype = AUTOCAST_DTYPES[precision]
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def init_distributed() -> WorldInfo:
+    """Join the torchrun process group when launched with WORLD_SIZE > 1."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return WorldInfo()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return WorldInfo(rank=dist.get_rank(), world_size=dist.get_world_size())
+
+
+def load_tokenizer(resolved: ResolvedRecipe, cache_dir: Path) -> Any:
+    """The recipe's tokenizer: a path/hub id, one trained on the recipe's data, or the init's."""
+    from transformers import AutoTokenizer
+
+    model = resolved.recipe.model
+    spec = model.tokenizer
+    if isinstance(spec, TokenizerTraining):
+        from objkit.tokenizer import ensure_tokenizer
+
+        unknown = [s for s in spec.sources or [] if s not in resolved.recipe.data]
+        if unknown:
+            raise UserError(f"model.tokenizer.sources: no data source named {unknown[0]!r}")
+        spec_path = str(ensure_tokenizer(spec, resolved.recipe.data, cache_dir))
+        key = "model.tokenizer"
+    else:
+        spec_path = spec or model.init
+        key = "model.tokenizer" if spec else "model.init"
+    try:
+        return AutoTokenizer.from_pretrained(spec_path)
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"{key}: cannot load a tokenizer from {spec_path!r} ({str(exc).splitlines()[0][:120]}); "
+            "give a local directory or a reachable hub id"
+        ) from None
+
+
+def build_encoder(resolved: ResolvedRecipe, registry: Registry, vocab_size: int, load_weights: bool = True) -> Encoder:
+    info = registry.get(resolved.recipe.model.encoder, kind="encoder")
+    return info.cls.build(resolved.recipe.model, vocab_size=vocab_size, load_weights=load_weights)
+
+
+@dataclass
+class BuiltObjective:
+    name: str
+    objective: Objective
+    weight: float
+    data: str
+
+
+def build_objectives(
+    resolved: ResolvedRecipe,
+    registry: Registry,
+    encoder: Encoder,
+    tokenizer: Any,
+    device: torch.device,
+    world: WorldInfo,
+    precision: str,
+    vocab: VocabInfo | None = None,
+) -> list[BuiltObjective]:
+    recipe = resolved.recipe
+    vocab = vocab or VocabInfo.from_tokenizer(tokenizer)
+    built = []
+    for name, entry in recipe.enabled_objectives().items():
+        cls = registry.get(entry.plugin, kind="objective").cls
+        ctx = BuildContext(
+            encoder=encoder,
+            tokenizer=tokenizer,
+            vocab=vocab,
+            registry=registry,
+            instance_name=name,
+            seed=recipe.train.seed,
+            device=device,
+            total_steps=recipe.train.steps,
+            max_length=recipe.model.max_length,
+            world=world,
+            precision=precision,
+        )
+        built.append(BuiltObjective(name, cls(resolved.objective_configs[name], ctx), entry.weight, entry.data))
+    return built
+
+
+def accumulation_steps(train: TrainConfig, world: WorldInfo) -> tuple[int, int]:
+    """(micro batch size per rank, micro-batches per step) so that their product × ranks = batch_size."""
+    micro = train.micro_batch_size or max(1, train.batch_size // world.world_size)
+    per_step = micro * world.world_size
+    if train.batch_size % per_step:
+        raise UserError(
+            f"train.batch_size: {train.batch_size} is not a multiple of micro_batch_size × ranks "
+            f"= {micro} × {world.world_size} (got {train.batch_size})"
+        )
+    return micro, train.batch_size // per_step

@@ -1,0 +1,51 @@
+"""Masked language modelling (Devlin et al., 2019) as XLM-R trains it (Conneau et al., 2020).
+
+Monolingual text is packed into blocks of whole sentences (``<s> a </s> b </s> ...``, at most
+``max_length`` tokens, one language per block); 15% of tokens are selected (80% ``<mask>``,
+10% random, 10% kept) and predicted. The LM head runs on the selected positions only.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import datasets
+import torch
+
+from objkit import BuildContext, Objective, ObjectiveOutput, StepContext, hookimpl
+from objkit.data import pack_sentences
+from objkit.masking import MaskingConfig, mask_tokens, masked_lm_output, pad_sequences
+
+
+class MLMConfig(MaskingConfig):
+    """Masking rates (defaults: BERT / XLM-R)."""
+
+
+class MaskedLM(Objective):
+    name: ClassVar[str] = "mlm"
+    Config: ClassVar[type[MLMConfig]] = MLMConfig
+    data_kind = "text"
+
+    def __init__(self, config: MLMConfig, ctx: BuildContext) -> None:
+        super().__init__(config, ctx)
+        self.config: MLMConfig = config
+        self.vocab = ctx.vocab
+        self.bos_id = ctx.vocab.bos_id
+        self.eos_id = ctx.vocab.eos_id
+        self.max_length = ctx.max_length
+
+    def prepare(self, dataset: datasets.Dataset) -> datasets.Dataset:
+        return pack_sentences(dataset, self.max_length, self.bos_id, self.eos_id)
+
+    def collate(self, examples: list[dict[str, Any]], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        input_ids, attention_mask = pad_sequences([e["input_ids"] for e in examples], self.vocab.pad_id)
+        masked, labels = mask_tokens(input_ids, self.vocab, generator, self.config)
+        return {"input_ids": masked, "attention_mask": attention_mask, "labels": labels}
+
+    def compute(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> ObjectiveOutput:
+        return masked_lm_output(ctx.encoder, batch)
+
+
+@hookimpl
+def objkit_plugins() -> list[type]:
+    return [MaskedLM]

@@ -1,0 +1,110 @@
+"""Translation language modelling (Conneau & Lample, XLM, NeurIPS 2019).
+
+A translation pair becomes one sequence ``<s> src </s> tgt </s>`` (truncated to
+``max_length``, the longer side first) and is masked like MLM, so a masked word can be
+predicted from its translation. XLM-R / InfoXLM style by default: one position range and no
+language embeddings. XLM style as options: ``reset_positions`` (the target's positions
+restart at the first position) and ``language_embeddings`` (the token-type embedding carries
+a language id from ``languages``; the table grows to fit, new rows N(0, 0.02)).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import datasets
+import torch
+from pydantic import Field, model_validator
+
+from objkit import BuildContext, Objective, ObjectiveOutput, StepContext, hookimpl
+from objkit.errors import UserError
+from objkit.masking import MaskingConfig, mask_tokens, masked_lm_output, pad_sequences
+
+
+class TLMConfig(MaskingConfig):
+    reset_positions: bool = Field(False, description="XLM: target positions restart at the first position")
+    language_embeddings: bool = Field(False, description="XLM: add a per-language embedding (token types)")
+    languages: list[str] = Field(default_factory=list, description="language ids for language_embeddings")
+
+    @model_validator(mode="after")
+    def _languages_given(self) -> TLMConfig:
+        if self.language_embeddings and not self.languages:
+            raise ValueError("language_embeddings = true needs the list of languages")
+        return self
+
+
+def truncate_pair(src: list[int], tgt: list[int], budget: int) -> tuple[list[int], list[int]]:
+    """Trim the longer side first until ``len(src) + len(tgt) <= budget``."""
+    src, tgt = list(src), list(tgt)
+    while len(src) + len(tgt) > budget:
+        if len(src) >= len(tgt):
+            src.pop()
+        else:
+            tgt.pop()
+    return src, tgt
+
+
+class TranslationLM(Objective):
+    name: ClassVar[str] = "tlm"
+    Config: ClassVar[type[TLMConfig]] = TLMConfig
+    data_kind = "parallel"
+
+    def __init__(self, config: TLMConfig, ctx: BuildContext) -> None:
+        super().__init__(config, ctx)
+        self.config: TLMConfig = config
+        self.vocab = ctx.vocab
+        self.bos_id = ctx.vocab.bos_id
+        self.eos_id = ctx.vocab.eos_id
+        self.max_length = ctx.max_length
+        self.first_position = self.vocab.pad_id + 1  # XLM-R's position ids start after the pad id
+        self.language_ids = {lang: i for i, lang in enumerate(config.languages)}
+        if config.language_embeddings:
+            self._grow_token_types(ctx, len(config.languages))
+
+    @staticmethod
+    def _grow_token_types(ctx: BuildContext, needed: int) -> None:
+        embeddings = getattr(ctx.encoder.body(), "embeddings", None)
+        table = getattr(embeddings, "token_type_embeddings", None)
+        if table is None:
+            raise UserError(f"objectives.{ctx.instance_name}.language_embeddings: encoder has no token-type table")
+        if table.num_embeddings < needed:
+            grown = torch.nn.Embedding(needed, table.embedding_dim, device=table.weight.device)
+            torch.nn.init.normal_(grown.weight, std=0.02)
+            with torch.no_grad():
+                grown.weight[: table.num_embeddings] = table.weight
+            embeddings.token_type_embeddings = grown
+            ctx.encoder.body().config.type_vocab_size = needed
+
+    def prepare(self, dataset: datasets.Dataset) -> datasets.Dataset:
+        return dataset.map(self._layout, remove_columns=["src_ids", "tgt_ids"], desc="tlm pairs")
+
+    def _layout(self, row: dict[str, Any]) -> dict[str, Any]:
+        src, tgt = truncate_pair(row["src_ids"], row["tgt_ids"], self.max_length - 3)
+        return {
+            "input_ids": [self.bos_id, *src, self.eos_id, *tgt, self.eos_id],
+            "src_len": len(src) + 2,  # <s> src </s>
+        }
+
+    def collate(self, examples: list[dict[str, Any]], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        input_ids, attention_mask = pad_sequences([e["input_ids"] for e in examples], self.vocab.pad_id)
+        masked, labels = mask_tokens(input_ids, self.vocab, generator, self.config)
+        batch = {"input_ids": masked, "attention_mask": attention_mask, "labels": labels}
+        src_part = torch.arange(input_ids.shape[1]) < torch.tensor([e["src_len"] for e in examples])[:, None]
+        if self.config.reset_positions:
+            tgt_offset = torch.tensor([e["src_len"] for e in examples])[:, None]
+            positions = torch.arange(input_ids.shape[1]).expand_as(input_ids)
+            positions = torch.where(src_part, positions, positions - tgt_offset)
+            batch["position_ids"] = torch.where(attention_mask.bool(), positions + self.first_position, self.vocab.pad_id)
+        if self.config.language_embeddings:
+            src_lang = torch.tensor([self.language_ids[e["src_lang"]] for e in examples])[:, None]
+            tgt_lang = torch.tensor([self.language_ids[e["tgt_lang"]] for e in examples])[:, None]
+            batch["token_type_ids"] = torch.where(src_part, src_lang, tgt_lang) * attention_mask
+        return batch
+
+    def compute(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> ObjectiveOutput:
+        return masked_lm_output(ctx.encoder, batch)
+
+
+@hookimpl
+def objkit_plugins() -> list[type]:
+    return [TranslationLM]
