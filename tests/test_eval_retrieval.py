@@ -136,6 +136,7 @@ def test_layer_selects_hidden_state(enc, layer):
     model, tok = enc
     h = reference(model, tok, SENTENCES[2], layer)
     got = encode_sentences(model, tok, [SENTENCES[2]], layer=layer, pooling="mean")
+    assert len(model.encoder.layer) == 4  # blocks above `layer` skipped, then restored
     assert torch.allclose(got[0], torch.nn.functional.normalize(h.mean(0), dim=0), atol=1e-5)
 
 

@@ -9,6 +9,7 @@ papers.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +17,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from objkit.encoder import truncated_layers
 from objkit.errors import UserError
 
 Pooling = Literal["mean", "cls"]
@@ -64,6 +66,14 @@ def _num_layers(model: nn.Module) -> int | None:
     return getattr(config, "num_hidden_layers", None)
 
 
+def _only_needed_blocks(model: nn.Module, layer: int) -> contextlib.AbstractContextManager[None]:
+    """Run blocks ``1..layer`` only when ``model`` is an XLM-R-like body (``encoder.layer``)."""
+    blocks = getattr(getattr(model, "encoder", None), "layer", None)
+    if isinstance(blocks, nn.ModuleList) and 1 <= layer < len(blocks):
+        return truncated_layers(model, layer)  # type: ignore[arg-type]
+    return contextlib.nullcontext()
+
+
 def encode_sentences(
     model: nn.Module,
     tokenizer: Any,
@@ -84,7 +94,8 @@ def encode_sentences(
     ``pooling="mean"`` averages the non-padding positions (specials included unless
     ``exclude_special``; a sentence with no other token keeps its specials); ``"cls"``
     takes position 0. Batches are sorted by length (original order restored), run under
-    ``torch.inference_mode()`` in eval mode; the model's training flag is restored.
+    ``torch.inference_mode()`` in eval mode; the model's training flag is restored. On an
+    XLM-R body (``model.encoder.layer``) the blocks above ``layer`` are skipped.
     ``device=None`` uses the model's own device. ``progress`` (True or a description)
     shows a tqdm bar on stderr.
     """
@@ -128,7 +139,7 @@ def encode_sentences(
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), _only_needed_blocks(model, layer):
             for start in range(0, n, batch_size):
                 idx = order[start : start + batch_size]
                 width = max(len(ids[i]) for i in idx)

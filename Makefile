@@ -1,0 +1,28 @@
+# Two entry points for a fresh machine: `make quickstart` and `make test`.
+# Each creates the virtual environment on first use: torch 2.13.0 first (a CPU build on
+# the dev/CI machines; any plain `torch` requirement it does not satisfy would pull a
+# multi-GB CUDA build), then objkit in editable mode with its dev extras.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH ?= torch==2.13.0
+
+.PHONY: install quickstart test bench-ablation clean
+
+$(BIN)/objkit: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(BIN)/objkit
+
+quickstart: $(BIN)/objkit
+	$(BIN)/objkit run recipes/quickstart.toml -o runs/quickstart
+
+test: $(BIN)/objkit
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf runs .pytest_cache

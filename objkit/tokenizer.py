@@ -1,0 +1,215 @@
+"""Train an XLM-R-style SentencePiece unigram tokenizer, cache it, and the ``objkit tokenizer`` CLI.
+
+The SentencePiece model is trained with ``unk=0, bos=1, eos=2`` (no pad) like XLM-R's, and
+wrapped as ``transformers.XLMRobertaTokenizer``, which applies fairseq's id layout:
+``<s>=0, <pad>=1, </s>=2, <unk>=3``, SentencePiece piece ``i >= 3`` at ``i + 1``, ``<mask>``
+last. The directory also keeps ``sentencepiece.bpe.model`` (fairseq / slow-tokenizer use).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import click
+
+from objkit.errors import UserError
+from objkit.recipe import CldrSource, ParallelSource, TextSource, TokenizerTraining
+
+log = logging.getLogger(__name__)
+
+SPM_FILE = "sentencepiece.bpe.model"
+MARKER_FILE = "objkit_tokenizer.json"
+_TOO_HIGH = re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)")
+
+
+def _spm_train(sentences: list[str], *, vocab_size: int, character_coverage: float, seed: int,
+               num_threads: int, hard_vocab_limit: bool) -> bytes:
+    import sentencepiece as spm
+
+    spm.set_random_generator_seed(seed)
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences), model_writer=model, model_type="unigram", vocab_size=vocab_size,
+        character_coverage=character_coverage, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        input_sentence_size=0, shuffle_input_sentence=False, num_threads=num_threads,
+        hard_vocab_limit=hard_vocab_limit, minloglevel=2,
+    )
+    return model.getvalue()
+
+
+def train_tokenizer(texts: Iterable[str], out_dir: Path, *, vocab_size: int = 8000,
+                    character_coverage: float = 0.9995, max_sentences: int = 200_000, seed: int = 0,
+                    num_threads: int = 1) -> Any:
+    """Train a SentencePiece unigram model on the first ``max_sentences`` non-empty texts and save an
+    XLM-R tokenizer to ``out_dir`` (loadable by ``transformers.AutoTokenizer``); return it loaded.
+
+    Deterministic for a given input: no input shuffling or sampling (the first ``max_sentences``
+    are used, so callers should interleave languages), fixed RNG seed, ``num_threads`` threads
+    (1 by default; more threads may change float summation order). ``vocab_size`` counts
+    SentencePiece pieces (the tokenizer has ``vocab_size + 2`` ids: ``<pad>`` and ``<mask>`` are
+    added). If the corpus cannot fill ``vocab_size`` pieces, the limit is made soft and a
+    warning says how many were learned.
+    """
+    from transformers import AutoTokenizer, XLMRobertaTokenizer
+
+    sentences = [t.strip().replace("\n", " ") for t in itertools.islice(
+        (t for t in texts if t and t.strip()), max_sentences)]
+    if not sentences:
+        raise UserError("tokenizer training: no non-empty text to train on")
+    opts: dict[str, Any] = dict(vocab_size=vocab_size, character_coverage=character_coverage, seed=seed,
+                                num_threads=num_threads)
+    try:
+        proto = _spm_train(sentences, hard_vocab_limit=True, **opts)
+    except RuntimeError as exc:
+        match = _TOO_HIGH.search(str(exc))
+        if match is None:
+            reason = str(exc).strip().splitlines()[-1]
+            raise UserError(f"tokenizer training failed (vocab_size={vocab_size}, "
+                            f"character_coverage={character_coverage}): {reason}") from None
+        log.warning("tokenizer: %d sentences are too few for vocab_size=%d (at most %s pieces); "
+                    "training with a soft vocabulary limit", len(sentences), vocab_size, match.group(2))
+        proto = _spm_train(sentences, hard_vocab_limit=False, **opts)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / SPM_FILE).write_bytes(proto)
+    XLMRobertaTokenizer.from_pretrained(str(out_dir)).save_pretrained(str(out_dir))
+    tokenizer = AutoTokenizer.from_pretrained(str(out_dir))
+    log.info("tokenizer: trained %d ids on %d sentences -> %s", len(tokenizer), len(sentences), out_dir)
+    return tokenizer
+
+
+# ----------------------------------------------------------------------------- recipe cache
+def _source_files(name: str, source: TextSource | ParallelSource | CldrSource,
+                  base_dir: Path | None) -> list[list[Any]]:
+    """(path, size, mtime_ns) of every file a source reads: part of the cache key."""
+    from objkit.data.sources import expand
+
+    if isinstance(source, CldrSource):
+        import babel
+
+        return [["babel", babel.__version__, 0]]
+    if isinstance(source, TextSource):
+        patterns = [(f.path, f"data.{name}.files[{i}].path") for i, f in enumerate(source.files)]
+    else:
+        patterns = [(p, f"data.{name}.pairs[{i}].{side}") for i, pair in enumerate(source.pairs)
+                    for side, p in (("src", pair.src), ("tgt", pair.tgt))]
+    stats = []
+    for pattern, key in patterns:
+        for path in expand(pattern, key, base_dir):
+            st = path.stat()
+            stats.append([str(path.resolve()), st.st_size, st.st_mtime_ns])
+    return stats
+
+
+def tokenizer_cache_key(config: TokenizerTraining, sources: Mapping[str, Any], *,
+                        base_dir: Path | None = None, seed: int = 0) -> str:
+    """Hash of the training config, the source definitions used and their files' sizes/mtimes."""
+    names = _training_sources(config, sources)
+    payload = {
+        "version": 1,
+        "seed": seed,
+        "config": config.model_dump(mode="json"),
+        "sources": {n: sources[n].model_dump(mode="json") for n in names},
+        "files": {n: _source_files(n, sources[n], base_dir) for n in names},
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _training_sources(config: TokenizerTraining, sources: Mapping[str, Any]) -> list[str]:
+    from objkit.registry import did_you_mean
+
+    names = list(config.sources) if config.sources is not None else list(sources)
+    for i, n in enumerate(names):
+        if n not in sources:
+            raise UserError(f"model.tokenizer.sources[{i}]: no data source named {n!r}; "
+                            f"{did_you_mean(n, list(sources))}")
+    if not names:
+        raise UserError("model.tokenizer.sources: empty; name at least one data source")
+    return names
+
+
+def ensure_tokenizer(config: TokenizerTraining, sources: Mapping[str, Any], cache_dir: Path, *,
+                     base_dir: Path | None = None, seed: int = 0) -> Path:
+    """Directory of the tokenizer trained from ``config`` on ``sources``, training it only once.
+
+    The result lives in ``cache_dir/<tokenizer_cache_key>/``; training writes a temporary
+    sibling directory and renames it into place, so a finished directory is always complete.
+    Each source contributes up to ``ceil(max_sentences / number of sources)`` sentences. In a
+    distributed job call it on one rank first, then on the others after a barrier.
+    """
+    from objkit.data.sources import iter_source_texts
+
+    cache_dir = Path(cache_dir)
+    key = tokenizer_cache_key(config, sources, base_dir=base_dir, seed=seed)
+    target = cache_dir / key
+    if (target / MARKER_FILE).exists():
+        log.info("tokenizer: reusing %s", target)
+        return target
+    names = _training_sources(config, sources)
+    per_source = math.ceil(config.max_sentences / len(names))
+    texts = itertools.chain.from_iterable(
+        iter_source_texts(sources[n], per_source, name=n, base_dir=base_dir) for n in names)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache_dir))
+    try:
+        train_tokenizer(texts, tmp, vocab_size=config.vocab_size, character_coverage=config.character_coverage,
+                        max_sentences=config.max_sentences, seed=seed)
+        (tmp / MARKER_FILE).write_text(json.dumps(
+            {"key": key, "sources": names, "config": config.model_dump(mode="json")}, indent=2))
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process finished first
+            if not (target / MARKER_FILE).exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+# ----------------------------------------------------------------------------- CLI
+@click.group("tokenizer")
+def tokenizer_group() -> None:
+    """Train and inspect SentencePiece tokenizers."""
+
+
+@tokenizer_group.command("train")
+@click.argument("files", nargs=-1, required=True)
+@click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False),
+              help="directory to write (loadable with transformers.AutoTokenizer)")
+@click.option("--vocab-size", default=8000, show_default=True, type=click.IntRange(min=100),
+              help="SentencePiece pieces (the tokenizer adds <pad> and <mask>)")
+@click.option("--character-coverage", default=0.9995, show_default=True, type=click.FloatRange(0, 1, min_open=True))
+@click.option("--max-sentences", default=200_000, show_default=True, type=click.IntRange(min=1),
+              help="train on at most this many sentences, read round-robin over FILES")
+@click.option("--field", default="text", show_default=True, help="text column of .jsonl/.parquet files")
+@click.option("--seed", default=0, show_default=True, type=int)
+def train_command(files: tuple[str, ...], output: str, vocab_size: int, character_coverage: float,
+                  max_sentences: int, field: str, seed: int) -> None:
+    """Train an XLM-R-style unigram tokenizer on FILES (.txt, .jsonl, .parquet; globs allowed).
+
+    \b
+    Examples:
+      objkit tokenizer train corpus/*.txt -o tok/ --vocab-size 8000
+      objkit tokenizer train en.jsonl de.jsonl -o tok/ --field sentence --max-sentences 50000
+    """
+    from objkit.data.sources import expand, iter_source_texts
+
+    for pattern in files:
+        expand(pattern, "FILES", None)
+    source = TextSource(type="text", files=[{"path": p, "lang": "und", "field": field} for p in files])
+    texts = iter_source_texts(source, max_sentences, name="FILES")
+    tokenizer = train_tokenizer(texts, Path(output), vocab_size=vocab_size, character_coverage=character_coverage,
+                                max_sentences=max_sentences, seed=seed)
+    click.echo(f"wrote tokenizer with {len(tokenizer)} ids ({type(tokenizer).__name__}) to {output}")
