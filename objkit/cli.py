@@ -114,12 +114,10 @@ def run(recipe: Path, overrides: tuple[str, ...], output: Path | None, dry_run: 
 def _load_subcommands() -> None:
     from objkit.tokenizer import tokenizer_group
 
+    from objkit.eval.cli import eval_group
+    from objkit.plot import plot_command
+
     cli.add_command(tokenizer_group)
-    try:
-        from objkit.eval.cli import eval_group
-        from objkit.plot import plot_command
-    except ImportError:  # evaluation is optional at import time only while it is being built
-        return
     cli.add_command(eval_group)
     cli.add_command(plot_command)
 

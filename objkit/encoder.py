@@ -134,6 +134,7 @@ class XLMREncoder(Encoder):
 def truncated_layers(body: XLMRobertaModel, up_to_layer: int) -> Iterator[None]:
     """Temporarily keep only the first ``up_to_layer`` transformer blocks (shared, not copied)."""
     layers = body.encoder.layer
+    _install_capture_hooks(body)
     if not 0 <= up_to_layer <= len(layers):
         raise ValueError(f"up_to_layer must be in [0, {len(layers)}] (got {up_to_layer})")
     body.encoder.layer = layers[:up_to_layer]
@@ -141,6 +142,16 @@ def truncated_layers(body: XLMRobertaModel, up_to_layer: int) -> Iterator[None]:
         yield
     finally:
         body.encoder.layer = layers
+
+
+def _install_capture_hooks(body: XLMRobertaModel) -> None:
+    """transformers 5 collects hidden states with hooks installed on the blocks present at the
+    first call; install them on all blocks before any truncated call (no-op on 4.x)."""
+    try:
+        from transformers.utils.output_capturing import maybe_install_capturing_hooks
+    except ImportError:
+        return
+    maybe_install_capturing_hooks(body)
 
 
 def run_body(

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from objkit.checkpoint import atomic_write_text
+from objkit.errors import UserError
 from objkit.recipe import EvalConfig, ResolvedRecipe
 from objkit.registry import Registry
 
@@ -22,10 +23,13 @@ class PeriodicEval:
 
         self.config = config
         self.max_length = max_length
-        self.sets = {
-            name: read_aligned(Path(s.src), Path(s.tgt), max_lines=s.max_lines, key=f"eval.sets.{name}")
-            for name, s in config.sets.items()
-        }
+        self.sets: dict[str, tuple[list[str], list[str]]] = {}
+        for name, files in config.sets.items():
+            try:
+                src, tgt = read_aligned(files.src, files.tgt)
+            except (UserError, OSError) as exc:
+                raise UserError(f"eval.sets.{name}: {exc}") from None
+            self.sets[name] = (src[: files.max_lines], tgt[: files.max_lines])
 
     def due(self, step: int, total: int) -> bool:
         return bool(self.sets) and (step % self.config.every == 0 or step == total)

@@ -140,6 +140,19 @@ def test_layer_selects_hidden_state(enc, layer):
     assert torch.allclose(got[0], torch.nn.functional.normalize(h.mean(0), dim=0), atol=1e-5)
 
 
+def test_skipping_blocks_first_keeps_later_full_runs_right():
+    """transformers 5 hooks the blocks present at the first call: a truncated first run
+    must not cut the hidden states of later, deeper runs."""
+    model, tok = tiny_encoder()
+    shallow = encode_sentences(model, tok, SENTENCES[:2], layer=1, pooling="mean")
+    fresh, _ = tiny_encoder()
+    for layer in (1, 3, 4):
+        got = encode_sentences(model, tok, SENTENCES[:2], layer=layer, pooling="mean")
+        want = encode_sentences(fresh, tok, SENTENCES[:2], layer=layer, pooling="mean")
+        assert torch.allclose(got, want, atol=1e-5), layer
+    assert torch.allclose(shallow, encode_sentences(fresh, tok, SENTENCES[:2], layer=1), atol=1e-5)
+
+
 def test_exclude_special(enc):
     model, tok = enc
     h = reference(model, tok, SENTENCES[0], 3)

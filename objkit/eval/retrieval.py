@@ -66,12 +66,13 @@ def _num_layers(model: nn.Module) -> int | None:
     return getattr(config, "num_hidden_layers", None)
 
 
-def _only_needed_blocks(model: nn.Module, layer: int) -> contextlib.AbstractContextManager[None]:
-    """Run blocks ``1..layer`` only when ``model`` is an XLM-R-like body (``encoder.layer``)."""
+def _blocks_run(model: nn.Module, layer: int) -> tuple[contextlib.AbstractContextManager[None], int | None]:
+    """(context, blocks that run): blocks ``1..layer`` only, on an XLM-R-like body
+    (``model.encoder.layer``); otherwise the whole model (its config's depth, if known)."""
     blocks = getattr(getattr(model, "encoder", None), "layer", None)
     if isinstance(blocks, nn.ModuleList) and 1 <= layer < len(blocks):
-        return truncated_layers(model, layer)  # type: ignore[arg-type]
-    return contextlib.nullcontext()
+        return truncated_layers(model, layer), layer  # type: ignore[arg-type]
+    return contextlib.nullcontext(), _num_layers(model)
 
 
 def encode_sentences(
@@ -138,8 +139,9 @@ def encode_sentences(
     bar = tqdm(total=n, desc=desc, unit="sent", file=sys.stderr, disable=not progress)
     was_training = model.training
     model.eval()
+    blocks_ctx, n_run = _blocks_run(model, layer)
     try:
-        with torch.inference_mode(), _only_needed_blocks(model, layer):
+        with torch.inference_mode(), blocks_ctx:
             for start in range(0, n, batch_size):
                 idx = order[start : start + batch_size]
                 width = max(len(ids[i]) for i in idx)
@@ -157,6 +159,12 @@ def encode_sentences(
                     output_hidden_states=True,
                 )
                 states = outputs.hidden_states
+                if n_run is not None and len(states) != n_run + 1:
+                    raise RuntimeError(
+                        f"the model returned {len(states)} hidden states after running {n_run} "
+                        "blocks (expected embeddings + one per block): were its transformers "
+                        "output-capturing hooks installed while some blocks were removed?"
+                    )
                 if not 0 <= layer < len(states):
                     check_layer(layer, len(states) - 1)
                 hidden = states[layer].float()

@@ -1,0 +1,83 @@
+"""The command line: list-plugins, validate, run --dry-run, user errors (exit 2, no traceback)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from objkit.cli import cli, main
+
+ROOT = Path(__file__).parent.parent
+
+
+def run_main(capsys, *argv: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(argv))
+        raise SystemExit(0)
+    captured = capsys.readouterr()
+    return exit_info.value.code or 0, captured.out, captured.err
+
+
+def test_list_plugins_json(capsys):
+    code, out, _ = run_main(capsys, "list-plugins", "--json")
+    assert code == 0
+    plugins = {p["name"]: p for p in json.loads(out)}
+    for name in ("mlm", "tlm"):
+        assert plugins[name]["kind"] == "objective"
+        assert plugins[name]["distribution"] == "objkit"
+        assert plugins[name]["version"]
+        assert plugins[name]["module"] == f"objkit_plugins.{name}"
+
+
+def test_validate_prints_resolved_toml(capsys):
+    code, out, _ = run_main(capsys, "validate", str(ROOT / "recipes/quickstart.toml"), "--set", "train.steps=7")
+    assert code == 0
+    assert "steps = 7" in out and "mask_prob = 0.15" in out
+
+
+def test_bad_recipe_exits_2_naming_every_problem(capsys, tmp_path):
+    bad = tmp_path / "bad.toml"
+    text = (ROOT / "recipes/quickstart.toml").read_text().replace("steps = 300", 'steps = "many"')
+    bad.write_text(text + '\n[objectives.xlmc]\ndata = "parallel"\n')
+    code, out, err = run_main(capsys, "validate", str(bad))
+    assert code == 2 and out == ""
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert any(f"{bad}: train.steps:" in line and "'many'" in line for line in lines)
+    assert any(f"{bad}: objectives.xlmc.plugin: unknown objective plugin" in line for line in lines)
+
+
+def test_missing_checkpoint_is_one_line_error(capsys, tmp_path):
+    code, _, err = run_main(
+        capsys, "run", str(ROOT / "recipes/quickstart.toml"), "-o", str(tmp_path / "r"),
+        "--set", f"model.init={tmp_path / 'no-such-model'}", "--set", f"model.tokenizer={tmp_path / 'no-such-model'}",
+    )
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "no-such-model" in err
+
+
+def test_dry_run_quickstart(capsys, tmp_path):
+    code, out, _ = run_main(capsys, "run", str(ROOT / "recipes/quickstart.toml"), "--dry-run", "-o", str(tmp_path))
+    assert code == 0
+    assert "query encoder parameters" in out and "tokens per step" in out and "memory: total" in out
+
+
+def test_every_command_help_ends_with_examples():
+    from click.testing import CliRunner
+
+    main_commands = ["list-plugins", "validate", "run"]
+    runner = CliRunner()
+    for name in main_commands:
+        result = runner.invoke(cli, [name, "--help"])
+        assert result.exit_code == 0
+        assert "Examples:" in result.output.strip().split("\n\n")[-1], name
+
+
+def test_python_dash_m_objkit():
+    result = subprocess.run([sys.executable, "-m", "objkit", "--help"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0 and "list-plugins" in result.stdout and "Examples:" in result.stdout
