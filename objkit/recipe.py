@@ -286,6 +286,11 @@ def _describe(error: dict[str, Any], raw: Any, prefix: str = "") -> str:
         return f"{dotted}: unknown key"
     if error["type"] == "missing":
         return f"{dotted}: required key missing"
+    if error["type"] == "union_tag_invalid":
+        ctx = error.get("ctx", {})
+        return f"{dotted}.{ctx.get('discriminator', 'type').strip(chr(39))}: expected one of {ctx.get('expected_tags')} (got {ctx.get('tag')!r})"
+    if error["type"] == "value_error":
+        return f"{dotted}: {msg.removeprefix('Value error, ')}"
     got = error.get("input")
     shown = "a table" if isinstance(got, dict) else repr(got)
     if len(shown) > 60:
@@ -323,6 +328,7 @@ def validate_recipe(raw: dict[str, Any], registry: Registry, source: str = "reci
     objective_configs: dict[str, Any] = {}
     objectives = raw.get("objectives") if isinstance(raw.get("objectives"), dict) else {}
     core = set(ObjectiveEntry.model_fields)
+    data_tables = raw.get("data") if isinstance(raw.get("data"), dict) else {}
     for name, table in objectives.items():
         if not isinstance(table, dict):
             continue
@@ -342,18 +348,11 @@ def validate_recipe(raw: dict[str, Any], registry: Registry, source: str = "reci
                 if err["type"] == "extra_forbidden":
                     problem = _unknown_key_hint(problem, sorted(core | set(info.cls.Config.model_fields)))
                 problems.append(problem)
-        if recipe is not None and name in recipe.objectives:
-            data_name = recipe.objectives[name].data
-            if data_name not in recipe.data:
-                problems.append(
-                    f"objectives.{name}.data: no data source named {data_name!r}; "
-                    f"{did_you_mean(data_name, list(recipe.data))}"
-                )
-            elif source_kind(recipe.data[data_name]) != info.cls.data_kind:
-                problems.append(
-                    f"objectives.{name}.data: plugin {plugin!r} consumes {info.cls.data_kind} data, "
-                    f"source {data_name!r} is {source_kind(recipe.data[data_name])}"
-                )
+        data_name = table.get("data")
+        if isinstance(data_name, str):
+            problem = _data_reference_problem(data_tables, data_name, info.cls.data_kind, str(plugin))
+            if problem:
+                problems.append(f"objectives.{name}.data: {problem}")
     if recipe is not None:
         try:
             registry.get(recipe.model.encoder, kind="encoder")
@@ -365,6 +364,18 @@ def validate_recipe(raw: dict[str, Any], registry: Registry, source: str = "reci
         raise RecipeError(source, problems)
     assert recipe is not None
     return ResolvedRecipe(recipe=recipe, objective_configs=objective_configs, source=source)
+
+
+def _data_reference_problem(data_tables: dict[str, Any], data_name: str, wanted: str, plugin: str) -> str | None:
+    if data_name not in data_tables:
+        return f"no data source named {data_name!r}; {did_you_mean(data_name, list(data_tables))}"
+    table = data_tables[data_name]
+    kind = table.get("type") if isinstance(table, dict) else None
+    if kind == "cldr":
+        kind = table.get("kind", "parallel")
+    if kind in ("text", "parallel") and kind != wanted:
+        return f"plugin {plugin!r} consumes {wanted} data, source {data_name!r} is {kind}"
+    return None
 
 
 def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
