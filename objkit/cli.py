@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=argv, prog_name="objkit", standalone_mode=False)
     except UserError as exc:
         for line in str(exc).splitlines():
-            click.echo(f"error: {line}", err=True)
+            click.echo(line, err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
