@@ -63,15 +63,18 @@ def info_nce(
         q = query.float()
         pos = (q * positive.float()).sum(dim=-1, keepdim=True)
         blocks = [pos - margin]
+        excluded = [torch.zeros_like(pos, dtype=torch.bool)]
         best_negative = torch.full_like(pos, float("-inf"))
         for block, mask in zip(negatives, masks, strict=True):
             sims = q @ block.float().T
-            if mask is not None:
-                sims = sims.masked_fill(mask, float("-inf"))
             blocks.append(sims)
+            excluded.append(mask if mask is not None else torch.zeros_like(sims, dtype=torch.bool))
             if sims.shape[1]:
-                best_negative = torch.maximum(best_negative, sims.detach().max(dim=1, keepdim=True).values)
+                shown = sims.detach() if mask is None else sims.detach().masked_fill(mask, float("-inf"))
+                best_negative = torch.maximum(best_negative, shown.max(dim=1, keepdim=True).values)
         logits = torch.cat(blocks, dim=1) * scale
+        if any(m is not None for m in masks):  # after scaling, so a learnable scale gets no 0·∞ gradient
+            logits = logits.masked_fill(torch.cat(excluded, dim=1), float("-inf"))
         labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
         loss = F.cross_entropy(logits, labels)
     correct = (pos.detach() >= best_negative).float().mean().item() if q.shape[0] else 0.0

@@ -60,19 +60,28 @@ def init_distributed() -> WorldInfo:
     return WorldInfo(rank=dist.get_rank(), world_size=dist.get_world_size())
 
 
-def load_tokenizer(resolved: ResolvedRecipe, cache_dir: Path) -> Any:
+def barrier(world: WorldInfo) -> None:
+    if world.world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def load_tokenizer(resolved: ResolvedRecipe, cache_dir: Path, world: WorldInfo | None = None) -> Any:
     """The recipe's tokenizer: a path/hub id, one trained on the recipe's data, or the init's."""
     from transformers import AutoTokenizer
 
+    world = world or WorldInfo()
     model = resolved.recipe.model
     spec = model.tokenizer
     if isinstance(spec, TokenizerTraining):
         from objkit.tokenizer import ensure_tokenizer
 
-        unknown = [s for s in spec.sources or [] if s not in resolved.recipe.data]
-        if unknown:
-            raise UserError(f"model.tokenizer.sources: no data source named {unknown[0]!r}")
-        spec_path = str(ensure_tokenizer(spec, resolved.recipe.data, cache_dir))
+        if world.is_main:  # rank 0 trains (or finds the cached one) while the others wait
+            spec_path = str(ensure_tokenizer(spec, resolved.recipe.data, cache_dir))
+        barrier(world)
+        if not world.is_main:
+            spec_path = str(ensure_tokenizer(spec, resolved.recipe.data, cache_dir))
         key = "model.tokenizer"
     else:
         spec_path = spec or model.init

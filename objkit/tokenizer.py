@@ -208,7 +208,8 @@ def train_command(files: tuple[str, ...], output: str, vocab_size: int, characte
 
     for pattern in files:
         expand(pattern, "FILES", None)
-    source = TextSource(type="text", files=[{"path": p, "lang": "und", "field": field} for p in files])
+    source = TextSource.model_validate(
+        {"type": "text", "files": [{"path": p, "lang": "und", "field": field} for p in files]})
     texts = iter_source_texts(source, max_sentences, name="FILES")
     tokenizer = train_tokenizer(texts, Path(output), vocab_size=vocab_size, character_coverage=character_coverage,
                                 max_sentences=max_sentences, seed=seed)

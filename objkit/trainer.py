@@ -16,7 +16,7 @@ from transformers import get_constant_schedule_with_warmup, get_linear_schedule_
 
 from objkit import checkpoint as ckpt
 from objkit.composite import CompositeLoss, ObjectiveSlot, StepStats
-from objkit.data import ExampleStream, load_source
+from objkit.data import ExampleStream, load_source, source_group_sizes
 from objkit.interfaces import StepContext
 from objkit.recipe import ResolvedRecipe, source_kind
 from objkit.registry import Registry
@@ -60,7 +60,7 @@ class Trainer:
         set_seed(self.train_cfg.seed)
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.tokenizer = load_tokenizer(resolved, self.run_dir / "tokenizer-cache")
+        self.tokenizer = load_tokenizer(resolved, self.run_dir / "tokenizer-cache", self.world)
         self.encoder = build_encoder(resolved, registry, vocab_size=len(self.tokenizer)).to(self.device)
         self.objectives = build_objectives(
             resolved, registry, self.encoder, self.tokenizer, self.device, self.world, self.precision
@@ -109,12 +109,15 @@ class Trainer:
             assert source_kind(source) == built.objective.data_kind
             prepared = built.objective.prepare(tokenized[built.data])
             seed = self.train_cfg.seed * 7919 + len(streams)
+            # streamed sources cannot be counted up front: α-sampling uses their sizes on disk
+            group_sizes = source_group_sizes(built.data, source) if source.streaming else None
             streams[built.name] = ExampleStream(
                 prepared,
                 alpha=source.sampling_alpha,
                 seed=seed,
                 rank=self.world.rank,
                 world_size=self.world.world_size,
+                group_sizes=group_sizes,
             )
         return streams
 

@@ -10,6 +10,7 @@ yields every distinct name of each locale as a monolingual sentence. Order is de
 from __future__ import annotations
 
 import difflib
+from collections import Counter
 from collections.abc import Iterator
 
 import datasets
@@ -80,8 +81,8 @@ def cldr_parallel(name: str, source: CldrSource) -> dict[str, list[str]]:
     cols: dict[str, list[str]] = {"src_text": [], "tgt_text": [], "src_lang": [], "tgt_lang": []}
     for src, tgt in language_pairs(source):
         a, b = tables[src], tables[tgt]
-        for key in sorted(a.keys() & b.keys()):
-            if a[key] != b[key]:
+        for key in a:
+            if key in b and a[key] != b[key]:
                 cols["src_text"].append(a[key])
                 cols["tgt_text"].append(b[key])
                 cols["src_lang"].append(src)
@@ -100,17 +101,30 @@ def cldr_text(name: str, source: CldrSource) -> dict[str, list[str]]:
 
 
 def cldr_dataset(name: str, source: CldrSource) -> datasets.Dataset:
-    """The raw (untokenized) corpus as an in-memory :class:`datasets.Dataset`."""
+    """The raw (untokenized) corpus as an in-memory :class:`datasets.Dataset`; ``max_lines``
+    keeps the first rows of each language (text) or language pair (parallel)."""
     cols = cldr_parallel(name, source) if source.kind == "parallel" else cldr_text(name, source)
+    if source.max_lines is not None:  # per language (text) or language pair (parallel)
+        if source.kind == "text":
+            groups = cols["lang"]
+        else:
+            groups = [f"{a}-{b}" for a, b in zip(cols["src_lang"], cols["tgt_lang"])]
+        seen: Counter[str] = Counter()
+        keep = []
+        for i, group in enumerate(groups):
+            seen[group] += 1
+            if seen[group] <= source.max_lines:
+                keep.append(i)
+        cols = {k: [v[i] for i in keep] for k, v in cols.items()}
     return datasets.Dataset.from_dict(cols)
 
 
 def iter_cldr_texts(name: str, source: CldrSource) -> Iterator[str]:
     """Every sentence of the corpus (both sides for parallel), for tokenizer training."""
+    ds = cldr_dataset(name, source)
     if source.kind == "parallel":
-        cols = cldr_parallel(name, source)
-        for src, tgt in zip(cols["src_text"], cols["tgt_text"]):
+        for src, tgt in zip(ds["src_text"], ds["tgt_text"]):
             yield src
             yield tgt
     else:
-        yield from cldr_text(name, source)["text"]
+        yield from ds["text"]

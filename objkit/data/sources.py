@@ -1,7 +1,8 @@
 """Read a recipe's data sources into tokenized ``datasets`` rows (see :data:`objkit.interfaces.DataKind`).
 
-Files are read with ``datasets.load_dataset`` (``text`` for .txt, ``json`` for .jsonl/.json,
-``parquet``; .txt/.json[l] may be compressed: .gz, .bz2, .xz), one file at a time so that
+Files are read with ``datasets.load_dataset`` (``json`` for .jsonl/.json, ``parquet``, and
+``text`` for anything else: .txt, Moses-style .en/.de; text and json may be compressed:
+.gz, .bz2, .xz), one file at a time so that
 per-file line counts (parallel alignment) and ``max_lines`` hold, then tokenized with a
 batched ``map`` (cached by ``datasets`` for file-backed, non-streaming data) and
 concatenated in recipe order. Rows carry a ``group`` column: the language (text) or
@@ -13,9 +14,9 @@ from __future__ import annotations
 import glob
 import itertools
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import datasets
 
@@ -23,11 +24,12 @@ from objkit.data.cldr import cldr_dataset, iter_cldr_texts, language_pairs
 from objkit.errors import UserError
 from objkit.recipe import CldrSource, ParallelSource, TextSource
 
-AnyDataset = datasets.Dataset | datasets.IterableDataset
-Source = TextSource | ParallelSource | CldrSource
+AnyDataset: TypeAlias = datasets.Dataset | datasets.IterableDataset
+Source: TypeAlias = TextSource | ParallelSource | CldrSource
 
 _COMPRESSION = (".gz", ".bz2", ".xz")
 _FORMATS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+_UNSUPPORTED = {".csv", ".tsv", ".arrow", ".zip", ".tar", ".xlsx", ".pdf", ".html", ".xml"}
 
 TEXT_FEATURES = datasets.Features(
     {"input_ids": datasets.Sequence(datasets.Value("int32")), "lang": datasets.Value("string"),
@@ -41,15 +43,15 @@ PARALLEL_FEATURES = datasets.Features(
 
 # ----------------------------------------------------------------------------- files
 def file_format(path: Path, key: str) -> str:
-    """``datasets`` builder name for a file, from its extension (after an optional compression suffix)."""
+    """``datasets`` builder for a file, from its extension (after an optional .gz/.bz2/.xz):
+    .jsonl/.json -> json, .parquet -> parquet, tabular/archive types -> error, anything else
+    (.txt, Moses-style .en/.de, ...) -> text, one sentence a line."""
     suffixes = [s.lower() for s in path.suffixes]
-    if suffixes and suffixes[-1] in _COMPRESSION:
-        suffixes = suffixes[:-1]
-        if suffixes and suffixes[-1] == ".parquet":
-            suffixes = []
-    fmt = _FORMATS.get(suffixes[-1]) if suffixes else None
-    if fmt is None:
-        raise UserError(f"{key}: unsupported file type '{path.name}' (use .txt, .jsonl, .json or .parquet; "
+    compressed = bool(suffixes) and suffixes[-1] in _COMPRESSION
+    ext = (suffixes[:-1] if compressed else suffixes)[-1:] or [""]
+    fmt = _FORMATS.get(ext[0], "text")
+    if ext[0] in _UNSUPPORTED or (compressed and fmt == "parquet"):
+        raise UserError(f"{key}: unsupported file type '{path.name}' (use text files, .jsonl, .json or .parquet; "
                         f"text and json may end in {', '.join(_COMPRESSION)})")
     return fmt
 
@@ -120,30 +122,29 @@ def _tokenize_pairs(batch: dict[str, list[Any]], *, tokenizer: Any, max_tokens: 
 
 
 def _map(ds: AnyDataset, fn: Any, kwargs: dict[str, Any], features: datasets.Features, num_proc: int,
-         desc: str) -> AnyDataset:
-    remove = ds.column_names
+         desc: str, columns: list[str]) -> AnyDataset:
+    """Batched ``map`` replacing the raw ``columns`` (known by construction: streamed text files
+    have no declared features) with the tokenized ``features``."""
     if isinstance(ds, datasets.IterableDataset):
-        if remove is None:  # features unknown (streamed text): peek once
-            remove = list(next(iter(ds.take(1)), {"text": None}).keys())
-        return ds.map(fn, batched=True, fn_kwargs=kwargs, remove_columns=remove, features=features)
-    return ds.map(fn, batched=True, fn_kwargs=kwargs, remove_columns=remove, features=features,
+        return ds.map(fn, batched=True, fn_kwargs=kwargs, remove_columns=columns, features=features)
+    return ds.map(fn, batched=True, fn_kwargs=kwargs, remove_columns=columns, features=features,
                   num_proc=num_proc if num_proc > 1 and len(ds) > 1 else None, desc=desc)
 
 
 # ----------------------------------------------------------------------------- public API
-def _cldr(name: str, source: CldrSource, tokenizer: Any, max_tokens: int, num_proc: int) -> tuple[AnyDataset, list[str]]:
+def _cldr(name: str, source: CldrSource, tokenizer: Any, max_tokens: int,
+          num_proc: int) -> tuple[AnyDataset, list[str]]:
     """The tokenized CLDR corpus (one in-memory dataset) and its groups."""
     raw: AnyDataset = cldr_dataset(name, source)
-    if source.max_lines is not None:
-        raw = raw.select(range(min(source.max_lines, len(raw))))
     if source.streaming:
         raw = raw.to_iterable_dataset()
     if source.kind == "text":
         kwargs: dict[str, Any] = {"tokenizer": tokenizer, "max_tokens": max_tokens, "lang": None}
-        ds = _map(raw, _tokenize_text, kwargs, TEXT_FEATURES, num_proc, f"tokenizing data.{name}")
+        ds = _map(raw, _tokenize_text, kwargs, TEXT_FEATURES, num_proc, f"tokenizing data.{name}", ["text", "lang"])
         return ds, list(dict.fromkeys(source.locales))
     kwargs = {"tokenizer": tokenizer, "max_tokens": max_tokens, "src_lang": None, "tgt_lang": None, "mismatch": ""}
-    ds = _map(raw, _tokenize_pairs, kwargs, PARALLEL_FEATURES, num_proc, f"tokenizing data.{name}")
+    ds = _map(raw, _tokenize_pairs, kwargs, PARALLEL_FEATURES, num_proc, f"tokenizing data.{name}",
+              ["src_text", "tgt_text", "src_lang", "tgt_lang"])
     return ds, [f"{a}-{b}" for a, b in language_pairs(source)]
 
 
@@ -168,7 +169,7 @@ def load_source_groups(name: str, source: Source, tokenizer: Any, *, max_tokens:
                 raw = _read_file(path, key, entry.field, "text", **common)
                 kwargs = {"tokenizer": tokenizer, "max_tokens": max_tokens, "lang": entry.lang}
                 parts.append((entry.lang, _map(raw, _tokenize_text, kwargs, TEXT_FEATURES, num_proc,
-                                               f"tokenizing {path.name}")))
+                                               f"tokenizing {path.name}", ["text"])))
     else:
         for i, pair in enumerate(source.pairs):
             key = f"data.{name}.pairs[{i}]"
@@ -187,7 +188,8 @@ def load_source_groups(name: str, source: Source, tokenizer: Any, *, max_tokens:
                           "line counts (found while streaming)"}
                 both = datasets.concatenate_datasets([s, t], axis=1)
                 parts.append((f"{pair.src_lang}-{pair.tgt_lang}", _map(
-                    both, _tokenize_pairs, kwargs, PARALLEL_FEATURES, num_proc, f"tokenizing {s_path.name}")))
+                    both, _tokenize_pairs, kwargs, PARALLEL_FEATURES, num_proc, f"tokenizing {s_path.name}",
+                    ["src_text", "tgt_text"])))
     grouped: dict[str, list[AnyDataset]] = {}
     for group, ds in parts:
         grouped.setdefault(group, []).append(ds)
@@ -251,7 +253,7 @@ def _iter_file(path: Path, key: str, field: str, max_lines: int | None) -> Itera
             yield text
 
 
-def _roundrobin(iterators: list[Iterator[str]]) -> Iterator[str]:
+def _roundrobin(iterators: Sequence[Iterator[str]]) -> Iterator[str]:
     active = list(iterators)
     while active:
         for it in list(active):

@@ -1,0 +1,284 @@
+"""XLCO ablation benchmark: does adding cross-lingual contrast (XLCO) to MLM + TLM help retrieval?
+
+Trains each recipe (default ``quickstart_infoxlm`` = MLM + TLM + XLCO and ``quickstart_no_xlco`` =
+MLM + TLM) on the same N-way parallel corpus with ``objkit run``, then measures for each export:
+
+* sentence retrieval on the corpus' validation split, ``val.PIVOT`` vs ``val.XX`` for every XX
+  (top-1 accuracy in percent, both directions and their mean; ``objkit eval retrieval``);
+* Tatoeba retrieval xx->en / en->xx, per language and averaged (``objkit eval tatoeba``);
+* training wall time (the whole ``objkit run`` process: tokenizer training, training, export).
+
+Both arms get the same data, the same ``--set`` overrides and the same evaluation layer/pooling.
+Data: ``data.parallel`` = pairs PIVOT-XX of ``train.*``; ``data.mono`` = every ``train.*`` file as
+monolingual text; the tokenizer is trained on ``mono`` only (each language once). Run::
+
+    python benchmarks/xlco_ablation.py --corpus-dir /work/shared/data/multi30k --pivot en \
+        --langs de,fr,cs --tatoeba-dir /work/shared/data/tatoeba --tatoeba-langs deu,fra,ces \
+        -o bench-out/ablation [--steps N] [--set KEY=VALUE ...] [--layer N] [--skip-train]
+
+Writes OUT/results.json (everything), OUT/results.md (summary table), OUT/curves.png, OUT/runs/NAME/
+(run directories) and OUT/logs/ (subprocess output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+OBJKIT = ["objkit"] if shutil.which("objkit") else [sys.executable, "-m", "objkit"]
+
+
+def die(message: str) -> None:
+    sys.exit(f"xlco_ablation: error: {message}")
+
+
+def toml_str(s: str) -> str:
+    return json.dumps(s)  # a JSON string literal is a valid TOML basic string
+
+
+def recipe_path(spec: str) -> Path:
+    """A recipe name (``recipes/NAME.toml``) or a path to a TOML file."""
+    path = Path(spec) if spec.endswith(".toml") else ROOT / "recipes" / f"{spec}.toml"
+    if not path.is_file():
+        die(f"recipe {spec!r} not found ({path})")
+    return path
+
+
+def data_overrides(args: argparse.Namespace, base: Any) -> list[str]:
+    """``--set`` values that point ``data.mono``, ``data.parallel`` and the tokenizer at the corpus."""
+    corpus, pivot = args.corpus_dir.resolve(), args.pivot
+
+    def extra(name: str) -> str:  # keep the recipe's sampling_alpha for the replaced source
+        src = base.recipe.data.get(name)
+        return f",sampling_alpha={src.sampling_alpha}" if src is not None else ""
+
+    pairs = ",".join(
+        f"{{src={toml_str(str(corpus / f'train.{pivot}'))},tgt={toml_str(str(corpus / f'train.{x}'))},"
+        f"src_lang={toml_str(pivot)},tgt_lang={toml_str(x)}}}" for x in args.langs)
+    files = ",".join(f"{{path={toml_str(str(corpus / f'train.{x}'))},lang={toml_str(x)}}}"
+                     for x in [pivot, *args.langs])
+    sets = [f'data.parallel={{type="parallel",pairs=[{pairs}]{extra("parallel")}}}',
+            f'data.mono={{type="text",files=[{files}]{extra("mono")}}}']
+    if not isinstance(base.recipe.model.tokenizer, (str, type(None))):
+        sets.append('model.tokenizer.sources=["mono"]')
+    if args.steps is not None:
+        sets.append(f"train.steps={args.steps}")
+    return sets + list(args.set)
+
+
+def check_inputs(args: argparse.Namespace) -> None:
+    for split in ("train", "val"):
+        for lang in [args.pivot, *args.langs]:
+            f = args.corpus_dir / f"{split}.{lang}"
+            if not f.is_file():
+                die(f"corpus file missing: {f} (expected {split}.{{{','.join([args.pivot, *args.langs])}}} "
+                    f"in --corpus-dir)")
+    from objkit.errors import UserError
+    from objkit.eval.tatoeba import discover_languages, select_languages
+
+    try:
+        args.tatoeba_langs = select_languages(args.tatoeba_langs, discover_languages(args.tatoeba_dir))
+    except UserError as exc:
+        die(f"tatoeba: {exc}")
+
+
+def machine_info() -> dict[str, Any]:
+    import torch
+
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}  # read-only git queries
+
+    def git(*cmd: str) -> str | None:
+        try:
+            return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True, env=env,
+                                  check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return None
+
+    commit = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+        "platform": platform.platform(), "python": platform.python_version(),
+        "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "objkit": metadata.version("objkit"),
+        "objkit_commit": None if commit is None else commit + ("-dirty" if dirty else ""),
+    }
+
+
+def train(name: str, cmd: list[str], run_dir: Path, log: Path, total: int) -> float:
+    """Run ``objkit run`` (output to ``log``), printing the latest logged step; wall seconds."""
+    print(f"[{name}] training ({total} steps): {shlex.join(cmd)}\n[{name}] log: {log}", file=sys.stderr)
+    started = time.perf_counter()
+    with log.open("w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+        last = ""
+        while proc.poll() is None:
+            time.sleep(2)
+            line = tail_metrics(run_dir / "metrics.jsonl")
+            if line and line != last:
+                last = line
+                print(f"[{name}] {time.perf_counter() - started:6.0f}s  {line}", file=sys.stderr)
+    seconds = time.perf_counter() - started
+    if proc.returncode != 0:
+        lines = log.read_text(errors="replace").splitlines()
+        die(f"[{name}] objkit run failed (exit {proc.returncode}): {lines[-1] if lines else ''} (see {log})")
+    print(f"[{name}] done in {seconds:.0f}s", file=sys.stderr)
+    return seconds
+
+
+def tail_metrics(path: Path) -> str:
+    try:
+        rows = [r for r in path.read_text().splitlines() if r.strip()]
+        row = json.loads(rows[-1])
+    except (OSError, IndexError, json.JSONDecodeError):
+        return ""
+    shown = [f"step {row.get('step')}"] + [f"{k} {v:.4g}" for k, v in row.items()
+                                           if k.endswith(("/loss", "/accuracy")) and isinstance(v, float)]
+    return "  ".join(shown)
+
+
+def run_json(cmd: list[str], log: Path) -> dict[str, Any]:
+    with log.open("a") as fh:
+        fh.write(f"$ {shlex.join(cmd)}\n")
+        fh.flush()
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=fh, text=True)
+    if proc.returncode != 0:
+        die(f"{shlex.join(cmd[:3])} failed (exit {proc.returncode}); see {log}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def evaluate(name: str, export: Path, args: argparse.Namespace, max_length: int,
+             commands: list[str], log: Path) -> dict[str, Any]:
+    opts = ["--pooling", args.pooling, "--max-length", str(max_length), "--json"]
+    if args.layer is not None:
+        opts[:0] = ["--layer", str(args.layer)]
+    val = args.corpus_dir.resolve()
+    retrieval: dict[str, Any] = {}
+    for x in args.langs:
+        cmd = [*OBJKIT, "eval", "retrieval", str(export), "--src", str(val / f"val.{args.pivot}"),
+               "--tgt", str(val / f"val.{x}"), *opts]
+        commands.append(shlex.join(cmd))
+        print(f"[{name}] retrieval {args.pivot}<->{x}", file=sys.stderr)
+        r = run_json(cmd, log)
+        retrieval[f"{args.pivot}-{x}"] = {"n": r["n"], f"{args.pivot}2{x}": r["src2tgt"],
+                                          f"{x}2{args.pivot}": r["tgt2src"], "mean": r["mean"],
+                                          "layer": r["layer"], "pooling": r["pooling"]}
+    retrieval["mean"] = sum(r["mean"] for r in retrieval.values()) / len(args.langs)
+    cmd = [*OBJKIT, "eval", "tatoeba", str(export), "--data-dir", str(args.tatoeba_dir.resolve()),
+           "--langs", ",".join(args.tatoeba_langs), *opts]
+    commands.append(shlex.join(cmd))
+    print(f"[{name}] tatoeba {','.join(args.tatoeba_langs)}", file=sys.stderr)
+    tatoeba = run_json(cmd, log)
+    return {"retrieval": retrieval, "tatoeba": tatoeba}
+
+
+def markdown(results: dict[str, Any]) -> str:
+    a = results["args"]
+    pairs = [f"{a['pivot']}-{x}" for x in a["langs"]]
+    head = ([f"{a['pivot']}↔{x}" for x in a["langs"]] + ["mean"]
+            + ["Tatoeba xx→en", "en→xx", "mean", "steps", "train time"])
+    lines = ["| recipe | " + " | ".join(head) + " |", "|---" + "|---:" * len(head) + "|"]
+    for name, run in results["runs"].items():
+        ret, tat = run["eval"]["retrieval"], run["eval"]["tatoeba"]["average"]
+        t = run["train_seconds"]
+        cells = ([f"{ret[p]['mean']:.2f}" for p in pairs] + [f"{ret['mean']:.2f}"]
+                 + [f"{tat[k]:.2f}" for k in ("xx2en", "en2xx", "mean")]
+                 + [str(run["steps"]), "n/a" if t is None else f"{t:.0f} s"])
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    first = next(iter(results["runs"].values()))["eval"]["tatoeba"]
+    m = results["machine"]
+    return "\n".join([
+        "# XLCO ablation", "",
+        f"Top-1 retrieval accuracy (%), layer {first['layer']}, {first['pooling']} pooling. "
+        f"Multi30k-style columns: `{a['corpus_dir']}/val.*`, mean of both directions. "
+        f"Tatoeba: average over {', '.join(a['tatoeba_langs'])}. Train time: wall seconds of `objkit run`.",
+        "", *lines, "",
+        "Reproduce:", "", f"```\n{results['command']}\n```", "",
+        f"Machine: {m['processor']}, {m['cpu_count']} CPUs, {m['gpu'] or 'no GPU'}, torch {m['torch']}, "
+        f"python {m['python']}, objkit {m['objkit']} @ {m['objkit_commit'] or 'unknown commit'}", ""])
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--corpus-dir", type=Path, required=True, help="holds {train,val}.{PIVOT,LANGS}")
+    p.add_argument("--pivot", default="en")
+    p.add_argument("--langs", type=lambda s: [x for x in s.split(",") if x], required=True, help="de,fr,cs")
+    p.add_argument("--tatoeba-dir", type=Path, required=True)
+    p.add_argument("--tatoeba-langs", default="deu,fra,ces")
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("--steps", type=int, help="train.steps for both runs (default: the recipes')")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed to both runs")
+    p.add_argument("--recipes", default="quickstart_infoxlm,quickstart_no_xlco",
+                   help="comma-separated recipe names (recipes/NAME.toml) or .toml paths")
+    p.add_argument("--layer", type=int, help="eval layer (default: objkit eval's for the depth)")
+    p.add_argument("--pooling", choices=["mean", "cls"], default="mean")
+    p.add_argument("--skip-train", action="store_true", help="evaluate the existing OUT/runs/*/export")
+    args = p.parse_args(argv)
+
+    from objkit.errors import UserError
+    from objkit.recipe import load_recipe
+
+    check_inputs(args)
+    out: Path = args.output
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    specs = [s.strip() for s in args.recipes.split(",") if s.strip()]
+    names: list[str] = []
+    for spec in specs:  # unique run names, also when the same recipe is given twice
+        stem = recipe_path(spec).stem
+        names.append(stem if stem not in names else f"{stem}-{len(names) + 1}")
+    previous = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
+    results: dict[str, Any] = {
+        "command": shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv),
+        "args": {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}},
+        "machine": machine_info(), "runs": {}}
+    for spec, name in zip(specs, names):
+        path = recipe_path(spec)
+        try:
+            sets = data_overrides(args, load_recipe(path))
+            resolved = load_recipe(path, sets)  # fail fast on bad overrides, before any training
+        except UserError as exc:
+            die(str(exc).replace("\n", "; "))
+        run_dir, commands = out / "runs" / name, []
+        cmd = [*OBJKIT, "run", str(path), "-o", str(run_dir), "--no-progress"]
+        cmd += [x for s in sets for x in ("--set", s)]
+        commands.append(shlex.join(cmd))
+        seconds = None
+        if args.skip_train:
+            seconds = previous.get("runs", {}).get(name, {}).get("train_seconds")
+        else:
+            if run_dir.exists():  # objkit run would resume from its checkpoints
+                shutil.rmtree(run_dir)
+            seconds = train(name, cmd, run_dir, out / "logs" / f"{name}.train.log", resolved.recipe.train.steps)
+        export = run_dir / "export"
+        if not (export / "config.json").is_file():
+            die(f"[{name}] no export at {export} (train it first: drop --skip-train)")
+        ev = evaluate(name, export, args, resolved.recipe.model.max_length, commands,
+                      out / "logs" / f"{name}.eval.log")
+        results["runs"][name] = {"recipe": str(path), "run_dir": str(run_dir), "steps": resolved.recipe.train.steps,
+                                 "objectives": list(resolved.recipe.enabled_objectives()),
+                                 "train_seconds": seconds, "eval": ev, "commands": commands}
+    cmd = [*OBJKIT, "plot", *(str(out / "runs" / n) for n in names), "-o", str(out / "curves.png")]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    results["plot"] = {"command": shlex.join(cmd), "ok": proc.returncode == 0}
+    if proc.returncode != 0:
+        print(f"warning: objkit plot failed: {proc.stderr.strip()}", file=sys.stderr)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(markdown(results))
+    print(markdown(results))
+    print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'curves.png'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

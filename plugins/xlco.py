@@ -1,0 +1,335 @@
+"""``xlco``: cross-lingual contrast (XLCO) of InfoXLM (Chi et al., NAACL 2021).
+
+For a translation pair, the query is the trained encoder's vector of one side, the key is a
+momentum (EMA) encoder's vector of the other side; the loss is InfoNCE over
+``[q·k⁺, q·negatives] / τ`` with the positive at index 0, negatives from the configured
+stores (reference: a MoCo queue). Reference defaults (``criterions/xlco.py``,
+``models/infoxlm.py``, ``tasks/infoxlm.py``): the ``<s>`` vector of layer 8 (the output of
+the 8th block; embeddings are layer 0), τ = 0.25, no L2 normalisation, a bias-free d×d
+projection initialised N(0, 0.02) with a momentum copy on the key side, inputs masked like
+MLM, the query side a seeded random bit per example, momentum 0.9999 (base), a 131,072-key
+queue filled before the loss starts. Options beyond the reference: mean pooling, L2
+normalisation, in-batch negatives (``negatives.in_batch``, alone or with the queue), a
+symmetric loss (both sides act as query), an additive margin on the positive, a learnable
+temperature, and every momentum schedule of :mod:`objkit.momentum`.
+
+Where we differ from the reference, on purpose: the momentum encoder, its projection and the
+queue are fp32 under bf16/fp16 autocast (the reference's fp16 EMA with m = 0.9999 rounds to
+no update, see :mod:`objkit.momentum`); before ``enable_step`` the key encoder is copied
+from the query encoder after every update (the reference copies only in the last 5 steps,
+so the keys it enqueues meanwhile come from stale weights); the queue is filled by the first
+training steps (XLCO returns a detached zero loss meanwhile, MLM/TLM train) instead of by
+a separate pass before step 0 -- ``size / batch_size`` steps, 64 for the paper's setting.
+
+Cost: each pass runs only the blocks up to ``layer``. The momentum copy holds only those
+blocks (for base, 8 of 12: 2/3 of the body's block parameters) and the key pass is
+forward-only through them; the query pass (forward and backward) also stops at ``layer``,
+which is exact here because each objective has its own batch and forward, so XLCO is the
+only consumer of its query pass. Per XLCO sequence, base at layer 8 pays 8/12 of a
+full-depth pass on both sides (large at layer 12: 12/24), and no LM head. The reference
+ran the query side through all layers and the LM head (a DDP workaround);
+``truncate_passes = false`` reproduces full-depth passes for comparison.
+
+Loss weighting: ``sample_size`` is the number of queries. With ``train.normalization =
+"reference"`` (fairseq: sum of all per-unit losses / (XLCO sentences + masked tokens)),
+the paper's step (2,048 XLCO pairs, 2,048 MLM and 2,048 TLM sequences of 512 tokens, 15%
+masked: 157,286 masked tokens each) gives XLCO 2,048 / 316,621 = 0.65% of the total weight
+and an XLCO:MLM weight ratio of 2,048 / 157,286 = 1.3%, versus 1:1 under the default
+``"mean"`` (per-objective means, each weighted by the recipe weight): about 1% of it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar, Literal
+
+import datasets
+import torch
+import torch.nn.functional as F
+from pydantic import Field, ValidationError, field_validator
+from torch import nn
+
+from objkit import BuildContext, Objective, ObjectiveOutput, PluginConfig, StepContext, hookimpl
+from objkit.contrastive import info_nce
+from objkit.encoder import run_body, truncated_layers
+from objkit.errors import UserError
+from objkit.masking import MaskingConfig, mask_tokens, pad_sequences
+from objkit.momentum import ConstantMomentum, MomentumSchedule, MomentumTracker, coerce_schedule, make_momentum_copy
+from objkit.registry import Registry
+
+
+class XlcoConfig(PluginConfig):
+    layer: int = Field(8, ge=1, description="hidden state used: output of this block (reference: 8 for base)")
+    pooling: Literal["cls", "mean"] = Field("cls", description="cls: the <s> vector (reference); mean: over tokens")
+    temperature: float = Field(0.25, gt=0, description="τ in q·k/τ (reference: 0.25)")
+    learnable_temperature: bool = Field(False, description="learn log(1/τ), initialised from temperature")
+    normalize: bool = Field(False, description="L2-normalise q and k (reference: no)")
+    projection: bool = Field(True, description="bias-free d×d head N(0, 0.02), momentum copy on the key side")
+    momentum: MomentumSchedule = Field(default_factory=ConstantMomentum, description="EMA schedule of the key encoder")
+    enable_step: int = Field(0, ge=0, description="XLCO weight 0 and key encoder = query encoder before this step")
+    negatives: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {"momentum_queue": {}},
+        description="negative stores by plugin name, each with its own config table",
+    )
+    augment: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="augmentations by plugin name (e.g. mixup), applied in order"
+    )
+    symmetric: bool = Field(False, description="also contrast the other direction (both sides as query)")
+    margin: float = Field(0.0, ge=0, description="additive margin subtracted from the positive similarity")
+    mask_inputs: bool = Field(True, description="mask XLCO inputs like MLM (reference: yes)")
+    masking: MaskingConfig = Field(default_factory=MaskingConfig)
+    truncate_passes: bool = Field(True, description="run only the blocks up to layer (false: full depth, for comparison)")
+
+    @field_validator("momentum", mode="before")
+    @classmethod
+    def _bare_number(cls, value: object) -> object:
+        return coerce_schedule(value)
+
+
+class InverseTemperature(nn.Module):
+    """A learnable ``1/τ`` stored as its log (CLIP-style), capped at 100."""
+
+    def __init__(self, temperature: float, device: torch.device) -> None:
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.full((), math.log(1.0 / temperature), device=device))
+
+    def forward(self) -> torch.Tensor:
+        return self.log_scale.exp().clamp(max=100.0)
+
+
+def _copy_first_blocks(body: nn.Module, depth: int) -> nn.Module:
+    """A frozen fp32 copy of an XLM-R body keeping only its first ``depth`` blocks."""
+    if hasattr(body, "encoder") and hasattr(body.encoder, "layer"):
+        with truncated_layers(body, depth):
+            return make_momentum_copy(body)
+    return make_momentum_copy(body)
+
+
+class CrossLingualContrast(Objective):
+    name: ClassVar[str] = "xlco"
+    Config: ClassVar[type[XlcoConfig]] = XlcoConfig
+    data_kind = "parallel"
+
+    @classmethod
+    def check(cls, config: XlcoConfig, registry: Registry) -> list[str]:
+        problems: list[str] = []
+        if not config.negatives:
+            problems.append("negatives: give at least one negative store, e.g. negatives = { momentum_queue = {} }")
+        for key, kind in (("negatives", "negative_store"), ("augment", "augmentation")):
+            for name, table in getattr(config, key).items():
+                try:
+                    info = registry.get(name, kind=kind)
+                except UserError as exc:
+                    problems.append(f"{key}.{name}: {exc}")
+                    continue
+                if kind == "augmentation" and getattr(info.cls, "data_kind", "parallel") != "parallel":
+                    problems.append(f"{key}.{name}: augmentation {name!r} is for {info.cls.data_kind} data, not parallel")
+                try:
+                    info.cls.Config.model_validate(table)
+                except ValidationError as exc:
+                    for err in exc.errors():
+                        where = ".".join(str(p) for p in err["loc"])
+                        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+                        problems.append(f"{key}.{name}.{where}: {msg}")
+        return problems
+
+    def __init__(self, config: XlcoConfig, ctx: BuildContext) -> None:
+        super().__init__(config, ctx)
+        self.config: XlcoConfig = config
+        encoder = ctx.encoder
+        if config.layer > encoder.num_layers:
+            raise UserError(
+                f"objectives.{ctx.instance_name}.layer: {config.layer} is deeper than the encoder "
+                f"({encoder.num_layers} layers; 1 = first block, {encoder.num_layers} = last) (got {config.layer})"
+            )
+        self.layer = config.layer
+        self.num_layers = encoder.num_layers
+        self.depth = config.layer if config.truncate_passes else encoder.num_layers
+        self.dim = encoder.hidden_size
+        self.vocab = ctx.vocab
+        self.max_length = ctx.max_length
+        body = encoder.body()
+        self.key_body = _copy_first_blocks(body, self.depth)
+        sources = MomentumTracker.between(body, self.key_body)
+        self.projection: nn.Linear | None = None
+        self.key_projection: nn.Module | None = None
+        if config.projection:
+            self.projection = nn.Linear(self.dim, self.dim, bias=False, device=ctx.device)
+            nn.init.normal_(self.projection.weight, mean=0.0, std=0.02)
+            self.key_projection = make_momentum_copy(self.projection)
+            head = MomentumTracker.between(self.projection, self.key_projection)
+            sources = MomentumTracker(sources.sources + head.sources, sources.targets + head.targets)
+        self.tracker = sources
+        self.scale_module = InverseTemperature(config.temperature, ctx.device) if config.learnable_temperature else None
+        self.stores = {}
+        for name, table in config.negatives.items():
+            info = ctx.registry.get(name, kind="negative_store")
+            self.stores[name] = info.cls(info.cls.Config.model_validate(table), self.dim, ctx.device, ctx.world)
+        self.augmentations = []
+        for name, table in config.augment.items():
+            info = ctx.registry.get(name, kind="augmentation")
+            self.augmentations.append(info.cls(info.cls.Config.model_validate(table), ctx))
+
+    # ------------------------------------------------------------------ data
+    def prepare(self, dataset: datasets.Dataset) -> datasets.Dataset:
+        for augmentation in self.augmentations:
+            prepare = getattr(augmentation, "prepare", None)
+            if callable(prepare):
+                dataset = prepare(dataset)
+        return dataset
+
+    def collate(self, examples: list[dict[str, Any]], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        for augmentation in self.augmentations:
+            examples = augmentation.apply(examples, generator)
+        flips = torch.randint(0, 2, (len(examples),), generator=generator).tolist()
+        budget = self.max_length - 2
+        bos, eos = self.vocab.bos_id, self.vocab.eos_id
+        queries, keys = [], []
+        for example, flip in zip(examples, flips, strict=True):
+            side = example.get("query_side", flip)  # set by mixup (its bit 2); else our own bit
+            q, k = (example["src_ids"], example["tgt_ids"]) if side == 0 else (example["tgt_ids"], example["src_ids"])
+            queries.append([bos, *q[:budget], eos])
+            keys.append([bos, *k[:budget], eos])
+        q_ids, q_mask = pad_sequences(queries, self.vocab.pad_id)
+        k_ids, k_mask = pad_sequences(keys, self.vocab.pad_id)
+        if self.config.mask_inputs:
+            q_ids, _ = mask_tokens(q_ids, self.vocab, generator, self.config.masking)
+            k_ids, _ = mask_tokens(k_ids, self.vocab, generator, self.config.masking)
+        return {"input_ids": q_ids, "attention_mask": q_mask, "key_input_ids": k_ids, "key_attention_mask": k_mask}
+
+    # ------------------------------------------------------------------ passes
+    def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.config.pooling == "cls":
+            return hidden[:, 0]
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+    def _head(self, pooled: torch.Tensor, projection: nn.Module | None) -> torch.Tensor:
+        """Projection and normalisation in fp32 (outside autocast)."""
+        with torch.autocast(device_type=pooled.device.type, enabled=False):
+            vector = pooled.float()
+            if projection is not None:
+                vector = projection(vector)
+            return F.normalize(vector, dim=-1) if self.config.normalize else vector
+
+    @torch.no_grad()
+    def encode_keys(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, training: bool) -> torch.Tensor:
+        """Momentum-encoder vectors ``[B, d]`` (fp32), running ``layer`` blocks."""
+        self.key_body.train(training)  # same dropout mode as the query encoder (reference)
+        up_to = self.layer if self.config.truncate_passes else None
+        hidden = run_body(self.key_body, input_ids, attention_mask, up_to_layer=up_to)[self.layer]
+        return self._head(self._pool(hidden, attention_mask), self.key_projection)
+
+    def encode_queries(self, encoder: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        up_to = self.layer if self.config.truncate_passes else None
+        hidden = encoder(input_ids, attention_mask, up_to_layer=up_to)[self.layer]
+        return self._head(self._pool(hidden, attention_mask), self.projection)
+
+    def _scale(self) -> float | torch.Tensor:
+        return self.scale_module() if self.scale_module is not None else 1.0 / self.config.temperature
+
+    def _negatives(self, keys: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+        blocks, masks = [], []
+        for store in self.stores.values():
+            blocks.append(store.negatives(keys))
+            if getattr(store, "includes_current_keys", False):
+                n = keys.shape[0]
+                eye = torch.eye(n, dtype=torch.bool, device=keys.device)
+                masks.append(F.pad(eye, (0, blocks[-1].shape[0] - n)))
+            else:
+                masks.append(None)
+        return blocks, masks
+
+    # ------------------------------------------------------------------ Objective API
+    def loss_weight(self, step: int) -> float:
+        return 0.0 if step < self.config.enable_step else 1.0
+
+    def compute(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> ObjectiveOutput:
+        encoder = ctx.encoder
+        training = bool(getattr(encoder, "training", True))
+        keys = [self.encode_keys(batch["key_input_ids"], batch["key_attention_mask"], training)]
+        if self.config.symmetric:
+            keys.append(self.encode_keys(batch["input_ids"], batch["attention_mask"], training))
+        active = self.loss_weight(ctx.step) > 0 and all(store.ready for store in self.stores.values())
+        results = []
+        if active:
+            directions = [(batch["input_ids"], batch["attention_mask"], keys[0])]
+            if self.config.symmetric:
+                directions.append((batch["key_input_ids"], batch["key_attention_mask"], keys[1]))
+            scale = self._scale()
+            for ids, mask, positive in directions:
+                blocks, masks = self._negatives(positive)
+                if sum(b.shape[0] for b in blocks) == 0:
+                    break  # nothing to contrast against yet
+                query = self.encode_queries(encoder, ids, mask)
+                results.append(
+                    info_nce(query, positive, blocks, scale=scale, margin=self.config.margin, exclude=masks)
+                )
+        for store in self.stores.values():
+            for k in keys:
+                store.enqueue(k)
+        if len(results) < (2 if self.config.symmetric else 1):
+            return ObjectiveOutput(torch.zeros((), device=keys[0].device), 0, {})
+        loss = sum(r.loss for r in results) / len(results)
+        metrics = {"accuracy": sum(r.accuracy for r in results) / len(results)}
+        if self.scale_module is not None:
+            metrics["temperature"] = float(1.0 / self.scale_module().detach())
+        if self.tracker.last_momentum is not None:
+            metrics["momentum"] = self.tracker.last_momentum
+        return ObjectiveOutput(loss, sample_size=sum(int(k.shape[0]) for k in keys), metrics=metrics)
+
+    def after_optimizer_step(self, ctx: StepContext) -> None:
+        # ctx.step is the update just finished (0-based); the reference's schedules take the
+        # number of completed updates (1 after the first).
+        self.tracker.step(ctx.step + 1, self.config.momentum, self.config.enable_step)
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        modules: dict[str, nn.Module] = {}
+        if self.projection is not None:
+            modules["projection"] = self.projection
+        if self.scale_module is not None:
+            modules["temperature"] = self.scale_module
+        return modules
+
+    def plan(self) -> dict[str, int | float | str]:
+        plan: dict[str, int | float | str] = {
+            "key encoder parameters": self.tracker.numel(),
+            "key encoder blocks": f"{self.depth} of {self.num_layers} (vectors from layer {self.layer})",
+        }
+        queue_bytes = sum(int(getattr(s, "nbytes", lambda: 0)()) for s in self.stores.values())
+        if queue_bytes:
+            plan["queue bytes"] = queue_bytes
+        return plan
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "key_encoder": self.key_body.state_dict(),
+            "stores": {name: store.state_dict() for name, store in self.stores.items()},
+        }
+        if self.projection is not None and self.key_projection is not None:
+            state["projection"] = self.projection.state_dict()
+            state["key_projection"] = self.key_projection.state_dict()
+        if self.scale_module is not None:
+            state["temperature"] = self.scale_module.state_dict()
+        if self.tracker.last_momentum is not None:
+            state["last_momentum"] = self.tracker.last_momentum
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.key_body.load_state_dict(state["key_encoder"])
+        for name, store in self.stores.items():
+            store.load_state_dict(state["stores"][name])
+        if self.projection is not None and self.key_projection is not None:
+            with torch.no_grad():
+                self.projection.load_state_dict(state["projection"])
+                self.key_projection.load_state_dict(state["key_projection"])
+        if self.scale_module is not None:
+            with torch.no_grad():
+                self.scale_module.load_state_dict(state["temperature"])
+        self.tracker.last_momentum = state.get("last_momentum")
+
+
+@hookimpl
+def objkit_plugins() -> list[type]:
+    return [CrossLingualContrast]

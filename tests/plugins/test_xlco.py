@@ -1,0 +1,263 @@
+"""XLCO objective: InfoNCE value, accuracy, truncated passes, queue filling, enable_step,
+fp32 state under autocast, checks, registration, and checkpoint round trips."""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import XLMRobertaConfig
+
+from objkit import BuildContext, StepContext
+from objkit.checkpoint import flatten_state, unflatten_state
+from objkit.contrastive import info_nce
+from objkit.encoder import XLMREncoder, run_body
+from objkit.errors import UserError
+from objkit.interfaces import VocabInfo
+from objkit.registry import Registry
+
+VOCAB = VocabInfo(bos_id=0, eos_id=2, mask_id=49, pad_id=1, vocab_size=50, special_ids=(0, 1, 2, 3, 49))
+
+
+@pytest.fixture(scope="module")
+def registry() -> Registry:
+    return Registry.from_entry_points()
+
+
+def tiny_encoder(seed: int = 0, layers: int = 4) -> XLMREncoder:
+    torch.manual_seed(seed)
+    cfg = XLMRobertaConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=40, pad_token_id=1, bos_token_id=0, eos_token_id=2, type_vocab_size=1,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+    return XLMREncoder.from_hf_config(cfg)
+
+
+def build(registry: Registry, encoder: XLMREncoder | None = None, device: str = "cpu", **keys: Any):
+    info = registry.get("xlco", kind="objective")
+    keys.setdefault("layer", 2)
+    keys.setdefault("negatives", {"momentum_queue": {"size": 8}})
+    config = info.cls.Config.model_validate(keys)
+    assert info.cls.check(config, registry) == []
+    ctx = BuildContext(
+        encoder=encoder if encoder is not None else tiny_encoder(), tokenizer=None, vocab=VOCAB, registry=registry,
+        instance_name="xlco", seed=1, device=torch.device(device), total_steps=10, max_length=24,
+    )
+    return info.cls(config, ctx)
+
+
+def pairs(n: int, seed: int) -> list[dict[str, Any]]:
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(n):
+        src = torch.randint(4, 49, (int(torch.randint(3, 9, (1,), generator=g)),), generator=g).tolist()
+        tgt = torch.randint(4, 49, (int(torch.randint(3, 9, (1,), generator=g)),), generator=g).tolist()
+        rows.append({"src_ids": src, "tgt_ids": tgt, "src_lang": "en", "tgt_lang": "de", "group": "en-de"})
+    return rows
+
+
+def train_step(obj, encoder, step: int, lr: float = 0.05):
+    batch = obj.collate(pairs(4, seed=100 + step), torch.Generator().manual_seed(step))
+    out = obj.compute(batch, StepContext(step, encoder, torch.device("cpu")))
+    params = [*encoder.parameters(), *(p for m in obj.trainable_modules().values() for p in m.parameters())]
+    if out.loss.requires_grad:
+        (out.loss * obj.loss_weight(step)).backward()
+        with torch.no_grad():
+            for p in params:
+                if p.grad is not None:
+                    p -= lr * p.grad
+                    p.grad = None
+    obj.after_optimizer_step(StepContext(step, encoder, torch.device("cpu")))
+    return out
+
+
+# ----------------------------------------------------------------------------- loss function
+def test_info_nce_matches_hand_computation():
+    q = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    k = torch.tensor([[0.5, 0.5], [1.0, 1.0]])
+    neg = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 1.0]])
+    tau = 0.25
+    res = info_nce(q, k, [neg], scale=1 / tau)
+    # query 0: pos 0.5, negs 1, 0, -1 ; query 1: pos 2, negs 0, 2, 2
+    l0 = -math.log(math.exp(0.5 / tau) / sum(math.exp(x / tau) for x in (0.5, 1.0, 0.0, -1.0)))
+    l1 = -math.log(math.exp(2.0 / tau) / sum(math.exp(x / tau) for x in (2.0, 0.0, 2.0, 2.0)))
+    assert res.loss.item() == pytest.approx((l0 + l1) / 2, rel=1e-6)
+    assert res.accuracy == 0.5  # query 0 loses to a negative; query 1 ties (ties count for the positive)
+    margin = info_nce(q, k, [neg], scale=1 / tau, margin=0.1)
+    l0m = -math.log(math.exp(0.4 / tau) / sum(math.exp(x / tau) for x in (0.4, 1.0, 0.0, -1.0)))
+    l1m = -math.log(math.exp(1.9 / tau) / sum(math.exp(x / tau) for x in (1.9, 0.0, 2.0, 2.0)))
+    assert margin.loss.item() == pytest.approx((l0m + l1m) / 2, rel=1e-6)
+
+
+def test_info_nce_masks_excluded_negatives_and_blocks():
+    q = torch.randn(3, 4)
+    k = torch.randn(3, 4)
+    queue = torch.randn(5, 4)
+    eye = torch.eye(3, dtype=torch.bool)
+    res = info_nce(q, k, [queue, k], scale=4.0, exclude=[None, eye])
+    logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue.T, (q @ k.T).masked_fill(eye, -math.inf)], 1) * 4
+    expected = torch.nn.functional.cross_entropy(logits, torch.zeros(3, dtype=torch.long))
+    assert torch.allclose(res.loss, expected)
+    assert res.num_negatives == 8
+
+
+# ----------------------------------------------------------------------------- passes
+def test_truncated_key_pass_equals_full_pass_at_layer(registry):
+    encoder = tiny_encoder().eval()
+    obj = build(registry, encoder, layer=2)
+    assert len(obj.key_body.encoder.layer) == 2  # momentum copy holds only the blocks it runs
+    batch = obj.collate(pairs(3, 0), torch.Generator().manual_seed(0))
+    ids, mask = batch["key_input_ids"], batch["key_attention_mask"]
+    full = encoder(ids, mask)  # all 4 blocks
+    truncated = run_body(obj.key_body, ids, mask, up_to_layer=2)
+    assert len(full) == 5 and len(truncated) == 3
+    torch.testing.assert_close(truncated[2], full[2])
+    keys = obj.encode_keys(ids, mask, training=False)
+    torch.testing.assert_close(keys, obj.projection(full[2][:, 0]).detach())
+    full_depth = build(registry, copy.deepcopy(encoder), layer=2, truncate_passes=False)
+    assert len(full_depth.key_body.encoder.layer) == 4
+    full_depth.projection.load_state_dict(obj.projection.state_dict())
+    full_depth.key_projection.load_state_dict(obj.key_projection.state_dict())
+    torch.testing.assert_close(full_depth.encode_keys(ids, mask, training=False), keys)
+
+
+def test_layer_deeper_than_encoder_is_a_user_error(registry):
+    with pytest.raises(UserError, match=r"objectives\.xlco\.layer: 5 is deeper than the encoder \(4 layers"):
+        build(registry, layer=5)
+
+
+def test_collate_masks_and_picks_query_side(registry):
+    obj = build(registry, mask_inputs=False)
+    rows = pairs(16, 1)
+    batch = obj.collate(rows, torch.Generator().manual_seed(3))
+    flips = torch.randint(0, 2, (16,), generator=torch.Generator().manual_seed(3)).tolist()
+    assert 0 < sum(flips) < 16
+    for i, (row, flip) in enumerate(zip(rows, flips)):
+        q = row["src_ids"] if flip == 0 else row["tgt_ids"]
+        assert batch["input_ids"][i, : len(q) + 2].tolist() == [0, *q, 2]
+    masked = build(registry).collate(rows, torch.Generator().manual_seed(3))
+    assert (masked["input_ids"] == VOCAB.mask_id).any() and (masked["key_input_ids"] == VOCAB.mask_id).any()
+
+
+# ----------------------------------------------------------------------------- training behaviour
+def test_queue_fills_before_loss_then_trains(registry):
+    encoder = tiny_encoder()
+    obj = build(registry, encoder, negatives={"momentum_queue": {"size": 8}})
+    first = train_step(obj, encoder, 0)
+    assert first.sample_size == 0 and not first.loss.requires_grad and first.loss.item() == 0.0
+    second = train_step(obj, encoder, 1)  # 4 more keys: now 8 staged/written = full
+    assert second.sample_size == 0
+    third = train_step(obj, encoder, 2)
+    assert third.sample_size == 4 and third.loss.item() > 0 and "accuracy" in third.metrics
+    queue = obj.stores["momentum_queue"]
+    queue.flush()
+    assert queue.filled == 12 and queue.pointer == 4
+
+
+def test_in_batch_and_symmetric_options(registry):
+    encoder = tiny_encoder()
+    obj = build(registry, encoder, negatives={"in_batch": {}}, symmetric=True, learnable_temperature=True, margin=0.1)
+    out = train_step(obj, encoder, 0)
+    assert out.sample_size == 8 and out.loss.requires_grad
+    assert set(obj.trainable_modules()) == {"projection", "temperature"}
+    assert out.metrics["temperature"] == pytest.approx(0.25)
+
+
+def test_enable_step_keeps_key_encoder_equal(registry):
+    encoder = tiny_encoder()
+    obj = build(registry, encoder, enable_step=3, negatives={"in_batch": {}}, momentum=0.5)
+    assert obj.loss_weight(2) == 0.0 and obj.loss_weight(3) == 1.0
+    for step in range(2):
+        with torch.no_grad():
+            for p in encoder.parameters():
+                p.add_(0.01)
+        obj.after_optimizer_step(StepContext(step, encoder, torch.device("cpu")))
+        for name, p in obj.key_body.named_parameters():
+            assert torch.equal(p, encoder.body().get_parameter(name)), name
+    before = {n: p.clone() for n, p in obj.key_body.named_parameters()}
+    with torch.no_grad():
+        for p in encoder.parameters():
+            p.add_(0.01)
+    obj.after_optimizer_step(StepContext(2, encoder, torch.device("cpu")))  # 3 updates done: EMA m = 0.5
+    name = "encoder.layer.0.output.dense.weight"
+    expected = 0.5 * before[name] + 0.5 * encoder.body().get_parameter(name)
+    torch.testing.assert_close(obj.key_body.get_parameter(name), expected)
+
+
+def test_state_stays_fp32_under_bf16_autocast(registry):
+    encoder = tiny_encoder()
+    obj = build(registry, encoder, negatives={"momentum_queue": {"size": 4}})
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        train_step(obj, encoder, 0)
+        out = train_step(obj, encoder, 1)
+    assert out.loss.dtype == torch.float32 and out.sample_size == 4
+    queue = obj.stores["momentum_queue"]
+    queue.flush()
+    assert queue.buffer.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in obj.key_body.parameters())
+    assert all(p.dtype == torch.float32 for p in obj.key_projection.parameters())
+
+
+def test_state_round_trip_gives_identical_outputs(registry, tmp_path):
+    encoder = tiny_encoder()
+    obj = build(registry, encoder, negatives={"momentum_queue": {"size": 8}, "in_batch": {}}, learnable_temperature=True)
+    for step in range(4):
+        train_step(obj, encoder, step)
+    tensors, values = flatten_state({"xlco": obj.state_dict()})
+    save_file({k: v.clone() for k, v in tensors.items()}, str(tmp_path / "o.safetensors"))
+    restored_state = unflatten_state(load_file(str(tmp_path / "o.safetensors")), values)["xlco"]
+
+    encoder2 = tiny_encoder(seed=1)
+    encoder2.load_state_dict(encoder.state_dict())
+    obj2 = build(registry, encoder2, negatives={"momentum_queue": {"size": 8}, "in_batch": {}}, learnable_temperature=True)
+    obj2.load_state_dict(restored_state)
+    for step in range(4, 7):
+        a, b = train_step(obj, encoder, step), train_step(obj2, encoder2, step)
+        assert a.loss.item() == b.loss.item() and a.metrics == b.metrics
+    for (n, p), (_, p2) in zip(obj.key_body.named_parameters(), obj2.key_body.named_parameters()):
+        assert torch.equal(p, p2), n
+    assert torch.equal(obj.stores["momentum_queue"].buffer, obj2.stores["momentum_queue"].buffer)
+
+
+def test_constructible_on_meta_device_and_plan(registry):
+    with torch.device("meta"):
+        encoder = tiny_encoder()
+        obj = build(registry, encoder, device="meta", negatives={"momentum_queue": {"size": 128}})
+    plan = obj.plan()
+    assert plan["queue bytes"] == 128 * 16 * 4
+    assert plan["key encoder parameters"] == sum(p.numel() for p in obj.key_body.parameters()) + 16 * 16
+
+
+# ----------------------------------------------------------------------------- validation, registration
+def test_check_reports_unknown_plugins_and_bad_store_keys(registry):
+    info = registry.get("xlco", kind="objective")
+    config = info.cls.Config.model_validate(
+        {"negatives": {"momentum_queu": {}, "in_batch": {}}, "augment": {"mixup": {"prob": 2.0}, "in_batch": {}}}
+    )
+    problems = info.cls.check(config, registry)
+    assert any(p.startswith('negatives.momentum_queu: unknown negative_store plugin "momentum_queu"') for p in problems)
+    assert any(p.startswith("augment.mixup.prob:") for p in problems)
+    assert any(p.startswith('augment.in_batch: unknown augmentation plugin "in_batch"') for p in problems)
+    bad = info.cls.Config.model_validate({"negatives": {"momentum_queue": {"sise": 3}}})
+    assert info.cls.check(bad, registry) == ["negatives.momentum_queue.sise: unknown key"]
+
+
+def test_momentum_accepts_a_bare_number_or_a_table(registry):
+    cls = registry.get("xlco").cls
+    assert cls.Config.model_validate({"momentum": 0.999}).momentum.m == 0.999
+    linear = cls.Config.model_validate({"momentum": {"type": "linear", "end": 10, "min": 0.9, "max": 0.99}}).momentum
+    assert linear.value(5) == pytest.approx(0.945)
+
+
+def test_plugins_registered_through_entry_points(registry):
+    kinds = {info.name: info.kind for info in registry.infos()}
+    assert kinds["xlco"] == "objective"
+    assert kinds["momentum_queue"] == "negative_store"
+    assert kinds["in_batch"] == "negative_store"
+    assert kinds["mixup"] == "augmentation"
+    assert registry.get("xlco").module == "objkit_plugins.xlco"
