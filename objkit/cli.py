@@ -97,8 +97,7 @@ def run(recipe: Path, overrides: tuple[str, ...], output: Path | None, dry_run: 
     if dry_run:
         from objkit.plan import dry_run_plan
 
-        cache = (output or Path(".objkit-cache")) / "tokenizer-cache"
-        rows = dry_run_plan(resolved, registry, cache)
+        rows = dry_run_plan(resolved, registry)
         width = max(len(k) for k, _ in rows)
         click.echo(f"plan for {recipe} (dry run: nothing trained)")
         for key, value in rows:

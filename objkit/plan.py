@@ -9,7 +9,6 @@ micro-batch after Korthikanti et al. (2022): ``s·b·h·(34 + 5·a·s/h)`` bytes
 
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 
@@ -32,7 +31,7 @@ def _count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def dry_run_plan(resolved: ResolvedRecipe, registry: Registry, cache_dir: Any) -> list[tuple[str, str]]:
+def dry_run_plan(resolved: ResolvedRecipe, registry: Registry) -> list[tuple[str, str]]:
     recipe = resolved.recipe
     rows: list[tuple[str, str]] = []
     notes: list[str] = []
@@ -41,7 +40,7 @@ def dry_run_plan(resolved: ResolvedRecipe, registry: Registry, cache_dir: Any) -
         if recipe.model.tokenizer is not None or recipe.model.init is not None:
             if isinstance(recipe.model.tokenizer, TokenizerTraining):
                 notes.append("tokenizer trained (or taken from cache) from the recipe's data")
-            tokenizer = load_tokenizer(resolved, cache_dir)
+            tokenizer = load_tokenizer(resolved)
     except UserError as exc:
         notes.append(f"tokenizer not available ({exc}); assuming XLM-R's 250,002-token vocabulary")
     vocab = VocabInfo.from_tokenizer(tokenizer) if tokenizer is not None else VocabInfo.xlmr()

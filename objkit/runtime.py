@@ -60,6 +60,11 @@ def init_distributed() -> WorldInfo:
     return WorldInfo(rank=dist.get_rank(), world_size=dist.get_world_size())
 
 
+def default_cache_dir() -> Path:
+    """Where trained tokenizers are cached: ``$OBJKIT_CACHE`` or ``~/.cache/objkit``."""
+    return Path(os.environ.get("OBJKIT_CACHE") or Path.home() / ".cache" / "objkit")
+
+
 def barrier(world: WorldInfo) -> None:
     if world.world_size > 1:
         import torch.distributed as dist
@@ -67,11 +72,12 @@ def barrier(world: WorldInfo) -> None:
         dist.barrier()
 
 
-def load_tokenizer(resolved: ResolvedRecipe, cache_dir: Path, world: WorldInfo | None = None) -> Any:
+def load_tokenizer(resolved: ResolvedRecipe, cache_dir: Path | None = None, world: WorldInfo | None = None) -> Any:
     """The recipe's tokenizer: a path/hub id, one trained on the recipe's data, or the init's."""
     from transformers import AutoTokenizer
 
     world = world or WorldInfo()
+    cache_dir = (cache_dir or default_cache_dir()) / "tokenizers"
     model = resolved.recipe.model
     spec = model.tokenizer
     if isinstance(spec, TokenizerTraining):

@@ -60,7 +60,7 @@ class Trainer:
         set_seed(self.train_cfg.seed)
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.tokenizer = load_tokenizer(resolved, self.run_dir / "tokenizer-cache", self.world)
+        self.tokenizer = load_tokenizer(resolved, world=self.world)
         self.encoder = build_encoder(resolved, registry, vocab_size=len(self.tokenizer)).to(self.device)
         self.objectives = build_objectives(
             resolved, registry, self.encoder, self.tokenizer, self.device, self.world, self.precision
