@@ -114,28 +114,32 @@ def machine_info() -> dict[str, Any]:
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "objkit": metadata.version("objkit"),
         "objkit_commit": None if commit is None else commit + ("-dirty" if dirty else ""),
+        "loadavg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
 
 
-def train(name: str, cmd: list[str], run_dir: Path, log: Path, total: int) -> float:
-    """Run ``objkit run`` (output to ``log``), printing the latest logged step; wall seconds."""
+def train(name: str, cmd: list[str], run_dir: Path, log: Path, total: int) -> dict[str, float | None]:
+    """Run ``objkit run`` (output to ``log``), printing the latest logged step. Each run gets its own
+    (cold) datasets cache, so neither arm reuses the other's loaded and tokenized corpus."""
     print(f"[{name}] training ({total} steps): {shlex.join(cmd)}\n[{name}] log: {log}", file=sys.stderr)
-    started = time.perf_counter()
+    env = {**os.environ, "HF_DATASETS_CACHE": str((run_dir / "hf-datasets-cache").resolve())}
+    started, first = time.perf_counter(), None
     with log.open("w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
         last = ""
         while proc.poll() is None:
             time.sleep(2)
             line = tail_metrics(run_dir / "metrics.jsonl")
             if line and line != last:
-                last = line
+                last, first = line, first or time.perf_counter() - started
                 print(f"[{name}] {time.perf_counter() - started:6.0f}s  {line}", file=sys.stderr)
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
         lines = log.read_text(errors="replace").splitlines()
         die(f"[{name}] objkit run failed (exit {proc.returncode}): {lines[-1] if lines else ''} (see {log})")
     print(f"[{name}] done in {seconds:.0f}s", file=sys.stderr)
-    return seconds
+    load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None  # others' jobs skew timings
+    return {"train_seconds": seconds, "first_log_seconds": first, "loadavg_after_train": load}
 
 
 def tail_metrics(path: Path) -> str:
@@ -161,6 +165,7 @@ def run_json(cmd: list[str], log: Path) -> dict[str, Any]:
 
 def evaluate(name: str, export: Path, args: argparse.Namespace, max_length: int,
              commands: list[str], log: Path) -> dict[str, Any]:
+    started = time.perf_counter()
     opts = ["--pooling", args.pooling, "--max-length", str(max_length), "--json"]
     if args.layer is not None:
         opts[:0] = ["--layer", str(args.layer)]
@@ -181,33 +186,40 @@ def evaluate(name: str, export: Path, args: argparse.Namespace, max_length: int,
     commands.append(shlex.join(cmd))
     print(f"[{name}] tatoeba {','.join(args.tatoeba_langs)}", file=sys.stderr)
     tatoeba = run_json(cmd, log)
-    return {"retrieval": retrieval, "tatoeba": tatoeba}
+    return {"retrieval": retrieval, "tatoeba": tatoeba, "seconds": time.perf_counter() - started}
 
 
 def markdown(results: dict[str, Any]) -> str:
-    a = results["args"]
+    a, m = results["args"], results["machine"]
     pairs = [f"{a['pivot']}-{x}" for x in a["langs"]]
     head = ([f"{a['pivot']}↔{x}" for x in a["langs"]] + ["mean"]
             + ["Tatoeba xx→en", "en→xx", "mean", "steps", "train time"])
     lines = ["| recipe | " + " | ".join(head) + " |", "|---" + "|---:" * len(head) + "|"]
+    rows: list[list[float]] = []
     for name, run in results["runs"].items():
         ret, tat = run["eval"]["retrieval"], run["eval"]["tatoeba"]["average"]
+        rows.append([ret[p]["mean"] for p in pairs] + [ret["mean"]] + [tat[k] for k in ("xx2en", "en2xx", "mean")])
         t = run["train_seconds"]
-        cells = ([f"{ret[p]['mean']:.2f}" for p in pairs] + [f"{ret['mean']:.2f}"]
-                 + [f"{tat[k]:.2f}" for k in ("xx2en", "en2xx", "mean")]
-                 + [str(run["steps"]), "n/a" if t is None else f"{t:.0f} s"])
+        cells = [f"{v:.2f}" for v in rows[-1]] + [str(run["steps"]), "n/a" if t is None else f"{t:.0f} s"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    first = next(iter(results["runs"].values()))["eval"]["tatoeba"]
-    m = results["machine"]
+    if len(rows) == 2:  # the ablation: first recipe minus second
+        n1, n2 = results["runs"]
+        lines.append(f"| Δ {n1} − {n2} | " + " | ".join(f"{x - y:+.2f}" for x, y in zip(*rows)) + " | | |")
+    first = next(iter(results["runs"].values()))["eval"]
+    n_val = first["retrieval"][pairs[0]]["n"]
+    load = m.get("loadavg_at_start")
     return "\n".join([
         "# XLCO ablation", "",
-        f"Top-1 retrieval accuracy (%), layer {first['layer']}, {first['pooling']} pooling. "
-        f"Multi30k-style columns: `{a['corpus_dir']}/val.*`, mean of both directions. "
-        f"Tatoeba: average over {', '.join(a['tatoeba_langs'])}. Train time: wall seconds of `objkit run`.",
+        f"Top-1 retrieval accuracy (%), layer {first['tatoeba']['layer']}, {first['tatoeba']['pooling']} pooling. "
+        f"{a['pivot']}↔xx: `{a['corpus_dir']}/val.{a['pivot']}` vs `val.xx` ({n_val} sentences), mean of "
+        f"both directions. Tatoeba: average over {', '.join(a['tatoeba_langs'])}. "
+        "Train time: wall seconds of the whole `objkit run` (tokenizer training, data loading and "
+        "tokenization with a cold cache, training, export), runs one after the other.",
         "", *lines, "",
-        "Reproduce:", "", f"```\n{results['command']}\n```", "",
+        "Reproduce:", "", f"```\n{results['command'].replace(' --skip-train', '')}\n```", "",
         f"Machine: {m['processor']}, {m['cpu_count']} CPUs, {m['gpu'] or 'no GPU'}, torch {m['torch']}, "
-        f"python {m['python']}, objkit {m['objkit']} @ {m['objkit_commit'] or 'unknown commit'}", ""])
+        f"python {m['python']}, objkit {m['objkit']} @ {m['objkit_commit'] or 'unknown commit'}"
+        + ("" if load is None else f"; load average at start {load[0]:.1f}"), ""])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -240,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
         names.append(stem if stem not in names else f"{stem}-{len(names) + 1}")
     previous = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
     results: dict[str, Any] = {
-        "command": shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv),
+        "command": "python " + shlex.join(sys.argv if argv is None else [sys.argv[0], *argv]),
         "args": {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}},
         "machine": machine_info(), "runs": {}}
     for spec, name in zip(specs, names):
@@ -254,13 +266,13 @@ def main(argv: list[str] | None = None) -> None:
         cmd = [*OBJKIT, "run", str(path), "-o", str(run_dir), "--no-progress"]
         cmd += [x for s in sets for x in ("--set", s)]
         commands.append(shlex.join(cmd))
-        seconds = None
+        old = previous.get("runs", {}).get(name, {})
         if args.skip_train:
-            seconds = previous.get("runs", {}).get(name, {}).get("train_seconds")
+            timing = {k: old.get(k) for k in ("train_seconds", "first_log_seconds", "loadavg_after_train")}
         else:
             if run_dir.exists():  # objkit run would resume from its checkpoints
                 shutil.rmtree(run_dir)
-            seconds = train(name, cmd, run_dir, out / "logs" / f"{name}.train.log", resolved.recipe.train.steps)
+            timing = train(name, cmd, run_dir, out / "logs" / f"{name}.train.log", resolved.recipe.train.steps)
         export = run_dir / "export"
         if not (export / "config.json").is_file():
             die(f"[{name}] no export at {export} (train it first: drop --skip-train)")
@@ -268,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
                       out / "logs" / f"{name}.eval.log")
         results["runs"][name] = {"recipe": str(path), "run_dir": str(run_dir), "steps": resolved.recipe.train.steps,
                                  "objectives": list(resolved.recipe.enabled_objectives()),
-                                 "train_seconds": seconds, "eval": ev, "commands": commands}
+                                 **timing, "eval": ev, "commands": commands}
     cmd = [*OBJKIT, "plot", *(str(out / "runs" / n) for n in names), "-o", str(out / "curves.png")]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     results["plot"] = {"command": shlex.join(cmd), "ok": proc.returncode == 0}

@@ -49,7 +49,16 @@ import torch.nn.functional as F
 from pydantic import Field, ValidationError, field_validator
 from torch import nn
 
-from objkit import BuildContext, Objective, ObjectiveOutput, PluginConfig, StepContext, hookimpl
+from objkit import (
+    Augmentation,
+    BuildContext,
+    NegativeStore,
+    Objective,
+    ObjectiveOutput,
+    PluginConfig,
+    StepContext,
+    hookimpl,
+)
 from objkit.contrastive import info_nce
 from objkit.encoder import run_body, truncated_layers
 from objkit.errors import UserError
@@ -78,7 +87,9 @@ class XlcoConfig(PluginConfig):
     margin: float = Field(0.0, ge=0, description="additive margin subtracted from the positive similarity")
     mask_inputs: bool = Field(True, description="mask XLCO inputs like MLM (reference: yes)")
     masking: MaskingConfig = Field(default_factory=MaskingConfig)
-    truncate_passes: bool = Field(True, description="run only the blocks up to layer (false: full depth, for comparison)")
+    truncate_passes: bool = Field(
+        True, description="run only the blocks up to layer (false: full depth, for comparison)"
+    )
 
     @field_validator("momentum", mode="before")
     @classmethod
@@ -123,7 +134,7 @@ class CrossLingualContrast(Objective):
                     problems.append(f"{key}.{name}: {exc}")
                     continue
                 if kind == "augmentation" and getattr(info.cls, "data_kind", "parallel") != "parallel":
-                    problems.append(f"{key}.{name}: augmentation {name!r} is for {info.cls.data_kind} data, not parallel")
+                    problems.append(f"{key}.{name}: {name!r} augments {info.cls.data_kind} data, not parallel pairs")
                 try:
                     info.cls.Config.model_validate(table)
                 except ValidationError as exc:
@@ -161,11 +172,11 @@ class CrossLingualContrast(Objective):
             sources = MomentumTracker(sources.sources + head.sources, sources.targets + head.targets)
         self.tracker = sources
         self.scale_module = InverseTemperature(config.temperature, ctx.device) if config.learnable_temperature else None
-        self.stores = {}
+        self.stores: dict[str, NegativeStore] = {}
         for name, table in config.negatives.items():
             info = ctx.registry.get(name, kind="negative_store")
             self.stores[name] = info.cls(info.cls.Config.model_validate(table), self.dim, ctx.device, ctx.world)
-        self.augmentations = []
+        self.augmentations: list[Augmentation] = []
         for name, table in config.augment.items():
             info = ctx.registry.get(name, kind="augmentation")
             self.augmentations.append(info.cls(info.cls.Config.model_validate(table), ctx))

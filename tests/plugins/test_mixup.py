@@ -23,7 +23,8 @@ def registry() -> Registry:
 def make(registry: Registry, max_length: int = 64, **keys):
     cls = registry.get("mixup", kind="augmentation").cls
     ctx = BuildContext(
-        encoder=None, tokenizer=None, vocab=VOCAB, registry=registry, instance_name="xlco", seed=1,  # type: ignore[arg-type]
+        encoder=None,  # type: ignore[arg-type]
+        tokenizer=None, vocab=VOCAB, registry=registry, instance_name="xlco", seed=1,
         device=torch.device("cpu"), total_steps=1, max_length=max_length,
     )
     return cls(cls.Config(**keys), ctx)
@@ -52,7 +53,8 @@ def test_layout_matches_reference_for_every_bit_pattern(registry, mode):
     from objkit_plugins.mixup import mix_pair
 
     row = mix_pair((A1, B1), (A2, B2), mode, EOS)
-    query_ids, key_ids = (row["src_ids"], row["tgt_ids"]) if row["query_side"] == 0 else (row["tgt_ids"], row["src_ids"])
+    sides = (row["src_ids"], row["tgt_ids"])
+    query_ids, key_ids = sides if row["query_side"] == 0 else sides[::-1]
     assert ([BOS, *query_ids, EOS], [BOS, *key_ids, EOS]) == reference_layout(mode)
 
 

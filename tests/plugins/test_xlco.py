@@ -205,7 +205,8 @@ def test_state_stays_fp32_under_bf16_autocast(registry):
 
 def test_state_round_trip_gives_identical_outputs(registry, tmp_path):
     encoder = tiny_encoder()
-    obj = build(registry, encoder, negatives={"momentum_queue": {"size": 8}, "in_batch": {}}, learnable_temperature=True)
+    stores = {"momentum_queue": {"size": 8}, "in_batch": {}}
+    obj = build(registry, encoder, negatives=stores, learnable_temperature=True)
     for step in range(4):
         train_step(obj, encoder, step)
     tensors, values = flatten_state({"xlco": obj.state_dict()})
@@ -214,7 +215,7 @@ def test_state_round_trip_gives_identical_outputs(registry, tmp_path):
 
     encoder2 = tiny_encoder(seed=1)
     encoder2.load_state_dict(encoder.state_dict())
-    obj2 = build(registry, encoder2, negatives={"momentum_queue": {"size": 8}, "in_batch": {}}, learnable_temperature=True)
+    obj2 = build(registry, encoder2, negatives=stores, learnable_temperature=True)
     obj2.load_state_dict(restored_state)
     for step in range(4, 7):
         a, b = train_step(obj, encoder, step), train_step(obj2, encoder2, step)
