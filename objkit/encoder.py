@@ -77,8 +77,9 @@ class XLMREncoder(Encoder):
     def build(cls, config: ModelConfig, vocab_size: int | None = None, load_weights: bool = True) -> XLMREncoder:
         """From ``config.init`` (hub id or directory) or fresh from the preset/dims.
 
-        ``load_weights=False`` builds the init checkpoint's architecture without weights
-        (``--dry-run`` with the checkpoint absent falls back to the preset).
+        ``load_weights=False`` builds the init checkpoint's architecture without weights, from
+        its ``config.json`` if that is local (a directory or the HF cache; the network is not
+        used), else from the recipe's preset/dims (``--dry-run``).
         """
         if config.init is not None and load_weights:
             overrides = {}
@@ -95,8 +96,8 @@ class XLMREncoder(Encoder):
             return cls(mlm)
         if config.init is not None:
             try:
-                hf_config = AutoConfig.from_pretrained(config.init)
-            except OSError:
+                hf_config = AutoConfig.from_pretrained(config.init, local_files_only=True)
+            except (OSError, ValueError):
                 hf_config = architecture(config, vocab_size or XLMR_VOCAB_SIZE)
         else:
             hf_config = architecture(config, vocab_size or XLMR_VOCAB_SIZE)

@@ -201,6 +201,13 @@ class Objective(Plugin, ABC):
         self.config = config
         self.instance_name = ctx.instance_name
 
+    @classmethod
+    def modifies_encoder(cls, config: PluginConfig) -> bool:
+        """True if ``__init__`` with this config changes the encoder's modules (e.g. grows its
+        token-type table). Such objectives are built before the others, so that copies the
+        others take (momentum encoders) see the final structure."""
+        return False
+
     def prepare(self, dataset: datasets.Dataset) -> datasets.Dataset:
         """Turn tokenized source rows into training examples (default: unchanged).
 
@@ -250,6 +257,10 @@ class NegativeStore(Plugin, ABC):
     ``state_dict``.
     """
 
+    includes_current_keys: ClassVar[bool] = False
+    """True when rows ``[0, B)`` of ``negatives(keys)`` are ``keys`` themselves in order; the
+    objective then masks that diagonal (each query's own positive) out of the negatives."""
+
     def __init__(self, config: PluginConfig, dim: int, device: torch.device, world: WorldInfo) -> None:
         self.config = config
         self.dim = dim
@@ -280,6 +291,12 @@ class Augmentation(Plugin, ABC):
 
     def __init__(self, config: PluginConfig, ctx: BuildContext) -> None:
         self.config = config
+
+    def prepare(self, dataset: datasets.Dataset) -> datasets.Dataset:
+        """Reshape the objective's prepared examples once, before sampling (default: unchanged);
+        e.g. pair adjacent rows. The objective using the augmentation calls it from its own
+        ``prepare``. Must keep the ``group`` column."""
+        return dataset
 
     @abstractmethod
     def apply(self, examples: list[dict[str, Any]], generator: torch.Generator) -> list[dict[str, Any]]: ...

@@ -40,7 +40,7 @@ def dry_run_plan(resolved: ResolvedRecipe, registry: Registry) -> list[tuple[str
         if recipe.model.tokenizer is not None or recipe.model.init is not None:
             if isinstance(recipe.model.tokenizer, TokenizerTraining):
                 notes.append("tokenizer trained (or taken from cache) from the recipe's data")
-            tokenizer = load_tokenizer(resolved)
+            tokenizer = load_tokenizer(resolved, local_files_only=True)
     except UserError as exc:
         notes.append(f"tokenizer not available ({exc}); assuming XLM-R's 250,002-token vocabulary")
     vocab = VocabInfo.from_tokenizer(tokenizer) if tokenizer is not None else VocabInfo.xlmr()
@@ -54,7 +54,10 @@ def dry_run_plan(resolved: ResolvedRecipe, registry: Registry) -> list[tuple[str
             resolved, registry, encoder, tokenizer, torch.device("meta"), world, precision, vocab=vocab
         )
     if recipe.model.init:
-        notes.append(f"weights NOT loaded: architecture of {recipe.model.init!r} (or its preset) built on the meta device")
+        notes.append(
+            f"weights NOT loaded: architecture of {recipe.model.init!r} (its local config.json, else the recipe's "
+            "preset) built on the meta device; the dry run never uses the network"
+        )
     micro, accumulation = accumulation_steps(recipe.train, world)
     encoder_params = _count(encoder)
     trainable = encoder_params

@@ -72,8 +72,14 @@ def barrier(world: WorldInfo) -> None:
         dist.barrier()
 
 
-def load_tokenizer(resolved: ResolvedRecipe, cache_dir: Path | None = None, world: WorldInfo | None = None) -> Any:
-    """The recipe's tokenizer: a path/hub id, one trained on the recipe's data, or the init's."""
+def load_tokenizer(
+    resolved: ResolvedRecipe,
+    cache_dir: Path | None = None,
+    world: WorldInfo | None = None,
+    local_files_only: bool = False,
+) -> Any:
+    """The recipe's tokenizer: a path/hub id, one trained on the recipe's data, or the init's.
+    ``local_files_only``: never touch the network (a hub id must be in the local HF cache)."""
     from transformers import AutoTokenizer
 
     world = world or WorldInfo()
@@ -93,7 +99,7 @@ def load_tokenizer(resolved: ResolvedRecipe, cache_dir: Path | None = None, worl
         spec_path = spec or model.init
         key = "model.tokenizer" if spec else "model.init"
     try:
-        return AutoTokenizer.from_pretrained(spec_path)
+        return AutoTokenizer.from_pretrained(spec_path, local_files_only=local_files_only)
     except (OSError, ValueError) as exc:
         raise UserError(
             f"{key}: cannot load a tokenizer from {spec_path!r} ({str(exc).splitlines()[0][:120]}); "
@@ -126,9 +132,14 @@ def build_objectives(
 ) -> list[BuiltObjective]:
     recipe = resolved.recipe
     vocab = vocab or VocabInfo.from_tokenizer(tokenizer)
-    built = []
-    for name, entry in recipe.enabled_objectives().items():
-        cls = registry.get(entry.plugin, kind="objective").cls
+    built: dict[str, BuiltObjective] = {}
+    entries = recipe.enabled_objectives()
+    classes = {name: registry.get(entry.plugin, kind="objective").cls for name, entry in entries.items()}
+    # Objectives that change the encoder's modules are built first, so that copies taken by
+    # the others (momentum encoders) see the final structure; recipe order is kept otherwise.
+    order = sorted(entries, key=lambda n: not classes[n].modifies_encoder(resolved.objective_configs[n]))
+    for name in order:
+        entry, cls = entries[name], classes[name]
         ctx = BuildContext(
             encoder=encoder,
             tokenizer=tokenizer,
@@ -142,8 +153,8 @@ def build_objectives(
             world=world,
             precision=precision,
         )
-        built.append(BuiltObjective(name, cls(resolved.objective_configs[name], ctx), entry.weight, entry.data))
-    return built
+        built[name] = BuiltObjective(name, cls(resolved.objective_configs[name], ctx), entry.weight, entry.data)
+    return [built[name] for name in entries]
 
 
 def accumulation_steps(train: TrainConfig, world: WorldInfo) -> tuple[int, int]:

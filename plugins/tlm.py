@@ -61,6 +61,10 @@ class TranslationLM(Objective):
         if config.language_embeddings:
             self._grow_token_types(ctx, len(config.languages))
 
+    @classmethod
+    def modifies_encoder(cls, config: TLMConfig) -> bool:
+        return config.language_embeddings
+
     @staticmethod
     def _grow_token_types(ctx: BuildContext, needed: int) -> None:
         embeddings = getattr(ctx.encoder.body(), "embeddings", None)

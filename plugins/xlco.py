@@ -184,9 +184,7 @@ class CrossLingualContrast(Objective):
     # ------------------------------------------------------------------ data
     def prepare(self, dataset: datasets.Dataset) -> datasets.Dataset:
         for augmentation in self.augmentations:
-            prepare = getattr(augmentation, "prepare", None)
-            if callable(prepare):
-                dataset = prepare(dataset)
+            dataset = augmentation.prepare(dataset)
         return dataset
 
     def collate(self, examples: list[dict[str, Any]], generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -243,7 +241,7 @@ class CrossLingualContrast(Objective):
         blocks, masks = [], []
         for store in self.stores.values():
             blocks.append(store.negatives(keys))
-            if getattr(store, "includes_current_keys", False):
+            if store.includes_current_keys:
                 n = keys.shape[0]
                 eye = torch.eye(n, dtype=torch.bool, device=keys.device)
                 masks.append(F.pad(eye, (0, blocks[-1].shape[0] - n)))

@@ -77,9 +77,9 @@ def retrieval_command(
 
     \b
     Examples:
-      objkit eval retrieval runs/xlco/final --src val.de --tgt val.en
-      objkit eval retrieval runs/xlco/final --src val.de --tgt val.en --layer 12 --pooling cls
-      objkit eval retrieval runs/xlco/final --src val.fr --tgt val.en --json
+      objkit eval retrieval runs/xlco/export --src val.de --tgt val.en
+      objkit eval retrieval runs/xlco/export --src val.de --tgt val.en --layer 12 --pooling cls
+      objkit eval retrieval runs/xlco/export --src val.fr --tgt val.en --json
     """
     src_lines, tgt_lines = read_aligned(src, tgt)
     model, tokenizer, layer = _load(model_dir, layer, device)
@@ -115,8 +115,8 @@ def tatoeba_command(
 
     \b
     Examples:
-      objkit eval tatoeba runs/xlco/final --data-dir data/tatoeba
-      objkit eval tatoeba runs/xlco/final --data-dir data/tatoeba --langs xtreme36
+      objkit eval tatoeba runs/xlco/export --data-dir data/tatoeba
+      objkit eval tatoeba runs/xlco/export --data-dir data/tatoeba --langs xtreme36
       objkit eval tatoeba xlm-roberta-base --data-dir data/tatoeba --langs deu,fra --json
     """
     chosen = select_languages(langs, discover_languages(data_dir))

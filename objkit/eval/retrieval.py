@@ -75,6 +75,17 @@ def _blocks_run(model: nn.Module, layer: int) -> tuple[contextlib.AbstractContex
     return contextlib.nullcontext(), _num_layers(model)
 
 
+def model_max_tokens(model: nn.Module) -> int | None:
+    """Tokens per sequence the model's position table allows (XLM-R offsets positions by
+    ``pad_token_id + 1``), or None when the config does not say."""
+    config = getattr(model, "config", None)
+    positions = getattr(config, "max_position_embeddings", None)
+    if not isinstance(positions, int):
+        return None
+    offset = (getattr(config, "pad_token_id", None) or 0) + 1 if "roberta" in str(getattr(config, "model_type", "")) else 0
+    return max(2, positions - offset)
+
+
 def encode_sentences(
     model: nn.Module,
     tokenizer: Any,
@@ -97,6 +108,7 @@ def encode_sentences(
     takes position 0. Batches are sorted by length (original order restored), run under
     ``torch.inference_mode()`` in eval mode; the model's training flag is restored. On an
     XLM-R body (``model.encoder.layer``) the blocks above ``layer`` are skipped.
+    ``max_length`` is clipped to what the model's position table allows.
     ``device=None`` uses the model's own device. ``progress`` (True or a description)
     shows a tqdm bar on stderr.
     """
@@ -116,6 +128,7 @@ def encode_sentences(
     if n == 0:
         hidden = getattr(getattr(model, "config", None), "hidden_size", 0)
         return torch.zeros(0, hidden, dtype=torch.float32)
+    max_length = min(max_length, model_max_tokens(model) or max_length)
 
     enc = tokenizer(
         list(sentences),

@@ -1,0 +1,56 @@
+"""Runtime assembly: objectives that change the encoder are built before the ones that copy it."""
+
+from __future__ import annotations
+
+import torch
+
+from objkit.interfaces import VocabInfo, WorldInfo
+from objkit.recipe import load_recipe
+from objkit.registry import default_registry
+from objkit.runtime import build_encoder, build_objectives
+
+RECIPE = """
+name = "order"
+[model]
+hidden_size = 16
+num_layers = 2
+num_heads = 2
+intermediate_size = 32
+max_length = 24
+tokenizer = { vocab_size = 600 }
+[data.parallel]
+type = "cldr"
+kind = "parallel"
+locales = ["en", "de"]
+[objectives.xlco]                 # listed first: its momentum copy must still see TLM's table
+data = "parallel"
+layer = 2
+negatives = { momentum_queue = { size = 8 } }
+[objectives.tlm]
+data = "parallel"
+language_embeddings = true
+languages = ["en", "de", "fr"]
+[train]
+steps = 2
+batch_size = 2
+lr = 1e-3
+"""
+
+
+def test_momentum_copy_sees_encoder_changes_made_by_other_objectives(tmp_path):
+    path = tmp_path / "order.toml"
+    path.write_text(RECIPE)
+    registry = default_registry()
+    resolved = load_recipe(path, registry=registry)
+    vocab = VocabInfo(bos_id=0, eos_id=2, mask_id=49, pad_id=1, vocab_size=50, special_ids=(0, 1, 2, 3, 49))
+    encoder = build_encoder(resolved, registry, vocab_size=50)
+    built = build_objectives(resolved, registry, encoder, None, torch.device("cpu"), WorldInfo(), "fp32", vocab=vocab)
+
+    assert [b.name for b in built] == ["xlco", "tlm"]  # recipe order is kept in the result
+    table = encoder.body().embeddings.token_type_embeddings
+    assert table.num_embeddings == 3
+    xlco = built[0].objective
+    key_table = xlco.key_body.embeddings.token_type_embeddings
+    assert key_table.weight.shape == table.weight.shape
+    assert torch.equal(key_table.weight, table.weight)
+    assert any(source is table.weight for source in xlco.tracker.sources)
