@@ -72,8 +72,15 @@ def data_overrides(args: argparse.Namespace, base: Any) -> list[str]:
             f'data.mono={{type="text",files=[{files}]{extra("mono")}}}']
     if not isinstance(base.recipe.model.tokenizer, (str, type(None))):
         sets.append('model.tokenizer.sources=["mono"]')
+    steps = args.steps if args.steps is not None else base.recipe.train.steps
     if args.steps is not None:
         sets.append(f"train.steps={args.steps}")
+    # Retrieval on the validation pairs during training (eval/<lang>/acc), for the curves.
+    eval_sets = ",".join(
+        f"{x}={{src={toml_str(str(corpus / f'val.{pivot}'))},tgt={toml_str(str(corpus / f'val.{x}'))}}}"
+        for x in args.langs)
+    layer = f",layer={args.layer}" if args.layer is not None else ""
+    sets.append(f'eval={{every={max(1, steps // 4)},pooling="{args.pooling}"{layer},sets={{{eval_sets}}}}}')
     return sets + list(args.set)
 
 
