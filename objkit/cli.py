@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -80,14 +82,21 @@ Examples:
   objkit run recipes/quickstart.toml -o runs/quickstart
   objkit run recipes/quickstart_infoxlm.toml -o runs/qi --set train.steps=100
   objkit run recipes/infoxlm_large.toml --dry-run
-  torchrun --nproc_per_node 8 -m objkit run recipes/infoxlm_base.toml -o runs/base \\
+  objkit run recipes/quickstart_infoxlm.toml -o runs/qi2 --nproc 2
+  torchrun --standalone --nproc_per_node 8 -m objkit run recipes/infoxlm_base.toml -o runs/base \\
       --set model.init=/models/xlm-roberta-base --set 'data.mono={...}'
 """)
 @_recipe_options
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), help="Run directory (resumes if it holds checkpoints).")
 @click.option("--dry-run", is_flag=True, help="Build everything on the meta device and print the plan; no training.")
 @click.option("--no-progress", is_flag=True, help="Disable the progress bar.")
-def run(recipe: Path, overrides: tuple[str, ...], output: Path | None, dry_run: bool, no_progress: bool) -> None:
+@click.option(
+    "--nproc", type=click.IntRange(min=1), metavar="N",
+    help="Run N processes on this machine: exec `torchrun --standalone --nproc_per_node N -m objkit run ...`.",
+)
+def run(
+    recipe: Path, overrides: tuple[str, ...], output: Path | None, dry_run: bool, no_progress: bool, nproc: int | None
+) -> None:
     """Train the model RECIPE describes into OUTPUT (metrics, checkpoints, export/)."""
     from objkit.recipe import load_recipe
     from objkit.registry import default_registry
@@ -97,7 +106,7 @@ def run(recipe: Path, overrides: tuple[str, ...], output: Path | None, dry_run: 
     if dry_run:
         from objkit.plan import dry_run_plan
 
-        rows = dry_run_plan(resolved, registry)
+        rows = dry_run_plan(resolved, registry, world_size=nproc)  # --nproc: plan for that many ranks
         width = max(len(k) for k, _ in rows)
         click.echo(f"plan for {recipe} (dry run: nothing trained)")
         for key, value in rows:
@@ -105,6 +114,15 @@ def run(recipe: Path, overrides: tuple[str, ...], output: Path | None, dry_run: 
         return
     if output is None:
         raise UserError("run: -o/--output DIR is required (where metrics, checkpoints and the export go)")
+    if nproc is not None and "LOCAL_RANK" not in os.environ:  # not already a torchrun worker
+        argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                "-m", "objkit", "run", str(recipe), "-o", str(output)]
+        argv += [arg for override in overrides for arg in ("--set", override)]
+        argv += ["--no-progress"] if no_progress else []
+        click.echo(f"exec: {shlex.join(argv)}", err=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, argv)
     from objkit.runner import run_recipe
 
     run_recipe(resolved, output, registry, progress=not no_progress)

@@ -8,6 +8,7 @@ A plugin is a class deriving from one of these bases, with a ``name`` and a pyda
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -178,6 +179,11 @@ class Encoder(Plugin, nn.Module, ABC):
     def body(self) -> nn.Module:
         """The transformer body without the LM head (what a momentum copy tracks)."""
 
+    def shard_units(self) -> list[nn.Module]:
+        """Submodules FSDP shards as units of their own (the transformer blocks), so only one
+        block's full weights exist at a time; the rest is sharded with the root. Default: none."""
+        return []
+
     @abstractmethod
     def save_pretrained(self, path: str) -> None: ...
 
@@ -217,10 +223,50 @@ class Objective(Plugin, ABC):
 
     @abstractmethod
     def collate(self, examples: list[dict[str, Any]], generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """Batch examples into tensors; all randomness (masking) comes from ``generator``."""
+        """Batch examples into tensors (every tensor with one row per example).
+
+        Randomness about an example (masking, which side is the query) should come from its
+        ``example["sample_seed"]`` (see :mod:`objkit.seeding`): a function of the seed and the
+        example's place in the step's global batch only, so that 1 rank × micro-batch B and
+        2 ranks × B/2 collate the same rows. ``generator`` is seeded per micro-batch and rank;
+        use it only for decisions that depend on the micro-batch as a whole.
+        """
 
     @abstractmethod
     def compute(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> ObjectiveOutput: ...
+
+    def sample_size(self, batch: dict[str, torch.Tensor]) -> int:
+        """The ``sample_size`` :meth:`compute` will report for ``batch`` when it computes a loss,
+        known before the forward pass: the composite sums it over the step's micro-batches and
+        ranks and divides each objective's loss by that global count (fairseq's sample-size
+        normalisation), so gradients do not depend on how the batch is split. Default: the
+        predicted positions of ``batch["labels"]`` (``!= -100``) if present, else one unit per row."""
+        if "labels" in batch:
+            return int((batch["labels"] != -100).sum())
+        return int(next(iter(batch.values())).shape[0])
+
+    def has_loss(self, step: int) -> bool:
+        """Whether :meth:`compute` returns a loss with a gradient at ``step`` (default: always).
+
+        Asked once before the step's first forward pass, and must hold for every micro-batch of
+        the step and be the same on every rank: the composite uses it to run the step's last
+        backward pass with gradient synchronisation (DDP/FSDP) and checks it against the result.
+        An objective that first fills a queue returns False meanwhile."""
+        return True
+
+    @property
+    def uses_all_parameters(self) -> bool:
+        """False when a backward pass of this objective leaves some encoder parameters without a
+        gradient (a truncated encoder, no LM head). DDP then runs with
+        ``find_unused_parameters=True`` (see :mod:`objkit.distributed`); declaring it is
+        cheaper and more honest than touching the unused parameters with ``0 * loss``."""
+        return True
+
+    def shard(self, shard: Callable[..., None]) -> None:
+        """Under FSDP (``train.parallelism = "fsdp"``), called once after the encoder and the
+        trainable modules have been sharded: shard the modules this objective keeps beside
+        them (momentum copies) with ``shard(module, units=[blocks...])``, the same way, and
+        re-take references to encoder parameters (sharding replaces them). Default: nothing."""
 
     def loss_weight(self, step: int) -> float:
         """Multiplier on the recipe weight at ``step`` (e.g. 0 until a warm-up condition holds)."""
@@ -258,8 +304,15 @@ class NegativeStore(Plugin, ABC):
     """
 
     includes_current_keys: ClassVar[bool] = False
-    """True when rows ``[0, B)`` of ``negatives(keys)`` are ``keys`` themselves in order; the
-    objective then masks that diagonal (each query's own positive) out of the negatives."""
+    """True when rows ``[o, o + B)`` of ``negatives(keys)`` are ``keys`` themselves in order
+    (``o`` = :attr:`current_keys_offset`); the objective then masks that diagonal (each
+    query's own positive) out of the negatives."""
+
+    @property
+    def current_keys_offset(self) -> int:
+        """Row of the last ``negatives(keys)`` result where ``keys`` begin (0 unless the store
+        gathered other ranks' keys in front of them)."""
+        return 0
 
     def __init__(self, config: PluginConfig, dim: int, device: torch.device, world: WorldInfo) -> None:
         self.config = config

@@ -7,6 +7,8 @@ and padding are never selected.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from pydantic import Field
 
@@ -26,45 +28,64 @@ def mask_tokens(
     vocab: VocabInfo,
     generator: torch.Generator,
     config: MaskingConfig = MaskingConfig(),
+    seeds: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``(masked_input_ids, labels)``; labels are ``-100`` where nothing is predicted.
 
     Selection is exact-rate per sequence in expectation (Bernoulli per maskable token), with at
     least one selected token per sequence that has a maskable token, so every sequence
     contributes to the loss.
+
+    Every row draws its random numbers from its own generator seeded by ``seeds[row]`` (one per
+    row; drawn from ``generator`` when not given), over its unpadded length only: a row is
+    masked the same way whatever batch, padding or rank it is collated in. Pass per-sample
+    seeds (:mod:`objkit.seeding`) to make masking a function of the sample alone.
     """
     if config.replace_prob + config.random_prob > 1:
         raise ValueError("replace_prob + random_prob must be <= 1")
+    rows, width = input_ids.shape
+    if seeds is None:
+        seeds = torch.randint(0, 2**63 - 1, (rows,), generator=generator).tolist()
+    if len(seeds) != rows:
+        raise ValueError(f"mask_tokens: {len(seeds)} seeds for {rows} rows")
     special = torch.isin(input_ids, torch.tensor(vocab.special_ids, dtype=input_ids.dtype))
     maskable = ~special
-    draws = torch.rand(input_ids.shape, generator=generator)
+    lengths = (input_ids != vocab.pad_id).sum(dim=-1).tolist()  # right-padded rows
+    draws = torch.full((rows, width), 2.0)  # > any probability: padding is never selected
+    action = torch.ones((rows, width))
+    generators = []
+    for row, (seed, length) in enumerate(zip(seeds, lengths, strict=True)):
+        g = torch.Generator().manual_seed(int(seed))
+        draws[row, :length] = torch.rand(length, generator=g)
+        action[row, :length] = torch.rand(length, generator=g)
+        generators.append(g)
     selected = (draws < config.mask_prob) & maskable
     # guarantee one prediction per sequence: pick the maskable position with the lowest draw
     none_selected = ~selected.any(dim=-1) & maskable.any(dim=-1)
     if none_selected.any():
         first = torch.where(maskable, draws, torch.full_like(draws, 2.0)).argmin(dim=-1)
-        rows = none_selected.nonzero(as_tuple=True)[0]
-        selected[rows, first[rows]] = True
+        picked = none_selected.nonzero(as_tuple=True)[0]
+        selected[picked, first[picked]] = True
 
     labels = torch.where(selected, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
-    action = torch.rand(input_ids.shape, generator=generator)
     to_mask = selected & (action < config.replace_prob)
     to_random = selected & (action >= config.replace_prob) & (action < config.replace_prob + config.random_prob)
 
     masked = input_ids.clone()
     masked[to_mask] = vocab.mask_id
-    random_tokens = _random_regular_tokens(int(to_random.sum()), vocab, generator).to(input_ids.dtype)
-    masked[to_random] = random_tokens
+    counts = to_random.sum(dim=-1).tolist()
+    if sum(counts):
+        candidates = _regular_tokens(vocab)
+        picks = [torch.randint(len(candidates), (n,), generator=g) for n, g in zip(counts, generators) if n]
+        masked[to_random] = candidates[torch.cat(picks)].to(input_ids.dtype)  # row-major, like the mask
     return masked, labels
 
 
-def _random_regular_tokens(count: int, vocab: VocabInfo, generator: torch.Generator) -> torch.Tensor:
-    """Uniform over the vocabulary minus special tokens."""
+def _regular_tokens(vocab: VocabInfo) -> torch.Tensor:
+    """The vocabulary minus special tokens (random replacements are uniform over these)."""
     regular = torch.ones(vocab.vocab_size, dtype=torch.bool)
     regular[list(vocab.special_ids)] = False
-    candidates = regular.nonzero(as_tuple=True)[0]
-    picks = torch.randint(len(candidates), (count,), generator=generator)
-    return candidates[picks]
+    return regular.nonzero(as_tuple=True)[0]
 
 
 def pad_sequences(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,6 +97,11 @@ def pad_sequences(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor
         ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
         attention[row, : len(seq)] = 1
     return ids, attention
+
+
+def masked_units(batch: dict[str, torch.Tensor]) -> int:
+    """How many positions ``batch["labels"]`` predicts: the ``sample_size`` of a masked-LM batch."""
+    return int((batch["labels"] != IGNORE_INDEX).sum())
 
 
 def masked_lm_output(

@@ -113,6 +113,12 @@ def coerce_schedule(value: object) -> object:
     return value
 
 
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor (a view: in-place updates reach the DTensor), else the tensor."""
+    to_local = getattr(tensor, "to_local", None)
+    return to_local() if to_local is not None else tensor
+
+
 def make_momentum_copy(module: nn.Module) -> nn.Module:
     """A frozen fp32 deep copy of ``module`` (equal weights; ``requires_grad=False``)."""
     twin = copy.deepcopy(module)
@@ -151,21 +157,26 @@ class MomentumTracker:
 
     def _sources(self) -> list[torch.Tensor]:
         if self._same_dtype:
-            return [s.detach() for s in self.sources]
-        return [s.detach().to(t.dtype) for s, t in zip(self.sources, self.targets, strict=True)]
+            return [_local(s.detach()) for s in self.sources]
+        return [_local(s.detach()).to(t.dtype) for s, t in zip(self.sources, self.targets, strict=True)]
 
     @torch.no_grad()
     def update(self, momentum: float) -> None:
-        """``target ← m·target + (1 − m)·source``; ``m = 0`` copies exactly, ``m = 1`` is a no-op."""
+        """``target ← m·target + (1 − m)·source``; ``m = 0`` copies exactly, ``m = 1`` is a no-op.
+
+        Sharded (FSDP) pairs are updated shard by shard, each rank its local part: source and
+        target must then be sharded alike (same mesh and placement), as
+        :meth:`objkit.Objective.shard` arranges."""
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1] (got {momentum})")
         self.last_momentum = momentum
         if momentum == 1.0 or not self.targets:
             return
+        targets = [_local(t) for t in self.targets]
         if momentum == 0.0:
-            torch._foreach_copy_(self.targets, self._sources())
+            torch._foreach_copy_(targets, self._sources())
         else:
-            torch._foreach_lerp_(self.targets, self._sources(), 1.0 - momentum)
+            torch._foreach_lerp_(targets, self._sources(), 1.0 - momentum)
 
     def step(self, updates: int, schedule: MomentumSchedule, enable_step: int = 0) -> float:
         """Apply the schedule after ``updates`` completed optimizer updates; returns the momentum used.

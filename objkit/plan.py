@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import torch
 
+from objkit.distributed import env_world
 from objkit.errors import UserError
-from objkit.interfaces import VocabInfo
+from objkit.interfaces import VocabInfo, WorldInfo
 from objkit.recipe import ResolvedRecipe, TokenizerTraining
 from objkit.registry import Registry
 from objkit.runtime import (
     accumulation_steps,
     build_encoder,
     build_objectives,
-    init_distributed,
     load_tokenizer,
 )
 
@@ -31,7 +31,8 @@ def _count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def dry_run_plan(resolved: ResolvedRecipe, registry: Registry) -> list[tuple[str, str]]:
+def dry_run_plan(resolved: ResolvedRecipe, registry: Registry, world_size: int | None = None) -> list[tuple[str, str]]:
+    """The plan's rows; ``world_size`` defaults to torchrun's ``WORLD_SIZE`` (1 without torchrun)."""
     recipe = resolved.recipe
     rows: list[tuple[str, str]] = []
     notes: list[str] = []
@@ -44,7 +45,9 @@ def dry_run_plan(resolved: ResolvedRecipe, registry: Registry) -> list[tuple[str
     except UserError as exc:
         notes.append(f"tokenizer not available ({exc}); assuming XLM-R's 250,002-token vocabulary")
     vocab = VocabInfo.from_tokenizer(tokenizer) if tokenizer is not None else VocabInfo.xlmr()
-    world = init_distributed()
+    world = env_world()  # the torchrun layout, without joining a process group
+    if world_size is not None:
+        world = WorldInfo(rank=0, world_size=world_size)
     precision = recipe.train.precision
     if precision == "auto":  # what a CUDA run would use; the plan is for the target machine
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
@@ -61,7 +64,8 @@ def dry_run_plan(resolved: ResolvedRecipe, registry: Registry) -> list[tuple[str
     micro, accumulation = accumulation_steps(recipe.train, world)
     encoder_params = _count(encoder)
     trainable = encoder_params
-    extra_bytes = 0
+    extra_bytes = 0  # objective state: queues and other buffers
+    copies = 0  # objective state: parameters of momentum copies (fp32)
     rows.append(("encoder", f"{type(encoder).__name__}: {encoder.num_layers} layers, hidden {encoder.hidden_size}, vocab {encoder.vocab_size:,}"))
     rows.append(("query encoder parameters", f"{encoder_params:,} ({encoder_params / 1e6:.0f}M)"))
     for built in objectives:
@@ -71,7 +75,7 @@ def dry_run_plan(resolved: ResolvedRecipe, registry: Registry) -> list[tuple[str
             shown = f"{value:,}" if isinstance(value, int) else str(value)
             if isinstance(value, int) and key.endswith("parameters"):
                 shown += f" ({value / 1e6:.0f}M)"
-                extra_bytes += 4 * value
+                copies += 4 * value
             elif isinstance(value, int) and key.endswith("bytes"):
                 shown = f"{value / GiB:.2f} GiB"
                 extra_bytes += value
@@ -85,14 +89,23 @@ def dry_run_plan(resolved: ResolvedRecipe, registry: Registry) -> list[tuple[str
     rows.append(("steps", f"{recipe.train.steps:,} (warmup {recipe.train.warmup_steps:,}, {recipe.train.schedule} schedule, peak lr {recipe.train.lr:g})"))
     weights = 4 * trainable
     optimizer = 8 * trainable
+    sharded = recipe.train.parallelism == "fsdp" and world.world_size > 1
+    if sharded:  # FSDP: weights, gradients and optimizer state are split over the ranks
+        weights //= world.world_size
+        optimizer //= world.world_size
+        copies //= world.world_size  # momentum copies are sharded like the encoder; queues are not
     act_bytes_per_elem = 1 if precision in ("bf16", "fp16") else 2
     h, s, layers = encoder.hidden_size, max_len, encoder.num_layers
     heads = getattr(getattr(encoder, "mlm", None), "config", None)
     a = heads.num_attention_heads if heads is not None else max(1, h // 64)
     activations = act_bytes_per_elem * layers * s * micro * h * (34 + 5 * a * s / h)
     rows.append(("precision", precision))
+    if world.world_size > 1:
+        layout = "FSDP2, sharded over" if sharded else "DDP, replicated on"
+        rows.append(("parallelism", f"{recipe.train.parallelism} ({layout} {world.world_size} ranks)"))
     rows.append(("memory: weights + grads (fp32)", f"{2 * weights / GiB:.2f} GiB"))
     rows.append(("memory: AdamW moments (fp32)", f"{optimizer / GiB:.2f} GiB"))
+    extra_bytes += copies
     rows.append(("memory: objective state", f"{extra_bytes / GiB:.2f} GiB"))
     rows.append(("memory: activations per micro-batch (est.)", f"{activations / GiB:.2f} GiB"))
     rows.append(("memory: total per rank (est.)", f"{(2 * weights + optimizer + extra_bytes + activations) / GiB:.2f} GiB"))

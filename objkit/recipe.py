@@ -159,6 +159,9 @@ class TrainConfig(Strict):
     keep_checkpoints: int = Field(2, ge=1)
     normalization: Literal["mean", "reference"] = "mean"
     backward: Literal["per_objective", "joint"] = "per_objective"
+    parallelism: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="under torchrun: replicate the model (ddp) or shard it with FSDP2 (fsdp)"
+    )
     report_to: list[Literal["jsonl", "tensorboard"]] = Field(default_factory=lambda: ["jsonl"])
 
     @model_validator(mode="after")

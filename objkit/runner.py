@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from objkit.checkpoint import atomic_write_text
+from objkit.distributed import shutdown_distributed
 from objkit.errors import UserError
 from objkit.recipe import EvalConfig, ResolvedRecipe
 from objkit.registry import Registry
@@ -58,17 +59,22 @@ def run_recipe(resolved: ResolvedRecipe, run_dir: Path, registry: Registry, prog
     run_dir.mkdir(parents=True, exist_ok=True)
     evaluate = PeriodicEval(resolved.recipe.eval, resolved.recipe.model.max_length) if resolved.recipe.eval else None
     started = time.perf_counter()
-    trainer = Trainer(resolved, run_dir, registry, progress=progress)
-    if trainer.world.is_main:
-        atomic_write_text(run_dir / "recipe.toml", resolved.to_toml())
-        versions = {"objkit": _version(), "plugins": registry.versions()}
-        atomic_write_text(run_dir / "versions.json", json.dumps(versions, indent=1) + "\n")
-        click.echo(f"resolved recipe and plugin versions written to {run_dir}", err=True)
-    trainer.fit(evaluate)
-    export = trainer.export()
-    if trainer.world.is_main:
-        click.echo(f"done: {trainer.step} steps in {time.perf_counter() - started:.0f}s; export at {export}", err=True)
-    return export
+    try:
+        trainer = Trainer(resolved, run_dir, registry, progress=progress)
+        if trainer.world.is_main:
+            atomic_write_text(run_dir / "recipe.toml", resolved.to_toml())
+            versions = {"objkit": _version(), "plugins": registry.versions()}
+            atomic_write_text(run_dir / "versions.json", json.dumps(versions, indent=1) + "\n")
+            click.echo(f"resolved recipe and plugin versions written to {run_dir}", err=True)
+        trainer.fit(evaluate)
+        export = trainer.export()
+        if trainer.world.is_main:
+            ranks = f" on {trainer.world.world_size} ranks" if trainer.world.world_size > 1 else ""
+            click.echo(f"done: {trainer.step} steps{ranks} in {time.perf_counter() - started:.0f}s; "
+                       f"export at {export}", err=True)
+        return export
+    finally:
+        shutdown_distributed()  # leave the torchrun process group (no-op with one process)
 
 
 def _version() -> str:

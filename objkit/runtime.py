@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from objkit.distributed import barrier, init_distributed
 from objkit.errors import UserError
 from objkit.interfaces import BuildContext, Encoder, Objective, VocabInfo, WorldInfo
 from objkit.recipe import ResolvedRecipe, TokenizerTraining, TrainConfig
@@ -48,28 +49,9 @@ def autocast_factory(precision: str, device: torch.device) -> Callable[[], conte
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def init_distributed() -> WorldInfo:
-    """Join the torchrun process group when launched with WORLD_SIZE > 1."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return WorldInfo()
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    return WorldInfo(rank=dist.get_rank(), world_size=dist.get_world_size())
-
-
 def default_cache_dir() -> Path:
     """Where trained tokenizers are cached: ``$OBJKIT_CACHE`` or ``~/.cache/objkit``."""
     return Path(os.environ.get("OBJKIT_CACHE") or Path.home() / ".cache" / "objkit")
-
-
-def barrier(world: WorldInfo) -> None:
-    if world.world_size > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 def load_tokenizer(

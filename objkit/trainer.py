@@ -10,12 +10,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import datasets
 import torch
 from tqdm.auto import tqdm
 from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
 from objkit import checkpoint as ckpt
-from objkit.composite import CompositeLoss, ObjectiveSlot, StepStats
+from objkit import distributed
+from objkit.composite import CompositeLoss, ObjectiveSlot, StepStats, summarise
 from objkit.data import ExampleStream, load_source, source_group_sizes
 from objkit.interfaces import StepContext
 from objkit.recipe import ResolvedRecipe, source_kind
@@ -26,11 +28,11 @@ from objkit.runtime import (
     autocast_factory,
     build_encoder,
     build_objectives,
-    init_distributed,
     load_tokenizer,
     resolve_device,
     resolve_precision,
 )
+from objkit.seeding import derive_seed
 
 
 def set_seed(seed: int) -> None:
@@ -53,8 +55,10 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.registry = registry
         self.progress = progress
-        self.world = init_distributed()
-        self.device = resolve_device(self.train_cfg, self.world)
+        self.device = resolve_device(self.train_cfg, distributed.env_world())
+        self.world = distributed.init_distributed(self.device)
+        if not self.world.is_main:  # rank 0 alone reports
+            datasets.disable_progress_bars()
         self.precision = resolve_precision(self.train_cfg, self.device)
         self.micro_batch_size, self.accumulation = accumulation_steps(self.train_cfg, self.world)
         set_seed(self.train_cfg.seed)
@@ -66,11 +70,13 @@ class Trainer:
             resolved, registry, self.encoder, self.tokenizer, self.device, self.world, self.precision
         )
         self.streams = self._build_streams()
-        params = list(self.encoder.parameters())
-        for built in self.objectives:
-            for module in built.objective.trainable_modules().values():
-                params.extend(p for p in module.parameters() if p.requires_grad)
-        self.params = params
+        self.replicas = distributed.parallelize(
+            self.encoder, [b.objective for b in self.objectives], self.world, self.device,
+            self.train_cfg.parallelism, self.precision,
+        )
+        params = self.params = self.replicas.parameters()
+        if self.world.world_size > 1:  # same initial weights everywhere (above); own dropout masks per rank
+            torch.manual_seed(derive_seed(self.train_cfg.seed, "rank", self.world.rank))
         opt = self.train_cfg.optimizer
         self.optimizer = torch.optim.AdamW(
             params, lr=self.train_cfg.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay
@@ -93,6 +99,7 @@ class Trainer:
             autocast=autocast_factory(self.precision, self.device),
             scale_loss=self.scaler.scale,
             seed=self.train_cfg.seed,
+            replicas=self.replicas,
         )
         self.step = 0
 
@@ -102,12 +109,13 @@ class Trainer:
         streams = {}
         for built in self.objectives:
             source = self.recipe.data[built.data]
-            if built.data not in tokenized:
-                tokenized[built.data] = load_source(
-                    built.data, source, self.tokenizer, max_tokens=self.recipe.model.max_length - 2
-                )
-            assert source_kind(source) == built.objective.data_kind
-            prepared = built.objective.prepare(tokenized[built.data])
+            with distributed.main_process_first(self.world):  # rank 0 fills the datasets cache
+                if built.data not in tokenized:
+                    tokenized[built.data] = load_source(
+                        built.data, source, self.tokenizer, max_tokens=self.recipe.model.max_length - 2
+                    )
+                assert source_kind(source) == built.objective.data_kind
+                prepared = built.objective.prepare(tokenized[built.data])
             seed = self.train_cfg.seed * 7919 + len(streams)
             # streamed sources cannot be counted up front: α-sampling uses their sizes on disk
             group_sizes = source_group_sizes(built.data, source) if source.streaming else None
@@ -125,11 +133,25 @@ class Trainer:
     def _objective_states(self) -> dict[str, dict[str, Any]]:
         return {b.name: b.objective.state_dict() for b in self.objectives}
 
+    def _rank_state(self) -> dict[str, Any]:
+        """What differs between ranks: RNG (dropout) and the positions of streamed sources."""
+        return {
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            "streams": {name: s.state_dict() for name, s in self.streams.items() if s.per_rank},
+        }
+
     def save(self) -> Path | None:
+        """Every rank calls this (FSDP gathers full tensors); rank 0 alone writes."""
+        model = self.replicas.model_for_save()
+        objectives = {name: self.replicas.full_state(state) for name, state in self._objective_states().items()}
+        optimizer = self.replicas.optimizer_state(self.optimizer)
+        ranks = distributed.all_gather_objects(self._rank_state(), self.world)
         if not self.world.is_main:
+            distributed.barrier(self.world)
             return None
         optimizer_state = {
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer,
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "torch_rng": torch.get_rng_state(),
@@ -138,60 +160,66 @@ class Trainer:
         trainer_state = {
             "step": self.step,
             "streams": {name: stream.state_dict() for name, stream in self.streams.items()},
+            "world_size": self.world.world_size,
+            "parallelism": self.replicas.mode,
         }
-        return ckpt.save_checkpoint(
+        if self.world.world_size > 1:
+            optimizer_state["rank_rng"] = [(r["torch_rng"], r["cuda_rng"]) for r in ranks]
+            if any(r["streams"] for r in ranks):
+                trainer_state["rank_streams"] = [r["streams"] for r in ranks]
+        path = ckpt.save_checkpoint(
             self.run_dir,
             self.step,
-            model=self.encoder,
-            objectives=self._objective_states(),
+            model=model,
+            objectives=objectives,
             optimizer_state=optimizer_state,
             trainer_state=trainer_state,
             keep=self.train_cfg.keep_checkpoints,
         )
+        distributed.barrier(self.world)
+        return path
 
     def resume(self, path: Path) -> None:
-        objectives, optimizer_state, trainer_state = ckpt.load_checkpoint(path, self.encoder)
+        model = self.replicas.model_for_load()
+        objectives, optimizer_state, trainer_state = ckpt.load_checkpoint(path, model)
+        streamed = sorted(name for name, stream in self.streams.items() if stream.per_rank)
+        distributed.check_resumable(path, trainer_state, self.world, self.replicas.mode, streamed)
+        self.replicas.finish_model_load(model)
         for built in self.objectives:
-            built.objective.load_state_dict(objectives.get(built.name, {}))
-        self.optimizer.load_state_dict(optimizer_state["optimizer"])
+            self.replicas.load_objective_state(built.objective, objectives.get(built.name, {}))
+        self.replicas.load_optimizer_state(self.optimizer, optimizer_state["optimizer"])
         self.scheduler.load_state_dict(optimizer_state["scheduler"])
         self.scaler.load_state_dict(optimizer_state["scaler"])
-        torch.set_rng_state(optimizer_state["torch_rng"])
-        if self.device.type == "cuda" and optimizer_state["cuda_rng"]:
-            torch.cuda.set_rng_state_all(optimizer_state["cuda_rng"])
-        for name, state in trainer_state["streams"].items():
+        same_world = int(trainer_state.get("world_size", 1)) == self.world.world_size
+        if self.world.world_size == 1:
+            torch.set_rng_state(optimizer_state["torch_rng"])
+            if self.device.type == "cuda" and optimizer_state["cuda_rng"]:
+                torch.cuda.set_rng_state_all(optimizer_state["cuda_rng"])
+        elif same_world and "rank_rng" in optimizer_state:
+            torch_rng, cuda_rng = optimizer_state["rank_rng"][self.world.rank]
+            torch.set_rng_state(torch_rng)
+            if self.device.type == "cuda" and cuda_rng is not None:
+                torch.cuda.set_rng_state(cuda_rng, self.device)
+        else:  # another number of ranks: fresh per-rank dropout streams, still deterministic
+            torch.manual_seed(derive_seed(self.train_cfg.seed, "rank", self.world.rank, "resumed", trainer_state["step"]))
+        streams = trainer_state["streams"]
+        if "rank_streams" in trainer_state and same_world:
+            streams = {**streams, **trainer_state["rank_streams"][self.world.rank]}
+        for name, state in streams.items():
             self.streams[name].load_state_dict(state)
         self.step = int(trainer_state["step"])
 
     # ------------------------------------------------------------------ loop
-    def _reduce_gradients(self, stats: StepStats) -> None:
-        """All-reduce gradients across ranks (one flat buffer per dtype), then normalise."""
-        grads = [p.grad for p in self.params if p.grad is not None]
-        divisor = float(self.world.world_size)
-        if self.world.world_size > 1:
-            import torch.distributed as dist
-
-            flat = torch._utils._flatten_dense_tensors(grads)
-            dist.all_reduce(flat)
-            for grad, reduced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads), strict=True):
-                grad.copy_(reduced)
-            if self.train_cfg.normalization == "reference":
-                total = torch.tensor([stats.sample_size], dtype=torch.float64, device=self.device)
-                dist.all_reduce(total)
-                divisor = float(total.item())
-        elif self.train_cfg.normalization == "reference":
-            divisor = float(stats.sample_size)
-        if divisor != 1.0 and grads:
-            torch._foreach_mul_(grads, 1.0 / max(divisor, 1.0))
-
     def train_step(self) -> StepStats:
+        """One optimizer step; gradients are normalised and synchronised by the composite."""
         self.encoder.train()
         ctx = StepContext(step=self.step, encoder=self.encoder, device=self.device, world=self.world)
         stats = self.composite.accumulate(ctx)
-        self._reduce_gradients(stats)
         self.scaler.unscale_(self.optimizer)
         if self.train_cfg.clip_norm is not None:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.train_cfg.clip_norm)
+            if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor
+                grad_norm = grad_norm.full_tensor()
             stats.values["grad_norm"] = float(grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -231,7 +259,8 @@ class Trainer:
                     bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k.endswith("/loss") or k == "tok/s"})
                     window, window_start = [], time.perf_counter()
                 if evaluate is not None and evaluate.due(self.step, self.train_cfg.steps):
-                    results = evaluate(self)
+                    with self.replicas.full_parameters():  # every rank evaluates; rank 0 writes
+                        results = evaluate(self)
                     writer.write({"step": self.step, **results})
                     bar.set_postfix(results)
                 if self.step % self.train_cfg.checkpoint_every == 0 or self.step == self.train_cfg.steps:
@@ -241,26 +270,27 @@ class Trainer:
             writer.close()
 
     def _summarise(self, window: list[StepStats], elapsed: float) -> dict[str, float]:
-        keys = sorted({k for s in window for k in s.values})
+        means, tokens = summarise(window, self.world)  # every rank calls this: reduced over ranks
         record: dict[str, float] = {"step": self.step, "lr": self.scheduler.get_last_lr()[0]}
-        for key in keys:
-            values = [s.values[key] for s in window if key in s.values]
-            record[key] = sum(values) / len(values)
-        tokens = sum(s.tokens for s in window) * self.world.world_size
+        record.update(means)
         record["tok/s"] = tokens / elapsed if elapsed > 0 else math.nan
         return record
 
     # ------------------------------------------------------------------ export
     def export(self) -> Path | None:
-        """``run_dir/export``: encoder + tokenizer loadable by AutoModel / AutoTokenizer."""
-        if not self.world.is_main:
+        """``run_dir/export``: encoder + tokenizer loadable by AutoModel / AutoTokenizer.
+        Every rank calls this (FSDP gathers the weights); rank 0 alone writes."""
+        model = self.replicas.model_for_save()
+        if model is None:
+            distributed.barrier(self.world)
             return None
         final = self.run_dir / "export"
         tmp = self.run_dir / "export.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        self.encoder.save_pretrained(str(tmp))
+        model.save_pretrained(str(tmp))
         self.tokenizer.save_pretrained(str(tmp))
         (tmp / "objkit.json").write_text(json.dumps({"step": self.step, "recipe": self.resolved.source}, indent=1))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
+        distributed.barrier(self.world)
         return final

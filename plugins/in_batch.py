@@ -1,10 +1,15 @@
 """``in_batch``: the current micro-batch's keys as negatives (SimCLR / CLIP-style in-batch contrast).
 
 Not part of the InfoXLM reference (which uses the momentum queue only); an option for XLCO,
-alone or next to ``momentum_queue``. ``negatives(keys)`` returns ``keys`` itself, so row
-``i`` is query ``i``'s own positive: the store declares ``includes_current_keys = True`` and
-the objective masks that diagonal. Keys are this rank's micro-batch only (no cross-rank
-gather), so the number of negatives is ``micro_batch_size − 1``.
+alone or next to ``momentum_queue``. ``negatives(keys)`` returns the keys of the whole
+*global* micro-batch: with several ranks, every rank's keys are gathered in rank order
+(ranks may hold different numbers), so a query on 2 ranks × B/2 is contrasted against the
+same B keys as on 1 rank × B, and the loss does not depend on the number of ranks. The
+keys come from the momentum encoder and carry no gradient, so gathering them costs one
+all-gather and changes no gradient path. This rank's own keys sit at rows
+``[current_keys_offset, current_keys_offset + B)``; the store declares
+``includes_current_keys = True`` and the objective masks that diagonal (each query's own
+positive). With one process nothing is gathered: ``B − 1`` negatives per query.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ from typing import ClassVar
 
 import torch
 
-from objkit import NegativeStore, PluginConfig, hookimpl
+from objkit import NegativeStore, PluginConfig, WorldInfo, hookimpl
+from objkit.distributed import AllGather, dist_all_gather, gather_rows
 
 
 class InBatchConfig(PluginConfig):
@@ -24,10 +30,24 @@ class InBatchNegatives(NegativeStore):
     name: ClassVar[str] = "in_batch"
     Config: ClassVar[type[InBatchConfig]] = InBatchConfig
     includes_current_keys: ClassVar[bool] = True
-    """Rows ``[0, B)`` of ``negatives(keys)`` are ``keys`` in order (their diagonal is each query's positive)."""
+    """Rows ``[o, o + B)`` of ``negatives(keys)`` are ``keys`` in order (their diagonal is each query's positive)."""
+
+    def __init__(self, config: InBatchConfig, dim: int, device: torch.device, world: WorldInfo) -> None:
+        super().__init__(config, dim, device, world)
+        self.all_gather: AllGather | None = dist_all_gather if world.world_size > 1 else None
+        self._offset = 0
+
+    @property
+    def current_keys_offset(self) -> int:
+        return self._offset
 
     def negatives(self, current_keys: torch.Tensor) -> torch.Tensor:
-        return current_keys.detach()
+        keys = current_keys.detach()
+        if self.all_gather is None:
+            return keys
+        gathered, sizes = gather_rows(keys, self.all_gather)
+        self._offset = sum(sizes[: self.world.rank])
+        return gathered
 
 
 @hookimpl

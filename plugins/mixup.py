@@ -20,9 +20,13 @@ Partners (``partner``):
   :meth:`Mixup.prepare` pairs consecutive rows of the same group the same way (half as many
   examples). Rows with no partner (odd group size) stay unmixed.
 * ``"random"`` (the paper's wording: a pair from another corpus): another example of the
-  same micro-batch, from a different group when the batch has one.
+  same micro-batch, from a different group when the batch has one. The partner depends on
+  which examples share the micro-batch, so unlike everything else here it changes with the
+  number of ranks and the micro-batch size (drawn from the micro-batch ``generator``).
 
-``prob`` is the fraction of examples mixed (reference: 1.0). Each mixed side is trimmed,
+``prob`` is the fraction of examples mixed (reference: 1.0). Whether an example is mixed and
+its three bits are functions of its ``sample_seed`` (:mod:`objkit.seeding`), so they do not
+depend on the rank or micro-batch that collates it. Each mixed side is trimmed,
 longer sentence first, to fit ``max_length`` with its three special tokens. A deviation
 worth knowing: the reference's ``tools/para2bin4xlco.py`` strips only ``</s>`` from
 ``tokenizer.encode`` output before prepending ``<s>``, so its binarised sentences start
@@ -38,6 +42,7 @@ import torch
 from pydantic import Field
 
 from objkit import Augmentation, BuildContext, PluginConfig, hookimpl
+from objkit.seeding import derive_seed, example_seeds, sample_uniform
 
 PARTNER_KEYS = ("partner_src_ids", "partner_tgt_ids")
 
@@ -139,9 +144,9 @@ class Mixup(Augmentation):
         return partners
 
     def apply(self, examples: list[dict[str, Any]], generator: torch.Generator) -> list[dict[str, Any]]:
-        n = len(examples)
-        mixed_draw = (torch.rand(n, generator=generator) < self.config.prob).tolist()
-        modes = torch.randint(0, 8, (n,), generator=generator).tolist()
+        seeds = example_seeds(examples, generator)
+        mixed_draw = [sample_uniform(seed, "mixup/mix") < self.config.prob for seed in seeds]
+        modes = [derive_seed(seed, "mixup/mode") % 8 for seed in seeds]
         if self.config.partner == "random":
             partners = self._random_partners(examples, generator)
             partner_ids = [

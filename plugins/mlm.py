@@ -14,7 +14,8 @@ import torch
 
 from objkit import BuildContext, Objective, ObjectiveOutput, StepContext, hookimpl
 from objkit.data import pack_sentences
-from objkit.masking import MaskingConfig, mask_tokens, masked_lm_output, pad_sequences
+from objkit.masking import MaskingConfig, mask_tokens, masked_lm_output, masked_units, pad_sequences
+from objkit.seeding import derive_seed, example_seeds
 
 
 class MLMConfig(MaskingConfig):
@@ -39,8 +40,12 @@ class MaskedLM(Objective):
 
     def collate(self, examples: list[dict[str, Any]], generator: torch.Generator) -> dict[str, torch.Tensor]:
         input_ids, attention_mask = pad_sequences([e["input_ids"] for e in examples], self.vocab.pad_id)
-        masked, labels = mask_tokens(input_ids, self.vocab, generator, self.config)
+        seeds = [derive_seed(seed, "mask") for seed in example_seeds(examples, generator)]
+        masked, labels = mask_tokens(input_ids, self.vocab, generator, self.config, seeds=seeds)
         return {"input_ids": masked, "attention_mask": attention_mask, "labels": labels}
+
+    def sample_size(self, batch: dict[str, torch.Tensor]) -> int:
+        return masked_units(batch)
 
     def compute(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> ObjectiveOutput:
         return masked_lm_output(ctx.encoder, batch)

@@ -21,36 +21,13 @@ lets the loss use a view of the buffer instead of the reference's per-step
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
 from pydantic import Field
 
 from objkit import NegativeStore, PluginConfig, WorldInfo, hookimpl
-
-AllGather = Callable[[torch.Tensor], list[torch.Tensor]]
-"""``all_gather(local)`` -> the same-shaped tensor from every rank, in rank order."""
-
-
-def dist_all_gather(tensor: torch.Tensor) -> list[torch.Tensor]:
-    import torch.distributed as dist
-
-    out = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-    dist.all_gather(out, tensor.contiguous())
-    return out
-
-
-@torch.no_grad()
-def gather_variable(keys: torch.Tensor, all_gather: AllGather) -> torch.Tensor:
-    """Concatenate every rank's ``keys [n_r, d]`` in rank order; ``n_r`` may differ per rank."""
-    size = torch.tensor([keys.shape[0]], dtype=torch.long, device=keys.device)
-    sizes = [int(s.item()) for s in all_gather(size)]
-    longest = max(sizes)
-    padded = keys.new_zeros((longest, *keys.shape[1:]))
-    padded[: keys.shape[0]] = keys
-    gathered = all_gather(padded)
-    return torch.cat([part[:n] for part, n in zip(gathered, sizes, strict=True)], dim=0)
+from objkit.distributed import AllGather, dist_all_gather, gather_rows
 
 
 class MomentumQueueConfig(PluginConfig):
@@ -88,7 +65,7 @@ class MomentumQueue(NegativeStore):
     def enqueue(self, keys: torch.Tensor) -> None:
         keys = keys.detach().to(torch.float32)
         if self.all_gather is not None:
-            keys = gather_variable(keys, self.all_gather)
+            keys = gather_rows(keys, self.all_gather)[0]
         self._staged.append(keys)
         self._staged_count += keys.shape[0]
 

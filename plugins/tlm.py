@@ -18,7 +18,8 @@ from pydantic import Field, model_validator
 
 from objkit import BuildContext, Objective, ObjectiveOutput, StepContext, hookimpl
 from objkit.errors import UserError
-from objkit.masking import MaskingConfig, mask_tokens, masked_lm_output, pad_sequences
+from objkit.masking import MaskingConfig, mask_tokens, masked_lm_output, masked_units, pad_sequences
+from objkit.seeding import derive_seed, example_seeds
 
 
 class TLMConfig(MaskingConfig):
@@ -80,7 +81,8 @@ class TranslationLM(Objective):
             ctx.encoder.body().config.type_vocab_size = needed
 
     def prepare(self, dataset: datasets.Dataset) -> datasets.Dataset:
-        return dataset.map(self._layout, remove_columns=["src_ids", "tgt_ids"], desc="tlm pairs")
+        kwargs = {"desc": "tlm pairs"} if isinstance(dataset, datasets.Dataset) else {}  # streaming: no desc
+        return dataset.map(self._layout, remove_columns=["src_ids", "tgt_ids"], **kwargs)
 
     def _layout(self, row: dict[str, Any]) -> dict[str, Any]:
         src, tgt = truncate_pair(row["src_ids"], row["tgt_ids"], self.max_length - 3)
@@ -91,7 +93,8 @@ class TranslationLM(Objective):
 
     def collate(self, examples: list[dict[str, Any]], generator: torch.Generator) -> dict[str, torch.Tensor]:
         input_ids, attention_mask = pad_sequences([e["input_ids"] for e in examples], self.vocab.pad_id)
-        masked, labels = mask_tokens(input_ids, self.vocab, generator, self.config)
+        seeds = [derive_seed(seed, "mask") for seed in example_seeds(examples, generator)]
+        masked, labels = mask_tokens(input_ids, self.vocab, generator, self.config, seeds=seeds)
         batch = {"input_ids": masked, "attention_mask": attention_mask, "labels": labels}
         src_part = torch.arange(input_ids.shape[1]) < torch.tensor([e["src_len"] for e in examples])[:, None]
         if self.config.reset_positions:
@@ -104,6 +107,9 @@ class TranslationLM(Objective):
             tgt_lang = torch.tensor([self.language_ids[e["tgt_lang"]] for e in examples])[:, None]
             batch["token_type_ids"] = torch.where(src_part, src_lang, tgt_lang) * attention_mask
         return batch
+
+    def sample_size(self, batch: dict[str, torch.Tensor]) -> int:
+        return masked_units(batch)
 
     def compute(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> ObjectiveOutput:
         return masked_lm_output(ctx.encoder, batch)

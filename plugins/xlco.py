@@ -28,7 +28,15 @@ which is exact here because each objective has its own batch and forward, so XLC
 only consumer of its query pass. Per XLCO sequence, base at layer 8 pays 8/12 of a
 full-depth pass on both sides (large at layer 12: 12/24), and no LM head. The reference
 ran the query side through all layers and the LM head (a DDP workaround);
-``truncate_passes = false`` reproduces full-depth passes for comparison.
+``truncate_passes = false`` reproduces full-depth passes for comparison. Here the objective
+declares instead that it leaves parameters unused (``uses_all_parameters`` is False), and the
+runtime turns on DDP's ``find_unused_parameters`` (see :mod:`objkit.distributed`).
+
+Across ranks: the query side and the masks are functions of each pair's ``sample_seed``; the
+momentum queue gathers the keys of every rank before enqueueing, and ``in_batch`` contrasts
+against the keys of the whole global micro-batch (gathered), so a step on 2 ranks × B/2
+computes the same loss as on 1 rank × B. Whether the loss is active (weight, queue full) is
+decided once per step (:meth:`CrossLingualContrast.has_loss`), the same on every rank.
 
 Loss weighting: ``sample_size`` is the number of queries. With ``train.normalization =
 "reference"`` (fairseq: sum of all per-unit losses / (XLCO sentences + masked tokens)),
@@ -41,6 +49,7 @@ and an XLCO:MLM weight ratio of 2,048 / 157,286 = 1.3%, versus 1:1 under the def
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import datasets
@@ -65,6 +74,7 @@ from objkit.errors import UserError
 from objkit.masking import MaskingConfig, mask_tokens, pad_sequences
 from objkit.momentum import ConstantMomentum, MomentumSchedule, MomentumTracker, coerce_schedule, make_momentum_copy
 from objkit.registry import Registry
+from objkit.seeding import derive_seed, example_seeds
 
 
 class XlcoConfig(PluginConfig):
@@ -159,18 +169,15 @@ class CrossLingualContrast(Objective):
         self.dim = encoder.hidden_size
         self.vocab = ctx.vocab
         self.max_length = ctx.max_length
-        body = encoder.body()
-        self.key_body = _copy_first_blocks(body, self.depth)
-        sources = MomentumTracker.between(body, self.key_body)
+        self.body = encoder.body()
+        self.key_body = _copy_first_blocks(self.body, self.depth)
         self.projection: nn.Linear | None = None
         self.key_projection: nn.Module | None = None
         if config.projection:
             self.projection = nn.Linear(self.dim, self.dim, bias=False, device=ctx.device)
             nn.init.normal_(self.projection.weight, mean=0.0, std=0.02)
             self.key_projection = make_momentum_copy(self.projection)
-            head = MomentumTracker.between(self.projection, self.key_projection)
-            sources = MomentumTracker(sources.sources + head.sources, sources.targets + head.targets)
-        self.tracker = sources
+        self.tracker = self._track()
         self.scale_module = InverseTemperature(config.temperature, ctx.device) if config.learnable_temperature else None
         self.stores: dict[str, NegativeStore] = {}
         for name, table in config.negatives.items():
@@ -180,6 +187,25 @@ class CrossLingualContrast(Objective):
         for name, table in config.augment.items():
             info = ctx.registry.get(name, kind="augmentation")
             self.augmentations.append(info.cls(info.cls.Config.model_validate(table), ctx))
+        self._decision: tuple[int, bool] | None = None  # (step, has_loss) of the current step
+
+    def _track(self) -> MomentumTracker:
+        """Pair the momentum copies with the trained modules, parameter by name."""
+        tracker = MomentumTracker.between(self.body, self.key_body)
+        if self.projection is not None and self.key_projection is not None:
+            head = MomentumTracker.between(self.projection, self.key_projection)
+            tracker = MomentumTracker(tracker.sources + head.sources, tracker.targets + head.targets)
+        return tracker
+
+    def shard(self, shard: Callable[..., None]) -> None:
+        """FSDP: shard the key encoder block by block like the query encoder, so each EMA
+        update pairs local shards of equal shape; then re-pair (sharding replaces parameters)."""
+        shard(self.key_body, units=list(getattr(getattr(self.key_body, "encoder", None), "layer", [])))
+        if self.key_projection is not None:
+            shard(self.key_projection)
+        last = self.tracker.last_momentum
+        self.tracker = self._track()
+        self.tracker.last_momentum = last
 
     # ------------------------------------------------------------------ data
     def prepare(self, dataset: datasets.Dataset) -> datasets.Dataset:
@@ -190,7 +216,8 @@ class CrossLingualContrast(Objective):
     def collate(self, examples: list[dict[str, Any]], generator: torch.Generator) -> dict[str, torch.Tensor]:
         for augmentation in self.augmentations:
             examples = augmentation.apply(examples, generator)
-        flips = torch.randint(0, 2, (len(examples),), generator=generator).tolist()
+        seeds = example_seeds(examples, generator)  # per sample: independent of rank and micro-batch
+        flips = [derive_seed(seed, "xlco/query-side") & 1 for seed in seeds]
         budget = self.max_length - 2
         bos, eos = self.vocab.bos_id, self.vocab.eos_id
         queries, keys = [], []
@@ -202,8 +229,10 @@ class CrossLingualContrast(Objective):
         q_ids, q_mask = pad_sequences(queries, self.vocab.pad_id)
         k_ids, k_mask = pad_sequences(keys, self.vocab.pad_id)
         if self.config.mask_inputs:
-            q_ids, _ = mask_tokens(q_ids, self.vocab, generator, self.config.masking)
-            k_ids, _ = mask_tokens(k_ids, self.vocab, generator, self.config.masking)
+            q_seeds = [derive_seed(seed, "xlco/mask-query") for seed in seeds]
+            k_seeds = [derive_seed(seed, "xlco/mask-key") for seed in seeds]
+            q_ids, _ = mask_tokens(q_ids, self.vocab, generator, self.config.masking, seeds=q_seeds)
+            k_ids, _ = mask_tokens(k_ids, self.vocab, generator, self.config.masking, seeds=k_seeds)
         return {"input_ids": q_ids, "attention_mask": q_mask, "key_input_ids": k_ids, "key_attention_mask": k_mask}
 
     # ------------------------------------------------------------------ passes
@@ -241,10 +270,10 @@ class CrossLingualContrast(Objective):
         blocks, masks = [], []
         for store in self.stores.values():
             blocks.append(store.negatives(keys))
-            if store.includes_current_keys:
-                n = keys.shape[0]
+            if store.includes_current_keys:  # this rank's keys sit at rows [offset, offset + n)
+                n, offset = keys.shape[0], store.current_keys_offset
                 eye = torch.eye(n, dtype=torch.bool, device=keys.device)
-                masks.append(F.pad(eye, (0, blocks[-1].shape[0] - n)))
+                masks.append(F.pad(eye, (offset, blocks[-1].shape[0] - offset - n)))
             else:
                 masks.append(None)
         return blocks, masks
@@ -253,13 +282,29 @@ class CrossLingualContrast(Objective):
     def loss_weight(self, step: int) -> float:
         return 0.0 if step < self.config.enable_step else 1.0
 
+    def has_loss(self, step: int) -> bool:
+        """Decided once per step, from the stores' state before the step's first micro-batch
+        (keys enqueued during the step count from the next one), so every micro-batch and rank
+        of a step agrees."""
+        if self._decision is None or self._decision[0] != step:
+            ready = all(store.ready for store in self.stores.values())
+            self._decision = (step, self.loss_weight(step) > 0 and ready)
+        return self._decision[1]
+
+    @property
+    def uses_all_parameters(self) -> bool:
+        return False  # no LM head, and blocks past `layer` are not run when truncate_passes
+
+    def sample_size(self, batch: dict[str, torch.Tensor]) -> int:
+        return int(batch["input_ids"].shape[0]) * (2 if self.config.symmetric else 1)
+
     def compute(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> ObjectiveOutput:
         encoder = ctx.encoder
         training = bool(getattr(encoder, "training", True))
         keys = [self.encode_keys(batch["key_input_ids"], batch["key_attention_mask"], training)]
         if self.config.symmetric:
             keys.append(self.encode_keys(batch["input_ids"], batch["attention_mask"], training))
-        active = self.loss_weight(ctx.step) > 0 and all(store.ready for store in self.stores.values())
+        active = self.has_loss(ctx.step)
         results = []
         if active:
             directions = [(batch["input_ids"], batch["attention_mask"], keys[0])]
@@ -267,9 +312,8 @@ class CrossLingualContrast(Objective):
                 directions.append((batch["key_input_ids"], batch["key_attention_mask"], keys[1]))
             scale = self._scale()
             for ids, mask, positive in directions:
+                # with no negatives yet (a queue not waiting to fill, first step) the loss is 0
                 blocks, masks = self._negatives(positive)
-                if sum(b.shape[0] for b in blocks) == 0:
-                    break  # nothing to contrast against yet
                 query = self.encode_queries(encoder, ids, mask)
                 results.append(
                     info_nce(query, positive, blocks, scale=scale, margin=self.config.margin, exclude=masks)
@@ -277,7 +321,7 @@ class CrossLingualContrast(Objective):
         for store in self.stores.values():
             for k in keys:
                 store.enqueue(k)
-        if len(results) < (2 if self.config.symmetric else 1):
+        if not results:
             return ObjectiveOutput(torch.zeros((), device=keys[0].device), 0, {})
         loss = sum(r.loss for r in results) / len(results)
         metrics = {"accuracy": sum(r.accuracy for r in results) / len(results)}

@@ -81,3 +81,21 @@ def test_every_command_help_ends_with_examples():
 def test_python_dash_m_objkit():
     result = subprocess.run([sys.executable, "-m", "objkit", "--help"], capture_output=True, text=True, check=False)
     assert result.returncode == 0 and "list-plugins" in result.stdout and "Examples:" in result.stdout
+
+
+def test_run_nproc_execs_torchrun(capsys, monkeypatch, tmp_path):
+    execs: list[list[str]] = []
+
+    def fake_execv(path: str, argv: list[str]) -> None:
+        execs.append(argv)
+        raise SystemExit(0)
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr("os.execv", fake_execv)
+    recipe, out = str(ROOT / "recipes/quickstart.toml"), str(tmp_path / "r")
+    code, _, err = run_main(capsys, "run", recipe, "-o", out, "--set", "train.steps=3", "--nproc", "2", "--no-progress")
+    assert code == 0 and "exec:" in err
+    assert execs == [[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                      "-m", "objkit", "run", recipe, "-o", out, "--set", "train.steps=3", "--no-progress"]]
+    code, out_text, _ = run_main(capsys, "run", recipe, "--dry-run", "--nproc", "4")  # plans 4 ranks, no exec
+    assert code == 0 and len(execs) == 1 and "× 4 ranks" in out_text

@@ -82,3 +82,18 @@ def test_masked_only_head_equals_full_logits_loss():
     full = encoder.mlm(input_ids=masked, attention_mask=attention, labels=labels)  # HF: full logits
     torch.testing.assert_close(ours.loss, full.loss, rtol=1e-5, atol=1e-6)
     assert ours.sample_size == int((labels != IGNORE_INDEX).sum())
+
+
+def test_a_row_is_masked_the_same_in_any_batch():
+    """With per-row seeds, a sequence's mask depends on its seed only, not on the batch it
+    is collated in (its neighbours, the padding width, its position)."""
+    rows = [[0, *range(10, 40), 2], [0, 5, 6, 2], [0, *range(50, 60), 2]]
+    seeds = [11, 12, 13]
+    together, _ = pad_sequences(rows, VOCAB.pad_id)
+    masked, labels = mask_tokens(together, VOCAB, torch.Generator().manual_seed(0), seeds=seeds)
+    for i, row in enumerate(rows):
+        alone, alone_labels = mask_tokens(torch.tensor([row]), VOCAB, torch.Generator().manual_seed(9), seeds=[seeds[i]])
+        assert masked[i, : len(row)].tolist() == alone[0].tolist()
+        assert labels[i, : len(row)].tolist() == alone_labels[0].tolist()
+    reordered, _ = mask_tokens(pad_sequences(rows[::-1], VOCAB.pad_id)[0], VOCAB, torch.Generator(), seeds=seeds[::-1])
+    assert reordered[2, : len(rows[0])].tolist() == masked[0, : len(rows[0])].tolist()

@@ -123,8 +123,13 @@ def test_objective_conformance(name, overrides, tokenizer, tmp_path):
     optimizer = torch.optim.SGD(params, lr=0.1)
     for step in range(3):
         ctx = StepContext(step=step, encoder=encoder, device=CPU)
-        out = objective.compute(objective.collate(examples, torch.Generator().manual_seed(step)), ctx)
-        assert out.loss.dim() == 0 and math.isfinite(float(out.loss))
+        announced = objective.has_loss(step)  # asked before the forward, as the composite does
+        batch = objective.collate(examples, torch.Generator().manual_seed(step))
+        out = objective.compute(batch, ctx)
+        assert out.loss.dim() == 0 and math.isfinite(float(out.loss.detach()))
+        assert out.loss.requires_grad == announced
+        if announced:  # the composite normalises by the announced count
+            assert out.sample_size == objective.sample_size(batch)
         assert all(isinstance(v, float) and math.isfinite(v) for v in out.metrics.values())
         if out.loss.requires_grad:
             (out.loss * objective.loss_weight(step)).backward()

@@ -35,12 +35,15 @@ def _rows(batch: dict[str, list[Any]]) -> list[dict[str, Any]]:
 
 
 class _MapStream:
-    """Map-style backend: per-group index arrays, seeded permutations, one group-choice RNG."""
+    """Map-style backend: per-group index arrays, seeded permutations, one group-choice RNG.
+
+    Every rank runs the same global sampler (group choices and permutations depend on the seed
+    only) and reads the rows of its slice of each draw."""
 
     def __init__(self, dataset: datasets.Dataset, alpha: float, seed: int, rank: int, world_size: int) -> None:
         if "group" not in dataset.column_names:
             raise ValueError(f"ExampleStream needs a 'group' column (columns: {dataset.column_names})")
-        self.dataset, self.seed, self.rank = dataset, seed, rank
+        self.dataset, self.seed, self.rank, self.world_size = dataset, seed, rank, world_size
         column = dataset.with_format("arrow")["group"]
         uniques = pc.unique(column)
         codes = pc.index_in(column, value_set=uniques)
@@ -50,19 +53,13 @@ class _MapStream:
         counts = np.bincount(code_arr, minlength=len(self.groups))
         order = np.argsort(code_arr, kind="stable")
         bounds = np.concatenate([[0], np.cumsum(counts)])
-        self.indices: list[np.ndarray] = []
-        for g in range(len(self.groups)):
-            idx = order[bounds[g] : bounds[g + 1]]
-            self.indices.append(idx[idx % world_size == rank])  # == dataset.shard(world_size, rank, contiguous=False)
+        self.indices: list[np.ndarray] = [order[bounds[g] : bounds[g + 1]] for g in range(len(self.groups))]
         self.sizes = {g: int(n) for g, n in zip(self.groups, counts)}
-        q = sampling_probabilities(self.sizes, alpha)  # global sizes: every rank uses the same q
-        local = np.array([q[g] if len(ix) else 0.0 for g, ix in zip(self.groups, self.indices)])
-        if local.sum() <= 0:
-            raise ValueError(f"rank {rank} of {world_size} has no examples (dataset has {len(dataset)} rows)")
-        self.probabilities = dict(zip(self.groups, (local / local.sum()).tolist()))
-        self.cdf = np.cumsum(local / local.sum())
-        self.last = int(np.flatnonzero(local)[-1])
-        self.rng = np.random.default_rng([seed, rank])
+        q = sampling_probabilities(self.sizes, alpha)
+        self.probabilities = q
+        self.cdf = np.cumsum([q[g] for g in self.groups])
+        self.last = int(np.flatnonzero([q[g] for g in self.groups])[-1])
+        self.rng = np.random.default_rng([seed])
         self.epochs = [0] * len(self.groups)
         self.cursors = [0] * len(self.groups)
         self._perms: dict[int, np.ndarray] = {}
@@ -71,15 +68,19 @@ class _MapStream:
         perm = self._perms.get(g)
         if perm is None:
             tag = zlib.crc32(self.groups[g].encode())
-            rng = np.random.default_rng([self.seed, self.rank, tag, self.epochs[g]])
+            rng = np.random.default_rng([self.seed, tag, self.epochs[g]])
             perm = self._perms[g] = self.indices[g][rng.permutation(len(self.indices[g]))]
         return perm
 
     def next_examples(self, n: int) -> list[dict[str, Any]]:
-        picks = np.minimum(np.searchsorted(self.cdf, self.rng.random(n), side="right"), self.last)
+        """This rank's ``n`` of the next ``n × world_size`` global draws (rank ``r`` takes ``[r·n, (r+1)·n)``)."""
+        draws = n * self.world_size
+        picks = np.minimum(np.searchsorted(self.cdf, self.rng.random(draws), side="right"), self.last)
+        mine = range(self.rank * n, (self.rank + 1) * n)
         rows: list[int] = []
-        for g in picks.tolist():
-            rows.append(int(self._perm(g)[self.cursors[g]]))
+        for i, g in enumerate(picks.tolist()):
+            if i in mine:
+                rows.append(int(self._perm(g)[self.cursors[g]]))
             self.cursors[g] += 1
             if self.cursors[g] == len(self.indices[g]):  # exhausted: next epoch, new permutation
                 self.epochs[g] += 1
@@ -163,12 +164,15 @@ class ExampleStream:
     """An infinite, deterministic, resumable source of examples with α-sampling over groups.
 
     Map-style ``datasets.Dataset`` (needs a ``group`` column): each draw picks a group with
-    probability ``q_i`` (α-sampling over global group sizes), then the next example of that
-    group from a seeded permutation; an exhausted group starts a new epoch with a new
-    permutation. Rank ``r`` of ``world_size`` reads rows ``i % world_size == r`` (disjoint
-    shards, as ``dataset.shard(world_size, r, contiguous=False)``). The stream does not depend
-    on how draws are split into ``next_examples`` calls, and :meth:`state_dict` restores it
-    exactly.
+    probability ``q_i`` (α-sampling over group sizes), then the next example of that group
+    from a seeded permutation; an exhausted group starts a new epoch with a new permutation.
+    The sequence of draws is a function of ``seed`` alone, the same on every rank and for any
+    number of ranks: ``next_examples(n)`` on rank ``r`` of ``world_size`` advances the global
+    sequence by ``n × world_size`` draws and returns draws ``[r·n, (r+1)·n)`` of them, so the
+    global batch of a step does not depend on how many ranks share it (1 rank × B and 2 ranks
+    × B/2 read the same B examples) and a checkpoint resumes with any number of ranks. The
+    stream does not depend on how draws are split into ``next_examples`` calls, and
+    :meth:`state_dict` (identical on every rank) restores it exactly.
 
     Streaming (``datasets.IterableDataset``, or a dict group -> ``IterableDataset`` as from
     :func:`objkit.data.sources.load_source_groups`): group sizes cannot be counted without
@@ -179,7 +183,12 @@ class ExampleStream:
     mixed by ``interleave_datasets(..., stopping_strategy="all_exhausted")`` after
     ``split_dataset_by_node``; when every group has been exhausted a new epoch starts with a
     new interleaving seed. Resumption uses ``IterableDataset.state_dict`` and is exact unless
-    ``shuffle_buffer > 0`` (buffered examples are lost on resume).
+    ``shuffle_buffer > 0`` (buffered examples are lost on resume). Streaming cannot give every
+    rank the global sequence without every rank reading all of it, so here each rank reads
+    its own shard (``split_dataset_by_node``: whole files when the group has at least
+    ``world_size`` of them, else every ``world_size``-th example): the global batch then
+    depends on the number of ranks, and each rank's position is its own (resume needs the
+    same number of ranks).
     """
 
     def __init__(self, dataset: datasets.Dataset | datasets.IterableDataset | Mapping[str, datasets.IterableDataset],
@@ -203,8 +212,14 @@ class ExampleStream:
 
     @property
     def probabilities(self) -> dict[str, float]:
-        """Sampling probability of each group on this rank."""
+        """Sampling probability of each group."""
         return dict(self._impl.probabilities)
+
+    @property
+    def per_rank(self) -> bool:
+        """True when each rank reads its own stream (streaming sources), so positions differ by
+        rank; False for map-style sources, whose state is the same on every rank."""
+        return isinstance(self._impl, _IterStream)
 
     @property
     def group_sizes(self) -> dict[str, int]:
@@ -212,7 +227,7 @@ class ExampleStream:
         return dict(self._impl.sizes)
 
     def next_examples(self, n: int) -> list[dict[str, Any]]:
-        """The next ``n`` examples (rows as dicts)."""
+        """This rank's next ``n`` examples (rows as dicts)."""
         return self._impl.next_examples(n)
 
     def state_dict(self) -> dict[str, Any]:

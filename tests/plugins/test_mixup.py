@@ -10,6 +10,7 @@ import torch
 from objkit import BuildContext
 from objkit.interfaces import VocabInfo
 from objkit.registry import Registry
+from objkit.seeding import derive_seed
 
 VOCAB = VocabInfo(bos_id=0, eos_id=2, mask_id=49, pad_id=1, vocab_size=50, special_ids=(0, 1, 2, 3, 49))
 BOS, EOS = 0, 2
@@ -74,11 +75,12 @@ def test_xlco_collate_uses_mixup_query_side(registry):
         seed=1, device=torch.device("cpu"), total_steps=1, max_length=32,
     )
     objective = xlco(config, ctx)
-    examples = [{"src_ids": A1, "tgt_ids": B1, "partner_src_ids": A2, "partner_tgt_ids": B2, "group": "g"}] * 8
+    examples = [
+        {"src_ids": A1, "tgt_ids": B1, "partner_src_ids": A2, "partner_tgt_ids": B2, "group": "g", "sample_seed": i}
+        for i in range(8)
+    ]
     batch = objective.collate(examples, torch.Generator().manual_seed(11))
-    g = torch.Generator().manual_seed(11)
-    torch.rand(8, generator=g)
-    modes = torch.randint(0, 8, (8,), generator=g).tolist()
+    modes = [derive_seed(i, "mixup/mode") % 8 for i in range(8)]  # the bits belong to the sample
     assert len(set(m >> 2 for m in modes)) == 2  # both query sides occur
     for i, mode in enumerate(modes):
         query, key = reference_layout(mode)
@@ -105,17 +107,18 @@ def test_adjacent_prepare_pairs_consecutive_rows_of_a_group(registry):
 def test_apply_adjacent_mixes_with_seeded_modes(registry):
     aug = make(registry)
     examples = [
-        {"src_ids": A1, "tgt_ids": B1, "partner_src_ids": A2, "partner_tgt_ids": B2, "group": "g"},
-        {"src_ids": A1, "tgt_ids": B1, "partner_src_ids": [], "partner_tgt_ids": [], "group": "g"},
+        {"src_ids": A1, "tgt_ids": B1, "partner_src_ids": A2, "partner_tgt_ids": B2, "group": "g", "sample_seed": 7},
+        {"src_ids": A1, "tgt_ids": B1, "partner_src_ids": [], "partner_tgt_ids": [], "group": "g", "sample_seed": 8},
     ]
     out = aug.apply(examples, torch.Generator().manual_seed(5))
-    g = torch.Generator().manual_seed(5)
-    torch.rand(2, generator=g)
-    mode = torch.randint(0, 8, (2,), generator=g).tolist()[0]
+    mode = derive_seed(7, "mixup/mode") % 8
     from objkit_plugins.mixup import mix_pair
 
     assert {k: out[0][k] for k in ("src_ids", "tgt_ids", "query_side")} == mix_pair((A1, B1), (A2, B2), mode, EOS)
-    assert out[1] == {"src_ids": A1, "tgt_ids": B1, "group": "g"}  # no partner: unchanged
+    assert out[1] == {"src_ids": A1, "tgt_ids": B1, "group": "g", "sample_seed": 8}  # no partner: unchanged
+    # the same sample is mixed the same way in any batch, with any generator
+    alone = aug.apply(examples[:1], torch.Generator().manual_seed(99))
+    assert alone[0] == out[0]
     assert all("partner_src_ids" not in row for row in out)
     none = make(registry, prob=0.0).apply(examples, torch.Generator().manual_seed(5))
     assert all("query_side" not in row for row in none)

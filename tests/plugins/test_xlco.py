@@ -19,6 +19,7 @@ from objkit.encoder import XLMREncoder, run_body
 from objkit.errors import UserError
 from objkit.interfaces import VocabInfo
 from objkit.registry import Registry
+from objkit.seeding import derive_seed
 
 VOCAB = VocabInfo(bos_id=0, eos_id=2, mask_id=49, pad_id=1, vocab_size=50, special_ids=(0, 1, 2, 3, 49))
 
@@ -133,9 +134,9 @@ def test_layer_deeper_than_encoder_is_a_user_error(registry):
 
 def test_collate_masks_and_picks_query_side(registry):
     obj = build(registry, mask_inputs=False)
-    rows = pairs(16, 1)
+    rows = [{**row, "sample_seed": 100 + i} for i, row in enumerate(pairs(16, 1))]
     batch = obj.collate(rows, torch.Generator().manual_seed(3))
-    flips = torch.randint(0, 2, (16,), generator=torch.Generator().manual_seed(3)).tolist()
+    flips = [derive_seed(100 + i, "xlco/query-side") & 1 for i in range(16)]  # a bit of each sample
     assert 0 < sum(flips) < 16
     for i, (row, flip) in enumerate(zip(rows, flips)):
         q = row["src_ids"] if flip == 0 else row["tgt_ids"]
@@ -262,3 +263,46 @@ def test_plugins_registered_through_entry_points(registry):
     assert kinds["in_batch"] == "negative_store"
     assert kinds["mixup"] == "augmentation"
     assert registry.get("xlco").module == "objkit_plugins.xlco"
+
+
+def test_two_ranks_with_gathered_in_batch_keys_compute_the_loss_of_one(registry):
+    """Rank r of 2 collates pairs [4r, 4r + 4) of the global micro-batch of 8 exactly as one rank
+    collates them (per-sample seeds), contrasts against all 8 gathered keys, and masks its own
+    positives at its offset: the unit-weighted mean of the two ranks' losses is the 1-rank loss."""
+    from objkit.interfaces import WorldInfo
+
+    encoder = tiny_encoder()
+    rows = [{**row, "sample_seed": 40 + i} for i, row in enumerate(pairs(8, 5))]
+    keys = {"layer": 2, "projection": False, "negatives": {"in_batch": {}}}
+
+    def objective(world: WorldInfo):
+        info = registry.get("xlco", kind="objective")
+        ctx = BuildContext(
+            encoder=encoder, tokenizer=None, vocab=VOCAB, registry=registry, instance_name="xlco", seed=1,
+            device=torch.device("cpu"), total_steps=10, max_length=24, world=world,
+        )
+        return info.cls(info.cls.Config.model_validate(keys), ctx)
+
+    step = StepContext(0, encoder, torch.device("cpu"))
+    one = objective(WorldInfo())
+    whole_batch = one.collate(rows, torch.Generator().manual_seed(0))
+    whole = one.compute(whole_batch, step)
+    ranks = [objective(WorldInfo(rank=r, world_size=2)) for r in range(2)]
+    batches = [ranks[r].collate(rows[4 * r : 4 * r + 4], torch.Generator().manual_seed(r)) for r in range(2)]
+    rank_keys = [ranks[r].encode_keys(b["key_input_ids"], b["key_attention_mask"], True) for r, b in enumerate(batches)]
+    outs = []
+    for r, (obj, batch) in enumerate(zip(ranks, batches)):
+        width = batch["input_ids"].shape[1]
+        assert torch.equal(batch["input_ids"], whole_batch["input_ids"][4 * r : 4 * r + 4, :width])
+
+        def fake_all_gather(local: torch.Tensor, r: int = r) -> list[torch.Tensor]:
+            if local.dtype == torch.long:  # the size exchange
+                return [torch.tensor([4]), torch.tensor([4])]
+            return [local if i == r else rank_keys[i] for i in range(2)]
+
+        obj.stores["in_batch"].all_gather = fake_all_gather
+        outs.append(obj.compute(batch, step))
+        assert obj.stores["in_batch"].current_keys_offset == 4 * r
+    assert [o.sample_size for o in outs] == [4, 4] and whole.sample_size == 8
+    torch.testing.assert_close((outs[0].loss + outs[1].loss) / 2, whole.loss, rtol=1e-5, atol=1e-6)
+    assert (outs[0].metrics["accuracy"] + outs[1].metrics["accuracy"]) / 2 == pytest.approx(whole.metrics["accuracy"])

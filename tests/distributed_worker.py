@@ -1,0 +1,75 @@
+"""Train a recipe with the Trainer (under torchrun, or as one process) and dump what each rank holds.
+
+Used by ``tests/test_distributed.py``:
+``python tests/distributed_worker.py RECIPE RUN_DIR DUMP_DIR [KEY=VALUE ...]``, optionally under
+``torchrun --standalone --nproc_per_node N``. Writes ``DUMP_DIR/rank{R}.safetensors`` (every
+objective's state: momentum encoder, queue) and ``DUMP_DIR/rank{R}.json`` (checkpoint writes,
+backward passes per step, DDP gradient-synchronisation calls per step, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from objkit import checkpoint as ckpt
+from objkit import distributed
+from objkit.checkpoint import flatten_state
+from objkit.recipe import load_recipe
+from objkit.registry import default_registry
+from objkit.trainer import Trainer
+
+
+def main() -> None:
+    recipe, run_dir, dump_dir, *overrides = sys.argv[1:]
+    dump = Path(dump_dir)
+    dump.mkdir(parents=True, exist_ok=True)
+    saves: list[int] = []
+    write = ckpt.save_checkpoint
+
+    def counting_save(run: Path, step: int, **kwargs):  # noqa: ANN003, ANN202
+        saves.append(step)
+        return write(run, step, **kwargs)
+
+    ckpt.save_checkpoint = counting_save  # the trainer calls it through the module
+    try:
+        trainer = Trainer(load_recipe(Path(recipe), overrides), Path(run_dir), default_registry(), progress=False)
+        info: dict = {"rank": trainer.world.rank, "world_size": trainer.world.world_size,
+                      "mode": trainer.replicas.mode, "steps": {}, "sync_calls": {}}
+        ddp = getattr(trainer.replicas, "ddp", None)
+        if ddp is not None:  # count gradient all-reduce calls (one per bucket) per step
+            from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+            def counting_hook(state, bucket):  # noqa: ANN001, ANN202
+                info["sync_calls"][trainer.step] = info["sync_calls"].get(trainer.step, 0) + 1
+                return allreduce_hook(state, bucket)
+
+            ddp.register_comm_hook(None, counting_hook)
+            info["find_unused_parameters"] = trainer.replicas.find_unused_parameters
+        step = trainer.train_step
+
+        def recording_step():  # noqa: ANN202
+            stats = step()
+            info["steps"][trainer.step - 1] = {"backwards": stats.backwards, "synced": stats.synced_backwards}
+            return stats
+
+        trainer.train_step = recording_step
+        trainer.fit()
+        trainer.export()
+        if ddp is not None:
+            info["buckets"] = len(str(ddp._get_ddp_logging_data()["bucket_sizes"]).split(","))
+        states = {b.name: trainer.replicas.full_state(b.objective.state_dict()) for b in trainer.objectives}
+        tensors, _ = flatten_state(states)
+        save_file({k: v.clone() for k, v in tensors.items()}, str(dump / f"rank{trainer.world.rank}.safetensors"))
+        info["saves"] = saves
+        info["step"] = trainer.step
+        (dump / f"rank{trainer.world.rank}.json").write_text(json.dumps(info, indent=1))
+    finally:
+        distributed.shutdown_distributed()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,257 @@
+"""torch.distributed on CPU: 2 gloo processes started by torchrun from pytest (each run bounded
+by a timeout) against 1 process, on a tiny MLM + TLM + XLCO recipe (in-batch negatives, a
+momentum queue, accumulation over 2 micro-batches).
+
+1 rank × micro-batch 8 and 2 ranks × 4 see the same global batch: losses match within 1e-5
+relative at every step (DDP and FSDP), the queue and the momentum encoder are identical on
+both ranks, gradients are synchronised once per step, rank 0 alone writes checkpoints and
+metrics, and a checkpoint resumes under torchrun with the same or another number of ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModel
+
+from objkit.reporting import read_metrics
+
+WORKER = Path(__file__).with_name("distributed_worker.py")
+TIMEOUT = 300  # seconds per run; a run takes 10-25 s on 2 CPU cores
+
+RECIPE = """
+name = "tiny-distributed"
+[model]
+hidden_size = 32
+num_layers = 2
+num_heads = 4
+intermediate_size = 64
+max_length = 32
+dropout = 0.0
+tokenizer = { vocab_size = 600 }
+[data.mono]
+type = "cldr"
+kind = "text"
+locales = ["en", "de", "fr"]
+[data.parallel]
+type = "cldr"
+kind = "parallel"
+locales = ["en", "de", "fr"]
+[objectives.mlm]
+data = "mono"
+[objectives.tlm]
+data = "parallel"
+[objectives.xlco]
+data = "parallel"
+layer = 1                  # truncated: XLCO leaves block 2 and the LM head unused
+pooling = "mean"
+normalize = true
+temperature = 0.05
+symmetric = true
+momentum = 0.9
+[objectives.xlco.negatives.in_batch]
+[objectives.xlco.negatives.momentum_queue]
+size = 32                  # 16 pairs x 2 directions: full after step 0, so XLCO starts at step 1
+[train]
+steps = 6
+batch_size = 16
+micro_batch_size = 8       # 1 rank: 2 micro-batches of 8; 2 ranks: 2 micro-batches of 4 each
+lr = 2e-3
+warmup_steps = 2
+seed = 3
+log_every = 1
+checkpoint_every = 3
+keep_checkpoints = 3
+"""
+LOSSES = ("mlm/loss", "tlm/loss", "xlco/loss")
+
+
+def _launch(nproc: int, recipe: Path, out: Path, *overrides: str) -> Path:
+    """Run the worker (under torchrun when nproc > 1); returns the run directory."""
+    prefix = [sys.executable]
+    if nproc > 1:
+        prefix += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run(
+        [*prefix, str(WORKER), str(recipe), str(out / "run"), str(out / "dump"), *overrides],
+        env=env, capture_output=True, text=True, timeout=TIMEOUT,
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    return out / "run"
+
+
+def _info(out: Path, rank: int) -> dict:
+    return json.loads((out / "dump" / f"rank{rank}.json").read_text())
+
+
+def _assert_losses_close(a: list[dict], b: list[dict], rel: float) -> None:
+    assert [m["step"] for m in a] == [m["step"] for m in b]
+    for x, y in zip(a, b, strict=True):
+        for key in LOSSES:
+            if key in x or key in y:
+                assert abs(x[key] - y[key]) <= rel * abs(x[key]), (x["step"], key, x[key], y[key])
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("recipe") / "tiny.toml"
+    path.write_text(RECIPE)
+    return path
+
+
+@pytest.fixture(scope="module")
+def runs(recipe, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("distributed")
+    return {
+        "single": _launch(1, recipe, root / "single").parent,
+        "ddp": _launch(2, recipe, root / "ddp", "train.micro_batch_size=4").parent,
+        "fsdp": _launch(2, recipe, root / "fsdp", "train.micro_batch_size=4", "train.parallelism=fsdp").parent,
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_ranks_log_the_losses_of_one(runs, mode):
+    single = read_metrics(runs["single"] / "run" / "metrics.jsonl")
+    multi = read_metrics(runs[mode] / "run" / "metrics.jsonl")
+    assert [m["step"] for m in multi] == [1, 2, 3, 4, 5, 6]  # one line per step: rank 0 alone writes
+    assert "xlco/loss" not in single[0] and all("xlco/loss" in m for m in single[1:])  # the queue filled at step 0
+    _assert_losses_close(single, multi, rel=1e-5)
+    assert _info(runs[mode], 0)["mode"] == mode and _info(runs[mode], 1)["world_size"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_queue_and_momentum_encoder_identical_on_every_rank(runs, mode):
+    rank0 = load_file(str(runs[mode] / "dump" / "rank0.safetensors"))
+    rank1 = load_file(str(runs[mode] / "dump" / "rank1.safetensors"))
+    single = load_file(str(runs["single"] / "dump" / "rank0.safetensors"))
+    queue = "xlco/stores/momentum_queue/buffer"
+    assert queue in rank0 and any(k.startswith("xlco/key_encoder/") for k in rank0)
+    assert rank0.keys() == rank1.keys() == single.keys()
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key  # bitwise: same gathered keys, same EMA
+        torch.testing.assert_close(rank0[key], single[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+@pytest.mark.slow
+def test_gradients_are_synchronised_once_per_step(runs):
+    for rank in (0, 1):
+        info = _info(runs["ddp"], rank)
+        assert info["find_unused_parameters"]  # XLCO declares that it leaves parameters unused
+        steps = info["steps"]
+        assert len(steps) == 6
+        assert steps["0"]["backwards"] == 4  # 2 micro-batches x (MLM, TLM); XLCO still filling its queue
+        assert all(s["backwards"] == 6 and s["synced"] == 1 for k, s in steps.items() if k != "0")
+        # DDP's all-reduce ran once per bucket per step, not once per backward pass
+        assert info["sync_calls"] == {str(step): info["buckets"] for step in range(6)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_rank_zero_alone_writes_checkpoints_and_export(runs, mode):
+    assert _info(runs[mode], 0)["saves"] == [3, 6]
+    assert _info(runs[mode], 1)["saves"] == []
+    run = runs[mode] / "run"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_0000003", "step_0000006"]
+    trainer_state = json.loads((run / "checkpoints" / "step_0000006" / "trainer.json").read_text())
+    assert trainer_state["world_size"] == 2 and trainer_state["parallelism"] == mode
+    exported = load_file(str(run / "export" / "model.safetensors"))
+    reference = load_file(str(runs["single"] / "run" / "export" / "model.safetensors"))
+    assert exported.keys() == reference.keys()
+    for key in exported:
+        torch.testing.assert_close(exported[key], reference[key], rtol=1e-4, atol=1e-5, msg=key)
+    assert AutoModel.from_pretrained(run / "export").config.hidden_size == 32
+
+
+@pytest.mark.slow
+def test_joint_backward_and_reference_normalisation_match_too(recipe, tmp_path):
+    """One backward per micro-batch (all objectives summed) and fairseq's single normaliser
+    (all units of all objectives) give the same losses on 1 and 2 ranks as well."""
+    options = ["train.backward=joint", "train.normalization=reference"]
+    single = _launch(1, recipe, tmp_path / "single", *options)
+    multi = _launch(2, recipe, tmp_path / "ddp", "train.micro_batch_size=4", *options)
+    _assert_losses_close(read_metrics(single / "metrics.jsonl"), read_metrics(multi / "metrics.jsonl"), rel=1e-5)
+    steps = _info(tmp_path / "ddp", 0)["steps"]
+    assert all(s["backwards"] == 2 and s["synced"] == 1 for s in steps.values())  # 2 micro-batches
+
+
+def _interrupted_copy(run: Path, target: Path) -> Path:
+    """``run`` as it was right after its step-3 checkpoint."""
+    shutil.copytree(run.parent, target, ignore=shutil.ignore_patterns("dump"))
+    copy = target / "run"
+    shutil.rmtree(copy / "checkpoints" / "step_0000006")
+    shutil.rmtree(copy / "export")
+    lines = (copy / "metrics.jsonl").read_text().splitlines()[:3]
+    (copy / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    return target
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("mode", "nproc", "overrides"),
+    [("ddp", 2, ["train.micro_batch_size=4"]), ("ddp", 1, []),
+     ("fsdp", 2, ["train.micro_batch_size=4", "train.parallelism=fsdp"])],
+    ids=["ddp-2-ranks", "ddp-then-1-rank", "fsdp-2-ranks"],
+)
+def test_resume_under_torchrun(runs, recipe, tmp_path, mode, nproc, overrides):
+    """A 2-rank checkpoint resumes on 2 ranks (exactly) or on 1 rank (the global batches do
+    not depend on the number of ranks)."""
+    resumed = _interrupted_copy(runs[mode] / "run", tmp_path / "resumed")
+    _launch(nproc, recipe, resumed, *overrides)
+    straight = read_metrics(runs[mode] / "run" / "metrics.jsonl")
+    again = read_metrics(resumed / "run" / "metrics.jsonl")
+    if nproc == 2 and mode == "ddp":
+        assert again == [{**m, "tok/s": a["tok/s"]} for m, a in zip(straight, again, strict=True)]
+    else:
+        _assert_losses_close(straight, again, rel=1e-5)
+    assert _info(resumed, 0)["saves"] == [6]
+
+
+STREAMED = RECIPE.split("[objectives.xlco]")[0].replace(
+    '[data.parallel]\ntype = "cldr"', '[data.parallel]\nstreaming = true\ntype = "cldr"'
+) + "[train]\nsteps = 2\nbatch_size = 8\nlr = 1e-3\ncheckpoint_every = 2\n"
+
+
+@pytest.mark.slow
+def test_resuming_streamed_data_on_another_number_of_ranks_is_refused(tmp_path):
+    """Streamed sources are read per rank (split_dataset_by_node); their positions cannot move
+    to another number of ranks, and the message says what to do."""
+    from objkit.errors import UserError
+    from objkit.recipe import load_recipe
+    from objkit.registry import default_registry
+    from objkit.runner import run_recipe
+
+    recipe = tmp_path / "streamed.toml"
+    recipe.write_text(STREAMED)
+    run_recipe(load_recipe(recipe), tmp_path / "run", default_registry(), progress=False)
+    state_file = tmp_path / "run" / "checkpoints" / "step_0000002" / "trainer.json"
+    state = json.loads(state_file.read_text())
+    assert state["world_size"] == 1
+    state_file.write_text(json.dumps({**state, "world_size": 2}))  # as if written by 2 ranks
+    with pytest.raises(UserError, match=r"written by 2 rank\(s\), resumed by 1.*tlm.*--nproc_per_node 2"):
+        run_recipe(load_recipe(recipe, ["train.steps=4"]), tmp_path / "run", default_registry(), progress=False)
+
+
+def test_find_unused_parameters_only_when_declared():
+    from objkit.distributed import needs_find_unused
+
+    class Stub:
+        def __init__(self, full: bool = True, heads: dict | None = None) -> None:
+            self.uses_all_parameters, self.heads = full, heads or {}
+
+        def trainable_modules(self) -> dict:
+            return self.heads
+
+    assert not needs_find_unused([Stub(), Stub()])  # MLM + TLM: every backward reaches everything
+    assert needs_find_unused([Stub(), Stub(full=False)])  # + XLCO: truncated encoder, no LM head
+    assert not needs_find_unused([Stub(heads={"projection": torch.nn.Linear(2, 2)})])  # its own head, always used
+    assert needs_find_unused([Stub(), Stub(heads={"projection": torch.nn.Linear(2, 2)})])  # MLM leaves it unused
