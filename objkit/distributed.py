@@ -432,7 +432,10 @@ class FSDPReplicas(Replicas):
         if isinstance(loaded, dict) and isinstance(current, dict):
             return {key: self.shard_like(value, current.get(key)) for key, value in loaded.items()}
         if isinstance(loaded, torch.Tensor) and hasattr(current, "device_mesh"):
-            from torch.distributed.tensor import distribute_tensor
+            try:
+                from torch.distributed.tensor import distribute_tensor
+            except ImportError:  # torch < 2.5
+                from torch.distributed._tensor import distribute_tensor  # type: ignore[no-redef]
 
             return distribute_tensor(loaded.to(self.device), current.device_mesh, current.placements)
         return loaded
