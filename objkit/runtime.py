@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from objkit.distributed import barrier, init_distributed
+from objkit.distributed import barrier
 from objkit.errors import UserError
 from objkit.interfaces import BuildContext, Encoder, Objective, VocabInfo, WorldInfo
 from objkit.recipe import ResolvedRecipe, TokenizerTraining, TrainConfig
