@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from objkit.errors import UserError
+from objkit.hub import hub_unreachable_reason, offline_unless_reachable
 from objkit.interfaces import BuildContext, Encoder, Objective, VocabInfo, WorldInfo
 from objkit.recipe import ResolvedRecipe, TokenizerTraining, TrainConfig
 from objkit.registry import Registry
@@ -98,11 +99,14 @@ def load_tokenizer(
     else:
         spec_path = spec or model.init
         key = "model.tokenizer" if spec else "model.init"
+    offline = local_files_only or offline_unless_reachable(spec_path)
     try:
-        return AutoTokenizer.from_pretrained(spec_path, local_files_only=local_files_only)
+        return AutoTokenizer.from_pretrained(spec_path, local_files_only=offline)
     except (OSError, ValueError) as exc:
+        why = hub_unreachable_reason() if offline and not Path(spec_path).is_dir() else None
+        reason = f"not a local directory nor in the HF cache, and {why}" if why else str(exc).splitlines()[0][:120]
         raise UserError(
-            f"{key}: cannot load a tokenizer from {spec_path!r} ({str(exc).splitlines()[0][:120]}); "
+            f"{key}: cannot load a tokenizer from {spec_path!r} ({reason}); "
             "give a local directory or a reachable hub id"
         ) from None
 

@@ -61,6 +61,22 @@ def test_missing_checkpoint_is_one_line_error(capsys, tmp_path):
     assert "no-such-model" in err
 
 
+def test_unreachable_hub_id_fails_fast_in_one_line(capsys, tmp_path, monkeypatch):
+    """A hub id that is not cached, with the hub unreachable: one line at once, no retries."""
+    from objkit import hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub.hub_unreachable_reason.cache_clear()
+    code, _, err = run_main(
+        capsys, "run", str(ROOT / "recipes/quickstart.toml"), "-o", str(tmp_path / "r"),
+        "--set", "model.init=objkit-tests/no-such-model", "--set", "model.tokenizer=objkit-tests/no-such-model",
+    )
+    hub.hub_unreachable_reason.cache_clear()
+    assert code == 2
+    assert err.strip().count("\n") == 0 and "Traceback" not in err
+    assert "objkit-tests/no-such-model" in err and "HF_HUB_OFFLINE" in err
+
+
 def test_dry_run_quickstart(capsys, tmp_path):
     code, out, _ = run_main(capsys, "run", str(ROOT / "recipes/quickstart.toml"), "--dry-run", "-o", str(tmp_path))
     assert code == 0
