@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 
-.PHONY: install quickstart test bench-ablation clean
+.PHONY: install quickstart test perf bench-ablation clean
 
 $(BIN)/objkit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ quickstart: $(BIN)/objkit
 
 test: $(BIN)/objkit
 	$(BIN)/python -m pytest
+
+# The performance suite (benchmarks/README.md); --markdown writes the README's Performance table.
+perf: $(BIN)/objkit
+	$(BIN)/python benchmarks/run.py --quick --json bench-out/perf.json --markdown bench-out/perf.md
 
 clean:
 	rm -rf runs .pytest_cache

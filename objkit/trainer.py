@@ -23,6 +23,7 @@ from objkit.registry import Registry
 from objkit.reporting import MetricsWriter
 from objkit.runtime import (
     accumulation_steps,
+    adamw_kernel,
     autocast_factory,
     build_encoder,
     build_objectives,
@@ -73,7 +74,8 @@ class Trainer:
         self.params = params
         opt = self.train_cfg.optimizer
         self.optimizer = torch.optim.AdamW(
-            params, lr=self.train_cfg.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay
+            params, lr=self.train_cfg.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay,
+            **adamw_kernel(params),
         )
         make_schedule = (
             get_linear_schedule_with_warmup if self.train_cfg.schedule == "linear" else get_constant_schedule_with_warmup
