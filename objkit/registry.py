@@ -262,9 +262,13 @@ class Registry:
         self.manager.register(module, name=name)
         try:
             infos: list[PluginInfo] = []
-            for impl in self.manager.hook.objkit_plugins.get_hookimpls():
-                if impl.plugin is not module:
-                    continue
+            impls = [i for i in self.manager.hook.objkit_plugins.get_hookimpls() if i.plugin is module]
+            if not impls:
+                raise PluginError(
+                    f'objkit entry point "{name}" from {distribution} {version}: {getattr(module, "__name__", module)} '
+                    "has no objkit_plugins() function marked with @objkit.hookimpl"
+                )
+            for impl in impls:
                 classes = impl.function()
                 if not isinstance(classes, (list, tuple)):
                     raise PluginError(

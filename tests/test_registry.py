@@ -223,3 +223,12 @@ def test_plugin_by_module_path_and_unknown_name(monkeypatch):
     assert registry.get("local").distribution == "<--plugin>"  # a module no distribution owns
     assert registry.skipped["alpah"].status == "broken"
     assert 'did you mean "alpha"' in registry.skipped["alpah"].reason
+
+
+def test_module_without_the_marked_hook_is_an_error():
+    module = types.ModuleType("unmarked")
+    module.objkit_plugins = lambda: [_objective("unmarked")]  # @hookimpl forgotten
+    registry = Registry()
+    with pytest.raises(PluginError, match=r"has no objkit_plugins\(\) function marked with @objkit.hookimpl"):
+        registry.register_module(module, name="unmarked", distribution="d", version="1")
+    assert registry.names() == []
