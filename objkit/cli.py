@@ -31,11 +31,26 @@ Examples:
   objkit validate recipes/quickstart.toml
   objkit run recipes/quickstart.toml -o runs/quickstart
   objkit run recipes/infoxlm_large.toml --dry-run
+  objkit --plugin no:translation_ranking list-plugins
+  OBJKIT_DISABLE_PLUGIN_AUTOLOAD=1 objkit --plugin translation_ranking list-plugins
 """,
 )
 @click.version_option(package_name="objkit")
-def cli() -> None:
+@click.option(
+    "--plugin",
+    "plugins",
+    multiple=True,
+    metavar="NAME|no:NAME",
+    help="Load plugin entry point (or distribution, or module) NAME even when "
+    "OBJKIT_DISABLE_PLUGIN_AUTOLOAD=1 is set; no:NAME blocks it. Repeatable; before the command.",
+)
+@click.pass_context
+def cli(ctx: click.Context, plugins: tuple[str, ...]) -> None:
     """Compose pretraining objectives for cross-lingual encoders from plugins and recipes."""
+    from objkit import registry
+
+    registry.configure(plugins)
+    ctx.call_on_close(lambda: registry.configure(()))
 
 
 @cli.command("list-plugins", epilog="""\b
@@ -43,21 +58,31 @@ Examples:
   objkit list-plugins
   objkit list-plugins --json | python -m json.tool
 """)
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {name, kind, distribution, version, module}.")
+@click.option(
+    "--json", "as_json", is_flag=True,
+    help="Print a JSON list of {name, kind, distribution, version, module, plugin_api, status[, error|reason]}.",
+)
 def list_plugins(as_json: bool) -> None:
-    """List installed plugins (built-in and third-party) by kind."""
-    from objkit.registry import default_registry
+    """List installed plugins (built-in and third-party) by kind; broken and disabled entry
+    points are listed with their error or reason (the command still succeeds)."""
+    from objkit.registry import current_selection, load_registry
 
-    registry = default_registry()
-    infos = [info.as_dict() for info in registry.infos()]
+    registry = load_registry(current_selection())
+    rows = [info.as_dict() for info in registry.infos()] + [s.as_dict() for s in registry.skipped.values()]
     if as_json:
-        click.echo(json.dumps(infos, indent=2))
+        click.echo(json.dumps(rows, indent=2))
         return
-    header = ("name", "kind", "distribution", "version", "module")
-    widths = [max(len(h), *(len(i[h]) for i in infos)) if infos else len(h) for h in header]
-    click.echo("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
-    for info in infos:
-        click.echo("  ".join(info[h].ljust(w) for h, w in zip(header, widths, strict=True)))
+    header = ("name", "kind", "distribution", "version", "module", "api", "status")
+    table = [
+        [r["name"], r["kind"] or "-", r["distribution"], r["version"], r["module"], r["plugin_api"] or "-", r["status"]]
+        for r in rows
+    ]
+    widths = [max(len(h), *(len(row[i]) for row in table)) if table else len(h) for i, h in enumerate(header)]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
+    for row in table:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    for skipped in registry.skipped.values():
+        click.echo(f"{skipped.status}: {skipped.line()}")
 
 
 @cli.command(epilog="""\b
@@ -115,10 +140,12 @@ def _load_subcommands() -> None:
 
     from objkit.eval.cli import eval_group
     from objkit.plot import plot_command
+    from objkit.scaffold import new_plugin_command
 
     cli.add_command(tokenizer_group)
     cli.add_command(eval_group)
     cli.add_command(plot_command)
+    cli.add_command(new_plugin_command)
 
 
 def main(argv: list[str] | None = None) -> None:

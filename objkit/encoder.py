@@ -17,7 +17,7 @@ from torch import nn
 from transformers import AutoConfig, XLMRobertaConfig, XLMRobertaForMaskedLM, XLMRobertaModel
 
 from objkit.errors import UserError
-from objkit.hookspecs import hookimpl
+from objkit.hookspecs import PLUGIN_API_VERSION, hookimpl
 from objkit.hub import hub_unreachable_reason, offline_unless_reachable
 from objkit.interfaces import Encoder
 from objkit.recipe import ModelConfig
@@ -63,6 +63,7 @@ class XLMREncoder(Encoder):
     """XLM-R body + LM head. ``forward`` returns hidden states ``[h_0 .. h_L]``."""
 
     name: ClassVar[str] = "xlmr"
+    plugin_api: ClassVar[str] = PLUGIN_API_VERSION  # built-in: always the current API
     Config: ClassVar[type[ModelConfig]] = ModelConfig
 
     def __init__(self, mlm: XLMRobertaForMaskedLM) -> None:

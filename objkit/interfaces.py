@@ -40,6 +40,10 @@ class Plugin:
 
     name: ClassVar[str]
     Config: ClassVar[type[PluginConfig]] = PluginConfig
+    plugin_api: ClassVar[str | None] = None
+    """The objkit plugin API (``"MAJOR.MINOR"``) this plugin is written against; required.
+    Third-party plugins write the literal they were tested with (e.g. ``"1.0"``), not
+    ``objkit.PLUGIN_API_VERSION``, so that a later incompatible objkit is detected."""
 
     @classmethod
     def check(cls, config: Any, registry: Registry) -> list[str]:

@@ -182,9 +182,36 @@ class EvalConfig(Strict):
     sets: dict[str, EvalSet] = Field(default_factory=dict)
 
 
+class RequiredDistribution(Strict):
+    """A distribution the recipe needs installed (typically a third-party plugin's)."""
+
+    distribution: str = Field(description="distribution name as pip knows it, e.g. objkit-translation-ranking")
+    version: str | None = Field(None, description='PEP 440 specifier the installed version must meet, e.g. ">=0.1"')
+    install: str | None = Field(None, description="how to install it, shown when it is missing (default: pip install NAME)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        """``"name>=1.0"`` (a PEP 508 requirement) is shorthand for a table."""
+        if not isinstance(value, str):
+            return value
+        from packaging.requirements import InvalidRequirement, Requirement
+
+        try:
+            req = Requirement(value)
+        except InvalidRequirement:
+            raise ValueError(f"not a requirement such as 'objkit-foo>=0.1' (got {value!r})") from None
+        return {"distribution": req.name, "version": str(req.specifier) or None}
+
+
 class Recipe(Strict):
     name: str | None = None
     description: str | None = None
+    requires: list[RequiredDistribution] = Field(
+        default_factory=list,
+        description='distributions checked before anything else: "name>=1.0" strings or '
+        "{ distribution, version, install } tables; a missing one is a one-line error saying how to install it",
+    )
     model: ModelConfig
     data: dict[str, DataSource] = Field(min_length=1)
     objectives: dict[str, ObjectiveEntry] = Field(min_length=1)
@@ -311,9 +338,52 @@ def _fill_plugin_defaults(raw: dict[str, Any]) -> None:
                 table.setdefault("plugin", name)
 
 
+def _requirement(entry: Any) -> tuple[str, str, str | None] | None:
+    """(distribution, specifier, install hint) of one ``requires`` entry; None if malformed
+    (model validation then reports it)."""
+    try:
+        table = RequiredDistribution.model_validate(entry)
+    except ValidationError:
+        return None
+    return table.distribution, table.version or "", table.install
+
+
+def requirement_problems(requires: Any) -> list[str]:
+    """One ``requires: ...`` line per distribution that is missing or too old/new."""
+    import importlib.metadata as md
+
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+    problems: list[str] = []
+    for entry in requires if isinstance(requires, list) else []:
+        parsed = _requirement(entry)
+        if parsed is None:
+            continue
+        name, spec, hint = parsed
+        wanted = f"{name}{spec}"
+        how = hint or (f"pip install '{wanted}'" if spec else f"pip install {name}")
+        try:
+            installed = md.version(name)
+        except md.PackageNotFoundError:
+            problems.append(f"requires: {name} is not installed; install {wanted} ({how})")
+            continue
+        try:
+            ok = not spec or SpecifierSet(spec).contains(installed, prereleases=True)
+        except InvalidSpecifier:
+            problems.append(f"requires: {name}: not a version specifier such as '>=0.1' (got {spec!r})")
+            continue
+        if not ok:
+            problems.append(f"requires: {wanted}, but {name} {installed} is installed; install {wanted} ({how})")
+    return problems
+
+
 def validate_recipe(raw: dict[str, Any], registry: Registry, source: str = "recipe") -> ResolvedRecipe:
     raw = copy.deepcopy(raw)
     _fill_plugin_defaults(raw)
+    # a missing plugin distribution explains every later "unknown plugin": report it alone
+    missing = requirement_problems(raw.get("requires"))
+    if missing:
+        raise RecipeError(source, missing)
     problems: list[str] = []
     try:
         recipe = Recipe.model_validate(raw)

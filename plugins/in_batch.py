@@ -13,7 +13,7 @@ from typing import ClassVar
 
 import torch
 
-from objkit import NegativeStore, PluginConfig, hookimpl
+from objkit import PLUGIN_API_VERSION, NegativeStore, PluginConfig, hookimpl
 
 
 class InBatchConfig(PluginConfig):
@@ -22,6 +22,7 @@ class InBatchConfig(PluginConfig):
 
 class InBatchNegatives(NegativeStore):
     name: ClassVar[str] = "in_batch"
+    plugin_api: ClassVar[str] = PLUGIN_API_VERSION  # built-in: always the current API
     Config: ClassVar[type[InBatchConfig]] = InBatchConfig
     includes_current_keys: ClassVar[bool] = True
     """Rows ``[0, B)`` of ``negatives(keys)`` are ``keys`` in order (their diagonal is each query's positive)."""

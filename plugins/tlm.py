@@ -16,7 +16,7 @@ import datasets
 import torch
 from pydantic import Field, model_validator
 
-from objkit import BuildContext, Objective, ObjectiveOutput, StepContext, hookimpl
+from objkit import PLUGIN_API_VERSION, BuildContext, Objective, ObjectiveOutput, StepContext, hookimpl
 from objkit.errors import UserError
 from objkit.masking import MaskingConfig, mask_tokens, masked_lm_output, pad_sequences
 
@@ -46,6 +46,7 @@ def truncate_pair(src: list[int], tgt: list[int], budget: int) -> tuple[list[int
 
 class TranslationLM(Objective):
     name: ClassVar[str] = "tlm"
+    plugin_api: ClassVar[str] = PLUGIN_API_VERSION  # built-in: always the current API
     Config: ClassVar[type[TLMConfig]] = TLMConfig
     data_kind = "parallel"
 
