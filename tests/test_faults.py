@@ -388,3 +388,34 @@ def test_second_sigint_stops_at_once():
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.01)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_two_ranks_sigkill_resume_is_bit_identical(recipe_path, tmp_path):
+    """torchrun, 2 CPU ranks (gloo): each rank's RNG and data position is checkpointed by rank 0
+    and restored to its rank, so a killed and resumed 2-rank run equals an uninterrupted one."""
+    def command(out: Path) -> list[str]:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "-m", "objkit", "run", str(recipe_path), "-o", str(out), "--no-progress", "--set", "train.steps=6"]
+
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    done = subprocess.run(command(straight), capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    rng = json.loads((straight / "checkpoints" / "step_0000006" / "rng.json").read_text())["ranks"]
+    assert len(rng) == 2 and rng[0]["torch"] != rng[1]["torch"]
+
+    marker = tmp_path / "paused"
+    env = dict(os.environ, OBJKIT_TEST_PAUSE="save-done@4", OBJKIT_TEST_PAUSE_MARKER=str(marker))
+    with (tmp_path / "killed.log").open("w") as log:
+        proc = subprocess.Popen(command(killed), env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    deadline = time.monotonic() + 600
+    while not marker.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "killed.log").read_text()
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks
+    proc.wait()
+    again = subprocess.run(command(killed), capture_output=True, text=True, check=False)
+    assert again.returncode == 0, again.stderr
+    assert "resumed from" in again.stderr and "step_0000004 (step 4)" in again.stderr
+    assert "warning" not in again.stderr
+    assert_same_export(straight, killed)
