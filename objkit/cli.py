@@ -104,6 +104,7 @@ def validate(recipe: Path, overrides: tuple[str, ...]) -> None:
 Examples:
   objkit run recipes/quickstart.toml -o runs/quickstart
   objkit run recipes/quickstart_infoxlm.toml -o runs/qi --set train.steps=100
+  objkit run recipes/quickstart.toml -o runs/quickstart --fresh
   objkit run recipes/infoxlm_large.toml --dry-run
   torchrun --nproc_per_node 8 -m objkit run recipes/infoxlm_base.toml -o runs/base \\
       --set model.init=/models/xlm-roberta-base --set 'data.mono={...}'
@@ -111,9 +112,16 @@ Examples:
 @_recipe_options
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), help="Run directory (resumes if it holds checkpoints).")
 @click.option("--dry-run", is_flag=True, help="Build everything on the meta device and print the plan; no training.")
-@click.option("--no-progress", is_flag=True, help="Disable the progress bar.")
-def run(recipe: Path, overrides: tuple[str, ...], output: Path | None, dry_run: bool, no_progress: bool) -> None:
-    """Train the model RECIPE describes into OUTPUT (metrics, checkpoints, export/)."""
+@click.option("--no-progress", is_flag=True, help="Disable the progress bars.")
+@click.option("--fresh", is_flag=True, help="Start over in OUTPUT: remove a previous run's checkpoints, metrics and export.")
+def run(recipe: Path, overrides: tuple[str, ...], output: Path | None, dry_run: bool, no_progress: bool,
+        fresh: bool) -> None:
+    """Train the model RECIPE describes into OUTPUT (metrics, checkpoints, export/).
+
+    Re-running the same command resumes from OUTPUT's newest intact checkpoint; a different
+    recipe is refused unless --fresh. SIGTERM or Ctrl-C finish the current step, write a
+    checkpoint and exit 0.
+    """
     from objkit.recipe import load_recipe
     from objkit.registry import default_registry
 
@@ -132,7 +140,11 @@ def run(recipe: Path, overrides: tuple[str, ...], output: Path | None, dry_run: 
         raise UserError("run: -o/--output DIR is required (where metrics, checkpoints and the export go)")
     from objkit.runner import run_recipe
 
-    run_recipe(resolved, output, registry, progress=not no_progress)
+    if no_progress:
+        import datasets
+
+        datasets.disable_progress_bars()
+    run_recipe(resolved, output, registry, progress=not no_progress, fresh=fresh)
 
 
 def _load_subcommands() -> None:

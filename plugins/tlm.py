@@ -63,6 +63,16 @@ class TranslationLM(Objective):
             self._grow_token_types(ctx, len(config.languages))
 
     @classmethod
+    def check_languages(cls, config: TLMConfig, source: str, languages: list[str]) -> list[str]:
+        if not config.language_embeddings:
+            return []
+        unknown = [lang for lang in dict.fromkeys(languages) if lang not in config.languages]
+        if not unknown:
+            return []
+        return [f"languages: data.{source} has language {', '.join(map(repr, unknown))}, not in {config.languages} "
+                "(language_embeddings needs an id for every language it reads)"]
+
+    @classmethod
     def modifies_encoder(cls, config: TLMConfig) -> bool:
         return config.language_embeddings
 
