@@ -1,13 +1,16 @@
 # Two entry points for a fresh machine: `make quickstart` and `make test`.
 # Each creates the virtual environment on first use: torch 2.13.0 first (a CPU build on
 # the dev/CI machines; any plain `torch` requirement it does not satisfy would pull a
-# multi-GB CUDA build), then objkit in editable mode with its dev extras.
+# multi-GB CUDA build), then objkit in editable mode with its dev extras, then the example
+# third-party plugin distribution (installed like a stranger's: pip install -e its folder).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
+EXAMPLE_PLUGIN := examples/objkit-translation-ranking
+EXAMPLE_STAMP := $(VENV)/.objkit-translation-ranking
 
-.PHONY: install quickstart test bench-ablation clean
+.PHONY: install quickstart test perf bench-ablation clean
 
 $(BIN)/objkit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,13 +19,24 @@ $(BIN)/objkit: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
-install: $(BIN)/objkit
+$(EXAMPLE_STAMP): $(BIN)/objkit $(EXAMPLE_PLUGIN)/pyproject.toml
+	$(BIN)/python -m pip install --quiet -e $(EXAMPLE_PLUGIN)
+	touch $@
+
+install: $(BIN)/objkit $(EXAMPLE_STAMP)
 
 quickstart: $(BIN)/objkit
 	$(BIN)/objkit run recipes/quickstart.toml -o runs/quickstart
 
-test: $(BIN)/objkit
+# objkit's suite, then the example plugin's own suite (its tests and objkit's conformance
+# kit on it) from its folder, as its author would run it
+test: $(BIN)/objkit $(EXAMPLE_STAMP)
 	$(BIN)/python -m pytest
+	cd $(EXAMPLE_PLUGIN) && $(abspath $(BIN))/python -m pytest
+
+# The performance suite (benchmarks/README.md); --markdown writes the README's Performance table.
+perf: $(BIN)/objkit
+	$(BIN)/python benchmarks/run.py --quick --json bench-out/perf.json --markdown bench-out/perf.md
 
 clean:
 	rm -rf runs .pytest_cache

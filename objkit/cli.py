@@ -33,11 +33,26 @@ Examples:
   objkit validate recipes/quickstart.toml
   objkit run recipes/quickstart.toml -o runs/quickstart
   objkit run recipes/infoxlm_large.toml --dry-run
+  objkit --plugin no:translation_ranking list-plugins
+  OBJKIT_DISABLE_PLUGIN_AUTOLOAD=1 objkit --plugin translation_ranking list-plugins
 """,
 )
 @click.version_option(package_name="objkit")
-def cli() -> None:
+@click.option(
+    "--plugin",
+    "plugins",
+    multiple=True,
+    metavar="NAME|no:NAME",
+    help="Load plugin entry point (or distribution, or module) NAME even when "
+    "OBJKIT_DISABLE_PLUGIN_AUTOLOAD=1 is set; no:NAME blocks it. Repeatable; before the command.",
+)
+@click.pass_context
+def cli(ctx: click.Context, plugins: tuple[str, ...]) -> None:
     """Compose pretraining objectives for cross-lingual encoders from plugins and recipes."""
+    from objkit import registry
+
+    registry.configure(plugins)
+    ctx.call_on_close(lambda: registry.configure(()))
 
 
 @cli.command("list-plugins", epilog="""\b
@@ -45,21 +60,31 @@ Examples:
   objkit list-plugins
   objkit list-plugins --json | python -m json.tool
 """)
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {name, kind, distribution, version, module}.")
+@click.option(
+    "--json", "as_json", is_flag=True,
+    help="Print a JSON list of {name, kind, distribution, version, module, plugin_api, status[, error|reason]}.",
+)
 def list_plugins(as_json: bool) -> None:
-    """List installed plugins (built-in and third-party) by kind."""
-    from objkit.registry import default_registry
+    """List installed plugins (built-in and third-party) by kind; broken and disabled entry
+    points are listed with their error or reason (the command still succeeds)."""
+    from objkit.registry import current_selection, load_registry
 
-    registry = default_registry()
-    infos = [info.as_dict() for info in registry.infos()]
+    registry = load_registry(current_selection())
+    rows = [info.as_dict() for info in registry.infos()] + [s.as_dict() for s in registry.skipped.values()]
     if as_json:
-        click.echo(json.dumps(infos, indent=2))
+        click.echo(json.dumps(rows, indent=2))
         return
-    header = ("name", "kind", "distribution", "version", "module")
-    widths = [max(len(h), *(len(i[h]) for i in infos)) if infos else len(h) for h in header]
-    click.echo("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
-    for info in infos:
-        click.echo("  ".join(info[h].ljust(w) for h, w in zip(header, widths, strict=True)))
+    header = ("name", "kind", "distribution", "version", "module", "api", "status")
+    table = [
+        [r["name"], r["kind"] or "-", r["distribution"], r["version"], r["module"], r["plugin_api"] or "-", r["status"]]
+        for r in rows
+    ]
+    widths = [max(len(h), *(len(row[i]) for row in table)) if table else len(h) for i, h in enumerate(header)]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
+    for row in table:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    for skipped in registry.skipped.values():
+        click.echo(f"{skipped.status}: {skipped.line()}")
 
 
 @cli.command(epilog="""\b
@@ -81,6 +106,7 @@ def validate(recipe: Path, overrides: tuple[str, ...]) -> None:
 Examples:
   objkit run recipes/quickstart.toml -o runs/quickstart
   objkit run recipes/quickstart_infoxlm.toml -o runs/qi --set train.steps=100
+  objkit run recipes/quickstart.toml -o runs/quickstart --fresh
   objkit run recipes/infoxlm_large.toml --dry-run
   objkit run recipes/quickstart_infoxlm.toml -o runs/qi2 --nproc 2
   torchrun --standalone --nproc_per_node 8 -m objkit run recipes/infoxlm_base.toml -o runs/base \\
@@ -89,15 +115,22 @@ Examples:
 @_recipe_options
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), help="Run directory (resumes if it holds checkpoints).")
 @click.option("--dry-run", is_flag=True, help="Build everything on the meta device and print the plan; no training.")
-@click.option("--no-progress", is_flag=True, help="Disable the progress bar.")
+@click.option("--no-progress", is_flag=True, help="Disable the progress bars.")
+@click.option("--fresh", is_flag=True, help="Start over in OUTPUT: remove a previous run's checkpoints, metrics and export.")
 @click.option(
     "--nproc", type=click.IntRange(min=1), metavar="N",
     help="Run N processes on this machine: exec `torchrun --standalone --nproc_per_node N -m objkit run ...`.",
 )
 def run(
-    recipe: Path, overrides: tuple[str, ...], output: Path | None, dry_run: bool, no_progress: bool, nproc: int | None
+    recipe: Path, overrides: tuple[str, ...], output: Path | None, dry_run: bool, no_progress: bool,
+    fresh: bool, nproc: int | None,
 ) -> None:
-    """Train the model RECIPE describes into OUTPUT (metrics, checkpoints, export/)."""
+    """Train the model RECIPE describes into OUTPUT (metrics, checkpoints, export/).
+
+    Re-running the same command resumes from OUTPUT's newest intact checkpoint; a different
+    recipe is refused unless --fresh. SIGTERM or Ctrl-C finish the current step, write a
+    checkpoint and exit 0.
+    """
     from objkit.recipe import load_recipe
     from objkit.registry import default_registry
 
@@ -119,13 +152,18 @@ def run(
                 "-m", "objkit", "run", str(recipe), "-o", str(output)]
         argv += [arg for override in overrides for arg in ("--set", override)]
         argv += ["--no-progress"] if no_progress else []
+        argv += ["--fresh"] if fresh else []
         click.echo(f"exec: {shlex.join(argv)}", err=True)
         sys.stdout.flush()
         sys.stderr.flush()
         os.execv(sys.executable, argv)
     from objkit.runner import run_recipe
 
-    run_recipe(resolved, output, registry, progress=not no_progress)
+    if no_progress:
+        import datasets
+
+        datasets.disable_progress_bars()
+    run_recipe(resolved, output, registry, progress=not no_progress, fresh=fresh)
 
 
 def _load_subcommands() -> None:
@@ -133,10 +171,12 @@ def _load_subcommands() -> None:
 
     from objkit.eval.cli import eval_group
     from objkit.plot import plot_command
+    from objkit.scaffold import new_plugin_command
 
     cli.add_command(tokenizer_group)
     cli.add_command(eval_group)
     cli.add_command(plot_command)
+    cli.add_command(new_plugin_command)
 
 
 def main(argv: list[str] | None = None) -> None:

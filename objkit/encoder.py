@@ -17,7 +17,8 @@ from torch import nn
 from transformers import AutoConfig, XLMRobertaConfig, XLMRobertaForMaskedLM, XLMRobertaModel
 
 from objkit.errors import UserError
-from objkit.hookspecs import hookimpl
+from objkit.hookspecs import PLUGIN_API_VERSION, hookimpl
+from objkit.hub import hub_unreachable_reason, offline_unless_reachable
 from objkit.interfaces import Encoder
 from objkit.recipe import ModelConfig
 
@@ -62,6 +63,7 @@ class XLMREncoder(Encoder):
     """XLM-R body + LM head. ``forward`` returns hidden states ``[h_0 .. h_L]``."""
 
     name: ClassVar[str] = "xlmr"
+    plugin_api: ClassVar[str] = PLUGIN_API_VERSION  # built-in: always the current API
     Config: ClassVar[type[ModelConfig]] = ModelConfig
 
     def __init__(self, mlm: XLMRobertaForMaskedLM) -> None:
@@ -85,11 +87,16 @@ class XLMREncoder(Encoder):
             overrides = {}
             if config.dropout is not None:
                 overrides = {"hidden_dropout_prob": config.dropout, "attention_probs_dropout_prob": config.dropout}
+            offline = offline_unless_reachable(config.init)
             try:
-                mlm = XLMRobertaForMaskedLM.from_pretrained(config.init, attn_implementation="sdpa", **overrides)
+                mlm = XLMRobertaForMaskedLM.from_pretrained(
+                    config.init, attn_implementation="sdpa", local_files_only=offline, **overrides
+                )
             except OSError as exc:
+                why = hub_unreachable_reason() if offline and not Path(config.init).is_dir() else None
+                reason = f"not a local directory nor in the HF cache, and {why}" if why else str(exc).splitlines()[0]
                 raise UserError(
-                    f"model.init: cannot load {config.init!r} ({str(exc).splitlines()[0]}); give a hub id "
+                    f"model.init: cannot load {config.init!r} ({reason}); give a hub id "
                     "that is reachable or a local directory holding config.json and the weights "
                     "(e.g. --set model.init=/path/to/xlm-roberta-base)"
                 ) from None

@@ -12,3 +12,12 @@ class UserError(Exception):
 
 class PluginError(UserError):
     """A plugin that cannot be registered or found."""
+
+
+# Characters str.splitlines() breaks on: a message keeps each problem on one line by escaping them.
+_LINE_BREAKS = {c: repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
+def one_line(text: str) -> str:
+    """``text`` with line-breaking characters escaped (user-supplied keys and values can hold them)."""
+    return text.translate(str.maketrans(_LINE_BREAKS)) if any(c in text for c in _LINE_BREAKS) else text

@@ -33,7 +33,7 @@ DataKind = Literal["text", "parallel"]
 class PluginConfig(BaseModel):
     """Base of every plugin's config model: unknown keys are errors, defaults are typed."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class Plugin:
@@ -41,6 +41,10 @@ class Plugin:
 
     name: ClassVar[str]
     Config: ClassVar[type[PluginConfig]] = PluginConfig
+    plugin_api: ClassVar[str | None] = None
+    """The objkit plugin API (``"MAJOR.MINOR"``) this plugin is written against; required.
+    Third-party plugins write the literal they were tested with (e.g. ``"1.0"``), not
+    ``objkit.PLUGIN_API_VERSION``, so that a later incompatible objkit is detected."""
 
     @classmethod
     def check(cls, config: Any, registry: Registry) -> list[str]:
@@ -213,6 +217,14 @@ class Objective(Plugin, ABC):
         token-type table). Such objectives are built before the others, so that copies the
         others take (momentum encoders) see the final structure."""
         return False
+
+    @classmethod
+    def check_languages(cls, config: PluginConfig, source: str, languages: list[str]) -> list[str]:
+        """Validation-time check of the languages of the data source this objective reads
+        (``source`` is its recipe name, ``languages`` the codes the recipe gives it), for
+        objectives to which a language code matters. Return ``"key: problem"`` lines, keys
+        relative to the plugin's table (default: none)."""
+        return []
 
     def prepare(self, dataset: datasets.Dataset) -> datasets.Dataset:
         """Turn tokenized source rows into training examples (default: unchanged).

@@ -16,12 +16,12 @@ from typing import Annotated, Any, Literal
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from objkit.errors import UserError
+from objkit.errors import UserError, one_line
 from objkit.registry import Registry, did_you_mean
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 # ----------------------------------------------------------------------------- data sources
@@ -77,6 +77,17 @@ class CldrSource(SourceCommon):
 DataSource = Annotated[TextSource | ParallelSource | CldrSource, Field(discriminator="type")]
 
 
+def source_languages(source: TextSource | ParallelSource | CldrSource) -> list[str]:
+    """The language codes a source's rows carry, from the recipe alone (first appearance order)."""
+    if isinstance(source, TextSource):
+        codes = [f.lang for f in source.files]
+    elif isinstance(source, ParallelSource):
+        codes = [code for p in source.pairs for code in (p.src_lang, p.tgt_lang)]
+    else:
+        codes = list(source.locales) + ([source.pivot] if source.pivot and source.kind == "parallel" else [])
+    return list(dict.fromkeys(codes))
+
+
 def source_kind(source: TextSource | ParallelSource | CldrSource) -> str:
     if isinstance(source, CldrSource):
         return source.kind
@@ -122,7 +133,7 @@ class ModelConfig(Strict):
 class ObjectiveEntry(BaseModel):
     """``[objectives.NAME]``: core keys; every other key belongs to the plugin's Config."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     plugin: str
     weight: float = Field(1.0, ge=0)
@@ -157,6 +168,10 @@ class TrainConfig(Strict):
     log_every: int = Field(10, gt=0)
     checkpoint_every: int = Field(1000, gt=0)
     keep_checkpoints: int = Field(2, ge=1)
+    max_bad_steps: int = Field(
+        10, ge=1, description="abort after this many consecutive steps with non-finite loss or gradients "
+        "(each one's update is skipped)"
+    )
     normalization: Literal["mean", "reference"] = "mean"
     backward: Literal["per_objective", "joint"] = "per_objective"
     parallelism: Literal["ddp", "fsdp"] = Field(
@@ -185,9 +200,36 @@ class EvalConfig(Strict):
     sets: dict[str, EvalSet] = Field(default_factory=dict)
 
 
+class RequiredDistribution(Strict):
+    """A distribution the recipe needs installed (typically a third-party plugin's)."""
+
+    distribution: str = Field(description="distribution name as pip knows it, e.g. objkit-translation-ranking")
+    version: str | None = Field(None, description='PEP 440 specifier the installed version must meet, e.g. ">=0.1"')
+    install: str | None = Field(None, description="how to install it, shown when it is missing (default: pip install NAME)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        """``"name>=1.0"`` (a PEP 508 requirement) is shorthand for a table."""
+        if not isinstance(value, str):
+            return value
+        from packaging.requirements import InvalidRequirement, Requirement
+
+        try:
+            req = Requirement(value)
+        except InvalidRequirement:
+            raise ValueError(f"not a requirement such as 'objkit-foo>=0.1' (got {value!r})") from None
+        return {"distribution": req.name, "version": str(req.specifier) or None}
+
+
 class Recipe(Strict):
     name: str | None = None
     description: str | None = None
+    requires: list[RequiredDistribution] = Field(
+        default_factory=list,
+        description='distributions checked before anything else: "name>=1.0" strings or '
+        "{ distribution, version, install } tables; a missing one is a one-line error saying how to install it",
+    )
     model: ModelConfig
     data: dict[str, DataSource] = Field(min_length=1)
     objectives: dict[str, ObjectiveEntry] = Field(min_length=1)
@@ -205,7 +247,7 @@ class RecipeError(UserError):
     def __init__(self, source: str, problems: list[str]) -> None:
         self.source = source
         self.problems = problems
-        super().__init__("\n".join(f"{source}: {p}" for p in problems))
+        super().__init__("\n".join(one_line(f"{source}: {p}") for p in problems))
 
 
 # ----------------------------------------------------------------------------- loading
@@ -221,20 +263,30 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
 
 def _read_toml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     label = str(path)
-    if path.resolve() in chain:
+    try:
+        resolved = path.resolve()
+    except (OSError, ValueError, RuntimeError) as exc:  # a NUL byte, a symlink loop
+        raise RecipeError(label, [f"cannot read: {exc}"]) from None
+    if resolved in chain:
         raise RecipeError(label, [f"extends: cycle through {' -> '.join(str(p) for p in chain)}"])
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise RecipeError(label, ["file not found"]) from None
+    except IsADirectoryError:
+        raise RecipeError(label, ["is a directory, not a recipe file"]) from None
+    except UnicodeDecodeError as exc:
+        raise RecipeError(label, [f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(label, [f"not valid TOML: {exc}"]) from None
+    except (OSError, ValueError) as exc:  # unreadable, or an impossible path (e.g. a NUL byte)
+        raise RecipeError(label, [f"cannot read: {getattr(exc, 'strerror', None) or exc}"]) from None
     parent = raw.pop("extends", None)
     if parent is None:
         return raw
     if not isinstance(parent, str):
         raise RecipeError(label, [f"extends: expected a relative path string (got {parent!r})"])
-    base = _read_toml((path.parent / parent), chain + (path.resolve(),))
+    base = _read_toml((path.parent / parent), chain + (resolved,))
     return deep_merge(base, raw)
 
 
@@ -242,7 +294,7 @@ def parse_override(assignment: str) -> tuple[list[str], Any]:
     """``a.b.c=VALUE`` -> (["a","b","c"], value); VALUE is a TOML value, else a plain string."""
     key, sep, text = assignment.partition("=")
     if not sep or not key.strip():
-        raise UserError(f"--set {assignment}: expected dotted.key=VALUE")
+        raise UserError(one_line(f"--set {assignment}: expected dotted.key=VALUE"))
     try:
         value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
@@ -258,7 +310,7 @@ def apply_overrides(raw: dict[str, Any], assignments: list[str]) -> dict[str, An
         for part in path[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise UserError(f"--set {assignment}: {part} is not a table")
+                raise UserError(one_line(f"--set {assignment}: {part} is not a table"))
             node = child
         node[path[-1]] = value
     return result
@@ -277,8 +329,16 @@ def _fmt_loc(loc: tuple[Any, ...], raw: Any) -> str:
             pass  # a missing key: keep its name
         else:
             continue  # a union member tag, not a key
-        parts.append(str(part))
+        parts.append(_show_key(part))
     return ".".join(parts) or "(top level)"
+
+
+def _show_key(part: Any) -> str:
+    """A key as messages show it: bare when unambiguous, quoted otherwise (empty, dots, spaces...)."""
+    text = str(part)
+    if isinstance(part, int) or (text and text.isprintable() and not any(c in text for c in " .[]='\"")):
+        return text
+    return repr(text)
 
 
 def _describe(error: dict[str, Any], raw: Any, prefix: str = "") -> str:
@@ -314,9 +374,52 @@ def _fill_plugin_defaults(raw: dict[str, Any]) -> None:
                 table.setdefault("plugin", name)
 
 
+def _requirement(entry: Any) -> tuple[str, str, str | None] | None:
+    """(distribution, specifier, install hint) of one ``requires`` entry; None if malformed
+    (model validation then reports it)."""
+    try:
+        table = RequiredDistribution.model_validate(entry)
+    except ValidationError:
+        return None
+    return table.distribution, table.version or "", table.install
+
+
+def requirement_problems(requires: Any) -> list[str]:
+    """One ``requires: ...`` line per distribution that is missing or too old/new."""
+    import importlib.metadata as md
+
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+    problems: list[str] = []
+    for entry in requires if isinstance(requires, list) else []:
+        parsed = _requirement(entry)
+        if parsed is None:
+            continue
+        name, spec, hint = parsed
+        wanted = f"{name}{spec}"
+        how = hint or (f"pip install '{wanted}'" if spec else f"pip install {name}")
+        try:
+            installed = md.version(name)
+        except md.PackageNotFoundError:
+            problems.append(f"requires: {name} is not installed; install {wanted} ({how})")
+            continue
+        try:
+            ok = not spec or SpecifierSet(spec).contains(installed, prereleases=True)
+        except InvalidSpecifier:
+            problems.append(f"requires: {name}: not a version specifier such as '>=0.1' (got {spec!r})")
+            continue
+        if not ok:
+            problems.append(f"requires: {wanted}, but {name} {installed} is installed; install {wanted} ({how})")
+    return problems
+
+
 def validate_recipe(raw: dict[str, Any], registry: Registry, source: str = "recipe") -> ResolvedRecipe:
     raw = copy.deepcopy(raw)
     _fill_plugin_defaults(raw)
+    # a missing plugin distribution explains every later "unknown plugin": report it alone
+    missing = requirement_problems(raw.get("requires"))
+    if missing:
+        raise RecipeError(source, missing)
     problems: list[str] = []
     try:
         recipe = Recipe.model_validate(raw)
@@ -357,6 +460,12 @@ def validate_recipe(raw: dict[str, Any], registry: Registry, source: str = "reci
             if problem:
                 problems.append(f"objectives.{name}.data: {problem}")
     if recipe is not None:
+        for name, entry in recipe.enabled_objectives().items():
+            if name in objective_configs and entry.data in recipe.data:
+                cls = registry.get(entry.plugin, kind="objective").cls
+                langs = source_languages(recipe.data[entry.data])
+                problems.extend(f"objectives.{name}.{p}" for p in cls.check_languages(
+                    objective_configs[name], entry.data, langs))
         try:
             registry.get(recipe.model.encoder, kind="encoder")
         except UserError as exc:

@@ -49,3 +49,23 @@ class MetricsWriter:
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     with path.open(encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop records after ``step`` (logged by a run that was killed before its next
+    checkpoint), so that a resumed run's metrics read as one uninterrupted run."""
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by the kill
+        if isinstance(record, dict) and int(record.get("step", 0)) <= step:
+            kept.append(line)
+    if len(kept) != len(lines):
+        from objkit.checkpoint import atomic_write_text
+
+        atomic_write_text(path, "".join(f"{line}\n" for line in kept))

@@ -1,15 +1,23 @@
-"""``objkit run``: resolve, record, train, evaluate, export."""
+"""``objkit run``: check, resolve, record, train, evaluate, export.
+
+A run directory belongs to one recipe: re-running ``objkit run RECIPE -o DIR`` with the same
+recipe resumes from DIR's newest intact checkpoint, a different recipe is refused (unless
+``--fresh``, which removes the previous run's files and starts over). Keys that cannot change
+the trained weights (:data:`NEUTRAL_KEYS`) may differ.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import click
 
-from objkit.checkpoint import atomic_write_text
+from objkit.checkpoint import atomic_write_text, list_checkpoints
 from objkit.distributed import shutdown_distributed
 from objkit.errors import UserError
 from objkit.recipe import EvalConfig, ResolvedRecipe
@@ -53,10 +61,98 @@ class PeriodicEval:
         return results
 
 
-def run_recipe(resolved: ResolvedRecipe, run_dir: Path, registry: Registry, progress: bool = True) -> Path | None:
+# Recipe keys that may differ between a run and its resumption: they do not change the weights.
+NEUTRAL_KEYS = {
+    ("name",), ("description",), ("eval",),
+    ("train", "log_every"), ("train", "checkpoint_every"), ("train", "keep_checkpoints"),
+    ("train", "report_to"), ("train", "max_bad_steps"),
+}
+RUN_FILES = ("checkpoints", "export", "export.tmp", "export.old", "metrics.jsonl", "tensorboard",
+             "recipe.toml", "versions.json")
+
+
+def recipe_differences(old: Any, new: Any, path: tuple[str, ...] = ()) -> list[str]:
+    """``"train.lr: 0.001 in the run directory, 0.002 now"`` for every key that differs."""
+    if path in NEUTRAL_KEYS:
+        return []
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in sorted(set(old) | set(new), key=str):
+            sub = (*path, str(key))
+            if sub in NEUTRAL_KEYS:
+                continue
+            if key not in old:
+                out.append(f"{'.'.join(sub)}: not set in the run directory, {_short(new[key])} now")
+            elif key not in new:
+                out.append(f"{'.'.join(sub)}: {_short(old[key])} in the run directory, not set now")
+            else:
+                out.extend(recipe_differences(old[key], new[key], sub))
+        return out
+    if old != new:
+        return [f"{'.'.join(path)}: {_short(old)} in the run directory, {_short(new)} now"]
+    return []
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_run_dir(resolved: ResolvedRecipe, run_dir: Path, fresh: bool = False) -> None:
+    """Refuse a run directory that holds a run of another recipe; with ``fresh``, clear it."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"-o {run_dir}: exists and is not a directory")
+    if not run_dir.exists():
+        return
+    if fresh:
+        removed = [name for name in RUN_FILES if (run_dir / name).exists()]
+        for name in removed:
+            target = run_dir / name
+            shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
+        if removed:
+            click.echo(f"--fresh: removed the previous run's {', '.join(removed)} from {run_dir}", err=True)
+        return
+    recorded = run_dir / "recipe.toml"
+    if not recorded.exists():
+        checkpoints = list_checkpoints(run_dir)
+        recorded = checkpoints[-1] / "recipe.toml" if checkpoints else recorded
+    if not recorded.exists():
+        return
+    try:
+        old = tomllib.loads(recorded.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UserError(f"{recorded}: cannot read the run's recipe ({exc}); use --fresh to start over") from None
+    new = tomllib.loads(resolved.to_toml())
+    differences = recipe_differences(old, new)
+    if differences:
+        more = f" and {len(differences) - 3} more" if len(differences) > 3 else ""
+        raise UserError(
+            f"{run_dir} holds a run of a different recipe ({'; '.join(differences[:3])}{more}): "
+            "re-run with --fresh to start over there, or choose another -o"
+        )
+
+
+def check_data(resolved: ResolvedRecipe) -> None:
+    """Every data file of the recipe exists, is not empty, is UTF-8, parallel files align."""
+    from objkit.data.sources import check_source_files
+
+    for name, source in resolved.recipe.data.items():
+        check_source_files(name, source)
+
+
+def run_recipe(
+    resolved: ResolvedRecipe, run_dir: Path, registry: Registry, progress: bool = True, fresh: bool = False
+) -> Path | None:
+    """Train ``resolved`` into ``run_dir`` (resuming if it holds checkpoints of the same recipe).
+    Returns the export directory, or ``None`` when a signal stopped the run early."""
     from objkit.trainer import Trainer
 
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_run_dir(resolved, run_dir, fresh)
+    check_data(resolved)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"-o {run_dir}: cannot create the run directory: {exc.strerror or exc}") from None
     evaluate = PeriodicEval(resolved.recipe.eval, resolved.recipe.model.max_length) if resolved.recipe.eval else None
     started = time.perf_counter()
     try:
@@ -67,6 +163,13 @@ def run_recipe(resolved: ResolvedRecipe, run_dir: Path, registry: Registry, prog
             atomic_write_text(run_dir / "versions.json", json.dumps(versions, indent=1) + "\n")
             click.echo(f"resolved recipe and plugin versions written to {run_dir}", err=True)
         trainer.fit(evaluate)
+        if trainer.stopped_by is not None:
+            if trainer.world.is_main:
+                checkpoints = list_checkpoints(run_dir)
+                where = checkpoints[-1] if checkpoints else run_dir
+                click.echo(f"stopped by {trainer.stopped_by} at step {trainer.step} of {resolved.recipe.train.steps}: "
+                           f"checkpoint {where} written; run the same command to resume", err=True)
+            return None
         export = trainer.export()
         if trainer.world.is_main:
             ranks = f" on {trainer.world.world_size} ranks" if trainer.world.world_size > 1 else ""

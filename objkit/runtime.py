@@ -13,6 +13,7 @@ import torch
 
 from objkit.distributed import barrier
 from objkit.errors import UserError
+from objkit.hub import hub_unreachable_reason, offline_unless_reachable
 from objkit.interfaces import BuildContext, Encoder, Objective, VocabInfo, WorldInfo
 from objkit.recipe import ResolvedRecipe, TokenizerTraining, TrainConfig
 from objkit.registry import Registry
@@ -80,11 +81,14 @@ def load_tokenizer(
     else:
         spec_path = spec or model.init
         key = "model.tokenizer" if spec else "model.init"
+    offline = local_files_only or offline_unless_reachable(spec_path)
     try:
-        return AutoTokenizer.from_pretrained(spec_path, local_files_only=local_files_only)
+        return AutoTokenizer.from_pretrained(spec_path, local_files_only=offline)
     except (OSError, ValueError) as exc:
+        why = hub_unreachable_reason() if offline and not Path(spec_path).is_dir() else None
+        reason = f"not a local directory nor in the HF cache, and {why}" if why else str(exc).splitlines()[0][:120]
         raise UserError(
-            f"{key}: cannot load a tokenizer from {spec_path!r} ({str(exc).splitlines()[0][:120]}); "
+            f"{key}: cannot load a tokenizer from {spec_path!r} ({reason}); "
             "give a local directory or a reachable hub id"
         ) from None
 
@@ -149,3 +153,16 @@ def accumulation_steps(train: TrainConfig, world: WorldInfo) -> tuple[int, int]:
             f"= {micro} × {world.world_size} (got {train.batch_size})"
         )
     return micro, train.batch_size // per_step
+
+
+def adamw_kernel(params: list[torch.Tensor]) -> dict[str, bool]:
+    """AdamW's implementation: ``fused=True`` where torch has the fused kernel for every parameter
+    (CUDA, and CPU since torch 2.4), else torch's default.
+
+    On CPU torch's default is a Python loop over parameters of about ten elementwise kernels
+    each, with full-size temporaries (``sqrt``, ``div``: 1 GB each for XLM-R large's embedding);
+    the fused kernel makes one pass over each parameter and its state. Measured by
+    ``benchmarks/run.py`` (the optimizer was a third of an MLM step of the XLM-R-base shape)."""
+    if params and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params):
+        return {"fused": True}
+    return {}

@@ -1,12 +1,16 @@
 """The training loop: AdamW, warmup + linear decay, accumulation, clipping, logging,
-checkpoints, resumption, export. Loss composition lives in :mod:`objkit.composite`."""
+checkpoints, resumption, export. Loss composition lives in :mod:`objkit.composite`; what
+happens on signals, non-finite steps and failed writes in :mod:`objkit.faults`."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +20,17 @@ from tqdm.auto import tqdm
 from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
 from objkit import checkpoint as ckpt
-from objkit import distributed
+from objkit import distributed, faults
 from objkit.composite import CompositeLoss, ObjectiveSlot, StepStats, summarise
 from objkit.data import ExampleStream, load_source, source_group_sizes
+from objkit.errors import UserError
 from objkit.interfaces import StepContext
 from objkit.recipe import ResolvedRecipe, source_kind
 from objkit.registry import Registry
-from objkit.reporting import MetricsWriter
+from objkit.reporting import MetricsWriter, truncate_metrics
 from objkit.runtime import (
     accumulation_steps,
+    adamw_kernel,
     autocast_factory,
     build_encoder,
     build_objectives,
@@ -79,7 +85,8 @@ class Trainer:
             torch.manual_seed(derive_seed(self.train_cfg.seed, "rank", self.world.rank))
         opt = self.train_cfg.optimizer
         self.optimizer = torch.optim.AdamW(
-            params, lr=self.train_cfg.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay
+            params, lr=self.train_cfg.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay,
+            **adamw_kernel(params),
         )
         make_schedule = (
             get_linear_schedule_with_warmup if self.train_cfg.schedule == "linear" else get_constant_schedule_with_warmup
@@ -102,6 +109,9 @@ class Trainer:
             replicas=self.replicas,
         )
         self.step = 0
+        self.bad_steps = faults.BadSteps(self.train_cfg.max_bad_steps)
+        self.stopped_by: str | None = None  # the signal that ended fit() early, if any
+        self.resumed_from: Path | None = None
 
     # ------------------------------------------------------------------ data
     def _build_streams(self) -> dict[str, ExampleStream]:
@@ -134,15 +144,15 @@ class Trainer:
         return {b.name: b.objective.state_dict() for b in self.objectives}
 
     def _rank_state(self) -> dict[str, Any]:
-        """What differs between ranks: RNG (dropout) and the positions of streamed sources."""
+        """What differs between ranks: RNG states (dropout) and the positions of streamed sources."""
         return {
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            "rng": ckpt.capture_rng_state(self.device),
             "streams": {name: s.state_dict() for name, s in self.streams.items() if s.per_rank},
         }
 
     def save(self) -> Path | None:
-        """Every rank calls this (FSDP gathers full tensors); rank 0 alone writes."""
+        """Write a checkpoint of the current step. Every rank calls this (FSDP gathers full
+        tensors, every rank's RNG state is collected); rank 0 alone writes."""
         model = self.replicas.model_for_save()
         objectives = {name: self.replicas.full_state(state) for name, state in self._objective_states().items()}
         optimizer = self.replicas.optimizer_state(self.optimizer)
@@ -150,64 +160,95 @@ class Trainer:
         if not self.world.is_main:
             distributed.barrier(self.world)
             return None
+        from objkit import __version__
+
         optimizer_state = {
             "optimizer": optimizer,
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
         }
         trainer_state = {
             "step": self.step,
             "streams": {name: stream.state_dict() for name, stream in self.streams.items()},
+            "rank_streams": [r["streams"] for r in ranks],
             "world_size": self.world.world_size,
             "parallelism": self.replicas.mode,
+            "bad_steps": self.bad_steps.state_dict(),
         }
-        if self.world.world_size > 1:
-            optimizer_state["rank_rng"] = [(r["torch_rng"], r["cuda_rng"]) for r in ranks]
-            if any(r["streams"] for r in ranks):
-                trainer_state["rank_streams"] = [r["streams"] for r in ranks]
-        path = ckpt.save_checkpoint(
-            self.run_dir,
-            self.step,
-            model=model,
-            objectives=objectives,
-            optimizer_state=optimizer_state,
-            trainer_state=trainer_state,
-            keep=self.train_cfg.keep_checkpoints,
-        )
+        try:
+            path = ckpt.save_checkpoint(
+                self.run_dir,
+                self.step,
+                model=model,
+                objectives=objectives,
+                optimizer_state=optimizer_state,
+                trainer_state=trainer_state,
+                keep=self.train_cfg.keep_checkpoints,
+                rng_states=[r["rng"] for r in ranks],
+                recipe_toml=self.resolved.to_toml(),
+                versions={"objkit": __version__, "plugins": self.registry.versions()},
+            )
+        except OSError as exc:
+            previous = ckpt.list_checkpoints(self.run_dir)
+            kept = f"the last complete checkpoint, {previous[-1]}, is intact" if previous else "no checkpoint yet"
+            raise faults.write_error(exc, f"checkpoint step {self.step}", kept) from None
         distributed.barrier(self.world)
         return path
 
-    def resume(self, path: Path) -> None:
-        model = self.replicas.model_for_load()
-        objectives, optimizer_state, trainer_state = ckpt.load_checkpoint(path, model)
+    def resume(self, source: Path | ckpt.CheckpointData) -> None:
+        """Continue from a checkpoint (a path, or data already read by :func:`ckpt.read_checkpoint`)."""
+        data = source if isinstance(source, ckpt.CheckpointData) else ckpt.read_checkpoint(Path(source))
+        trainer_state = data.trainer
         streamed = sorted(name for name, stream in self.streams.items() if stream.per_rank)
-        distributed.check_resumable(path, trainer_state, self.world, self.replicas.mode, streamed)
+        distributed.check_resumable(data.path, trainer_state, self.world, self.replicas.mode, streamed)
+        model = self.replicas.model_for_load()
+        ckpt.apply_model_state(model, data.model, data.path)
         self.replicas.finish_model_load(model)
         for built in self.objectives:
-            self.replicas.load_objective_state(built.objective, objectives.get(built.name, {}))
-        self.replicas.load_optimizer_state(self.optimizer, optimizer_state["optimizer"])
-        self.scheduler.load_state_dict(optimizer_state["scheduler"])
-        self.scaler.load_state_dict(optimizer_state["scaler"])
-        same_world = int(trainer_state.get("world_size", 1)) == self.world.world_size
-        if self.world.world_size == 1:
-            torch.set_rng_state(optimizer_state["torch_rng"])
-            if self.device.type == "cuda" and optimizer_state["cuda_rng"]:
-                torch.cuda.set_rng_state_all(optimizer_state["cuda_rng"])
-        elif same_world and "rank_rng" in optimizer_state:
-            torch_rng, cuda_rng = optimizer_state["rank_rng"][self.world.rank]
-            torch.set_rng_state(torch_rng)
-            if self.device.type == "cuda" and cuda_rng is not None:
-                torch.cuda.set_rng_state(cuda_rng, self.device)
+            self.replicas.load_objective_state(built.objective, data.objectives.get(built.name, {}))
+        self.replicas.load_optimizer_state(self.optimizer, data.optimizer["optimizer"])
+        self.scheduler.load_state_dict(data.optimizer["scheduler"])
+        self.scaler.load_state_dict(data.optimizer["scaler"])
+        rank, world_size = self.world.rank, self.world.world_size
+        same_world = int(trainer_state.get("world_size", 1)) == world_size and len(data.rng_states) == world_size
+        if same_world:
+            ckpt.restore_rng_state(data.rng_states[rank], self.device)
         else:  # another number of ranks: fresh per-rank dropout streams, still deterministic
-            torch.manual_seed(derive_seed(self.train_cfg.seed, "rank", self.world.rank, "resumed", trainer_state["step"]))
-        streams = trainer_state["streams"]
-        if "rank_streams" in trainer_state and same_world:
-            streams = {**streams, **trainer_state["rank_streams"][self.world.rank]}
+            if self.world.is_main:
+                tqdm.write(f"warning: {data.path} was written by {trainer_state.get('world_size', 1)} rank(s), this "
+                           f"run has {world_size}: dropout draws will differ from an uninterrupted run", file=sys.stderr)
+            torch.manual_seed(derive_seed(self.train_cfg.seed, "rank", rank, "resumed", trainer_state["step"]))
+        streams = dict(trainer_state["streams"])
+        rank_streams = trainer_state.get("rank_streams") or []
+        if same_world and rank_streams:
+            streams.update(rank_streams[rank])
         for name, state in streams.items():
             self.streams[name].load_state_dict(state)
+        self.bad_steps.load_state_dict(trainer_state.get("bad_steps", {}))
         self.step = int(trainer_state["step"])
+        self.resumed_from = data.path
+        if data.versions and self.world.is_main:
+            now = self.registry.versions()
+            changed = sorted(k for k, v in data.versions.get("plugins", {}).items() if now.get(k, v) != v)
+            for name in changed:
+                tqdm.write(f"warning: plugin {name} was {data.versions['plugins'][name]} when {data.path.name} "
+                           f"was written, now {now[name]}", file=sys.stderr)
+
+    def _resume_newest(self) -> None:
+        """Resume from the newest checkpoint that reads back intact, reporting any newer one
+        that is incomplete or damaged."""
+        data, problems = ckpt.newest_readable(self.run_dir)
+        for problem in problems:
+            if self.world.is_main:
+                tqdm.write(f"warning: checkpoint {problem}; skipping it", file=sys.stderr)
+        if data is None:
+            if problems:
+                raise UserError(f"{self.run_dir}: no checkpoint is usable ({len(problems)} damaged); "
+                                "run with --fresh to start over")
+            return
+        self.resume(data)
+        if self.world.is_main:
+            tqdm.write(f"resumed from {data.path} (step {self.step})", file=sys.stderr)
 
     # ------------------------------------------------------------------ loop
     def train_step(self) -> StepStats:
@@ -217,26 +258,47 @@ class Trainer:
         stats = self.composite.accumulate(ctx)
         self.scaler.unscale_(self.optimizer)
         if self.train_cfg.clip_norm is not None:
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.train_cfg.clip_norm)
-            if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor
-                grad_norm = grad_norm.full_tensor()
-            stats.values["grad_norm"] = float(grad_norm)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
+            grad_norm_t = torch.nn.utils.clip_grad_norm_(self.params, self.train_cfg.clip_norm)
+            if hasattr(grad_norm_t, "full_tensor"):  # FSDP: a DTensor
+                grad_norm_t = grad_norm_t.full_tensor()
+            grad_norm = float(grad_norm_t)
+            stats.values["grad_norm"] = grad_norm
+        else:
+            grads = [p.grad for p in self.params if p.grad is not None]
+            norm_t = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+            grad_norm = float(norm_t.full_tensor() if hasattr(norm_t, "full_tensor") else norm_t)
+        reason = faults.nonfinite_reason(stats.values, grad_norm)
+        (bad,) = faults.agree(self.world, reason is not None)
+        if bad:  # skip the update: optimizer and momentum encoders stay; step and schedule move on
+            message = self.bad_steps.record(self.step, reason or "loss or gradients on another rank")
+            stats.values["skipped"] = 1.0
+            if self.world.is_main and message:
+                tqdm.write(message, file=sys.stderr)
+            self.scaler.update()  # fp16: back the loss scale off
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "scheduler.step() before optimizer.step()"
+                self.scheduler.step()
+        else:
+            self.bad_steps.record(self.step, None)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        for built in self.objectives:
-            built.objective.after_optimizer_step(ctx)
+        if not bad:
+            for built in self.objectives:
+                built.objective.after_optimizer_step(ctx)
         self.step += 1
         return stats
 
     def fit(self, evaluate: Any = None) -> None:
-        """Train to ``train.steps``, resuming from the newest checkpoint in ``run_dir``."""
-        existing = ckpt.list_checkpoints(self.run_dir)
-        if existing:
-            self.resume(existing[-1])
-            if self.world.is_main:
-                tqdm.write(f"resumed from {existing[-1]} (step {self.step})")
+        """Train to ``train.steps``, resuming from the newest intact checkpoint in ``run_dir``.
+
+        SIGTERM / SIGINT end it early, after the current step and a checkpoint:
+        ``self.stopped_by`` then names the signal.
+        """
+        self._resume_newest()
+        if self.world.is_main:
+            truncate_metrics(self.run_dir / "metrics.jsonl", self.step)  # drop what a killed run logged later
         writer = MetricsWriter(self.run_dir, self.train_cfg.report_to, enabled=self.world.is_main)
         bar = tqdm(
             total=self.train_cfg.steps,
@@ -248,32 +310,50 @@ class Trainer:
         window: list[StepStats] = []
         window_start = time.perf_counter()
         try:
-            while self.step < self.train_cfg.steps:
-                stats = self.train_step()
-                window.append(stats)
-                bar.update(1)
-                if self.step % self.train_cfg.log_every == 0 or self.step == self.train_cfg.steps:
-                    elapsed = time.perf_counter() - window_start
-                    record = self._summarise(window, elapsed)
-                    writer.write(record)
-                    bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k.endswith("/loss") or k == "tok/s"})
-                    window, window_start = [], time.perf_counter()
-                if evaluate is not None and evaluate.due(self.step, self.train_cfg.steps):
-                    with self.replicas.full_parameters():  # every rank evaluates; rank 0 writes
-                        results = evaluate(self)
-                    writer.write({"step": self.step, **results})
-                    bar.set_postfix(results)
-                if self.step % self.train_cfg.checkpoint_every == 0 or self.step == self.train_cfg.steps:
-                    self.save()
+            with faults.StopRequest(announce=self.world.is_main) as stop:
+                while self.step < self.train_cfg.steps:
+                    faults.pause_for_test("step", self.step + 1)
+                    stats = self.train_step()
+                    window.append(stats)
+                    bar.update(1)
+                    if self.step % self.train_cfg.log_every == 0 or self.step == self.train_cfg.steps:
+                        elapsed = time.perf_counter() - window_start
+                        record = self._summarise(window, elapsed)
+                        self._write_metrics(writer, record)
+                        bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k.endswith("/loss") or k == "tok/s"})
+                        window, window_start = [], time.perf_counter()
+                    if evaluate is not None and evaluate.due(self.step, self.train_cfg.steps):
+                        with self.replicas.full_parameters():  # every rank evaluates; rank 0 writes
+                            results = evaluate(self)
+                        self._write_metrics(writer, {"step": self.step, **results})
+                        bar.set_postfix(results)
+                    saved = False
+                    if self.step % self.train_cfg.checkpoint_every == 0 or self.step == self.train_cfg.steps:
+                        self.save()
+                        saved = True
+                    (stop_now,) = faults.agree(self.world, stop.requested)
+                    if stop_now and self.step < self.train_cfg.steps:
+                        if not saved:
+                            self.save()
+                        self.stopped_by = stop.signal_name or "a signal to another rank"
+                        break
         finally:
             bar.close()
             writer.close()
+
+    def _write_metrics(self, writer: MetricsWriter, record: dict[str, Any]) -> None:
+        try:
+            writer.write(record)
+        except OSError as exc:
+            raise faults.write_error(exc, "metrics", "checkpoints already written are intact") from None
 
     def _summarise(self, window: list[StepStats], elapsed: float) -> dict[str, float]:
         means, tokens = summarise(window, self.world)  # every rank calls this: reduced over ranks
         record: dict[str, float] = {"step": self.step, "lr": self.scheduler.get_last_lr()[0]}
         record.update(means)
         record["tok/s"] = tokens / elapsed if elapsed > 0 else math.nan
+        if self.bad_steps.total:
+            record["skipped_steps"] = self.bad_steps.total
         return record
 
     # ------------------------------------------------------------------ export
@@ -286,11 +366,21 @@ class Trainer:
             return None
         final = self.run_dir / "export"
         tmp = self.run_dir / "export.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(str(tmp))
-        self.tokenizer.save_pretrained(str(tmp))
-        (tmp / "objkit.json").write_text(json.dumps({"step": self.step, "recipe": self.resolved.source}, indent=1))
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
+        old = self.run_dir / "export.old"
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
+            model.save_pretrained(str(tmp))
+            self.tokenizer.save_pretrained(str(tmp))
+            (tmp / "objkit.json").write_text(json.dumps({"step": self.step, "recipe": self.resolved.source}, indent=1))
+            ckpt.fsync_tree(tmp)
+            if final.exists():
+                os.replace(final, old)
+            os.replace(tmp, final)
+            ckpt.fsync_path(self.run_dir)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise faults.write_error(exc, "the export", "checkpoints already written are intact") from None
+        shutil.rmtree(old, ignore_errors=True)
         distributed.barrier(self.world)
         return final

@@ -18,7 +18,7 @@ from typing import ClassVar
 
 import torch
 
-from objkit import NegativeStore, PluginConfig, WorldInfo, hookimpl
+from objkit import PLUGIN_API_VERSION, NegativeStore, PluginConfig, WorldInfo, hookimpl
 from objkit.distributed import AllGather, dist_all_gather, gather_rows
 
 
@@ -28,6 +28,7 @@ class InBatchConfig(PluginConfig):
 
 class InBatchNegatives(NegativeStore):
     name: ClassVar[str] = "in_batch"
+    plugin_api: ClassVar[str] = PLUGIN_API_VERSION  # built-in: always the current API
     Config: ClassVar[type[InBatchConfig]] = InBatchConfig
     includes_current_keys: ClassVar[bool] = True
     """Rows ``[o, o + B)`` of ``negatives(keys)`` are ``keys`` in order (their diagonal is each query's positive)."""

@@ -41,7 +41,7 @@ import datasets
 import torch
 from pydantic import Field
 
-from objkit import Augmentation, BuildContext, PluginConfig, hookimpl
+from objkit import PLUGIN_API_VERSION, Augmentation, BuildContext, PluginConfig, hookimpl
 from objkit.seeding import derive_seed, example_seeds, sample_uniform
 
 PARTNER_KEYS = ("partner_src_ids", "partner_tgt_ids")
@@ -102,6 +102,7 @@ def _pair_adjacent(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
 
 class Mixup(Augmentation):
     name: ClassVar[str] = "mixup"
+    plugin_api: ClassVar[str] = PLUGIN_API_VERSION  # built-in: always the current API
     Config: ClassVar[type[MixupConfig]] = MixupConfig
     data_kind = "parallel"
 

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import datasets
 import torch
 
-from objkit import BuildContext, Objective, ObjectiveOutput, StepContext, hookimpl
+from objkit import PLUGIN_API_VERSION, BuildContext, Objective, ObjectiveOutput, StepContext, hookimpl
 from objkit.data import pack_sentences
 from objkit.masking import MaskingConfig, mask_tokens, masked_lm_output, masked_units, pad_sequences
 from objkit.seeding import derive_seed, example_seeds
@@ -24,6 +24,7 @@ class MLMConfig(MaskingConfig):
 
 class MaskedLM(Objective):
     name: ClassVar[str] = "mlm"
+    plugin_api: ClassVar[str] = PLUGIN_API_VERSION  # built-in: always the current API
     Config: ClassVar[type[MLMConfig]] = MLMConfig
     data_kind = "text"
 

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import torch
 from pydantic import Field
 
-from objkit import NegativeStore, PluginConfig, WorldInfo, hookimpl
+from objkit import PLUGIN_API_VERSION, NegativeStore, PluginConfig, WorldInfo, hookimpl
 from objkit.distributed import AllGather, dist_all_gather, gather_rows
 
 
@@ -37,6 +37,7 @@ class MomentumQueueConfig(PluginConfig):
 
 class MomentumQueue(NegativeStore):
     name: ClassVar[str] = "momentum_queue"
+    plugin_api: ClassVar[str] = PLUGIN_API_VERSION  # built-in: always the current API
     Config: ClassVar[type[MomentumQueueConfig]] = MomentumQueueConfig
 
     def __init__(self, config: MomentumQueueConfig, dim: int, device: torch.device, world: WorldInfo) -> None:

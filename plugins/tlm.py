@@ -16,7 +16,7 @@ import datasets
 import torch
 from pydantic import Field, model_validator
 
-from objkit import BuildContext, Objective, ObjectiveOutput, StepContext, hookimpl
+from objkit import PLUGIN_API_VERSION, BuildContext, Objective, ObjectiveOutput, StepContext, hookimpl
 from objkit.errors import UserError
 from objkit.masking import MaskingConfig, mask_tokens, masked_lm_output, masked_units, pad_sequences
 from objkit.seeding import derive_seed, example_seeds
@@ -47,6 +47,7 @@ def truncate_pair(src: list[int], tgt: list[int], budget: int) -> tuple[list[int
 
 class TranslationLM(Objective):
     name: ClassVar[str] = "tlm"
+    plugin_api: ClassVar[str] = PLUGIN_API_VERSION  # built-in: always the current API
     Config: ClassVar[type[TLMConfig]] = TLMConfig
     data_kind = "parallel"
 
@@ -61,6 +62,16 @@ class TranslationLM(Objective):
         self.language_ids = {lang: i for i, lang in enumerate(config.languages)}
         if config.language_embeddings:
             self._grow_token_types(ctx, len(config.languages))
+
+    @classmethod
+    def check_languages(cls, config: TLMConfig, source: str, languages: list[str]) -> list[str]:
+        if not config.language_embeddings:
+            return []
+        unknown = [lang for lang in dict.fromkeys(languages) if lang not in config.languages]
+        if not unknown:
+            return []
+        return [f"languages: data.{source} has language {', '.join(map(repr, unknown))}, not in {config.languages} "
+                "(language_embeddings needs an id for every language it reads)"]
 
     @classmethod
     def modifies_encoder(cls, config: TLMConfig) -> bool:

@@ -59,6 +59,7 @@ from pydantic import Field, ValidationError, field_validator
 from torch import nn
 
 from objkit import (
+    PLUGIN_API_VERSION,
     Augmentation,
     BuildContext,
     NegativeStore,
@@ -128,6 +129,7 @@ def _copy_first_blocks(body: nn.Module, depth: int) -> nn.Module:
 
 class CrossLingualContrast(Objective):
     name: ClassVar[str] = "xlco"
+    plugin_api: ClassVar[str] = PLUGIN_API_VERSION  # built-in: always the current API
     Config: ClassVar[type[XlcoConfig]] = XlcoConfig
     data_kind = "parallel"
 

@@ -31,6 +31,28 @@ def test_list_plugins_json(capsys):
         assert plugins[name]["distribution"] == "objkit"
         assert plugins[name]["version"]
         assert plugins[name]["module"] == f"objkit_plugins.{name}"
+        assert plugins[name]["plugin_api"] == "1.0" and plugins[name]["status"] == "ok"
+
+
+def test_plugin_option_disables_and_resets(capsys):
+    code, out, _ = run_main(capsys, "--plugin", "no:tlm", "list-plugins", "--json")
+    assert code == 0
+    rows = {p["name"]: p for p in json.loads(out)}
+    assert rows["tlm"]["status"] == "disabled" and rows["tlm"]["reason"] == "--plugin no:tlm"
+    assert rows["mlm"]["status"] == "ok"
+    code, _, err = run_main(capsys, "--plugin", "no:tlm", "validate", str(ROOT / "recipes/quickstart.toml"))
+    assert code == 2 and 'objective plugin "tlm" from objkit' in err and "is disabled (--plugin no:tlm)" in err
+    code, out, _ = run_main(capsys, "list-plugins", "--json")  # the next invocation starts afresh
+    assert {p["name"]: p for p in json.loads(out)}["tlm"]["status"] == "ok"
+
+
+def test_list_plugins_table_has_status_column(capsys):
+    code, out, _ = run_main(capsys, "--plugin", "no:mixup", "list-plugins")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["name", "kind", "distribution", "version", "module", "api", "status"]
+    assert any(line.split()[0] == "mlm" and line.split()[-1] == "ok" for line in lines[1:])
+    assert 'disabled: objkit plugin "mixup" from objkit' in out
 
 
 def test_validate_prints_resolved_toml(capsys):
@@ -61,6 +83,22 @@ def test_missing_checkpoint_is_one_line_error(capsys, tmp_path):
     assert "no-such-model" in err
 
 
+def test_unreachable_hub_id_fails_fast_in_one_line(capsys, tmp_path, monkeypatch):
+    """A hub id that is not cached, with the hub unreachable: one line at once, no retries."""
+    from objkit import hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub.hub_unreachable_reason.cache_clear()
+    code, _, err = run_main(
+        capsys, "run", str(ROOT / "recipes/quickstart.toml"), "-o", str(tmp_path / "r"),
+        "--set", "model.init=objkit-tests/no-such-model", "--set", "model.tokenizer=objkit-tests/no-such-model",
+    )
+    hub.hub_unreachable_reason.cache_clear()
+    assert code == 2
+    assert err.strip().count("\n") == 0 and "Traceback" not in err
+    assert "objkit-tests/no-such-model" in err and "HF_HUB_OFFLINE" in err
+
+
 def test_dry_run_quickstart(capsys, tmp_path):
     code, out, _ = run_main(capsys, "run", str(ROOT / "recipes/quickstart.toml"), "--dry-run", "-o", str(tmp_path))
     assert code == 0
@@ -70,7 +108,10 @@ def test_dry_run_quickstart(capsys, tmp_path):
 def test_every_command_help_ends_with_examples():
     from click.testing import CliRunner
 
-    main_commands = ["list-plugins", "validate", "run"]
+    main_commands = ["list-plugins", "validate", "run", "new-plugin"]
+    from objkit.cli import _load_subcommands
+
+    _load_subcommands()
     runner = CliRunner()
     for name in main_commands:
         result = runner.invoke(cli, [name, "--help"])

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from objkit.errors import UserError
-from objkit.recipe import RecipeError, apply_overrides, load_recipe, parse_override
+from objkit.recipe import RecipeError, _read_toml, apply_overrides, load_recipe, parse_override, requirement_problems
 
 RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.toml"))
 
@@ -42,6 +42,16 @@ def write(tmp_path: Path, text: str, name: str = "r.toml") -> Path:
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[p.name for p in RECIPES])
 def test_every_shipped_recipe_validates(recipe):
+    missing = requirement_problems(_read_toml(recipe).get("requires"))
+    if missing:
+        # a recipe for a plugin distribution not installed here (make install installs the
+        # example plugins): it must stop with one line per missing distribution saying how
+        # to install it, and nothing else
+        with pytest.raises(RecipeError) as err:
+            load_recipe(recipe)
+        lines = str(err.value).splitlines()
+        assert len(lines) == len(missing) and all("is not installed; install " in line for line in lines)
+        return
     resolved = load_recipe(recipe)
     # the resolved TOML is itself a valid recipe
     again = tomllib.loads(resolved.to_toml())
@@ -135,3 +145,28 @@ def test_not_toml_and_missing_file(tmp_path):
 def test_all_disabled_is_an_error(tmp_path):
     with pytest.raises(RecipeError, match="every objective is disabled"):
         load_recipe(write(tmp_path, MINIMAL), ["objectives.mlm.enabled=false", "objectives.tlm.enabled=false"])
+
+
+def test_requires_missing_distribution_is_one_line_with_the_install_hint(tmp_path):
+    text = 'requires = [{ distribution = "objkit-no-such-plugin", install = "pip install -e plugins/x" }]\n' + MINIMAL
+    text += '[objectives.no_such]\ndata = "mono"\n'  # would be "unknown plugin": not reported
+    with pytest.raises(RecipeError) as err:
+        load_recipe(write(tmp_path, text))
+    assert str(err.value) == (
+        f"{tmp_path / 'r.toml'}: requires: objkit-no-such-plugin is not installed; "
+        "install objkit-no-such-plugin (pip install -e plugins/x)"
+    )
+
+
+def test_requires_strings_and_versions(tmp_path):
+    ok = load_recipe(write(tmp_path, 'requires = ["pydantic>=2", { distribution = "click" }]\n' + MINIMAL))
+    assert ok.to_dict()["requires"] == [{"distribution": "pydantic", "version": ">=2"}, {"distribution": "click"}]
+    with pytest.raises(RecipeError) as err:
+        load_recipe(write(tmp_path, 'requires = ["pydantic<1"]\n' + MINIMAL))
+    assert "requires: pydantic<1, but pydantic 2." in str(err.value)
+    assert "install pydantic<1 (pip install 'pydantic<1')" in str(err.value)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(write(tmp_path, "requires = [{ dist = 'x' }, 'not a requirement!']\n" + MINIMAL))
+    assert "requires.0.distribution: required key missing" in str(err.value)
+    assert "requires.0.dist: unknown key" in str(err.value)
+    assert "requires.1: not a requirement such as 'objkit-foo>=0.1' (got 'not a requirement!')" in str(err.value)

@@ -12,13 +12,15 @@ import torch
 
 from objkit import Objective, ObjectiveOutput, PluginConfig, hookimpl
 from objkit.errors import PluginError
-from objkit.registry import Registry
+from objkit.hookspecs import PLUGIN_API_VERSION, api_compatible
+from objkit.registry import PluginSelection, Registry
 
 
-def _objective(name: str, config: type[PluginConfig] = PluginConfig) -> type[Objective]:
+def _objective(name: str, config: type[PluginConfig] = PluginConfig, api: str | None = "1.0") -> type[Objective]:
     class Dummy(Objective):
         Config: ClassVar[type[PluginConfig]] = config
         data_kind = "text"
+        plugin_api = api
 
         def collate(self, examples, generator):  # noqa: ANN001, ANN202
             return {}
@@ -106,3 +108,127 @@ def test_failing_entry_point_is_reported_and_others_still_load(monkeypatch):
 def _with_dist(ep: md.EntryPoint, dist: object) -> md.EntryPoint:
     # EntryPoint is immutable; _for() is how importlib.metadata itself attaches the distribution
     return ep._for(dist)  # type: ignore[attr-defined]
+
+
+# ----------------------------------------------------------------------------- plugin API version
+def test_api_compatibility_rule():
+    assert PLUGIN_API_VERSION == "1.0"
+    assert api_compatible("1.0", "1.0") and api_compatible("1.0", "1.3")
+    assert not api_compatible("1.4", "1.3")  # needs a newer minor
+    assert not api_compatible("2.0", "1.0") and not api_compatible("0.9", "1.0")  # other majors
+    assert not api_compatible("1", "1.0") and not api_compatible("one", "1.0")
+
+
+def test_api_mismatch_names_plugin_distribution_and_both_versions():
+    registry = Registry()
+    with pytest.raises(PluginError) as err:
+        registry.add(_objective("future", api="2.0"), distribution="objkit-future", version="3.1")
+    message = str(err.value)
+    assert '"future"' in message and "objkit-future 3.1" in message
+    assert "plugin API 2.0" in message and f"provides plugin API {PLUGIN_API_VERSION}" in message
+    with pytest.raises(PluginError, match=r"needs objkit plugin API 1\.7, but objkit .* provides plugin API 1\.0"):
+        registry.add(_objective("newer_minor", api="1.7"), distribution="d", version="1")
+
+
+def test_undeclared_or_malformed_api_version_is_an_error():
+    with pytest.raises(PluginError, match=r'declares no plugin API version; add plugin_api = "1\.0"'):
+        Registry().add(_objective("silent", api=None), distribution="d", version="1")
+    with pytest.raises(PluginError, match="must be \"MAJOR.MINOR\""):
+        Registry().add(_objective("odd", api="v1"), distribution="d", version="1")
+
+
+def test_builtins_declare_the_current_api():
+    registry = Registry.from_entry_points()
+    assert {info.plugin_api for info in registry.infos()} == {PLUGIN_API_VERSION}
+
+
+def test_module_registers_all_of_its_plugins_or_none():
+    registry = Registry()
+    module = _module("mixed", _objective("fine"), _objective("stale", api="0.1"))
+    with pytest.raises(PluginError, match="stale"):
+        registry.register_module(module, name="mixed", distribution="d", version="1")
+    assert registry.names() == []
+    registry.register_module(_module("again", _objective("fine")), name="mixed", distribution="d", version="1")
+    assert registry.names() == ["fine"]
+
+
+# ----------------------------------------------------------------------------- loading controls
+def _fake_world(monkeypatch, modules: dict[str, types.ModuleType], dists: dict[str, str]) -> None:
+    """Entry points named like ``modules``' keys, each from distribution ``dists[name]``."""
+    for module_name, module in modules.items():
+        monkeypatch.setitem(sys.modules, module_name, module)
+
+    def fake_entry_points(group):  # noqa: ANN001, ANN202
+        eps = []
+        for name in modules:
+            dist = types.SimpleNamespace(name=dists[name], version="1.0")
+            eps.append(_with_dist(md.EntryPoint(name, name, group), dist))
+        return eps
+
+    monkeypatch.setattr(md, "entry_points", fake_entry_points)
+
+
+def test_broken_api_entry_point_is_skipped_and_named_on_lookup(monkeypatch):
+    _fake_world(
+        monkeypatch,
+        {"good_one": _module("good_one", _objective("good_one")), "future_one": _module("future_one", _objective("future_one", api="9.0"))},
+        {"good_one": "dist-good", "future_one": "dist-future"},
+    )
+    registry = Registry.from_entry_points()
+    assert registry.names() == ["good_one"]
+    assert registry.skipped["future_one"].status == "broken"
+    assert "plugin API 9.0" in registry.load_errors[0] and "dist-future 1.0" in registry.load_errors[0]
+    with pytest.raises(PluginError, match='objective plugin "future_one" from dist-future 1.0 failed to load: .*9.0'):
+        registry.get("future_one", kind="objective")
+
+
+def test_plugin_no_name_blocks_entry_points_and_distributions(monkeypatch):
+    _fake_world(
+        monkeypatch,
+        {"alpha": _module("alpha", _objective("alpha")), "beta": _module("beta", _objective("beta"))},
+        {"alpha": "dist-a", "beta": "dist-b"},
+    )
+    registry = Registry.from_entry_points(selection=PluginSelection.parse(["no:alpha"], environ={}))
+    assert registry.names() == ["beta"]
+    assert registry.skipped["alpha"].status == "disabled" and registry.skipped["alpha"].reason == "--plugin no:alpha"
+    with pytest.raises(PluginError, match='"alpha" from dist-a 1.0 is disabled \\(--plugin no:alpha\\)'):
+        registry.get("alpha")
+    registry = Registry.from_entry_points(selection=PluginSelection.parse(["no:dist-b"], environ={}))
+    assert registry.names() == ["alpha"]
+
+
+def test_disable_autoload_keeps_builtins_and_named_plugins(monkeypatch):
+    _fake_world(
+        monkeypatch,
+        {"alpha": _module("alpha", _objective("alpha")), "beta": _module("beta", _objective("beta")),
+         "core": _module("core", _objective("core"))},
+        {"alpha": "dist-a", "beta": "dist-b", "core": "objkit"},
+    )
+    env = {"OBJKIT_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    registry = Registry.from_entry_points(selection=PluginSelection.parse([], environ=env))
+    assert registry.names() == ["core"]
+    assert "OBJKIT_DISABLE_PLUGIN_AUTOLOAD is set" in registry.skipped["alpha"].reason
+    registry = Registry.from_entry_points(selection=PluginSelection.parse(["alpha"], environ=env))
+    assert registry.names() == ["alpha", "core"]
+    registry = Registry.from_entry_points(selection=PluginSelection.parse(["dist-b"], environ=env))
+    assert registry.names() == ["beta", "core"]
+    assert PluginSelection.parse([], environ={"OBJKIT_DISABLE_PLUGIN_AUTOLOAD": "0"}).autoload
+
+
+def test_plugin_by_module_path_and_unknown_name(monkeypatch):
+    _fake_world(monkeypatch, {"alpha": _module("alpha", _objective("alpha"))}, {"alpha": "dist-a"})
+    monkeypatch.setitem(sys.modules, "my_local_objective", _module("my_local_objective", _objective("local")))
+    registry = Registry.from_entry_points(selection=PluginSelection.parse(["my_local_objective", "alpah"], environ={}))
+    assert registry.names() == ["alpha", "local"]
+    assert registry.get("local").distribution == "<--plugin>"  # a module no distribution owns
+    assert registry.skipped["alpah"].status == "broken"
+    assert 'did you mean "alpha"' in registry.skipped["alpah"].reason
+
+
+def test_module_without_the_marked_hook_is_an_error():
+    module = types.ModuleType("unmarked")
+    module.objkit_plugins = lambda: [_objective("unmarked")]  # @hookimpl forgotten
+    registry = Registry()
+    with pytest.raises(PluginError, match=r"has no objkit_plugins\(\) function marked with @objkit.hookimpl"):
+        registry.register_module(module, name="unmarked", distribution="d", version="1")
+    assert registry.names() == []

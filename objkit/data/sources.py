@@ -7,22 +7,34 @@ per-file line counts (parallel alignment) and ``max_lines`` hold, then tokenized
 batched ``map`` (cached by ``datasets`` for file-backed, non-streaming data) and
 concatenated in recipe order. Rows carry a ``group`` column: the language (text) or
 ``"src-tgt"`` (parallel), used for α-sampling and by packing.
+
+Bad input is refused before anything is read or trained (:func:`check_source_files`, one
+line naming the recipe key, the file and, for bytes that are not UTF-8, the line): a
+missing file, an empty one, parallel files whose line counts differ. Lines longer than the
+model's ``max_length`` are truncated, and counted (a warning per file).
 """
 
 from __future__ import annotations
 
+import bz2
 import glob
+import gzip
 import itertools
+import logging
+import lzma
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import IO, Any, TypeAlias
 
 import datasets
+import pyarrow.compute as pc
 
-from objkit.data.cldr import cldr_dataset, iter_cldr_texts, language_pairs
+from objkit.data.cldr import cldr_dataset, iter_cldr_texts, language_pairs, parse_locale
 from objkit.errors import UserError
 from objkit.recipe import CldrSource, ParallelSource, TextSource
+
+log = logging.getLogger(__name__)
 
 AnyDataset: TypeAlias = datasets.Dataset | datasets.IterableDataset
 Source: TypeAlias = TextSource | ParallelSource | CldrSource
@@ -75,8 +87,7 @@ def _read_file(path: Path, key: str, field: str, column: str, *, streaming: bool
         ds = datasets.load_dataset(fmt, data_files=[str(path)], split="train", streaming=streaming,
                                    cache_dir=cache_dir)
     except Exception as exc:  # unreadable / malformed file: one line naming the key and file
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{key}: cannot read {path}: {reason}") from None
+        raise read_error(path, key, exc) from None
     if fmt == "text":
         field = "text"
     elif ds.column_names is not None and field not in ds.column_names:
@@ -94,10 +105,10 @@ def _read_file(path: Path, key: str, field: str, column: str, *, streaming: bool
 def _tokenize_text(batch: dict[str, list[Any]], *, tokenizer: Any, max_tokens: int, lang: str | None) -> dict:
     langs = batch["lang"] if lang is None else [lang] * len(batch["text"])
     keep = [(t.strip(), g) for t, g in zip(batch["text"], langs) if t is not None and t.strip()]
-    ids = tokenizer([t for t, _ in keep], add_special_tokens=False, truncation=True,
-                    max_length=max_tokens)["input_ids"] if keep else []
+    ids = tokenizer([t for t, _ in keep], add_special_tokens=False)["input_ids"] if keep else []
     rows = [(i, g) for i, (_, g) in zip(ids, keep) if i]
-    return {"input_ids": [i for i, _ in rows], "lang": [g for _, g in rows], "group": [g for _, g in rows]}
+    return {"input_ids": [i[:max_tokens] for i, _ in rows], "lang": [g for _, g in rows],
+            "group": [g for _, g in rows], "truncated": [len(i) > max_tokens for i, _ in rows]}
 
 
 def _tokenize_pairs(batch: dict[str, list[Any]], *, tokenizer: Any, max_tokens: int, src_lang: str | None,
@@ -113,22 +124,32 @@ def _tokenize_pairs(batch: dict[str, list[Any]], *, tokenizer: Any, max_tokens: 
     def encode(texts: list[str]) -> list[list[int]]:
         if not texts:
             return []
-        return tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_tokens)["input_ids"]
+        return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
     s_ids, t_ids = encode([src[i].strip() for i in keep]), encode([tgt[i].strip() for i in keep])
     rows = [(s, t, src_langs[i], tgt_langs[i]) for i, s, t in zip(keep, s_ids, t_ids) if s and t]
-    return {"src_ids": [r[0] for r in rows], "tgt_ids": [r[1] for r in rows], "src_lang": [r[2] for r in rows],
-            "tgt_lang": [r[3] for r in rows], "group": [f"{r[2]}-{r[3]}" for r in rows]}
+    return {"src_ids": [r[0][:max_tokens] for r in rows], "tgt_ids": [r[1][:max_tokens] for r in rows],
+            "src_lang": [r[2] for r in rows], "tgt_lang": [r[3] for r in rows],
+            "group": [f"{r[2]}-{r[3]}" for r in rows],
+            "truncated": [len(r[0]) > max_tokens or len(r[1]) > max_tokens for r in rows]}
 
 
 def _map(ds: AnyDataset, fn: Any, kwargs: dict[str, Any], features: datasets.Features, num_proc: int,
-         desc: str, columns: list[str]) -> AnyDataset:
+         desc: str, columns: list[str], label: str = "") -> AnyDataset:
     """Batched ``map`` replacing the raw ``columns`` (known by construction: streamed text files
-    have no declared features) with the tokenized ``features``."""
+    have no declared features) with the tokenized ``features``. Rows cut to ``max_tokens`` are
+    counted (map-style data) and reported as one warning naming ``label``."""
+    with_flag = datasets.Features({**features, "truncated": datasets.Value("bool")})
     if isinstance(ds, datasets.IterableDataset):
-        return ds.map(fn, batched=True, fn_kwargs=kwargs, remove_columns=columns, features=features)
-    return ds.map(fn, batched=True, fn_kwargs=kwargs, remove_columns=columns, features=features,
-                  num_proc=num_proc if num_proc > 1 and len(ds) > 1 else None, desc=desc)
+        out = ds.map(fn, batched=True, fn_kwargs=kwargs, remove_columns=columns, features=with_flag)
+        return out.remove_columns(["truncated"])
+    out = ds.map(fn, batched=True, fn_kwargs=kwargs, remove_columns=columns, features=with_flag,
+                 num_proc=num_proc if num_proc > 1 and len(ds) > 1 else None, desc=desc)
+    truncated = int(pc.sum(out.data.column("truncated")).as_py() or 0) if len(out) else 0
+    if truncated:
+        log.warning(f"{label or desc}: {truncated} of {len(out)} lines longer than {kwargs['max_tokens']} tokens "
+                    "(model.max_length - 2) were truncated")
+    return out.remove_columns(["truncated"])
 
 
 # ----------------------------------------------------------------------------- public API
@@ -140,11 +161,12 @@ def _cldr(name: str, source: CldrSource, tokenizer: Any, max_tokens: int,
         raw = raw.to_iterable_dataset()
     if source.kind == "text":
         kwargs: dict[str, Any] = {"tokenizer": tokenizer, "max_tokens": max_tokens, "lang": None}
-        ds = _map(raw, _tokenize_text, kwargs, TEXT_FEATURES, num_proc, f"tokenizing data.{name}", ["text", "lang"])
+        ds = _map(raw, _tokenize_text, kwargs, TEXT_FEATURES, num_proc, f"tokenizing data.{name}", ["text", "lang"],
+                  label=f"data.{name}")
         return ds, list(dict.fromkeys(source.locales))
     kwargs = {"tokenizer": tokenizer, "max_tokens": max_tokens, "src_lang": None, "tgt_lang": None, "mismatch": ""}
     ds = _map(raw, _tokenize_pairs, kwargs, PARALLEL_FEATURES, num_proc, f"tokenizing data.{name}",
-              ["src_text", "tgt_text", "src_lang", "tgt_lang"])
+              ["src_text", "tgt_text", "src_lang", "tgt_lang"], label=f"data.{name}")
     return ds, [f"{a}-{b}" for a, b in language_pairs(source)]
 
 
@@ -169,7 +191,7 @@ def load_source_groups(name: str, source: Source, tokenizer: Any, *, max_tokens:
                 raw = _read_file(path, key, entry.field, "text", **common)
                 kwargs = {"tokenizer": tokenizer, "max_tokens": max_tokens, "lang": entry.lang}
                 parts.append((entry.lang, _map(raw, _tokenize_text, kwargs, TEXT_FEATURES, num_proc,
-                                               f"tokenizing {path.name}", ["text"])))
+                                               f"tokenizing {path.name}", ["text"], label=f"{key}: {path}")))
     else:
         for i, pair in enumerate(source.pairs):
             key = f"data.{name}.pairs[{i}]"
@@ -189,7 +211,7 @@ def load_source_groups(name: str, source: Source, tokenizer: Any, *, max_tokens:
                 both = datasets.concatenate_datasets([s, t], axis=1)
                 parts.append((f"{pair.src_lang}-{pair.tgt_lang}", _map(
                     both, _tokenize_pairs, kwargs, PARALLEL_FEATURES, num_proc, f"tokenizing {s_path.name}",
-                    ["src_text", "tgt_text"])))
+                    ["src_text", "tgt_text"], label=f"{key}: {s_name} / {t_name}")))
     grouped: dict[str, list[AnyDataset]] = {}
     for group, ds in parts:
         grouped.setdefault(group, []).append(ds)
@@ -247,7 +269,14 @@ def source_group_sizes(name: str, source: Source, base_dir: Path | None = None) 
 
 def _iter_file(path: Path, key: str, field: str, max_lines: int | None) -> Iterator[str]:
     ds = _read_file(path, key, field, "text", streaming=True, max_lines=max_lines, cache_dir=None)
-    for row in ds:
+    rows = iter(ds)
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except Exception as exc:  # streamed files fail while read: one line naming the file
+            raise read_error(path, key, exc) from None
         text = (row["text"] or "").strip()
         if text:
             yield text
@@ -305,3 +334,130 @@ def _show(path: Path, base_dir: Path | None) -> str:
         except ValueError:
             pass
     return str(path)
+
+
+# ----------------------------------------------------------------------------- checking input
+_CHUNK = 1 << 24
+
+
+def _open_binary(path: Path) -> IO[bytes]:
+    suffix = path.suffix.lower()
+    if suffix == ".gz":
+        return gzip.open(path, "rb")
+    if suffix == ".bz2":
+        return bz2.open(path, "rb")
+    if suffix == ".xz":
+        return lzma.open(path, "rb")
+    return path.open("rb")
+
+
+def _utf8_problem(piece: bytes, exc: UnicodeDecodeError, lines_before: int) -> tuple[int, str]:
+    line = lines_before + piece.count(b"\n", 0, exc.start) + 1
+    column = exc.start - (piece.rfind(b"\n", 0, exc.start) + 1) + 1
+    return line, f"byte 0x{piece[exc.start]:02x} at column {column} is not valid UTF-8"
+
+
+def scan_text_file(path: Path, key: str) -> tuple[int, bool]:
+    """(line count as the ``text`` reader splits lines, whether any line is non-blank).
+
+    Raises a one-line :class:`UserError` naming ``key``, the file and the line when the file
+    is not UTF-8 or cannot be read.
+    """
+    count, nonblank, carry = 0, False, b""
+    try:
+        with _open_binary(path) as handle:
+            while True:
+                block = handle.read(_CHUNK)
+                data = carry + block
+                if not block:
+                    piece, carry = data, b""
+                else:
+                    cut = data.rfind(b"\n") + 1  # decode whole lines only (no split characters)
+                    piece, carry = data[:cut], data[cut:]
+                if piece:
+                    try:
+                        text = piece.decode("utf-8")
+                    except UnicodeDecodeError as exc:
+                        line, what = _utf8_problem(piece, exc, count)
+                        raise UserError(f"{key}: {path}: line {line}: {what} (expected UTF-8 text)") from None
+                    nonblank = nonblank or bool(text.strip())
+                    # universal newlines, as the reader: \n, \r\n and a lone \r end a line
+                    count += text.count("\n") + text.count("\r") - text.count("\r\n")
+                    if not block and not text.endswith(("\n", "\r")):
+                        count += 1  # a last line without a line break
+                if not block:
+                    return count, nonblank
+    except (OSError, EOFError, lzma.LZMAError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise UserError(f"{key}: cannot read {path}: {reason}") from None
+
+
+def _check_file(path: Path, key: str, *, scan: bool) -> int | None:
+    """Size and content checks of one data file; its line count when it is a scanned text file."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise UserError(f"{key}: cannot read {path}: {exc.strerror or exc}") from None
+    if size == 0:
+        raise UserError(f"{key}: {path} is empty (expected one sentence or record a line)")
+    fmt = file_format(path, key)
+    if not scan or fmt == "parquet":
+        return None
+    lines, nonblank = scan_text_file(path, key)
+    if not nonblank:
+        raise UserError(f"{key}: {path} has only blank lines (expected one sentence or record a line)")
+    return lines if fmt == "text" else None
+
+
+def check_source_files(name: str, source: Source, base_dir: Path | None = None) -> None:
+    """Refuse bad input before anything is read, trained or written: every file exists and is
+    not empty; text and JSON-lines files are UTF-8 (the message names the line) and not only
+    blank lines; line-aligned parallel text files have the same number of lines (both files
+    and both counts named). Streamed sources, read lazily because they are huge, get the
+    existence and size checks only. One-line :class:`UserError` on the first problem."""
+    if isinstance(source, CldrSource):  # the language codes are its input: each must be a CLDR locale
+        for i, code in enumerate(source.locales):
+            parse_locale(code, f"data.{name}.locales[{i}]")
+        if source.kind == "parallel" and source.pivot is not None:
+            parse_locale(source.pivot, f"data.{name}.pivot")
+        return
+    scan = not source.streaming
+    if isinstance(source, TextSource):
+        for i, entry in enumerate(source.files):
+            key = f"data.{name}.files[{i}].path"
+            for path in expand(entry.path, key, base_dir):
+                _check_file(path, key, scan=scan)
+        return
+    for i, pair in enumerate(source.pairs):
+        key = f"data.{name}.pairs[{i}]"
+        srcs, tgts = expand(pair.src, f"{key}.src", base_dir), expand(pair.tgt, f"{key}.tgt", base_dir)
+        if len(srcs) != len(tgts):
+            raise UserError(f"{key}: src '{pair.src}' matches {len(srcs)} files but tgt '{pair.tgt}' "
+                            f"matches {len(tgts)}")
+        for s_path, t_path in zip(srcs, tgts):
+            s_lines = _check_file(s_path, f"{key}.src", scan=scan)
+            t_lines = _check_file(t_path, f"{key}.tgt", scan=scan)
+            if s_lines is None or t_lines is None:
+                continue
+            if source.max_lines is not None:
+                s_lines, t_lines = min(s_lines, source.max_lines), min(t_lines, source.max_lines)
+            if s_lines != t_lines:
+                raise UserError(f"{key}: {_show(s_path, base_dir)} has {s_lines} lines but "
+                                f"{_show(t_path, base_dir)} has {t_lines} (src and tgt must be line-aligned)")
+
+
+def read_error(path: Path, key: str, exc: BaseException) -> UserError:
+    """A reader's exception as one line naming the file (and the line, for bytes that are not UTF-8)."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, UnicodeDecodeError):
+            try:
+                scan_text_file(path, key)  # finds the line and raises with it
+            except UserError as located:
+                return located
+            break
+        cause = cause.__cause__ or cause.__context__
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return UserError(f"{key}: cannot read {path}: {reason}")

@@ -1,0 +1,22 @@
+"""objkit's conformance kit, run on this plugin as installed (through its entry point)."""
+
+from __future__ import annotations
+
+from objkit.testing import ObjectiveConformance
+
+
+class TestTranslationRankingConformance(ObjectiveConformance):
+    plugin = "translation_ranking"
+    distribution = "objkit-translation-ranking"
+    configs = [
+        {},
+        {"layer": 3, "pooling": "mean", "scale": 10.0, "margin": 0.0},
+        {"bidirectional": False, "gather": False},
+    ]
+    bad_configs = [
+        {"margin": -0.1},
+        {"scale": 0.0},
+        {"layer": 0},
+        {"pooling": "max"},
+        {"temperature": 0.05},  # not a key of this plugin
+    ]

@@ -1,0 +1,153 @@
+"""Bad input is refused cleanly: exit code 2, one line naming the file (and line) or the
+recipe key and what was expected, no traceback, and nothing written (the run directory is
+not even created). Over-long lines are not an error: they are truncated and counted."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+from pathlib import Path
+
+import pytest
+
+from objkit.cli import main
+from objkit.data.sources import check_source_files, iter_source_texts, load_source
+from objkit.errors import UserError
+from objkit.recipe import ParallelSource, TextSource
+
+ROOT = Path(__file__).parent.parent
+QUICKSTART = ROOT / "recipes" / "quickstart.toml"
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, list[str]]:
+    with pytest.raises(SystemExit) as info:
+        main(list(argv))
+        raise SystemExit(0)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return int(info.value.code or 0), err.strip().splitlines()
+
+
+def text_source(path: Path, lang: str = "en") -> str:
+    return f'data.mono={{type="text",files=[{{path="{path}",lang="{lang}"}}]}}'
+
+
+def parallel_source(src: Path, tgt: Path) -> str:
+    return (f'data.parallel={{type="parallel",pairs=[{{src="{src}",tgt="{tgt}",'
+            'src_lang="en",tgt_lang="de"}]}')
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, Path]:
+    out = {
+        "en": tmp_path / "a.en", "de": tmp_path / "a.de", "latin1": tmp_path / "latin1.txt",
+        "empty": tmp_path / "empty.txt", "blank": tmp_path / "blank.txt", "good": tmp_path / "good.txt",
+        "gz": tmp_path / "latin1.txt.gz",
+    }
+    out["en"].write_text("Germany\nFrance\nSpain\n")
+    out["de"].write_text("Deutschland\nFrankreich\n")
+    out["latin1"].write_bytes("first line\nsecond line\ncaf\u00e9 au lait\n".encode("latin-1"))
+    out["gz"].write_bytes(gzip.compress(out["latin1"].read_bytes()))
+    out["empty"].write_bytes(b"")
+    out["blank"].write_text("\n   \n\t\n")
+    out["good"].write_text("hello world\n")
+    return out
+
+
+def refused(capsys, tmp_path: Path, *overrides: str) -> str:
+    out = tmp_path / "run"
+    args = ["run", str(QUICKSTART), "-o", str(out), "--no-progress"]
+    for override in overrides:
+        args += ["--set", override]
+    code, lines = run_cli(capsys, *args)
+    assert code == 2, lines
+    assert len(lines) == 1, lines
+    assert not out.exists(), "nothing may be written for bad input"
+    return lines[0]
+
+
+def test_missing_file(capsys, tmp_path, files):
+    line = refused(capsys, tmp_path, text_source(tmp_path / "nope.txt"))
+    assert line == f"data.mono.files[0].path: no file matches '{tmp_path / 'nope.txt'}'"
+
+
+def test_parallel_files_with_different_line_counts_name_both(capsys, tmp_path, files):
+    line = refused(capsys, tmp_path, parallel_source(files["en"], files["de"]))
+    assert line == (f"data.parallel.pairs[0]: {files['en']} has 3 lines but {files['de']} has 2 "
+                    "(src and tgt must be line-aligned)")
+
+
+def test_non_utf8_names_file_and_line(capsys, tmp_path, files):
+    line = refused(capsys, tmp_path, text_source(files["latin1"]))
+    assert line == (f"data.mono.files[0].path: {files['latin1']}: line 3: byte 0xe9 at column 4 is not valid "
+                    "UTF-8 (expected UTF-8 text)")
+    line = refused(capsys, tmp_path, text_source(files["gz"]))  # compressed files are checked too
+    assert f"{files['gz']}: line 3: byte 0xe9" in line
+
+
+def test_empty_and_blank_files(capsys, tmp_path, files):
+    line = refused(capsys, tmp_path, text_source(files["empty"]))
+    assert line == f"data.mono.files[0].path: {files['empty']} is empty (expected one sentence or record a line)"
+    line = refused(capsys, tmp_path, parallel_source(files["good"], files["blank"]))
+    assert line.startswith(f"data.parallel.pairs[0].tgt: {files['blank']} has only blank lines")
+
+
+def test_negative_weight_and_unknown_language(capsys, tmp_path):
+    line = refused(capsys, tmp_path, "objectives.mlm.weight=-1")
+    assert line == f"{QUICKSTART}: objectives.mlm.weight: Input should be greater than or equal to 0 (got -1)"
+    # a language code matters to TLM's language embeddings: every language needs an id
+    line = refused(capsys, tmp_path, "objectives.tlm.language_embeddings=true",
+                   'objectives.tlm.languages=["en","de"]', 'data.parallel.locales=["en","de","fr"]')
+    assert line == (f"{QUICKSTART}: objectives.tlm.languages: data.parallel has language 'fr', not in ['en', 'de'] "
+                    "(language_embeddings needs an id for every language it reads)")
+
+
+def test_unknown_cldr_locale(capsys, tmp_path):
+    line = refused(capsys, tmp_path, 'data.mono.locales=["en","klingon"]')
+    assert line.startswith("data.mono.locales[1]: unknown CLDR locale 'klingon'")
+
+
+def test_streamed_non_utf8_is_located_when_read(files):
+    """Streamed sources are read lazily (no up-front scan); the error still names file and line."""
+    source = TextSource(type="text", files=[{"path": str(files["latin1"]), "lang": "en"}], streaming=True)
+    check_source_files("mono", source)  # existence and size only
+    with pytest.raises(UserError, match=r"latin1.txt: line 3: byte 0xe9 at column 4 is not valid UTF-8"):
+        list(iter_source_texts(source, 100, name="mono"))
+
+
+def test_over_long_lines_are_truncated_and_counted(tmp_path, caplog):
+    from transformers import AutoTokenizer
+
+    from objkit.tokenizer import train_tokenizer
+
+    tok_dir = tmp_path / "tok"
+    train_tokenizer(["short line", "another short one", "words and more words"] * 20, tok_dir, vocab_size=60)
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("short\n" + "word " * 200 + "\nalso short\n" + "more words " * 100 + "\n")
+    with caplog.at_level(logging.WARNING, logger="objkit.data.sources"):
+        ds = load_source("mono", TextSource(type="text", files=[{"path": str(corpus), "lang": "en"}]), tokenizer,
+                         max_tokens=30, cache_dir=str(tmp_path / "cache"))
+    assert len(ds) == 4 and max(len(r) for r in ds["input_ids"]) == 30
+    assert f"data.mono.files[0].path: {corpus}: 2 of 4 lines longer than 30 tokens" in caplog.text
+
+    src, tgt = tmp_path / "p.en", tmp_path / "p.de"
+    src.write_text("a b c\n" + "word " * 80 + "\n")
+    tgt.write_text("x y z\nshort\n")
+    pair = ParallelSource(type="parallel", pairs=[{"src": str(src), "tgt": str(tgt), "src_lang": "en",
+                                                    "tgt_lang": "de"}])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="objkit.data.sources"):
+        ds = load_source("par", pair, tokenizer, max_tokens=30, cache_dir=str(tmp_path / "cache"))
+    assert len(ds) == 2 and "1 of 2 lines longer than 30 tokens" in caplog.text
+
+
+def test_line_counts_follow_the_reader(tmp_path):
+    """CRLF and a last line without a break count as the text reader counts them."""
+    from objkit.data.sources import scan_text_file
+
+    cases = {b"a\r\nb\r\n": 2, b"a\nb": 2, b"a\rb\r": 2, b"\n\n": 2, b"x": 1, b"a\r\n\r\nb": 3}
+    for i, (data, lines) in enumerate(cases.items()):
+        path = tmp_path / f"{i}.txt"
+        path.write_bytes(data)
+        assert scan_text_file(path, "k")[0] == lines, data

@@ -1,0 +1,81 @@
+"""Smoke test of the performance suite (benchmarks/run.py): every benchmark runs at toy sizes
+and the outputs have their documented shape. No timing is asserted: toy numbers mean nothing."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("accelerate")  # transformers.Trainer, the vs_hf_trainer baseline
+
+RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
+
+
+@pytest.fixture(scope="module")
+def run():
+    spec = importlib.util.spec_from_file_location("objkit_bench_run", RUN)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+@pytest.mark.slow
+def test_every_benchmark_runs_at_toy_size(run, tmp_path):
+    doc = run.run_suite(run.Settings.toy(), workdir=tmp_path / "work")
+    for key in run.BENCHMARKS:
+        assert isinstance(doc[key], float) and math.isfinite(doc[key]) and doc[key] > 0, key
+        assert doc["goals"][key]["goal"].startswith((">=", "<="))
+    details = doc["details"]
+    assert details["xlco_step_ratio"]["xlco_input_lengths"] == {"xlco_query": 16, "xlco_key": 16}
+    assert 0 < details["xlco_step_ratio"]["truncation"]["truncated_over_full_depth"]
+    assert details["mlm_head_speedup"]["model"]["vocab"] == 6000
+    memory = details["memory"]
+    assert memory["peak_rss_bytes"] > memory["rss_after_imports_bytes"] > 0, memory
+    assert memory["estimate_total_bytes"] > 0 and memory["vocab"] == 6000
+    assert set(details["mfu"]) == {"base_shape_mlm_step", "quickstart_mlm_step", "peak_gflops"}
+    json.dumps(doc)  # serialisable as written by --json
+    table = run.markdown(doc, "python benchmarks/run.py --quick")
+    assert all(f"| `{key}` |" in table for key in run.BENCHMARKS)
+    assert "peak RSS" in table and "MFU" in table and "--quick" in table
+
+
+def test_cli_writes_json_and_markdown(run, tmp_path):
+    out, md = tmp_path / "perf.json", tmp_path / "perf.md"
+    code = run.main(["--toy", "--only", "enqueue_ratio,ema_foreach_speedup", "--json", str(out), "--markdown", str(md)])
+    assert code in (0, 1)  # 1: a goal missed, as toy sizes may
+    doc = json.loads(out.read_text())
+    assert {"enqueue_ratio", "ema_foreach_speedup"} <= doc.keys() and "mlm_head_speedup" not in doc
+    assert doc["goals"]["enqueue_ratio"]["goal"] == "<= 1.2"
+    assert "`enqueue_ratio`" in md.read_text()
+
+
+def test_alternate_interleaves_and_median_ratio(run):
+    calls = []
+    times = run.alternate({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, reps=3, warmup=1)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
+    assert [len(v) for v in times.values()] == [3, 3]
+    assert run.median_ratio([2.0, 4.0, 9.0], [1.0, 1.0, 1.0]) == 4.0
+
+
+def test_flops_count_the_masked_head(run):
+    full = run.train_flops(layers=1, hidden=4, ffn=8, tokens=10, seq_len=5, head_rows=10, vocab=100)
+    masked = run.train_flops(layers=1, hidden=4, ffn=8, tokens=10, seq_len=5, head_rows=1, vocab=100)
+    assert full - masked == 3 * 2 * (4 * 4 + 4 * 100) * 9
+
+
+def test_update_readme_replaces_only_the_marked_table(run, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{run.README_BEGIN}\nold\n{run.README_END}\n\n## Next\n", encoding="utf-8")
+    run.update_readme(readme, "| new |\n")
+    assert readme.read_text(encoding="utf-8") == f"# x\n\n{run.README_BEGIN}\n| new |\n{run.README_END}\n\n## Next\n"
+    plain = tmp_path / "plain.md"
+    plain.write_text("# no markers\n", encoding="utf-8")
+    with pytest.raises(SystemExit):
+        run.update_readme(plain, "t")
