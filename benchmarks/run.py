@@ -553,7 +553,7 @@ def bench_xlco_step(ws: Workspace) -> dict[str, Any]:
     xl = objective(infoxlm, "xlco")
     sample = xl.collate(infoxlm.streams["xlco"].next_examples(2), torch.Generator().manual_seed(0))
     lengths = {"xlco_query": int(sample["attention_mask"].shape[1]), "xlco_key": int(sample["key_attention_mask"].shape[1])}
-    assert "xlco/loss" in infoxlm.train_step().values, "XLCO computed no loss: the queue is not full"
+    assert "xlco/loss" in infoxlm.train_step().sums, "XLCO computed no loss: the queue is not full"
     times = alternate({"infoxlm": infoxlm.train_step, "mlm_tlm": base.train_step}, s.xlco_reps)
     ratio = median_ratio(times["infoxlm"], times["mlm_tlm"])
     del base
@@ -869,7 +869,7 @@ def memory_child(settings: Settings, root: Path) -> dict[str, Any]:
         "query_parameters": params,
         "key_encoder_parameters": key,
         "step_seconds": step_seconds,
-        "losses": {k: v for k, v in stats.values.items() if k.endswith("/loss")},
+        "losses": {k: v / stats.units[k] for k, v in stats.sums.items() if k.endswith("/loss") and stats.units[k]},
         "peak_rss_bytes": peak,
         "rss_after_imports_bytes": baseline,
         "rss_after_build_bytes": built,

@@ -135,10 +135,11 @@ def restore_rng_state(state: dict[str, Any], device: torch.device | None = None)
 
 # ----------------------------------------------------------------------------- optimizer state
 def _optimizer_from_flat(state: dict[str, Any]) -> dict[str, Any]:
-    """JSON turned the optimizer's integer parameter ids into strings; turn them back."""
+    """JSON turned the optimizer's integer parameter ids into strings; turn them back (FSDP's
+    full optimizer state is keyed by parameter name: those stay strings)."""
     opt = state.get("optimizer")
     if isinstance(opt, dict) and isinstance(opt.get("state"), dict):
-        opt["state"] = {int(k): v for k, v in opt["state"].items()}
+        opt["state"] = {int(k) if k.isdigit() else k: v for k, v in opt["state"].items()}
     return state
 
 

@@ -267,7 +267,7 @@ class Trainer:
             grads = [p.grad for p in self.params if p.grad is not None]
             norm_t = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
             grad_norm = float(norm_t.full_tensor() if hasattr(norm_t, "full_tensor") else norm_t)
-        reason = faults.nonfinite_reason(stats.values, grad_norm)
+        reason = faults.nonfinite_reason({**stats.sums, **stats.values}, grad_norm)
         (bad,) = faults.agree(self.world, reason is not None)
         if bad:  # skip the update: optimizer and momentum encoders stay; step and schedule move on
             message = self.bad_steps.record(self.step, reason or "loss or gradients on another rank")

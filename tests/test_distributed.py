@@ -233,12 +233,16 @@ def test_resuming_streamed_data_on_another_number_of_ranks_is_refused(tmp_path):
     recipe = tmp_path / "streamed.toml"
     recipe.write_text(STREAMED)
     run_recipe(load_recipe(recipe), tmp_path / "run", default_registry(), progress=False)
-    state_file = tmp_path / "run" / "checkpoints" / "step_0000002" / "trainer.json"
-    state = json.loads(state_file.read_text())
-    assert state["world_size"] == 1
-    state_file.write_text(json.dumps({**state, "world_size": 2}))  # as if written by 2 ranks
+    from objkit.checkpoint import read_checkpoint
+    from objkit.distributed import check_resumable
+    from objkit.interfaces import WorldInfo
+
+    data = read_checkpoint(tmp_path / "run" / "checkpoints" / "step_0000002")
+    assert data.trainer["world_size"] == 1 and data.trainer["rank_streams"][0].keys() == {"tlm"}
+    as_if_two_ranks = {**data.trainer, "world_size": 2}
     with pytest.raises(UserError, match=r"written by 2 rank\(s\), resumed by 1.*tlm.*--nproc_per_node 2"):
-        run_recipe(load_recipe(recipe, ["train.steps=4"]), tmp_path / "run", default_registry(), progress=False)
+        check_resumable(data.path, as_if_two_ranks, WorldInfo(), "single", ["tlm"])
+    check_resumable(data.path, data.trainer, WorldInfo(), "single", ["tlm"])  # same layout: fine
 
 
 def test_find_unused_parameters_only_when_declared():

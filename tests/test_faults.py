@@ -250,7 +250,8 @@ def test_checkpoint_holds_rng_versions_recipe_and_instance_keyed_state(reference
     assert set(data.objectives) == {"mlm", "tlm", "xlco"}  # keyed by the recipe's instance names
     queue = data.objectives["xlco"]["stores"]["momentum_queue"]
     assert {"buffer", "pointer", "filled"} <= set(queue)
-    assert data.trainer["rank_streams"][0].keys() == {"mlm", "tlm", "xlco"}
+    assert data.trainer["streams"].keys() == {"mlm", "tlm", "xlco"}  # map-style: one global position each
+    assert len(data.trainer["rank_streams"]) == 1  # per-rank positions (streamed sources only)
     files = set(os.listdir(data.path))
     assert not any(f.endswith((".pt", ".pkl", ".bin")) for f in files)  # nothing to unpickle
 
