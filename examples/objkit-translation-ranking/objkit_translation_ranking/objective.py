@@ -129,6 +129,14 @@ class TranslationRanking(Objective):
         input_ids, attention_mask = pad_sequences(sides, self.vocab.pad_id)
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
+    def sample_size(self, batch: dict[str, torch.Tensor]) -> int:
+        """One unit per translation pair (the batch holds both sides of each)."""
+        return int(batch["input_ids"].shape[0]) // 2
+
+    @property
+    def uses_all_parameters(self) -> bool:
+        return False  # no LM head, and blocks past `layer` are not run
+
     # ------------------------------------------------------------------ loss
     def embed(self, encoder: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """L2-normalised fp32 vectors ``[N, d]`` of layer ``layer`` (only its blocks run)."""
