@@ -23,28 +23,12 @@ from safetensors.torch import load_file
 from transformers import AutoModel
 
 from objkit.reporting import read_metrics
+from tiny_recipes import tiny_recipe
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 TIMEOUT = 300  # seconds per run; a run takes 10-25 s on 2 CPU cores
 
-RECIPE = """
-name = "tiny-distributed"
-[model]
-hidden_size = 32
-num_layers = 2
-num_heads = 4
-intermediate_size = 64
-max_length = 32
-dropout = 0.0
-tokenizer = { vocab_size = 600 }
-[data.mono]
-type = "cldr"
-kind = "text"
-locales = ["en", "de", "fr"]
-[data.parallel]
-type = "cldr"
-kind = "parallel"
-locales = ["en", "de", "fr"]
+RECIPE = tiny_recipe("tiny-distributed", dropout=0.0) + """
 [objectives.mlm]
 data = "mono"
 [objectives.tlm]

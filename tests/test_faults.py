@@ -34,27 +34,11 @@ from objkit.registry import default_registry
 from objkit.reporting import read_metrics
 from objkit.runner import run_recipe
 from objkit.trainer import Trainer
+from tiny_recipes import tiny_recipe
 
 # The tiny model of test_trainer.py with every kind of state: dropout (torch RNG), MLM/TLM
 # masks, XLCO with a momentum encoder, a queue and in-batch negatives, mixup bits.
-RECIPE = """
-name = "faults-test"
-[model]
-hidden_size = 32
-num_layers = 2
-num_heads = 4
-intermediate_size = 64
-max_length = 32
-dropout = 0.1
-tokenizer = { vocab_size = 600 }
-[data.mono]
-type = "cldr"
-kind = "text"
-locales = ["en", "de", "fr"]
-[data.parallel]
-type = "cldr"
-kind = "parallel"
-locales = ["en", "de", "fr"]
+RECIPE = tiny_recipe("faults-test", dropout=0.1) + """
 [objectives.mlm]
 data = "mono"
 [objectives.tlm]

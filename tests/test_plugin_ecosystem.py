@@ -16,21 +16,11 @@ from pathlib import Path
 import pytest
 
 from objkit.hookspecs import PLUGIN_API_VERSION
+from tiny_recipes import tiny_recipe
 
 ROOT = Path(__file__).parent.parent
 
-TINY_RECIPE = """
-[model]
-hidden_size = 32
-num_layers = 2
-num_heads = 4
-intermediate_size = 64
-max_length = 32
-tokenizer = { vocab_size = 600 }
-[data.mono]
-type = "cldr"
-kind = "text"
-locales = ["en", "de", "fr"]
+TINY_RECIPE = tiny_recipe(parallel=False) + """
 [objectives.mlm]
 data = "mono"
 [train]

@@ -15,24 +15,9 @@ from objkit.recipe import load_recipe
 from objkit.registry import default_registry
 from objkit.reporting import read_metrics
 from objkit.runner import run_recipe
+from tiny_recipes import tiny_recipe
 
-TINY = """
-name = "tiny-test"
-[model]
-hidden_size = 32
-num_layers = 2
-num_heads = 4
-intermediate_size = 64
-max_length = 32
-tokenizer = { vocab_size = 600 }
-[data.mono]
-type = "cldr"
-kind = "text"
-locales = ["en", "de", "fr"]
-[data.parallel]
-type = "cldr"
-kind = "parallel"
-locales = ["en", "de", "fr"]
+TINY = tiny_recipe("tiny-test") + """
 [objectives.mlm]
 data = "mono"
 [objectives.tlm]
