@@ -80,6 +80,18 @@ def checkpoint_names(run: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
 
 
+def rerun_and_compare(recipe: str, overrides: list[str], run: Path, straight: Path, state: dict[str, object],
+                      log: Path) -> dict[str, object]:
+    """Re-run the same command in the killed ``run``; add its resume line, time and the comparison
+    of its export with the uninterrupted run's to ``state``."""
+    seconds, text = run_to_end(objkit_cmd(recipe, run, overrides), log)
+    state["resume_line"] = next((line for line in text.splitlines() if line.startswith("resumed from")), None)
+    state["rerun_seconds"] = round(seconds, 1)
+    state["comparison"] = compare(straight, run)
+    print(f"re-run: {state['resume_line']}; {json.dumps(state['comparison'])}", flush=True)
+    return state
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-o", "--out", type=Path, default=Path("bench-out/kill_resume"))
@@ -118,12 +130,8 @@ def main() -> None:
              "export_exists": (killed / "export").exists()}
     print(f"killed with SIGKILL (exit {code}) once {target.name} existed; left: {state['checkpoints_at_kill']}",
           flush=True)
-    seconds, text = run_to_end(objkit_cmd(args.recipe, killed, overrides), out / "logs" / "killed-2.log")
-    state["resume_line"] = next((line for line in text.splitlines() if line.startswith("resumed from")), None)
-    state["rerun_seconds"] = round(seconds, 1)
-    state["comparison"] = compare(straight, killed)
-    summary["kill_after_checkpoint"] = state
-    print(f"re-run: {state['resume_line']}; {json.dumps(state['comparison'])}", flush=True)
+    summary["kill_after_checkpoint"] = rerun_and_compare(args.recipe, overrides, killed, straight, state,
+                                                         out / "logs" / "killed-2.log")
 
     # -- kill -9 in the middle of writing a checkpoint
     if not args.no_mid_write:
@@ -146,12 +154,8 @@ def main() -> None:
         state = {"exit_code": code, "checkpoints_at_kill": checkpoint_names(mid), "partial_files": written}
         print(f"killed with SIGKILL (exit {code}) while writing {tmp.name} (holding {written}); "
               f"left: {state['checkpoints_at_kill']}", flush=True)
-        seconds, text = run_to_end(objkit_cmd(args.recipe, mid, overrides), out / "logs" / "mid-write-2.log")
-        state["resume_line"] = next((line for line in text.splitlines() if line.startswith("resumed from")), None)
-        state["rerun_seconds"] = round(seconds, 1)
-        state["comparison"] = compare(straight, mid)
-        summary["kill_during_checkpoint_write"] = state
-        print(f"re-run: {state['resume_line']}; {json.dumps(state['comparison'])}", flush=True)
+        summary["kill_during_checkpoint_write"] = rerun_and_compare(args.recipe, overrides, mid, straight, state,
+                                                                    out / "logs" / "mid-write-2.log")
 
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     ok = all(s["comparison"].get("bit_identical") for k, s in summary.items()  # type: ignore[union-attr]

@@ -331,13 +331,6 @@ def apply_model_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], 
         raise CheckpointError(f"{source}/model.safetensors: unexpected keys {sorted(unexpected)[:5]}")
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """Load weights into ``model``; return (objective states, optimizer state, trainer state)."""
-    data = read_checkpoint(path)
-    apply_model_state(model, data.model, path)
-    return data.objectives, data.optimizer, data.trainer
-
-
 # ----------------------------------------------------------------------------- small files
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``path`` via a fsync'ed temporary file and a rename (never half written)."""

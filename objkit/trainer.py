@@ -111,7 +111,6 @@ class Trainer:
         self.step = 0
         self.bad_steps = faults.BadSteps(self.train_cfg.max_bad_steps)
         self.stopped_by: str | None = None  # the signal that ended fit() early, if any
-        self.resumed_from: Path | None = None
 
     # ------------------------------------------------------------------ data
     def _build_streams(self) -> dict[str, ExampleStream]:
@@ -226,7 +225,6 @@ class Trainer:
             self.streams[name].load_state_dict(state)
         self.bad_steps.load_state_dict(trainer_state.get("bad_steps", {}))
         self.step = int(trainer_state["step"])
-        self.resumed_from = data.path
         if data.versions and self.world.is_main:
             now = self.registry.versions()
             changed = sorted(k for k, v in data.versions.get("plugins", {}).items() if now.get(k, v) != v)

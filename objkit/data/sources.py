@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 
 from objkit.data.cldr import cldr_dataset, iter_cldr_texts, language_pairs, parse_locale
 from objkit.errors import UserError
-from objkit.recipe import CldrSource, ParallelSource, TextSource
+from objkit.recipe import CldrSource, ParallelPair, ParallelSource, TextSource
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,16 @@ def expand(pattern: str, key: str, base_dir: Path | None = None) -> list[Path]:
     if not files:
         raise UserError(f"{key}: no file matches '{pattern}'")
     return files
+
+
+def expand_pair(pair: ParallelPair, key: str, base_dir: Path | None = None) -> list[tuple[Path, Path]]:
+    """The (src, tgt) files of one ``pairs`` entry, matched in sorted order; globs on both
+    sides must match the same number of files."""
+    srcs, tgts = expand(pair.src, f"{key}.src", base_dir), expand(pair.tgt, f"{key}.tgt", base_dir)
+    if len(srcs) != len(tgts):
+        raise UserError(f"{key}: src '{pair.src}' matches {len(srcs)} files but tgt '{pair.tgt}' "
+                        f"matches {len(tgts)}")
+    return list(zip(srcs, tgts))
 
 
 def _read_file(path: Path, key: str, field: str, column: str, *, streaming: bool, max_lines: int | None,
@@ -195,11 +205,7 @@ def load_source_groups(name: str, source: Source, tokenizer: Any, *, max_tokens:
     else:
         for i, pair in enumerate(source.pairs):
             key = f"data.{name}.pairs[{i}]"
-            srcs, tgts = expand(pair.src, f"{key}.src", base_dir), expand(pair.tgt, f"{key}.tgt", base_dir)
-            if len(srcs) != len(tgts):
-                raise UserError(f"{key}: src '{pair.src}' matches {len(srcs)} files but tgt '{pair.tgt}' "
-                                f"matches {len(tgts)}")
-            for s_path, t_path in zip(srcs, tgts):
+            for s_path, t_path in expand_pair(pair, key, base_dir):
                 s = _read_file(s_path, f"{key}.src", pair.src_field, "src_text", **common)
                 t = _read_file(t_path, f"{key}.tgt", pair.tgt_field, "tgt_text", **common)
                 s_name, t_name = _show(s_path, base_dir), _show(t_path, base_dir)
@@ -430,11 +436,7 @@ def check_source_files(name: str, source: Source, base_dir: Path | None = None) 
         return
     for i, pair in enumerate(source.pairs):
         key = f"data.{name}.pairs[{i}]"
-        srcs, tgts = expand(pair.src, f"{key}.src", base_dir), expand(pair.tgt, f"{key}.tgt", base_dir)
-        if len(srcs) != len(tgts):
-            raise UserError(f"{key}: src '{pair.src}' matches {len(srcs)} files but tgt '{pair.tgt}' "
-                            f"matches {len(tgts)}")
-        for s_path, t_path in zip(srcs, tgts):
+        for s_path, t_path in expand_pair(pair, key, base_dir):
             s_lines = _check_file(s_path, f"{key}.src", scan=scan)
             t_lines = _check_file(t_path, f"{key}.tgt", scan=scan)
             if s_lines is None or t_lines is None:
