@@ -192,12 +192,35 @@ class EvalSet(Strict):
     max_lines: int | None = Field(None, gt=0)
 
 
+class TransferEvalSet(Strict):
+    """Zero-shot transfer (``objkit eval transfer``) of the encoder being trained: fine-tuned on a
+    copy, so training is unaffected. Logged as ``eval/NAME/LANG`` and ``eval/NAME/avg``."""
+
+    task: Literal["xnli", "pawsx", "sib200", "panx", "udpos", "custom"]
+    data_dir: str
+    langs: list[str] | None = Field(None, description="test languages (default: all in data_dir)")
+    train_langs: list[str] = Field(default_factory=lambda: ["en"])
+    setting: Literal["cross-lingual", "translate-train-all"] = "cross-lingual"
+    columns: str | None = Field(None, description="custom task: text=COL[,text_pair=COL],label=COL")
+    seeds: list[int] = Field(default_factory=lambda: [1], min_length=1)
+    epochs: int = Field(3, gt=0)
+    lr: float = Field(2e-5, gt=0)
+    batch_size: int = Field(32, gt=0)
+    max_length: int = Field(128, ge=8)
+    warmup: float = Field(0.0, ge=0)
+    select: Literal["train-dev", "avg-dev"] = "train-dev"
+    max_steps: int | None = Field(None, gt=0, description="fine-tuning step budget per seed")
+    max_train: int | None = Field(None, gt=0, description="use the first N training examples")
+    every: int | None = Field(None, gt=0, description="every N pretraining steps (default: at the end only)")
+
+
 class EvalConfig(Strict):
     every: int = Field(500, gt=0, description="run every N steps (and at the end)")
     layer: int | None = Field(None, ge=0, description="default: 8 for 12 layers, else round(2/3 depth)")
     pooling: Literal["mean", "cls"] = "mean"
     batch_size: int = Field(64, gt=0)
     sets: dict[str, EvalSet] = Field(default_factory=dict)
+    transfer: dict[str, TransferEvalSet] = Field(default_factory=dict)
 
 
 class RequiredDistribution(Strict):

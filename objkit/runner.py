@@ -25,7 +25,8 @@ from objkit.registry import Registry
 
 
 class PeriodicEval:
-    """Retrieval accuracy on the recipe's ``[eval.sets]`` every ``eval.every`` steps and at the end."""
+    """Retrieval accuracy on the recipe's ``[eval.sets]`` every ``eval.every`` steps and at the end;
+    zero-shot transfer on ``[eval.transfer]`` at the end (or every ``every`` steps)."""
 
     def __init__(self, config: EvalConfig, max_length: int) -> None:
         from objkit.eval.retrieval import read_aligned
@@ -40,8 +41,18 @@ class PeriodicEval:
                 raise UserError(f"eval.sets.{name}: {exc}") from None
             self.sets[name] = (src[: files.max_lines], tgt[: files.max_lines])
 
+        from objkit.eval.transfer import TransferDuringTraining
+
+        self.transfer = {name: TransferDuringTraining(f"eval.transfer.{name}", cfg)
+                         for name, cfg in config.transfer.items()}
+
+    def _transfer_due(self, step: int, total: int) -> list[str]:
+        return [name for name, t in self.transfer.items()
+                if step == total or (t.config.every is not None and step % t.config.every == 0)]
+
     def due(self, step: int, total: int) -> bool:
-        return bool(self.sets) and (step % self.config.every == 0 or step == total)
+        retrieval = bool(self.sets) and (step % self.config.every == 0 or step == total)
+        return retrieval or bool(self._transfer_due(step, total))
 
     def __call__(self, trainer: Any) -> dict[str, float]:
         from objkit.eval.retrieval import default_layer, evaluate_pair
@@ -49,6 +60,11 @@ class PeriodicEval:
         body = trainer.encoder.body()
         layer = self.config.layer if self.config.layer is not None else default_layer(trainer.encoder.num_layers)
         results: dict[str, float] = {}
+        step, total = trainer.step, trainer.train_cfg.steps
+        for name in self._transfer_due(step, total):
+            results.update(self.transfer[name](trainer, name))
+        if not (self.sets and (step % self.config.every == 0 or step == total)):
+            return results
         for name, (src, tgt) in self.sets.items():
             scores = evaluate_pair(
                 body, trainer.tokenizer, src, tgt,
@@ -67,7 +83,7 @@ NEUTRAL_KEYS = {
     ("train", "log_every"), ("train", "checkpoint_every"), ("train", "keep_checkpoints"),
     ("train", "report_to"), ("train", "max_bad_steps"),
 }
-RUN_FILES = ("checkpoints", "export", "export.tmp", "export.old", "metrics.jsonl", "tensorboard",
+RUN_FILES = ("checkpoints", "export", "export.tmp", "export.old", "eval-transfer.tmp", "metrics.jsonl", "tensorboard",
              "recipe.toml", "versions.json")
 
 
@@ -149,11 +165,11 @@ def run_recipe(
 
     check_run_dir(resolved, run_dir, fresh)
     check_data(resolved)
+    evaluate = PeriodicEval(resolved.recipe.eval, resolved.recipe.model.max_length) if resolved.recipe.eval else None
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"-o {run_dir}: cannot create the run directory: {exc.strerror or exc}") from None
-    evaluate = PeriodicEval(resolved.recipe.eval, resolved.recipe.model.max_length) if resolved.recipe.eval else None
     started = time.perf_counter()
     try:
         trainer = Trainer(resolved, run_dir, registry, progress=progress)

@@ -90,6 +90,36 @@ def train_tokenizer(texts: Iterable[str], out_dir: Path, *, vocab_size: int = 80
     return tokenizer
 
 
+def model_max_tokens(model: Any) -> int | None:
+    """Tokens per sequence the position table of ``model`` (a transformers model or its config)
+    allows (XLM-R offsets positions by ``pad_token_id + 1``), or None when the config does not say."""
+    config = getattr(model, "config", model)
+    positions = getattr(config, "max_position_embeddings", None)
+    if not isinstance(positions, int):
+        return None
+    offset = (getattr(config, "pad_token_id", None) or 0) + 1 if "roberta" in str(getattr(config, "model_type", "")) else 0
+    return max(2, positions - offset)
+
+
+def save_tokenizer_for(model: Any, tokenizer: Any, out_dir: str | Path) -> None:
+    """``tokenizer.save_pretrained(out_dir)`` with ``model_max_length`` no larger than the position
+    table of ``model`` (an objkit encoder, a transformers model or its config) allows, so
+    ``tokenizer(..., truncation=True)`` in any fine-tuning script (HF ``run_glue`` / ``run_xnli``
+    take ``min(max_seq_length, tokenizer.model_max_length)``) never overruns it. The tokenizer
+    object itself is left as it was."""
+    body = model.body() if hasattr(model, "body") else model
+    limit = model_max_tokens(body)
+    before = tokenizer.model_max_length
+    if limit is None:
+        log.warning("tokenizer: the model config has no max_position_embeddings; model_max_length left as is")
+    elif before is None or before > limit:
+        tokenizer.model_max_length = limit
+    try:
+        tokenizer.save_pretrained(str(out_dir))
+    finally:
+        tokenizer.model_max_length = before
+
+
 # ----------------------------------------------------------------------------- recipe cache
 def _source_files(name: str, source: TextSource | ParallelSource | CldrSource,
                   base_dir: Path | None) -> list[list[Any]]:

@@ -39,6 +39,7 @@ from objkit.runtime import (
     resolve_precision,
 )
 from objkit.seeding import derive_seed
+from objkit.tokenizer import save_tokenizer_for
 
 
 def set_seed(seed: int) -> None:
@@ -369,7 +370,7 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.rmtree(old, ignore_errors=True)
             model.save_pretrained(str(tmp))
-            self.tokenizer.save_pretrained(str(tmp))
+            save_tokenizer_for(model, self.tokenizer, tmp)
             (tmp / "objkit.json").write_text(json.dumps({"step": self.step, "recipe": self.resolved.source}, indent=1))
             ckpt.fsync_tree(tmp)
             if final.exists():

@@ -19,30 +19,9 @@ from objkit.eval.tatoeba import (
     format_table,
     select_languages,
 )
+from tiny_models import tiny_encoder
 
-WORDS = "the a cat dog sat on mat big small red house tree".split()
 LINES = ["the cat sat on the mat", "a dog", "the big red house", "small tree", "red cat on a tree"]
-
-
-def tiny_encoder():
-    """A WordLevel tokenizer with XLM-R's specials and a random 4-layer XLM-R."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast, XLMRobertaConfig, XLMRobertaModel
-
-    vocab = {t: i for i, t in enumerate(["<s>", "<pad>", "</s>", "<unk>", "<mask>", *WORDS])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
-    )
-    specials = dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
-                    mask_token="<mask>", cls_token="<s>", sep_token="</s>")  # fmt: skip
-    torch.manual_seed(0)
-    config = XLMRobertaConfig(
-        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=64, pad_token_id=1,
-    )  # fmt: skip
-    return XLMRobertaModel(config).eval(), PreTrainedTokenizerFast(tokenizer_object=tok, **specials)
 
 
 def write_pair(d: Path, lang: str, xx: list[str], en: list[str] | None = None) -> None:

@@ -65,6 +65,28 @@ def test_tiny_run_writes_metrics_checkpoints_and_a_loadable_export(recipe_path, 
     assert "mlm" in versions["plugins"]
     steps = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert steps == ["step_0000003", "step_0000006"]
+    _fine_tune_like_run_xnli(export)
+
+
+def _fine_tune_like_run_xnli(export: Path) -> None:
+    """What HF's run_glue / run_xnli do with an export: AutoTokenizer with truncation at
+    min(max_seq_length, tokenizer.model_max_length) and one training step of
+    AutoModelForSequenceClassification. The tiny model has 32 positions; the script asks for 128."""
+    from transformers import AutoModelForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(export)
+    assert tokenizer.model_max_length == 32
+    model = AutoModelForSequenceClassification.from_pretrained(export, num_labels=3)
+    long_text = " ".join(["Deutschland Germany France Frankreich"] * 40)
+    max_seq_length = min(128, tokenizer.model_max_length)
+    batch = tokenizer([long_text, "Germany"], [long_text, "Deutschland"], truncation=True,
+                      max_length=max_seq_length, padding=True, return_tensors="pt")
+    assert batch["input_ids"].shape[1] == 32
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loss = model(**batch, labels=torch.tensor([0, 2])).loss
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss)
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from objkit.encoder import truncated_layers
 from objkit.errors import UserError
+from objkit.tokenizer import model_max_tokens
 
 Pooling = Literal["mean", "cls"]
 POOLINGS: tuple[str, ...] = ("mean", "cls")
@@ -73,17 +74,6 @@ def _blocks_run(model: nn.Module, layer: int) -> tuple[contextlib.AbstractContex
     if isinstance(blocks, nn.ModuleList) and 1 <= layer < len(blocks):
         return truncated_layers(model, layer), layer  # type: ignore[arg-type]
     return contextlib.nullcontext(), _num_layers(model)
-
-
-def model_max_tokens(model: nn.Module) -> int | None:
-    """Tokens per sequence the model's position table allows (XLM-R offsets positions by
-    ``pad_token_id + 1``), or None when the config does not say."""
-    config = getattr(model, "config", None)
-    positions = getattr(config, "max_position_embeddings", None)
-    if not isinstance(positions, int):
-        return None
-    offset = (getattr(config, "pad_token_id", None) or 0) + 1 if "roberta" in str(getattr(config, "model_type", "")) else 0
-    return max(2, positions - offset)
 
 
 def encode_sentences(
