@@ -348,3 +348,32 @@ def test_transfer_eval_in_a_recipe_is_checked_before_training(tmp_path):
     resolved = load_recipe(recipe)
     with pytest.raises(UserError, match=r"^eval.transfer.x: --data-dir .*none: not a directory$"):
         PeriodicEval(resolved.recipe.eval, 32)
+
+
+def test_hub_rows_become_splits_with_label_names():
+    from datasets import ClassLabel, Dataset, Features, Sequence, Value
+
+    from objkit.eval.tasks import split_from_dataset
+
+    feats = Features({"premise": Value("string"), "hypothesis": Value("string"),
+                      "label": ClassLabel(names=["entailment", "neutral", "contradiction"])})
+    ds = Dataset.from_dict({"premise": ["a", "b"], "hypothesis": ["c", "d"], "label": [2, 0]}, features=feats)
+    split = split_from_dataset(ds, "xnli[de/test]", ("premise", "hypothesis"), "label", "sentence")
+    assert split.texts == [("a", "c"), ("b", "d")] and split.labels == ["contradiction", "entailment"]
+    tags = Features({"tokens": Sequence(Value("string")), "ner_tags": Sequence(ClassLabel(names=["O", "B-PER"]))})
+    ds = Dataset.from_dict({"tokens": [["Ada", "wrote"]], "ner_tags": [[1, 0]]}, features=tags)
+    split = split_from_dataset(ds, "xtreme[PAN-X.en/test]", ("tokens",), "ner_tags", "token")
+    assert split.words == [["Ada", "wrote"]] and split.tags == [["B-PER", "O"]]
+    with pytest.raises(UserError, match=r"xtreme\[PAN-X.en/test\]: no column 'text'"):
+        split_from_dataset(ds, "xtreme[PAN-X.en/test]", ("text",), "ner_tags", "token")
+
+
+def test_an_unreachable_uncached_hub_dataset_is_one_line_at_once(tmp_path, capsys, monkeypatch, model_dir):
+    import objkit.hub
+
+    monkeypatch.setattr(objkit.hub, "hub_unreachable_reason", lambda timeout=3.0: "no network here")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    code, err = run_main(capsys, str(model_dir), "--task", "xnli", "--data-dir", "objkit-test/no-such-xnli",
+                         "--langs", "en,de", "--seeds", "1")
+    assert code == 2 and err.strip() == ("--data-dir objkit-test/no-such-xnli[en/train]: cannot load (the hub is "
+                                         "unreachable (no network here) and it is not cached)")

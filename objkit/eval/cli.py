@@ -160,7 +160,9 @@ def _write_atomic(path: Path, text: str) -> None:
               help="xnli/pawsx: DIR/{split}-{lang}.tsv (text_a, text_b, label); sib200: DIR/{lang}/{split}.tsv; "
                    "panx/udpos: DIR/{split}-{lang}.tsv, token<TAB>label, blank line between sentences; "
                    "custom: either layout, .tsv or .jsonl, with --columns.")
-@click.option("--data-dir", type=click.Path(path_type=Path), required=True, help="The task's files.")
+@click.option("--data-dir", type=click.Path(path_type=Path), required=True,
+              help="The task's files; or a hub dataset id (xnli, paws-x, Davlan/sib200, xtreme for panx) "
+                   "loaded through datasets, from its cache when the hub is unreachable (needs --langs).")
 @click.option("--setting", type=click.Choice(["cross-lingual", "translate-train-all"]), default="cross-lingual",
               show_default=True, help="Train on --train-langs, or on every language's training split.")
 @click.option("--train-langs", default="en", show_default=True,
@@ -217,7 +219,7 @@ def transfer_command(
       objkit eval transfer runs/qi/export --task custom --data-dir mydata --columns text=sentence,label=topic
     """
     from objkit.eval.finetune import FinetuneSettings
-    from objkit.eval.tasks import Columns, load_task
+    from objkit.eval.tasks import HUB, Columns, load_hub_task, load_task
     from objkit.eval.transfer import ModelSpec, evaluate_transfer, format_table, stderr_log
 
     seed_list = _int_list(seeds)
@@ -226,8 +228,11 @@ def transfer_command(
         raise UserError(f"--columns: only for --task custom (task {task} has a fixed layout)")
     cols = Columns.parse(columns) if columns else None
     lang_list = [x.strip() for x in langs.split(",") if x.strip()] if langs else None
-    data = load_task(spec, data_dir, lang_list, [x.strip() for x in train_langs.split(",") if x.strip()],
-                     setting, cols, max_train)
+    train_list = [x.strip() for x in train_langs.split(",") if x.strip()]
+    if not data_dir.exists() and not str(data_dir).startswith((".", "/")) and task in HUB:
+        data = load_hub_task(spec, str(data_dir), lang_list, train_list, setting, max_train)
+    else:
+        data = load_task(spec, data_dir, lang_list, train_list, setting, cols, max_train)
     settings = FinetuneSettings(epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, warmup=warmup,
                                 weight_decay=weight_decay, eval_every=eval_every, select=select,  # type: ignore[arg-type]
                                 frozen=frozen, dropout=dropout)

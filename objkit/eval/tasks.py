@@ -258,6 +258,105 @@ def read_token_split(path: Path) -> Split:
     return split
 
 
+# ----------------------------------------------------------------------------- hub datasets
+# task -> (hub id, config name for a language, {split: hub split}, text columns, label column)
+HUB: dict[str, tuple[str, str, dict[str, str], tuple[str, ...], str]] = {
+    "xnli": ("xnli", "{lang}", {"train": "train", "dev": "validation", "test": "test"},
+             ("premise", "hypothesis"), "label"),
+    "pawsx": ("paws-x", "{lang}", {"train": "train", "dev": "validation", "test": "test"},
+              ("sentence1", "sentence2"), "label"),
+    "sib200": ("Davlan/sib200", "{lang}", {"train": "train", "dev": "validation", "test": "test"},
+               ("text",), "category"),
+    "panx": ("xtreme", "PAN-X.{lang}", {"train": "train", "dev": "validation", "test": "test"},
+             ("tokens",), "ner_tags"),
+}
+
+
+def split_from_dataset(dataset: object, where: str, texts: tuple[str, ...], label: str, level: Level) -> Split:
+    """A :class:`Split` from a ``datasets.Dataset`` (class-label ids become their names)."""
+    features = dataset.features  # type: ignore[attr-defined]
+    missing = [c for c in (*texts, label) if c not in features]
+    if missing:
+        raise UserError(f"{where}: no column {missing[0]!r} (columns: {', '.join(features)})")
+    feature = features[label]
+    names = getattr(getattr(feature, "feature", feature), "names", None)
+
+    def name(value: object) -> str:
+        return names[value] if names is not None and isinstance(value, int) else str(value)
+
+    split = Split(Path(where))
+    for row, example in enumerate(dataset, start=1):  # type: ignore[attr-defined]
+        if level == "token":
+            split.words.append([str(w) for w in example[texts[0]]])
+            split.tags.append([name(t) for t in example[label]])
+            split.lines.extend([row] * len(example[label]))
+        else:
+            split.texts.append(tuple(str(example[c]) for c in texts))
+            split.labels.append(name(example[label]))
+            split.lines.append(row)
+    if not len(split):
+        raise UserError(f"{where} is empty")
+    return split
+
+
+def load_hub_task(spec: TaskSpec, hub_id: str, langs: list[str] | None, train_langs: list[str],
+                  setting: str, train_limit: int | None = None) -> TaskData:
+    """The task from the hub through ``datasets`` (or its local cache when the hub is unreachable):
+    ``--data-dir xnli`` with ``--langs``. One line when it is neither reachable nor cached."""
+    import datasets
+
+    from objkit.hub import hub_unreachable_reason
+
+    if spec.name not in HUB:
+        raise UserError(f"--data-dir {hub_id}: not a directory, and task {spec.name} has no hub loader "
+                        f"(hub loaders: {', '.join(HUB)})")
+    _, config, names, texts, label = HUB[spec.name]
+    if not langs:
+        raise UserError(f"--data-dir {hub_id}: a hub dataset needs --langs (its configurations are languages)")
+    train = list(langs) if setting == "translate-train-all" else list(train_langs)
+    languages = [*train, *[x for x in langs if x not in train]]
+    offline = hub_unreachable_reason()
+    splits: dict[tuple[str, str], Split] = {}
+    for split, lang in [("train", x) for x in train] + [(s, x) for x in languages for s in ("dev", "test")]:
+        where = f"{hub_id}[{config.format(lang=lang)}/{names[split]}]"
+        try:
+            with _hub_offline(offline is not None):
+                data = datasets.load_dataset(hub_id, config.format(lang=lang), split=names[split])
+        except Exception as err:  # datasets raises many kinds; each is one line here
+            why = f"the hub is unreachable ({offline}) and it is not cached" if offline else _first(err)
+            raise UserError(f"--data-dir {where}: cannot load ({why})") from None
+        if split == "train" and train_limit is not None:
+            data = data.select(range(min(train_limit, len(data))))
+        splits[(split, lang)] = split_from_dataset(data, where, texts, label, spec.level)
+    return _checked(spec, languages, train, splits)
+
+
+class _hub_offline:
+    """Cache-only loading while the hub is unreachable (no minute of retries)."""
+
+    def __init__(self, offline: bool) -> None:
+        self.offline = offline
+
+    def __enter__(self) -> None:
+        import datasets
+        import huggingface_hub.constants as hub
+
+        self.before = (datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE)
+        if self.offline:
+            datasets.config.HF_HUB_OFFLINE = hub.HF_HUB_OFFLINE = True
+
+    def __exit__(self, *exc: object) -> None:
+        import datasets
+        import huggingface_hub.constants as hub
+
+        datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE = self.before
+
+
+def _first(err: BaseException) -> str:
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:200]
+
+
 @dataclass
 class TaskData:
     spec: TaskSpec
@@ -295,6 +394,10 @@ def load_task(spec: TaskSpec, data_dir: Path, langs: list[str] | None, train_lan
             data.words, data.tags = data.words[:train_limit], data.tags[:train_limit]
             data.lines = data.lines[: len(data.labels) or sum(len(t) for t in data.tags)]
         splits[(split, lang)] = data
+    return _checked(spec, languages, train, splits)
+
+
+def _checked(spec: TaskSpec, languages: list[str], train: list[str], splits: dict[tuple[str, str], Split]) -> TaskData:
     counts: Counter[str] = Counter()
     for x in train:
         counts.update(label for label, _ in splits[("train", x)].label_lines())
