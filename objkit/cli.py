@@ -113,7 +113,7 @@ Examples:
       --set model.init=/models/xlm-roberta-base --set 'data.mono={...}'
 """)
 @_recipe_options
-@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), help="Run directory (resumes if it holds checkpoints).")
+@click.option("-o", "--output", type=click.Path(file_okay=False), help="Run directory (resumes if it holds checkpoints).")
 @click.option("--dry-run", is_flag=True, help="Build everything on the meta device and print the plan; no training.")
 @click.option("--no-progress", is_flag=True, help="Disable the progress bars.")
 @click.option("--fresh", is_flag=True, help="Start over in OUTPUT: remove a previous run's checkpoints, metrics and export.")
@@ -122,7 +122,7 @@ Examples:
     help="Run N processes on this machine: exec `torchrun --standalone --nproc_per_node N -m objkit run ...`.",
 )
 def run(
-    recipe: Path, overrides: tuple[str, ...], output: Path | None, dry_run: bool, no_progress: bool,
+    recipe: Path, overrides: tuple[str, ...], output: str | None, dry_run: bool, no_progress: bool,
     fresh: bool, nproc: int | None,
 ) -> None:
     """Train the model RECIPE describes into OUTPUT (metrics, checkpoints, export/).
@@ -147,7 +147,10 @@ def run(
         return
     if output is None:
         raise UserError("run: -o/--output DIR is required (where metrics, checkpoints and the export go)")
+    if not output.strip():
+        raise UserError("-o: empty path (expected a run directory; use -o . for the current directory)")
     if nproc is not None and "LOCAL_RANK" not in os.environ:  # not already a torchrun worker
+        _check_unlocked(Path(output))  # the launcher's early answer; rank 0 then takes the lock
         argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                 "-m", "objkit", "run", str(recipe), "-o", str(output)]
         argv += [arg for override in overrides for arg in ("--set", override)]
@@ -163,7 +166,20 @@ def run(
         import datasets
 
         datasets.disable_progress_bars()
-    run_recipe(resolved, output, registry, progress=not no_progress, fresh=fresh)
+    run_recipe(resolved, Path(output), registry, progress=not no_progress, fresh=fresh)
+
+
+def _check_unlocked(output: Path) -> None:
+    """Refuse (exit 2) an existing run directory that another run holds, before exec'ing torchrun."""
+    from objkit.runlock import RunLock
+
+    if (output / ".lock").is_file():
+        lock = RunLock(output)
+        try:
+            lock.acquire()
+        except OSError:
+            return  # rank 0 reports what cannot be written
+        lock.release()
 
 
 def _load_subcommands() -> None:

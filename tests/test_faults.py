@@ -404,3 +404,39 @@ def test_two_ranks_sigkill_resume_is_bit_identical(recipe_path, tmp_path):
     assert "resumed from" in again.stderr and "step_0000004 (step 4)" in again.stderr
     assert "warning" not in again.stderr
     assert_same_export(straight, killed)
+
+
+# ----------------------------------------------------------------------------- one run per directory
+def test_a_locked_run_directory_is_refused_naming_the_holder(recipe_path, tmp_path):
+    import socket
+
+    from objkit.runlock import RunLock
+
+    out = tmp_path / "run"
+    (out / "checkpoints" / "step_0000002").mkdir(parents=True)
+    (out / "metrics.jsonl").write_text('{"step": 1}\n')
+    with RunLock(out):  # another process's open file description, as far as flock is concerned
+        for extra in ((), ("--fresh",)):
+            code, err = _main_run(recipe_path, out, *extra)
+            assert code == 2, err
+            assert err.strip() == (f"-o {out}: another objkit run is using this directory (pid {os.getpid()} on "
+                                   f"{socket.gethostname()}); wait for it to finish or stop it, or choose another -o")
+    # --fresh removed nothing while the directory was held
+    assert (out / "metrics.jsonl").read_text() == '{"step": 1}\n' and (out / "checkpoints" / "step_0000002").is_dir()
+
+
+def test_two_concurrent_runs_and_fresh_are_refused_while_the_first_trains(recipe_path, reference, tmp_path):
+    out = tmp_path / "run"
+    first = Run(recipe_path, out, "save-done@2", tmp_path)
+    first.wait_paused()
+    metrics = (out / "metrics.jsonl").read_text()
+    for extra in ((), ("--fresh",)):
+        code, err = _main_run(recipe_path, out, *extra)
+        assert code == 2 and f"another objkit run is using this directory (pid {first.proc.pid} on " in err, err
+    assert (out / "metrics.jsonl").read_text() == metrics  # written once, not deleted by --fresh
+    assert [p.name for p in ckpt.list_checkpoints(out)] == ["step_0000002"]
+    first.proc.kill()  # kill -9 leaves no stale lock: the same command resumes at once
+    assert first.proc.wait() == -signal.SIGKILL
+    code, err = _main_run(recipe_path, out)
+    assert code == 0 and "step_0000002 (step 2)" in err, err
+    assert_same_export(reference, out)
