@@ -70,7 +70,7 @@ def list_plugins(as_json: bool) -> None:
     from objkit.registry import current_selection, load_registry
 
     registry = load_registry(current_selection())
-    rows = [info.as_dict() for info in registry.infos()] + [s.as_dict() for s in registry.skipped.values()]
+    rows = [_row(registry, info) for info in registry.infos()] + [s.as_dict() for s in registry.skipped.values()]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -85,6 +85,20 @@ def list_plugins(as_json: bool) -> None:
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
     for skipped in registry.skipped.values():
         click.echo(f"{skipped.status}: {skipped.line()}")
+    for name in registry.conflicts():
+        click.echo(f"conflict: {registry.conflict_line(name)}")
+
+
+def _row(registry, info) -> dict:  # noqa: ANN001 - Registry, PluginInfo (imported lazily)
+    """A plugin's list-plugins row: ``conflict`` while another distribution provides its name
+    and nothing chose, ``disabled`` when ``--plugin DIST:NAME`` chose the other one."""
+    row = info.as_dict()
+    if info.name in registry.conflicts():
+        row.update(status="conflict", error=registry.conflict_line(info.name))
+    elif info.name in registry.chosen and registry.chosen[info.name] != info:
+        chosen = registry.chosen[info.name]
+        row.update(status="disabled", reason=f"--plugin {chosen.distribution}:{info.name} chose {chosen.distribution}'s")
+    return row
 
 
 @cli.command(epilog="""\b

@@ -374,6 +374,14 @@ def _fill_plugin_defaults(raw: dict[str, Any]) -> None:
                 table.setdefault("plugin", name)
 
 
+def _recipe_choices(raw: dict[str, Any]) -> set[str]:
+    """Plugin names the recipe chooses a distribution for (``plugin = "DIST:NAME"``, ``model.encoder``)."""
+    tables = raw.get("objectives") if isinstance(raw.get("objectives"), dict) else {}
+    refs = [t.get("plugin") for t in tables.values() if isinstance(t, dict)]
+    refs.append(raw["model"].get("encoder") if isinstance(raw.get("model"), dict) else None)
+    return {ref.rpartition(":")[2] for ref in refs if isinstance(ref, str) and ":" in ref}
+
+
 def _requirement(entry: Any) -> tuple[str, str, str | None] | None:
     """(distribution, specifier, install hint) of one ``requires`` entry; None if malformed
     (model validation then reports it)."""
@@ -420,6 +428,10 @@ def validate_recipe(raw: dict[str, Any], registry: Registry, source: str = "reci
     missing = requirement_problems(raw.get("requires"))
     if missing:
         raise RecipeError(source, missing)
+    # a plugin name two distributions provide is never resolved silently (registry.conflicts)
+    unresolved = [n for n in registry.conflicts() if n not in _recipe_choices(raw)]
+    if unresolved:
+        raise RecipeError(source, [f"plugins: {registry.conflict_line(n)}" for n in unresolved])
     problems: list[str] = []
     try:
         recipe = Recipe.model_validate(raw)
