@@ -224,6 +224,10 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
+    except OSError as exc:  # a fault no command turned into its own message: still one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        click.echo(f"objkit: {where}{exc.strerror or exc}", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)

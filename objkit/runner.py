@@ -165,7 +165,7 @@ def run_recipe(
             check_run_dir(resolved, run_dir, fresh)
         return _train(resolved, run_dir, registry, progress)
     except OSError as exc:  # an unwritable directory, a full disk: one line, what is intact
-        raise write_error(exc, "in the run directory", _intact(run_dir)) from None
+        raise write_error(exc, "", _intact(run_dir)) from None
     finally:
         if lock is not None:
             lock.release()

@@ -376,9 +376,12 @@ class Trainer:
                 os.replace(final, old)
             os.replace(tmp, final)
             ckpt.fsync_path(self.run_dir)
-        except OSError as exc:
+        except Exception as exc:  # safetensors and tokenizers (Rust) report a full disk in their own types
             shutil.rmtree(tmp, ignore_errors=True)
-            raise faults.write_error(exc, "the export", "checkpoints already written are intact") from None
+            error = faults.os_error_of(exc, tmp)
+            if error is None:
+                raise
+            raise faults.write_error(error, "the export", "checkpoints already written are intact") from None
         shutil.rmtree(old, ignore_errors=True)
         distributed.barrier(self.world)
         return final

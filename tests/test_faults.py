@@ -11,6 +11,7 @@ which parks the process at a named point and touches a marker file.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -440,3 +441,51 @@ def test_two_concurrent_runs_and_fresh_are_refused_while_the_first_trains(recipe
     code, err = _main_run(recipe_path, out)
     assert code == 0 and "step_0000002 (step 2)" in err, err
     assert_same_export(reference, out)
+
+
+# ----------------------------------------------------------------------------- real write faults
+@contextlib.contextmanager
+def file_size_limit(limit: int):
+    """``ulimit -f``: writes past ``limit`` bytes fail with EFBIG (Python ignores SIGXFSZ)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def test_file_too_large_in_a_checkpoint_and_in_the_export_is_one_line_and_leaves_nothing(recipe_path, tmp_path):
+    """safetensors and tokenizers (Rust) report the OS error in their own exception types."""
+    overrides = ["objectives.xlco.enabled=false", "objectives.tlm.enabled=false", "train.steps=2"]
+    run = tmp_path / "run"
+    trainer = Trainer(load_recipe(recipe_path, overrides), run, default_registry(), progress=False)
+    with file_size_limit(100_000), pytest.raises(RunAborted) as info:
+        trainer.fit()  # model.safetensors of the checkpoint is larger
+    assert str(info.value) == (f"cannot write checkpoint step 2 {run}/checkpoints/step_0000002.tmp/model.safetensors: "
+                               "File too large; no checkpoint yet")
+    assert os.listdir(run / "checkpoints") == []
+
+    trainer = Trainer(load_recipe(recipe_path, overrides), tmp_path / "run2", default_registry(), progress=False)
+    trainer.fit()
+    for limit in (100_000, 200_000):  # the model's weights, then the tokenizer's file are too large
+        with file_size_limit(limit), pytest.raises(RunAborted) as info:
+            trainer.export()
+        assert str(info.value) == (f"cannot write the export {tmp_path}/run2/export.tmp: File too large; "
+                                   "checkpoints already written are intact")
+        assert not (tmp_path / "run2" / "export.tmp").exists() and not (tmp_path / "run2" / "export").exists()
+
+
+def test_an_unwritable_run_directory_is_one_line_exit_1(recipe_path, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    if subprocess.run(["chattr", "+i", str(out)], capture_output=True, check=False).returncode != 0:
+        pytest.skip("chattr +i needs root on a filesystem that supports it")
+    try:
+        code, err = _main_run(recipe_path, out)
+        assert (code, err) == (1, f"cannot write {out}/.lock: Operation not permitted; no checkpoint written yet\n")
+    finally:
+        subprocess.run(["chattr", "-i", str(out)], check=True)
+    assert os.listdir(out) == []
