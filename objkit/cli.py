@@ -211,6 +211,10 @@ def _load_subcommands() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
+    from objkit.processes import die_with_launcher, launched_by_torchrun
+
+    if launched_by_torchrun():  # a rank: never outlive torchrun (it starts ranks in sessions of their own)
+        die_with_launcher()
     _load_subcommands()
     try:
         cli.main(args=argv, prog_name="objkit", standalone_mode=False)

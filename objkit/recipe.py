@@ -178,6 +178,10 @@ class TrainConfig(Strict):
         "ddp", description="under torchrun: replicate the model (ddp) or shard it with FSDP2 (fsdp)"
     )
     report_to: list[Literal["jsonl", "tensorboard"]] = Field(default_factory=lambda: ["jsonl"])
+    collective_timeout: float = Field(
+        1800, gt=0, le=86400, description="seconds a rank waits in one collective (all-reduce, barrier) before the "
+        "run fails; rank 0 tokenizing or checkpointing while the others wait counts"
+    )
 
     @model_validator(mode="after")
     def _micro_divides(self) -> TrainConfig:

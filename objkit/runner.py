@@ -68,7 +68,7 @@ class PeriodicEval:
 NEUTRAL_KEYS = {
     ("name",), ("description",), ("eval",),
     ("train", "log_every"), ("train", "checkpoint_every"), ("train", "keep_checkpoints"),
-    ("train", "report_to"), ("train", "max_bad_steps"),
+    ("train", "report_to"), ("train", "max_bad_steps"), ("train", "collective_timeout"),
 }
 RUN_FILES = ("checkpoints", "export", "export.tmp", "export.old", "metrics.jsonl", "tensorboard",
              "recipe.toml", "versions.json")

@@ -62,7 +62,7 @@ class Trainer:
         self.registry = registry
         self.progress = progress
         self.device = resolve_device(self.train_cfg, distributed.env_world())
-        self.world = distributed.init_distributed(self.device)
+        self.world = distributed.init_distributed(self.device, timeout=self.train_cfg.collective_timeout)
         if not self.world.is_main:  # rank 0 alone reports
             datasets.disable_progress_bars()
         self.precision = resolve_precision(self.train_cfg, self.device)

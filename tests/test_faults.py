@@ -160,6 +160,46 @@ def test_sigkill_after_a_checkpoint_and_during_one_then_rerun_is_bit_identical(r
     assert_same_losses(reference, out)
 
 
+def processes_running(text: str) -> list[int]:
+    """PIDs of the processes whose command line mentions ``text``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text.encode() in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_a_rank_dies_with_its_launcher(tmp_path):
+    """die_with_launcher (PR_SET_PDEATHSIG): the child of a SIGKILLed parent goes with it."""
+    child = ("from objkit.processes import die_with_launcher; die_with_launcher(); "
+             "import time; print('armed', flush=True); time.sleep(600)")
+    parent = ("import subprocess, sys, time; "
+              f"p = subprocess.Popen([sys.executable, '-c', {child!r}], start_new_session=True); "
+              "print(p.pid, flush=True); time.sleep(600)")
+    launcher = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True)
+    try:
+        rank = int(launcher.stdout.readline())
+        assert launcher.stdout.readline() == "armed\n"
+    finally:
+        launcher.kill()
+        launcher.wait()
+        launcher.stdout.close()
+    deadline = time.monotonic() + 30
+    while _alive(rank):
+        assert time.monotonic() < deadline, "the child outlived its parent"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def _main_run(recipe_path: Path, out: Path, *extra: str) -> tuple[int, str]:
     """``objkit run`` in this process (saves the subprocess start-up); returns (code, stderr)."""
     import contextlib
@@ -398,8 +438,12 @@ def test_two_ranks_sigkill_resume_is_bit_identical(recipe_path, tmp_path):
     while not marker.exists():
         assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "killed.log").read_text()
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks
+    os.killpg(proc.pid, signal.SIGKILL)  # torchrun (the ranks run in sessions of their own)
     proc.wait()
+    deadline = time.monotonic() + 30  # the ranks die with their launcher
+    while ranks := processes_running(str(killed)):
+        assert time.monotonic() < deadline, f"rank processes outlived torchrun: {ranks}"
+        time.sleep(0.1)
     again = subprocess.run(command(killed), capture_output=True, text=True, check=False)
     assert again.returncode == 0, again.stderr
     assert "resumed from" in again.stderr and "step_0000004 (step 4)" in again.stderr
