@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -209,14 +211,44 @@ def _load_subcommands() -> None:
     cli.add_command(new_plugin_command)
 
 
+def _stop_now(*_: object) -> None:
+    """Exit 130 at once, saying so in one line (no cleanup left to interrupt, no traceback)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os.write(2, b"interrupted\n")
+    os._exit(130)
+
+
+def _interrupt(*_: object) -> None:
+    """Ctrl-C outside training (which :class:`objkit.faults.StopRequest` handles): the first
+    unwinds (files being written are cleaned up), any further one exits at once."""
+    signal.signal(signal.SIGINT, _stop_now)
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
+    previous = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+    handle = previous is not None and previous is not signal.SIG_IGN  # ignored (a background job): stays so
+    if handle:
+        signal.signal(signal.SIGINT, _interrupt)
+    try:
+        _main(argv)
+    finally:
+        if handle and signal.getsignal(signal.SIGINT) is _interrupt:  # not interrupted: as it was
+            signal.signal(signal.SIGINT, previous)
+
+
+def _main(argv: list[str] | None) -> None:
     from objkit.processes import die_with_launcher, launched_by_torchrun
 
     if launched_by_torchrun():  # a rank: never outlive torchrun (it starts ranks in sessions of their own)
         die_with_launcher()
-    _load_subcommands()
     try:
+        _load_subcommands()
         cli.main(args=argv, prog_name="objkit", standalone_mode=False)
     except UserError as exc:
         for line in str(exc).splitlines():
@@ -233,5 +265,6 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"objkit: {where}{exc.strerror or exc}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, _stop_now)  # a further Ctrl-C while exiting: no traceback either
         click.echo("interrupted", err=True)
         sys.exit(130)
