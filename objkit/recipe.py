@@ -301,7 +301,10 @@ def _read_toml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
         return raw
     if not isinstance(parent, str):
         raise RecipeError(label, [f"extends: expected a relative path string (got {parent!r})"])
-    base = _read_toml((path.parent / parent), chain + (resolved,))
+    target = path.parent / parent
+    if not target.exists():
+        raise RecipeError(label, [f"extends: {parent!r} not found (looked for {target}; paths are relative to this file)"])
+    base = _read_toml(target, chain + (resolved,))
     return deep_merge(base, raw)
 
 

@@ -361,6 +361,7 @@ class Registry:
     def get(self, name: str, kind: str | None = None) -> PluginInfo:
         """The plugin ``name``, or ``DIST:NAME`` for distribution DIST's plugin of that name.
         A name several distributions provide, with no choice made, is a :class:`PluginError`."""
+        spec = name
         dist, _, name = name.rpartition(":")
         candidates = [i for i in self._plugins.get(name, []) if kind is None or i.kind == kind]
         if dist:
@@ -382,7 +383,7 @@ class Registry:
             if skipped is not None:
                 where = f"{skipped.distribution} {skipped.version}".strip()
                 raise PluginError(f'{label} "{name}" from {where} is disabled ({skipped.reason})')
-            raise PluginError(f'unknown {label} "{name}": {did_you_mean(name, self.names(kind))}')
+            raise PluginError(f'unknown {label} "{spec}": {did_you_mean(name, self.names(kind))}')
         return info
 
     def names(self, kind: str | None = None) -> list[str]:
