@@ -533,3 +533,18 @@ def test_an_unwritable_run_directory_is_one_line_exit_1(recipe_path, tmp_path):
     finally:
         subprocess.run(["chattr", "-i", str(out)], check=True)
     assert os.listdir(out) == []
+
+
+def test_non_finite_metrics_are_written_as_null(tmp_path):
+    from objkit.reporting import MetricsWriter
+
+    writer = MetricsWriter(tmp_path, ["jsonl"])
+    writer.write({"step": 3, "mlm/loss": float("nan"), "grad_norm": float("inf"), "lr": 0.5, "skipped_steps": 1})
+    writer.close()
+    line = (tmp_path / "metrics.jsonl").read_text()
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not strict JSON: {constant}")
+
+    record = json.loads(line, parse_constant=refuse)  # what strict parsers (jq, JavaScript) accept
+    assert record == {"step": 3, "mlm/loss": None, "grad_norm": None, "lr": 0.5, "skipped_steps": 1}
