@@ -548,3 +548,26 @@ def test_non_finite_metrics_are_written_as_null(tmp_path):
 
     record = json.loads(line, parse_constant=refuse)  # what strict parsers (jq, JavaScript) accept
     assert record == {"step": 3, "mlm/loss": None, "grad_norm": None, "lr": 0.5, "skipped_steps": 1}
+
+
+def test_thread_count_is_recorded_and_a_resume_with_another_warns(recipe_path, reference, tmp_path):
+    """On CPU the number of torch threads splits reductions differently (the cause of exports that
+    differed "by launcher": OMP_NUM_THREADS, not the SIGINT disposition); it is recorded and compared."""
+    import shutil
+
+    threads = torch.get_num_threads()
+    assert json.loads((reference / "versions.json").read_text())["threads"] == {"torch": threads}
+    data = ckpt.read_checkpoint(ckpt.list_checkpoints(reference)[-1])
+    assert data.trainer["threads"] == {"torch": threads} and data.versions["threads"] == {"torch": threads}
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    torch.set_num_threads(threads + 1)
+    try:
+        code, err = _main_run(recipe_path, out)
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0 and "step_0000008 (step 8)" in err
+    assert (f"step_0000008 was written with {threads} torch CPU thread(s) per rank, this run has {threads + 1} "
+            "(OMP_NUM_THREADS, torch.set_num_threads)") in err
+    code, err = _main_run(recipe_path, out)
+    assert code == 0 and "thread(s)" not in err
