@@ -43,7 +43,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file, save_model
 
-from objkit.faults import pause_for_test
+from objkit.faults import os_error_of, pause_for_test
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 FORMAT = 2
@@ -199,14 +199,15 @@ def save_checkpoint(
         if stale.is_dir() and stale.name.startswith("step_") and stale.suffix in (".tmp", ".old"):
             shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir()
+    writing = tmp / "model.safetensors"  # named by the error if a write fails
     try:
-        save_model(model, str(tmp / "model.safetensors"))
+        save_model(model, str(writing))
         pause_for_test("save-mid", step)
         tensors, values = flatten_state(objectives)
-        save_file(_clone_shared(tensors), str(tmp / "objectives.safetensors"))
+        save_file(_clone_shared(tensors), str(writing := tmp / "objectives.safetensors"))
         _write_json(tmp / "objectives.json", values)
         tensors, values = flatten_state(optimizer_state)
-        save_file(_clone_shared(tensors), str(tmp / "optimizer.safetensors"))
+        save_file(_clone_shared(tensors), str(writing := tmp / "optimizer.safetensors"))
         _write_json(tmp / "optimizer.json", values)
         _write_json(tmp / "trainer.json", {"format": FORMAT, **trainer_state})
         _write_json(tmp / "rng.json", {"ranks": rng_states or []})
@@ -222,8 +223,11 @@ def save_checkpoint(
             os.replace(final, old)
         os.replace(tmp, final)
         fsync_path(root)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        error = os_error_of(exc, writing) if isinstance(exc, SafetensorError) else None
+        if error is not None:  # safetensors reports a full disk as its own error type
+            raise error from None
         raise
     shutil.rmtree(old, ignore_errors=True)
     pause_for_test("save-done", step)
@@ -335,9 +339,13 @@ def apply_model_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``path`` via a fsync'ed temporary file and a rename (never half written)."""
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_path(path.parent)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -70,7 +72,7 @@ def list_plugins(as_json: bool) -> None:
     from objkit.registry import current_selection, load_registry
 
     registry = load_registry(current_selection())
-    rows = [info.as_dict() for info in registry.infos()] + [s.as_dict() for s in registry.skipped.values()]
+    rows = [_row(registry, info) for info in registry.infos()] + [s.as_dict() for s in registry.skipped.values()]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -85,6 +87,20 @@ def list_plugins(as_json: bool) -> None:
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
     for skipped in registry.skipped.values():
         click.echo(f"{skipped.status}: {skipped.line()}")
+    for name in registry.conflicts():
+        click.echo(f"conflict: {registry.conflict_line(name)}")
+
+
+def _row(registry, info) -> dict:  # noqa: ANN001 - Registry, PluginInfo (imported lazily)
+    """A plugin's list-plugins row: ``conflict`` while another distribution provides its name
+    and nothing chose, ``disabled`` when ``--plugin DIST:NAME`` chose the other one."""
+    row = info.as_dict()
+    if info.name in registry.conflicts():
+        row.update(status="conflict", error=registry.conflict_line(info.name))
+    elif info.name in registry.chosen and registry.chosen[info.name] != info:
+        chosen = registry.chosen[info.name]
+        row.update(status="disabled", reason=f"--plugin {chosen.distribution}:{info.name} chose {chosen.distribution}'s")
+    return row
 
 
 @cli.command(epilog="""\b
@@ -113,7 +129,7 @@ Examples:
       --set model.init=/models/xlm-roberta-base --set 'data.mono={...}'
 """)
 @_recipe_options
-@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), help="Run directory (resumes if it holds checkpoints).")
+@click.option("-o", "--output", type=click.Path(file_okay=False), help="Run directory (resumes if it holds checkpoints).")
 @click.option("--dry-run", is_flag=True, help="Build everything on the meta device and print the plan; no training.")
 @click.option("--no-progress", is_flag=True, help="Disable the progress bars.")
 @click.option("--fresh", is_flag=True, help="Start over in OUTPUT: remove a previous run's checkpoints, metrics and export.")
@@ -122,7 +138,7 @@ Examples:
     help="Run N processes on this machine: exec `torchrun --standalone --nproc_per_node N -m objkit run ...`.",
 )
 def run(
-    recipe: Path, overrides: tuple[str, ...], output: Path | None, dry_run: bool, no_progress: bool,
+    recipe: Path, overrides: tuple[str, ...], output: str | None, dry_run: bool, no_progress: bool,
     fresh: bool, nproc: int | None,
 ) -> None:
     """Train the model RECIPE describes into OUTPUT (metrics, checkpoints, export/).
@@ -147,7 +163,10 @@ def run(
         return
     if output is None:
         raise UserError("run: -o/--output DIR is required (where metrics, checkpoints and the export go)")
+    if not output.strip():
+        raise UserError("-o: empty path (expected a run directory; use -o . for the current directory)")
     if nproc is not None and "LOCAL_RANK" not in os.environ:  # not already a torchrun worker
+        _check_unlocked(Path(output))  # the launcher's early answer; rank 0 then takes the lock
         argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                 "-m", "objkit", "run", str(recipe), "-o", str(output)]
         argv += [arg for override in overrides for arg in ("--set", override)]
@@ -163,7 +182,20 @@ def run(
         import datasets
 
         datasets.disable_progress_bars()
-    run_recipe(resolved, output, registry, progress=not no_progress, fresh=fresh)
+    run_recipe(resolved, Path(output), registry, progress=not no_progress, fresh=fresh)
+
+
+def _check_unlocked(output: Path) -> None:
+    """Refuse (exit 2) an existing run directory that another run holds, before exec'ing torchrun."""
+    from objkit.runlock import RunLock
+
+    if (output / ".lock").is_file():
+        lock = RunLock(output)
+        try:
+            lock.acquire()
+        except OSError:
+            return  # rank 0 reports what cannot be written
+        lock.release()
 
 
 def _load_subcommands() -> None:
@@ -179,10 +211,44 @@ def _load_subcommands() -> None:
     cli.add_command(new_plugin_command)
 
 
+def _stop_now(*_: object) -> None:
+    """Exit 130 at once, saying so in one line (no cleanup left to interrupt, no traceback)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os.write(2, b"interrupted\n")
+    os._exit(130)
+
+
+def _interrupt(*_: object) -> None:
+    """Ctrl-C outside training (which :class:`objkit.faults.StopRequest` handles): the first
+    unwinds (files being written are cleaned up), any further one exits at once."""
+    signal.signal(signal.SIGINT, _stop_now)
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
-    _load_subcommands()
+    previous = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+    handle = previous is not None and previous is not signal.SIG_IGN  # ignored (a background job): stays so
+    if handle:
+        signal.signal(signal.SIGINT, _interrupt)
     try:
+        _main(argv)
+    finally:
+        if handle and signal.getsignal(signal.SIGINT) is _interrupt:  # not interrupted: as it was
+            signal.signal(signal.SIGINT, previous)
+
+
+def _main(argv: list[str] | None) -> None:
+    from objkit.processes import die_with_launcher, launched_by_torchrun
+
+    if launched_by_torchrun():  # a rank: never outlive torchrun (it starts ranks in sessions of their own)
+        die_with_launcher()
+    try:
+        _load_subcommands()
         cli.main(args=argv, prog_name="objkit", standalone_mode=False)
     except UserError as exc:
         for line in str(exc).splitlines():
@@ -194,6 +260,11 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
+    except OSError as exc:  # a fault no command turned into its own message: still one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        click.echo(f"objkit: {where}{exc.strerror or exc}", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, _stop_now)  # a further Ctrl-C while exiting: no traceback either
         click.echo("interrupted", err=True)
         sys.exit(130)

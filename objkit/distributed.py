@@ -59,6 +59,7 @@ from torch import nn
 
 from objkit.errors import UserError
 from objkit.interfaces import Encoder, Objective, ObjectiveOutput, StepContext, WorldInfo
+from objkit.processes import die_with_launcher
 
 AllGather = Callable[[torch.Tensor], list[torch.Tensor]]
 """``all_gather(local)`` -> the same-shaped tensor from every rank, in rank order."""
@@ -70,16 +71,22 @@ def env_world() -> WorldInfo:
     return WorldInfo(rank=int(os.environ.get("RANK", "0")), world_size=int(os.environ.get("WORLD_SIZE", "1")))
 
 
-def init_distributed(device: torch.device | None = None) -> WorldInfo:
-    """Join the torchrun process group when ``WORLD_SIZE > 1``: NCCL for a CUDA ``device``, else gloo."""
+def init_distributed(device: torch.device | None = None, timeout: float | None = None) -> WorldInfo:
+    """Join the torchrun process group when ``WORLD_SIZE > 1``: NCCL for a CUDA ``device``, else
+    gloo; a collective waits at most ``timeout`` seconds (``train.collective_timeout``). The
+    process dies with its launcher (:func:`objkit.processes.die_with_launcher`)."""
     world = env_world()
     if world.world_size <= 1:
         return WorldInfo()
+    import datetime
+
     import torch.distributed as dist
 
+    die_with_launcher()
     if not dist.is_initialized():
         on_cuda = device.type == "cuda" if device is not None else torch.cuda.is_available()
-        dist.init_process_group(backend="nccl" if on_cuda else "gloo")
+        wait = datetime.timedelta(seconds=timeout) if timeout is not None else None
+        dist.init_process_group(backend="nccl" if on_cuda else "gloo", timeout=wait)
     return WorldInfo(rank=dist.get_rank(), world_size=dist.get_world_size())
 
 
@@ -486,21 +493,7 @@ def parallelize(
 
 
 __all__ = [
-    "AllGather",
-    "DDPReplicas",
-    "FSDPReplicas",
-    "Replicas",
-    "StepModule",
-    "all_gather_objects",
-    "all_reduce_sum",
-    "barrier",
-    "check_resumable",
-    "dist_all_gather",
-    "env_world",
-    "gather_rows",
-    "init_distributed",
-    "main_process_first",
-    "needs_find_unused",
-    "parallelize",
-    "shutdown_distributed",
+    "AllGather", "DDPReplicas", "FSDPReplicas", "Replicas", "StepModule", "all_gather_objects", "all_reduce_sum",
+    "barrier", "check_resumable", "dist_all_gather", "env_world", "gather_rows", "init_distributed",
+    "main_process_first", "needs_find_unused", "parallelize", "shutdown_distributed",
 ]

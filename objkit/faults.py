@@ -27,6 +27,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -163,11 +164,27 @@ WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPE
                 errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOENT}
 
 
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def os_error_of(exc: BaseException, filename: str | Path) -> OSError | None:
+    """``exc`` as an ``OSError`` naming ``filename``: itself, or for the Rust writers
+    (safetensors, tokenizers), which report the OS's error only in their message
+    (``I/O error: File too large (os error 27)``), a new one; ``None`` for anything else."""
+    if isinstance(exc, OSError):
+        return exc
+    match = _RUST_OS_ERROR.search(str(exc))
+    if match is None:
+        return None
+    code = int(match.group(1))
+    return OSError(code, os.strerror(code), str(filename))
+
+
 def write_error(exc: OSError, what: str, hint: str = "") -> RunAborted:
     """One line for a write that failed: what, where, the OS's reason, and what is still valid."""
-    where = f" {exc.filename}" if exc.filename else ""
+    where = " ".join(str(part) for part in (what, exc.filename) if part)
     reason = exc.strerror or str(exc) or type(exc).__name__
-    return RunAborted(f"cannot write {what}{where}: {reason}" + (f"; {hint}" if hint else ""))
+    return RunAborted(f"cannot write {where}: {reason}" + (f"; {hint}" if hint else ""))
 
 
 # ----------------------------------------------------------------------------- test hook

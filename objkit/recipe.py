@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from objkit.errors import UserError, one_line
 from objkit.registry import Registry, did_you_mean
@@ -153,18 +153,21 @@ class OptimizerConfig(Strict):
     weight_decay: float = Field(0.01, ge=0)
 
 
+MAX_STEPS = 10**9
+
+
 class TrainConfig(Strict):
-    steps: int = Field(gt=0)
+    steps: int = Field(gt=0, le=MAX_STEPS, description="optimizer steps (at most 10**9)")
     batch_size: int = Field(gt=0, description="sequences per objective per optimizer step, all ranks")
     micro_batch_size: int | None = Field(None, gt=0, description="per rank per forward; default batch_size")
     lr: float = Field(gt=0)
-    warmup_steps: int = Field(0, ge=0)
+    warmup_steps: int = Field(0, ge=0, le=MAX_STEPS)
     schedule: Literal["linear", "constant"] = "linear"
     optimizer: OptimizerConfig = OptimizerConfig()
     clip_norm: float | None = Field(1.0, gt=0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    seed: int = 1
+    seed: int = Field(1, ge=0, le=2**63 - 1, description="0 to 2**63 - 1 (a TOML integer)")
     log_every: int = Field(10, gt=0)
     checkpoint_every: int = Field(1000, gt=0)
     keep_checkpoints: int = Field(2, ge=1)
@@ -178,6 +181,18 @@ class TrainConfig(Strict):
         "ddp", description="under torchrun: replicate the model (ddp) or shard it with FSDP2 (fsdp)"
     )
     report_to: list[Literal["jsonl", "tensorboard"]] = Field(default_factory=lambda: ["jsonl"])
+    collective_timeout: float = Field(
+        1800, gt=0, le=86400, description="seconds a rank waits in one collective (all-reduce, barrier) before the "
+        "run fails; rank 0 tokenizing or checkpointing while the others wait counts"
+    )
+
+    @field_validator("steps", "warmup_steps", mode="before")
+    @classmethod
+    def _at_most_max_steps(cls, value: Any) -> Any:
+        """Numbers past the bound (``1e23``) get the bound's message, not a parse error."""
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > MAX_STEPS:
+            raise ValueError(f"expected at most {MAX_STEPS} steps (got {value:g})")
+        return value
 
     @model_validator(mode="after")
     def _micro_divides(self) -> TrainConfig:
@@ -309,7 +324,10 @@ def _read_toml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
         return raw
     if not isinstance(parent, str):
         raise RecipeError(label, [f"extends: expected a relative path string (got {parent!r})"])
-    base = _read_toml((path.parent / parent), chain + (resolved,))
+    target = path.parent / parent
+    if not target.exists():
+        raise RecipeError(label, [f"extends: {parent!r} not found (looked for {target}; paths are relative to this file)"])
+    base = _read_toml(target, chain + (resolved,))
     return deep_merge(base, raw)
 
 
@@ -397,6 +415,14 @@ def _fill_plugin_defaults(raw: dict[str, Any]) -> None:
                 table.setdefault("plugin", name)
 
 
+def _recipe_choices(raw: dict[str, Any]) -> set[str]:
+    """Plugin names the recipe chooses a distribution for (``plugin = "DIST:NAME"``, ``model.encoder``)."""
+    tables = raw.get("objectives") if isinstance(raw.get("objectives"), dict) else {}
+    refs = [t.get("plugin") for t in tables.values() if isinstance(t, dict)]
+    refs.append(raw["model"].get("encoder") if isinstance(raw.get("model"), dict) else None)
+    return {ref.rpartition(":")[2] for ref in refs if isinstance(ref, str) and ":" in ref}
+
+
 def _requirement(entry: Any) -> tuple[str, str, str | None] | None:
     """(distribution, specifier, install hint) of one ``requires`` entry; None if malformed
     (model validation then reports it)."""
@@ -443,6 +469,10 @@ def validate_recipe(raw: dict[str, Any], registry: Registry, source: str = "reci
     missing = requirement_problems(raw.get("requires"))
     if missing:
         raise RecipeError(source, missing)
+    # a plugin name two distributions provide is never resolved silently (registry.conflicts)
+    unresolved = [n for n in registry.conflicts() if n not in _recipe_choices(raw)]
+    if unresolved:
+        raise RecipeError(source, [f"plugins: {registry.conflict_line(n)}" for n in unresolved])
     problems: list[str] = []
     try:
         recipe = Recipe.model_validate(raw)

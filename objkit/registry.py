@@ -7,7 +7,13 @@ Loading is controlled like pytest's plugin loading:
   then only objkit's built-in plugins and those named with ``--plugin NAME`` load;
 * ``--plugin NAME`` (CLI global option, repeatable) loads an entry point by name, all entry
   points of a distribution by distribution name, or an importable module by dotted path;
-* ``--plugin no:NAME`` blocks an entry point (or a whole distribution), built-ins included.
+* ``--plugin no:NAME`` blocks an entry point (or a whole distribution), built-ins included;
+* ``--plugin DIST:NAME`` chooses distribution DIST's plugin NAME where two distributions
+  provide a plugin of that name (a recipe can choose too: ``plugin = "DIST:NAME"``).
+
+Two distributions providing one plugin name is never resolved silently: both are kept, listed
+by ``list-plugins``, and looking the name up (or validating a recipe) without a choice is a
+one-line error naming both distributions.
 
 An entry point that fails to import or register (import error, bad class, plugin API
 mismatch, duplicate name) is kept as a *broken* record with a one-line error; the others
@@ -105,6 +111,8 @@ class PluginSelection:
     enable: tuple[str, ...] = ()
     disable: tuple[str, ...] = ()
     autoload: bool = True
+    choose: tuple[str, ...] = ()
+    """``DIST:NAME`` choices between plugins of one name."""
 
     @classmethod
     def parse(cls, specs: Iterable[str] = (), environ: dict[str, str] | None = None) -> PluginSelection:
@@ -112,14 +120,17 @@ class PluginSelection:
         env = os.environ if environ is None else environ
         enable: list[str] = []
         disable: list[str] = []
+        choose: list[str] = []
         for spec in specs:
             spec = spec.strip()
             if spec.startswith("no:"):
                 if spec[3:]:
                     disable.append(spec[3:])
+            elif ":" in spec:
+                choose.append(spec)
             elif spec:
                 enable.append(spec)
-        return cls(tuple(enable), tuple(disable), autoload=not _truthy(env.get(AUTOLOAD_ENV)))
+        return cls(tuple(enable), tuple(disable), autoload=not _truthy(env.get(AUTOLOAD_ENV)), choose=tuple(choose))
 
     def why_disabled(self, entry_point: str, distribution: str) -> str | None:
         for name in (entry_point, distribution):
@@ -129,6 +140,8 @@ class PluginSelection:
             return None
         if entry_point in self.enable or distribution in self.enable:
             return None
+        if any(same_distribution(c.partition(":")[0], distribution) for c in self.choose):
+            return None
         return f"{AUTOLOAD_ENV} is set; load it with --plugin {entry_point}"
 
 
@@ -136,6 +149,13 @@ def did_you_mean(word: str, choices: list[str]) -> str:
     close = difflib.get_close_matches(word, choices, n=1)
     hint = f'did you mean "{close[0]}"? ' if close else ""
     return f"{hint}valid: {', '.join(sorted(choices)) or '(none)'}"
+
+
+def same_distribution(a: str, b: str) -> bool:
+    """Distribution names as pip compares them (case, ``-``/``_``/``.`` alike)."""
+    from packaging.utils import canonicalize_name
+
+    return canonicalize_name(a) == canonicalize_name(b)
 
 
 def plugin_kind(cls: type) -> str:
@@ -192,7 +212,8 @@ class Registry:
     def __init__(self) -> None:
         self.manager = pluggy.PluginManager(hookspecs.PROJECT)
         self.manager.add_hookspecs(hookspecs)
-        self._plugins: dict[str, PluginInfo] = {}
+        self._plugins: dict[str, list[PluginInfo]] = {}  # by name; several when distributions collide
+        self.chosen: dict[str, PluginInfo] = {}  # name -> the one ``--plugin DIST:NAME`` chose
         self.skipped: dict[str, SkippedPlugin] = {}
         self.selection = PluginSelection()
 
@@ -225,6 +246,13 @@ class Registry:
         for spec in selection.enable:
             if spec not in matched and spec not in selection.disable:
                 registry._load_module_path(spec)
+        for spec in selection.choose:
+            try:
+                info = registry.get(spec)
+            except PluginError as exc:
+                registry._skip(spec, "<--plugin>", "", spec, "broken", f"--plugin {spec}: {exc}")
+                continue
+            registry.chosen[info.name] = info
         return registry
 
     def _skip(self, name: str, distribution: str, version: str, module: str, status: str, reason: str) -> None:
@@ -284,7 +312,7 @@ class Registry:
             self.manager.unregister(module, name=name)
             raise
         for info in infos:
-            self._plugins[info.name] = info
+            self._plugins.setdefault(info.name, []).append(info)
 
     def _check(self, cls: type, *, distribution: str, version: str) -> PluginInfo:
         kind = plugin_kind(cls)
@@ -303,23 +331,50 @@ class Registry:
             missing = ", ".join(sorted(getattr(cls, "__abstractmethods__", ())))
             raise PluginError(f'plugin "{name}" ({where}): abstract methods not implemented: {missing}')
         api = check_plugin_api(cls, name, distribution, version)
-        if name in self._plugins:
-            other = self._plugins[name]
-            raise PluginError(
-                f'duplicate objkit plugin name "{name}": from {other.distribution} {other.version} '
-                f"({other.module}) and from {distribution} {version} ({cls.__module__})"
-            )
+        for other in self._plugins.get(name, []):
+            if same_distribution(other.distribution, distribution):  # one distribution, one meaning
+                raise PluginError(
+                    f'duplicate objkit plugin name "{name}" within {distribution} {version}: '
+                    f"{other.module} and {cls.__module__}"
+                )
         return PluginInfo(name, kind, cls, distribution, version, cls.__module__, api)
 
     def add(self, cls: type, *, distribution: str, version: str) -> PluginInfo:
         """Check and add one plugin class."""
         info = self._check(cls, distribution=distribution, version=version)
-        self._plugins[info.name] = info
+        self._plugins.setdefault(info.name, []).append(info)
         return info
 
+    def conflicts(self) -> dict[str, list[PluginInfo]]:
+        """Names that several distributions provide and no ``--plugin DIST:NAME`` chose."""
+        return {n: infos for n, infos in sorted(self._plugins.items())
+                if len({i.kind for i in infos}) < len(infos) and n not in self.chosen}
+
+    def conflict_line(self, name: str) -> str:
+        """One line naming every distribution that provides plugin ``name`` and how to choose."""
+        infos = sorted(self._plugins[name], key=lambda i: (i.distribution != BUILTIN_DISTRIBUTION, i.distribution))
+        both = " and ".join(f"{i.distribution} {i.version}".strip() + f" ({i.module})" for i in infos)
+        choices = " or ".join(f'"{i.distribution}:{name}"' for i in infos)
+        return (f'plugin name "{name}" is provided by {len(infos)} distributions, {both}: choose one with '
+                f"plugin = {choices} in the recipe, or --plugin {infos[0].distribution}:{name}")
+
     def get(self, name: str, kind: str | None = None) -> PluginInfo:
-        info = self._plugins.get(name)
-        if info is None or (kind is not None and info.kind != kind):
+        """The plugin ``name``, or ``DIST:NAME`` for distribution DIST's plugin of that name.
+        A name several distributions provide, with no choice made, is a :class:`PluginError`."""
+        spec = name
+        dist, _, name = name.rpartition(":")
+        candidates = [i for i in self._plugins.get(name, []) if kind is None or i.kind == kind]
+        if dist:
+            candidates = [i for i in candidates if same_distribution(i.distribution, dist)]
+            if not candidates and self._plugins.get(name):
+                have = ", ".join(i.distribution for i in self._plugins[name])
+                raise PluginError(f'no plugin "{name}" from distribution {dist} (it comes from {have})')
+        elif name in self.chosen and self.chosen[name] in candidates:
+            candidates = [self.chosen[name]]
+        if len(candidates) > 1:
+            raise PluginError(self.conflict_line(name))
+        info = candidates[0] if candidates else None
+        if info is None:
             label = f"{kind} plugin" if kind else "plugin"
             skipped = self.skipped.get(name) if info is None else None
             if skipped is not None and skipped.status == "broken":
@@ -328,17 +383,26 @@ class Registry:
             if skipped is not None:
                 where = f"{skipped.distribution} {skipped.version}".strip()
                 raise PluginError(f'{label} "{name}" from {where} is disabled ({skipped.reason})')
-            raise PluginError(f'unknown {label} "{name}": {did_you_mean(name, self.names(kind))}')
+            raise PluginError(f'unknown {label} "{spec}": {did_you_mean(name, self.names(kind))}')
         return info
 
     def names(self, kind: str | None = None) -> list[str]:
-        return sorted(n for n, i in self._plugins.items() if kind is None or i.kind == kind)
+        return sorted(n for n, infos in self._plugins.items() if any(kind is None or i.kind == kind for i in infos))
 
     def infos(self) -> Iterator[PluginInfo]:
-        return iter(sorted(self._plugins.values(), key=lambda i: (i.kind, i.name)))
+        """Every registered plugin, those of colliding names included."""
+        every = [i for infos in self._plugins.values() for i in infos]
+        return iter(sorted(every, key=lambda i: (i.kind, i.name, i.distribution)))
 
     def versions(self) -> dict[str, str]:
-        return {i.name: f"{i.distribution} {i.version}".strip() for i in self.infos()}
+        """``{name: "dist version"}``; a name several distributions provide is keyed ``dist:name``
+        for each, unless ``--plugin`` chose one."""
+        out = {}
+        for name, infos in self._plugins.items():
+            infos = [self.chosen[name]] if name in self.chosen else infos
+            for i in infos:
+                out[name if len(infos) == 1 else f"{i.distribution}:{name}"] = f"{i.distribution} {i.version}".strip()
+        return dict(sorted(out.items()))
 
 
 def _one_line(exc: BaseException) -> str:

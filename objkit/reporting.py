@@ -4,6 +4,7 @@ with ``train.report_to = ["jsonl", "tensorboard"]``, TensorBoard scalars under `
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ class MetricsWriter:
         if not self.enabled:
             return
         assert self.jsonl is not None
-        self.jsonl.write(json.dumps(record) + "\n")
+        self.jsonl.write(json.dumps(strict_json(record), allow_nan=False) + "\n")
         self.jsonl.flush()
         if self.tensorboard is not None:
             step = int(record["step"])
@@ -44,6 +45,12 @@ class MetricsWriter:
             self.jsonl.close()
         if self.tensorboard is not None:
             self.tensorboard.close()
+
+
+def strict_json(record: dict[str, Any]) -> dict[str, Any]:
+    """NaN and infinities as ``null``: bare ``NaN`` is not JSON, and strict parsers reject it
+    (a skipped step's loss; the count of skipped steps is ``skipped_steps``)."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

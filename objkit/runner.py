@@ -18,10 +18,13 @@ from typing import Any
 import click
 
 from objkit.checkpoint import atomic_write_text, list_checkpoints
-from objkit.distributed import shutdown_distributed
+from objkit.distributed import env_world, shutdown_distributed
 from objkit.errors import UserError
+from objkit.faults import write_error
 from objkit.recipe import EvalConfig, ResolvedRecipe
 from objkit.registry import Registry
+from objkit.runlock import RunLock
+from objkit.runtime import thread_counts
 
 
 class PeriodicEval:
@@ -81,7 +84,7 @@ class PeriodicEval:
 NEUTRAL_KEYS = {
     ("name",), ("description",), ("eval",),
     ("train", "log_every"), ("train", "checkpoint_every"), ("train", "keep_checkpoints"),
-    ("train", "report_to"), ("train", "max_bad_steps"),
+    ("train", "report_to"), ("train", "max_bad_steps"), ("train", "collective_timeout"),
 }
 RUN_FILES = ("checkpoints", "export", "export.tmp", "export.old", "eval-transfer.tmp", "metrics.jsonl", "tensorboard",
              "recipe.toml", "versions.json")
@@ -115,7 +118,8 @@ def _short(value: Any) -> str:
 
 
 def check_run_dir(resolved: ResolvedRecipe, run_dir: Path, fresh: bool = False) -> None:
-    """Refuse a run directory that holds a run of another recipe; with ``fresh``, clear it."""
+    """Refuse a run directory that holds a run of another recipe; with ``fresh``, clear it.
+    Call it holding the directory's :class:`RunLock` (``run_recipe`` does)."""
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"-o {run_dir}: exists and is not a directory")
     if not run_dir.exists():
@@ -161,21 +165,44 @@ def run_recipe(
 ) -> Path | None:
     """Train ``resolved`` into ``run_dir`` (resuming if it holds checkpoints of the same recipe).
     Returns the export directory, or ``None`` when a signal stopped the run early."""
-    from objkit.trainer import Trainer
-
-    check_run_dir(resolved, run_dir, fresh)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"-o {run_dir}: exists and is not a directory")
     check_data(resolved)
     evaluate = PeriodicEval(resolved.recipe.eval, resolved.recipe.model.max_length) if resolved.recipe.eval else None
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"-o {run_dir}: cannot create the run directory: {exc.strerror or exc}") from None
+    # rank 0 (or the single process) holds the directory for the whole run, and only it
+    # compares or (--fresh) clears what is there: the other ranks wait for it in the rendezvous
+    lock = RunLock(run_dir) if env_world().is_main else None
+    try:
+        if lock is not None:
+            lock.acquire()
+            check_run_dir(resolved, run_dir, fresh)
+        return _train(resolved, run_dir, registry, progress, evaluate)
+    except OSError as exc:  # an unwritable directory, a full disk: one line, what is intact
+        raise write_error(exc, "", _intact(run_dir)) from None
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _intact(run_dir: Path) -> str:
+    checkpoints = list_checkpoints(run_dir)
+    return f"the last complete checkpoint, {checkpoints[-1]}, is intact" if checkpoints else "no checkpoint written yet"
+
+
+def _train(resolved: ResolvedRecipe, run_dir: Path, registry: Registry, progress: bool,
+           evaluate: PeriodicEval | None) -> Path | None:
+    from objkit.trainer import Trainer
+
     started = time.perf_counter()
     try:
         trainer = Trainer(resolved, run_dir, registry, progress=progress)
         if trainer.world.is_main:
             atomic_write_text(run_dir / "recipe.toml", resolved.to_toml())
-            versions = {"objkit": _version(), "plugins": registry.versions()}
+            versions = {"objkit": _version(), "plugins": registry.versions(), "threads": thread_counts()}
             atomic_write_text(run_dir / "versions.json", json.dumps(versions, indent=1) + "\n")
             click.echo(f"resolved recipe and plugin versions written to {run_dir}", err=True)
         trainer.fit(evaluate)

@@ -50,6 +50,12 @@ def autocast_factory(precision: str, device: torch.device) -> Callable[[], conte
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def thread_counts() -> dict[str, int]:
+    """CPU threads of this process's torch kernels. On CPU they split reductions (matmul, sums)
+    differently, so runs with other counts differ in the last bits (recorded, compared on resume)."""
+    return {"torch": torch.get_num_threads()}
+
+
 def default_cache_dir() -> Path:
     """Where trained tokenizers are cached: ``$OBJKIT_CACHE`` or ``~/.cache/objkit``."""
     return Path(os.environ.get("OBJKIT_CACHE") or Path.home() / ".cache" / "objkit")

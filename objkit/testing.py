@@ -283,7 +283,7 @@ def check_registration(plugin: str | type, *, distribution: str | None = None, k
         assert not [s for s in broken.values() if s.distribution == distribution], [
             s.line() for s in broken.values() if s.distribution == distribution
         ]
-    info = registry.get(name)
+    info = registry.get(f"{distribution}:{name}" if distribution else name)
     if isinstance(plugin, type):
         assert info.cls is plugin, f'"{name}" is registered as {info.cls!r}, not {plugin!r}'
     if kind is not None:

@@ -37,6 +37,7 @@ from objkit.runtime import (
     load_tokenizer,
     resolve_device,
     resolve_precision,
+    thread_counts,
 )
 from objkit.seeding import derive_seed
 from objkit.tokenizer import save_tokenizer_for
@@ -63,7 +64,7 @@ class Trainer:
         self.registry = registry
         self.progress = progress
         self.device = resolve_device(self.train_cfg, distributed.env_world())
-        self.world = distributed.init_distributed(self.device)
+        self.world = distributed.init_distributed(self.device, timeout=self.train_cfg.collective_timeout)
         if not self.world.is_main:  # rank 0 alone reports
             datasets.disable_progress_bars()
         self.precision = resolve_precision(self.train_cfg, self.device)
@@ -174,6 +175,7 @@ class Trainer:
             "world_size": self.world.world_size,
             "parallelism": self.replicas.mode,
             "bad_steps": self.bad_steps.state_dict(),
+            "threads": thread_counts(),
         }
         try:
             path = ckpt.save_checkpoint(
@@ -186,7 +188,7 @@ class Trainer:
                 keep=self.train_cfg.keep_checkpoints,
                 rng_states=[r["rng"] for r in ranks],
                 recipe_toml=self.resolved.to_toml(),
-                versions={"objkit": __version__, "plugins": self.registry.versions()},
+                versions={"objkit": __version__, "plugins": self.registry.versions(), "threads": thread_counts()},
             )
         except OSError as exc:
             previous = ckpt.list_checkpoints(self.run_dir)
@@ -226,6 +228,11 @@ class Trainer:
             self.streams[name].load_state_dict(state)
         self.bad_steps.load_state_dict(trainer_state.get("bad_steps", {}))
         self.step = int(trainer_state["step"])
+        saved_threads, threads = trainer_state.get("threads"), thread_counts()
+        if saved_threads and saved_threads != threads and self.device.type == "cpu" and self.world.is_main:
+            tqdm.write(f"warning: {data.path} was written with {saved_threads['torch']} torch CPU thread(s) per rank, "
+                       f"this run has {threads['torch']} (OMP_NUM_THREADS, torch.set_num_threads): results will differ "
+                       "in the last bits from an uninterrupted run; set OMP_NUM_THREADS to match", file=sys.stderr)
         if data.versions and self.world.is_main:
             now = self.registry.versions()
             changed = sorted(k for k, v in data.versions.get("plugins", {}).items() if now.get(k, v) != v)
@@ -377,9 +384,12 @@ class Trainer:
                 os.replace(final, old)
             os.replace(tmp, final)
             ckpt.fsync_path(self.run_dir)
-        except OSError as exc:
+        except Exception as exc:  # safetensors and tokenizers (Rust) report a full disk in their own types
             shutil.rmtree(tmp, ignore_errors=True)
-            raise faults.write_error(exc, "the export", "checkpoints already written are intact") from None
+            error = faults.os_error_of(exc, tmp)
+            if error is None:
+                raise
+            raise faults.write_error(error, "the export", "checkpoints already written are intact") from None
         shutil.rmtree(old, ignore_errors=True)
         distributed.barrier(self.world)
         return final

@@ -151,3 +151,40 @@ def test_line_counts_follow_the_reader(tmp_path):
         path = tmp_path / f"{i}.txt"
         path.write_bytes(data)
         assert scan_text_file(path, "k")[0] == lines, data
+
+
+def test_seed_and_steps_out_of_range_are_refused_by_the_schema(capsys, tmp_path):
+    for value, expected in [("-1", "greater than or equal to 0 (got -1)"),
+                            (str(2**64), "less than or equal to 9223372036854775807 (got 18446744073709551616)")]:
+        line = refused(capsys, tmp_path, f"train.seed={value}")
+        assert line == f"{QUICKSTART}: train.seed: Input should be {expected}"
+    line = refused(capsys, tmp_path, "train.steps=1e23")
+    assert line == f"{QUICKSTART}: train.steps: expected at most 1000000000 steps (got 1e+23)"
+    code, lines = run_cli(capsys, "validate", str(QUICKSTART), "--set", "train.seed=-1")  # validate agrees with run
+    assert code == 2 and lines == [f"{QUICKSTART}: train.seed: Input should be greater than or equal to 0 (got -1)"]
+
+
+def test_an_empty_output_path_is_refused(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, lines = run_cli(capsys, "run", str(QUICKSTART), "-o", "", "--no-progress")
+    assert code == 2 and lines == ["-o: empty path (expected a run directory; use -o . for the current directory)"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_invalid_json_names_file_and_1_based_line(capsys, tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(f'{{"text": "sentence {i}"}}\n' for i in range(4)) + '{"text": "five" "x"}\n')
+    line = refused(capsys, tmp_path, text_source(path))
+    assert line == (f"data.mono.files[0].path: {path}: line 5: not valid JSON (Expecting ',' delimiter at column 17; "
+                    "expected one JSON object a line)")
+    source = TextSource(type="text", files=[{"path": str(path), "lang": "en"}], streaming=True)
+    with pytest.raises(UserError, match=r"c.jsonl: line 5: not valid JSON"):  # streamed: found when read
+        list(iter_source_texts(source, 100, name="mono"))
+
+
+def test_nul_byte_names_file_line_and_column(capsys, tmp_path):
+    path = tmp_path / "nul.txt"
+    path.write_bytes(b"one\r\ntwo\nth\x00ree\n")
+    line = refused(capsys, tmp_path, text_source(path))
+    assert line == (f"data.mono.files[0].path: {path}: line 3: NUL byte at column 3 (expected text; "
+                    "is it a binary file?)")

@@ -140,3 +140,26 @@ def test_run_nproc_execs_torchrun(capsys, monkeypatch, tmp_path):
                       "-m", "objkit", "run", recipe, "-o", out, "--set", "train.steps=3", "--no-progress"]]
     code, out_text, _ = run_main(capsys, "run", recipe, "--dry-run", "--nproc", "4")  # plans 4 ranks, no exec
     assert code == 0 and len(execs) == 1 and "× 4 ranks" in out_text
+
+
+def test_ctrl_c_twice_during_startup_is_one_line(tmp_path):
+    """Ctrl-C (twice) while objkit is still loading torch and building the run: no traceback."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    recipe = Path(__file__).parent.parent / "recipes" / "quickstart.toml"
+    proc = subprocess.Popen([sys.executable, "-m", "objkit", "run", str(recipe), "-o", str(tmp_path / "run")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    maps = Path(f"/proc/{proc.pid}/maps")
+    deadline = time.monotonic() + 120
+    while "libtorch" not in maps.read_text():  # the command is running: it imports torch lazily
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.1)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode in (130, -signal.SIGINT) and err.strip() == "interrupted", err

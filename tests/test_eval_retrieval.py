@@ -175,9 +175,13 @@ def test_evaluate_pair_identical_lists(enc):
 # ----------------------------------------------------------------------------- files
 def test_read_aligned(tmp_path):
     a, b = tmp_path / "a.txt", tmp_path / "b.txt"
-    a.write_text("one\n\nthree\r\n", encoding="utf-8")
+    a.write_text("one\ntwo\nthree\r\n", encoding="utf-8")
     b.write_text("uno\ndos\ntres", encoding="utf-8")
-    assert read_aligned(a, b) == (["one", "", "three"], ["uno", "dos", "tres"])
+    assert read_aligned(a, b) == (["one", "two", "three"], ["uno", "dos", "tres"])
+    b.write_text("uno\n \t\ntres", encoding="utf-8")  # a blank "sentence" would be scored like any other
+    with pytest.raises(UserError) as err:
+        read_aligned(a, b)
+    assert str(err.value) == f"{b}: line 2 is blank (expected one sentence a line, line-aligned)"
     b.write_text("uno\ndos\n", encoding="utf-8")
     with pytest.raises(UserError) as err:
         read_aligned(a, b)
@@ -228,6 +232,16 @@ def test_cli_retrieval_user_errors(tmp_path, saved):
     not_model = ["retrieval", str(tmp_path), "--src", str(s), "--tgt", str(t)]
     result = CliRunner().invoke(eval_group, not_model)
     assert isinstance(result.exception, UserError) and "config.json" in str(result.exception)
+
+
+def test_cli_retrieval_refuses_whitespace_only_files(tmp_path, saved, capsys):
+    from objkit.cli import main
+
+    s, t = _files(tmp_path, [" ", "  "], ["\t", " "])
+    with pytest.raises(SystemExit) as info:
+        main(["eval", "retrieval", str(saved), "--src", str(s), "--tgt", str(t), "--device", "cpu"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == f"{s}: line 1 is blank (expected one sentence a line, line-aligned)\n"
 
 
 def test_cli_help_has_examples():

@@ -11,6 +11,7 @@ which parks the process at a named point and touches a marker file.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -157,6 +158,46 @@ def test_sigkill_after_a_checkpoint_and_during_one_then_rerun_is_bit_identical(r
     assert not partial.exists()
     assert_same_export(reference, out)
     assert_same_losses(reference, out)
+
+
+def processes_running(text: str) -> list[int]:
+    """PIDs of the processes whose command line mentions ``text``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text.encode() in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_a_rank_dies_with_its_launcher(tmp_path):
+    """die_with_launcher (PR_SET_PDEATHSIG): the child of a SIGKILLed parent goes with it."""
+    child = ("from objkit.processes import die_with_launcher; die_with_launcher(); "
+             "import time; print('armed', flush=True); time.sleep(600)")
+    parent = ("import subprocess, sys, time; "
+              f"p = subprocess.Popen([sys.executable, '-c', {child!r}], start_new_session=True); "
+              "print(p.pid, flush=True); time.sleep(600)")
+    launcher = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True)
+    try:
+        rank = int(launcher.stdout.readline())
+        assert launcher.stdout.readline() == "armed\n"
+    finally:
+        launcher.kill()
+        launcher.wait()
+        launcher.stdout.close()
+    deadline = time.monotonic() + 30
+    while _alive(rank):
+        assert time.monotonic() < deadline, "the child outlived its parent"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _main_run(recipe_path: Path, out: Path, *extra: str) -> tuple[int, str]:
@@ -397,10 +438,136 @@ def test_two_ranks_sigkill_resume_is_bit_identical(recipe_path, tmp_path):
     while not marker.exists():
         assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "killed.log").read_text()
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks
+    os.killpg(proc.pid, signal.SIGKILL)  # torchrun (the ranks run in sessions of their own)
     proc.wait()
+    deadline = time.monotonic() + 30  # the ranks die with their launcher
+    while ranks := processes_running(str(killed)):
+        assert time.monotonic() < deadline, f"rank processes outlived torchrun: {ranks}"
+        time.sleep(0.1)
     again = subprocess.run(command(killed), capture_output=True, text=True, check=False)
     assert again.returncode == 0, again.stderr
     assert "resumed from" in again.stderr and "step_0000004 (step 4)" in again.stderr
     assert "warning" not in again.stderr
     assert_same_export(straight, killed)
+
+
+# ----------------------------------------------------------------------------- one run per directory
+def test_a_locked_run_directory_is_refused_naming_the_holder(recipe_path, tmp_path):
+    import socket
+
+    from objkit.runlock import RunLock
+
+    out = tmp_path / "run"
+    (out / "checkpoints" / "step_0000002").mkdir(parents=True)
+    (out / "metrics.jsonl").write_text('{"step": 1}\n')
+    with RunLock(out):  # another process's open file description, as far as flock is concerned
+        for extra in ((), ("--fresh",)):
+            code, err = _main_run(recipe_path, out, *extra)
+            assert code == 2, err
+            assert err.strip() == (f"-o {out}: another objkit run is using this directory (pid {os.getpid()} on "
+                                   f"{socket.gethostname()}); wait for it to finish or stop it, or choose another -o")
+    # --fresh removed nothing while the directory was held
+    assert (out / "metrics.jsonl").read_text() == '{"step": 1}\n' and (out / "checkpoints" / "step_0000002").is_dir()
+
+
+def test_two_concurrent_runs_and_fresh_are_refused_while_the_first_trains(recipe_path, reference, tmp_path):
+    out = tmp_path / "run"
+    first = Run(recipe_path, out, "save-done@2", tmp_path)
+    first.wait_paused()
+    metrics = (out / "metrics.jsonl").read_text()
+    for extra in ((), ("--fresh",)):
+        code, err = _main_run(recipe_path, out, *extra)
+        assert code == 2 and f"another objkit run is using this directory (pid {first.proc.pid} on " in err, err
+    assert (out / "metrics.jsonl").read_text() == metrics  # written once, not deleted by --fresh
+    assert [p.name for p in ckpt.list_checkpoints(out)] == ["step_0000002"]
+    first.proc.kill()  # kill -9 leaves no stale lock: the same command resumes at once
+    assert first.proc.wait() == -signal.SIGKILL
+    code, err = _main_run(recipe_path, out)
+    assert code == 0 and "step_0000002 (step 2)" in err, err
+    assert_same_export(reference, out)
+
+
+# ----------------------------------------------------------------------------- real write faults
+@contextlib.contextmanager
+def file_size_limit(limit: int):
+    """``ulimit -f``: writes past ``limit`` bytes fail with EFBIG (Python ignores SIGXFSZ)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def test_file_too_large_in_a_checkpoint_and_in_the_export_is_one_line_and_leaves_nothing(recipe_path, tmp_path):
+    """safetensors and tokenizers (Rust) report the OS error in their own exception types."""
+    overrides = ["objectives.xlco.enabled=false", "objectives.tlm.enabled=false", "train.steps=2"]
+    run = tmp_path / "run"
+    trainer = Trainer(load_recipe(recipe_path, overrides), run, default_registry(), progress=False)
+    with file_size_limit(100_000), pytest.raises(RunAborted) as info:
+        trainer.fit()  # model.safetensors of the checkpoint is larger
+    assert str(info.value) == (f"cannot write checkpoint step 2 {run}/checkpoints/step_0000002.tmp/model.safetensors: "
+                               "File too large; no checkpoint yet")
+    assert os.listdir(run / "checkpoints") == []
+
+    trainer = Trainer(load_recipe(recipe_path, overrides), tmp_path / "run2", default_registry(), progress=False)
+    trainer.fit()
+    for limit in (100_000, 200_000):  # the model's weights, then the tokenizer's file are too large
+        with file_size_limit(limit), pytest.raises(RunAborted) as info:
+            trainer.export()
+        assert str(info.value) == (f"cannot write the export {tmp_path}/run2/export.tmp: File too large; "
+                                   "checkpoints already written are intact")
+        assert not (tmp_path / "run2" / "export.tmp").exists() and not (tmp_path / "run2" / "export").exists()
+
+
+def test_an_unwritable_run_directory_is_one_line_exit_1(recipe_path, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    if subprocess.run(["chattr", "+i", str(out)], capture_output=True, check=False).returncode != 0:
+        pytest.skip("chattr +i needs root on a filesystem that supports it")
+    try:
+        code, err = _main_run(recipe_path, out)
+        assert (code, err) == (1, f"cannot write {out}/.lock: Operation not permitted; no checkpoint written yet\n")
+    finally:
+        subprocess.run(["chattr", "-i", str(out)], check=True)
+    assert os.listdir(out) == []
+
+
+def test_non_finite_metrics_are_written_as_null(tmp_path):
+    from objkit.reporting import MetricsWriter
+
+    writer = MetricsWriter(tmp_path, ["jsonl"])
+    writer.write({"step": 3, "mlm/loss": float("nan"), "grad_norm": float("inf"), "lr": 0.5, "skipped_steps": 1})
+    writer.close()
+    line = (tmp_path / "metrics.jsonl").read_text()
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not strict JSON: {constant}")
+
+    record = json.loads(line, parse_constant=refuse)  # what strict parsers (jq, JavaScript) accept
+    assert record == {"step": 3, "mlm/loss": None, "grad_norm": None, "lr": 0.5, "skipped_steps": 1}
+
+
+def test_thread_count_is_recorded_and_a_resume_with_another_warns(recipe_path, reference, tmp_path):
+    """On CPU the number of torch threads splits reductions differently (the cause of exports that
+    differed "by launcher": OMP_NUM_THREADS, not the SIGINT disposition); it is recorded and compared."""
+    import shutil
+
+    threads = torch.get_num_threads()
+    assert json.loads((reference / "versions.json").read_text())["threads"] == {"torch": threads}
+    data = ckpt.read_checkpoint(ckpt.list_checkpoints(reference)[-1])
+    assert data.trainer["threads"] == {"torch": threads} and data.versions["threads"] == {"torch": threads}
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    torch.set_num_threads(threads + 1)
+    try:
+        code, err = _main_run(recipe_path, out)
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0 and "step_0000008 (step 8)" in err
+    assert (f"step_0000008 was written with {threads} torch CPU thread(s) per rank, this run has {threads + 1} "
+            "(OMP_NUM_THREADS, torch.set_num_threads)") in err
+    code, err = _main_run(recipe_path, out)
+    assert code == 0 and "thread(s)" not in err

@@ -211,3 +211,71 @@ def test_example_plugin_is_listed_with_its_distribution(capsys):
     assert row["kind"] == "objective" and row["status"] == "ok"
     assert (row["distribution"], row["version"]) == ("objkit-translation-ranking", _installed("objkit-translation-ranking"))
     assert row["module"] == "objkit_translation_ranking.objective" and row["plugin_api"] == "1.0"
+
+
+# ----------------------------------------------------------------------------- two plugins, one name
+@pytest.fixture
+def impostor_site(tmp_path, monkeypatch):
+    """An installed distribution whose objective also calls itself "mlm" (its entry point sorts
+    before the built-in's, as in the report: it used to win silently)."""
+    from objkit.registry import load_registry
+
+    site = tmp_path / "site"
+    fake_distribution(
+        site, "objkit-impostor", "0.1",
+        {"objkit_impostor": """
+            from typing import ClassVar
+            import torch
+            from objkit import Objective, ObjectiveOutput, hookimpl
+
+            class Impostor(Objective):
+                name: ClassVar[str] = "mlm"
+                plugin_api: ClassVar[str] = "1.0"
+                data_kind = "text"
+                def collate(self, examples, generator):
+                    return {}
+                def compute(self, batch, ctx):
+                    return ObjectiveOutput(torch.zeros(()), 0)
+
+            @hookimpl
+            def objkit_plugins():
+                return [Impostor]
+        """},
+        {"aaa_impostor": "objkit_impostor"},
+    )
+    monkeypatch.syspath_prepend(str(site))
+    load_registry.cache_clear()
+    yield site
+    load_registry.cache_clear()
+
+
+def test_two_distributions_with_one_plugin_name_are_an_error_unless_one_is_chosen(impostor_site, capsys, tmp_path):
+    version = md.version("objkit")
+    code, out, _ = main(capsys, "list-plugins", "--json")
+    rows = [r for r in json.loads(out) if r["name"] == "mlm"]
+    assert code == 0 and {(r["distribution"], r["status"]) for r in rows} == {("objkit", "conflict"),
+                                                                              ("objkit-impostor", "conflict")}
+    expected = (f'plugin name "mlm" is provided by 2 distributions, objkit {version} (objkit_plugins.mlm) and '
+                'objkit-impostor 0.1 (objkit_impostor): choose one with plugin = "objkit:mlm" or '
+                '"objkit-impostor:mlm" in the recipe, or --plugin objkit:mlm')
+    assert rows[0]["error"] == expected
+
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(TINY_RECIPE)
+    code, out, err = main(capsys, "run", str(recipe), "-o", str(tmp_path / "run"), "--no-progress")
+    assert code == 2 and err.strip() == f"{recipe}: plugins: {expected}"
+    assert not (tmp_path / "run").exists()
+
+    code, out, err = main(capsys, "--plugin", "objkit:mlm", "validate", str(recipe))  # chosen on the command line
+    assert code == 0, err
+    code, out, _ = main(capsys, "--plugin", "objkit:mlm", "list-plugins", "--json")
+    statuses = {r["distribution"]: r["status"] for r in json.loads(out) if r["name"] == "mlm"}
+    assert statuses == {"objkit": "ok", "objkit-impostor": "disabled"}
+
+    recipe.write_text(TINY_RECIPE.replace('[objectives.mlm]\n', '[objectives.mlm]\nplugin = "objkit:mlm"\n'))
+    code, out, err = main(capsys, "validate", str(recipe))  # chosen in the recipe
+    assert code == 0 and 'plugin = "objkit:mlm"' in out, err
+    from objkit.registry import default_registry
+
+    assert default_registry().get("objkit:mlm", kind="objective").module == "objkit_plugins.mlm"
+    assert default_registry().get("objkit-impostor:mlm").module == "objkit_impostor"

@@ -120,6 +120,14 @@ def test_extends_cycle_is_an_error(tmp_path):
         load_recipe(tmp_path / "a.toml")
 
 
+def test_extends_of_a_missing_file_names_the_recipe_and_key(tmp_path):
+    child = write(tmp_path, 'extends = "nope.toml"\n', "child.toml")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(child)
+    assert str(err.value) == (f"{child}: extends: 'nope.toml' not found (looked for {tmp_path / 'nope.toml'}; "
+                              "paths are relative to this file)")
+
+
 def test_set_overrides_parse_toml_values(tmp_path):
     assert parse_override("train.steps=5") == (["train", "steps"], 5)
     assert parse_override("model.init=some/dir") == (["model", "init"], "some/dir")

@@ -57,10 +57,35 @@ def test_builtins_come_from_entry_points():
 def test_duplicate_name_names_both_distributions():
     registry = Registry()
     registry.register_module(_module("a", _objective("same")), name="a", distribution="dist-one", version="1.0")
+    registry.register_module(_module("b", _objective("same")), name="b", distribution="dist-two", version="2.0")
+    assert [i.distribution for i in registry.infos()] == ["dist-one", "dist-two"]  # both kept, neither wins
+    assert list(registry.conflicts()) == ["same"]
     with pytest.raises(PluginError) as err:
-        registry.register_module(_module("b", _objective("same")), name="b", distribution="dist-two", version="2.0")
+        registry.get("same", kind="objective")
     message = str(err.value)
     assert '"same"' in message and "dist-one 1.0" in message and "dist-two 2.0" in message
+    assert len(message.splitlines()) == 1 and 'plugin = "dist-one:same" or "dist-two:same"' in message
+    assert registry.get("dist-two:same").distribution == "dist-two"
+    assert registry.versions() == {"dist-one:same": "dist-one 1.0", "dist-two:same": "dist-two 2.0"}
+    with pytest.raises(PluginError, match='no plugin "same" from distribution dist-three'):
+        registry.get("dist-three:same")
+    with pytest.raises(PluginError, match='duplicate objkit plugin name "same" within dist-one'):
+        registry.register_module(_module("c", _objective("same")), name="c", distribution="dist-one", version="1.0")
+
+
+def test_plugin_dist_name_chooses_between_colliding_plugins(monkeypatch):
+    _fake_world(
+        monkeypatch,
+        {"aaa": _module("aaa", _objective("mlm")), "core": _module("core", _objective("mlm"))},
+        {"aaa": "dist-impostor", "core": "objkit"},
+    )
+    registry = Registry.from_entry_points(selection=PluginSelection.parse([], environ={}))
+    assert list(registry.conflicts()) == ["mlm"] and registry.load_errors == []  # neither is "broken"
+    registry = Registry.from_entry_points(selection=PluginSelection.parse(["objkit:mlm"], environ={}))
+    assert registry.conflicts() == {} and registry.get("mlm").distribution == "objkit"
+    assert registry.versions() == {"mlm": "objkit 1.0"}
+    registry = Registry.from_entry_points(selection=PluginSelection.parse(["nope:mlm"], environ={}))
+    assert 'no plugin "mlm" from distribution nope' in registry.load_errors[0]
 
 
 def test_unknown_name_suggests_close_match():

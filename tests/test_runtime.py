@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from objkit.interfaces import VocabInfo, WorldInfo
@@ -54,3 +55,27 @@ def test_momentum_copy_sees_encoder_changes_made_by_other_objectives(tmp_path):
     assert key_table.weight.shape == table.weight.shape
     assert torch.equal(key_table.weight, table.weight)
     assert any(source is table.weight for source in xlco.tracker.sources)
+
+
+def test_collective_timeout_reaches_the_process_group(monkeypatch):
+    import datetime
+
+    import torch.distributed as dist
+
+    from objkit import distributed
+    from objkit.recipe import TrainConfig
+
+    assert TrainConfig(steps=1, batch_size=1, lr=1).collective_timeout == 1800  # gloo's own default is 30 min
+    with pytest.raises(ValueError, match="less than or equal to 86400"):
+        TrainConfig(steps=1, batch_size=1, lr=1, collective_timeout=1e9)
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(distributed, "die_with_launcher", lambda: calls.append("armed"))
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    world = distributed.init_distributed(torch.device("cpu"), timeout=90)
+    assert (world.rank, world.world_size) == (1, 2)
+    assert calls == ["armed", {"backend": "gloo", "timeout": datetime.timedelta(seconds=90)}]

@@ -20,8 +20,10 @@ import bz2
 import glob
 import gzip
 import itertools
+import json
 import logging
 import lzma
+import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -363,11 +365,32 @@ def _utf8_problem(piece: bytes, exc: UnicodeDecodeError, lines_before: int) -> t
     return line, f"byte 0x{piece[exc.start]:02x} at column {column} is not valid UTF-8"
 
 
-def scan_text_file(path: Path, key: str) -> tuple[int, bool]:
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def _line_problem(text: str, jsonl: bool) -> tuple[int, str] | None:
+    """(0-based line in ``text``, what is wrong) for the first line holding a NUL character or,
+    in JSON lines, not holding one JSON value; None when every line is fine."""
+    if not jsonl and "\x00" not in text:
+        return None
+    for i, line in enumerate(_LINE_BREAK.split(text)):
+        if "\x00" in line:
+            return i, f"NUL byte at column {line.index(chr(0)) + 1} (expected text; is it a binary file?)"
+        if jsonl and line.strip():
+            try:
+                json.loads(line)
+            except ValueError as exc:
+                what = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+                column = f" at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
+                return i, f"not valid JSON ({what}{column}; expected one JSON object a line)"
+    return None
+
+
+def scan_text_file(path: Path, key: str, jsonl: bool = False) -> tuple[int, bool]:
     """(line count as the ``text`` reader splits lines, whether any line is non-blank).
 
-    Raises a one-line :class:`UserError` naming ``key``, the file and the line when the file
-    is not UTF-8 or cannot be read.
+    Raises a one-line :class:`UserError` naming ``key``, the file and the 1-based line when the
+    file is not UTF-8, holds a NUL byte, has a line that is not JSON (``jsonl``), or cannot be read.
     """
     count, nonblank, carry = 0, False, b""
     try:
@@ -386,6 +409,9 @@ def scan_text_file(path: Path, key: str) -> tuple[int, bool]:
                     except UnicodeDecodeError as exc:
                         line, what = _utf8_problem(piece, exc, count)
                         raise UserError(f"{key}: {path}: line {line}: {what} (expected UTF-8 text)") from None
+                    problem = _line_problem(text, jsonl)
+                    if problem is not None:
+                        raise UserError(f"{key}: {path}: line {count + problem[0] + 1}: {problem[1]}")
                     nonblank = nonblank or bool(text.strip())
                     # universal newlines, as the reader: \n, \r\n and a lone \r end a line
                     count += text.count("\n") + text.count("\r") - text.count("\r\n")
@@ -409,7 +435,7 @@ def _check_file(path: Path, key: str, *, scan: bool) -> int | None:
     fmt = file_format(path, key)
     if not scan or fmt == "parquet":
         return None
-    lines, nonblank = scan_text_file(path, key)
+    lines, nonblank = scan_text_file(path, key, jsonl=_is_jsonl(path))
     if not nonblank:
         raise UserError(f"{key}: {path} has only blank lines (expected one sentence or record a line)")
     return lines if fmt == "text" else None
@@ -448,15 +474,22 @@ def check_source_files(name: str, source: Source, base_dir: Path | None = None) 
                                 f"{_show(t_path, base_dir)} has {t_lines} (src and tgt must be line-aligned)")
 
 
+def _is_jsonl(path: Path) -> bool:
+    """A JSON-lines file (``.jsonl``, maybe compressed): one JSON value a line, checked line by line."""
+    suffixes = [x.lower() for x in path.suffixes]
+    return ".jsonl" in suffixes[-2:]
+
+
 def read_error(path: Path, key: str, exc: BaseException) -> UserError:
-    """A reader's exception as one line naming the file (and the line, for bytes that are not UTF-8)."""
+    """A reader's exception as one line naming the file (and the line, for bytes that are not
+    UTF-8 and for JSON lines that do not parse)."""
     seen: set[int] = set()
     cause: BaseException | None = exc
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
-        if isinstance(cause, UnicodeDecodeError):
+        if isinstance(cause, UnicodeDecodeError) or _is_jsonl(path):
             try:
-                scan_text_file(path, key)  # finds the line and raises with it
+                scan_text_file(path, key, jsonl=_is_jsonl(path))  # finds the line and raises with it
             except UserError as located:
                 return located
             break

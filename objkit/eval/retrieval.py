@@ -272,10 +272,15 @@ def read_lines(path: str | Path) -> list[str]:
 
 
 def read_aligned(src: str | Path, tgt: str | Path) -> tuple[list[str], list[str]]:
-    """Read two line-aligned files; UserError when their line counts differ."""
+    """Read two line-aligned files; UserError when their line counts differ or a line is blank
+    (a blank "sentence" would be scored like any other)."""
     a, b = read_lines(src), read_lines(tgt)
     if len(a) != len(b):
         raise UserError(f"line counts differ: {src} has {len(a)} lines, {tgt} has {len(b)}")
+    for path, lines in ((src, a), (tgt, b)):
+        blank = next((i for i, line in enumerate(lines) if not line.strip()), None)
+        if blank is not None:
+            raise UserError(f"{path}: line {blank + 1} is blank (expected one sentence a line, line-aligned)")
     return a, b
 
 
