@@ -20,15 +20,19 @@ from objkit.testing import (
 class TestMLM(ObjectiveConformance):
     plugin = "mlm"
     distribution = "objkit"
-    configs = [{}, {"mask_prob": 0.3, "replace_prob": 1.0, "random_prob": 0.0}]
-    bad_configs = [{"mask_prob": 0.0}, {"mask_prob": 1.5}, {"replace_prob": "often"}]
+    configs = [{}, {"mask_prob": 0.3, "replace_prob": 1.0, "random_prob": 0.0}, {"mask_specials": True}]
+    bad_configs = [{"mask_prob": 0.0}, {"mask_prob": 1.5}, {"replace_prob": "often"}, {"mask_specials": "yes please"}]
 
 
 class TestTLM(ObjectiveConformance):
     plugin = "tlm"
     distribution = "objkit"
-    configs = [{}, {"reset_positions": True, "language_embeddings": True, "languages": ["en", "de", "fr", "cs"]}]
-    bad_configs = [{"language_embeddings": True}, {"mask_prob": -0.1}]
+    configs = [
+        {},
+        {"reset_positions": True, "language_embeddings": True, "languages": ["en", "de", "fr", "cs"]},
+        {"random_order": True, "mask_specials": True, "language_embeddings": True, "languages": ["en", "de", "fr", "cs"]},
+    ]
+    bad_configs = [{"language_embeddings": True}, {"mask_prob": -0.1}, {"random_order": "sometimes"}]
 
 
 class TestXLCO(ObjectiveConformance):
