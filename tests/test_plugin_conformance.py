@@ -53,6 +53,17 @@ class TestXLCO(ObjectiveConformance):
     ]
 
 
+class TestXlmAlign(ObjectiveConformance):
+    plugin = "xlm_align"
+    distribution = "objkit"
+    configs = [
+        {},
+        {"wa_layer": 3, "align_enable_step": 2, "random_order": True, "mask_specials": True},
+        {"projection": False, "tlm_loss": False, "sinkhorn_iter": 0, "wa_max_count": 1},
+    ]
+    bad_configs = [{"wa_layer": -1}, {"sinkhorn_iter": -1}, {"wa_max_count": 0}, {"align_enable_step": "soon"}]
+
+
 class TestMomentumQueue(NegativeStoreConformance):
     plugin = "momentum_queue"
     distribution = "objkit"
@@ -74,7 +85,7 @@ class TestMixup(AugmentationConformance):
 
 
 HARNESSES = {
-    cls.plugin: cls for cls in (TestMLM, TestTLM, TestXLCO, TestMomentumQueue, TestInBatch, TestMixup)
+    cls.plugin: cls for cls in (TestMLM, TestTLM, TestXLCO, TestXlmAlign, TestMomentumQueue, TestInBatch, TestMixup)
 }
 
 
