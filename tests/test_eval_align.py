@@ -200,6 +200,12 @@ def test_read_gold_sid_format(tmp_path):
     assert gold[1].sure == {(0, 1)} and gold[1].possible == {(0, 1)}
 
 
+def test_links_to_null_are_skipped(tmp_path):
+    g = write(tmp_path / "g.txt", "5 1 1 S\n5 2 -99 S\n6 1 1\n")
+    gold, _ = read_gold(g, 2)
+    assert gold[0].sure == {(0, 0)} and gold[0].null_links == 1 and gold[1].null_links == 0
+
+
 def test_read_gold_pharaoh(tmp_path):
     g = write(tmp_path / "g.txt", "0-0 1p2 1-1\n\n2-0\n")
     gold, fmt = read_gold(g, 3)

@@ -32,7 +32,9 @@ Gold formats (detected from the file):
 
 * ``SENT I J [S|P]`` -- one link a line, I and J 1-based word indices into ``--src`` and
   ``--tgt``; ``S`` (default) is sure, ``P`` possible. SENT is an id, not a line number: the
-  k-th distinct id in file order is line k (the WPT / Europarl test sets).
+  k-th distinct id in file order is line k (the WPT / Europarl test sets). A negative index
+  marks a link to NULL (one such line in the Europarl de-en set): it is not a link and is
+  skipped (counted as ``null_links``).
 * Pharaoh -- line k holds the links of sentence k, ``i-j`` sure and ``ipj`` possible,
   0-based (``i-j`` and ``ipj`` may be mixed; an empty line is a sentence without links).
 """
@@ -58,7 +60,7 @@ METHODS: tuple[str, ...] = ("argmax", "itermax", "match")
 Link = tuple[int, int]
 
 _PHARAOH = re.compile(r"^\d+[-p]\d+$")
-_INT = re.compile(r"^\d+$")
+_SIGNED = re.compile(r"^-?\d+$")
 
 
 # ----------------------------------------------------------------------------- extraction
@@ -188,6 +190,7 @@ class GoldSentence:
     sure: set[Link] = field(default_factory=set)
     possible: set[Link] = field(default_factory=set)  # includes the sure links
     lines: dict[Link, int] = field(default_factory=dict)  # link -> gold file line (for errors)
+    null_links: int = 0  # links to a negative index (NULL) in the gold file, skipped
 
 
 def _detect_format(path: Path, lines: list[str]) -> str:
@@ -197,7 +200,7 @@ def _detect_format(path: Path, lines: list[str]) -> str:
             continue
         if all(_PHARAOH.match(f) for f in fields):
             return "pharaoh"
-        if len(fields) in (3, 4) and all(_INT.match(f) for f in fields[1:3]) and (
+        if len(fields) in (3, 4) and all(_SIGNED.match(f) for f in fields[1:3]) and (
             len(fields) == 3 or fields[3] in ("S", "P")
         ):
             return "sid"
@@ -235,17 +238,20 @@ def read_gold(path: str | Path, num_sentences: int) -> tuple[list[GoldSentence],
         fields = line.split()
         if not fields:
             continue
-        ok = len(fields) in (3, 4) and all(_INT.match(f) for f in fields[1:3]) and (
+        ok = len(fields) in (3, 4) and all(_SIGNED.match(f) for f in fields[1:3]) and (
             len(fields) == 3 or fields[3] in ("S", "P")
         )
         if not ok:
             raise UserError(f"{p}: line {number}: expected 'SENT I J [S|P]', got {line.strip()[:60]!r}")
         i, j = int(fields[1]), int(fields[2])
-        if i < 1 or j < 1:
-            raise UserError(f"{p}: line {number}: word indices are 1-based in this format (got {i} {j})")
         if fields[0] not in ids:
             ids[fields[0]] = len(ids)
             gold.append(GoldSentence())
+        if i < 0 or j < 0:  # a link to NULL (e.g. '178 22 -99 S' in the Europarl de-en set): no link
+            gold[ids[fields[0]]].null_links += 1
+            continue
+        if i < 1 or j < 1:
+            raise UserError(f"{p}: line {number}: word indices are 1-based in this format (got {i} {j})")
         _add(gold[ids[fields[0]]], (i - 1, j - 1), len(fields) == 3 or fields[3] == "S", number)
     if len(gold) != num_sentences:
         raise UserError(f"{p}: {len(gold)} distinct sentence ids but the text files have {num_sentences} "
@@ -404,7 +410,7 @@ def align_corpus(
         model.train(was_training)
     scores = {layer: c.scores() for layer, c in counts.items()}
     best = min(layers, key=lambda layer: (scores[layer]["aer"], layer))
-    return {"layers": scores, "best_layer": best, "n": len(src), "truncated": truncated}
+    return {"layers": scores, "best_layer": best, "n": len(src), "truncated": truncated, "max_tokens": max_length}
 
 
 def read_corpus(src: str | Path, tgt: str | Path, gold: str | Path) -> tuple[list[list[str]], list[list[str]], list[GoldSentence], str]:

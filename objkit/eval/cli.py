@@ -180,12 +180,15 @@ def align_command(
         model, tokenizer, src_words, tgt_words, sentences, layers=layers, method=method,
         batch_size=batch_size, max_length=max_length, device=device, progress=_progress(),
     )  # fmt: skip
+    nulls = sum(sentence.null_links for sentence in sentences)
+    if nulls:
+        click.echo(f"note: {gold}: {nulls} gold link(s) to a negative index (NULL) skipped", err=True)
     if res["truncated"]:
-        click.echo(f"warning: {res['truncated']} sentences longer than --max-length {max_length} tokens "
-                   "(or the model's positions): their last words get no link", err=True)  # fmt: skip
+        click.echo(f"warning: {res['truncated']} sentences longer than {res['max_tokens']} tokens (--max-length, "
+                   "clipped to the model's positions): their last words get no link", err=True)  # fmt: skip
     if as_json:
         out = {"model": model_dir, "src": str(src), "tgt": str(tgt), "gold": str(gold), "gold_format": fmt,
-               "method": method, **res, "layers": {str(k): v for k, v in res["layers"].items()}}  # fmt: skip
+               "method": method, "null_links": nulls, **res, "layers": {str(k): v for k, v in res["layers"].items()}}  # fmt: skip
         click.echo(json.dumps(out))
         return
     click.echo(f"model: {model_dir}  method: {method}  pairs: {res['n']}  gold: {fmt} "
