@@ -1,8 +1,14 @@
 """BERT-style token masking (Devlin et al., 2019), as used by XLM-R's MLM and XLM's TLM.
 
 Select ``mask_prob`` of the maskable positions; of those, replace ``replace_prob`` with
-``<mask>``, ``random_prob`` with a random non-special token, keep the rest. Special tokens
-and padding are never selected.
+``<mask>``, ``random_prob`` with a random non-special token, keep the rest. Padding is never
+selected; special tokens (``<s>``, ``</s>``) are not either unless ``mask_specials`` is set.
+
+Differences from the reference (fairseq's ``MaskTokensDataset``, used by XLM-R and InfoXLM):
+selection is one Bernoulli(``mask_prob``) draw per token (at least one per sequence), not an
+exact count of ``int(mask_prob * length + U(0, 1))`` positions; and the reference selects among
+all positions of the unpadded item, ``<s>`` and ``</s>`` included -- ``mask_specials = true``
+reproduces that (about 12% of InfoXLM's XLCO ``<s>`` vectors are read at a ``<mask>``).
 """
 
 from __future__ import annotations
@@ -21,6 +27,9 @@ class MaskingConfig(PluginConfig):
     mask_prob: float = Field(0.15, gt=0, lt=1, description="fraction of tokens selected for prediction")
     replace_prob: float = Field(0.8, ge=0, le=1, description="selected tokens replaced by <mask>")
     random_prob: float = Field(0.1, ge=0, le=1, description="selected tokens replaced by a random token")
+    mask_specials: bool = Field(
+        False, description="special tokens (<s>, </s>) may be selected too, as in the reference (padding never)"
+    )
 
 
 def mask_tokens(
@@ -48,9 +57,11 @@ def mask_tokens(
         seeds = torch.randint(0, 2**63 - 1, (rows,), generator=generator).tolist()
     if len(seeds) != rows:
         raise ValueError(f"mask_tokens: {len(seeds)} seeds for {rows} rows")
-    special = torch.isin(input_ids, torch.tensor(vocab.special_ids, dtype=input_ids.dtype))
-    maskable = ~special
     lengths = (input_ids != vocab.pad_id).sum(dim=-1).tolist()  # right-padded rows
+    if config.mask_specials:
+        maskable = torch.arange(width)[None, :] < torch.tensor(lengths, dtype=torch.long)[:, None]
+    else:
+        maskable = ~torch.isin(input_ids, torch.tensor(vocab.special_ids, dtype=input_ids.dtype))
     draws = torch.full((rows, width), 2.0)  # > any probability: padding is never selected
     action = torch.ones((rows, width))
     generators = []

@@ -6,6 +6,18 @@ predicted from its translation. XLM-R / InfoXLM style by default: one position r
 language embeddings. XLM style as options: ``reset_positions`` (the target's positions
 restart at the first position) and ``language_embeddings`` (the token-type embedding carries
 a language id from ``languages``; the table grows to fit, new rows N(0, 0.02)).
+
+``random_order``: the reference (microsoft/unilm ``infoxlm``, ``tools/para2bin.py``) writes
+every pair in both orders, so an en-xx corpus does not always show English first. With
+``random_order = true`` each pair is laid out ``<s> tgt </s> src </s>`` (language ids
+swapped too) when a seeded per-example bit says so: a function of the pair's
+``sample_seed``, like the masks, so the same on any number of ranks. Off by default (the
+pair's own order); the InfoXLM and XLM-Align paper recipes turn it on.
+
+Layout differences from the reference, stated: objkit packs ``<s> src </s> tgt </s>`` with
+one joint budget of ``max_length`` (the longer side trimmed first); the reference's TLM
+sequences are ``<s> <s> src </s> <s> tgt </s>`` with 254 tokens per side. Masking is a
+Bernoulli draw per token (see :mod:`objkit.masking`), not an exact count.
 """
 
 from __future__ import annotations
@@ -19,13 +31,16 @@ from pydantic import Field, model_validator
 from objkit import PLUGIN_API_VERSION, BuildContext, Objective, ObjectiveOutput, StepContext, hookimpl
 from objkit.errors import UserError
 from objkit.masking import MaskingConfig, mask_tokens, masked_lm_output, masked_units, pad_sequences
-from objkit.seeding import derive_seed, example_seeds
+from objkit.seeding import derive_seed, example_seeds, sample_uniform
 
 
 class TLMConfig(MaskingConfig):
     reset_positions: bool = Field(False, description="XLM: target positions restart at the first position")
     language_embeddings: bool = Field(False, description="XLM: add a per-language embedding (token types)")
     languages: list[str] = Field(default_factory=list, description="language ids for language_embeddings")
+    random_order: bool = Field(
+        False, description="a seeded per-example bit puts the target side first (reference: both orders)"
+    )
 
     @model_validator(mode="after")
     def _languages_given(self) -> TLMConfig:
@@ -102,9 +117,27 @@ class TranslationLM(Objective):
             "src_len": len(src) + 2,  # <s> src </s>
         }
 
+    def ordered(self, examples: list[dict[str, Any]], seeds: list[int]) -> list[dict[str, Any]]:
+        """``examples`` with the sides swapped where the per-example order bit says so
+        (``random_order``; otherwise unchanged): ``input_ids``, ``src_len`` and the languages."""
+        if not self.config.random_order:
+            return examples
+        out = []
+        for example, seed in zip(examples, seeds, strict=True):
+            if sample_uniform(seed, "order") < 0.5:
+                out.append(example)
+                continue
+            ids, cut = example["input_ids"], example["src_len"]
+            src, tgt = ids[1 : cut - 1], ids[cut:-1]
+            out.append({**example, "input_ids": [ids[0], *tgt, ids[cut - 1], *src, ids[-1]], "src_len": len(tgt) + 2,
+                        "src_lang": example.get("tgt_lang"), "tgt_lang": example.get("src_lang")})  # fmt: skip
+        return out
+
     def collate(self, examples: list[dict[str, Any]], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        example_seed = example_seeds(examples, generator)
+        examples = self.ordered(examples, example_seed)
         input_ids, attention_mask = pad_sequences([e["input_ids"] for e in examples], self.vocab.pad_id)
-        seeds = [derive_seed(seed, "mask") for seed in example_seeds(examples, generator)]
+        seeds = [derive_seed(seed, "mask") for seed in example_seed]
         masked, labels = mask_tokens(input_ids, self.vocab, generator, self.config, seeds=seeds)
         batch = {"input_ids": masked, "attention_mask": attention_mask, "labels": labels}
         src_part = torch.arange(input_ids.shape[1]) < torch.tensor([e["src_len"] for e in examples])[:, None]

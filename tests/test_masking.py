@@ -97,3 +97,33 @@ def test_a_row_is_masked_the_same_in_any_batch():
         assert labels[i, : len(row)].tolist() == alone_labels[0].tolist()
     reordered, _ = mask_tokens(pad_sequences(rows[::-1], VOCAB.pad_id)[0], VOCAB, torch.Generator(), seeds=seeds[::-1])
     assert reordered[2, : len(rows[0])].tolist() == masked[0, : len(rows[0])].tolist()
+
+
+def test_mask_specials_selects_bos_and_eos_but_never_padding():
+    ids = _batch()
+    cfg = MaskingConfig(mask_prob=0.5, mask_specials=True)
+    masked, labels = mask_tokens(ids, VOCAB, torch.Generator().manual_seed(3), cfg)
+    pad = ids == VOCAB.pad_id
+    assert (labels[pad] == IGNORE_INDEX).all() and (masked[pad] == VOCAB.pad_id).all()
+    ends = (ids == VOCAB.bos_id) | (ids == VOCAB.eos_id)
+    selected = labels != IGNORE_INDEX
+    rate = (selected & ends).sum() / ends.sum()
+    assert abs(rate.item() - 0.5) < 0.06  # specials are selected at the same rate as words
+    assert torch.equal(labels[selected & ends], ids[selected & ends])  # the label is the special itself
+    # random replacements still never insert a special token
+    random_tokens = masked[selected & (masked != VOCAB.mask_id) & (masked != ids)]
+    assert not torch.isin(random_tokens, torch.tensor(VOCAB.special_ids)).any()
+
+
+def test_mask_specials_off_by_default_and_same_draws_for_words():
+    ids = _batch(rows=8)
+    seeds = list(range(8))
+    off = mask_tokens(ids, VOCAB, torch.Generator(), MaskingConfig(), seeds=seeds)
+    on = mask_tokens(ids, VOCAB, torch.Generator(), MaskingConfig(mask_specials=True), seeds=seeds)
+    assert MaskingConfig().mask_specials is False
+    words = ~torch.isin(ids, torch.tensor(VOCAB.special_ids))
+    # the per-position draws are the same; only the set of eligible positions grows: words are
+    # selected alike and get the same action (<mask> or not); random picks may differ
+    assert torch.equal(off[1][words], on[1][words])
+    assert torch.equal((off[0] == VOCAB.mask_id)[words], (on[0] == VOCAB.mask_id)[words])
+    assert ((on[1] != IGNORE_INDEX) & ~words & (ids != VOCAB.pad_id)).any()

@@ -20,15 +20,19 @@ from objkit.testing import (
 class TestMLM(ObjectiveConformance):
     plugin = "mlm"
     distribution = "objkit"
-    configs = [{}, {"mask_prob": 0.3, "replace_prob": 1.0, "random_prob": 0.0}]
-    bad_configs = [{"mask_prob": 0.0}, {"mask_prob": 1.5}, {"replace_prob": "often"}]
+    configs = [{}, {"mask_prob": 0.3, "replace_prob": 1.0, "random_prob": 0.0}, {"mask_specials": True}]
+    bad_configs = [{"mask_prob": 0.0}, {"mask_prob": 1.5}, {"replace_prob": "often"}, {"mask_specials": "yes please"}]
 
 
 class TestTLM(ObjectiveConformance):
     plugin = "tlm"
     distribution = "objkit"
-    configs = [{}, {"reset_positions": True, "language_embeddings": True, "languages": ["en", "de", "fr", "cs"]}]
-    bad_configs = [{"language_embeddings": True}, {"mask_prob": -0.1}]
+    configs = [
+        {},
+        {"reset_positions": True, "language_embeddings": True, "languages": ["en", "de", "fr", "cs"]},
+        {"random_order": True, "mask_specials": True, "language_embeddings": True, "languages": ["en", "de", "fr", "cs"]},
+    ]
+    bad_configs = [{"language_embeddings": True}, {"mask_prob": -0.1}, {"random_order": "sometimes"}]
 
 
 class TestXLCO(ObjectiveConformance):
@@ -47,6 +51,17 @@ class TestXLCO(ObjectiveConformance):
         {"negatives": {"momentum_queue": {"size": 0}}},
         {"augment": {"mixup": {"prob": 2.0}}},
     ]
+
+
+class TestXlmAlign(ObjectiveConformance):
+    plugin = "xlm_align"
+    distribution = "objkit"
+    configs = [
+        {},
+        {"wa_layer": 3, "align_enable_step": 2, "random_order": True, "mask_specials": True},
+        {"projection": False, "tlm_loss": False, "sinkhorn_iter": 0, "wa_max_count": 1},
+    ]
+    bad_configs = [{"wa_layer": -1}, {"sinkhorn_iter": -1}, {"wa_max_count": 0}, {"align_enable_step": "soon"}]
 
 
 class TestMomentumQueue(NegativeStoreConformance):
@@ -70,7 +85,7 @@ class TestMixup(AugmentationConformance):
 
 
 HARNESSES = {
-    cls.plugin: cls for cls in (TestMLM, TestTLM, TestXLCO, TestMomentumQueue, TestInBatch, TestMixup)
+    cls.plugin: cls for cls in (TestMLM, TestTLM, TestXLCO, TestXlmAlign, TestMomentumQueue, TestInBatch, TestMixup)
 }
 
 

@@ -178,3 +178,24 @@ def test_requires_strings_and_versions(tmp_path):
     assert "requires.0.distribution: required key missing" in str(err.value)
     assert "requires.0.dist: unknown key" in str(err.value)
     assert "requires.1: not a requirement such as 'objkit-foo>=0.1' (got 'not a requirement!')" in str(err.value)
+
+
+def test_paper_recipes_use_the_reference_masking_and_order():
+    """The InfoXLM paper recipes mask specials like the reference and show both pair orders;
+    the plugin defaults (documented in the README) do neither, and XLCO's mixup is a recipe
+    setting, not a default."""
+    from objkit.masking import MaskingConfig
+    from objkit_plugins.tlm import TLMConfig
+    from objkit_plugins.xlco import XlcoConfig
+
+    assert MaskingConfig().mask_specials is False and TLMConfig().random_order is False
+    assert XlcoConfig().augment == {}
+    recipes = Path(__file__).parent.parent / "recipes"
+    for name in ("infoxlm_base.toml", "infoxlm_large.toml", "infoxlm_base_no_xlco.toml"):
+        obj = tomllib.loads(load_recipe(recipes / name).to_toml())["objectives"]
+        assert obj["mlm"]["mask_specials"] and obj["tlm"]["mask_specials"] and obj["tlm"]["random_order"], name
+        assert obj["xlco"]["masking"]["mask_specials"], name
+        assert obj["xlco"]["augment"]["mixup"]["prob"] == 1.0, name
+    readme = (recipes.parent / "README.md").read_text(encoding="utf-8")
+    assert "mixup contrast on every example." not in readme  # the old, wrong default claim
+    assert "random_order = true" in readme and "mask_specials = true" in readme

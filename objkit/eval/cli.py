@@ -24,8 +24,8 @@ from objkit.eval.tatoeba import discover_languages, evaluate_tatoeba, format_tab
 
 eval_group = click.Group(
     "eval",
-    help="Evaluate encoders: sentence retrieval (top-1 accuracy, percent) and zero-shot "
-         "cross-lingual transfer (fine-tune in one language, test in many).",
+    help="Evaluate encoders: sentence retrieval (top-1 accuracy, percent), zero-shot cross-lingual "
+         "transfer (fine-tune in one language, test in many) and word alignment (AER, percent).",
 )
 
 
@@ -250,4 +250,67 @@ def transfer_command(
     click.echo(format_table(result, std=show_std))
 
 
-__all__ = ["eval_group", "retrieval_command", "tatoeba_command", "transfer_command"]
+@eval_group.command("align")
+@click.argument("model_dir")
+@click.option("--src", "src", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Source sentences, whitespace-tokenised words, one a line.")
+@click.option("--tgt", "tgt", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Their translations, line-aligned with --src.")
+@click.option("--gold", "gold", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Gold links: 'SENT I J [S|P]' (1-based, I indexes --src) or Pharaoh 'i-j ipj' (0-based).")
+@click.option("--layer", default=None, metavar="N|all",
+              help="Hidden layer of the word vectors (0 = embeddings), or 'all' to score every layer. "
+                   "Default: 8 for 12 layers, else round(2/3 of the depth).")
+@click.option("--method", type=click.Choice(["argmax", "itermax", "match"]), default="argmax",
+              show_default=True, help="SimAlign's link extraction (match needs scipy).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--max-length", type=click.IntRange(min=3), default=512, show_default=True,
+              help="Tokens per sentence, specials included (clipped to the model's positions); "
+                   "words past it get no link.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def align_command(
+    model_dir: str, src: Path, tgt: Path, gold: Path, layer: str | None, method: str,
+    batch_size: int, max_length: int, device: str, as_json: bool,
+) -> None:  # fmt: skip
+    """Word alignment error rate (AER) against gold links, SimAlign's protocol.
+
+    Each word's vector is the mean of its subword vectors at the layer (each side encoded on
+    its own), links come from the (cos+1)/2 similarity matrix (argmax: mutual argmax; itermax:
+    SimAlign's iterative argmax; match: Hungarian), and precision (against possible links),
+    recall (against sure links), F1 and AER = 1 - (|A&S| + |A&P|) / (|A| + |S|) are summed
+    over the corpus, in percent.
+
+    \b
+    Examples:
+      objkit eval align runs/qi/export --src de-en/test.de --tgt de-en/test.en --gold de-en/alignv2.txt
+      objkit eval align xlm-roberta-base --src test.en --tgt test.fr --gold alignv2.txt --layer all
+      objkit eval align runs/qi/export --src a.txt --tgt b.txt --gold a-b.pharaoh --method itermax --json
+    """
+    from objkit.eval.align import align_corpus, format_table, parse_layers, read_corpus
+
+    src_words, tgt_words, sentences, fmt = read_corpus(src, tgt, gold)
+    model, tokenizer = load_encoder(model_dir, device)
+    n_layers = int(model.config.num_hidden_layers)
+    layers = parse_layers(layer, n_layers, default_layer(n_layers))
+    res = align_corpus(
+        model, tokenizer, src_words, tgt_words, sentences, layers=layers, method=method,
+        batch_size=batch_size, max_length=max_length, device=device, progress=_progress(),
+    )  # fmt: skip
+    nulls = sum(sentence.null_links for sentence in sentences)
+    if nulls:
+        click.echo(f"note: {gold}: {nulls} gold link(s) to a negative index (NULL) skipped", err=True)
+    if res["truncated"]:
+        click.echo(f"warning: {res['truncated']} sentences longer than {res['max_tokens']} tokens (--max-length, "
+                   "clipped to the model's positions): their last words get no link", err=True)  # fmt: skip
+    if as_json:
+        out = {"model": model_dir, "src": str(src), "tgt": str(tgt), "gold": str(gold), "gold_format": fmt,
+               "method": method, "null_links": nulls, **res, "layers": {str(k): v for k, v in res["layers"].items()}}  # fmt: skip
+        click.echo(json.dumps(out))
+        return
+    click.echo(f"model: {model_dir}  method: {method}  pairs: {res['n']}  gold: {fmt} "
+               "(percent; AER lower is better)")  # fmt: skip
+    click.echo(format_table(res))
+
+
+__all__ = ["align_command", "eval_group", "retrieval_command", "tatoeba_command", "transfer_command"]

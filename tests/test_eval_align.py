@@ -1,0 +1,374 @@
+"""Word alignment evaluation: link extraction, AER, gold readers, bad input, `objkit eval align`."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from objkit.errors import UserError
+from objkit.eval.align import (
+    Counts,
+    align_corpus,
+    argmax_links,
+    extract,
+    itermax_links,
+    match_links,
+    parse_layers,
+    read_corpus,
+    read_gold,
+    score_alignments,
+    word_pieces,
+)
+from objkit.eval.cli import eval_group
+
+from test_eval_retrieval import tiny_encoder  # noqa: E402  (tests/ is on sys.path)
+
+
+def links(mat: np.ndarray) -> set[tuple[int, int]]:
+    return {(int(i), int(j)) for i, j in zip(*np.nonzero(mat))}
+
+
+# ----------------------------------------------------------------------------- AER by hand
+def test_aer_by_hand():
+    # gold: sure {(0,0), (1,1)}, possible adds (1,2); predicted {(0,0), (1,2), (2,2)}
+    sure = {(0, 0), (1, 1)}
+    possible = sure | {(1, 2)}
+    predicted = {(0, 0), (1, 2), (2, 2)}
+    s = score_alignments([predicted], [(sure, possible)])
+    # |A|=3, |A∩S|=1, |A∩P|=2, |S|=2: precision 2/3, recall 1/2, AER = 1 - 3/5 = 0.4
+    assert s["precision"] == pytest.approx(100 * 2 / 3)
+    assert s["recall"] == pytest.approx(50.0)
+    assert s["f1"] == pytest.approx(100 * 2 * (2 / 3) * 0.5 / (2 / 3 + 0.5))
+    assert s["aer"] == pytest.approx(40.0)
+    assert s["links"] == 3
+
+
+def test_aer_sums_over_the_corpus_not_per_sentence():
+    gold = [({(0, 0)}, {(0, 0)}), ({(0, 0), (1, 1), (2, 2)}, {(0, 0), (1, 1), (2, 2)})]
+    pred = [set(), {(0, 0), (1, 1), (2, 2)}]
+    # corpus: |A|=3, |A∩S|=|A∩P|=3, |S|=4 -> AER = 1 - 6/7; a per-sentence mean would be 0.5
+    assert score_alignments(pred, gold)["aer"] == pytest.approx(100 / 7)
+
+
+def test_possible_always_includes_sure():
+    # a possible set that omits the sure link still counts it as possible (S ⊆ P)
+    s = score_alignments([{(0, 0)}], [({(0, 0)}, set())])
+    assert s["aer"] == 0.0 and s["precision"] == 100.0
+
+
+def test_perfect_and_empty():
+    gold = [({(0, 0), (1, 1)}, {(0, 0), (1, 1), (0, 1)})]
+    assert score_alignments([{(0, 0), (1, 1)}], gold)["aer"] == 0.0
+    empty = score_alignments([set()], gold)
+    assert empty["aer"] == 100.0 and empty["precision"] == 0.0 and empty["recall"] == 0.0
+
+
+def independent_scores(pred, gold):
+    """Straightforward re-implementation: count link by link."""
+    a = s = hit_s = hit_p = 0
+    for links_, (sure, possible) in zip(pred, gold):
+        p_all = set(possible) | set(sure)
+        for link in set(links_):
+            a += 1
+            hit_s += link in sure
+            hit_p += link in p_all
+        s += len(set(sure))
+    return {"precision": hit_p / a, "recall": hit_s / s, "aer": 1 - (hit_s + hit_p) / (a + s)}
+
+
+def test_agrees_with_an_independent_implementation():
+    rng = random.Random(0)
+    for _ in range(20):
+        gold, pred = [], []
+        for _ in range(rng.randint(1, 8)):
+            m, n = rng.randint(1, 9), rng.randint(1, 9)
+            cells = [(i, j) for i in range(m) for j in range(n)]
+            sure = set(rng.sample(cells, rng.randint(1, len(cells))))
+            possible = sure | set(rng.sample(cells, rng.randint(0, len(cells))))
+            gold.append((sure, possible))
+            pred.append(set(rng.sample(cells, rng.randint(1, len(cells)))))
+        ours = score_alignments(pred, gold)
+        ref = independent_scores(pred, gold)
+        for key in ("precision", "recall", "aer"):
+            assert ours[key] == pytest.approx(100 * ref[key])
+
+
+# ----------------------------------------------------------------------------- extraction
+def test_argmax_is_mutual_argmax():
+    sim = np.array([
+        [0.9, 0.1, 0.2],
+        [0.8, 0.3, 0.1],   # row argmax col 0, but col 0's argmax is row 0: no link
+        [0.1, 0.2, 0.7],
+    ])  # fmt: skip
+    assert links(argmax_links(sim)) == {(0, 0), (2, 2)}
+    assert extract(sim, "argmax") == {(0, 0), (2, 2)}
+
+
+def test_argmax_rectangular_and_ties():
+    sim = np.array([[0.5, 0.5], [0.1, 0.2], [0.3, 0.1]])
+    # row 0 ties -> col 0; col 0's argmax row 0; col 1's argmax row 0 (tie) -> (0, 0) only
+    assert links(argmax_links(sim)) == {(0, 0)}
+    assert argmax_links(np.zeros((0, 3))).shape == (0, 3)
+
+
+def test_itermax_adds_links_for_unaligned_words():
+    sim = np.array([
+        [0.9, 0.1, 0.1, 0.1],
+        [0.8, 0.2, 0.1, 0.1],   # row 1 loses col 0 to row 0
+        [0.1, 0.1, 0.9, 0.1],
+        [0.1, 0.1, 0.1, 0.9],
+    ])  # fmt: skip
+    first = links(argmax_links(sim))
+    assert first == {(0, 0), (2, 2), (3, 3)}
+    # round 2: row 1 and column 1 are free. Scaled: row 1 = [0.8·0.9, 0.2·1, 0.1·0.9, 0.1·0.9],
+    # column 0 = [0, 0.72, 0, 0] (only row 1 is eligible there), column 1 = [0.09, 0.2, 0.09, 0.09].
+    # Row 1's best is column 0 and column 0's best is row 1: (1, 0) is added; column 1's best
+    # is row 1, whose best is column 0, so column 1 stays unaligned.
+    got = links(itermax_links(sim))
+    assert got == first | {(1, 0)}
+
+
+def test_itermax_stops_and_respects_small_matrices():
+    two = np.array([[0.9, 0.8], [0.7, 0.1]])
+    assert links(itermax_links(two)) == links(argmax_links(two))  # min side <= 2: argmax only
+    eye = np.eye(4) * 0.5 + 0.25
+    assert links(itermax_links(eye)) == {(i, i) for i in range(4)}  # nothing free: unchanged
+    # max_count = 1 is plain argmax
+    sim = np.random.default_rng(0).random((6, 5))
+    assert links(itermax_links(sim, max_count=1)) == links(argmax_links(sim))
+    assert links(argmax_links(sim)) <= links(itermax_links(sim))
+
+
+def test_itermax_matches_simalign_formulation_on_random_matrices():
+    """The masked formulation of the paper (mask = clip(α·free_row + α·free_col, 0, 1),
+    eligible = free_row or free_col), written out independently."""
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        m, n = rng.integers(1, 9, size=2)
+        sim = rng.random((m, n))
+        ref = argmax_links(sim).astype(float)
+        if min(m, n) > 2:
+            fr = 1.0 - np.clip(ref.sum(1, keepdims=True), 0, 1) * np.ones((1, n))
+            fc = 1.0 - np.clip(ref.sum(0, keepdims=True), 0, 1) * np.ones((m, 1))
+            if fr.sum() >= 1 and fc.sum() >= 1:
+                mask = np.clip(0.9 * fr + 0.9 * fc, 0, 1)
+                eligible = 1.0 - (1.0 - fr) * (1.0 - fc)
+                s2 = sim * mask
+                f = np.eye(n)[s2.argmax(1)] * eligible
+                b = np.eye(m)[s2.argmax(0)].T * eligible
+                ref = ref + f * b
+        assert links(itermax_links(sim)) == links(ref > 0)
+
+
+def test_match_is_a_maximum_weight_matching():
+    pytest.importorskip("scipy")
+    sim = np.array([[0.9, 0.8, 0.0], [0.85, 0.1, 0.0]])
+    # greedy would take (0,0) then (1,1): 1.0; the best matching is (0,1) + (1,0): 1.65
+    assert links(match_links(sim)) == {(0, 1), (1, 0)}
+    square = np.random.default_rng(2).random((5, 5))
+    got = links(match_links(square))
+    assert len(got) == 5 and len({i for i, _ in got}) == 5 and len({j for _, j in got}) == 5
+    import itertools
+
+    best = max(itertools.permutations(range(5)), key=lambda p: sum(square[i, p[i]] for i in range(5)))
+    assert got == {(i, best[i]) for i in range(5)}
+
+
+def test_unknown_method():
+    with pytest.raises(UserError, match="--method"):
+        extract(np.eye(2), "greedy")
+
+
+# ----------------------------------------------------------------------------- gold files
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_read_gold_sid_format(tmp_path):
+    # ids are not line numbers: the k-th distinct id is line k; 3 fields = sure; CRLF tolerated
+    g = write(tmp_path / "g.txt", "0007 1 1 S\r\n0007 2 3 P\r\n0009 1 2\r\n0007 2 2 S\r\n")
+    gold, fmt = read_gold(g, 2)
+    assert fmt == "sid"
+    assert gold[0].sure == {(0, 0), (1, 1)} and gold[0].possible == {(0, 0), (1, 2), (1, 1)}
+    assert gold[1].sure == {(0, 1)} and gold[1].possible == {(0, 1)}
+
+
+def test_links_to_null_are_skipped(tmp_path):
+    g = write(tmp_path / "g.txt", "5 1 1 S\n5 2 -99 S\n6 1 1\n")
+    gold, _ = read_gold(g, 2)
+    assert gold[0].sure == {(0, 0)} and gold[0].null_links == 1 and gold[1].null_links == 0
+
+
+def test_read_gold_pharaoh(tmp_path):
+    g = write(tmp_path / "g.txt", "0-0 1p2 1-1\n\n2-0\n")
+    gold, fmt = read_gold(g, 3)
+    assert fmt == "pharaoh"
+    assert gold[0].sure == {(0, 0), (1, 1)} and gold[0].possible == {(0, 0), (1, 1), (1, 2)}
+    assert gold[1].sure == set() and gold[2].sure == {(2, 0)}
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    src = write(tmp_path / "s.txt", "the cat sat\na dog\n")
+    tgt = write(tmp_path / "t.txt", "cat the sat\ndog a\n")
+    gold = write(tmp_path / "g.txt", "1 1 2 S\n1 2 1 S\n1 3 3 P\n2 1 2 S\n2 2 1 S\n")
+    return src, tgt, gold
+
+
+def test_read_corpus(corpus):
+    src, tgt, sentences, fmt = read_corpus(*corpus)
+    assert src == [["the", "cat", "sat"], ["a", "dog"]] and fmt == "sid"
+    assert sentences[0].sure == {(0, 1), (1, 0)} and (2, 2) in sentences[0].possible
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("counts", "line counts differ"),
+        ("outside", "outside sentence 2"),
+        ("outside_pharaoh", "outside sentence 1"),
+        ("format", "unknown gold alignment format"),
+        ("empty_src", "empty file"),
+        ("empty_gold", "empty gold file"),
+        ("ids", "distinct sentence ids"),
+        ("zero", "1-based"),
+        ("bad_tag", "expected 'SENT I J"),
+        ("pharaoh_lines", "lines of Pharaoh links"),
+        ("empty_line", "line 2 is empty"),
+    ],
+)
+def test_bad_input_is_one_line(tmp_path, corpus, case, message):
+    src, tgt, gold = corpus
+    if case == "counts":
+        write(tgt, "cat the sat\n")
+    elif case == "outside":
+        write(gold, "1 1 2 S\n2 3 1 S\n")
+    elif case == "outside_pharaoh":
+        write(gold, "0-3\n0-0\n")
+    elif case == "format":
+        write(gold, "sentence one: the cat\n")
+    elif case == "empty_src":
+        write(src, "")
+    elif case == "empty_gold":
+        write(gold, "\n")
+    elif case == "ids":
+        write(gold, "1 1 1 S\n")
+    elif case == "zero":
+        write(gold, "1 0 1 S\n2 1 1 S\n")
+    elif case == "bad_tag":
+        write(gold, "1 1 1 S\n2 1 1 X\n")
+    elif case == "pharaoh_lines":
+        write(gold, "0-0\n")
+    elif case == "empty_line":
+        write(src, "the cat sat\n\n")
+    with pytest.raises(UserError, match=message) as err:
+        read_corpus(src, tgt, gold)
+    assert "\n" not in str(err.value)
+
+
+def test_parse_layers():
+    assert parse_layers(None, 12, 8) == [8]
+    assert parse_layers("all", 4, 3) == [0, 1, 2, 3, 4]
+    assert parse_layers("2", 4, 3) == [2]
+    with pytest.raises(UserError, match="out of range"):
+        parse_layers("5", 4, 3)
+    with pytest.raises(UserError, match="'all'"):
+        parse_layers("last", 4, 3)
+
+
+# ----------------------------------------------------------------------------- on a model
+@pytest.fixture(scope="module")
+def enc():
+    return tiny_encoder()
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, enc) -> Path:
+    d = tmp_path_factory.mktemp("tiny-xlmr-align")
+    enc[0].save_pretrained(d)
+    enc[1].save_pretrained(d)
+    return d
+
+
+def test_word_vectors_are_means_of_subwords(enc):
+    """Identical sentences on both sides align every word to itself at the embedding layer
+    (distinct words, no position collisions matter for the mutual argmax of equal vectors)."""
+    model, tok = enc
+    words = ["the big red house", "a dog sat on the mat"]
+    split = [s.split() for s in words]
+    gold = read_gold_from_links([{(i, i) for i in range(len(s))} for s in split])
+    res = align_corpus(model, tok, split, split, gold, layers=[0, 1], method="argmax", batch_size=1)
+    assert res["layers"][0]["aer"] == 0.0 and res["n"] == 2
+    assert word_pieces(tok, [["dog", "zebra"]]) == [[[tok.convert_tokens_to_ids("dog")], [tok.unk_token_id]]]
+
+
+def read_gold_from_links(per_sentence):
+    from objkit.eval.align import GoldSentence
+
+    return [GoldSentence(sure=set(s), possible=set(s), lines={link: 1 for link in s}) for s in per_sentence]
+
+
+def test_batching_does_not_change_scores(enc):
+    model, tok = enc
+    src = [s.split() for s in ["the cat sat on the mat", "a dog", "the big red house", "small tree"]]
+    tgt = [s.split() for s in ["mat the on sat cat the", "dog a", "house red big the", "tree small"]]
+    gold = read_gold_from_links([{(0, 1)}, {(0, 1), (1, 0)}, {(3, 0)}, {(0, 1)}])
+    a = align_corpus(model, tok, src, tgt, gold, layers=[2, 4], method="itermax", batch_size=1)
+    b = align_corpus(model, tok, src, tgt, gold, layers=[2, 4], method="itermax", batch_size=3)
+    assert a == b
+
+
+def test_cli_align_json_and_text(tmp_path, saved, corpus):
+    src, tgt, gold = corpus
+    args = ["align", str(saved), "--src", str(src), "--tgt", str(tgt), "--gold", str(gold)]
+    result = CliRunner().invoke(eval_group, [*args, "--json", "--layer", "all"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert set(out["layers"]) == {"0", "1", "2", "3", "4"}
+    assert out["best_layer"] in range(5) and out["n"] == 2 and out["gold_format"] == "sid"
+    for s in out["layers"].values():
+        assert 0.0 <= s["aer"] <= 100.0 and set(s) == {"precision", "recall", "f1", "aer", "links"}
+    best = out["layers"][str(out["best_layer"])]["aer"]
+    assert best == min(s["aer"] for s in out["layers"].values())
+    text = CliRunner().invoke(eval_group, [*args, "--method", "itermax", "--layer", "2"])
+    assert text.exit_code == 0, text.output
+    assert "AER" in text.output and "method: itermax" in text.output
+
+
+def test_cli_align_errors_exit_2_without_traceback(tmp_path, saved, corpus):
+    from objkit.cli import main
+
+    src, tgt, gold = corpus
+    write(gold, "1 1 2 S\n2 9 1 S\n")
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "objkit", "eval", "align", str(saved), "--src", str(src), "--tgt", str(tgt),
+         "--gold", str(gold)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "outside sentence 2" in proc.stderr
+    assert main is not None
+
+
+def test_cli_align_help_has_examples():
+    result = CliRunner().invoke(eval_group, ["align", "--help"])
+    assert result.exit_code == 0 and "Examples:" in result.output and "SimAlign" in result.output
+
+
+def test_counts_add_is_incremental():
+    c = Counts()
+    c.add({(0, 0)}, {(0, 0)}, {(0, 0)})
+    c.add({(1, 1)}, {(0, 0)}, set())
+    assert (c.predicted, c.hit_sure, c.hit_possible, c.sure) == (2, 1, 1, 2)
+    assert torch.tensor(c.scores()["aer"]).isfinite()
