@@ -214,7 +214,6 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| Δ {n1} − {n2} | " + " | ".join(f"{x - y:+.2f}" for x, y in zip(*rows)) + " | | |")
     first = next(iter(results["runs"].values()))["eval"]
     n_val = first["retrieval"][pairs[0]]["n"]
-    load = m.get("loadavg_at_start")
     return "\n".join([
         "# XLCO ablation", "",
         f"Top-1 retrieval accuracy (%), layer {first['tatoeba']['layer']}, {first['tatoeba']['pooling']} pooling. "
@@ -224,9 +223,15 @@ def markdown(results: dict[str, Any]) -> str:
         "tokenization with a cold cache, training, export), runs one after the other.",
         "", *lines, "",
         "Reproduce:", "", f"```\n{results['command'].replace(' --skip-train', '')}\n```", "",
-        f"Machine: {m['processor']}, {m['cpu_count']} CPUs, {m['gpu'] or 'no GPU'}, torch {m['torch']}, "
-        f"python {m['python']}, objkit {m['objkit']} @ {m['objkit_commit'] or 'unknown commit'}"
-        + ("" if load is None else f"; load average at start {load[0]:.1f}"), ""])
+        machine_line(m), ""])
+
+
+def machine_line(m: dict[str, Any]) -> str:
+    """One line saying where a benchmark ran (from :func:`machine_info`)."""
+    load = m.get("loadavg_at_start")
+    return (f"Machine: {m['processor']}, {m['cpu_count']} CPUs, {m['gpu'] or 'no GPU'}, torch {m['torch']}, "
+            f"python {m['python']}, objkit {m['objkit']} @ {m['objkit_commit'] or 'unknown commit'}"
+            + ("" if load is None else f"; load average at start {load[0]:.1f}"))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -79,3 +79,29 @@ def test_update_readme_replaces_only_the_marked_table(run, tmp_path):
     plain.write_text("# no markers\n", encoding="utf-8")
     with pytest.raises(SystemExit):
         run.update_readme(plain, "t")
+
+
+def test_transfer_table_markdown_has_the_papers_layout(monkeypatch):
+    """benchmarks/transfer_table.py renders a row per pretrained model, a column per language,
+    the zero-shot average over the non-English languages and the majority-class row."""
+    monkeypatch.syspath_prepend(str(RUN.parent))
+    spec = importlib.util.spec_from_file_location("objkit_bench_transfer", RUN.parent / "transfer_table.py")
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    langs = ["eng_Latn", "deu_Latn"]
+    model = {"name": "quickstart_infoxlm", "mean": {"eng_Latn": 45.0, "deu_Latn": 33.0},
+             "std": {"eng_Latn": 1.0, "deu_Latn": 2.0}, "avg": {"mean": 33.0, "std": 2.0}}
+    results = {
+        "command": "python benchmarks/transfer_table.py ...",
+        "args": {"steps": 1200, "pairs_dir": "newstest", "pivot": "en", "langs": ["de"]},
+        "machine": {"processor": "x86_64", "cpu_count": 2, "gpu": None, "torch": "2.13.0", "python": "3.11",
+                    "objkit": "0.1.0", "objkit_commit": "abc", "loadavg_at_start": [0.5]},
+        "runs": {"quickstart_infoxlm": {"train_seconds": 500.0, "tatoeba": {"average": {"mean": 12.5}}}},
+        "transfer": {"languages": langs, "models": [model], "majority": {"eng_Latn": 14.2, "deu_Latn": 14.2},
+                     "seconds": 99.0, "settings": {"train_langs": ["eng_Latn"], "task": "sib200", "seeds": [1, 2, 3],
+                                                   "lr": 5e-4, "epochs": 10, "batch_size": 32, "max_length": 128}},
+    }
+    md = table.markdown(results)
+    assert "| model | eng_Latn | deu_Latn | zero-shot avg | Tatoeba xx↔en | train time |" in md
+    assert "| InfoXLM (MLM + TLM + XLCO) | 45.0 ± 1.0 | 33.0 ± 2.0 | **33.0** ± 2.0 | 12.5 | 500 s |" in md
+    assert "| majority class | 14.2 | 14.2 | 14.2 | | |" in md
