@@ -1,4 +1,6 @@
-"""Cross-lingual sentence retrieval evaluation (XTREME/InfoXLM protocol).
+"""Evaluation: cross-lingual sentence retrieval (XTREME/InfoXLM protocol, exported here), zero-shot
+cross-lingual transfer (:mod:`objkit.eval.transfer`, XTREME's fine-tuning protocol) and word
+alignment (:mod:`objkit.eval.align`, SimAlign's protocol).
 
 The ``objkit eval`` click group lives in :mod:`objkit.eval.cli` (imported on demand).
 """
