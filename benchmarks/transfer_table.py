@@ -97,9 +97,9 @@ def markdown(results: dict[str, Any]) -> str:
                  + f" | {sum(maj[x] for x in zero) / len(zero):.1f} | | |")
     s = tr["settings"]
     return "\n".join([
-        "| " + f"Zero-shot transfer on {s['task']} (accuracy %, mean ± std over seeds "
+        f"Zero-shot transfer on {s['task']} (accuracy %, mean ± std over seeds "
         f"{','.join(map(str, s['seeds']))}; fine-tuned on {', '.join(train_langs)}, epoch selected on "
-        f"{' + '.join(train_langs)} dev)" + " |", "", *lines, "",
+        f"{' + '.join(train_langs)} dev):", "", *lines, "",
         f"Pretraining: {a['steps']} steps on `{a['pairs_dir']}` pairs {a['pivot']}–{{{','.join(a['langs'])}}}. "
         f"Fine-tuning: lr {s['lr']}, {s['epochs']} epochs, batch {s['batch_size']}, max length "
         f"{s['max_length']}; {tr['seconds']:.0f} s for all models and seeds.",
@@ -125,7 +125,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fresh", action="store_true", help="retrain rows that already finished")
     p.add_argument("--update-readme", action="store_true", help="write the table into README.md between "
                    "the transfer markers")
+    p.add_argument("--from-results", action="store_true",
+                   help="run nothing: render OUT/results.json again (with --update-readme: into the README)")
     args = p.parse_args(argv)
+    if args.from_results:
+        results = json.loads((args.output / "results.json").read_text())
+        (args.output / "results.md").write_text(markdown(results))
+        print(markdown(results))
+        if args.update_readme:
+            from run import update_readme
+
+            update_readme(ROOT / "README.md", markdown(results), README_BEGIN, README_END)
+        return
 
     for x in args.langs:
         for side in (args.pivot, x):

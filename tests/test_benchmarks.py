@@ -102,6 +102,7 @@ def test_transfer_table_markdown_has_the_papers_layout(monkeypatch):
                                                    "lr": 5e-4, "epochs": 10, "batch_size": 32, "max_length": 128}},
     }
     md = table.markdown(results)
+    assert md.startswith("Zero-shot transfer on sib200 (accuracy %, mean ± std over seeds 1,2,3;")
     assert "| model | eng_Latn | deu_Latn | zero-shot avg | Tatoeba xx↔en | train time |" in md
     assert "| InfoXLM (MLM + TLM + XLCO) | 45.0 ± 1.0 | 33.0 ± 2.0 | **33.0** ± 2.0 | 12.5 | 500 s |" in md
     assert "| majority class | 14.2 | 14.2 | 14.2 | | |" in md
