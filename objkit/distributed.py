@@ -117,6 +117,8 @@ def main_process_first(world: WorldInfo) -> Iterator[None]:
 
 # ----------------------------------------------------------------------------- collectives
 def dist_all_gather(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """``torch.distributed.all_gather`` of a same-shaped tensor: every rank's, in rank order
+    (an :data:`AllGather`; call it only when ``world_size > 1``)."""
     import torch.distributed as dist
 
     out = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
@@ -124,17 +126,28 @@ def dist_all_gather(tensor: torch.Tensor) -> list[torch.Tensor]:
     return out
 
 
-@torch.no_grad()
-def gather_rows(rows: torch.Tensor, all_gather: AllGather) -> tuple[torch.Tensor, list[int]]:
+def gather_rows(
+    rows: torch.Tensor, all_gather: AllGather | None = None, *, rank: int | None = None
+) -> tuple[torch.Tensor, list[int]]:
     """Concatenate every rank's ``rows [n_r, ...]`` in rank order; ``n_r`` may differ per rank
     (sizes are all-gathered first, rows padded to the largest, gathered, trimmed). Returns the
-    rows and the per-rank counts."""
-    size = torch.tensor([rows.shape[0]], dtype=torch.long, device=rows.device)
-    sizes = [int(s.item()) for s in all_gather(size)]
-    padded = rows.new_zeros((max(sizes), *rows.shape[1:]))
-    padded[: rows.shape[0]] = rows
-    gathered = all_gather(padded)
-    return torch.cat([part[:n] for part, n in zip(gathered, sizes, strict=True)], dim=0), sizes
+    rows and the per-rank counts (this rank's rows start at ``sum(counts[:rank])``).
+
+    ``all_gather`` defaults to :func:`dist_all_gather` (``torch.distributed``); tests pass a
+    fake one to simulate ranks. Without ``rank`` the result carries no gradient (keys from a
+    momentum encoder). With ``rank`` (this process's rank) that rank's rows are ``rows``
+    itself, so gradients flow through the local shard; the other ranks' rows are constants
+    (each rank back-propagates its own, and the gradient all-reduce sums them)."""
+    gather = all_gather or dist_all_gather
+    with torch.no_grad():
+        size = torch.tensor([rows.shape[0]], dtype=torch.long, device=rows.device)
+        sizes = [int(s.item()) for s in gather(size)]
+        padded = rows.detach().new_zeros((max(sizes), *rows.shape[1:]))
+        padded[: rows.shape[0]] = rows.detach()
+        parts = [part[:n] for part, n in zip(gather(padded), sizes, strict=True)]
+    if rank is not None:
+        parts[rank] = rows
+    return torch.cat(parts, dim=0), sizes
 
 
 def all_reduce_sum(tensor: torch.Tensor, world: WorldInfo) -> torch.Tensor:
