@@ -126,6 +126,22 @@ def dist_all_gather(tensor: torch.Tensor) -> list[torch.Tensor]:
     return out
 
 
+class _GatheredWithGrad(torch.autograd.Function):
+    """``rows`` -> the gathered rows (computed already); backward sums the gathered rows'
+    gradient over ranks and returns this rank's slice, so each rank's rows get the gradient of
+    every rank's loss (what ``torch.distributed.nn.all_gather`` does)."""
+
+    @staticmethod
+    def forward(ctx: Any, rows: torch.Tensor, gathered: torch.Tensor, offset: int, all_gather: AllGather) -> torch.Tensor:
+        ctx.offset, ctx.count, ctx.all_gather = offset, rows.shape[0], all_gather
+        return gathered
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
+        total = torch.stack(ctx.all_gather(grad.contiguous())).sum(dim=0)
+        return total[ctx.offset : ctx.offset + ctx.count], None, None, None
+
+
 def gather_rows(
     rows: torch.Tensor, all_gather: AllGather | None = None, *, rank: int | None = None
 ) -> tuple[torch.Tensor, list[int]]:
@@ -135,9 +151,12 @@ def gather_rows(
 
     ``all_gather`` defaults to :func:`dist_all_gather` (``torch.distributed``); tests pass a
     fake one to simulate ranks. Without ``rank`` the result carries no gradient (keys from a
-    momentum encoder). With ``rank`` (this process's rank) that rank's rows are ``rows``
-    itself, so gradients flow through the local shard; the other ranks' rows are constants
-    (each rank back-propagates its own, and the gradient all-reduce sums them)."""
+    momentum encoder). With ``rank`` (this process's rank) the result is differentiable with
+    respect to ``rows``, and the gradient is complete: the backward pass all-gathers the
+    gradient of the whole gathered tensor and sums it, so this rank's rows receive the
+    gradient of every rank's loss (every rank must then run its backward pass, as DDP does).
+    With DDP's gradient averaging and objkit's loss scaling this gives the gradient of one
+    process holding the whole global batch (in-batch negatives across ranks)."""
     gather = all_gather or dist_all_gather
     with torch.no_grad():
         size = torch.tensor([rows.shape[0]], dtype=torch.long, device=rows.device)
@@ -145,9 +164,12 @@ def gather_rows(
         padded = rows.detach().new_zeros((max(sizes), *rows.shape[1:]))
         padded[: rows.shape[0]] = rows.detach()
         parts = [part[:n] for part, n in zip(gather(padded), sizes, strict=True)]
-    if rank is not None:
-        parts[rank] = rows
-    return torch.cat(parts, dim=0), sizes
+        if rank is not None:
+            parts[rank] = rows.detach()
+        gathered = torch.cat(parts, dim=0)
+    if rank is not None and rows.requires_grad:
+        gathered = _GatheredWithGrad.apply(rows, gathered, sum(sizes[:rank]), gather)
+    return gathered, sizes
 
 
 def all_reduce_sum(tensor: torch.Tensor, world: WorldInfo) -> torch.Tensor:

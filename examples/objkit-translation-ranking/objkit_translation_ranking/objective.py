@@ -16,14 +16,16 @@ layer, L2-normalised, bidirectional, negatives gathered from every replica
 flat and a 0.3 margin dominates it). ``layer``, ``pooling`` and ``scale`` are configurable.
 
 Distributed: with ``world_size > 1`` each rank all-gathers both sides' vectors, so a query
-ranks against ``B × world_size`` candidates. The gathered copy keeps the gradient of this
-rank's own shard only (other ranks' vectors are constants here; each rank back-propagates
-its own queries, and the gradient all-reduce sums the shards), as LaBSE's cross-accelerator
-negatives do. Ranks may hold different numbers of pairs (sizes are gathered first).
+ranks against ``B × world_size`` candidates. The gather is differentiable end to end
+(``objkit.gather_rows(..., rank=)``: its backward pass sums every rank's gradient for the
+gathered vectors), so each rank's vectors also get the gradient of the other ranks' queries
+that rank them, and the step's gradient is that of one process holding the whole global
+batch: 1 rank × B and 2 ranks × B/2 give the same losses (objkit's conformance kit checks
+it). Ranks may hold different numbers of pairs (sizes are gathered first).
 
 Uses only objkit's public plugin API (``objkit.__all__``, plugin API 1.1): nothing in this
 package imports objkit's internal modules. The cross-rank gather is ``objkit.gather_rows`` with
-``rank=`` (gradients through this rank's rows only).
+``rank=``.
 """
 
 from __future__ import annotations

@@ -140,6 +140,8 @@ def test_two_simulated_ranks_rank_against_both_batches():
         if tensor.dtype == torch.long:
             return [tensor.clone(), tensor]
         calls.append(tensor)
+        if len(calls) > 2:  # backward: rank 0's share of the gathered rows' gradient (none here)
+            return [torch.zeros_like(tensor), tensor]
         return [(their_tgt if len(calls) == 1 else their_src).clone(), tensor]
 
     objective.all_gather = fake_all_gather
