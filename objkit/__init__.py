@@ -28,7 +28,21 @@ if TYPE_CHECKING:
         VocabInfo,
         WorldInfo,
     )
-    from objkit.masking import IGNORE_INDEX, MaskingConfig, mask_tokens, pad_sequences
+    from objkit.contrastive import ContrastiveResult, info_nce
+    from objkit.data import pack_sentences
+    from objkit.distributed import AllGather, dist_all_gather, gather_rows
+    from objkit.masking import IGNORE_INDEX, MaskingConfig, mask_tokens, masked_lm_output, masked_units, pad_sequences
+    from objkit.momentum import (
+        ConstantMomentum,
+        ConstantWithRefresh,
+        ExponentialMomentum,
+        LinearMomentum,
+        MomentumSchedule,
+        MomentumTracker,
+        coerce_schedule,
+        make_momentum_copy,
+    )
+    from objkit.seeding import SAMPLE_SEED, derive_seed, example_seeds, sample_generator, sample_uniform
 
 # Imported on first use (PEP 562), so that ``objkit`` starts -- and answers Ctrl-C -- before
 # torch is loaded: the command line imports only what a command needs.
@@ -37,7 +51,17 @@ _LAZY = {
     **dict.fromkeys(["Augmentation", "BuildContext", "DataKind", "Encoder", "NegativeStore", "Objective",
                      "ObjectiveOutput", "Plugin", "PluginConfig", "StepContext", "VocabInfo", "WorldInfo"],
                     "objkit.interfaces"),
-    **dict.fromkeys(["IGNORE_INDEX", "MaskingConfig", "mask_tokens", "pad_sequences"], "objkit.masking"),
+    **dict.fromkeys(["IGNORE_INDEX", "MaskingConfig", "mask_tokens", "masked_lm_output", "masked_units",
+                     "pad_sequences"], "objkit.masking"),
+    # plugin API 1.1: what the built-ins need to be rank-invariant and correct (docs/plugin-api.md §3)
+    **dict.fromkeys(["SAMPLE_SEED", "derive_seed", "example_seeds", "sample_generator", "sample_uniform"],
+                    "objkit.seeding"),
+    **dict.fromkeys(["ConstantMomentum", "ConstantWithRefresh", "ExponentialMomentum", "LinearMomentum",
+                     "MomentumSchedule", "MomentumTracker", "coerce_schedule", "make_momentum_copy"],
+                    "objkit.momentum"),
+    **dict.fromkeys(["ContrastiveResult", "info_nce"], "objkit.contrastive"),
+    **dict.fromkeys(["AllGather", "dist_all_gather", "gather_rows"], "objkit.distributed"),
+    "pack_sentences": "objkit.data",
 }
 
 
@@ -58,11 +82,20 @@ __version__ = "0.1.0"
 __all__ = [
     "IGNORE_INDEX",
     "PLUGIN_API_VERSION",
+    "SAMPLE_SEED",
+    "AllGather",
     "Augmentation",
     "BuildContext",
+    "ConstantMomentum",
+    "ConstantWithRefresh",
+    "ContrastiveResult",
     "DataKind",
     "Encoder",
+    "ExponentialMomentum",
+    "LinearMomentum",
     "MaskingConfig",
+    "MomentumSchedule",
+    "MomentumTracker",
     "NegativeStore",
     "Objective",
     "ObjectiveOutput",
@@ -74,7 +107,19 @@ __all__ = [
     "VocabInfo",
     "WorldInfo",
     "__version__",
+    "coerce_schedule",
+    "derive_seed",
+    "dist_all_gather",
+    "example_seeds",
+    "gather_rows",
     "hookimpl",
+    "info_nce",
+    "make_momentum_copy",
     "mask_tokens",
+    "masked_lm_output",
+    "masked_units",
+    "pack_sentences",
     "pad_sequences",
+    "sample_generator",
+    "sample_uniform",
 ]

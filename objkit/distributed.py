@@ -117,6 +117,8 @@ def main_process_first(world: WorldInfo) -> Iterator[None]:
 
 # ----------------------------------------------------------------------------- collectives
 def dist_all_gather(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """``torch.distributed.all_gather`` of a same-shaped tensor: every rank's, in rank order
+    (an :data:`AllGather`; call it only when ``world_size > 1``)."""
     import torch.distributed as dist
 
     out = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
@@ -124,17 +126,50 @@ def dist_all_gather(tensor: torch.Tensor) -> list[torch.Tensor]:
     return out
 
 
-@torch.no_grad()
-def gather_rows(rows: torch.Tensor, all_gather: AllGather) -> tuple[torch.Tensor, list[int]]:
+class _GatheredWithGrad(torch.autograd.Function):
+    """``rows`` -> the gathered rows (computed already); backward sums the gathered rows'
+    gradient over ranks and returns this rank's slice, so each rank's rows get the gradient of
+    every rank's loss (what ``torch.distributed.nn.all_gather`` does)."""
+
+    @staticmethod
+    def forward(ctx: Any, rows: torch.Tensor, gathered: torch.Tensor, offset: int, all_gather: AllGather) -> torch.Tensor:
+        ctx.offset, ctx.count, ctx.all_gather = offset, rows.shape[0], all_gather
+        return gathered
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
+        total = torch.stack(ctx.all_gather(grad.contiguous())).sum(dim=0)
+        return total[ctx.offset : ctx.offset + ctx.count], None, None, None
+
+
+def gather_rows(
+    rows: torch.Tensor, all_gather: AllGather | None = None, *, rank: int | None = None
+) -> tuple[torch.Tensor, list[int]]:
     """Concatenate every rank's ``rows [n_r, ...]`` in rank order; ``n_r`` may differ per rank
     (sizes are all-gathered first, rows padded to the largest, gathered, trimmed). Returns the
-    rows and the per-rank counts."""
-    size = torch.tensor([rows.shape[0]], dtype=torch.long, device=rows.device)
-    sizes = [int(s.item()) for s in all_gather(size)]
-    padded = rows.new_zeros((max(sizes), *rows.shape[1:]))
-    padded[: rows.shape[0]] = rows
-    gathered = all_gather(padded)
-    return torch.cat([part[:n] for part, n in zip(gathered, sizes, strict=True)], dim=0), sizes
+    rows and the per-rank counts (this rank's rows start at ``sum(counts[:rank])``).
+
+    ``all_gather`` defaults to :func:`dist_all_gather` (``torch.distributed``); tests pass a
+    fake one to simulate ranks. Without ``rank`` the result carries no gradient (keys from a
+    momentum encoder). With ``rank`` (this process's rank) the result is differentiable with
+    respect to ``rows``, and the gradient is complete: the backward pass all-gathers the
+    gradient of the whole gathered tensor and sums it, so this rank's rows receive the
+    gradient of every rank's loss (every rank must then run its backward pass, as DDP does).
+    With DDP's gradient averaging and objkit's loss scaling this gives the gradient of one
+    process holding the whole global batch (in-batch negatives across ranks)."""
+    gather = all_gather or dist_all_gather
+    with torch.no_grad():
+        size = torch.tensor([rows.shape[0]], dtype=torch.long, device=rows.device)
+        sizes = [int(s.item()) for s in gather(size)]
+        padded = rows.detach().new_zeros((max(sizes), *rows.shape[1:]))
+        padded[: rows.shape[0]] = rows.detach()
+        parts = [part[:n] for part, n in zip(gather(padded), sizes, strict=True)]
+        if rank is not None:
+            parts[rank] = rows.detach()
+        gathered = torch.cat(parts, dim=0)
+    if rank is not None and rows.requires_grad:
+        gathered = _GatheredWithGrad.apply(rows, gathered, sum(sizes[:rank]), gather)
+    return gathered, sizes
 
 
 def all_reduce_sum(tensor: torch.Tensor, world: WorldInfo) -> torch.Tensor:

@@ -20,6 +20,7 @@ from objkit.errors import UserError
 from objkit.hookspecs import PLUGIN_API_VERSION, hookimpl
 from objkit.hub import hub_unreachable_reason, offline_unless_reachable
 from objkit.interfaces import Encoder
+from objkit.momentum import make_momentum_copy
 from objkit.recipe import ModelConfig
 
 PRESETS: dict[str, dict[str, int]] = {
@@ -132,6 +133,25 @@ class XLMREncoder(Encoder):
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.mlm.lm_head(hidden)
+
+    def copy_body(self, up_to_layer: int | None = None) -> nn.Module:
+        """A frozen fp32 copy of the body keeping only its first ``up_to_layer`` blocks."""
+        body = self.body()
+        if up_to_layer is None:
+            return make_momentum_copy(body)
+        with truncated_layers(body, up_to_layer):
+            return make_momentum_copy(body)
+
+    def run_copy(
+        self,
+        body: nn.Module,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        up_to_layer: int | None = None,
+        position_ids: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> list[torch.Tensor]:
+        return run_body(body, input_ids, attention_mask, up_to_layer, position_ids, token_type_ids)
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write the body (``AutoModel``) and LM head (``AutoModelForMaskedLM``) in HF format."""

@@ -39,7 +39,7 @@ import pluggy
 PROJECT = "objkit"
 ENTRY_POINT_GROUP = "objkit"
 
-PLUGIN_API_VERSION = "1.0"
+PLUGIN_API_VERSION = "1.1"
 """The plugin API this objkit provides, ``MAJOR.MINOR``.
 
 A plugin declares the version it is written against (class attribute ``plugin_api``). It
@@ -47,6 +47,11 @@ loads when the majors are equal and its minor is at most objkit's: minors only a
 API, a new major may change or remove what plugins use. Anything else is a
 :class:`~objkit.errors.PluginError` naming the plugin, its distribution and both versions;
 the other plugins still load.
+
+History: 1.0 the plugin kinds, contexts and masking helpers; 1.1 adds the per-example seeds,
+momentum copies and schedules, InfoNCE, the cross-rank row gather, the masked-LM and packing
+helpers, and ``Encoder.copy_body`` / ``Encoder.run_copy`` (plugins declaring "1.0" load
+unchanged).
 """
 
 _VERSION = re.compile(r"^(\d+)\.(\d+)$")

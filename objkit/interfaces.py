@@ -183,6 +183,30 @@ class Encoder(Plugin, nn.Module, ABC):
     def body(self) -> nn.Module:
         """The transformer body without the LM head (what a momentum copy tracks)."""
 
+    def copy_body(self, up_to_layer: int | None = None) -> nn.Module:
+        """A frozen fp32 copy of :meth:`body` (``requires_grad=False``) for a momentum encoder,
+        keeping at least the blocks up to ``up_to_layer`` (all: None). Its parameter names are
+        the body's, so ``objkit.MomentumTracker.between(encoder.body(), copy)`` pairs them.
+        Default: a full-depth :func:`objkit.make_momentum_copy` of the body. (API 1.1)"""
+        from objkit.momentum import make_momentum_copy
+
+        return make_momentum_copy(self.body())
+
+    def run_copy(
+        self,
+        body: nn.Module,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        up_to_layer: int | None = None,
+        position_ids: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> list[torch.Tensor]:
+        """Hidden states ``[h_0 .. h_L]`` of ``body`` -- a :meth:`copy_body` of this encoder --
+        running only the blocks up to ``L = up_to_layer``, exactly as :meth:`forward` runs the
+        trained body. It runs under the caller's grad mode (wrap it in ``torch.no_grad()`` for
+        keys) and train/eval mode (``body.train(...)``). Default: not supported. (API 1.1)"""
+        raise NotImplementedError(f"encoder {self.name!r} cannot run a copy of its body (Encoder.run_copy)")
+
     def shard_units(self) -> list[nn.Module]:
         """Submodules FSDP shards as units of their own (the transformer blocks), so only one
         block's full weights exist at a time; the rest is sharded with the root. Default: none."""

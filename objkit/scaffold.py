@@ -78,6 +78,8 @@ from objkit import (
     Objective,
     ObjectiveOutput,
     StepContext,
+    derive_seed,
+    example_seeds,
     hookimpl,
     mask_tokens,
     pad_sequences,
@@ -104,11 +106,19 @@ class {cls}(Objective):
         self.max_length = ctx.max_length
 
     def collate(self, examples: list[dict[str, Any]], generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """``<s> sentence </s>`` per example, padded and masked; all randomness from ``generator``."""
+        """``<s> sentence </s>`` per example, padded and masked.
+
+        Each example is masked from its own ``sample_seed`` (set by objkit's trainer from the
+        example's place in the step's global batch), so the loss is the same on 1 rank × B and
+        on 2 ranks × B/2, and a run resumes on another world size. Do not draw per-example
+        randomness from ``generator``: it is seeded per rank and micro-batch (it only stands
+        in when examples carry no ``sample_seed``, e.g. a direct call in a unit test).
+        """
         budget = self.max_length - 2
         rows = [[self.vocab.bos_id, *e["input_ids"][:budget], self.vocab.eos_id] for e in examples]
         input_ids, attention_mask = pad_sequences(rows, self.vocab.pad_id)
-        masked, labels = mask_tokens(input_ids, self.vocab, generator, self.config)
+        seeds = [derive_seed(seed, "{name}/mask") for seed in example_seeds(examples, generator)]
+        masked, labels = mask_tokens(input_ids, self.vocab, generator, self.config, seeds=seeds)
         return {{"input_ids": masked, "attention_mask": attention_mask, "labels": labels}}
 
     def compute(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> ObjectiveOutput:
@@ -163,7 +173,10 @@ label_smoothing = 0.0
 Edit `{package}/objective.py` (the objective) and `tests/` (its configurations and the
 values its config must reject). The plugin API contract is objkit's `docs/plugin-api.md`:
 use only names from `objkit.__all__` and `objkit.testing`, and raise `plugin_api` when you
-rely on a newer plugin API.
+rely on a newer plugin API. Draw per-example randomness from each example's `sample_seed`
+(`objkit.example_seeds`, one stream per purpose with `objkit.derive_seed`), as the generated
+`collate` does, not from its `generator` (seeded per rank and micro-batch): then the loss is
+the same on any number of ranks.
 '''
 
 

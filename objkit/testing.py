@@ -17,8 +17,9 @@ construction on the meta device (``--dry-run``), ``prepare``/``collate`` on a du
 source (``group`` kept; collation a pure function of examples and generator), a few
 training steps of ``compute`` with a tiny encoder (finite scalar loss and metrics;
 gradients reach the parameters whenever the output counts), state save/restore through a
-real checkpoint round trip (safetensors + JSON) with an identical restored instance, and
-determinism under a fixed seed. :class:`NegativeStoreConformance` and
+real checkpoint round trip (safetensors + JSON) with an identical restored instance,
+determinism under a fixed seed, and rank invariance (the real ``CompositeLoss`` step with
+``sample_seed``: 1 rank × B and 2 simulated ranks × B/2 give the same losses). :class:`NegativeStoreConformance` and
 :class:`AugmentationConformance` do the same for the other kinds.
 
 The same checks are plain functions (``check_objective(cls, config)`` and friends) for use
@@ -75,11 +76,15 @@ class Case:
 
     ``expect_gradients``: some training step must put gradients on the encoder or the
     plugin's trainable modules (False for a configuration whose loss legitimately stays
-    out of training for the first ``steps`` steps, e.g. a queue still filling)."""
+    out of training for the first ``steps`` steps, e.g. a queue still filling).
+
+    ``rank_invariant``: False for a configuration whose loss depends on the number of ranks
+    by design (e.g. negatives from this rank's batch only); the rank check is then skipped."""
 
     config: dict[str, Any] = field(default_factory=dict)
     id: str | None = None
     expect_gradients: bool = True
+    rank_invariant: bool = True
 
     @property
     def label(self) -> str:
@@ -527,6 +532,50 @@ def check_objective_determinism(cls: type, config: PluginConfig, *, steps: int =
         assert torch.equal(a, b), f"{cls.name}: encoder weight {name} differs between equal-seed runs"
 
 
+def check_objective_ranks(
+    cls: type, config: PluginConfig, *, steps: int = 3, seed: int = 0, batch_size: int = 8, world_size: int = 2,
+    rel_tol: float = 1e-4, abs_tol: float = 1e-5,
+) -> list[float | None]:
+    """Rank invariance through the real step: the same global batch of ``batch_size``
+    examples, trained ``steps`` steps by objkit's ``CompositeLoss`` (which gives each example
+    its ``sample_seed`` and each rank and micro-batch its own ``generator``) on 1 rank × B
+    and on ``world_size`` simulated ranks × B/world_size (threads; gradients averaged as DDP
+    does, ``torch.distributed`` gathers served in-process), gives the same per-unit loss at
+    every step. Fails for a plugin that draws per-example randomness from ``generator``
+    instead of ``sample_seed`` (docs/plugin-api.md, section 5). Returns the 1-rank losses."""
+    from objkit._ranks import run_ranks
+
+    def build(world: WorldInfo) -> tuple[Encoder, Objective, list[torch.nn.Parameter]]:
+        seed_everything(seed)
+        encoder = tiny_encoder(seed=seed)
+        encoder.train()
+        objective = cls(config, build_context(encoder, registry=registry_with(cls), seed=seed, world=world))
+        return encoder, objective, _parameters(encoder, objective)
+
+    probe = cls(config, build_context(tiny_encoder(seed=seed), registry=registry_with(cls), seed=seed))
+    examples = objective_examples(probe, batch_size, seed=seed)
+    assert len(examples) == batch_size, f"{cls.name}: prepare() gave {len(examples)} < {batch_size} examples"
+    one = run_ranks(build, examples, world_size=1, steps=steps, seed=seed)
+    many = run_ranks(build, examples, world_size=world_size, steps=steps, seed=seed)
+    out: list[float | None] = []
+    for step, (a, b) in enumerate(zip(one, many, strict=True)):
+        assert (a is None) == (b is None), (
+            f"{cls.name}: step {step} has output units on {'1 rank' if a else f'{world_size} ranks'} only"
+        )
+        if a is None or b is None:
+            out.append(None)
+            continue
+        assert a[1] == b[1], f"{cls.name}: step {step}: {a[1]:g} units on 1 rank, {b[1]:g} on {world_size} ranks"
+        la, lb = a[0] / a[1], b[0] / b[1]
+        assert math.isclose(la, lb, rel_tol=rel_tol, abs_tol=abs_tol), (
+            f"{cls.name}: step {step} loss {la:.6g} on 1 rank × {batch_size} but {lb:.6g} on {world_size} ranks × "
+            f"{batch_size // world_size}: per-example randomness must come from example['sample_seed'] "
+            "(objkit.example_seeds / objkit.derive_seed), not from collate's generator"
+        )
+        out.append(la)
+    return out
+
+
 def check_objective(cls: type, table: dict[str, Any] | None = None, *, steps: int = 3, expect_gradients: bool = True) -> None:
     """Every objective check for one configuration table (outside pytest)."""
     table = table or {}
@@ -537,6 +586,7 @@ def check_objective(cls: type, table: dict[str, Any] | None = None, *, steps: in
     check_objective_compute(cls, config, steps=steps, expect_gradients=expect_gradients)
     check_objective_state(cls, config, steps=steps)
     check_objective_determinism(cls, config, steps=steps)
+    check_objective_ranks(cls, config, steps=steps)
 
 
 # ----------------------------------------------------------------------------- checks: negative stores
@@ -663,6 +713,13 @@ class ObjectiveConformance(_Harness):
     def test_determinism(self, case: Case) -> None:
         check_objective_determinism(self.cls, self._config(case), steps=self.steps, seed=self.seed, batch_size=self.batch_size)
 
+    def test_rank_invariance(self, case: Case) -> None:
+        if not case.rank_invariant:
+            import pytest
+
+            pytest.skip("this configuration depends on the number of ranks by design (Case.rank_invariant=False)")
+        check_objective_ranks(self.cls, self._config(case), steps=self.steps, seed=self.seed, batch_size=self.batch_size)
+
 
 class NegativeStoreConformance(_Harness):
     """pytest harness for a NegativeStore plugin."""
@@ -708,6 +765,7 @@ __all__ = [
     "check_objective_data",
     "check_objective_determinism",
     "check_objective_meta",
+    "check_objective_ranks",
     "check_objective_state",
     "check_recipe_validation",
     "check_registration",

@@ -41,8 +41,16 @@ import datasets
 import torch
 from pydantic import Field
 
-from objkit import PLUGIN_API_VERSION, Augmentation, BuildContext, PluginConfig, hookimpl
-from objkit.seeding import derive_seed, example_seeds, sample_uniform
+from objkit import (
+    PLUGIN_API_VERSION,
+    Augmentation,
+    BuildContext,
+    PluginConfig,
+    derive_seed,
+    example_seeds,
+    hookimpl,
+    sample_uniform,
+)
 
 PARTNER_KEYS = ("partner_src_ids", "partner_tgt_ids")
 

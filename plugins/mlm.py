@@ -12,10 +12,22 @@ from typing import Any, ClassVar
 import datasets
 import torch
 
-from objkit import PLUGIN_API_VERSION, BuildContext, Objective, ObjectiveOutput, StepContext, hookimpl
-from objkit.data import pack_sentences
-from objkit.masking import MaskingConfig, mask_tokens, masked_lm_output, masked_units, pad_sequences
-from objkit.seeding import derive_seed, example_seeds
+from objkit import (
+    PLUGIN_API_VERSION,
+    BuildContext,
+    MaskingConfig,
+    Objective,
+    ObjectiveOutput,
+    StepContext,
+    derive_seed,
+    example_seeds,
+    hookimpl,
+    mask_tokens,
+    masked_lm_output,
+    masked_units,
+    pack_sentences,
+    pad_sequences,
+)
 
 
 class MLMConfig(MaskingConfig):

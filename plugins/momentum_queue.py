@@ -26,8 +26,16 @@ from typing import Any, ClassVar
 import torch
 from pydantic import Field
 
-from objkit import PLUGIN_API_VERSION, NegativeStore, PluginConfig, WorldInfo, hookimpl
-from objkit.distributed import AllGather, dist_all_gather, gather_rows
+from objkit import (
+    PLUGIN_API_VERSION,
+    AllGather,
+    NegativeStore,
+    PluginConfig,
+    WorldInfo,
+    dist_all_gather,
+    gather_rows,
+    hookimpl,
+)
 
 
 class MomentumQueueConfig(PluginConfig):

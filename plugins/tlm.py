@@ -28,10 +28,23 @@ import datasets
 import torch
 from pydantic import Field, model_validator
 
-from objkit import PLUGIN_API_VERSION, BuildContext, Objective, ObjectiveOutput, StepContext, hookimpl
-from objkit.errors import UserError
-from objkit.masking import MaskingConfig, mask_tokens, masked_lm_output, masked_units, pad_sequences
-from objkit.seeding import derive_seed, example_seeds, sample_uniform
+from objkit import (
+    PLUGIN_API_VERSION,
+    BuildContext,
+    MaskingConfig,
+    Objective,
+    ObjectiveOutput,
+    StepContext,
+    UserError,
+    derive_seed,
+    example_seeds,
+    hookimpl,
+    mask_tokens,
+    masked_lm_output,
+    masked_units,
+    pad_sequences,
+    sample_uniform,
+)
 
 
 class TLMConfig(MaskingConfig):

@@ -62,20 +62,25 @@ from objkit import (
     PLUGIN_API_VERSION,
     Augmentation,
     BuildContext,
+    ConstantMomentum,
+    MaskingConfig,
+    MomentumSchedule,
+    MomentumTracker,
     NegativeStore,
     Objective,
     ObjectiveOutput,
     PluginConfig,
     StepContext,
+    UserError,
+    coerce_schedule,
+    derive_seed,
+    example_seeds,
     hookimpl,
+    info_nce,
+    make_momentum_copy,
+    mask_tokens,
+    pad_sequences,
 )
-from objkit.contrastive import info_nce
-from objkit.encoder import run_body, truncated_layers
-from objkit.errors import UserError
-from objkit.masking import MaskingConfig, mask_tokens, pad_sequences
-from objkit.momentum import ConstantMomentum, MomentumSchedule, MomentumTracker, coerce_schedule, make_momentum_copy
-from objkit.registry import Registry
-from objkit.seeding import derive_seed, example_seeds
 
 
 class XlcoConfig(PluginConfig):
@@ -119,14 +124,6 @@ class InverseTemperature(nn.Module):
         return self.log_scale.exp().clamp(max=100.0)
 
 
-def _copy_first_blocks(body: nn.Module, depth: int) -> nn.Module:
-    """A frozen fp32 copy of an XLM-R body keeping only its first ``depth`` blocks."""
-    if hasattr(body, "encoder") and hasattr(body.encoder, "layer"):
-        with truncated_layers(body, depth):
-            return make_momentum_copy(body)
-    return make_momentum_copy(body)
-
-
 class CrossLingualContrast(Objective):
     name: ClassVar[str] = "xlco"
     plugin_api: ClassVar[str] = PLUGIN_API_VERSION  # built-in: always the current API
@@ -134,7 +131,7 @@ class CrossLingualContrast(Objective):
     data_kind = "parallel"
 
     @classmethod
-    def check(cls, config: XlcoConfig, registry: Registry) -> list[str]:
+    def check(cls, config: XlcoConfig, registry: Any) -> list[str]:
         problems: list[str] = []
         if not config.negatives:
             problems.append("negatives: give at least one negative store, e.g. negatives = { momentum_queue = {} }")
@@ -172,7 +169,8 @@ class CrossLingualContrast(Objective):
         self.vocab = ctx.vocab
         self.max_length = ctx.max_length
         self.body = encoder.body()
-        self.key_body = _copy_first_blocks(self.body, self.depth)
+        self.key_body = encoder.copy_body(self.depth)  # frozen fp32, only the blocks the key pass runs
+        self._run_copy = encoder.run_copy
         self.projection: nn.Linear | None = None
         self.key_projection: nn.Module | None = None
         if config.projection:
@@ -257,7 +255,7 @@ class CrossLingualContrast(Objective):
         """Momentum-encoder vectors ``[B, d]`` (fp32), running ``layer`` blocks."""
         self.key_body.train(training)  # same dropout mode as the query encoder (reference)
         up_to = self.layer if self.config.truncate_passes else None
-        hidden = run_body(self.key_body, input_ids, attention_mask, up_to_layer=up_to)[self.layer]
+        hidden = self._run_copy(self.key_body, input_ids, attention_mask, up_to_layer=up_to)[self.layer]
         return self._head(self._pool(hidden, attention_mask), self.key_projection)
 
     def encode_queries(self, encoder: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -32,13 +32,12 @@ Differences from the reference, stated:
   set by the paper recipe; masking is a Bernoulli draw per token (see ``objkit.mask_tokens``).
 
 Third-party shape: this module imports only objkit's public names; per-example randomness comes
-from each example's ``sample_seed`` (hashed here with blake2b per purpose), so the same on any
-number of ranks.
+from each example's ``sample_seed`` (``objkit.example_seeds`` / ``objkit.derive_seed`` per
+purpose), so the same on any number of ranks.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from typing import Any, ClassVar
 
@@ -56,9 +55,12 @@ from objkit import (
     ObjectiveOutput,
     StepContext,
     UserError,
+    derive_seed,
+    example_seeds,
     hookimpl,
     mask_tokens,
     pad_sequences,
+    sample_uniform,
 )
 
 
@@ -70,11 +72,6 @@ class XlmAlignConfig(MaskingConfig):
     tlm_loss: bool = Field(True, description="add the TLM loss of the same pass (reference: yes)")
     projection: bool = Field(True, description="q and k linear heads (false: identity, reference --no_linear_proj)")
     random_order: bool = Field(False, description="a seeded per-example bit puts the target side first")
-
-
-def _seed(seed: int, purpose: str) -> int:
-    digest = hashlib.blake2b(f"{seed}/{purpose}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
 def sinkhorn(sim: torch.Tensor, iterations: int) -> torch.Tensor:
@@ -153,20 +150,17 @@ class DenoisingWordAlignment(Objective):
                 "src_len": len(src) + 2}  # fmt: skip
 
     def collate(self, examples: list[dict[str, Any]], generator: torch.Generator) -> dict[str, torch.Tensor]:
-        if examples and all("sample_seed" in e for e in examples):
-            seeds = [int(e["sample_seed"]) for e in examples]
-        else:  # called directly (tests): seeds from the micro-batch generator
-            seeds = torch.randint(0, 2**63 - 1, (len(examples),), generator=generator).tolist()
+        seeds = example_seeds(examples, generator)  # sample_seed; the generator only when called directly
         sequences, cuts = [], []
         for example, seed in zip(examples, seeds, strict=True):
             ids, cut = list(example["input_ids"]), int(example["src_len"])
-            if self.config.random_order and _seed(seed, "order") >= 2**62:
+            if self.config.random_order and sample_uniform(seed, "order") >= 0.5:
                 ids, cut = [ids[0], *ids[cut:-1], ids[cut - 1], *ids[1 : cut - 1], ids[-1]], len(ids) - cut + 1
             sequences.append(ids)
             cuts.append(cut)
         clean, attention_mask = pad_sequences(sequences, self.vocab.pad_id)
         masked, labels = mask_tokens(clean, self.vocab, generator, self.config,
-                                     seeds=[_seed(s, "mask") for s in seeds])  # fmt: skip
+                                     seeds=[derive_seed(s, "mask") for s in seeds])  # fmt: skip
         lengths = torch.tensor([len(s) for s in sequences])
         cut = torch.tensor(cuts)
         # spans [start, end): source words 1 .. cut-2, target words cut .. len-2

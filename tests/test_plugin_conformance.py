@@ -94,3 +94,56 @@ def test_every_builtin_plugin_has_a_harness():
         info.name for info in installed_registry().infos() if info.distribution == "objkit" and info.kind != "encoder"
     }
     assert builtins == set(HARNESSES)
+
+
+def test_rank_check_catches_masking_from_the_generator():
+    """The kit's rank check drives the real CompositeLoss: an objective that masks from the
+    per-rank ``generator`` (what the scaffold generated before plugin API 1.1) fails it, and
+    the same objective masking from ``sample_seed`` passes."""
+    from typing import Any, ClassVar
+
+    import pytest
+    import torch
+
+    from objkit import (
+        BuildContext,
+        MaskingConfig,
+        Objective,
+        ObjectiveOutput,
+        StepContext,
+        derive_seed,
+        example_seeds,
+        mask_tokens,
+        masked_lm_output,
+        pad_sequences,
+    )
+    from objkit.testing import check_objective_ranks
+
+    class GeneratorMasking(Objective):
+        name: ClassVar[str] = "generator_masking"
+        Config: ClassVar[type[MaskingConfig]] = MaskingConfig
+        plugin_api: ClassVar[str] = "1.1"
+        data_kind = "text"
+        per_sample: ClassVar[bool] = False
+
+        def __init__(self, config: MaskingConfig, ctx: BuildContext) -> None:
+            super().__init__(config, ctx)
+            self.vocab = ctx.vocab
+
+        def collate(self, examples: list[dict[str, Any]], generator: torch.Generator) -> dict[str, torch.Tensor]:
+            rows = [[self.vocab.bos_id, *e["input_ids"][:20], self.vocab.eos_id] for e in examples]
+            ids, attention = pad_sequences(rows, self.vocab.pad_id)
+            seeds = [derive_seed(s, "m") for s in example_seeds(examples, generator)] if self.per_sample else None
+            masked, labels = mask_tokens(ids, self.vocab, generator, self.config, seeds=seeds)
+            return {"input_ids": masked, "attention_mask": attention, "labels": labels}
+
+        def compute(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> ObjectiveOutput:
+            return masked_lm_output(ctx.encoder, batch)
+
+    class SampleSeedMasking(GeneratorMasking):
+        name: ClassVar[str] = "sample_seed_masking"
+        per_sample: ClassVar[bool] = True
+
+    with pytest.raises(AssertionError, match="must come from example\\['sample_seed'\\]|units on 1 rank"):
+        check_objective_ranks(GeneratorMasking, MaskingConfig(), steps=1)
+    assert check_objective_ranks(SampleSeedMasking, MaskingConfig(), steps=1)[0] is not None

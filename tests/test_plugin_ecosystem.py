@@ -170,6 +170,10 @@ def test_new_plugin_scaffold_installs_and_passes_its_tests(tmp_path, capsys):
     code, out, _ = main(capsys, "new-plugin", "scaffold_demo", "-o", str(plugin))
     assert code == 0 and "wrote 5 files" in out
     assert (plugin / "pyproject.toml").exists() and (plugin / "tests" / "test_scaffold_demo_conformance.py").exists()
+    generated = (plugin / "objkit_scaffold_demo" / "objective.py").read_text(encoding="utf-8")
+    # masks from each example's sample_seed (rank invariance), not from the per-rank generator
+    assert "example_seeds(examples, generator)" in generated and "seeds=seeds)" in generated
+    assert "from objkit." not in generated and "import objkit." not in generated
     code, _, err = main(capsys, "new-plugin", "scaffold_demo", "-o", str(plugin))
     assert code == 2 and "is not an empty directory" in err
     code, _, err = main(capsys, "new-plugin", "mlm", "-o", str(tmp_path / "x"))
@@ -210,7 +214,7 @@ def test_example_plugin_is_listed_with_its_distribution(capsys):
     row = {r["name"]: r for r in json.loads(out)}["translation_ranking"]
     assert row["kind"] == "objective" and row["status"] == "ok"
     assert (row["distribution"], row["version"]) == ("objkit-translation-ranking", _installed("objkit-translation-ranking"))
-    assert row["module"] == "objkit_translation_ranking.objective" and row["plugin_api"] == "1.0"
+    assert row["module"] == "objkit_translation_ranking.objective" and row["plugin_api"] == "1.1"
 
 
 # ----------------------------------------------------------------------------- two plugins, one name

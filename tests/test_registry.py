@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata as md
+import re
 import sys
 import types
 from typing import ClassVar
@@ -137,7 +138,7 @@ def _with_dist(ep: md.EntryPoint, dist: object) -> md.EntryPoint:
 
 # ----------------------------------------------------------------------------- plugin API version
 def test_api_compatibility_rule():
-    assert PLUGIN_API_VERSION == "1.0"
+    assert PLUGIN_API_VERSION == "1.1"
     assert api_compatible("1.0", "1.0") and api_compatible("1.0", "1.3")
     assert not api_compatible("1.4", "1.3")  # needs a newer minor
     assert not api_compatible("2.0", "1.0") and not api_compatible("0.9", "1.0")  # other majors
@@ -151,12 +152,12 @@ def test_api_mismatch_names_plugin_distribution_and_both_versions():
     message = str(err.value)
     assert '"future"' in message and "objkit-future 3.1" in message
     assert "plugin API 2.0" in message and f"provides plugin API {PLUGIN_API_VERSION}" in message
-    with pytest.raises(PluginError, match=r"needs objkit plugin API 1\.7, but objkit .* provides plugin API 1\.0"):
+    with pytest.raises(PluginError, match=rf"needs objkit plugin API 1\.7, but objkit .* provides plugin API {re.escape(PLUGIN_API_VERSION)}"):
         registry.add(_objective("newer_minor", api="1.7"), distribution="d", version="1")
 
 
 def test_undeclared_or_malformed_api_version_is_an_error():
-    with pytest.raises(PluginError, match=r'declares no plugin API version; add plugin_api = "1\.0"'):
+    with pytest.raises(PluginError, match=r'declares no plugin API version; add plugin_api = "1\.1"'):
         Registry().add(_objective("silent", api=None), distribution="d", version="1")
     with pytest.raises(PluginError, match="must be \"MAJOR.MINOR\""):
         Registry().add(_objective("odd", api="v1"), distribution="d", version="1")

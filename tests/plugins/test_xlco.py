@@ -15,7 +15,7 @@ from transformers import XLMRobertaConfig
 from objkit import BuildContext, StepContext
 from objkit.checkpoint import flatten_state, unflatten_state
 from objkit.contrastive import info_nce
-from objkit.encoder import XLMREncoder, run_body
+from objkit.encoder import XLMREncoder
 from objkit.errors import UserError
 from objkit.interfaces import VocabInfo
 from objkit.registry import Registry
@@ -115,7 +115,7 @@ def test_truncated_key_pass_equals_full_pass_at_layer(registry):
     batch = obj.collate(pairs(3, 0), torch.Generator().manual_seed(0))
     ids, mask = batch["key_input_ids"], batch["key_attention_mask"]
     full = encoder(ids, mask)  # all 4 blocks
-    truncated = run_body(obj.key_body, ids, mask, up_to_layer=2)
+    truncated = encoder.run_copy(obj.key_body, ids, mask, up_to_layer=2)
     assert len(full) == 5 and len(truncated) == 3
     torch.testing.assert_close(truncated[2], full[2])
     keys = obj.encode_keys(ids, mask, training=False)

@@ -3,10 +3,9 @@
 from objkit_translation_ranking.objective import (
     TranslationRanking,
     TranslationRankingConfig,
-    gather_with_local_grad,
     ranking_loss,
 )
 
 __version__ = "0.1.0"
 
-__all__ = ["TranslationRanking", "TranslationRankingConfig", "gather_with_local_grad", "ranking_loss", "__version__"]
+__all__ = ["TranslationRanking", "TranslationRankingConfig", "ranking_loss", "__version__"]

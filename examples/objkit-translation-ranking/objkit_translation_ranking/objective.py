@@ -16,18 +16,20 @@ layer, L2-normalised, bidirectional, negatives gathered from every replica
 flat and a 0.3 margin dominates it). ``layer``, ``pooling`` and ``scale`` are configurable.
 
 Distributed: with ``world_size > 1`` each rank all-gathers both sides' vectors, so a query
-ranks against ``B × world_size`` candidates. The gathered copy keeps the gradient of this
-rank's own shard only (other ranks' vectors are constants here; each rank back-propagates
-its own queries, and the gradient all-reduce sums the shards), as LaBSE's cross-accelerator
-negatives do. Ranks may hold different numbers of pairs (sizes are gathered first).
+ranks against ``B × world_size`` candidates. The gather is differentiable end to end
+(``objkit.gather_rows(..., rank=)``: its backward pass sums every rank's gradient for the
+gathered vectors), so each rank's vectors also get the gradient of the other ranks' queries
+that rank them, and the step's gradient is that of one process holding the whole global
+batch: 1 rank × B and 2 ranks × B/2 give the same losses (objkit's conformance kit checks
+it). Ranks may hold different numbers of pairs (sizes are gathered first).
 
-Uses only objkit's public plugin API (``objkit.__all__``): nothing in this package imports
-objkit's internal modules.
+Uses only objkit's public plugin API (``objkit.__all__``, plugin API 1.1): nothing in this
+package imports objkit's internal modules. The cross-rank gather is ``objkit.gather_rows`` with
+``rank=``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -35,18 +37,17 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from objkit import (
+    AllGather,
     BuildContext,
     Objective,
     ObjectiveOutput,
     PluginConfig,
     StepContext,
     UserError,
+    gather_rows,
     hookimpl,
     pad_sequences,
 )
-
-AllGather = Callable[[torch.Tensor], list[torch.Tensor]]
-"""``all_gather(tensor)`` -> the same-shaped tensor from every rank, in rank order."""
 
 
 class TranslationRankingConfig(PluginConfig):
@@ -56,29 +57,6 @@ class TranslationRankingConfig(PluginConfig):
     pooling: Literal["cls", "mean"] = Field("cls", description="cls: the <s> vector (LaBSE); mean: over tokens")
     bidirectional: bool = Field(True, description="L(x→y) + L(y→x) (LaBSE); false: L(x→y) only")
     gather: bool = Field(True, description="negatives from every rank's batch (all_gather) when distributed")
-
-
-def torch_all_gather(tensor: torch.Tensor) -> list[torch.Tensor]:
-    import torch.distributed as dist
-
-    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, tensor.contiguous())
-    return parts
-
-
-def gather_with_local_grad(local: torch.Tensor, rank: int, all_gather: AllGather) -> tuple[torch.Tensor, int]:
-    """Every rank's ``local [n_r, d]`` concatenated in rank order, and this rank's row offset.
-
-    Rows of this rank are ``local`` itself (gradients flow); the others are detached copies.
-    ``n_r`` may differ between ranks.
-    """
-    size = torch.tensor([local.shape[0]], dtype=torch.long, device=local.device)
-    sizes = [int(s.item()) for s in all_gather(size)]
-    padded = local.detach().new_zeros((max(sizes), *local.shape[1:]))
-    padded[: local.shape[0]] = local.detach()
-    parts = [part[:n] for part, n in zip(all_gather(padded), sizes, strict=True)]
-    parts[rank] = local
-    return torch.cat(parts, dim=0), sum(sizes[:rank])
 
 
 def ranking_loss(
@@ -100,7 +78,7 @@ class TranslationRanking(Objective):
 
     name: ClassVar[str] = "translation_ranking"
     Config: ClassVar[type[TranslationRankingConfig]] = TranslationRankingConfig
-    plugin_api: ClassVar[str] = "1.0"
+    plugin_api: ClassVar[str] = "1.1"  # gather_rows(rank=...)
     data_kind = "parallel"
 
     def __init__(self, config: TranslationRankingConfig, ctx: BuildContext) -> None:
@@ -152,7 +130,8 @@ class TranslationRanking(Objective):
     def _gathered(self, local: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, int]:
         if not self.config.gather or ctx.world.world_size <= 1:
             return local, 0
-        return gather_with_local_grad(local, ctx.world.rank, self.all_gather or torch_all_gather)
+        rows, sizes = gather_rows(local, self.all_gather, rank=ctx.world.rank)  # None: torch.distributed
+        return rows, sum(sizes[: ctx.world.rank])
 
     def compute(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> ObjectiveOutput:
         vectors = self.embed(ctx.encoder, batch["input_ids"], batch["attention_mask"])

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from objkit import StepContext, WorldInfo
 from objkit.testing import build_context, dummy_source, installed_registry, tiny_encoder
-from objkit_translation_ranking import TranslationRanking, TranslationRankingConfig, gather_with_local_grad, ranking_loss
+from objkit_translation_ranking import TranslationRanking, TranslationRankingConfig, ranking_loss
 
 
 def unit(*rows: list[float]) -> torch.Tensor:
@@ -104,7 +104,10 @@ def test_layer_deeper_than_the_encoder_is_a_user_error():
         _objective({"layer": 9})
 
 
-def test_gather_keeps_the_local_shard_differentiable():
+def test_public_gather_keeps_the_local_shard_differentiable():
+    """objkit.gather_rows(rank=...) is the gather this objective uses (it had its own before API 1.1)."""
+    from objkit import gather_rows
+
     local = torch.randn(3, 4, requires_grad=True)
     other = torch.randn(2, 4, requires_grad=True)
 
@@ -113,7 +116,8 @@ def test_gather_keeps_the_local_shard_differentiable():
             return [torch.tensor([2]), tensor]
         return [F.pad(other.detach(), (0, 0, 0, tensor.shape[0] - 2)), tensor]
 
-    gathered, offset = gather_with_local_grad(local, 1, fake_all_gather)
+    gathered, sizes = gather_rows(local, fake_all_gather, rank=1)
+    offset = sum(sizes[:1])
     assert offset == 2 and gathered.shape == (5, 4)
     torch.testing.assert_close(gathered[:2], other.detach())
     gathered.sum().backward()
@@ -136,6 +140,8 @@ def test_two_simulated_ranks_rank_against_both_batches():
         if tensor.dtype == torch.long:
             return [tensor.clone(), tensor]
         calls.append(tensor)
+        if len(calls) > 2:  # backward: rank 0's share of the gathered rows' gradient (none here)
+            return [torch.zeros_like(tensor), tensor]
         return [(their_tgt if len(calls) == 1 else their_src).clone(), tensor]
 
     objective.all_gather = fake_all_gather
