@@ -32,14 +32,14 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from xlco_ablation import OBJKIT, die, machine_info, machine_line, recipe_path, toml_str, train  # noqa: E402
+from xlco_ablation import (  # noqa: E402
+    OBJKIT, die, machine_info, machine_line, recipe_path, run_json, toml_str, train)
 
 # ISO 639-1 (corpus file suffixes) -> the task's and Tatoeba's language codes.
 SIB = {"en": "eng_Latn", "de": "deu_Latn", "fr": "fra_Latn", "es": "spa_Latn", "ru": "rus_Cyrl",
@@ -67,16 +67,6 @@ def data_overrides(args: argparse.Namespace, steps: int) -> list[str]:
             f'data.mono={{type="text",files=[{files}],sampling_alpha=0.7}}',
             'model.tokenizer.sources=["mono"]', f"train.steps={steps}", "train.checkpoint_every=400",
             *args.set]
-
-
-def run_json(cmd: list[str], log: Path) -> dict[str, Any]:
-    with log.open("a") as fh:
-        fh.write(f"$ {shlex.join(cmd)}\n")
-        fh.flush()
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=fh, text=True)
-    if proc.returncode != 0:
-        die(f"{shlex.join(cmd[:3])} failed (exit {proc.returncode}); see {log}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def markdown(results: dict[str, Any]) -> str:
