@@ -21,7 +21,7 @@ from unittest import mock
 
 import torch
 
-from objkit.composite import CompositeLoss, ObjectiveSlot
+from objkit.composite import CompositeLoss, ObjectiveSlot, _InProcess
 from objkit.interfaces import Encoder, Objective, StepContext, WorldInfo
 
 SLOT = "under_test"
@@ -72,20 +72,12 @@ def _fake_distributed(world_size: int) -> Iterator[None]:
         yield
 
 
-class _ThreadReplicas:
-    """What the composite needs of :class:`objkit.distributed.Replicas`, for one simulated rank."""
+class _ThreadReplicas(_InProcess):
+    """What the composite needs of :class:`objkit.distributed.Replicas`, for one simulated rank:
+    objectives called directly, sums reduced over the simulated ranks."""
 
     def __init__(self, rank: int, exchange: _Exchange) -> None:
         self.rank, self.exchange = rank, exchange
-
-    def forward(self, tasks: list[tuple[Objective, dict[str, torch.Tensor]]], ctx: StepContext) -> list[Any]:
-        return [objective.compute(batch, ctx) for objective, batch in tasks]
-
-    def gradient_sync(self, enabled: bool) -> contextlib.AbstractContextManager[Any]:
-        return contextlib.nullcontext()
-
-    def no_backward(self) -> None:
-        pass
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         return torch.stack(self.exchange.exchange(self.rank, tensor.clone())).sum(dim=0)

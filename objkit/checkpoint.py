@@ -43,6 +43,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file, save_model
 
+from objkit.errors import first_line
 from objkit.faults import os_error_of, pause_for_test
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -311,8 +312,7 @@ def read_checkpoint(path: Path) -> CheckpointData:
         current = "versions.json"
         versions = json.loads((path / current).read_text(encoding="utf-8")) if (path / current).exists() else None
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{current}: {reason[:200]}") from None
+        raise CheckpointError(f"{current}: {first_line(exc)[:200]}") from None
     return CheckpointData(path, model, objectives, optimizer, trainer, rng_states, recipe_toml, versions)
 
 

@@ -53,9 +53,11 @@ class PeriodicEval:
         return [name for name, t in self.transfer.items()
                 if step == total or (t.config.every is not None and step % t.config.every == 0)]
 
+    def _retrieval_due(self, step: int, total: int) -> bool:
+        return bool(self.sets) and (step % self.config.every == 0 or step == total)
+
     def due(self, step: int, total: int) -> bool:
-        retrieval = bool(self.sets) and (step % self.config.every == 0 or step == total)
-        return retrieval or bool(self._transfer_due(step, total))
+        return self._retrieval_due(step, total) or bool(self._transfer_due(step, total))
 
     def __call__(self, trainer: Any) -> dict[str, float]:
         from objkit.eval.retrieval import default_layer, evaluate_pair
@@ -66,7 +68,7 @@ class PeriodicEval:
         step, total = trainer.step, trainer.train_cfg.steps
         for name in self._transfer_due(step, total):
             results.update(self.transfer[name](trainer, name))
-        if not (self.sets and (step % self.config.every == 0 or step == total)):
+        if not self._retrieval_due(step, total):
             return results
         for name, (src, tgt) in self.sets.items():
             scores = evaluate_pair(

@@ -33,7 +33,7 @@ import datasets
 import pyarrow.compute as pc
 
 from objkit.data.cldr import cldr_dataset, iter_cldr_texts, language_pairs, parse_locale
-from objkit.errors import UserError
+from objkit.errors import UserError, first_line
 from objkit.recipe import CldrSource, ParallelPair, ParallelSource, TextSource
 
 log = logging.getLogger(__name__)
@@ -359,7 +359,9 @@ def _open_binary(path: Path) -> IO[bytes]:
     return path.open("rb")
 
 
-def _utf8_problem(piece: bytes, exc: UnicodeDecodeError, lines_before: int) -> tuple[int, str]:
+def utf8_problem(piece: bytes, exc: UnicodeDecodeError, lines_before: int) -> tuple[int, str]:
+    """(1-based line, "byte 0x.. at column C is not valid UTF-8") of a decoding error in ``piece``,
+    which follows ``lines_before`` lines of its file."""
     line = lines_before + piece.count(b"\n", 0, exc.start) + 1
     column = exc.start - (piece.rfind(b"\n", 0, exc.start) + 1) + 1
     return line, f"byte 0x{piece[exc.start]:02x} at column {column} is not valid UTF-8"
@@ -407,7 +409,7 @@ def scan_text_file(path: Path, key: str, jsonl: bool = False) -> tuple[int, bool
                     try:
                         text = piece.decode("utf-8")
                     except UnicodeDecodeError as exc:
-                        line, what = _utf8_problem(piece, exc, count)
+                        line, what = utf8_problem(piece, exc, count)
                         raise UserError(f"{key}: {path}: line {line}: {what} (expected UTF-8 text)") from None
                     problem = _line_problem(text, jsonl)
                     if problem is not None:
@@ -494,5 +496,4 @@ def read_error(path: Path, key: str, exc: BaseException) -> UserError:
                 return located
             break
         cause = cause.__cause__ or cause.__context__
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return UserError(f"{key}: cannot read {path}: {reason}")
+    return UserError(f"{key}: cannot read {path}: {first_line(exc)}")

@@ -115,7 +115,7 @@ class Encoded:
 
 def encode_split(split: Split, tokenizer: Any, label_ids: dict[str, int], max_length: int) -> Encoded:
     if split.labels:
-        pairs = [t for t in split.texts]
+        pairs = split.texts
         if len(pairs[0]) == 2:
             enc = tokenizer([a for a, _ in pairs], [b for _, b in pairs], truncation=True, max_length=max_length)
         else:
@@ -315,7 +315,6 @@ def finetune(
         gold = data.splits[("test", lang)]
         pred = predict(model, encoded[("test", lang)], settings, pad_id, names)
         test[lang] = score(metric, gold.labels or _pad(gold.tags, pred, fallback), pred)
-    del model, best_state
     return SeedResult(seed, test, dev, best_step, total, curve, time.perf_counter() - started)
 
 

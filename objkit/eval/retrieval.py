@@ -12,13 +12,14 @@ from __future__ import annotations
 import contextlib
 import sys
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from objkit.encoder import truncated_layers
-from objkit.errors import UserError
+from objkit.errors import UserError, first_line
 from objkit.tokenizer import model_max_tokens
 
 Pooling = Literal["mean", "cls"]
@@ -284,41 +285,64 @@ def read_aligned(src: str | Path, tgt: str | Path) -> tuple[list[str], list[str]
     return a, b
 
 
-def load_encoder(model_dir: str | Path, device: str | torch.device | None = "auto") -> tuple[nn.Module, Any]:
-    """``AutoModel`` + ``AutoTokenizer`` from a local directory (or a hub id), in eval mode
-    on ``device``. Problems raise a one-line :class:`UserError` naming the directory."""
-    from transformers import AutoModel, AutoTokenizer
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' warnings and progress bars off while loading (an unused MLM head, a fresh
+    pooler or classifier are expected here), restored afterwards."""
     from transformers.utils import logging as hf_logging
 
-    dev = resolve_device(device)
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def check_model_dir(model_dir: str | Path) -> None:
+    """A ``model_dir`` that exists must be a transformers model directory (one line otherwise);
+    one that does not exist is taken as a hub id."""
     path = Path(model_dir)
     if path.exists():
         if not path.is_dir():
             raise UserError(f"{model_dir}: not a directory (expected a transformers model directory)")
         if not (path / "config.json").is_file():
             raise UserError(f"{model_dir}: not a transformers model directory (no config.json)")
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()  # unused MLM head / fresh pooler warnings are expected
-    hf_logging.disable_progress_bar()
-    try:
+
+
+def model_load_error(model_dir: str | Path, err: BaseException) -> UserError:
+    where = "model directory" if Path(model_dir).exists() else "local directory or reachable hub id"
+    return UserError(f"{model_dir}: cannot load a model from this {where} ({first_line(err)})")
+
+
+def tokenizer_load_error(model_dir: str | Path, err: BaseException) -> UserError:
+    return UserError(f"{model_dir}: no usable tokenizer (expected tokenizer.json or "
+                     f"sentencepiece.bpe.model saved next to the model; {first_line(err)})")
+
+
+def check_encoder_config(model_dir: str | Path, config: Any) -> None:
+    if not hasattr(config, "num_hidden_layers"):
+        raise UserError(f"{model_dir}: the model config has no num_hidden_layers (not an encoder?)")
+
+
+def load_encoder(model_dir: str | Path, device: str | torch.device | None = "auto") -> tuple[nn.Module, Any]:
+    """``AutoModel`` + ``AutoTokenizer`` from a local directory (or a hub id), in eval mode
+    on ``device``. Problems raise a one-line :class:`UserError` naming the directory."""
+    from transformers import AutoModel, AutoTokenizer
+
+    dev = resolve_device(device)
+    check_model_dir(model_dir)
+    with quiet_transformers():
         try:
             model = AutoModel.from_pretrained(str(model_dir))
         except (OSError, ValueError, KeyError) as err:
-            where = "model directory" if path.exists() else "local directory or reachable hub id"
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise UserError(f"{model_dir}: cannot load a model from this {where} ({first})") from None
+            raise model_load_error(model_dir, err) from None
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         except (OSError, ValueError, KeyError, TypeError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise UserError(
-                f"{model_dir}: no usable tokenizer (expected tokenizer.json or "
-                f"sentencepiece.bpe.model saved next to the model; {first})"
-            ) from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
-    if not hasattr(model.config, "num_hidden_layers"):
-        raise UserError(f"{model_dir}: the model config has no num_hidden_layers (not an encoder?)")
+            raise tokenizer_load_error(model_dir, err) from None
+    check_encoder_config(model_dir, model.config)
     return model.to(dev).eval(), tokenizer

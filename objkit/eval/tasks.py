@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from objkit.errors import UserError, one_line
+from objkit.errors import UserError, first_line, one_line
 
 SPLITS = ("train", "dev", "test")
 Level = Literal["sentence", "token"]
@@ -164,9 +164,10 @@ def _lines(path: Path) -> list[str]:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise UserError(f"{path}: line {line}: byte 0x{data[err.start]:02x} is not valid UTF-8 "
-                        "(expected UTF-8 text)") from None
+        from objkit.data.sources import utf8_problem
+
+        line, problem = utf8_problem(data, err, 0)
+        raise UserError(f"{path}: line {line}: {problem} (expected UTF-8 text)") from None
     lines = [x[:-1] if x.endswith("\r") else x for x in text.split("\n")]
     while lines and not lines[-1].strip():
         lines.pop()
@@ -323,7 +324,7 @@ def load_hub_task(spec: TaskSpec, hub_id: str, langs: list[str] | None, train_la
             with _hub_offline(offline is not None):
                 data = datasets.load_dataset(hub_id, config.format(lang=lang), split=names[split])
         except Exception as err:  # datasets raises many kinds; each is one line here
-            why = f"the hub is unreachable ({offline}) and it is not cached" if offline else _first(err)
+            why = f"the hub is unreachable ({offline}) and it is not cached" if offline else first_line(err)[:200]
             raise UserError(f"--data-dir {where}: cannot load ({why})") from None
         if split == "train" and train_limit is not None:
             data = data.select(range(min(train_limit, len(data))))
@@ -350,11 +351,6 @@ class _hub_offline:
         import huggingface_hub.constants as hub
 
         datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE = self.before
-
-
-def _first(err: BaseException) -> str:
-    text = str(err).strip()
-    return (text.splitlines()[0] if text else type(err).__name__)[:200]
 
 
 @dataclass

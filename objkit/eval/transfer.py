@@ -10,14 +10,16 @@ the training languages (XTREME, the default) or on the average dev score over al
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import statistics
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from objkit.errors import UserError
+from objkit.errors import UserError, first_line
 from objkit.eval.finetune import (
     Encoded,
     FinetuneSettings,
@@ -25,6 +27,13 @@ from objkit.eval.finetune import (
     finetune,
     majority_scores,
     tqdm_factory,
+)
+from objkit.eval.retrieval import (
+    check_encoder_config,
+    check_model_dir,
+    model_load_error,
+    quiet_transformers,
+    tokenizer_load_error,
 )
 from objkit.eval.tasks import TaskData
 from objkit.tokenizer import model_max_tokens
@@ -52,28 +61,6 @@ class ModelSpec:
         return cls("/".join(parts[-2:]) if parts and parts[-1] == "export" else (parts[-1] if parts else spec), spec)
 
 
-def _quiet_hf() -> Any:
-    from transformers.utils import logging as hf_logging
-
-    class Quiet:
-        def __enter__(self) -> None:
-            self.level, self.bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-            hf_logging.set_verbosity_error()  # "newly initialized classifier" is expected
-            hf_logging.disable_progress_bar()
-
-        def __exit__(self, *exc: object) -> None:
-            hf_logging.set_verbosity(self.level)
-            if self.bars:
-                hf_logging.enable_progress_bar()
-
-    return Quiet()
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 def check_model(spec: ModelSpec) -> tuple[Any, Any]:
     """(config, tokenizer) of a model, or a one-line UserError naming it: every model is checked
     before any is fine-tuned."""
@@ -81,22 +68,18 @@ def check_model(spec: ModelSpec) -> tuple[Any, Any]:
 
     from objkit.hub import offline_unless_reachable
 
-    path = Path(spec.path)
-    if path.exists() and not (path / "config.json").is_file():
-        raise UserError(f"{spec.path}: not a transformers model directory (no config.json)")
+    check_model_dir(spec.path)
     local = offline_unless_reachable(spec.path)
-    with _quiet_hf():
+    with quiet_transformers():
         try:
             config = AutoConfig.from_pretrained(spec.path, local_files_only=local)
         except (OSError, ValueError, KeyError) as err:
-            where = "model directory" if path.exists() else "local directory or reachable hub id"
-            raise UserError(f"{spec.path}: cannot load a model from this {where} ({_first_line(err)})") from None
+            raise model_load_error(spec.path, err) from None
         try:
             tokenizer = AutoTokenizer.from_pretrained(spec.path, local_files_only=local)
         except (OSError, ValueError, KeyError, TypeError) as err:
-            raise UserError(f"{spec.path}: no usable tokenizer ({_first_line(err)})") from None
-    if not hasattr(config, "num_hidden_layers"):
-        raise UserError(f"{spec.path}: the model config has no num_hidden_layers (not an encoder?)")
+            raise tokenizer_load_error(spec.path, err) from None
+    check_encoder_config(spec.path, config)
     return config, tokenizer
 
 
@@ -146,11 +129,11 @@ def evaluate_transfer(
                                       "id2label": dict(enumerate(data.label_names))}
             if settings.dropout is not None:
                 kwargs.update(hidden_dropout_prob=settings.dropout, attention_probs_dropout_prob=settings.dropout)
-            with _quiet_hf():
+            with quiet_transformers():
                 try:
                     model = auto.from_pretrained(spec.path, **kwargs)
                 except (OSError, ValueError, KeyError, RuntimeError) as err:
-                    raise UserError(f"{spec.path}: cannot load for fine-tuning ({_first_line(err)})") from None
+                    raise UserError(f"{spec.path}: cannot load for fine-tuning ({first_line(err)})") from None
             if settings.frozen:
                 for param in model.base_model.parameters():
                     param.requires_grad_(False)
@@ -262,27 +245,18 @@ class TransferDuringTraining:
         return results
 
 
-class _preserved_rng:
-    """Save python, numpy, torch (CPU and CUDA) RNG states and restore them on exit."""
+@contextlib.contextmanager
+def _preserved_rng() -> Iterator[None]:
+    """torch's CPU and CUDA generators (``torch.random.fork_rng``), python's and numpy's restored on exit."""
+    import random
 
-    def __enter__(self) -> None:
-        import random
+    import numpy as np
+    import torch
 
-        import numpy as np
-        import torch
-
-        self.states = (random.getstate(), np.random.get_state(), torch.random.get_rng_state(),
-                       torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
-
-    def __exit__(self, *exc: object) -> None:
-        import random
-
-        import numpy as np
-        import torch
-
-        py, npy, cpu, cuda = self.states
+    py, npy = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng():
+            yield
+    finally:
         random.setstate(py)
         np.random.set_state(npy)
-        torch.random.set_rng_state(cpu)
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
