@@ -6,6 +6,9 @@ MLM + TLM) on the same N-way parallel corpus with ``objkit run``, then measures 
 * sentence retrieval on the corpus' validation split, ``val.PIVOT`` vs ``val.XX`` for every XX
   (top-1 accuracy in percent, both directions and their mean; ``objkit eval retrieval``);
 * Tatoeba retrieval xx->en / en->xx, per language and averaged (``objkit eval tatoeba``);
+* word alignment against gold links, with ``--align-dir`` (``objkit eval align --layer all``,
+  SimAlign's argmax): AER, precision and recall at every layer for each ``--align-pairs`` pair
+  (``DIR/A-B/test.A``, ``test.B`` and ``alignv2.txt``, else ``align.txt``);
 * training wall time (the whole ``objkit run`` process: tokenizer training, training, export).
 
 Both arms get the same data, the same ``--set`` overrides and the same evaluation layer/pooling.
@@ -14,7 +17,9 @@ monolingual text; the tokenizer is trained on ``mono`` only (each language once)
 
     python benchmarks/xlco_ablation.py --corpus-dir /work/shared/data/multi30k --pivot en \
         --langs de,fr,cs --tatoeba-dir /work/shared/data/tatoeba --tatoeba-langs deu,fra,ces \
-        -o bench-out/ablation [--steps N] [--set KEY=VALUE ...] [--layer N] [--skip-train]
+        -o bench-out/ablation [--steps N] [--set KEY=VALUE ...] [--layer N] [--skip-train] \
+        [--recipes quickstart_xlm_align,quickstart_xlm_align_no_dwa \
+         --align-dir /work/shared/data/alignment --align-pairs de-en,en-fr]
 
 Writes OUT/results.json (everything), OUT/results.md (summary table), OUT/curves.png, OUT/runs/NAME/
 (run directories) and OUT/logs/ (subprocess output).
@@ -91,6 +96,8 @@ def check_inputs(args: argparse.Namespace) -> None:
             if not f.is_file():
                 die(f"corpus file missing: {f} (expected {split}.{{{','.join([args.pivot, *args.langs])}}} "
                     f"in --corpus-dir)")
+    for pair in args.align_pairs if args.align_dir else []:
+        align_files(args.align_dir, pair)  # dies on a missing file
     from objkit.errors import UserError
     from objkit.eval.tatoeba import discover_languages, select_languages
 
@@ -98,6 +105,20 @@ def check_inputs(args: argparse.Namespace) -> None:
         args.tatoeba_langs = select_languages(args.tatoeba_langs, discover_languages(args.tatoeba_dir))
     except UserError as exc:
         die(f"tatoeba: {exc}")
+
+
+def align_files(root: Path, pair: str) -> tuple[Path, Path, Path]:
+    """``ROOT/A-B/test.A``, ``test.B`` and the gold links (``alignv2.txt``: sure and possible, else
+    ``align.txt``) of the alignment pair ``A-B``."""
+    a, sep, b = pair.partition("-")
+    if not (a and sep and b):
+        die(f"--align-pairs {pair!r}: expected A-B, e.g. de-en")
+    folder = root / pair
+    gold = next((folder / g for g in ("alignv2.txt", "align.txt") if (folder / g).is_file()), folder / "alignv2.txt")
+    for f in (folder / f"test.{a}", folder / f"test.{b}", gold):
+        if not f.is_file():
+            die(f"alignment file missing: {f} (expected test.{a}, test.{b} and alignv2.txt or align.txt in {folder})")
+    return folder / f"test.{a}", folder / f"test.{b}", gold
 
 
 def machine_info() -> dict[str, Any]:
@@ -193,7 +214,16 @@ def evaluate(name: str, export: Path, args: argparse.Namespace, max_length: int,
     commands.append(shlex.join(cmd))
     print(f"[{name}] tatoeba {','.join(args.tatoeba_langs)}", file=sys.stderr)
     tatoeba = run_json(cmd, log)
-    return {"retrieval": retrieval, "tatoeba": tatoeba, "seconds": time.perf_counter() - started}
+    alignment: dict[str, Any] = {}
+    for pair in args.align_pairs if args.align_dir else []:
+        src, tgt, gold = align_files(args.align_dir.resolve(), pair)
+        cmd = [*OBJKIT, "eval", "align", str(export), "--src", str(src), "--tgt", str(tgt), "--gold", str(gold),
+               "--layer", "all", "--method", args.align_method, "--json"]
+        commands.append(shlex.join(cmd))
+        print(f"[{name}] alignment {pair}", file=sys.stderr)
+        alignment[pair] = run_json(cmd, log)
+    return {"retrieval": retrieval, "tatoeba": tatoeba, "alignment": alignment,
+            "seconds": time.perf_counter() - started}
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -215,15 +245,49 @@ def markdown(results: dict[str, Any]) -> str:
     first = next(iter(results["runs"].values()))["eval"]
     n_val = first["retrieval"][pairs[0]]["n"]
     return "\n".join([
-        "# XLCO ablation", "",
+        f"# Ablation: {' vs '.join(results['runs'])}", "",
         f"Top-1 retrieval accuracy (%), layer {first['tatoeba']['layer']}, {first['tatoeba']['pooling']} pooling. "
         f"{a['pivot']}↔xx: `{a['corpus_dir']}/val.{a['pivot']}` vs `val.xx` ({n_val} sentences), mean of "
         f"both directions. Tatoeba: average over {', '.join(a['tatoeba_langs'])}. "
         "Train time: wall seconds of the whole `objkit run` (tokenizer training, data loading and "
         "tokenization with a cold cache, training, export), runs one after the other.",
-        "", *lines, "",
+        "", *lines, "", *alignment_markdown(results),
         "Reproduce:", "", f"```\n{results['command'].replace(' --skip-train', '')}\n```", "",
         machine_line(m), ""])
+
+
+def alignment_markdown(results: dict[str, Any]) -> list[str]:
+    """Word alignment: AER / precision / recall per pair at the evaluation layer (``--layer``, else
+    objkit's default for the depth), and each run's lowest-AER layer for information only (it is
+    picked on the gold test set itself)."""
+    runs = results["runs"]
+    pairs = list(next(iter(runs.values()))["eval"].get("alignment", {}))
+    if not pairs:
+        return []
+    from objkit.eval.retrieval import default_layer
+
+    a = results["args"]
+    lines = ["| recipe | layer | " + " | ".join(f"{p} AER | P | R" for p in pairs) + " | lowest AER (layer) |",
+             "|---|---:" + "|---:|---:|---:" * len(pairs) + "|---|"]
+    rows: list[list[float]] = []
+    for name, run in runs.items():
+        al = run["eval"]["alignment"]
+        depth = max(int(k) for k in al[pairs[0]]["layers"])
+        layer = a["layer"] if a.get("layer") is not None else default_layer(depth)
+        scores = [al[p]["layers"][str(layer)] for p in pairs]
+        rows.append([s["aer"] for s in scores])
+        best = ", ".join(f"{p} {al[p]['layers'][str(al[p]['best_layer'])]['aer']:.2f} ({al[p]['best_layer']})"
+                         for p in pairs)
+        cells = " | ".join(f"{s['aer']:.2f} | {s['precision']:.2f} | {s['recall']:.2f}" for s in scores)
+        lines.append(f"| {name} | {layer} | {cells} | {best} |")
+    if len(rows) == 2:
+        n1, n2 = runs
+        lines.append(f"| Δ {n1} − {n2} | | " + " | ".join(f"{x - y:+.2f} | |" for x, y in zip(*rows)) + " |")
+    first = next(iter(runs.values()))["eval"]["alignment"]
+    sizes = ", ".join(f"{p} {first[p]['n']} pairs" for p in pairs)
+    return [f"Word alignment (`objkit eval align`, SimAlign's {a.get('align_method', 'argmax')}, gold "
+            f"`{a['align_dir']}/PAIR/alignv2.txt`; {sizes}); AER, precision and recall in percent, "
+            "lower AER is better:", "", *lines, ""]
 
 
 def machine_line(m: dict[str, Any]) -> str:
@@ -232,6 +296,15 @@ def machine_line(m: dict[str, Any]) -> str:
     return (f"Machine: {m['processor']}, {m['cpu_count']} CPUs, {m['gpu'] or 'no GPU'}, torch {m['torch']}, "
             f"python {m['python']}, objkit {m['objkit']} @ {m['objkit_commit'] or 'unknown commit'}"
             + ("" if load is None else f"; load average at start {load[0]:.1f}"))
+
+
+def readme_block(block: str, text: str) -> None:
+    """Put ``text`` (less its title line) between README.md's markers of ``block``."""
+    from run import update_readme
+
+    body = text.split("\n", 2)[2] if text.startswith("# ") else text
+    begin = f"<!-- {block}:begin (generated by benchmarks/xlco_ablation.py --update-readme {block}) -->"
+    update_readme(ROOT / "README.md", body, begin, f"<!-- {block}:end -->")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -249,13 +322,28 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--layer", type=int, help="eval layer (default: objkit eval's for the depth)")
     p.add_argument("--pooling", choices=["mean", "cls"], default="mean")
     p.add_argument("--skip-train", action="store_true", help="evaluate the existing OUT/runs/*/export")
+    p.add_argument("--align-dir", type=Path, help="gold word alignments: DIR/A-B/{test.A,test.B,alignv2.txt}")
+    p.add_argument("--align-pairs", type=lambda s: [x for x in s.split(",") if x], default=["de-en", "en-fr"])
+    p.add_argument("--align-method", choices=["argmax", "itermax", "match"], default="argmax")
+    p.add_argument("--from-results", action="store_true",
+                   help="run nothing: render OUT/results.json again (with --update-readme: into the README)")
+    p.add_argument("--update-readme", metavar="BLOCK",
+                   help="also write the tables into README.md between '<!-- BLOCK:begin ...' and '<!-- BLOCK:end -->'")
     args = p.parse_args(argv)
 
     from objkit.errors import UserError
     from objkit.recipe import load_recipe
 
-    check_inputs(args)
     out: Path = args.output
+    if args.from_results:
+        if not (out / "results.json").is_file():
+            die(f"--from-results: no {out / 'results.json'}")
+        text = markdown(json.loads((out / "results.json").read_text()))
+        print(text)
+        if args.update_readme:
+            readme_block(args.update_readme, text)
+        return
+    check_inputs(args)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     specs = [s.strip() for s in args.recipes.split(",") if s.strip()]
     names: list[str] = []
@@ -301,6 +389,8 @@ def main(argv: list[str] | None = None) -> None:
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "results.md").write_text(markdown(results))
     print(markdown(results))
+    if args.update_readme:
+        readme_block(args.update_readme, markdown(results))
     print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'curves.png'}", file=sys.stderr)
 
 

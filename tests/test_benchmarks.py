@@ -106,3 +106,27 @@ def test_transfer_table_markdown_has_the_papers_layout(monkeypatch):
     assert "| model | eng_Latn | deu_Latn | zero-shot avg | Tatoeba xx↔en | train time |" in md
     assert "| InfoXLM (MLM + TLM + XLCO) | 45.0 ± 1.0 | 33.0 ± 2.0 | **33.0** ± 2.0 | 12.5 | 500 s |" in md
     assert "| majority class | 14.2 | 14.2 | 14.2 | | |" in md
+
+
+def test_ablation_alignment_table_reads_the_evaluation_layer(monkeypatch):
+    """benchmarks/xlco_ablation.py --align-dir: the alignment table scores each run at the
+    evaluation layer (objkit's default for the depth, never the layer best on the gold test set),
+    shows the lowest-AER layer only as information, and the difference of two runs."""
+    monkeypatch.syspath_prepend(str(RUN.parent))
+    spec = importlib.util.spec_from_file_location("objkit_bench_ablation", RUN.parent / "xlco_ablation.py")
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+
+    def scores(aers):
+        return {"layers": {str(k): {"aer": a, "precision": 50.0, "recall": 40.0} for k, a in enumerate(aers)},
+                "best_layer": min(range(len(aers)), key=aers.__getitem__), "n": 508}
+
+    runs = {"with_dwa": {"eval": {"alignment": {"de-en": scores([80, 70, 65, 60, 66])}}},
+            "no_dwa": {"eval": {"alignment": {"de-en": scores([80, 71, 69, 62, 61])}}}}
+    lines = ablation.alignment_markdown({"runs": runs, "args": {"layer": None, "align_dir": "gold",
+                                                                   "align_method": "argmax"}})
+    text = "\n".join(lines)
+    assert "| with_dwa | 3 | 60.00 | 50.00 | 40.00 | de-en 60.00 (3) |" in text  # layer 3 of 4
+    assert "| no_dwa | 3 | 62.00 | 50.00 | 40.00 | de-en 61.00 (4) |" in text
+    assert "| Δ with_dwa − no_dwa | | -2.00 | |" in text
+    assert ablation.alignment_markdown({"runs": {"a": {"eval": {"retrieval": {}}}}, "args": {}}) == []
