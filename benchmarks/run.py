@@ -869,7 +869,7 @@ def memory_child(settings: Settings, root: Path) -> dict[str, Any]:
         "query_parameters": params,
         "key_encoder_parameters": key,
         "step_seconds": step_seconds,
-        "losses": {k: v / stats.units[k] for k, v in stats.sums.items() if k.endswith("/loss") and stats.units[k]},
+        "losses": {k: float(v) / stats.units[k] for k, v in stats.sums.items() if k.endswith("/loss") and stats.units[k]},
         "peak_rss_bytes": peak,
         "rss_after_imports_bytes": baseline,
         "rss_after_build_bytes": built,
