@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +59,13 @@ from objkit.interfaces import WorldInfo
 SHARDS = "shards"
 
 
-def _dcp() -> Any:
+def _dcp(call: str, state: dict[str, Any], path: Path) -> None:
+    """``dcp.save`` / ``dcp.load`` of ``state`` at ``path`` (one process: no process group)."""
     import torch.distributed.checkpoint as dcp
 
-    return dcp
+    with warnings.catch_warnings():  # "torch.distributed is ... uninitialized, assuming ... a single process"
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to", category=UserWarning)
+        getattr(dcp, call)(state, checkpoint_id=str(path))
 
 
 def live_state(module: nn.Module, optimizer: torch.optim.Optimizer, objectives: dict[str, dict[str, Any]]
@@ -96,7 +100,7 @@ def save_sharded(run_dir: Path, step: int, *, world: WorldInfo, state: dict[str,
     try:
         if failed is not None:
             raise failed
-        _dcp().save(state, checkpoint_id=str(tmp / SHARDS))
+        _dcp("save", state, tmp / SHARDS)
         mine = {f"{SHARDS}/{p.name}": {"bytes": p.stat().st_size, "sha256": _sha256(p)}
                 for p in sorted((tmp / SHARDS).glob(f"__{world.rank}_*"))}
         digests = all_gather_objects(mine, world)
@@ -153,6 +157,6 @@ def load_sharded(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
     state, _ = live_state(module, optimizer, objectives)
-    _dcp().load(state, checkpoint_id=str(path / SHARDS))
+    _dcp("load", state, path / SHARDS)
     set_state_dict(module, [optimizer], model_state_dict=state["model"], optim_state_dict=state["optimizer"])
     return unflatten_state(state["objectives"], objective_values)

@@ -4,9 +4,12 @@ A GPU waits for the host at every ``.item()``, ``float(t)``, ``int(t)``, ``bool(
 ``.tolist()`` of a device tensor. On CPU the same calls are counted on the training thread
 (collation runs on the prefetching worker, on host tensors that never live on a device), while
 ``Trainer.fit`` trains MLM + TLM + XLCO (queue and in-batch negatives): at most one per step
-(is the step finite?) plus one per logging interval (all metrics read back together). Before
-metrics stayed on the device this was 13 per step for this recipe (``float(loss)`` and an
-``.item()`` of each objective's accuracy, the gradient norm, token and unit counts).
+(is the step finite?) plus one per logging interval (all metrics read back together). At the parent commit the same count was 14 per step for this
+recipe (2 micro-batches × 3 objectives: 6 ``float(loss)``, 6 ``.item()`` of an accuracy; the
+gradient norm; the unit counts' ``.tolist()``) plus 16 more on host tensors in the step
+(token and unit counts, collation). Not
+counted: transformers' own ``padding_mask.all()`` in each encoder forward (SDPA mask
+preparation inside the model), nor boolean-mask indexing of the masked positions.
 
 Collectives: XLCO with a momentum queue and in-batch negatives gathers each micro-batch's keys
 once (two all-gathers: sizes, then keys) for both stores, on 2 simulated ranks (before: each
@@ -15,6 +18,8 @@ store gathered the same keys, four all-gathers).
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -64,7 +69,8 @@ def counting(counts: Counter, where: threading.Thread) -> Iterator[None]:
 
         def counted(self, *args, __original=original, __name=name, **kwargs):  # noqa: ANN001, ANN202
             if threading.current_thread() is where:
-                counts[__name] += 1
+                caller = sys._getframe(1).f_code.co_filename
+                counts[f"transformers:{__name}" if f"{os.sep}transformers{os.sep}" in caller else __name] += 1
             return __original(self, *args, **kwargs)
 
         patches.append(mock.patch.object(torch.Tensor, name, counted))
@@ -86,18 +92,21 @@ def test_at_most_one_host_sync_per_step_and_one_per_log_interval(tmp_path):
     per_step, per_log = [], []
     step, summarise = trainer.train_step, trainer._summarise
 
+    def ours() -> int:  # transformers' own checks (the encoder's mask, issue 15's code) counted apart
+        return sum(n for key, n in counts.items() if not key.startswith("transformers:"))
+
     def counted_step(*args, **kwargs):  # noqa: ANN202
-        before = sum(counts.values())
+        before = ours()
         with counting(counts, main):
             stats = step(*args, **kwargs)
-        per_step.append(sum(counts.values()) - before)
+        per_step.append(ours() - before)
         return stats
 
     def counted_summarise(*args, **kwargs):  # noqa: ANN202
-        before = sum(counts.values())
+        before = ours()
         with counting(counts, main):
             record = summarise(*args, **kwargs)
-        per_log.append(sum(counts.values()) - before)
+        per_log.append(ours() - before)
         return record
 
     trainer.train_step, trainer._summarise = counted_step, counted_summarise  # type: ignore[method-assign]
@@ -105,6 +114,9 @@ def test_at_most_one_host_sync_per_step_and_one_per_log_interval(tmp_path):
     assert trainer.step == 8 and len(per_step) == 8 and len(per_log) == 2
     assert per_step == [1] * 8, (per_step, counts)  # bool(torch.isfinite(...).all()): skip the update or not
     assert per_log == [1, 1], (per_log, counts)  # one .tolist() of every metric of the window
+    # transformers' SDPA mask preparation asks padding_mask.all() in every encoder forward pass
+    # (4 passes a step here: MLM, TLM, XLCO keys and queries); outside objkit, reported, not bounded
+    assert set(counts) <= {"__bool__", "tolist", "transformers:__bool__"}, counts
     metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(metrics) == 2 and all(k in metrics[-1] for k in ('"xlco/accuracy"', '"tlm/padding"', '"grad_norm"'))
 

@@ -79,7 +79,7 @@ def test_layout_and_manifest(straight):
         "checkpoint_format"] == "sharded"
     data = ckpt.read_checkpoint(step)
     assert data.sharded and data.step == 6 and data.model == {}
-    assert data.objectives["xlco"]["stores"]["momentum_queue"]["filled"] > 0  # JSON leaves beside the shards
+    assert data.objectives["xlco/stores/momentum_queue/filled"] > 0  # JSON leaves beside the shards
 
 
 def test_resume_from_a_sharded_checkpoint_is_exact(straight, tmp_path):
