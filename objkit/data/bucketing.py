@@ -24,8 +24,10 @@ What stays true without bucketing:
   of that state) and continues exactly, on any number of ranks.
 
 Streamed sources (each rank reads its own shard) are not bucketed. The length of an example
-is the total size of its token lists (``input_ids``; ``src_ids`` + ``tgt_ids`` for pairs),
-computed once over the prepared dataset from its Arrow columns.
+is its longest token list, computed once over the prepared dataset from its Arrow columns:
+``input_ids`` for TLM and ``xlm_align`` (the pair laid out as one sequence), ``max(src_ids,
+tgt_ids)`` for objectives that encode each side as its own sequence (XLCO's queries and keys,
+the example plugin's ``[2B, L]`` batch), whose padded width is set by the longest side.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from objkit.data.sampling import ExampleStream, _MapStream
 
 
 def example_lengths(dataset: datasets.Dataset) -> np.ndarray:
-    """Per row, the total number of items in its list columns (token ids), as ``int64``."""
+    """Per row, the length of its longest list column (token ids), as ``int64``."""
     table = dataset.with_format("arrow")[:]
     total = np.zeros(len(dataset), dtype=np.int64)
     for name in table.column_names:
@@ -52,7 +54,7 @@ def example_lengths(dataset: datasets.Dataset) -> np.ndarray:
         lengths = pc.fill_null(pc.list_value_length(column), 0)
         chunks = lengths.chunks if isinstance(lengths, pa.ChunkedArray) else [lengths]
         if chunks:
-            total += np.concatenate([c.to_numpy(zero_copy_only=False) for c in chunks]).astype(np.int64)
+            total = np.maximum(total, np.concatenate([c.to_numpy(zero_copy_only=False) for c in chunks]).astype(np.int64))
     return total
 
 
