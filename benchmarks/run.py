@@ -25,6 +25,9 @@ key                         ratio                                               
                             consumes (quickstart recipe)
 ``vs_hf_trainer``           objkit tokens/s / HF ``Trainer`` + ``DataCollatorFor-       ≥ 1.0
                             LanguageModeling`` tokens/s (quickstart model, MLM)
+``padding_fraction``        padded / all token slots of TLM and XLCO (the worse) with   ≤ 0.10
+                            ``train.length_bucketing = 8``, Multi30k pairs (CLDR at
+                            ``--toy``); before-bucketing and step-time ratio in details
 ==========================  =========================================================  ======
 
 Not gated (under ``details``): peak RSS of one ``infoxlm_large`` step (B=1, L=128, random
@@ -78,6 +81,7 @@ GOALS: dict[str, tuple[str, float, str]] = {
     "enqueue_ratio": ("<=", 1.2, "enqueue at queue 131,072 / at 1,024 (d=768)"),
     "data_pipeline_margin": (">=", 10.0, "data pipeline tokens/s / trainer tokens/s (quickstart)"),
     "vs_hf_trainer": (">=", 1.0, "objkit MLM tokens/s / HF Trainer tokens/s (quickstart model)"),
+    "padding_fraction": ("<=", 0.10, "padded token slots of TLM/XLCO with length bucketing (Multi30k pairs)"),
 }
 
 
@@ -869,7 +873,7 @@ def memory_child(settings: Settings, root: Path) -> dict[str, Any]:
         "query_parameters": params,
         "key_encoder_parameters": key,
         "step_seconds": step_seconds,
-        "losses": {k: v / stats.units[k] for k, v in stats.sums.items() if k.endswith("/loss") and stats.units[k]},
+        "losses": {k: float(v) / stats.units[k] for k, v in stats.sums.items() if k.endswith("/loss") and stats.units[k]},
         "peak_rss_bytes": peak,
         "rss_after_imports_bytes": baseline,
         "rss_after_build_bytes": built,
@@ -896,6 +900,24 @@ def bench_memory(ws: Workspace) -> dict[str, Any]:
     return json.loads(out.read_text())
 
 
+def _beside(name: str) -> Any:
+    """A benchmark module in this directory (run.py may be loaded from a path, not as a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"objkit_bench_{name}", Path(__file__).with_name(f"{name}.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def bench_padding_fraction(ws: Workspace) -> dict[str, Any]:
+    """Padded fraction of TLM's and XLCO's token slots without and with length bucketing, and
+    the step-time ratio (``benchmarks/padding_fraction.py``)."""
+    return _beside("padding_fraction").measure(ws, alternate=alternate, median_ratio=median_ratio, summary=summary,
+                                               root=ROOT)
+
+
 # ============================================================================ the suite
 BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {
     "mlm_head_speedup": bench_mlm_head,
@@ -905,6 +927,7 @@ BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {
     "enqueue_ratio": bench_enqueue,
     "data_pipeline_margin": bench_data_pipeline,
     "vs_hf_trainer": bench_vs_hf_trainer,
+    "padding_fraction": bench_padding_fraction,
 }
 
 
@@ -1107,6 +1130,8 @@ def describe(key: str, d: dict[str, Any]) -> str:
                 f"(tokenize + pack {d['tokenize_pack_seconds']:.1f} s included)")
     if key == "vs_hf_trainer":
         return f"{d['objkit_tokens_per_s']:,.0f} vs {d['hf_tokens_per_s']:,.0f} tokens/s"
+    if key == "padding_fraction":
+        return _beside("padding_fraction").describe(d)
     return ""
 
 

@@ -121,7 +121,7 @@ def run_ranks(
                 ctx = StepContext(step=step, encoder=encoder, device=torch.device("cpu"), world=world)
                 stats = composite.accumulate(ctx)
                 key = f"{SLOT}/loss"
-                local = (stats.sums.get(key, 0.0), stats.units.get(key, 0.0))
+                local = (float(stats.sums.get(key, 0.0)), stats.units.get(key, 0.0))
                 total = exchange.exchange(rank, local)
                 units = sum(u for _, u in total)
                 losses.append((sum(s for s, _ in total), units) if units > 0 else None)

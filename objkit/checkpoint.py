@@ -259,6 +259,10 @@ class CheckpointData:
     rng_states: list[dict[str, Any]]
     recipe_toml: str | None
     versions: dict[str, Any] | None
+    sharded: bool = False
+    """Written with ``checkpoint_format = "sharded"``: ``model`` is empty, ``objectives`` holds
+    the JSON leaves only and ``optimizer`` the schedule and scaler; the tensors are loaded
+    rank by rank (:func:`objkit.sharded_checkpoint.load_sharded`)."""
 
     @property
     def step(self) -> int:
@@ -287,10 +291,27 @@ def verify_checkpoint(path: Path) -> None:
             raise CheckpointError(f"{name} does not match its SHA-256 in the manifest")
 
 
-def read_checkpoint(path: Path) -> CheckpointData:
+def read_checkpoint(path: Path, *, verify: bool = True) -> CheckpointData:
     """Verify and read one checkpoint; nothing is modified. :class:`CheckpointError` if it is
-    incomplete or damaged."""
-    verify_checkpoint(path)
+    incomplete or damaged. ``verify=False`` skips the SHA-256 check (another rank verified it)."""
+    if verify:
+        verify_checkpoint(path)
+    current = "trainer.json"
+    try:
+        trainer = json.loads((path / current).read_text(encoding="utf-8"))
+        if trainer.get("checkpoint_format") == "sharded":  # tensors: objkit/sharded_checkpoint.py
+            values = []
+            for current in ("objectives.json", "optimizer.json"):
+                values.append(json.loads((path / current).read_text(encoding="utf-8")))
+            current = "rng.json"
+            rng_states = json.loads((path / current).read_text(encoding="utf-8"))["ranks"]
+            int(trainer["step"])
+            recipe = (path / "recipe.toml").read_text(encoding="utf-8") if (path / "recipe.toml").exists() else None
+            current = "versions.json"
+            versions = json.loads((path / current).read_text(encoding="utf-8")) if (path / current).exists() else None
+            return CheckpointData(path, {}, values[0], values[1], trainer, rng_states, recipe, versions, sharded=True)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{current}: {first_line(exc)[:200]}") from None
     current = "model.safetensors"
     try:
         model = load_file(str(path / current))

@@ -49,6 +49,17 @@ def micro_batch_seed(seed: int, objective: str, step: int, rank: int, micro: int
     return derive_seed(seed, objective, step, rank, micro)
 
 
+def padding_counts(batch: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """(token slots, padded slots) over every ``*attention_mask`` of a collated batch (XLCO has
+    a query and a key mask): logged as ``<objective>/padding``, the padded fraction."""
+    slots = padded = 0
+    for name, mask in batch.items():
+        if name.endswith("attention_mask"):
+            slots += mask.numel()
+            padded += mask.numel() - int(mask.sum())
+    return slots, padded
+
+
 @dataclass
 class ObjectiveSlot:
     name: str
@@ -57,23 +68,46 @@ class ObjectiveSlot:
     next_examples: Callable[[int], list[dict[str, Any]]]
 
 
+Scalar = float | torch.Tensor
+"""A logged number: a Python float or a 0-dim tensor still on the device (read back once per
+logging interval by :func:`summarise`, not per micro-batch)."""
+
+
 @dataclass
 class StepStats:
     """What one optimizer step measured on this rank.
 
     ``sums[key]`` is ``Σ value × units`` over this rank's micro-batches and ``units[key]`` the
-    units behind it, for ``<objective>/loss`` and every ``<objective>/<metric>``: summed over
-    ranks and divided, they give the global per-unit mean (:func:`summarise`). ``values`` holds
-    step-level scalars that are the same on every rank (``grad_norm``). ``backwards`` counts
-    backward passes, ``synced_backwards`` those that synchronised gradients (at most one)."""
+    units behind it, for ``<objective>/loss``, every ``<objective>/<metric>`` and
+    ``<objective>/padding`` (padded token slots over all slots): summed over ranks and divided,
+    they give the global per-unit mean (:func:`summarise`). Sums of tensors stay tensors on the
+    device. ``values`` holds step-level scalars that are the same on every rank
+    (``grad_norm``). ``backwards`` counts backward passes, ``synced_backwards`` those that
+    synchronised gradients (at most one)."""
 
-    sums: dict[str, float] = field(default_factory=dict)
+    sums: dict[str, Scalar] = field(default_factory=dict)
     units: dict[str, float] = field(default_factory=dict)
-    values: dict[str, float] = field(default_factory=dict)
+    values: dict[str, Scalar] = field(default_factory=dict)
     sample_size: int = 0
     tokens: int = 0
     synced_backwards: int = 0
     backwards: int = 0
+
+
+@dataclass
+class CollatedStep:
+    """This rank's batches of one step, ``batches[micro][slot]`` on the CPU, with what can be
+    counted on the host before any forward pass: ``units[micro][slot]`` (each objective's
+    ``sample_size``), attended ``tokens`` and per slot ``(token slots, padded slots)``.
+    ``stream_states`` is the position of every example stream right after this step's draws
+    (what a checkpoint written after the step records)."""
+
+    step: int
+    batches: list[list[dict[str, torch.Tensor]]]
+    units: list[list[int]]
+    tokens: int
+    padding: list[tuple[int, int]]
+    stream_states: dict[str, Any] | None = None
 
 
 class CompositeLoss:
@@ -100,56 +134,71 @@ class CompositeLoss:
         self.seed = seed
         self.replicas: Replicas | _InProcess = replicas if replicas is not None else _InProcess()
 
-    def collate_step(self, ctx: StepContext) -> list[list[dict[str, torch.Tensor]]]:
-        """This rank's batches of the step, ``[micro][slot]``, on the CPU."""
-        world, b = ctx.world, self.micro_batch_size
-        batches = []
+    def collate_step(self, step: int, world: WorldInfo) -> CollatedStep:
+        """This rank's batches of ``step`` and their host-side counts. Touches only the example
+        streams and the objectives' ``collate`` / ``sample_size``, so it may run on a worker
+        thread while the previous step trains (:class:`objkit.prefetch.StepPrefetcher`)."""
+        b = self.micro_batch_size
+        batches, units, tokens = [], [], 0
+        padding = [(0, 0)] * len(self.slots)
         for micro in range(self.accumulation):
             row = []
-            for slot in self.slots:
+            for k, slot in enumerate(self.slots):
                 examples = slot.next_examples(b)
                 first = (micro * world.world_size + world.rank) * b  # position in the step's global batch
                 for j, example in enumerate(examples):
-                    example[SAMPLE_SEED] = sample_seed(self.seed, slot.name, ctx.step, first + j)
-                generator = torch.Generator().manual_seed(
-                    micro_batch_seed(self.seed, slot.name, ctx.step, world.rank, micro)
-                )
-                row.append(slot.objective.collate(examples, generator))
+                    example[SAMPLE_SEED] = sample_seed(self.seed, slot.name, step, first + j)
+                generator = torch.Generator().manual_seed(micro_batch_seed(self.seed, slot.name, step, world.rank, micro))
+                batch = slot.objective.collate(examples, generator)
+                row.append(batch)
+                tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
+                slots, padded = padding_counts(batch)
+                padding[k] = (padding[k][0] + slots, padding[k][1] + padded)
             batches.append(row)
-        return batches
+            units.append([slot.objective.sample_size(batch) for slot, batch in zip(self.slots, row, strict=True)])
+        return CollatedStep(step, batches, units, tokens, padding)
 
-    def accumulate(self, ctx: StepContext) -> StepStats:
-        """Forward and backward for one optimizer step; gradients are left in ``.grad``."""
-        batches = self.collate_step(ctx)
+    def accumulate(self, ctx: StepContext, collated: CollatedStep | None = None) -> StepStats:
+        """Forward and backward for one optimizer step; gradients are left in ``.grad``.
+        ``collated``: the step's batches, collated ahead (default: collated now)."""
+        if collated is None:
+            collated = self.collate_step(ctx.step, ctx.world)
+        if collated.step != ctx.step:
+            raise RuntimeError(f"batches collated for step {collated.step} given to step {ctx.step}")
+        batches = collated.batches
         world_size = ctx.world.world_size
         weights = [slot.weight * slot.objective.loss_weight(ctx.step) for slot in self.slots]
         active = [slot.objective.has_loss(ctx.step) for slot in self.slots]
-        units = [
-            [slot.objective.sample_size(batch) if on else 0 for slot, batch, on in zip(self.slots, row, active)]
-            for row in batches
-        ]
-        local = torch.tensor([sum(row[k] for row in units) for k in range(len(self.slots))], dtype=torch.float64)
-        if world_size > 1:  # the step's global unit counts (on the device: NCCL reduces CUDA tensors)
-            local = self.replicas.all_reduce_sum(local.to(ctx.device))
-        totals = local.tolist()
+        units = [[n if on else 0 for n, on in zip(row, active, strict=True)] for row in collated.units]
+        counts_by_slot = [sum(row[k] for row in units) for k in range(len(self.slots))]
+        totals: list[Scalar]
+        if world_size > 1:  # the step's global unit counts, left on the device (NCCL reduces CUDA tensors)
+            local = torch.tensor(counts_by_slot, dtype=torch.float64)
+            reduced = self.replicas.all_reduce_sum(local.to(ctx.device))
+            totals = list(reduced.unbind())
+        else:
+            totals = [float(n) for n in counts_by_slot]
         if self.normalization == "reference":
-            everything = sum(t for t, w in zip(totals, weights) if w > 0)
+            everything = sum((t for t, w in zip(totals, weights) if w > 0), 0.0)
             denominators = [everything] * len(totals)
         else:
             denominators = totals
         groups = [[k] for k in range(len(self.slots))] if self.backward_mode != "joint" else [list(range(len(self.slots)))]
         last = max(((m, k) for m in range(self.accumulation) for k, on in enumerate(active) if on), default=None)
 
-        sums: dict[str, float] = defaultdict(float)
+        sums: dict[str, Scalar] = defaultdict(float)
         counts: dict[str, float] = defaultdict(float)
-        stats = StepStats()
+        stats = StepStats(tokens=collated.tokens)
+        for k, (slots, padded) in enumerate(collated.padding):
+            if slots:
+                sums[f"{self.slots[k].name}/padding"] += padded
+                counts[f"{self.slots[k].name}/padding"] += slots
         for micro, row in enumerate(batches):
             for group in groups:
                 sync = last is not None and last[0] == micro and last[1] in group
                 tasks = []
                 for k in group:
                     batch = row[k]
-                    stats.tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
                     on_device = {name: t.to(ctx.device, non_blocking=True) for name, t in batch.items()}
                     tasks.append((self.slots[k].objective, on_device))
                 with self.replicas.gradient_sync(sync):
@@ -160,14 +209,13 @@ class CompositeLoss:
                         slot, n = self.slots[k], units[micro][k]
                         self._check(slot, active[k], out, n, ctx.step)
                         if active[k]:
-                            share = n * weights[k] * world_size / max(denominators[k], 1.0)
-                            terms.append(out.loss.float() * share)
+                            terms.append(out.loss.float() * _share(n * weights[k] * world_size, denominators[k]))
                             stats.sample_size += n if weights[k] > 0 else 0
-                        if out.sample_size > 0:
-                            sums[f"{slot.name}/loss"] += float(out.loss.detach()) * out.sample_size
+                        if out.sample_size > 0:  # accumulated where they are: no host synchronisation
+                            sums[f"{slot.name}/loss"] += _weighted(out.loss, out.sample_size)
                             counts[f"{slot.name}/loss"] += out.sample_size
                             for key, value in out.metrics.items():
-                                sums[f"{slot.name}/{key}"] += float(value) * out.sample_size
+                                sums[f"{slot.name}/{key}"] += _weighted(value, out.sample_size)
                                 counts[f"{slot.name}/{key}"] += out.sample_size
                     del outputs, tasks
                     if terms:
@@ -201,6 +249,31 @@ class CompositeLoss:
             )
 
 
+def _share(numerator: float, denominator: Scalar) -> Scalar:
+    """``numerator / max(denominator, 1)``: a float, or a float32 tensor where the denominator
+    is a reduced count still on the device (multiplying a float32 loss like a float would)."""
+    if isinstance(denominator, torch.Tensor):
+        return (numerator / denominator.clamp(min=1.0)).float()
+    return numerator / max(denominator, 1.0)
+
+
+def _weighted(value: Scalar, units: int) -> Scalar:
+    if isinstance(value, torch.Tensor):
+        return value.detach().float() * units
+    return float(value) * units
+
+
+def to_host(values: dict[str, Scalar]) -> dict[str, float]:
+    """Every value as a float, with one device-to-host transfer for all tensors together."""
+    tensors = {key: v for key, v in values.items() if isinstance(v, torch.Tensor)}
+    out = {key: float(v) for key, v in values.items() if not isinstance(v, torch.Tensor)}
+    if tensors:
+        device = next(iter(tensors.values())).device
+        stacked = torch.stack([v.detach().to(device=device, dtype=torch.float64).reshape(()) for v in tensors.values()])
+        out.update(zip(tensors, stacked.tolist(), strict=True))
+    return out
+
+
 class _InProcess:
     """Objectives called directly, no process group (a composite built without :class:`Replicas`)."""
 
@@ -220,13 +293,21 @@ class _InProcess:
 def summarise(window: list[StepStats], world: WorldInfo) -> tuple[dict[str, float], int]:
     """Logged values of a window of steps, reduced over ranks (every rank must call this: one
     all-gather): per-unit means of every ``<objective>/<key>`` over all ranks and steps, window
-    means of the step-level ``values``, sorted by key; and the tokens all ranks processed."""
-    sums: dict[str, float] = defaultdict(float)
+    means of the step-level ``values``, sorted by key; and the tokens all ranks processed.
+    Tensors accumulated on the device are read back here, all in one transfer."""
+    window_sums: dict[str, Scalar] = defaultdict(float)
     units: dict[str, float] = defaultdict(float)
     for stats in window:
         for key, value in stats.sums.items():
-            sums[key] += value
+            window_sums[key] += value
             units[key] += stats.units[key]
+    step_values: dict[str, list[Scalar]] = defaultdict(list)
+    for stats in window:
+        for key, value in stats.values.items():
+            step_values[key].append(value)
+    totals = {key: sum(values, 0.0) for key, values in step_values.items()}
+    host = to_host({**{f"sum:{k}": v for k, v in window_sums.items()}, **{f"value:{k}": v for k, v in totals.items()}})
+    sums: dict[str, float] = {key: host[f"sum:{key}"] for key in window_sums}
     local = (dict(sums), dict(units), sum(s.tokens for s in window))
     sums, units = defaultdict(float), defaultdict(float)
     tokens = 0
@@ -236,7 +317,6 @@ def summarise(window: list[StepStats], world: WorldInfo) -> tuple[dict[str, floa
             units[key] += rank_units[key]
         tokens += rank_tokens
     means = {key: sums[key] / units[key] for key in sums if units[key] > 0}
-    for key in {k for s in window for k in s.values}:
-        values = [s.values[key] for s in window if key in s.values]
-        means[key] = sum(values) / len(values)
+    for key, values in step_values.items():
+        means[key] = host[f"value:{key}"] / len(values)
     return {key: means[key] for key in sorted(means)}, tokens

@@ -28,9 +28,16 @@ import torch.nn.functional as F
 class ContrastiveResult:
     loss: torch.Tensor
     """Scalar mean cross-entropy over queries."""
-    accuracy: float
-    """Fraction of queries whose positive scores at least as high as every negative (top-1)."""
+    top1: torch.Tensor
+    """(API 1.2) Fraction of queries whose positive scores at least as high as every negative,
+    a detached 0-dim tensor on the queries' device: return it as a metric without a host
+    synchronisation."""
     num_negatives: int
+
+    @property
+    def accuracy(self) -> float:
+        """``top1`` as a Python float (reading it waits for the device)."""
+        return float(self.top1)
 
 
 def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager[object]:
@@ -77,8 +84,8 @@ def info_nce(
             logits = logits.masked_fill(torch.cat(excluded, dim=1), float("-inf"))
         labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
         loss = F.cross_entropy(logits, labels)
-    correct = (pos.detach() >= best_negative).float().mean().item() if q.shape[0] else 0.0
-    return ContrastiveResult(loss=loss, accuracy=correct, num_negatives=sum(b.shape[0] for b in negatives))
+    correct = (pos.detach() >= best_negative).float().mean() if q.shape[0] else pos.new_zeros(())
+    return ContrastiveResult(loss=loss, top1=correct, num_negatives=sum(b.shape[0] for b in negatives))
 
 
 __all__ = ["ContrastiveResult", "info_nce"]

@@ -192,6 +192,17 @@ def all_gather_objects(obj: Any, world: WorldInfo) -> list[Any]:
     return out
 
 
+def broadcast_from_main(obj: Any, world: WorldInfo) -> Any:
+    """Rank 0's picklable ``obj`` on every rank (what the other ranks pass is ignored)."""
+    if world.world_size <= 1:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj if world.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 # ----------------------------------------------------------------------------- the wrapped module
 class StepModule(nn.Module):
     """What DDP / FSDP wrap: the encoder and every objective's trainable modules. ``forward``
@@ -529,6 +540,6 @@ def parallelize(
 
 __all__ = [
     "AllGather", "DDPReplicas", "FSDPReplicas", "Replicas", "StepModule", "all_gather_objects", "all_reduce_sum",
-    "barrier", "check_resumable", "dist_all_gather", "env_world", "gather_rows", "init_distributed",
+    "barrier", "broadcast_from_main", "check_resumable", "dist_all_gather", "env_world", "gather_rows", "init_distributed",
     "main_process_first", "needs_find_unused", "parallelize", "shutdown_distributed",
 ]

@@ -134,12 +134,15 @@ class ObjectiveOutput:
     ``loss`` is a scalar mean over the objective's units (masked tokens, sentences);
     ``sample_size`` is how many units it averages over (used by the composite's
     ``normalization = "reference"``); ``metrics`` are extra scalars, logged as
-    ``<instance>/<key>`` next to ``<instance>/loss``.
+    ``<instance>/<key>`` next to ``<instance>/loss``: Python floats, or (API 1.2) 0-dim
+    tensors on the device, which the trainer accumulates there and reads back once per
+    logging interval instead of once per micro-batch (``.item()`` waits for the device).
+    Tensors are detached by the trainer; floats keep working as before.
     """
 
     loss: torch.Tensor
     sample_size: int
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float | torch.Tensor] = field(default_factory=dict)
 
 
 class Encoder(Plugin, nn.Module, ABC):
@@ -350,6 +353,13 @@ class NegativeStore(Plugin, ABC):
         gathered other ranks' keys in front of them)."""
         return 0
 
+    accepts_gathered_keys: ClassVar[bool] = False
+    """(API 1.2) True when :meth:`negatives` and :meth:`enqueue` take a keyword ``gathered``:
+    every rank's keys in rank order and the per-rank counts, exactly what
+    ``objkit.gather_rows(keys)`` returns. An objective with several such stores then gathers a
+    micro-batch's keys once for all of them (``None`` with one process: use ``keys``) instead
+    of each store gathering the same keys again."""
+
     def __init__(self, config: PluginConfig, dim: int, device: torch.device, world: WorldInfo) -> None:
         self.config = config
         self.dim = dim
@@ -359,8 +369,8 @@ class NegativeStore(Plugin, ABC):
     @abstractmethod
     def negatives(self, current_keys: torch.Tensor) -> torch.Tensor: ...
 
-    def enqueue(self, keys: torch.Tensor) -> None:
-        """Record keys (default: nothing to record)."""
+    def enqueue(self, keys: torch.Tensor, gathered: tuple[torch.Tensor, list[int]] | None = None) -> None:
+        """Record keys (default: nothing to record). ``gathered``: see :attr:`accepts_gathered_keys`."""
 
     @property
     def ready(self) -> bool:

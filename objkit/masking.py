@@ -135,5 +135,6 @@ def masked_lm_output(
     targets = labels[selected]
     logits = encoder.lm_logits(hidden[selected]).float()
     loss = torch.nn.functional.cross_entropy(logits, targets)
-    accuracy = (logits.argmax(dim=-1) == targets).float().mean().item() if targets.numel() else 0.0
+    # a 0-dim tensor: read back once per logging interval, not here (no host synchronisation)
+    accuracy = (logits.detach().argmax(dim=-1) == targets).float().mean() if targets.numel() else logits.new_zeros(())
     return ObjectiveOutput(loss=loss, sample_size=int(targets.numel()), metrics={"accuracy": accuracy})

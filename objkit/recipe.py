@@ -181,6 +181,14 @@ class TrainConfig(Strict):
         "ddp", description="under torchrun: replicate the model (ddp) or shard it with FSDP2 (fsdp)"
     )
     report_to: list[Literal["jsonl", "tensorboard"]] = Field(default_factory=lambda: ["jsonl"])
+    checkpoint_format: Literal["single_file", "sharded"] = Field(
+        "single_file", description="single_file: rank 0 writes safetensors; sharded: every rank writes its shard "
+        "(torch.distributed.checkpoint)"
+    )
+    length_bucketing: int = Field(
+        0, ge=0, le=100_000, description="pair objectives: pool this many steps' draws, sort them by length, cut "
+        "them into steps and shuffle the steps (0: off; objkit/data/bucketing.py)"
+    )
     collective_timeout: float = Field(
         1800, gt=0, le=86400, description="seconds a rank waits in one collective (all-reduce, barrier) before the "
         "run fails; rank 0 tokenizing or checkpointing while the others wait counts"

@@ -87,6 +87,7 @@ NEUTRAL_KEYS = {
     ("name",), ("description",), ("eval",),
     ("train", "log_every"), ("train", "checkpoint_every"), ("train", "keep_checkpoints"),
     ("train", "report_to"), ("train", "max_bad_steps"), ("train", "collective_timeout"),
+    ("train", "checkpoint_format"),
 }
 RUN_FILES = ("checkpoints", "export", "export.tmp", "export.old", "eval-transfer.tmp", "metrics.jsonl", "tensorboard",
              "recipe.toml", "versions.json")

@@ -410,7 +410,10 @@ def _train(cls: type, config: PluginConfig, *, steps: int, seed: int, batch_size
         assert math.isfinite(value), f"{cls.name}: loss is {value} at step {step}"
         assert isinstance(out.sample_size, int) and out.sample_size >= 0, f"{cls.name}: sample_size {out.sample_size!r}"
         for key, value in out.metrics.items():
-            assert isinstance(value, float) and math.isfinite(value), f"{cls.name}: metric {key} = {value!r}"
+            scalar = isinstance(value, float) or (
+                isinstance(value, torch.Tensor) and value.dim() == 0 and value.is_floating_point()
+            )
+            assert scalar and math.isfinite(float(value)), f"{cls.name}: metric {key} = {value!r}"
         weight = objective.loss_weight(step)
         counts = out.sample_size > 0 and weight > 0
         if counts:
@@ -432,7 +435,7 @@ def _train(cls: type, config: PluginConfig, *, steps: int, seed: int, batch_size
         optimizer.zero_grad(set_to_none=True)
         objective.after_optimizer_step(ctx)
         losses.append(value)
-        metrics.append(dict(out.metrics))
+        metrics.append({key: float(value) for key, value in out.metrics.items()})
     return _Trained(objective, encoder, examples, losses, metrics, gradient_steps)
 
 

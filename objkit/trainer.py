@@ -21,10 +21,13 @@ from transformers import get_constant_schedule_with_warmup, get_linear_schedule_
 
 from objkit import checkpoint as ckpt
 from objkit import distributed, faults
-from objkit.composite import CompositeLoss, ObjectiveSlot, StepStats, summarise
+from objkit import sharded_checkpoint as sharded
+from objkit.composite import CollatedStep, CompositeLoss, ObjectiveSlot, StepStats, summarise, to_host
 from objkit.data import ExampleStream, load_source, source_group_sizes
+from objkit.data.bucketing import BucketedStream, example_lengths
 from objkit.errors import UserError
 from objkit.interfaces import StepContext
+from objkit.prefetch import StepPrefetcher
 from objkit.recipe import ResolvedRecipe, source_kind
 from objkit.registry import Registry
 from objkit.reporting import MetricsWriter, truncate_metrics
@@ -113,9 +116,11 @@ class Trainer:
         self.step = 0
         self.bad_steps = faults.BadSteps(self.train_cfg.max_bad_steps)
         self.stopped_by: str | None = None  # the signal that ended fit() early, if any
+        self.prefetcher: StepPrefetcher | None = None  # collates the next step during fit()
+        self.stop_agreed = False  # a stop request agreed by every rank at the last step
 
     # ------------------------------------------------------------------ data
-    def _build_streams(self) -> dict[str, ExampleStream]:
+    def _build_streams(self) -> dict[str, ExampleStream | BucketedStream]:
         tokenized: dict[str, Any] = {}
         streams = {}
         for built in self.objectives:
@@ -130,7 +135,7 @@ class Trainer:
             seed = self.train_cfg.seed * 7919 + len(streams)
             # streamed sources cannot be counted up front: α-sampling uses their sizes on disk
             group_sizes = source_group_sizes(built.data, source) if source.streaming else None
-            streams[built.name] = ExampleStream(
+            stream = ExampleStream(
                 prepared,
                 alpha=source.sampling_alpha,
                 seed=seed,
@@ -138,45 +143,72 @@ class Trainer:
                 world_size=self.world.world_size,
                 group_sizes=group_sizes,
             )
+            pool = self.train_cfg.length_bucketing
+            if pool and built.objective.data_kind == "parallel" and not source.streaming:
+                stream = BucketedStream(stream, example_lengths(prepared), step_size=self.train_cfg.batch_size,
+                                        pool_steps=pool, seed=derive_seed(self.train_cfg.seed, "buckets", built.name))
+            streams[built.name] = stream
         return streams
 
     # ------------------------------------------------------------------ state
     def _objective_states(self) -> dict[str, dict[str, Any]]:
         return {b.name: b.objective.state_dict() for b in self.objectives}
 
-    def _rank_state(self) -> dict[str, Any]:
+    def _stream_states(self) -> dict[str, Any]:
+        """The streams' position after the last trained step (the prefetcher may have drawn
+        the next step's examples already)."""
+        if self.prefetcher is not None and self.prefetcher.consumed_states is not None:
+            return self.prefetcher.consumed_states
+        return {name: stream.state_dict() for name, stream in self.streams.items()}
+
+    def _rank_state(self, streams: dict[str, Any]) -> dict[str, Any]:
         """What differs between ranks: RNG states (dropout) and the positions of streamed sources."""
         return {
             "rng": ckpt.capture_rng_state(self.device),
-            "streams": {name: s.state_dict() for name, s in self.streams.items() if s.per_rank},
+            "streams": {name: state for name, state in streams.items() if self.streams[name].per_rank},
         }
 
-    def save(self) -> Path | None:
-        """Write a checkpoint of the current step. Every rank calls this (FSDP gathers full
-        tensors, every rank's RNG state is collected); rank 0 alone writes."""
-        model = self.replicas.model_for_save()
-        objectives = {name: self.replicas.full_state(state) for name, state in self._objective_states().items()}
-        optimizer = self.replicas.optimizer_state(self.optimizer)
-        ranks = distributed.all_gather_objects(self._rank_state(), self.world)
-        if not self.world.is_main:
-            distributed.barrier(self.world)
-            return None
-        from objkit import __version__
-
-        optimizer_state = {
-            "optimizer": optimizer,
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-        }
-        trainer_state = {
+    def _trainer_state(self, streams: dict[str, Any], ranks: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
             "step": self.step,
-            "streams": {name: stream.state_dict() for name, stream in self.streams.items()},
+            "streams": streams,
             "rank_streams": [r["streams"] for r in ranks],
             "world_size": self.world.world_size,
             "parallelism": self.replicas.mode,
             "bad_steps": self.bad_steps.state_dict(),
             "threads": thread_counts(),
         }
+
+    def _versions(self) -> dict[str, Any]:
+        from objkit import __version__
+
+        return {"objkit": __version__, "plugins": self.registry.versions(), "threads": thread_counts()}
+
+    def _write_failed(self, exc: OSError) -> faults.RunAborted:
+        previous = ckpt.list_checkpoints(self.run_dir)
+        kept = f"the last complete checkpoint, {previous[-1]}, is intact" if previous else "no checkpoint yet"
+        return faults.write_error(exc, f"checkpoint step {self.step}", kept)
+
+    def save(self) -> Path | None:
+        """Write a checkpoint of the current step. Every rank calls this (FSDP gathers full
+        tensors, every rank's RNG state is collected); rank 0 alone writes, unless
+        ``train.checkpoint_format = "sharded"`` (every rank writes its shard)."""
+        if self.train_cfg.checkpoint_format == "sharded":
+            return self._save_sharded()
+        model = self.replicas.model_for_save()
+        objectives = {name: self.replicas.full_state(state) for name, state in self._objective_states().items()}
+        optimizer = self.replicas.optimizer_state(self.optimizer)
+        streams = self._stream_states()
+        ranks = distributed.all_gather_objects(self._rank_state(streams), self.world)
+        if not self.world.is_main:
+            distributed.barrier(self.world)
+            return None
+        optimizer_state = {
+            "optimizer": optimizer,
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
+        trainer_state = self._trainer_state(streams, ranks)
         try:
             path = ckpt.save_checkpoint(
                 self.run_dir,
@@ -188,14 +220,28 @@ class Trainer:
                 keep=self.train_cfg.keep_checkpoints,
                 rng_states=[r["rng"] for r in ranks],
                 recipe_toml=self.resolved.to_toml(),
-                versions={"objkit": __version__, "plugins": self.registry.versions(), "threads": thread_counts()},
+                versions=self._versions(),
             )
         except OSError as exc:
-            previous = ckpt.list_checkpoints(self.run_dir)
-            kept = f"the last complete checkpoint, {previous[-1]}, is intact" if previous else "no checkpoint yet"
-            raise faults.write_error(exc, f"checkpoint step {self.step}", kept) from None
+            raise self._write_failed(exc) from None
         distributed.barrier(self.world)
         return path
+
+    def _save_sharded(self) -> Path | None:
+        """Every rank writes its shard (torch.distributed.checkpoint); nothing is gathered but
+        the small per-rank JSON state and the shards' digests."""
+        streams = self._stream_states()
+        ranks = distributed.all_gather_objects(self._rank_state(streams), self.world)
+        state, values = sharded.live_state(self.replicas.module, self.optimizer, self._objective_states())
+        try:
+            return sharded.save_sharded(
+                self.run_dir, self.step, world=self.world, state=state, objective_values=values,
+                extra={"scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict()},
+                trainer_state=self._trainer_state(streams, ranks), keep=self.train_cfg.keep_checkpoints,
+                rng_states=[r["rng"] for r in ranks], recipe_toml=self.resolved.to_toml(), versions=self._versions(),
+            )
+        except OSError as exc:
+            raise self._write_failed(exc) from None
 
     def resume(self, source: Path | ckpt.CheckpointData) -> None:
         """Continue from a checkpoint (a path, or data already read by :func:`ckpt.read_checkpoint`)."""
@@ -203,12 +249,22 @@ class Trainer:
         trainer_state = data.trainer
         streamed = sorted(name for name, stream in self.streams.items() if stream.per_rank)
         distributed.check_resumable(data.path, trainer_state, self.world, self.replicas.mode, streamed)
-        model = self.replicas.model_for_load()
-        ckpt.apply_model_state(model, data.model, data.path)
-        self.replicas.finish_model_load(model)
-        for built in self.objectives:
-            self.replicas.load_objective_state(built.objective, data.objectives.get(built.name, {}))
-        self.replicas.load_optimizer_state(self.optimizer, data.optimizer["optimizer"])
+        if data.sharded:
+            saved_world = int(trainer_state.get("world_size", 1))
+            if saved_world != self.world.world_size:
+                raise UserError(f"{data.path}: a sharded checkpoint written by {saved_world} rank(s) resumes on "
+                                f"{saved_world} (this run has {self.world.world_size}): run with --nproc {saved_world}")
+            states = sharded.load_sharded(data.path, self.replicas.module, self.optimizer, self._objective_states(),
+                                          data.objectives)
+            for built in self.objectives:
+                built.objective.load_state_dict(states.get(built.name, {}))
+        else:
+            model = self.replicas.model_for_load()
+            ckpt.apply_model_state(model, data.model, data.path)
+            self.replicas.finish_model_load(model)
+            for built in self.objectives:
+                self.replicas.load_objective_state(built.objective, data.objectives.get(built.name, {}))
+            self.replicas.load_optimizer_state(self.optimizer, data.optimizer["optimizer"])
         self.scheduler.load_state_dict(data.optimizer["scheduler"])
         self.scaler.load_state_dict(data.optimizer["scaler"])
         rank, world_size = self.world.rank, self.world.world_size
@@ -242,8 +298,21 @@ class Trainer:
 
     def _resume_newest(self) -> None:
         """Resume from the newest checkpoint that reads back intact, reporting any newer one
-        that is incomplete or damaged."""
-        data, problems = ckpt.newest_readable(self.run_dir)
+        that is incomplete or damaged. Rank 0 alone verifies (hashes) the checkpoints and picks
+        one; the other ranks receive its choice, so every rank resumes from the same one."""
+        data: ckpt.CheckpointData | None = None
+        problems: list[str] = []
+        if self.world.is_main:
+            data, problems = ckpt.newest_readable(self.run_dir)
+        chosen, problems = distributed.broadcast_from_main(
+            (str(data.path) if data is not None else None, problems), self.world
+        )
+        if not self.world.is_main and chosen is not None:
+            try:
+                data = ckpt.read_checkpoint(Path(chosen), verify=False)
+            except ckpt.CheckpointError as exc:
+                raise UserError(f"{chosen}: rank {self.world.rank} cannot read the checkpoint rank 0 chose ({exc}); "
+                                "is -o on a filesystem every rank shares?") from None
         for problem in problems:
             if self.world.is_main:
                 tqdm.write(f"warning: checkpoint {problem}; skipping it", file=sys.stderr)
@@ -257,24 +326,26 @@ class Trainer:
             tqdm.write(f"resumed from {data.path} (step {self.step})", file=sys.stderr)
 
     # ------------------------------------------------------------------ loop
-    def train_step(self) -> StepStats:
-        """One optimizer step; gradients are normalised and synchronised by the composite."""
+    def train_step(self, collated: CollatedStep | None = None, stop_requested: bool = False) -> StepStats:
+        """One optimizer step; gradients are normalised and synchronised by the composite.
+        ``collated``: the step's batches if collated ahead. ``stop_requested`` (a signal on this
+        rank) is agreed over ranks in the same all-reduce as the non-finite check, into
+        :attr:`stop_agreed`. One host synchronisation: whether the step is finite."""
         self.encoder.train()
         ctx = StepContext(step=self.step, encoder=self.encoder, device=self.device, world=self.world)
-        stats = self.composite.accumulate(ctx)
+        stats = self.composite.accumulate(ctx, collated)
         self.scaler.unscale_(self.optimizer)
         if self.train_cfg.clip_norm is not None:
             grad_norm_t = torch.nn.utils.clip_grad_norm_(self.params, self.train_cfg.clip_norm)
             if hasattr(grad_norm_t, "full_tensor"):  # FSDP: a DTensor
                 grad_norm_t = grad_norm_t.full_tensor()
-            grad_norm = float(grad_norm_t)
-            stats.values["grad_norm"] = grad_norm
+            stats.values["grad_norm"] = grad_norm_t.detach()
         else:
             grads = [p.grad for p in self.params if p.grad is not None]
-            norm_t = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
-            grad_norm = float(norm_t.full_tensor() if hasattr(norm_t, "full_tensor") else norm_t)
-        reason = faults.nonfinite_reason({**stats.sums, **stats.values}, grad_norm)
-        (bad,) = faults.agree(self.world, reason is not None)
+            norm_t = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
+            grad_norm_t = norm_t.full_tensor() if hasattr(norm_t, "full_tensor") else norm_t
+        reason = self._nonfinite(stats, grad_norm_t)
+        bad, self.stop_agreed = faults.agree(self.world, reason is not None, stop_requested)
         if bad:  # skip the update: optimizer and momentum encoders stay; step and schedule move on
             message = self.bad_steps.record(self.step, reason or "loss or gradients on another rank")
             stats.values["skipped"] = 1.0
@@ -296,6 +367,18 @@ class Trainer:
         self.step += 1
         return stats
 
+    def _nonfinite(self, stats: StepStats, grad_norm: torch.Tensor) -> str | None:
+        """:func:`faults.nonfinite_reason` of the step's losses and gradient norm, reading one
+        boolean back from the device (the values themselves only when something is not finite)."""
+        checked = {key: value for key, value in {**stats.sums, **stats.values}.items() if key.endswith("loss")}
+        tensors = [v.detach().float().reshape(()).to(grad_norm.device) for v in checked.values()
+                   if isinstance(v, torch.Tensor)]
+        floats = [v for v in checked.values() if not isinstance(v, torch.Tensor)]
+        finite = bool(torch.isfinite(torch.stack([grad_norm.detach().float().reshape(()), *tensors])).all())
+        if finite and all(math.isfinite(v) for v in floats):
+            return None
+        return faults.nonfinite_reason(to_host(checked), float(grad_norm))
+
     def fit(self, evaluate: Any = None) -> None:
         """Train to ``train.steps``, resuming from the newest intact checkpoint in ``run_dir``.
 
@@ -315,11 +398,16 @@ class Trainer:
         )
         window: list[StepStats] = []
         window_start = time.perf_counter()
+        self.prefetcher = StepPrefetcher(
+            lambda step: self.composite.collate_step(step, self.world),
+            lambda: {name: stream.state_dict() for name, stream in self.streams.items()},
+            start=self.step, stop=self.train_cfg.steps,
+        )
         try:
             with faults.StopRequest(announce=self.world.is_main) as stop:
                 while self.step < self.train_cfg.steps:
                     faults.pause_for_test("step", self.step + 1)
-                    stats = self.train_step()
+                    stats = self.train_step(self.prefetcher.get(self.step), stop.requested)
                     window.append(stats)
                     bar.update(1)
                     if self.step % self.train_cfg.log_every == 0 or self.step == self.train_cfg.steps:
@@ -337,15 +425,27 @@ class Trainer:
                     if self.step % self.train_cfg.checkpoint_every == 0 or self.step == self.train_cfg.steps:
                         self.save()
                         saved = True
-                    (stop_now,) = faults.agree(self.world, stop.requested)
+                    # several ranks: agreed with the step's non-finite check (no collective of its own)
+                    stop_now = self.stop_agreed or (self.world.world_size == 1 and stop.requested)
                     if stop_now and self.step < self.train_cfg.steps:
                         if not saved:
                             self.save()
                         self.stopped_by = stop.signal_name or "a signal to another rank"
                         break
         finally:
+            self._close_prefetcher()
             bar.close()
             writer.close()
+
+    def _close_prefetcher(self) -> None:
+        """Stop collating ahead and put the streams back where the last trained step left them."""
+        if self.prefetcher is None:
+            return
+        prefetcher, self.prefetcher = self.prefetcher, None
+        prefetcher.close()
+        if prefetcher.consumed_states is not None:
+            for name, state in prefetcher.consumed_states.items():
+                self.streams[name].load_state_dict(state)
 
     def _write_metrics(self, writer: MetricsWriter, record: dict[str, Any]) -> None:
         try:

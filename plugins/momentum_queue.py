@@ -47,6 +47,7 @@ class MomentumQueue(NegativeStore):
     name: ClassVar[str] = "momentum_queue"
     plugin_api: ClassVar[str] = PLUGIN_API_VERSION  # built-in: always the current API
     Config: ClassVar[type[MomentumQueueConfig]] = MomentumQueueConfig
+    accepts_gathered_keys: ClassVar[bool] = True
 
     def __init__(self, config: MomentumQueueConfig, dim: int, device: torch.device, world: WorldInfo) -> None:
         super().__init__(config, dim, device, world)
@@ -66,14 +67,17 @@ class MomentumQueue(NegativeStore):
             return True
         return self.filled + self._staged_count >= self.size
 
-    def negatives(self, current_keys: torch.Tensor) -> torch.Tensor:
+    def negatives(self, current_keys: torch.Tensor,
+                  gathered: tuple[torch.Tensor, list[int]] | None = None) -> torch.Tensor:
         self.flush()
         return self.buffer[: min(self.filled, self.size)]
 
     @torch.no_grad()
-    def enqueue(self, keys: torch.Tensor) -> None:
+    def enqueue(self, keys: torch.Tensor, gathered: tuple[torch.Tensor, list[int]] | None = None) -> None:
+        if gathered is not None:  # every rank's keys, gathered once by the objective
+            keys = gathered[0]
         keys = keys.detach().to(torch.float32)
-        if self.all_gather is not None:
+        if gathered is None and self.all_gather is not None:
             keys = gather_rows(keys, self.all_gather)[0]
         self._staged.append(keys)
         self._staged_count += keys.shape[0]

@@ -74,7 +74,9 @@ from objkit import (
     UserError,
     coerce_schedule,
     derive_seed,
+    dist_all_gather,
     example_seeds,
+    gather_rows,
     hookimpl,
     info_nce,
     make_momentum_copy,
@@ -183,6 +185,8 @@ class CrossLingualContrast(Objective):
         for name, table in config.negatives.items():
             info = ctx.registry.get(name, kind="negative_store")
             self.stores[name] = info.cls(info.cls.Config.model_validate(table), self.dim, ctx.device, ctx.world)
+        # stores that take gathered keys (queue, in_batch) share one all-gather per key tensor
+        self.all_gather = dist_all_gather if ctx.world.world_size > 1 else None
         self.augmentations: list[Augmentation] = []
         for name, table in config.augment.items():
             info = ctx.registry.get(name, kind="augmentation")
@@ -266,10 +270,18 @@ class CrossLingualContrast(Objective):
     def _scale(self) -> float | torch.Tensor:
         return self.scale_module() if self.scale_module is not None else 1.0 / self.config.temperature
 
-    def _negatives(self, keys: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+    def _gather(self, keys: torch.Tensor) -> tuple[torch.Tensor, list[int]] | None:
+        """Every rank's ``keys`` (one all-gather), when several ranks run and a store takes them."""
+        if self.all_gather is None or not any(s.accepts_gathered_keys for s in self.stores.values()):
+            return None
+        return gather_rows(keys.detach(), self.all_gather)
+
+    def _negatives(self, keys: torch.Tensor, gathered: tuple[torch.Tensor, list[int]] | None = None
+                   ) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
         blocks, masks = [], []
         for store in self.stores.values():
-            blocks.append(store.negatives(keys))
+            shared = gathered is not None and store.accepts_gathered_keys
+            blocks.append(store.negatives(keys, gathered=gathered) if shared else store.negatives(keys))
             if store.includes_current_keys:  # this rank's keys sit at rows [offset, offset + n)
                 n, offset = keys.shape[0], store.current_keys_offset
                 eye = torch.eye(n, dtype=torch.bool, device=keys.device)
@@ -304,29 +316,34 @@ class CrossLingualContrast(Objective):
         keys = [self.encode_keys(batch["key_input_ids"], batch["key_attention_mask"], training)]
         if self.config.symmetric:
             keys.append(self.encode_keys(batch["input_ids"], batch["attention_mask"], training))
+        gathered = [self._gather(k) for k in keys]  # once per key tensor, shared by the stores
         active = self.has_loss(ctx.step)
         results = []
         if active:
-            directions = [(batch["input_ids"], batch["attention_mask"], keys[0])]
+            directions = [(batch["input_ids"], batch["attention_mask"], keys[0], gathered[0])]
             if self.config.symmetric:
-                directions.append((batch["key_input_ids"], batch["key_attention_mask"], keys[1]))
+                directions.append((batch["key_input_ids"], batch["key_attention_mask"], keys[1], gathered[1]))
             scale = self._scale()
-            for ids, mask, positive in directions:
+            for ids, mask, positive, everyone in directions:
                 # with no negatives yet (a queue not waiting to fill, first step) the loss is 0
-                blocks, masks = self._negatives(positive)
+                blocks, masks = self._negatives(positive, everyone)
                 query = self.encode_queries(encoder, ids, mask)
                 results.append(
                     info_nce(query, positive, blocks, scale=scale, margin=self.config.margin, exclude=masks)
                 )
         for store in self.stores.values():
-            for k in keys:
-                store.enqueue(k)
+            for k, everyone in zip(keys, gathered, strict=True):
+                if everyone is not None and store.accepts_gathered_keys:
+                    store.enqueue(k, gathered=everyone)
+                else:
+                    store.enqueue(k)
         if not results:
             return ObjectiveOutput(torch.zeros((), device=keys[0].device), 0, {})
         loss = sum(r.loss for r in results) / len(results)
-        metrics = {"accuracy": sum(r.accuracy for r in results) / len(results)}
+        # 0-dim tensors: read back once per logging interval (no host synchronisation here)
+        metrics: dict[str, float | torch.Tensor] = {"accuracy": sum(r.top1 for r in results) / len(results)}
         if self.scale_module is not None:
-            metrics["temperature"] = float(1.0 / self.scale_module().detach())
+            metrics["temperature"] = 1.0 / self.scale_module().detach()
         if self.tracker.last_momentum is not None:
             metrics["momentum"] = self.tracker.last_momentum
         return ObjectiveOutput(loss, sample_size=sum(int(k.shape[0]) for k in keys), metrics=metrics)

@@ -210,14 +210,14 @@ class DenoisingWordAlignment(Objective):
         labels = batch["labels"]
         predicted = labels != IGNORE_INDEX
         units = int(predicted.sum())
-        metrics: dict[str, float] = {}
+        metrics: dict[str, float | torch.Tensor] = {}
         total = hidden.new_zeros((), dtype=torch.float32)
         if self.config.tlm_loss or tlm_only:
             logits = encoder.lm_logits(hidden[predicted]).float()
             tlm_sum = F.cross_entropy(logits, labels[predicted], reduction="sum")
             total = total + tlm_sum
-            metrics["tlm_loss"] = float(tlm_sum.detach()) / max(units, 1)
-            metrics["tlm_accuracy"] = float((logits.argmax(-1) == labels[predicted]).float().mean()) if units else 0.0
+            metrics["tlm_loss"] = tlm_sum.detach() / max(units, 1)  # tensors: read back once per log interval
+            metrics["tlm_accuracy"] = (logits.detach().argmax(-1) == labels[predicted]).float().mean() if units else 0.0
         if partner is not None:
             pointer_sum, queries, correct = self._pointer(hidden, batch, partner, predicted)
             total = total + pointer_sum

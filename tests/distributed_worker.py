@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 
 from objkit import checkpoint as ckpt
 from objkit import distributed
+from objkit import sharded_checkpoint as sharded
 from objkit.checkpoint import flatten_state
 from objkit.recipe import load_recipe
 from objkit.registry import default_registry
@@ -35,8 +36,33 @@ def main() -> None:
         return write(run, step, **kwargs)
 
     ckpt.save_checkpoint = counting_save  # the trainer calls it through the module
+    write_sharded = sharded.save_sharded
+
+    def counting_sharded(run: Path, step: int, **kwargs):  # noqa: ANN003, ANN202
+        path = write_sharded(run, step, **kwargs)
+        if path is not None:  # rank 0 returns the checkpoint it renamed into place
+            saves.append(step)
+        return path
+
+    sharded.save_sharded = counting_sharded
+    verified: list[str] = []
+    verify = ckpt.verify_checkpoint
+
+    def counting_verify(path: Path) -> None:
+        verified.append(Path(path).name)
+        verify(path)
+
+    ckpt.verify_checkpoint = counting_verify
     try:
         trainer = Trainer(load_recipe(Path(recipe), overrides), Path(run_dir), default_registry(), progress=False)
+        resumed_from: list[str] = []
+        resume = trainer.resume
+
+        def recording_resume(source):  # noqa: ANN001, ANN202
+            resumed_from.append(Path(getattr(source, "path", source)).name)
+            return resume(source)
+
+        trainer.resume = recording_resume
         info: dict = {"rank": trainer.world.rank, "world_size": trainer.world.world_size,
                       "mode": trainer.replicas.mode, "steps": {}, "sync_calls": {}}
         ddp = getattr(trainer.replicas, "ddp", None)
@@ -51,8 +77,8 @@ def main() -> None:
             info["find_unused_parameters"] = trainer.replicas.find_unused_parameters
         step = trainer.train_step
 
-        def recording_step():  # noqa: ANN202
-            stats = step()
+        def recording_step(*args, **kwargs):  # noqa: ANN202
+            stats = step(*args, **kwargs)
             info["steps"][trainer.step - 1] = {"backwards": stats.backwards, "synced": stats.synced_backwards}
             return stats
 
@@ -65,6 +91,8 @@ def main() -> None:
         tensors, _ = flatten_state(states)
         save_file({k: v.clone() for k, v in tensors.items()}, str(dump / f"rank{trainer.world.rank}.safetensors"))
         info["saves"] = saves
+        info["verified"] = verified  # checkpoints this rank hashed on resume
+        info["resumed_from"] = resumed_from
         info["step"] = trainer.step
         (dump / f"rank{trainer.world.rank}.json").write_text(json.dumps(info, indent=1))
     finally:

@@ -198,6 +198,30 @@ def test_resume_under_torchrun(runs, recipe, tmp_path, mode, nproc, overrides):
     else:
         _assert_losses_close(straight, again, rel=1e-5)
     assert _info(resumed, 0)["saves"] == [6]
+    if nproc == 2:  # rank 0 verified and chose the checkpoint; the other rank resumed from its choice
+        assert _info(resumed, 0)["verified"] == ["step_0000003"] and _info(resumed, 1)["verified"] == []
+        assert _info(resumed, 0)["resumed_from"] == _info(resumed, 1)["resumed_from"] == ["step_0000003"]
+
+
+@pytest.mark.slow
+def test_sharded_checkpoints_under_torchrun(runs, recipe, tmp_path):
+    """train.checkpoint_format = "sharded" on 2 DDP ranks: each rank writes its shard (the
+    manifest covers them), training is unchanged, and a resume from the step-3 sharded
+    checkpoint ends exactly where the uninterrupted run ends."""
+    overrides = ["train.micro_batch_size=4", "train.checkpoint_format=sharded"]
+    run = _launch(2, recipe, tmp_path / "sharded", *overrides)
+    manifest = json.loads((run / "checkpoints" / "step_0000006" / "manifest.json").read_text())
+    assert {"shards/.metadata", "trainer.json", "rng.json", "optimizer.json"} <= set(manifest["files"])
+    assert not (run / "checkpoints" / "step_0000006" / "model.safetensors").exists()
+    straight = read_metrics(runs["ddp"] / "run" / "metrics.jsonl")
+    sharded = read_metrics(run / "metrics.jsonl")
+    assert sharded == [{**m, "tok/s": a["tok/s"]} for m, a in zip(straight, sharded, strict=True)]
+    resumed = _interrupted_copy(run, tmp_path / "resumed")
+    _launch(2, recipe, resumed, *overrides)
+    again = read_metrics(resumed / "run" / "metrics.jsonl")
+    assert again == [{**m, "tok/s": a["tok/s"]} for m, a in zip(straight, again, strict=True)]
+    assert _info(resumed, 0)["resumed_from"] == _info(resumed, 1)["resumed_from"] == ["step_0000003"]
+    assert _info(resumed, 0)["saves"] == [6] and _info(resumed, 1)["saves"] == []
 
 
 STREAMED = RECIPE.split("[objectives.xlco]")[0].replace(

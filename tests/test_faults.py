@@ -319,8 +319,8 @@ def test_non_finite_steps_are_skipped_counted_and_logged(recipe_path, tmp_path, 
     snapshots = []
     step = trainer.train_step
 
-    def recording_step():  # noqa: ANN202
-        stats = step()
+    def recording_step(*args, **kwargs):  # noqa: ANN202
+        stats = step(*args, **kwargs)
         snapshots.append([p.detach().clone() for p in trainer.params])
         return stats
 

@@ -214,7 +214,7 @@ def test_example_plugin_is_listed_with_its_distribution(capsys):
     row = {r["name"]: r for r in json.loads(out)}["translation_ranking"]
     assert row["kind"] == "objective" and row["status"] == "ok"
     assert (row["distribution"], row["version"]) == ("objkit-translation-ranking", _installed("objkit-translation-ranking"))
-    assert row["module"] == "objkit_translation_ranking.objective" and row["plugin_api"] == "1.1"
+    assert row["module"] == "objkit_translation_ranking.objective" and row["plugin_api"] == "1.2"
 
 
 # ----------------------------------------------------------------------------- two plugins, one name

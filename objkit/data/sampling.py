@@ -74,18 +74,25 @@ class _MapStream:
 
     def next_examples(self, n: int) -> list[dict[str, Any]]:
         """This rank's ``n`` of the next ``n × world_size`` global draws (rank ``r`` takes ``[r·n, (r+1)·n)``)."""
-        draws = n * self.world_size
+        return self.read(self.draw(n * self.world_size, keep=range(self.rank * n, (self.rank + 1) * n)))
+
+    def draw(self, draws: int, keep: range | None = None) -> list[int]:
+        """Advance the global sequence by ``draws`` draws; the dataset rows of those in ``keep``
+        (positions in ``[0, draws)``; default all of them), in draw order."""
         picks = np.minimum(np.searchsorted(self.cdf, self.rng.random(draws), side="right"), self.last)
-        mine = range(self.rank * n, (self.rank + 1) * n)
+        keep = range(draws) if keep is None else keep
         rows: list[int] = []
         for i, g in enumerate(picks.tolist()):
-            if i in mine:
+            if i in keep:
                 rows.append(int(self._perm(g)[self.cursors[g]]))
             self.cursors[g] += 1
             if self.cursors[g] == len(self.indices[g]):  # exhausted: next epoch, new permutation
                 self.epochs[g] += 1
                 self.cursors[g] = 0
                 self._perms.pop(g, None)
+        return rows
+
+    def read(self, rows: list[int]) -> list[dict[str, Any]]:
         return _rows(self.dataset[rows]) if rows else []
 
     def state_dict(self) -> dict[str, Any]:

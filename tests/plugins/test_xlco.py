@@ -300,7 +300,7 @@ def test_two_ranks_with_gathered_in_batch_keys_compute_the_loss_of_one(registry)
                 return [torch.tensor([4]), torch.tensor([4])]
             return [local if i == r else rank_keys[i] for i in range(2)]
 
-        obj.stores["in_batch"].all_gather = fake_all_gather
+        obj.stores["in_batch"].all_gather = obj.all_gather = fake_all_gather  # the objective gathers for its stores
         outs.append(obj.compute(batch, step))
         assert obj.stores["in_batch"].current_keys_offset == 4 * r
     assert [o.sample_size for o in outs] == [4, 4] and whole.sample_size == 8

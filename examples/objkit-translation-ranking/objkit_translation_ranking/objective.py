@@ -61,15 +61,16 @@ class TranslationRankingConfig(PluginConfig):
 
 def ranking_loss(
     queries: torch.Tensor, candidates: torch.Tensor, offset: int, *, margin: float, scale: float
-) -> tuple[torch.Tensor, float]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Additive-margin softmax of ``queries [B, d]`` over ``candidates [N, d]`` (unit vectors);
-    query ``i``'s positive is candidate ``offset + i``. Returns (mean loss, top-1 accuracy)."""
+    query ``i``'s positive is candidate ``offset + i``. Returns (mean loss, top-1 accuracy as a
+    detached 0-dim tensor: objkit reads metrics back once per logging interval)."""
     with torch.autocast(device_type=queries.device.type, enabled=False):
         cosines = queries.float() @ candidates.float().T
         labels = torch.arange(queries.shape[0], device=queries.device) + offset
         positive = F.one_hot(labels, num_classes=candidates.shape[0]).to(cosines.dtype)
         loss = F.cross_entropy(scale * (cosines - margin * positive), labels)
-    accuracy = (cosines.detach().argmax(dim=1) == labels).float().mean().item() if queries.shape[0] else 0.0
+    accuracy = (cosines.detach().argmax(dim=1) == labels).float().mean() if queries.shape[0] else cosines.new_zeros(())
     return loss, accuracy
 
 
@@ -78,7 +79,7 @@ class TranslationRanking(Objective):
 
     name: ClassVar[str] = "translation_ranking"
     Config: ClassVar[type[TranslationRankingConfig]] = TranslationRankingConfig
-    plugin_api: ClassVar[str] = "1.1"  # gather_rows(rank=...)
+    plugin_api: ClassVar[str] = "1.2"  # gather_rows(rank=...) (1.1), tensor metrics (1.2)
     data_kind = "parallel"
 
     def __init__(self, config: TranslationRankingConfig, ctx: BuildContext) -> None:
