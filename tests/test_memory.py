@@ -203,3 +203,22 @@ def test_compile_without_a_backend_is_one_line(tmp_path):
     assert "\n" not in line
     assert line.startswith("train.compile: torch.compile cannot build kernels on cpu here (")
     assert "set train.compile = false" in line
+
+
+def test_dry_run_reports_memory_with_and_without_the_options():
+    from objkit.plan import activation_elements, plan_with_memory
+    from objkit.plan import ModelShape
+
+    root = Path(__file__).resolve().parents[1]
+    resolved = load_recipe(root / "recipes" / "infoxlm_large.toml", ["train.lm_head_chunk_rows=128"])
+    rows, estimates = plan_with_memory(resolved, default_registry(), world_size=1)
+    shown = dict(rows)
+    assert "memory: with checkpointing + chunked head" in shown and "memory: without checkpointing or chunked head" in shown
+    run, plain, lean = estimates["run"], estimates["plain"], estimates["lean"]
+    assert run.chunk_rows == 128 and not run.checkpointing and lean.checkpointing
+    assert run.lm_head == lean.lm_head < plain.lm_head  # chunks of 128 of 1,229 masked rows
+    assert lean.activations < plain.activations / 5 and lean.total < plain.total
+    assert run.static == plain.static  # weights, gradients, AdamW and the key encoder + queue do not change
+    # the count: embeddings s·b·h, then 8·s·b·h + 2·s·b·f + s²·b per block (1 block of 4 tokens here)
+    shape = ModelShape(layers=1, hidden=2, heads=1, ffn=8, vocab=10)
+    assert activation_elements(shape, batch=1, length=4, checkpointing=False) == 8 + (8 * 8 + 2 * 32 + 16)
