@@ -81,9 +81,9 @@ EOF
 echo "== [$(elapsed) s] install: ${STATUS[install]}"; tail -n 4 "$OUT/env.txt" | sed 's/^/   | /'
 
 # ---------------------------------------------------------------- 2. the GPU-marked tests
-# --continue-on-collection-errors: a test module needing a package this box lacks must not stop the rest
+# (pyproject.toml adds -q) --continue-on-collection-errors: a test module needing a package this box lacks must not stop the rest
 stage tests 130 "$OUT/pytest.log" \
-  $PY -m pytest -m gpu -q -rs -p no:cacheprovider --continue-on-collection-errors --junitxml="$OUT/junit.xml" tests
+  $PY -m pytest -m gpu -rs -p no:cacheprovider --continue-on-collection-errors --junitxml="$OUT/junit.xml" tests
 
 # ---------------------------------------------------------------- 3. the GPU benchmark rows
 # gpu_mfu, checkpointing and chunked-head ratios at the XLM-R-base shape (L = 512, bf16, B = 8)
