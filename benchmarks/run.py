@@ -82,6 +82,13 @@ GOALS: dict[str, tuple[str, float, str]] = {
     "data_pipeline_margin": (">=", 10.0, "data pipeline tokens/s / trainer tokens/s (quickstart)"),
     "vs_hf_trainer": (">=", 1.0, "objkit MLM tokens/s / HF Trainer tokens/s (quickstart model)"),
     "padding_fraction": ("<=", 0.10, "padded token slots of TLM/XLCO with length bucketing (Multi30k pairs)"),
+    # memory and speed (benchmarks/memory_speed.py)
+    "large_peak_vs_analytic": ("<=", 1.15, "peak RSS of an infoxlm_large step (checkpointing + chunked head) / "
+                               "analytic sum"),
+    "checkpointing_step_ratio": ("<=", 1.4, "MLM step with activation checkpointing / without (base shape)"),
+    "chunked_head_time_ratio": ("<=", 1.1, "MLM step with the chunked LM head / head in one piece (base shape)"),
+    "compile_speedup": (">=", 1.0, "eager MLM step / train.compile step (base shape)"),
+    "gpu_mfu": (">=", 0.40, "model FLOP/s of an XLM-R-base MLM step (L=512, bf16) / the card's peak bf16"),
 }
 
 
@@ -141,6 +148,16 @@ class Settings:
     memory_length: int = 128
     run_memory: bool = True
     matmul_size: int = 2048
+    # memory and speed rows (benchmarks/memory_speed.py); the base shape is head_*'s
+    device: str = "cpu"  # --device cuda: the trainer-based rows on the GPU, and gpu_mfu
+    chunk_rows: int = 256  # train.lm_head_chunk_rows of the chunked variants
+    compile_layers: int = 0  # 0: head_layers
+    compile_warmup: int = 2
+    compile_reps: int = 5
+    mfu_reps: int = 10
+    lean_batch: int = 8  # large_peak_vs_analytic: micro-batch × length of the infoxlm_large step
+    lean_length: int = 512
+    lean_steps: int = 2  # the first allocates AdamW's moments; the peak is the steady state's
     # extra --set overrides for every quickstart-based trainer (the smoke test shrinks the data)
     quickstart_sets: list[str] = field(default_factory=list)
     corpus_lines: int = 256
@@ -154,8 +171,15 @@ class Settings:
         return cls(
             name="quick", head_layers=4, head_reps=5, overhead_reps=30, hf_reps=30,
             xlco_hidden=256, xlco_heads=4, xlco_ffn=1024, xlco_vocab=0, xlco_batch=16, xlco_reps=8,
-            ema_reps=5, queue_reps=11, pipeline_reps=3, pipeline_steps=300,
+            ema_reps=5, queue_reps=11, pipeline_reps=3, pipeline_steps=300, compile_reps=3,
         )
+
+    @classmethod
+    def gpu(cls) -> Settings:
+        """``--device cuda``: the XLM-R-base shape at L = 512 (12 layers, hidden 768, vocab
+        250,002, B = 8) for the GPU rows, few repetitions (benchmarks/gpu_check.sh's budget)."""
+        return cls(name="gpu", device="cuda", head_batch=8, head_length=512, head_reps=5, compile_reps=5,
+                   compile_warmup=3, mfu_reps=10, chunk_rows=1024, run_memory=False)
 
     @classmethod
     def toy(cls) -> Settings:
@@ -169,6 +193,7 @@ class Settings:
             queue_sizes=(4096, 64), queue_dim=16, queue_keys=8, queue_sweep=(4,), queue_calls=5, queue_reps=1,
             pipeline_steps=3, pipeline_trainer_steps=1, pipeline_reps=1,
             memory_preset="tiny", memory_vocab=6000, memory_layers=2, memory_xlco_layer=1, memory_length=16,
+            chunk_rows=4, compile_warmup=2, compile_reps=1, mfu_reps=2, lean_batch=2, lean_length=16,
             matmul_size=128, corpus_lines=24,
             quickstart_sets=["data.mono.max_lines=40", "data.parallel.max_lines=20",
                              "model.tokenizer.vocab_size=400", "train.batch_size=4"],
@@ -919,6 +944,18 @@ def bench_padding_fraction(ws: Workspace) -> dict[str, Any]:
 
 
 # ============================================================================ the suite
+def _memory_speed(name: str) -> Callable[..., dict[str, Any]]:
+    """A row of benchmarks/memory_speed.py, given this module for its helpers."""
+
+    def bench(ws: Workspace) -> dict[str, Any]:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import memory_speed
+
+        return getattr(memory_speed, name)(ws, sys.modules[__name__])
+
+    return bench
+
+
 BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {
     "mlm_head_speedup": bench_mlm_head,
     "framework_overhead": bench_framework_overhead,
@@ -928,7 +965,15 @@ BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {
     "data_pipeline_margin": bench_data_pipeline,
     "vs_hf_trainer": bench_vs_hf_trainer,
     "padding_fraction": bench_padding_fraction,
+    "large_peak_vs_analytic": _memory_speed("large_peak_vs_analytic"),
+    "checkpointing_step_ratio": _memory_speed("checkpointing_step_ratio"),
+    "chunked_head_time_ratio": _memory_speed("chunked_head_time_ratio"),
+    "compile_speedup": _memory_speed("compile_speedup"),
 }
+# rows that need a GPU: run with --device cuda only
+GPU_BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {"gpu_mfu": _memory_speed("gpu_mfu")}
+# what --device cuda runs (the CPU-only rows compare with HF on CPU or measure host memory)
+CUDA_ROWS = ("checkpointing_step_ratio", "chunked_head_time_ratio", "compile_speedup", "gpu_mfu")
 
 
 def passes(key: str, value: float) -> bool:
@@ -977,9 +1022,12 @@ def run_suite(settings: Settings, only: list[str] | None = None, workdir: Path |
     ws = Workspace(settings, workdir)
     results: dict[str, dict[str, Any]] = {}
     shared: dict[str, Any] = {}
-    wanted = only or [*BENCHMARKS, "memory", "mfu"]
+    rows = dict(BENCHMARKS)
+    if settings.device == "cuda":
+        rows = {k: fn for k, fn in {**BENCHMARKS, **GPU_BENCHMARKS}.items() if k in CUDA_ROWS}
+    wanted = only or [*rows, "memory", "mfu"]
     try:
-        for key, fn in BENCHMARKS.items():
+        for key, fn in rows.items():
             if key not in wanted:
                 continue
             log(f"{key} ...")
@@ -1011,11 +1059,11 @@ def run_suite(settings: Settings, only: list[str] | None = None, workdir: Path |
                 log(f"memory: failed: {extra['memory'].get('error')}")
     finally:
         ws.close()
-    doc: dict[str, Any] = {key: results[key]["value"] for key in BENCHMARKS if key in results}
+    doc: dict[str, Any] = {key: results[key]["value"] for key in rows if key in results}
     doc["goals"] = {
         key: {"goal": f"{GOALS[key][0]} {GOALS[key][1]}", "value": results[key]["value"],
               "pass": passes(key, results[key]["value"]), "what": GOALS[key][2]}
-        for key in BENCHMARKS if key in results
+        for key in rows if key in results
     }
     doc["all_pass"] = all(g["pass"] for g in doc["goals"].values())
     doc["details"] = results | extra
@@ -1132,7 +1180,10 @@ def describe(key: str, d: dict[str, Any]) -> str:
         return f"{d['objkit_tokens_per_s']:,.0f} vs {d['hf_tokens_per_s']:,.0f} tokens/s"
     if key == "padding_fraction":
         return _beside("padding_fraction").describe(d)
-    return ""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import memory_speed
+
+    return memory_speed.describe(key, d)
 
 
 README_BEGIN = "<!-- perf:begin (generated by benchmarks/run.py --update-readme) -->"
@@ -1169,18 +1220,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--toy", action="store_true", help="toy sizes: checks that everything runs (numbers mean nothing)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's, one per physical core)")
     p.add_argument("--workdir", type=Path, help="temporary files (default: a fresh temp dir, removed at the end)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="cuda: the GPU rows (" + ", ".join(CUDA_ROWS) + ") at the XLM-R-base shape, L=512, bf16")
     p.add_argument("--memory-child", help=argparse.SUPPRESS)
+    p.add_argument("--lean-memory-child", help=argparse.SUPPRESS)
+    p.add_argument("--settings", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.lean_memory_child:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import memory_speed
+
+        return memory_speed.main_child(args, sys.modules[__name__])
     if args.memory_child:
         result = memory_child(Settings(**json.loads(args.memory_child)), args.workdir)
         args.json.write_text(json.dumps(result, indent=1))
         return 0
     settings = Settings.toy() if args.toy else Settings.quick() if args.quick else Settings.full()
+    if args.device == "cuda":
+        settings = Settings(**{**asdict(Settings.toy()), "device": "cuda"}) if args.toy else Settings.gpu()
     only = [x.strip() for x in args.only.split(",")] if args.only else None
     doc = run_suite(settings, only, args.workdir)
     command = "python benchmarks/run.py" + (" --quick" if args.quick else "") + (
+        " --device cuda" if args.device == "cuda" else "") + (
         f" --threads {args.threads}" if args.threads else "")
     doc["command"] = command
     print_table(doc)

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from objkit.contrastive import ContrastiveResult, info_nce
     from objkit.data import pack_sentences
     from objkit.distributed import AllGather, dist_all_gather, gather_rows
+    from objkit.lm_head import LMHeadLoss, lm_head_loss
     from objkit.masking import IGNORE_INDEX, MaskingConfig, mask_tokens, masked_lm_output, masked_units, pad_sequences
     from objkit.momentum import (
         ConstantMomentum,
@@ -62,6 +63,8 @@ _LAZY = {
     **dict.fromkeys(["ContrastiveResult", "info_nce"], "objkit.contrastive"),
     **dict.fromkeys(["AllGather", "dist_all_gather", "gather_rows"], "objkit.distributed"),
     "pack_sentences": "objkit.data",
+    # plugin API 1.2: the LM-head loss, chunked when the run asks (train.lm_head_chunk_rows)
+    **dict.fromkeys(["LMHeadLoss", "lm_head_loss"], "objkit.lm_head"),
 }
 
 
@@ -92,6 +95,7 @@ __all__ = [
     "DataKind",
     "Encoder",
     "ExponentialMomentum",
+    "LMHeadLoss",
     "LinearMomentum",
     "MaskingConfig",
     "MomentumSchedule",
@@ -114,6 +118,7 @@ __all__ = [
     "gather_rows",
     "hookimpl",
     "info_nce",
+    "lm_head_loss",
     "make_momentum_copy",
     "mask_tokens",
     "masked_lm_output",

@@ -218,6 +218,9 @@ class StepModule(nn.Module):
             for key, module in objective.trainable_modules().items()
         }
         self.heads = nn.ModuleDict(heads)
+        # called with each objective before its compute (objkit.memory: per-objective activation
+        # checkpointing, train.activation_checkpointing = [names])
+        self.before_compute: Callable[[Objective], None] | None = None
 
     def forward(
         self, tasks: Sequence[tuple[Objective, dict[str, torch.Tensor]]], ctx: StepContext
@@ -226,6 +229,8 @@ class StepModule(nn.Module):
         # when it wraps outputs for unused-parameter detection)
         outputs = []
         for objective, batch in tasks:
+            if self.before_compute is not None:
+                self.before_compute(objective)
             out = objective.compute(batch, ctx)
             outputs.append((out.loss, out.sample_size, out.metrics))
         return outputs

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -74,6 +74,9 @@ class XLMREncoder(Encoder):
         self.hidden_size = cfg.hidden_size
         self.num_layers = cfg.num_hidden_layers
         self.vocab_size = cfg.vocab_size
+        self.lm_head_chunk_rows = 0  # objkit.lm_head_loss: LM-head rows per chunk (0: one piece)
+        self._checkpointing_ready = False
+        self._compile_options: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -151,11 +154,48 @@ class XLMREncoder(Encoder):
         position_ids: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
+        if self._compile_options is not None:
+            _compile_layers(body, self._compile_options)
         return run_body(body, input_ids, attention_mask, up_to_layer, position_ids, token_type_ids)
+
+    # ------------------------------------------------------------------ memory and speed
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        """Recompute each transformer block's activations in the backward pass instead of keeping
+        them (``train.activation_checkpointing``): transformers' own activation checkpointing of
+        the blocks, through ``torch.utils.checkpoint`` with ``use_reentrant=False``. Only forwards
+        that record gradients in training mode checkpoint; momentum copies (taken before, run under
+        ``no_grad``) never do. Cheap to toggle between objectives; weights, ``state_dict`` and the
+        export are unchanged."""
+        if enabled and not self._checkpointing_ready:
+            kwargs = {"use_reentrant": False}
+            enable = getattr(self.mlm, "activation_checkpointing_enable", None)  # transformers >= 5.2x
+            if enable is not None:
+                enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                self.mlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+            self._checkpointing_ready = True
+        for module in self.body().modules():  # the blocks (and, in transformers 4, the block stack)
+            if hasattr(module, "gradient_checkpointing"):
+                module.gradient_checkpointing = enabled and self._checkpointing_ready
+
+    def compile_blocks(self, **options: Any) -> None:
+        """``torch.compile`` the ``forward`` of every transformer block (``train.compile``); the
+        blocks of momentum copies are compiled on their first :meth:`run_copy`. The modules, their
+        parameter names and the export are unchanged (no ``_orig_mod.`` prefix)."""
+        self._compile_options = dict(options)
+        _compile_layers(self.body(), self._compile_options)
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write the body (``AutoModel``) and LM head (``AutoModelForMaskedLM``) in HF format."""
         self.mlm.save_pretrained(str(path), safe_serialization=True)
+
+
+def _compile_layers(body: nn.Module, options: dict[str, Any]) -> None:
+    """Replace each block's ``forward`` by its ``torch.compile``d version, once per block."""
+    for layer in body.encoder.layer:
+        if not getattr(layer, "_objkit_compiled", False):
+            layer.forward = torch.compile(layer.forward, **options)
+            layer._objkit_compiled = True
 
 
 @contextlib.contextmanager

@@ -51,7 +51,8 @@ the other plugins still load.
 History: 1.0 the plugin kinds, contexts and masking helpers; 1.1 adds the per-example seeds,
 momentum copies and schedules, InfoNCE, the cross-rank row gather, the masked-LM and packing
 helpers, and ``Encoder.copy_body`` / ``Encoder.run_copy`` (plugins declaring "1.0" load
-unchanged).
+unchanged); 1.2 adds ``lm_head_loss`` / ``LMHeadLoss``, the LM-head loss that the run may chunk
+(``train.lm_head_chunk_rows``).
 """
 
 _VERSION = re.compile(r"^(\d+)\.(\d+)$")

@@ -19,6 +19,7 @@ import torch
 from pydantic import Field
 
 from objkit.interfaces import Encoder, ObjectiveOutput, PluginConfig, VocabInfo
+from objkit.lm_head import lm_head_loss
 
 IGNORE_INDEX = -100
 
@@ -119,7 +120,8 @@ def masked_lm_output(
     encoder: Encoder,
     batch: dict[str, torch.Tensor],
 ) -> ObjectiveOutput:
-    """Cross-entropy of the LM head at the labelled positions only (never full-vocab logits).
+    """Cross-entropy of the LM head at the labelled positions only (never full-vocab logits),
+    through :func:`objkit.lm_head_loss` (chunked when ``train.lm_head_chunk_rows`` is set).
 
     ``batch`` holds ``input_ids``, ``attention_mask``, ``labels`` (``-100`` = not predicted) and
     optionally ``position_ids`` / ``token_type_ids``.
@@ -132,9 +134,5 @@ def masked_lm_output(
     )[-1]
     labels = batch["labels"]
     selected = labels != IGNORE_INDEX
-    targets = labels[selected]
-    logits = encoder.lm_logits(hidden[selected]).float()
-    loss = torch.nn.functional.cross_entropy(logits, targets)
-    # a 0-dim tensor: read back once per logging interval, not here (no host synchronisation)
-    accuracy = (logits.detach().argmax(dim=-1) == targets).float().mean() if targets.numel() else logits.new_zeros(())
-    return ObjectiveOutput(loss=loss, sample_size=int(targets.numel()), metrics={"accuracy": accuracy})
+    head = lm_head_loss(encoder, hidden[selected], labels[selected])  # in chunks if the run asks for it
+    return ObjectiveOutput(loss=head.loss, sample_size=head.rows, metrics={"accuracy": head.accuracy})

@@ -1,14 +1,17 @@
 """``objkit run --dry-run``: build everything on the ``meta`` device and report what a run needs.
 
 No weights are allocated or loaded, so the plan for xlm-roberta-large works on a laptop and
-without the checkpoint. Memory is the static part (fp32 weights, gradients, AdamW moments,
-objective state such as momentum encoders and queues) plus an activation estimate per
-micro-batch after Korthikanti et al. (2022): ``s·b·h·(34 + 5·a·s/h)`` bytes per layer for
-16-bit activations (×2 in fp32).
+without the checkpoint. Memory per rank is the static part (fp32 weights, gradients, AdamW
+moments, objective state such as momentum encoders and queues) plus the largest objective's
+activations and LM-head logits, each with and without ``train.activation_checkpointing`` and
+``train.lm_head_chunk_rows`` (:func:`estimate_memory`). The process itself (Python, torch and
+transformers: about 0.5 GiB of host memory; the CUDA context on a GPU) comes on top.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 
 import torch
 
@@ -25,6 +28,84 @@ from objkit.runtime import (
 )
 
 GiB = 1024**3
+SUGGESTED_CHUNK_ROWS = 256
+MASKED_FRACTION = 0.15  # MLM / TLM predict 15% of the tokens
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    layers: int
+    hidden: int
+    heads: int
+    ffn: int
+    vocab: int
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes per rank of one training step (see :func:`estimate_memory`)."""
+
+    static: dict[str, int]
+    activations: int
+    lm_head: int
+    head_rows: int
+    chunk_rows: int
+    checkpointing: bool
+    tied_gradient: int
+    """The word embedding's fp32 gradient, made whole by the embedding's backward before it is
+    added to the tied decoder's; it lives at the end of a backward pass, when the activations
+    are gone, so it counts against them, not on top."""
+
+    @property
+    def total(self) -> int:
+        return sum(self.static.values()) + max(self.activations + self.lm_head, self.tied_gradient)
+
+    def as_dict(self) -> dict[str, int | bool]:
+        return {**self.static, "activations": self.activations, "lm_head": self.lm_head, "head_rows": self.head_rows,
+                "chunk_rows": self.chunk_rows, "checkpointing": self.checkpointing,
+                "tied_gradient": self.tied_gradient, "total": self.total}
+
+
+def activation_elements(shape: ModelShape, batch: int, length: int, checkpointing: bool) -> int:
+    """Elements one sequence batch keeps for the backward pass of a full-depth encoder pass.
+
+    Counted on transformers' XLM-R with SDPA attention (``saved_tensors_hooks`` over a forward;
+    least squares over seven shapes, within 0.1%): the embeddings keep ``s·b·h``; each block
+    ``8·s·b·h`` (attention input, q/k/v, attention output, two layer norms' inputs and outputs)
+    ``+ 2·s·b·f`` (the feed-forward's GELU input and output) ``+ s²·b`` (the expanded attention
+    mask). SDPA's fused kernels keep no ``a·s²`` score matrices, unlike Korthikanti et al.
+    (2022)'s count for unfused attention. With checkpointing a block keeps its input ``s·b·h``
+    (the mask once), and the backward pass recomputes one block at a time."""
+    sbh, sbf, ssb = length * batch * shape.hidden, length * batch * shape.ffn, length * length * batch
+    block = 8 * sbh + 2 * sbf + ssb
+    if checkpointing:
+        return sbh + shape.layers * sbh + ssb + block
+    return sbh + shape.layers * block
+
+
+def estimate_memory(
+    shape: ModelShape,
+    batch: int,
+    length: int,
+    precision: str,
+    static: dict[str, int],
+    *,
+    checkpointing: bool,
+    chunk_rows: int,
+    graphs: int = 1,
+) -> MemoryEstimate:
+    """Static bytes plus the activations of ``graphs`` objectives' passes (1 with the default
+    per-objective backward: one graph at a time) and the LM head's fp32 logits on 15% of the
+    tokens: the logits and their log-softmax in the forward, its gradient in the backward, so
+    three ``rows × vocab`` tensors, or three ``chunk × vocab`` ones when chunked. Activations
+    take 4 bytes an element in fp32 and about 2 under bf16/fp16 autocast."""
+    element = 2 if precision in ("bf16", "fp16") else 4
+    activations = graphs * element * activation_elements(shape, batch, length, checkpointing)
+    rows = math.ceil(MASKED_FRACTION * batch * length)
+    live = min(chunk_rows, rows) if chunk_rows else rows
+    lm_head = graphs * 3 * 4 * live * shape.vocab
+    return MemoryEstimate(static=dict(static), activations=activations, lm_head=lm_head, head_rows=rows,
+                          chunk_rows=chunk_rows, checkpointing=checkpointing, tied_gradient=4 * shape.vocab * shape.hidden)
 
 
 def _count(module: torch.nn.Module) -> int:
@@ -33,6 +114,14 @@ def _count(module: torch.nn.Module) -> int:
 
 def dry_run_plan(resolved: ResolvedRecipe, registry: Registry, world_size: int | None = None) -> list[tuple[str, str]]:
     """The plan's rows; ``world_size`` defaults to torchrun's ``WORLD_SIZE`` (1 without torchrun)."""
+    return plan_with_memory(resolved, registry, world_size)[0]
+
+
+def plan_with_memory(
+    resolved: ResolvedRecipe, registry: Registry, world_size: int | None = None
+) -> tuple[list[tuple[str, str]], dict[str, MemoryEstimate]]:
+    """The plan's rows and its memory estimates per rank: ``run`` (the recipe's settings),
+    ``plain`` (no checkpointing, head in one piece) and ``lean`` (checkpointing and a chunked head)."""
     recipe = resolved.recipe
     rows: list[tuple[str, str]] = []
     notes: list[str] = []
@@ -94,11 +183,24 @@ def dry_run_plan(resolved: ResolvedRecipe, registry: Registry, world_size: int |
         weights //= world.world_size
         optimizer //= world.world_size
         copies //= world.world_size  # momentum copies are sharded like the encoder; queues are not
-    act_bytes_per_elem = 1 if precision in ("bf16", "fp16") else 2
-    h, s, layers = encoder.hidden_size, max_len, encoder.num_layers
-    heads = getattr(getattr(encoder, "mlm", None), "config", None)
-    a = heads.num_attention_heads if heads is not None else max(1, h // 64)
-    activations = act_bytes_per_elem * layers * s * micro * h * (34 + 5 * a * s / h)
+    checkpointed = set(recipe.enabled_objectives()) if recipe.train.activation_checkpointing is True else set(
+        recipe.train.activation_checkpointing or [])
+    cfg = getattr(getattr(encoder, "mlm", None), "config", None)
+    shape = ModelShape(
+        layers=encoder.num_layers, hidden=encoder.hidden_size, vocab=encoder.vocab_size,
+        heads=cfg.num_attention_heads if cfg is not None else max(1, encoder.hidden_size // 64),
+        ffn=cfg.intermediate_size if cfg is not None else 4 * encoder.hidden_size,
+    )
+    joint = recipe.train.backward == "joint" and n_obj > 1
+    static = {"weights": weights, "gradients": weights, "adamw": optimizer, "objective_state": extra_bytes + copies}
+    chunk = recipe.train.lm_head_chunk_rows or 0
+    run = estimate_memory(shape, micro, max_len, precision, static,
+                          checkpointing=bool(checkpointed & set(b.name for b in objectives)), chunk_rows=chunk,
+                          graphs=n_obj if joint else 1)
+    plain = estimate_memory(shape, micro, max_len, precision, static, checkpointing=False, chunk_rows=0,
+                            graphs=n_obj if joint else 1)
+    lean = estimate_memory(shape, micro, max_len, precision, static, checkpointing=True,
+                           chunk_rows=chunk or SUGGESTED_CHUNK_ROWS, graphs=n_obj if joint else 1)
     rows.append(("precision", precision))
     if world.world_size > 1:
         layout = "FSDP2, sharded over" if sharded else "DDP, replicated on"
@@ -107,8 +209,19 @@ def dry_run_plan(resolved: ResolvedRecipe, registry: Registry, world_size: int |
     rows.append(("memory: AdamW moments (fp32)", f"{optimizer / GiB:.2f} GiB"))
     extra_bytes += copies
     rows.append(("memory: objective state", f"{extra_bytes / GiB:.2f} GiB"))
-    rows.append(("memory: activations per micro-batch (est.)", f"{activations / GiB:.2f} GiB"))
-    rows.append(("memory: total per rank (est.)", f"{(2 * weights + optimizer + extra_bytes + activations) / GiB:.2f} GiB"))
+    setting = "on" if run.checkpointing else "off"
+    rows.append(("memory: activations per micro-batch (est.)",
+                 f"{run.activations / GiB:.2f} GiB (activation checkpointing {setting}; "
+                 f"off: {plain.activations / GiB:.2f} GiB, on: {lean.activations / GiB:.2f} GiB)"))
+    head_setting = f"chunks of {chunk} rows" if chunk else "one piece"
+    rows.append(("memory: LM-head logits per micro-batch (est.)",
+                 f"{run.lm_head / GiB:.2f} GiB ({run.head_rows:,} masked rows, {head_setting}; one piece: "
+                 f"{plain.lm_head / GiB:.2f} GiB, chunks of {lean.chunk_rows}: {lean.lm_head / GiB:.2f} GiB)"))
+    rows.append(("memory: total per rank (est.)", f"{run.total / GiB:.2f} GiB"))
+    rows.append(("memory: without checkpointing or chunked head", f"{plain.total / GiB:.2f} GiB"))
+    rows.append(("memory: with checkpointing + chunked head",
+                 f"{lean.total / GiB:.2f} GiB (train.activation_checkpointing = true, "
+                 f"train.lm_head_chunk_rows = {lean.chunk_rows})"))
     for note in notes:
         rows.append(("note", note))
-    return rows
+    return rows, {"run": run, "plain": plain, "lean": lean}

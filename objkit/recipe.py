@@ -180,6 +180,15 @@ class TrainConfig(Strict):
     parallelism: Literal["ddp", "fsdp"] = Field(
         "ddp", description="under torchrun: replicate the model (ddp) or shard it with FSDP2 (fsdp)"
     )
+    activation_checkpointing: bool | list[str] = Field(
+        False, description="recompute each transformer block's activations in the backward pass "
+        "(torch.utils.checkpoint, non-reentrant): true for every objective, or a list of objective names"
+    )
+    lm_head_chunk_rows: int | None = Field(
+        None, ge=0, description="compute the LM head's logits and cross-entropy in chunks of this many rows, "
+        "recomputed in the backward pass (peak head memory chunk x vocab); 0 or unset: one piece"
+    )
+    compile: bool = Field(False, description="torch.compile the encoder's transformer blocks (and momentum copies)")
     report_to: list[Literal["jsonl", "tensorboard"]] = Field(default_factory=lambda: ["jsonl"])
     checkpoint_format: Literal["single_file", "sharded"] = Field(
         "single_file", description="single_file: rank 0 writes safetensors; sharded: every rank writes its shard "
@@ -533,6 +542,11 @@ def validate_recipe(raw: dict[str, Any], registry: Registry, source: str = "reci
             problems.append(f"model.encoder: {exc}")
         if not recipe.enabled_objectives():
             problems.append("objectives: every objective is disabled")
+        names = recipe.train.activation_checkpointing
+        for name in names if isinstance(names, list) else []:
+            if name not in recipe.objectives:
+                problems.append(f"train.activation_checkpointing: {name!r} is not an objective of this recipe; "
+                                f"{did_you_mean(name, list(recipe.objectives))}")
     if problems:
         raise RecipeError(source, problems)
     assert recipe is not None

@@ -88,6 +88,8 @@ NEUTRAL_KEYS = {
     ("train", "log_every"), ("train", "checkpoint_every"), ("train", "keep_checkpoints"),
     ("train", "report_to"), ("train", "max_bad_steps"), ("train", "collective_timeout"),
     ("train", "checkpoint_format"),
+    # memory and speed: the same losses up to float rounding (tested), so a run may resume with them changed
+    ("train", "activation_checkpointing"), ("train", "lm_head_chunk_rows"), ("train", "compile"),
 }
 RUN_FILES = ("checkpoints", "export", "export.tmp", "export.old", "eval-transfer.tmp", "metrics.jsonl", "tensorboard",
              "recipe.toml", "versions.json")

@@ -28,6 +28,7 @@ from objkit.data.bucketing import BucketedStream, example_lengths
 from objkit.errors import UserError
 from objkit.interfaces import StepContext
 from objkit.prefetch import StepPrefetcher
+from objkit.memory import apply_train_options
 from objkit.recipe import ResolvedRecipe, source_kind
 from objkit.registry import Registry
 from objkit.reporting import MetricsWriter, truncate_metrics
@@ -85,6 +86,8 @@ class Trainer:
             self.encoder, [b.objective for b in self.objectives], self.world, self.device,
             self.train_cfg.parallelism, self.precision,
         )
+        apply_train_options(self.encoder, self.replicas, [b.objective for b in self.objectives], self.train_cfg,
+                            self.device)
         params = self.params = self.replicas.parameters()
         if self.world.world_size > 1:  # same initial weights everywhere (above); own dropout masks per rank
             torch.manual_seed(derive_seed(self.train_cfg.seed, "rank", self.world.rank))

@@ -58,6 +58,7 @@ from objkit import (
     derive_seed,
     example_seeds,
     hookimpl,
+    lm_head_loss,
     mask_tokens,
     pad_sequences,
     sample_uniform,
@@ -213,11 +214,11 @@ class DenoisingWordAlignment(Objective):
         metrics: dict[str, float | torch.Tensor] = {}
         total = hidden.new_zeros((), dtype=torch.float32)
         if self.config.tlm_loss or tlm_only:
-            logits = encoder.lm_logits(hidden[predicted]).float()
-            tlm_sum = F.cross_entropy(logits, labels[predicted], reduction="sum")
+            head = lm_head_loss(encoder, hidden[predicted], labels[predicted], reduction="sum")  # chunked if asked
+            tlm_sum = head.loss
             total = total + tlm_sum
             metrics["tlm_loss"] = tlm_sum.detach() / max(units, 1)  # tensors: read back once per log interval
-            metrics["tlm_accuracy"] = (logits.detach().argmax(-1) == labels[predicted]).float().mean() if units else 0.0
+            metrics["tlm_accuracy"] = head.accuracy
         if partner is not None:
             pointer_sum, queries, correct = self._pointer(hidden, batch, partner, predicted)
             total = total + pointer_sum

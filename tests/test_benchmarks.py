@@ -40,6 +40,13 @@ def test_every_benchmark_runs_at_toy_size(run, tmp_path):
     assert memory["peak_rss_bytes"] > memory["rss_after_imports_bytes"] > 0, memory
     assert memory["estimate_total_bytes"] > 0 and memory["vocab"] == 6000
     assert set(details["mfu"]) == {"base_shape_mlm_step", "quickstart_mlm_step", "peak_gflops"}
+    lean = details["large_peak_vs_analytic"]["lean"]
+    assert lean["activation_checkpointing"] and lean["lm_head_chunk_rows"] == 4
+    assert lean["peak_rss_bytes"] > lean["analytic_total_bytes"] > 0
+    assert details["large_peak_vs_analytic"]["dry_run_over_peak"] > 0
+    chunked = details["chunked_head_time_ratio"]
+    assert chunked["head_memory_bytes"]["chunked"] < chunked["head_memory_bytes"]["whole"]
+    assert {"quickstart", "base_shape"} <= set(details["compile_speedup"])
     json.dumps(doc)  # serialisable as written by --json
     table = run.markdown(doc, "python benchmarks/run.py --quick")
     assert all(f"| `{key}` |" in table for key in run.BENCHMARKS)
@@ -54,6 +61,21 @@ def test_cli_writes_json_and_markdown(run, tmp_path):
     assert {"enqueue_ratio", "ema_foreach_speedup"} <= doc.keys() and "mlm_head_speedup" not in doc
     assert doc["goals"]["enqueue_ratio"]["goal"] == "<= 1.2"
     assert "`enqueue_ratio`" in md.read_text()
+
+
+def test_gpu_peak_table_and_rows(run, monkeypatch):
+    monkeypatch.syspath_prepend(str(RUN.parent))
+    import memory_speed
+
+    assert memory_speed.peak_bf16("NVIDIA H100 80GB HBM3") == 989e12
+    assert memory_speed.peak_bf16("NVIDIA H100 PCIe") == 756e12
+    assert memory_speed.peak_bf16("NVIDIA H200") == 989e12
+    assert memory_speed.peak_bf16("Some Other Card") is None
+    assert set(run.CUDA_ROWS) <= set(run.BENCHMARKS) | set(run.GPU_BENCHMARKS)
+    assert "gpu_mfu" not in run.BENCHMARKS and run.GOALS["gpu_mfu"][:2] == (">=", 0.40)
+    row = {"achieved_tflops": 400.0, "peak_bf16_tflops": 989.0, "device_name": "NVIDIA H100 80GB HBM3",
+           "step_s": 0.1, "model": {"batch": "8 x 512"}}
+    assert run.describe("gpu_mfu", row) == "400 TFLOP/s of 989.0 on NVIDIA H100 80GB HBM3; 100 ms per step, B×L 8×512"
 
 
 def test_alternate_interleaves_and_median_ratio(run):

@@ -157,6 +157,17 @@ def test_rank_zero_alone_writes_checkpoints_and_export(runs, mode):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_checkpointing_and_chunked_head_under_torchrun_give_the_losses_of_one(runs, recipe, tmp_path, mode):
+    """Activation checkpointing (MLM and XLCO's truncated pass, not TLM: switched per objective)
+    and the chunked LM head on 2 ranks, DDP and FSDP2: the losses of the plain single-process run."""
+    options = ["train.activation_checkpointing=['mlm', 'xlco']", "train.lm_head_chunk_rows=5"]
+    multi = _launch(2, recipe, tmp_path / mode, "train.micro_batch_size=4", f"train.parallelism={mode}", *options)
+    single = read_metrics(runs["single"] / "run" / "metrics.jsonl")
+    _assert_losses_close(single, read_metrics(multi / "metrics.jsonl"), rel=1e-5)
+
+
+@pytest.mark.slow
 def test_joint_backward_and_reference_normalisation_match_too(recipe, tmp_path):
     """One backward per micro-batch (all objectives summed) and fairseq's single normaliser
     (all units of all objectives) give the same losses on 1 and 2 ranks as well."""

@@ -1,0 +1,224 @@
+"""train.activation_checkpointing, train.lm_head_chunk_rows and train.compile: the same losses and
+weights as without them (to float tolerance), the LM head's memory bounded by its chunk, the
+export unchanged, and one line (exit 2) where torch.compile has no backend."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from objkit.encoder import XLMREncoder, architecture
+from objkit.errors import UserError
+from objkit.lm_head import lm_head_loss
+from objkit.recipe import ModelConfig, load_recipe
+from objkit.registry import default_registry
+from objkit.trainer import Trainer
+from tiny_recipes import tiny_recipe
+
+# MLM + TLM + XLCO (truncated at layer 1 of 2, queue and in-batch negatives); dropout on, so the
+# checkpointed recomputation must replay the same dropout masks
+RECIPE = tiny_recipe("memory", dropout=0.1) + """
+[objectives.mlm]
+data = "mono"
+[objectives.tlm]
+data = "parallel"
+[objectives.xlco]
+data = "parallel"
+layer = 1
+pooling = "mean"
+normalize = true
+temperature = 0.1
+negatives = { momentum_queue = { size = 16, fill_before_start = false }, in_batch = {} }
+[train]
+steps = 100
+batch_size = 8
+micro_batch_size = 4
+lr = 3e-3
+seed = 5
+log_every = 1000
+checkpoint_every = 1000
+"""
+
+
+@pytest.fixture(scope="module")
+def recipe_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("recipe") / "memory.toml"
+    path.write_text(RECIPE)
+    return path
+
+
+def _train(recipe_path: Path, run_dir: Path, steps: int, *overrides: str) -> tuple[list[dict[str, float]], Trainer]:
+    trainer = Trainer(load_recipe(recipe_path, list(overrides)), run_dir, default_registry(), progress=False)
+    losses = []
+    for _ in range(steps):
+        stats = trainer.train_step()
+        losses.append({k: v / stats.units[k] for k, v in stats.sums.items() if k.endswith("/loss")})
+    return losses, trainer
+
+
+def _assert_same_run(a: tuple[list[dict[str, float]], Trainer], b: tuple[list[dict[str, float]], Trainer],
+                     rel: float = 1e-5) -> None:
+    (losses_a, ta), (losses_b, tb) = a, b
+    assert [sorted(x) for x in losses_a] == [sorted(x) for x in losses_b]
+    assert "xlco/loss" in losses_a[-1]
+    for step_a, step_b in zip(losses_a, losses_b, strict=True):
+        for key in step_a:
+            assert step_b[key] == pytest.approx(step_a[key], rel=rel, abs=rel / 10), key
+    for (name, pa), (_, pb) in zip(ta.encoder.named_parameters(), tb.encoder.named_parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=10 * rel, atol=rel, msg=name)
+
+
+def test_activation_checkpointing_and_chunked_head_keep_losses_and_weights(recipe_path, tmp_path):
+    plain = _train(recipe_path, tmp_path / "plain", 3)
+    memory = _train(recipe_path, tmp_path / "memory", 3, "train.activation_checkpointing=true",
+                    "train.lm_head_chunk_rows=5")
+    _assert_same_run(plain, memory)
+    blocks = memory[1].encoder.body().encoder.layer
+    assert all(block.gradient_checkpointing for block in blocks)
+    assert memory[1].encoder.lm_head_chunk_rows == 5
+    # the export is the same model: same config, same tensor names
+    plain[1].export(), memory[1].export()
+    config_a = json.loads((tmp_path / "plain" / "export" / "config.json").read_text())
+    config_b = json.loads((tmp_path / "memory" / "export" / "config.json").read_text())
+    assert config_a == config_b
+    weights_a = load_file(str(tmp_path / "plain" / "export" / "model.safetensors"))
+    weights_b = load_file(str(tmp_path / "memory" / "export" / "model.safetensors"))
+    assert weights_a.keys() == weights_b.keys()
+
+
+def test_checkpointing_a_list_of_objectives_switches_per_objective(recipe_path, tmp_path):
+    seen: dict[str, list[bool]] = {}
+    plain = _train(recipe_path, tmp_path / "plain", 2)
+    trainer = Trainer(load_recipe(recipe_path, ["train.activation_checkpointing=['mlm', 'xlco']"]), tmp_path / "some",
+                      default_registry(), progress=False)
+    block = trainer.encoder.body().encoder.layer[0]
+    for built in trainer.objectives:
+        original = built.objective.compute
+
+        def spy(batch, ctx, name=built.name, original=original):
+            seen.setdefault(name, []).append(bool(block.gradient_checkpointing))
+            return original(batch, ctx)
+
+        built.objective.compute = spy
+    losses = []
+    for _ in range(2):
+        stats = trainer.train_step()
+        losses.append({k: v / stats.units[k] for k, v in stats.sums.items() if k.endswith("/loss")})
+    assert seen == {"mlm": [True] * 4, "tlm": [False] * 4, "xlco": [True] * 4}
+    _assert_same_run(plain, (losses, trainer))
+
+
+def test_activation_checkpointing_names_objectives_of_the_recipe(recipe_path):
+    with pytest.raises(UserError, match=r"train.activation_checkpointing: 'tml' is not an objective of this recipe; "
+                                        r'did you mean "tlm"\?'):
+        load_recipe(recipe_path, ["train.activation_checkpointing=['tml']"])
+    with pytest.raises(UserError, match=r"train.lm_head_chunk_rows: Input should be greater than or equal to 0"):
+        load_recipe(recipe_path, ["train.lm_head_chunk_rows=-1"])
+
+
+def _tiny_encoder(vocab: int = 300) -> XLMREncoder:
+    torch.manual_seed(0)
+    config = ModelConfig(num_layers=1, hidden_size=16, num_heads=2, intermediate_size=32, max_length=16,
+                         tokenizer="unused")
+    return XLMREncoder.from_hf_config(architecture(config, vocab))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_chunked_head_equals_the_whole_head_and_saves_no_logits(reduction):
+    encoder = _tiny_encoder()
+    hidden = torch.randn(23, 16, requires_grad=True)
+    targets = torch.randint(0, 300, (23,))
+    results, grads, largest = {}, {}, {}
+    for chunk in (0, 4):
+        encoder.zero_grad()
+        hidden.grad = None
+        saved: list[int] = []
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            saved.append(t.numel())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = lm_head_loss(encoder, hidden, targets, reduction=reduction, chunk_rows=chunk)
+        out.loss.backward()
+        results[chunk] = out
+        largest[chunk] = max(saved)
+        grads[chunk] = [hidden.grad.clone()] + [p.grad.clone() for p in encoder.mlm.lm_head.parameters()]
+    whole, chunked = results[0], results[4]
+    torch.testing.assert_close(chunked.loss, whole.loss, rtol=1e-5, atol=1e-6)
+    assert int(chunked.correct) == int(whole.correct) and chunked.rows == whole.rows == 23
+    for a, b in zip(grads[0], grads[4], strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    # the whole head keeps [23, 300] logits for its backward; the chunked one keeps only its inputs
+    assert largest[0] >= 23 * 300
+    assert largest[4] < 4 * 300
+
+
+def test_chunked_head_without_gradients_and_the_encoder_default():
+    encoder = _tiny_encoder()
+    hidden, targets = torch.randn(10, 16), torch.randint(0, 300, (10,))
+    whole = lm_head_loss(encoder, hidden, targets)
+    encoder.lm_head_chunk_rows = 3  # what train.lm_head_chunk_rows sets
+    with torch.no_grad():
+        chunked = lm_head_loss(encoder, hidden, targets)
+    torch.testing.assert_close(chunked.loss, whole.loss.detach(), rtol=1e-5, atol=1e-6)
+    assert chunked.accuracy == whole.accuracy
+
+
+@pytest.mark.slow
+def test_compiled_blocks_train_like_eager(recipe_path, tmp_path):
+    """Two steps of MLM + TLM + XLCO with compiled blocks (the key encoder's too): the losses of
+    eager mode, and checkpoint tensor names without ``_orig_mod.``."""
+    overrides = ["model.dropout=0.0", "train.batch_size=4", "train.micro_batch_size=4"]
+    eager = _train(recipe_path, tmp_path / "eager", 2, *overrides)
+    compiled = _train(recipe_path, tmp_path / "compiled", 2, *overrides, "train.compile=true")
+    _assert_same_run(eager, compiled, rel=1e-4)  # inductor's kernels round differently
+    key_blocks = next(b.objective for b in compiled[1].objectives if b.name == "xlco").key_body.encoder.layer
+    assert all(getattr(block, "_objkit_compiled", False) for block in key_blocks)
+    path = compiled[1].save()
+    names = list(load_file(str(path / "model.safetensors")))
+    assert names and not any("_orig_mod" in name for name in names)
+    assert set(names) == set(eager[1].encoder.state_dict())
+
+
+@pytest.mark.slow
+def test_compile_without_a_backend_is_one_line(tmp_path):
+    """No C++ compiler for inductor's CPU kernels: train.compile fails before training, in one line."""
+    code = ("import torch\nfrom objkit.memory import check_compile_backend\n"
+            "check_compile_backend(torch.device('cpu'))\n")
+    env = dict(os.environ, CXX=str(tmp_path / "no-such-c++"), TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"),
+               TORCHINDUCTOR_FORCE_DISABLE_CACHES="1")
+    script = f"from objkit.errors import UserError\ntry:\n" + "".join(f"    {line}\n" for line in code.splitlines()) + (
+        "except UserError as exc:\n    print(exc)\n    raise SystemExit(2)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 2, out.stderr[-2000:]
+    line = out.stdout.strip()
+    assert "\n" not in line
+    assert line.startswith("train.compile: torch.compile cannot build kernels on cpu here (")
+    assert "set train.compile = false" in line
+
+
+def test_dry_run_reports_memory_with_and_without_the_options():
+    from objkit.plan import activation_elements, plan_with_memory
+    from objkit.plan import ModelShape
+
+    root = Path(__file__).resolve().parents[1]
+    resolved = load_recipe(root / "recipes" / "infoxlm_large.toml", ["train.lm_head_chunk_rows=128"])
+    rows, estimates = plan_with_memory(resolved, default_registry(), world_size=1)
+    shown = dict(rows)
+    assert "memory: with checkpointing + chunked head" in shown and "memory: without checkpointing or chunked head" in shown
+    run, plain, lean = estimates["run"], estimates["plain"], estimates["lean"]
+    assert run.chunk_rows == 128 and not run.checkpointing and lean.checkpointing
+    assert run.lm_head == lean.lm_head < plain.lm_head  # chunks of 128 of 1,229 masked rows
+    assert lean.activations < plain.activations / 5 and lean.total < plain.total
+    assert run.static == plain.static  # weights, gradients, AdamW and the key encoder + queue do not change
+    # the count: embeddings s·b·h, then 8·s·b·h + 2·s·b·f + s²·b per block (1 block of 4 tokens here)
+    shape = ModelShape(layers=1, hidden=2, heads=1, ffn=8, vocab=10)
+    assert activation_elements(shape, batch=1, length=4, checkpointing=False) == 8 + (8 * 8 + 2 * 32 + 16)
