@@ -75,7 +75,7 @@ def _mlm_trainer(ws: Any, bench: Any, *sets: str, layers: int | None = None) -> 
 
 
 def _losses(stats: Any) -> dict[str, float]:
-    return {k: v / stats.units[k] for k, v in stats.sums.items() if k.endswith("/loss") and stats.units[k]}
+    return {k: float(v) / stats.units[k] for k, v in stats.sums.items() if k.endswith("/loss") and stats.units[k]}
 
 
 # ---------------------------------------------------------------------------- checkpointing

@@ -59,7 +59,7 @@ def _train(recipe_path: Path, run_dir: Path, steps: int, *overrides: str) -> tup
     losses = []
     for _ in range(steps):
         stats = trainer.train_step()
-        losses.append({k: v / stats.units[k] for k, v in stats.sums.items() if k.endswith("/loss")})
+        losses.append({k: float(v) / stats.units[k] for k, v in stats.sums.items() if k.endswith("/loss")})
     return losses, trainer
 
 
@@ -110,7 +110,7 @@ def test_checkpointing_a_list_of_objectives_switches_per_objective(recipe_path, 
     losses = []
     for _ in range(2):
         stats = trainer.train_step()
-        losses.append({k: v / stats.units[k] for k, v in stats.sums.items() if k.endswith("/loss")})
+        losses.append({k: float(v) / stats.units[k] for k, v in stats.sums.items() if k.endswith("/loss")})
     assert seen == {"mlm": [True] * 4, "tlm": [False] * 4, "xlco": [True] * 4}
     _assert_same_run(plain, (losses, trainer))
 
