@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from test_memory import RECIPE, _assert_same_run, _train  # noqa: F401 (the tiny MLM + TLM + XLCO recipe)
+from test_memory import RECIPE, _assert_same_run, _train, inductor_in_process  # noqa: F401 (the tiny MLM + TLM + XLCO recipe)
 
 pytestmark = [
     pytest.mark.gpu,
@@ -55,7 +55,7 @@ def test_checkpointed_chunked_bf16_step_on_cuda_uses_less_memory(recipe_path, tm
     assert peaks["lean"] < peaks["plain"], peaks
 
 
-def test_compile_on_cuda_trains_like_eager(recipe_path, tmp_path):
+def test_compile_on_cuda_trains_like_eager(recipe_path, tmp_path, inductor_in_process):
     sets = ("train.device=cuda", "train.precision=fp32", "model.dropout=0.0", "train.batch_size=4",
             "train.micro_batch_size=4")
     eager = _train(recipe_path, tmp_path / "eager", 2, *sets)

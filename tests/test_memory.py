@@ -172,8 +172,17 @@ def test_chunked_head_without_gradients_and_the_encoder_default():
     assert chunked.accuracy == whole.accuracy
 
 
+@pytest.fixture
+def inductor_in_process(monkeypatch):
+    """Inductor compiles in this process: its pool of compile workers (one per core, started on
+    the first compile) would outlive the test, which conftest reports as leftover processes."""
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config, "compile_threads", 1)
+
+
 @pytest.mark.slow
-def test_compiled_blocks_train_like_eager(recipe_path, tmp_path):
+def test_compiled_blocks_train_like_eager(recipe_path, tmp_path, inductor_in_process):
     """Two steps of MLM + TLM + XLCO with compiled blocks (the key encoder's too): the losses of
     eager mode, and checkpoint tensor names without ``_orig_mod.``."""
     overrides = ["model.dropout=0.0", "train.batch_size=4", "train.micro_batch_size=4"]
