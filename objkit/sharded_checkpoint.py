@@ -75,6 +75,15 @@ def live_state(module: nn.Module, optimizer: torch.optim.Optimizer, objectives: 
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     model_state, optimizer_state = get_state_dict(module, [optimizer])
+    seen: set[tuple[int, int, tuple[int, ...]]] = set()
+    for name, tensor in list(model_state.items()):  # tied weights (embeddings = LM decoder): saved once
+        local = getattr(tensor, "_local_tensor", tensor)
+        if not isinstance(local, torch.Tensor) or local.numel() == 0:
+            continue
+        key = (local.untyped_storage().data_ptr(), local.storage_offset(), tuple(local.shape))
+        if key in seen:
+            del model_state[name]
+        seen.add(key)
     tensors, values = flatten_state(objectives)
     return {"model": model_state, "optimizer": optimizer_state, "objectives": tensors}, values
 
@@ -154,9 +163,11 @@ def load_sharded(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer
     """Load this rank's part of checkpoint ``path`` into ``module`` and ``optimizer`` (in
     place); returns every objective's state to pass to its ``load_state_dict``. Every rank
     calls it. ``objectives``: the objectives' current states (the templates DCP fills)."""
-    from torch.distributed.checkpoint.state_dict import set_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
     state, _ = live_state(module, optimizer, objectives)
     _dcp("load", state, path / SHARDS)
-    set_state_dict(module, [optimizer], model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    # strict=False: a tied weight is loaded through the one name it was saved under
+    set_state_dict(module, [optimizer], model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+                   options=StateDictOptions(strict=False))
     return unflatten_state(state["objectives"], objective_values)
