@@ -195,7 +195,8 @@ def plan_with_memory(
     static = {"weights": weights, "gradients": weights, "adamw": optimizer, "objective_state": extra_bytes + copies}
     chunk = recipe.train.lm_head_chunk_rows or 0
     run = estimate_memory(shape, micro, max_len, precision, static,
-                          checkpointing=bool(checkpointed & set(b.name for b in objectives)), chunk_rows=chunk,
+                          # a list that leaves out an objective: its graph may be the largest (conservative)
+                          checkpointing={b.name for b in objectives} <= checkpointed, chunk_rows=chunk,
                           graphs=n_obj if joint else 1)
     plain = estimate_memory(shape, micro, max_len, precision, static, checkpointing=False, chunk_rows=0,
                             graphs=n_obj if joint else 1)
