@@ -9,10 +9,10 @@
 # wheels in .whl/ (repo root). Nothing is downloaded: models are built from random weights at the
 # XLM-R shapes (presets), tokenizers are trained on babel's embedded CLDR names.
 #
-# Budget (one H100): under 6 minutes. Each stage has its own timeout and the script goes on when
+# Budget (one H100): under 6 minutes, under 9 with the sweep. Each stage has its own timeout and the script goes on when
 # a stage fails or times out (fail soft); the summary at the end says what passed. Files written
-# to $OUT (8 at most): env.txt, pytest.log, junit.xml, bench_gpu.log, bench_gpu.json,
-# bench_compile.log, bench_compile.json, summary.txt.
+# to $OUT: env.txt, pytest.log, junit.xml, bench_gpu.log, bench_gpu.json,
+# bench_compile.log, bench_compile.json, gpu_sweep.log, gpu_sweep.json, profile.txt, summary.txt.
 set -u
 OUT="${OUT:?set OUT to a directory for the logs and JSON}"
 mkdir -p "$OUT"
@@ -95,10 +95,16 @@ stage bench_compile 90 "$OUT/bench_compile.log" \
   $PY benchmarks/run.py "${DEVICE_ARGS[@]}" --only compile_speedup --json "$OUT/bench_compile.json"
 # (run.py exits 1 when a goal is missed: the stage then reads "failed (exit 1)" but its JSON is complete)
 
-# ---------------------------------------------------------------- 4. summary
+# ---------------------------------------------------------------- 4. the sweep (CUDA only)
+# MFU at B = 32 and 64 (eager, compile, checkpointing), a profiler table, the InfoXLM step ratio
+if [ "$DRY" != "1" ]; then
+  stage sweep 150 "$OUT/gpu_sweep.log" $PY benchmarks/gpu_sweep.py
+fi
+
+# ---------------------------------------------------------------- 5. summary
 {
   echo "GPU check, $(date -u), $(elapsed) s in all"
-  for name in install tests bench_gpu bench_compile; do printf '  %-14s %s\n' "$name" "${STATUS[$name]:-not run}"; done
+  for name in install tests bench_gpu bench_compile sweep; do printf '  %-14s %s\n' "$name" "${STATUS[$name]:-not run}"; done
   grep -E "passed|failed|error|skipped" "$OUT/pytest.log" | tail -n 3 | sed 's/^/  pytest: /'
   $PY - "$OUT" <<'EOF'
 import json, sys
