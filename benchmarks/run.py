@@ -179,7 +179,7 @@ class Settings:
         """``--device cuda``: the XLM-R-base shape at L = 512 (12 layers, hidden 768, vocab
         250,002, B = 8) for the GPU rows, few repetitions (benchmarks/gpu_check.sh's budget)."""
         return cls(name="gpu", device="cuda", head_batch=8, head_length=512, head_reps=5, compile_reps=5,
-                   compile_warmup=3, mfu_reps=10, chunk_rows=1024, run_memory=False)
+                   compile_warmup=3, mfu_reps=10, chunk_rows=256, run_memory=False)
 
     @classmethod
     def toy(cls) -> Settings:

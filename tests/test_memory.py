@@ -191,10 +191,9 @@ def test_compiled_blocks_train_like_eager(recipe_path, tmp_path, inductor_in_pro
     _assert_same_run(eager, compiled, rel=1e-4)  # inductor's kernels round differently
     key_blocks = next(b.objective for b in compiled[1].objectives if b.name == "xlco").key_body.encoder.layer
     assert all(getattr(block, "_objkit_compiled", False) for block in key_blocks)
-    path = compiled[1].save()
-    names = list(load_file(str(path / "model.safetensors")))
+    names = list(load_file(str(compiled[1].save() / "model.safetensors")))
     assert names and not any("_orig_mod" in name for name in names)
-    assert set(names) == set(eager[1].encoder.state_dict())
+    assert sorted(names) == sorted(load_file(str(eager[1].save() / "model.safetensors")))  # tied weights once
 
 
 @pytest.mark.slow
