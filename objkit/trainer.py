@@ -22,10 +22,10 @@ from transformers import get_constant_schedule_with_warmup, get_linear_schedule_
 from objkit import checkpoint as ckpt
 from objkit import distributed, faults
 from objkit.composite import CompositeLoss, ObjectiveSlot, StepStats, summarise
-from objkit.data import ExampleStream, load_source, source_group_sizes
+from objkit.data import ExampleStream
 from objkit.errors import UserError
 from objkit.interfaces import StepContext
-from objkit.recipe import ResolvedRecipe, source_kind
+from objkit.recipe import ResolvedRecipe
 from objkit.registry import Registry
 from objkit.reporting import MetricsWriter, truncate_metrics
 from objkit.runtime import (
@@ -116,29 +116,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ data
     def _build_streams(self) -> dict[str, ExampleStream]:
-        tokenized: dict[str, Any] = {}
-        streams = {}
-        for built in self.objectives:
-            source = self.recipe.data[built.data]
-            with distributed.main_process_first(self.world):  # rank 0 fills the datasets cache
-                if built.data not in tokenized:
-                    tokenized[built.data] = load_source(
-                        built.data, source, self.tokenizer, max_tokens=self.recipe.model.max_length - 2
-                    )
-                assert source_kind(source) == built.objective.data_kind
-                prepared = built.objective.prepare(tokenized[built.data])
-            seed = self.train_cfg.seed * 7919 + len(streams)
-            # streamed sources cannot be counted up front: α-sampling uses their sizes on disk
-            group_sizes = source_group_sizes(built.data, source) if source.streaming else None
-            streams[built.name] = ExampleStream(
-                prepared,
-                alpha=source.sampling_alpha,
-                seed=seed,
-                rank=self.world.rank,
-                world_size=self.world.world_size,
-                group_sizes=group_sizes,
-            )
-        return streams
+        """Rows and α-sampling streams of every objective (:func:`objkit.prepare.build_streams`:
+        rank 0 tokenizes, or reads ``data.cache_dir``, while the others wait)."""
+        from objkit.prepare import build_streams, cache_dir_of
+
+        return build_streams(self.resolved, self.objectives, self.tokenizer, self.registry, self.world,
+                             cache_dir_of(self.resolved))
 
     # ------------------------------------------------------------------ state
     def _objective_states(self) -> dict[str, dict[str, Any]]:

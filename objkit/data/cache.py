@@ -71,9 +71,12 @@ def first_difference(old: Any, new: Any, path: str = "") -> str | None:
             if found:
                 return found
         return None
-    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        for i, (a, b) in enumerate(zip(old, new)):
-            found = first_difference(a, b, f"{path}[{i}]")
+    if isinstance(old, list) and isinstance(new, list):
+        for i in range(max(len(old), len(new))):
+            if i >= len(old) or i >= len(new):
+                return f"{path}[{i}]: {'not set' if i >= len(old) else _short(old[i])} in the cache, " \
+                       f"{'not set' if i >= len(new) else _short(new[i])} now"
+            found = first_difference(old[i], new[i], f"{path}[{i}]")
             if found:
                 return found
         return None

@@ -8,7 +8,7 @@ XLM-R uses α = 0.3.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import datasets
@@ -295,10 +295,12 @@ class ExampleStream:
 
     def __init__(self, dataset: datasets.Dataset | datasets.IterableDataset | Mapping[str, datasets.IterableDataset],
                  *, alpha: float, seed: int, rank: int = 0, world_size: int = 1,
-                 group_sizes: Mapping[str, int] | None = None, shuffle_buffer: int = 0) -> None:
+                 group_sizes: Mapping[str, int] | None = None, shuffle_buffer: int = 0,
+                 on_error: Callable[[BaseException], BaseException] | None = None) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, {world_size}) (got {rank})")
         self._impl: _MapStream | _IterStream
+        self._on_error = on_error
         if isinstance(dataset, datasets.Dataset):
             self._impl = _MapStream(dataset, alpha, seed, rank, world_size)
             return
@@ -329,8 +331,14 @@ class ExampleStream:
         return dict(self._impl.sizes)
 
     def next_examples(self, n: int) -> list[dict[str, Any]]:
-        """This rank's next ``n`` examples (rows as dicts)."""
-        return self._impl.next_examples(n)
+        """This rank's next ``n`` examples (rows as dicts). A streamed source that fails while
+        read (a byte that is not UTF-8 deep into a file) raises what ``on_error`` makes of it."""
+        if self._on_error is None or not self.per_rank:
+            return self._impl.next_examples(n)
+        try:
+            return self._impl.next_examples(n)
+        except Exception as exc:
+            raise self._on_error(exc) from None
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable position of the stream."""

@@ -338,7 +338,9 @@ def source_files(name: str, source: Source, base_dir: Path | None = None) -> lis
             local = base_dir / local
         if not local.exists():
             return [["hub", source.path, source.revision or "main", datasets.__version__]]
-        paths = sorted(p for p in local.rglob("*") if p.is_file()) if local.is_dir() else [local]
+        # datasets writes its map caches (cache-*.arrow) beside a save_to_disk folder's data: not input
+        paths = sorted(p for p in local.rglob("*") if p.is_file() and not p.name.startswith("cache-")) \
+            if local.is_dir() else [local]
         return [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in paths]
     stats = []
     for _, path in _entry_files(name, source, base_dir):
