@@ -125,9 +125,10 @@ def expand_pair(pair: ParallelPair, key: str, base_dir: Path | None = None) -> l
     return list(zip(srcs, tgts))
 
 
-def _bitext_rows(path: str, pair: dict[str, Any], key: str, stamp: list[int]) -> Iterator[dict[str, str]]:
+def _bitext_rows(path: str, pair: dict[str, Any], key: str, stamp: str) -> Iterator[dict[str, str]]:
     """Generator for ``Dataset.from_generator`` (``stamp``, the file's size and mtime, is in its
-    arguments so that ``datasets``' cache of it changes when the file does)."""
+    arguments so that ``datasets``' cache of it changes when the file does; no argument is a
+    list: ``datasets`` would shard the generator over it)."""
     for src, tgt in iter_bitext(Path(path), ParallelPair.model_validate(pair), key):
         yield {"src_text": src, "tgt_text": tgt}
 
@@ -147,7 +148,7 @@ def _read_bitext(path: Path, pair: ParallelPair, key: str, *, streaming: bool, m
                  cache_dir: str | None) -> AnyDataset:
     st = path.stat()
     kwargs = {"path": str(path), "pair": pair.model_dump(mode="json"), "key": key,
-              "stamp": [st.st_size, st.st_mtime_ns]}
+              "stamp": f"{st.st_size}:{st.st_mtime_ns}"}
     if streaming:
         ids: AnyDataset = datasets.IterableDataset.from_generator(_bitext_rows, features=RAW_PAIR_FEATURES,
                                                                   gen_kwargs=kwargs)
@@ -292,19 +293,21 @@ def source_groups(source: Source) -> list[str]:
 
 
 def _entry_files(name: str, source: TextSource | ParallelSource,
-                 base_dir: Path | None) -> list[tuple[str, Path]]:
-    """(group, file) for every file a file-based source reads."""
-    out: list[tuple[str, Path]] = []
+                 base_dir: Path | None) -> list[tuple[str, str, Path]]:
+    """(group, recipe key, file) for every file a file-based source reads."""
+    out: list[tuple[str, str, Path]] = []
     if isinstance(source, TextSource):
         for i, f in enumerate(source.files):
-            out += [(f.lang, p) for p in expand(f.path, f"data.{name}.files[{i}].path", base_dir)]
+            key = f"data.{name}.files[{i}].path"
+            out += [(f.lang, key, p) for p in expand(f.path, key, base_dir)]
         return out
     for i, pair in enumerate(source.pairs):
         group, key = f"{pair.src_lang}-{pair.tgt_lang}", f"data.{name}.pairs[{i}]"
         if pair.path is not None:
-            out += [(group, p) for p in expand(pair.path, f"{key}.path", base_dir)]
+            out += [(group, f"{key}.path", p) for p in expand(pair.path, f"{key}.path", base_dir)]
         else:
-            out += [(group, p) for sides in expand_pair(pair, key, base_dir) for p in sides]
+            for s_path, t_path in expand_pair(pair, key, base_dir):
+                out += [(group, f"{key}.src", s_path), (group, f"{key}.tgt", t_path)]
     return out
 
 
@@ -320,7 +323,7 @@ def source_group_sizes(name: str, source: Source, base_dir: Path | None = None) 
     if isinstance(source, HfSource):
         return dict.fromkeys(source_groups(source), 1)
     sizes = dict.fromkeys(source_groups(source), 0)
-    for group, path in _entry_files(name, source, base_dir):
+    for group, _, path in _entry_files(name, source, base_dir):
         sizes[group] += path.stat().st_size
     return sizes
 
@@ -343,7 +346,7 @@ def source_files(name: str, source: Source, base_dir: Path | None = None) -> lis
             if local.is_dir() else [local]
         return [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in paths]
     stats = []
-    for _, path in _entry_files(name, source, base_dir):
+    for _, _, path in _entry_files(name, source, base_dir):
         st = path.stat()
         stats.append([str(path.resolve()), st.st_size, st.st_mtime_ns])
     return stats
@@ -476,9 +479,9 @@ def locate_stream_error(name: str, source: Source, exc: BaseException, base_dir:
     if located is not None:
         return located
     if isinstance(source, (TextSource, ParallelSource)):
-        for i, (_, path) in enumerate(_entry_files(name, source, base_dir)):
+        for _, key, path in _entry_files(name, source, base_dir):
             if bitext_format(path) is None:
-                found = read_error(path, f"data.{name}", exc)
-                if "cannot read" not in str(found):
+                found = read_error(path, key, exc)
+                if f"{key}: cannot read" not in str(found):
                     return found
     return UserError(f"data.{name}: reading the stream failed: {first_line(exc)}")
