@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 
 from objkit.data.bitext import bitext_format, count_bitext, iter_bitext
 from objkit.data.cldr import cldr_dataset, iter_cldr_texts, language_pairs, parse_locale
+from objkit.data.encode import TextEncoder, encode_texts
 from objkit.data.files import (
     AnyDataset,
     check_file,
@@ -66,7 +67,7 @@ RAW_PAIR_FEATURES = datasets.Features({"src_text": datasets.Value("string"), "tg
 def _tokenize_text(batch: dict[str, list[Any]], *, tokenizer: Any, max_tokens: int, lang: str | None) -> dict:
     langs = batch["lang"] if lang is None else [lang] * len(batch["text"])
     keep = [(t.strip(), g) for t, g in zip(batch["text"], langs) if t is not None and t.strip()]
-    ids = tokenizer([t for t, _ in keep], add_special_tokens=False)["input_ids"] if keep else []
+    ids = encode_texts(tokenizer, [t for t, _ in keep])
     rows = [(i, g) for i, (_, g) in zip(ids, keep) if i]
     return {"input_ids": [i[:max_tokens] for i, _ in rows], "lang": [g for _, g in rows],
             "group": [g for _, g in rows], "truncated": [len(i) > max_tokens for i, _ in rows]}
@@ -82,12 +83,8 @@ def _tokenize_pairs(batch: dict[str, list[Any]], *, tokenizer: Any, max_tokens: 
     tgt_langs = batch["tgt_lang"] if tgt_lang is None else [tgt_lang] * n
     keep = [i for i in range(n) if src[i].strip() and tgt[i].strip()]
 
-    def encode(texts: list[str]) -> list[list[int]]:
-        if not texts:
-            return []
-        return tokenizer(texts, add_special_tokens=False)["input_ids"]
-
-    s_ids, t_ids = encode([src[i].strip() for i in keep]), encode([tgt[i].strip() for i in keep])
+    s_ids = encode_texts(tokenizer, [src[i].strip() for i in keep])
+    t_ids = encode_texts(tokenizer, [tgt[i].strip() for i in keep])
     rows = [(s, t, src_langs[i], tgt_langs[i]) for i, s, t in zip(keep, s_ids, t_ids) if s and t]
     return {"src_ids": [r[0][:max_tokens] for r in rows], "tgt_ids": [r[1][:max_tokens] for r in rows],
             "src_lang": [r[2] for r in rows], "tgt_lang": [r[3] for r in rows],
@@ -234,6 +231,7 @@ def load_source_groups(name: str, source: Source, tokenizer: Any, *, max_tokens:
     :class:`objkit.data.sampling.ExampleStream` so that no group's stream reads another's files.
     An ``hf`` source with ``lang_column`` is one dataset under ``"*"`` (its rows carry their group).
     """
+    tokenizer = tokenizer if isinstance(tokenizer, TextEncoder) else TextEncoder(tokenizer)
     if isinstance(source, CldrSource):
         ds, groups = _cldr(name, source, tokenizer, max_tokens, num_proc)
         if len(groups) == 1:
@@ -272,7 +270,7 @@ def load_source(name: str, source: Source, tokenizer: Any, *, max_tokens: int, n
     Problems raise a one-line :class:`UserError` naming the recipe key and file.
     """
     if isinstance(source, CldrSource):
-        return _cldr(name, source, tokenizer, max_tokens, num_proc)[0]
+        return _cldr(name, source, TextEncoder(tokenizer), max_tokens, num_proc)[0]
     parts = list(load_source_groups(name, source, tokenizer, max_tokens=max_tokens, num_proc=num_proc,
                                     base_dir=base_dir, cache_dir=cache_dir).values())
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)

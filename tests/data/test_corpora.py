@@ -203,3 +203,25 @@ def test_streamed_bitext_and_a_late_bad_byte_located(tok, tmp_path):
                            on_error=lambda exc: locate_stream_error("par", streamed, exc))
     with pytest.raises(UserError, match=r"^data.par.pairs\[0\].path: .*s.tsv: line 6: 1 tab-separated field"):
         stream.next_examples(20)
+
+
+def test_sentencepiece_fast_path_gives_the_hf_tokenizers_ids(tmp_path):
+    """objkit tokenizes with SentencePiece's own encode when the model file is there: the ids
+    are the HF tokenizer's (mapped per piece), also in worker processes (pickled)."""
+    import pickle
+
+    from transformers import AutoTokenizer
+
+    from objkit.data.encode import TextEncoder
+    from objkit.tokenizer import train_tokenizer
+
+    texts = ["Germany and France", "Deutschland und Frankreich", "Россия", "日本語のテキスト", "x  y   z", "café"]
+    train_tokenizer(texts * 30, tmp_path / "tok", vocab_size=80)
+    hf_tok = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
+    encoder = pickle.loads(pickle.dumps(TextEncoder(hf_tok)))
+    assert encoder.id_map is not None
+    unseen = ["Frankreich und Deutschland", "Zürich ☃ 2024", "   leading and trailing   "]
+    assert encoder(texts + unseen) == hf_tok(texts + unseen, add_special_tokens=False)["input_ids"]
+    word_level = tiny_encoder(layers=1)[1]  # no SentencePiece model: the HF tokenizer itself
+    assert TextEncoder(word_level).id_map is None
+    assert TextEncoder(word_level)(["the cat"]) == [word_level("the cat", add_special_tokens=False)["input_ids"]]
