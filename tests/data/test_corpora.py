@@ -205,7 +205,7 @@ def test_streamed_bitext_and_a_late_bad_byte_located(tok, tmp_path):
         stream.next_examples(20)
 
 
-def test_sentencepiece_fast_path_gives_the_hf_tokenizers_ids(tmp_path):
+def test_sentencepiece_fast_path_gives_the_hf_tokenizers_ids(tmp_path, monkeypatch):
     """objkit tokenizes with SentencePiece's own encode when the model file is there: the ids
     are the HF tokenizer's (mapped per piece), also in worker processes (pickled)."""
     import pickle
@@ -221,6 +221,9 @@ def test_sentencepiece_fast_path_gives_the_hf_tokenizers_ids(tmp_path):
     encoder = pickle.loads(pickle.dumps(TextEncoder(hf_tok)))
     assert encoder.id_map is not None
     unseen = ["Frankreich und Deutschland", "Zürich ☃ 2024", "   leading and trailing   "]
+    from objkit.data import encode
+
+    monkeypatch.setattr(encode, "CHECKED", 0)  # SentencePiece's ids alone, no spot check to fall back on
     assert encoder(texts + unseen) == hf_tok(texts + unseen, add_special_tokens=False)["input_ids"]
     word_level = tiny_encoder(layers=1)[1]  # no SentencePiece model: the HF tokenizer itself
     assert TextEncoder(word_level).id_map is None
