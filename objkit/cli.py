@@ -210,7 +210,9 @@ def _load_subcommands() -> None:
     from objkit.scaffold import new_plugin_command
 
     from objkit.prepare import prepare_command
+    from objkit.vocab import extend_command
 
+    tokenizer_group.add_command(extend_command)
     cli.add_command(tokenizer_group)
     cli.add_command(prepare_command)
     cli.add_command(eval_group)
