@@ -5,7 +5,7 @@ on the new text, take its highest-scoring pieces that the base model lacks (at m
 append them, with their scores, to the base model's pieces. Every base piece keeps its id;
 the HF tokenizer written to DIR (XLM-R layout) puts ``<mask>`` after the new pieces, so its id
 moves to the end. Where this departs from Glot500: Glot500 merges a whole new model of a fixed
-size; here ``--add`` bounds what is appended and pieces are taken by score.
+size; here ``--add`` bounds what is appended: characters the base lacks first, then pieces by score.
 """
 
 from __future__ import annotations
@@ -62,8 +62,9 @@ def extend_tokenizer(base: str, texts: list[str], out_dir: Path, *, add: int, se
     new_proto = pb.ModelProto()
     new_proto.ParseFromString(new_bytes)
     normal = pb.ModelProto.SentencePiece.NORMAL
+    # characters the base lacks first (else their text stays <unk>), then the best-scoring pieces
     candidates = sorted((p for p in new_proto.pieces if p.type == normal and p.piece not in have),
-                        key=lambda p: -p.score)
+                        key=lambda p: (len(p.piece.lstrip("\u2581")) > 1, -p.score))
     added = []
     for piece in itertools.islice(candidates, add):
         entry = base_proto.pieces.add()
