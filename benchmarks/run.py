@@ -28,6 +28,13 @@ key                         ratio                                               
 ``padding_fraction``        padded / all token slots of TLM and XLCO (the worse) with   ≤ 0.10
                             ``train.length_bucketing = 8``, Multi30k pairs (CLDR at
                             ``--toy``); before-bucketing and step-time ratio in details
+``tokenizer_throughput``    objkit tokenization tokens/s per core (``load_source``,     ≥ 0.8
+                            ``num_proc`` = cores) / SentencePiece ``encode`` tokens/s
+                            (one thread), same lines, same model
+``cache_startup_speedup``   trainer start-up on a cold ``data.cache_dir`` / on the      ≥ 2
+                            warm cache it left (quickstart MLM, ``cache_lines`` lines)
+``sampler_bytes_per_row``   bytes the α-sampler holds per row at 10^8 simulated rows    ≤ 0.1
+                            (``tracemalloc``; draws/s under ``details``)
 ==========================  =========================================================  ======
 
 Not gated (under ``details``): peak RSS of one ``infoxlm_large`` step (B=1, L=128, random
@@ -68,6 +75,9 @@ from typing import Any
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import data_bench  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
 XLMR_VOCAB = 250_002
@@ -89,6 +99,9 @@ GOALS: dict[str, tuple[str, float, str]] = {
     "chunked_head_time_ratio": ("<=", 1.1, "MLM step with the chunked LM head / head in one piece (base shape)"),
     "compile_speedup": (">=", 1.0, "eager MLM step / train.compile step (base shape)"),
     "gpu_mfu": (">=", 0.40, "model FLOP/s of an XLM-R-base MLM step (L=512, bf16) / the card's peak bf16"),
+    "tokenizer_throughput": (">=", 0.8, "objkit tokenization tokens/s per core / SentencePiece encode tokens/s"),
+    "cache_startup_speedup": (">=", 2.0, "trainer start-up on a cold data.cache_dir / on the warm one"),
+    "sampler_bytes_per_row": ("<=", 0.1, "bytes the α-sampler holds per row (10^8 simulated rows)"),
 }
 
 
@@ -161,6 +174,13 @@ class Settings:
     # extra --set overrides for every quickstart-based trainer (the smoke test shrinks the data)
     quickstart_sets: list[str] = field(default_factory=list)
     corpus_lines: int = 256
+    # data path (benchmarks/data_bench.py)
+    tokenizer_lines: int = 200_000
+    tokenizer_reps: int = 3
+    cache_lines: int = 200_000
+    cache_reps: int = 3
+    sampler_rows: int = 10**8
+    sampler_draws: int = 1_000_000
 
     @classmethod
     def full(cls) -> Settings:
@@ -172,6 +192,7 @@ class Settings:
             name="quick", head_layers=4, head_reps=5, overhead_reps=30, hf_reps=30,
             xlco_hidden=256, xlco_heads=4, xlco_ffn=1024, xlco_vocab=0, xlco_batch=16, xlco_reps=8,
             ema_reps=5, queue_reps=11, pipeline_reps=3, pipeline_steps=300, compile_reps=3,
+            tokenizer_lines=50_000, tokenizer_reps=3, cache_lines=50_000, cache_reps=2, sampler_draws=200_000,
         )
 
     @classmethod
@@ -195,6 +216,8 @@ class Settings:
             memory_preset="tiny", memory_vocab=6000, memory_layers=2, memory_xlco_layer=1, memory_length=16,
             chunk_rows=4, compile_warmup=2, compile_reps=1, mfu_reps=2, lean_batch=2, lean_length=16,
             matmul_size=128, corpus_lines=24,
+            tokenizer_lines=200, tokenizer_reps=1, cache_lines=100, cache_reps=1, sampler_rows=10**6,
+            sampler_draws=8192,
             quickstart_sets=["data.mono.max_lines=40", "data.parallel.max_lines=20",
                              "model.tokenizer.vocab_size=400", "train.batch_size=4"],
         )
@@ -969,7 +992,11 @@ BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {
     "checkpointing_step_ratio": _memory_speed("checkpointing_step_ratio"),
     "chunked_head_time_ratio": _memory_speed("chunked_head_time_ratio"),
     "compile_speedup": _memory_speed("compile_speedup"),
+    "tokenizer_throughput": data_bench.bench_tokenizer_throughput,
+    "cache_startup_speedup": data_bench.bench_cache_startup,
+    "sampler_bytes_per_row": data_bench.bench_sampler,
 }
+DATA_ROWS = ("tokenizer_throughput", "cache_startup_speedup", "sampler_bytes_per_row")
 # rows that need a GPU: run with --device cuda only
 GPU_BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {"gpu_mfu": _memory_speed("gpu_mfu")}
 # what --device cuda runs (the CPU-only rows compare with HF on CPU or measure host memory)
@@ -1180,6 +1207,8 @@ def describe(key: str, d: dict[str, Any]) -> str:
         return f"{d['objkit_tokens_per_s']:,.0f} vs {d['hf_tokens_per_s']:,.0f} tokens/s"
     if key == "padding_fraction":
         return _beside("padding_fraction").describe(d)
+    if key in DATA_ROWS:
+        return data_bench.describe(key, d)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import memory_speed
 

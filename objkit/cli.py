@@ -125,6 +125,7 @@ Examples:
   objkit run recipes/quickstart.toml -o runs/quickstart --fresh
   objkit run recipes/infoxlm_large.toml --dry-run
   objkit run recipes/quickstart_infoxlm.toml -o runs/qi2 --nproc 2
+  objkit run recipes/quickstart.toml -o runs/q2 --cache-dir cache/quickstart   (objkit prepare first, or built once)
   torchrun --standalone --nproc_per_node 8 -m objkit run recipes/infoxlm_base.toml -o runs/base \\
       --set model.init=/models/xlm-roberta-base --set 'data.mono={...}'
 """)
@@ -133,13 +134,14 @@ Examples:
 @click.option("--dry-run", is_flag=True, help="Build everything on the meta device and print the plan; no training.")
 @click.option("--no-progress", is_flag=True, help="Disable the progress bars.")
 @click.option("--fresh", is_flag=True, help="Start over in OUTPUT: remove a previous run's checkpoints, metrics and export.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Tokenized cache (objkit prepare): sets data.cache_dir.")
 @click.option(
     "--nproc", type=click.IntRange(min=1), metavar="N",
     help="Run N processes on this machine: exec `torchrun --standalone --nproc_per_node N -m objkit run ...`.",
 )
 def run(
     recipe: Path, overrides: tuple[str, ...], output: str | None, dry_run: bool, no_progress: bool,
-    fresh: bool, nproc: int | None,
+    fresh: bool, nproc: int | None, cache_dir: str | None = None,
 ) -> None:
     """Train the model RECIPE describes into OUTPUT (metrics, checkpoints, export/).
 
@@ -151,6 +153,8 @@ def run(
     from objkit.registry import default_registry
 
     registry = default_registry()
+    if cache_dir is not None:
+        overrides = (*overrides, f"data.cache_dir={json.dumps(cache_dir)}")
     resolved = load_recipe(recipe, list(overrides), registry)
     if dry_run:
         from objkit.plan import dry_run_plan
@@ -205,7 +209,12 @@ def _load_subcommands() -> None:
     from objkit.plot import plot_command
     from objkit.scaffold import new_plugin_command
 
+    from objkit.prepare import prepare_command
+    from objkit.vocab import extend_command
+
+    tokenizer_group.add_command(extend_command)
     cli.add_command(tokenizer_group)
+    cli.add_command(prepare_command)
     cli.add_command(eval_group)
     cli.add_command(plot_command)
     cli.add_command(new_plugin_command)

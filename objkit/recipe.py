@@ -32,12 +32,35 @@ class TextFile(Strict):
 
 
 class ParallelPair(Strict):
-    src: str = Field(description="file or glob, line-aligned with tgt")
-    tgt: str
+    """One entry of ``pairs``: line-aligned ``src``/``tgt`` files, or one bitext file ``path``
+    (``.tsv``: ``src<TAB>tgt[<TAB>score]``, the CCMatrix/NLLB/WikiMatrix layout; ``.tmx``: OPUS)."""
+
+    src: str | None = Field(None, description="file or glob, line-aligned with tgt")
+    tgt: str | None = None
+    path: str | None = Field(None, description="a .tsv or .tmx bitext file or glob (maybe .gz/.xz/.bz2)")
     src_lang: str
     tgt_lang: str
     src_field: str = "text"
     tgt_field: str = "text"
+    min_score: float | None = Field(None, description=".tsv: keep pairs whose score column is at least this")
+    columns: list[Literal["src", "tgt", "score", "-"]] | None = Field(
+        None, description=".tsv: what each tab-separated column holds ('-' skips one); default src, tgt[, score]",
+    )
+
+    @model_validator(mode="after")
+    def _files_or_path(self) -> ParallelPair:
+        if self.path is None and (self.src is None or self.tgt is None):
+            raise ValueError("give src and tgt (line-aligned files) or path (a .tsv or .tmx bitext)")
+        if self.path is not None and (self.src is not None or self.tgt is not None):
+            raise ValueError("give either path (a bitext file) or src and tgt, not both")
+        if self.columns is not None:
+            if sorted(c for c in self.columns if c != "-") not in (["src", "tgt"], ["score", "src", "tgt"]):
+                raise ValueError(f"columns must name src and tgt once each, score at most once (got {self.columns})")
+            if self.min_score is not None and "score" not in self.columns:
+                raise ValueError("min_score needs a score column in columns")
+        if self.path is None and (self.columns is not None or self.min_score is not None):
+            raise ValueError("columns and min_score apply to a .tsv path, not to src/tgt files")
+        return self
 
 
 class SourceCommon(Strict):
@@ -74,11 +97,65 @@ class CldrSource(SourceCommon):
     )
 
 
-DataSource = Annotated[TextSource | ParallelSource | CldrSource, Field(discriminator="type")]
+class HfSource(SourceCommon):
+    """Anything ``datasets.load_dataset`` reads (a hub id, a local script or folder of data files)
+    or a ``save_to_disk`` directory (``datasets.load_from_disk``). Text rows name ``text_column``
+    and ``lang`` or ``lang_column``; parallel rows name ``src_column``/``tgt_column``, or a
+    ``translation_column`` of ``{lang: text}`` dicts, with ``src_lang``/``tgt_lang``."""
+
+    type: Literal["hf"]
+    path: str = Field(description="hub id, local dataset script or folder, or a save_to_disk directory")
+    name: str | None = Field(None, description="the dataset's configuration (load_dataset's name)")
+    split: str = "train"
+    revision: str | None = None
+    data_files: str | list[str] | dict[str, str | list[str]] | None = None
+    text_column: str | None = None
+    lang: str | None = None
+    lang_column: str | None = None
+    src_column: str | None = None
+    tgt_column: str | None = None
+    translation_column: str | None = None
+    src_lang: str | None = None
+    tgt_lang: str | None = None
+
+    @property
+    def kind(self) -> Literal["text", "parallel"]:
+        return "text" if self.text_column is not None else "parallel"
+
+    @model_validator(mode="after")
+    def _columns(self) -> HfSource:
+        parallel = [k for k in ("src_column", "tgt_column", "translation_column") if getattr(self, k) is not None]
+        if self.text_column is not None:
+            if parallel:
+                raise ValueError(f"give text_column (text) or {' / '.join(parallel)} (parallel), not both")
+            if (self.lang is None) == (self.lang_column is None):
+                raise ValueError("a text source needs exactly one of lang (every row) or lang_column")
+            if self.lang_column is not None and self.streaming:
+                raise ValueError("lang_column needs streaming = false (a stream's languages are not known up front); "
+                                 "use lang")
+            return self
+        if not parallel:
+            raise ValueError("give text_column (text rows) or src_column + tgt_column / translation_column "
+                             "(parallel rows)")
+        if self.translation_column is not None and (self.src_column or self.tgt_column):
+            raise ValueError("give translation_column or src_column + tgt_column, not both")
+        if self.translation_column is None and (self.src_column is None or self.tgt_column is None):
+            raise ValueError("a parallel source needs both src_column and tgt_column")
+        if self.src_lang is None or self.tgt_lang is None:
+            raise ValueError("a parallel source needs src_lang and tgt_lang")
+        return self
 
 
-def source_languages(source: TextSource | ParallelSource | CldrSource) -> list[str]:
-    """The language codes a source's rows carry, from the recipe alone (first appearance order)."""
+DataSource = Annotated[TextSource | ParallelSource | CldrSource | HfSource, Field(discriminator="type")]
+AnySource = TextSource | ParallelSource | CldrSource | HfSource
+
+
+def source_languages(source: AnySource) -> list[str]:
+    """The language codes a source's rows carry, from the recipe alone (first appearance order;
+    an ``hf`` source with ``lang_column`` contributes none: they are known once it is read)."""
+    if isinstance(source, HfSource):
+        codes = [source.lang] if source.kind == "text" else [source.src_lang, source.tgt_lang]
+        return [c for c in codes if c is not None]
     if isinstance(source, TextSource):
         codes = [f.lang for f in source.files]
     elif isinstance(source, ParallelSource):
@@ -88,8 +165,8 @@ def source_languages(source: TextSource | ParallelSource | CldrSource) -> list[s
     return list(dict.fromkeys(codes))
 
 
-def source_kind(source: TextSource | ParallelSource | CldrSource) -> str:
-    if isinstance(source, CldrSource):
+def source_kind(source: AnySource) -> str:
+    if isinstance(source, (CldrSource, HfSource)):
         return source.kind
     return source.type
 
@@ -290,12 +367,32 @@ class Recipe(Strict):
     objectives: dict[str, ObjectiveEntry] = Field(min_length=1)
     train: TrainConfig
     eval: EvalConfig | None = None
+    data_cache_dir: str | None = Field(
+        None, exclude=True, description="data.cache_dir in the file: tokenized cache of the map-style sources "
+        "(objkit prepare; a run builds what is missing)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_cache_dir(cls, raw: Any) -> Any:
+        """``[data] cache_dir = "..."`` sits beside the sources in the file: lift it out of them."""
+        if isinstance(raw, dict) and isinstance(raw.get("data"), dict) and "cache_dir" in raw["data"]:
+            data = dict(raw["data"])
+            raw = {**raw, "data": data, "data_cache_dir": data.pop("cache_dir")}
+        return raw
 
     def enabled_objectives(self) -> dict[str, ObjectiveEntry]:
         return {k: v for k, v in self.objectives.items() if v.enabled}
 
+    def dump(self) -> dict[str, Any]:
+        """The recipe as a TOML-ready dict (``data.cache_dir`` back in ``[data]``)."""
+        data = self.model_dump(mode="json", exclude_none=True)
+        if self.data_cache_dir is not None:
+            data["data"]["cache_dir"] = self.data_cache_dir
+        return data
+
     def to_toml(self) -> str:
-        return tomli_w.dumps(self.model_dump(mode="json", exclude_none=True))
+        return tomli_w.dumps(self.dump())
 
 
 class RecipeError(UserError):
@@ -560,6 +657,8 @@ def _data_reference_problem(data_tables: dict[str, Any], data_name: str, wanted:
     kind = table.get("type") if isinstance(table, dict) else None
     if kind == "cldr":
         kind = table.get("kind", "parallel")
+    elif kind == "hf":
+        kind = "text" if table.get("text_column") is not None else "parallel"
     if kind in ("text", "parallel") and kind != wanted:
         return f"plugin {plugin!r} consumes {wanted} data, source {data_name!r} is {kind}"
     return None
@@ -574,8 +673,8 @@ def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
             if field is None:
                 continue
             model = _inner_model(field.annotation)
-        elif isinstance(part, str) and part in {"text", "parallel", "cldr"}:
-            model = {"text": TextSource, "parallel": ParallelSource, "cldr": CldrSource}[part]
+        elif isinstance(part, str) and part in {"text", "parallel", "cldr", "hf"}:
+            model = {"text": TextSource, "parallel": ParallelSource, "cldr": CldrSource, "hf": HfSource}[part]
     if isinstance(model, type) and issubclass(model, BaseModel):
         return list(model.model_fields)
     return []
@@ -603,7 +702,7 @@ class ResolvedRecipe:
         self.source = source
 
     def to_dict(self) -> dict[str, Any]:
-        data = self.recipe.model_dump(mode="json", exclude_none=True)
+        data = self.recipe.dump()
         for name, cfg in self.objective_configs.items():
             entry = data["objectives"][name]
             core = {k: entry[k] for k in ObjectiveEntry.model_fields if k in entry}

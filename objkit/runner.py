@@ -86,7 +86,7 @@ class PeriodicEval:
 NEUTRAL_KEYS = {
     ("name",), ("description",), ("eval",),
     ("train", "log_every"), ("train", "checkpoint_every"), ("train", "keep_checkpoints"),
-    ("train", "report_to"), ("train", "max_bad_steps"), ("train", "collective_timeout"),
+    ("train", "report_to"), ("train", "max_bad_steps"), ("train", "collective_timeout"), ("data", "cache_dir"),
     ("train", "checkpoint_format"),
     # memory and speed: the same losses up to float rounding (tested), so a run may resume with them changed
     ("train", "activation_checkpointing"), ("train", "lm_head_chunk_rows"), ("train", "compile"),
@@ -158,10 +158,25 @@ def check_run_dir(resolved: ResolvedRecipe, run_dir: Path, fresh: bool = False) 
 
 
 def check_data(resolved: ResolvedRecipe) -> None:
-    """Every data file of the recipe exists, is not empty, is UTF-8, parallel files align."""
-    from objkit.data.sources import check_source_files
+    """Every data file of the recipe exists, is not empty, is UTF-8, parallel files align,
+    bitext parses, hf sources have their columns. A source whose every objective has a cache
+    entry (``data.cache_dir``) built from these very files (sizes, mtimes) was checked when the
+    entry was built, and is not scanned again."""
+    from objkit.data.cache import files_unchanged
+    from objkit.data.sources import check_source_files, source_files
+    from objkit.prepare import cache_dir_of
 
-    for name, source in resolved.recipe.data.items():
+    cache_dir = cache_dir_of(resolved)
+    recipe = resolved.recipe
+    for name, source in recipe.data.items():
+        users = [n for n, e in recipe.enabled_objectives().items() if e.data == name]
+        if cache_dir is not None and not source.streaming and users:
+            try:
+                files = source_files(name, source)
+            except UserError:
+                files = None  # a missing file: the check below names it
+            if files is not None and files_unchanged(cache_dir, users, source.model_dump(mode="json"), files):
+                continue
         check_source_files(name, source)
 
 
@@ -172,7 +187,8 @@ def run_recipe(
     Returns the export directory, or ``None`` when a signal stopped the run early."""
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"-o {run_dir}: exists and is not a directory")
-    check_data(resolved)
+    if env_world().is_main:  # once: the other ranks wait for rank 0 in the rendezvous
+        check_data(resolved)
     evaluate = PeriodicEval(resolved.recipe.eval, resolved.recipe.model.max_length) if resolved.recipe.eval else None
     try:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ from typing import Any
 import click
 
 from objkit.errors import UserError
-from objkit.recipe import CldrSource, ParallelSource, TextSource, TokenizerTraining
+from objkit.recipe import TextSource, TokenizerTraining
 
 log = logging.getLogger(__name__)
 
@@ -121,38 +121,18 @@ def save_tokenizer_for(model: Any, tokenizer: Any, out_dir: str | Path) -> None:
 
 
 # ----------------------------------------------------------------------------- recipe cache
-def _source_files(name: str, source: TextSource | ParallelSource | CldrSource,
-                  base_dir: Path | None) -> list[list[Any]]:
-    """(path, size, mtime_ns) of every file a source reads: part of the cache key."""
-    from objkit.data.sources import expand
-
-    if isinstance(source, CldrSource):
-        import babel
-
-        return [["babel", babel.__version__, 0]]
-    if isinstance(source, TextSource):
-        patterns = [(f.path, f"data.{name}.files[{i}].path") for i, f in enumerate(source.files)]
-    else:
-        patterns = [(p, f"data.{name}.pairs[{i}].{side}") for i, pair in enumerate(source.pairs)
-                    for side, p in (("src", pair.src), ("tgt", pair.tgt))]
-    stats = []
-    for pattern, key in patterns:
-        for path in expand(pattern, key, base_dir):
-            st = path.stat()
-            stats.append([str(path.resolve()), st.st_size, st.st_mtime_ns])
-    return stats
-
-
 def tokenizer_cache_key(config: TokenizerTraining, sources: Mapping[str, Any], *,
                         base_dir: Path | None = None, seed: int = 0) -> str:
     """Hash of the training config, the source definitions used and their files' sizes/mtimes."""
+    from objkit.data.sources import source_files
+
     names = _training_sources(config, sources)
     payload = {
         "version": 1,
         "seed": seed,
         "config": config.model_dump(mode="json"),
         "sources": {n: sources[n].model_dump(mode="json") for n in names},
-        "files": {n: _source_files(n, sources[n], base_dir) for n in names},
+        "files": {n: source_files(n, sources[n], base_dir) for n in names},
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -23,13 +23,13 @@ from objkit import checkpoint as ckpt
 from objkit import distributed, faults
 from objkit import sharded_checkpoint as sharded
 from objkit.composite import CollatedStep, CompositeLoss, ObjectiveSlot, StepStats, summarise, to_host
-from objkit.data import ExampleStream, load_source, source_group_sizes
-from objkit.data.bucketing import BucketedStream, example_lengths
+from objkit.data import ExampleStream
+from objkit.data.bucketing import BucketedStream
 from objkit.errors import UserError
 from objkit.interfaces import StepContext
 from objkit.prefetch import StepPrefetcher
 from objkit.memory import apply_train_options
-from objkit.recipe import ResolvedRecipe, source_kind
+from objkit.recipe import ResolvedRecipe
 from objkit.registry import Registry
 from objkit.reporting import MetricsWriter, truncate_metrics
 from objkit.runtime import (
@@ -124,34 +124,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ data
     def _build_streams(self) -> dict[str, ExampleStream | BucketedStream]:
-        tokenized: dict[str, Any] = {}
-        streams = {}
-        for built in self.objectives:
-            source = self.recipe.data[built.data]
-            with distributed.main_process_first(self.world):  # rank 0 fills the datasets cache
-                if built.data not in tokenized:
-                    tokenized[built.data] = load_source(
-                        built.data, source, self.tokenizer, max_tokens=self.recipe.model.max_length - 2
-                    )
-                assert source_kind(source) == built.objective.data_kind
-                prepared = built.objective.prepare(tokenized[built.data])
-            seed = self.train_cfg.seed * 7919 + len(streams)
-            # streamed sources cannot be counted up front: α-sampling uses their sizes on disk
-            group_sizes = source_group_sizes(built.data, source) if source.streaming else None
-            stream = ExampleStream(
-                prepared,
-                alpha=source.sampling_alpha,
-                seed=seed,
-                rank=self.world.rank,
-                world_size=self.world.world_size,
-                group_sizes=group_sizes,
-            )
-            pool = self.train_cfg.length_bucketing
-            if pool and built.objective.data_kind == "parallel" and not source.streaming:
-                stream = BucketedStream(stream, example_lengths(prepared), step_size=self.train_cfg.batch_size,
-                                        pool_steps=pool, seed=derive_seed(self.train_cfg.seed, "buckets", built.name))
-            streams[built.name] = stream
-        return streams
+        """Rows and α-sampling streams of every objective (:func:`objkit.prepare.build_streams`:
+        rank 0 tokenizes, or reads ``data.cache_dir``, while the others wait;
+        pair objectives length-bucketed with ``train.length_bucketing``)."""
+        from objkit.prepare import build_streams, cache_dir_of
+
+        return build_streams(self.resolved, self.objectives, self.tokenizer, self.registry, self.world,
+                             cache_dir_of(self.resolved))
 
     # ------------------------------------------------------------------ state
     def _objective_states(self) -> dict[str, dict[str, Any]]:

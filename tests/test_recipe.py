@@ -99,7 +99,7 @@ def test_missing_data_source_and_discriminator(tmp_path):
     with pytest.raises(RecipeError) as err:
         load_recipe(write(tmp_path, text))
     message = str(err.value)
-    assert "data.mono.type: expected one of 'text', 'parallel', 'cldr' (got 'txt')" in message
+    assert "data.mono.type: expected one of 'text', 'parallel', 'cldr', 'hf' (got 'txt')" in message
     assert "objectives.mlm.data: no data source named 'monoo'; did you mean \"mono\"?" in message
 
 

@@ -8,7 +8,7 @@ XLM-R uses α = 0.3.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import datasets
@@ -34,27 +34,107 @@ def _rows(batch: dict[str, list[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(keys, values)) for values in zip(*(batch[k] for k in keys))]
 
 
-class _MapStream:
-    """Map-style backend: per-group index arrays, seeded permutations, one group-choice RNG.
+SHARD_ROWS = 1 << 16  # rows per shard of a group's permutation (part of the stream's definition)
 
-    Every rank runs the same global sampler (group choices and permutations depend on the seed
-    only) and reads the rows of its slice of each draw."""
 
-    def __init__(self, dataset: datasets.Dataset, alpha: float, seed: int, rank: int, world_size: int) -> None:
-        if "group" not in dataset.column_names:
-            raise ValueError(f"ExampleStream needs a 'group' column (columns: {dataset.column_names})")
-        self.dataset, self.seed, self.rank, self.world_size = dataset, seed, rank, world_size
-        column = dataset.with_format("arrow")["group"]
-        uniques = pc.unique(column)
-        codes = pc.index_in(column, value_set=uniques)
-        chunks = codes.chunks if isinstance(codes, pa.ChunkedArray) else [codes]
-        code_arr = np.concatenate([c.to_numpy(zero_copy_only=False) for c in chunks]) if chunks else np.zeros(0, int)
-        self.groups: list[str] = uniques.to_pylist()
-        counts = np.bincount(code_arr, minlength=len(self.groups))
-        order = np.argsort(code_arr, kind="stable")
-        bounds = np.concatenate([[0], np.cumsum(counts)])
-        self.indices: list[np.ndarray] = [order[bounds[g] : bounds[g + 1]] for g in range(len(self.groups))]
-        self.sizes = {g: int(n) for g, n in zip(self.groups, counts)}
+class GroupOrder:
+    """The rows of one group in a seeded, lazily drawn random order, epoch after epoch.
+
+    The group's ``n`` rows (``runs``: contiguous ``(start, length)`` row ranges of the dataset)
+    are cut into shards of :data:`SHARD_ROWS` positions. Epoch ``e`` visits the shards in the
+    order of a permutation drawn from ``(seed, tag, e)`` and each shard's positions in the order
+    of a permutation drawn from ``(seed, tag, e, shard)``: the whole order is a function of those
+    numbers, so it is the same on every rank, and only the shard order (8 bytes per shard) and the
+    shard being read (8 bytes per row of one shard) are held, not 8-16 bytes per row of the group.
+    """
+
+    def __init__(self, runs: np.ndarray, seed: int, tag: int) -> None:
+        self.starts = runs[:, 0].astype(np.int64)
+        self.ends = np.cumsum(runs[:, 1].astype(np.int64))  # position bound of each run
+        self.size = int(self.ends[-1]) if len(self.ends) else 0
+        self.seed, self.tag = seed, tag
+        self.shards = -(-self.size // SHARD_ROWS)
+        self._epoch: int | None = None
+        self._order = self._bounds = np.zeros(0, np.int64)
+        self._shard: tuple[int, int, np.ndarray] | None = None  # (epoch, shard, permutation)
+
+    def _epoch_order(self, epoch: int) -> None:
+        if self._epoch == epoch:
+            return
+        order = np.random.default_rng([self.seed, self.tag, epoch]).permutation(self.shards)
+        lengths = np.minimum(SHARD_ROWS, self.size - order * SHARD_ROWS)
+        self._epoch, self._order, self._bounds = epoch, order, np.cumsum(lengths)
+
+    def _shard_perm(self, epoch: int, shard: int) -> np.ndarray:
+        if self._shard is None or self._shard[:2] != (epoch, shard):
+            length = min(SHARD_ROWS, self.size - shard * SHARD_ROWS)
+            perm = np.random.default_rng([self.seed, self.tag, epoch, shard]).permutation(length)
+            self._shard = (epoch, shard, perm)
+        return self._shard[2]
+
+    def rows(self, epoch: int, cursors: np.ndarray) -> np.ndarray:
+        """Dataset rows at the (increasing) ``cursors`` of ``epoch``'s order."""
+        self._epoch_order(epoch)
+        slots = np.searchsorted(self._bounds, cursors, side="right")
+        out = np.empty(len(cursors), np.int64)
+        for slot in np.unique(slots).tolist():
+            mask = slots == slot
+            shard = int(self._order[slot])
+            offsets = cursors[mask] - (self._bounds[slot - 1] if slot else 0)
+            positions = shard * SHARD_ROWS + self._shard_perm(epoch, shard)[offsets]
+            run = np.searchsorted(self.ends, positions, side="right")
+            run_begin = np.where(run > 0, self.ends[np.maximum(run - 1, 0)], 0)
+            out[mask] = self.starts[run] + positions - run_begin
+        return out
+
+
+def group_runs(column: pa.ChunkedArray | pa.Array, groups: list[str] | None = None
+               ) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Groups (first appearance order, or ``groups``) and, for each, its contiguous row ranges
+    ``[[start, length], ...]``, read chunk by chunk: a dataset whose groups are contiguous (as
+    :func:`objkit.data.load_source` concatenates them) costs a few numbers per group."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    found: dict[str, list[np.ndarray]] = {}
+    offset = 0
+    for chunk in chunks:
+        if len(chunk) == 0:
+            continue
+        encoded = pc.dictionary_encode(chunk)
+        names = encoded.dictionary.to_pylist()
+        codes = encoded.indices.to_numpy(zero_copy_only=False)
+        cuts = np.flatnonzero(codes[1:] != codes[:-1]) + 1
+        starts = np.concatenate([[0], cuts])
+        lengths = np.diff(np.concatenate([starts, [len(codes)]]))
+        run_codes = codes[starts]
+        for code in np.unique(run_codes).tolist():
+            sel = run_codes == code
+            found.setdefault(names[code], []).append(np.stack([starts[sel] + offset, lengths[sel]], axis=1))
+        offset += len(chunk)
+    order = groups if groups is not None else list(found)
+    runs = {}
+    for g in order:
+        parts = found.get(g)
+        runs[g] = np.concatenate(parts) if parts else np.zeros((0, 2), np.int64)
+        if len(runs[g]) > 1:  # merge runs split by chunk boundaries
+            r = runs[g][np.argsort(runs[g][:, 0], kind="stable")]
+            joined = np.flatnonzero(r[1:, 0] != r[:-1, 0] + r[:-1, 1]) + 1
+            starts = r[np.concatenate([[0], joined]), 0]
+            ends = np.concatenate([r[joined - 1, 0] + r[joined - 1, 1], [r[-1, 0] + r[-1, 1]]])
+            runs[g] = np.stack([starts, ends - starts], axis=1)
+    return order, runs
+
+
+class GroupSampler:
+    """The global draw sequence of α-sampling over groups of known row ranges.
+
+    Each draw picks a group with probability ``q_i`` (one ``numpy`` RNG seeded with ``seed``),
+    then the next row of that group's :class:`GroupOrder`; an exhausted group starts a new epoch.
+    Draws are computed for a whole call at once (vectorised per group)."""
+
+    def __init__(self, runs: Mapping[str, np.ndarray], alpha: float, seed: int) -> None:
+        self.groups = list(runs)
+        self.orders = [GroupOrder(runs[g], seed, zlib.crc32(g.encode())) for g in self.groups]
+        self.sizes = {g: o.size for g, o in zip(self.groups, self.orders)}
         q = sampling_probabilities(self.sizes, alpha)
         self.probabilities = q
         self.cdf = np.cumsum([q[g] for g in self.groups])
@@ -62,38 +142,27 @@ class _MapStream:
         self.rng = np.random.default_rng([seed])
         self.epochs = [0] * len(self.groups)
         self.cursors = [0] * len(self.groups)
-        self._perms: dict[int, np.ndarray] = {}
 
-    def _perm(self, g: int) -> np.ndarray:
-        perm = self._perms.get(g)
-        if perm is None:
-            tag = zlib.crc32(self.groups[g].encode())
-            rng = np.random.default_rng([self.seed, tag, self.epochs[g]])
-            perm = self._perms[g] = self.indices[g][rng.permutation(len(self.indices[g]))]
-        return perm
-
-    def next_examples(self, n: int) -> list[dict[str, Any]]:
-        """This rank's ``n`` of the next ``n × world_size`` global draws (rank ``r`` takes ``[r·n, (r+1)·n)``)."""
-        return self.read(self.draw(n * self.world_size, keep=range(self.rank * n, (self.rank + 1) * n)))
-
-    def draw(self, draws: int, keep: range | None = None) -> list[int]:
-        """Advance the global sequence by ``draws`` draws; the dataset rows of those in ``keep``
-        (positions in ``[0, draws)``; default all of them), in draw order."""
+    def draw(self, draws: int, keep: slice) -> np.ndarray:
+        """Advance the sequence by ``draws`` and return the rows of draws ``keep`` (in order)."""
         picks = np.minimum(np.searchsorted(self.cdf, self.rng.random(draws), side="right"), self.last)
-        keep = range(draws) if keep is None else keep
-        rows: list[int] = []
-        for i, g in enumerate(picks.tolist()):
-            if i in keep:
-                rows.append(int(self._perm(g)[self.cursors[g]]))
-            self.cursors[g] += 1
-            if self.cursors[g] == len(self.indices[g]):  # exhausted: next epoch, new permutation
-                self.epochs[g] += 1
-                self.cursors[g] = 0
-                self._perms.pop(g, None)
-        return rows
-
-    def read(self, rows: list[int]) -> list[dict[str, Any]]:
-        return _rows(self.dataset[rows]) if rows else []
+        start, stop = keep.start or 0, keep.stop if keep.stop is not None else draws
+        out = np.empty(stop - start, np.int64)
+        for g in np.unique(picks).tolist():
+            where = np.flatnonzero(picks == g)
+            order = self.orders[g]
+            ordinal = self.cursors[g] + np.arange(len(where), dtype=np.int64)  # position since this epoch began
+            mine = (where >= start) & (where < stop)
+            if mine.any():
+                epochs, cursors = np.divmod(ordinal[mine], order.size)
+                rows = np.empty(len(cursors), np.int64)
+                for e in np.unique(epochs).tolist():
+                    sel = epochs == e
+                    rows[sel] = order.rows(self.epochs[g] + e, cursors[sel])
+                out[where[mine] - start] = rows
+            wraps, self.cursors[g] = divmod(self.cursors[g] + len(where), order.size)
+            self.epochs[g] += wraps
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -110,7 +179,42 @@ class _MapStream:
         for i, g in enumerate(self.groups):
             self.epochs[i] = int(state["groups"][g]["epoch"])
             self.cursors[i] = int(state["groups"][g]["cursor"])
-        self._perms.clear()
+
+
+class _MapStream:
+    """Map-style backend: a :class:`GroupSampler` over the dataset's ``group`` column.
+
+    Every rank runs the same global sampler (group choices and permutations depend on the seed
+    only) and reads the rows of its slice of each draw."""
+
+    def __init__(self, dataset: datasets.Dataset, alpha: float, seed: int, rank: int, world_size: int) -> None:
+        if "group" not in dataset.column_names:
+            raise ValueError(f"ExampleStream needs a 'group' column (columns: {dataset.column_names})")
+        self.dataset, self.rank, self.world_size = dataset, rank, world_size
+        groups, runs = group_runs(dataset.with_format("arrow")["group"])
+        self.sampler = GroupSampler({g: runs[g] for g in sorted(groups)}, alpha, seed)
+        self.probabilities = self.sampler.probabilities
+        self.sizes = self.sampler.sizes
+
+    def next_examples(self, n: int) -> list[dict[str, Any]]:
+        """This rank's ``n`` of the next ``n × world_size`` global draws (rank ``r`` takes ``[r·n, (r+1)·n)``)."""
+        return self.read(self.sampler.draw(n * self.world_size, slice(self.rank * n, (self.rank + 1) * n)))
+
+    def draw(self, draws: int) -> np.ndarray:
+        """Advance the global sequence by ``draws`` draws and return the dataset rows of all of them
+        (every rank's; :class:`objkit.data.bucketing.BucketedStream` reorders them)."""
+        return self.sampler.draw(draws, slice(0, draws))
+
+    def read(self, rows: Sequence[int] | np.ndarray) -> list[dict[str, Any]]:
+        """The examples at dataset ``rows``, in that order."""
+        rows = [int(r) for r in rows]
+        return _rows(self.dataset[rows]) if rows else []
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state)
 
 
 class _IterStream:
@@ -200,10 +304,12 @@ class ExampleStream:
 
     def __init__(self, dataset: datasets.Dataset | datasets.IterableDataset | Mapping[str, datasets.IterableDataset],
                  *, alpha: float, seed: int, rank: int = 0, world_size: int = 1,
-                 group_sizes: Mapping[str, int] | None = None, shuffle_buffer: int = 0) -> None:
+                 group_sizes: Mapping[str, int] | None = None, shuffle_buffer: int = 0,
+                 on_error: Callable[[BaseException], BaseException] | None = None) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, {world_size}) (got {rank})")
         self._impl: _MapStream | _IterStream
+        self._on_error = on_error
         if isinstance(dataset, datasets.Dataset):
             self._impl = _MapStream(dataset, alpha, seed, rank, world_size)
             return
@@ -234,8 +340,14 @@ class ExampleStream:
         return dict(self._impl.sizes)
 
     def next_examples(self, n: int) -> list[dict[str, Any]]:
-        """This rank's next ``n`` examples (rows as dicts)."""
-        return self._impl.next_examples(n)
+        """This rank's next ``n`` examples (rows as dicts). A streamed source that fails while
+        read (a byte that is not UTF-8 deep into a file) raises what ``on_error`` makes of it."""
+        if self._on_error is None or not self.per_rank:
+            return self._impl.next_examples(n)
+        try:
+            return self._impl.next_examples(n)
+        except Exception as exc:
+            raise self._on_error(exc) from None
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable position of the stream."""

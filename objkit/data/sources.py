@@ -1,49 +1,56 @@
 """Read a recipe's data sources into tokenized ``datasets`` rows (see :data:`objkit.interfaces.DataKind`).
 
-Files are read with ``datasets.load_dataset`` (``json`` for .jsonl/.json, ``parquet``, and
-``text`` for anything else: .txt, Moses-style .en/.de; text and json may be compressed:
-.gz, .bz2, .xz), one file at a time so that
-per-file line counts (parallel alignment) and ``max_lines`` hold, then tokenized with a
-batched ``map`` (cached by ``datasets`` for file-backed, non-streaming data) and
-concatenated in recipe order. Rows carry a ``group`` column: the language (text) or
-``"src-tgt"`` (parallel), used for α-sampling and by packing.
+Where the raw text comes from is one module per kind of source: local files
+(:mod:`objkit.data.files`: .txt, Moses-style .en/.de, .jsonl, .parquet, maybe compressed),
+bitext files (:mod:`objkit.data.bitext`: .tsv, .tmx), anything ``datasets`` loads
+(:mod:`objkit.data.hf`) and the embedded CLDR corpus (:mod:`objkit.data.cldr`). This module
+tokenizes them with a batched ``map`` (``num_proc`` processes; cached by ``datasets`` for
+file-backed, non-streaming data) and concatenates them in recipe order. Rows carry a
+``group`` column: the language (text) or ``"src-tgt"`` (parallel), used for α-sampling and
+by packing.
 
 Bad input is refused before anything is read or trained (:func:`check_source_files`, one
-line naming the recipe key, the file and, for bytes that are not UTF-8, the line): a
-missing file, an empty one, parallel files whose line counts differ. Lines longer than the
-model's ``max_length`` are truncated, and counted (a warning per file).
+line naming the recipe key, the file and, where there is one, the line). Lines longer than
+the model's ``max_length`` are truncated, and counted (a warning per file).
 """
 
 from __future__ import annotations
 
-import bz2
-import glob
-import gzip
 import itertools
-import json
 import logging
-import lzma
-import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any, TypeAlias
+from typing import Any, TypeAlias
 
 import datasets
 import pyarrow.compute as pc
 
+from objkit.data.bitext import bitext_format, count_bitext, iter_bitext
 from objkit.data.cldr import cldr_dataset, iter_cldr_texts, language_pairs, parse_locale
+from objkit.data.encode import TextEncoder, encode_texts
+from objkit.data.files import (
+    AnyDataset,
+    check_file,
+    expand,
+    read_error,
+    read_file,
+    scan_text_file,
+    show,
+    utf8_problem,
+)
+from objkit.data.hf import open_hf, raw_rows
 from objkit.errors import UserError, first_line
-from objkit.recipe import CldrSource, ParallelPair, ParallelSource, TextSource
+from objkit.recipe import CldrSource, HfSource, ParallelPair, ParallelSource, TextSource
+
+__all__ = [  # scan_text_file and utf8_problem are used by eval tasks and tests from here
+    "check_source_files", "expand", "iter_source_texts", "load_source", "load_source_groups", "locate_stream_error",
+    "scan_text_file", "source_files", "source_group_sizes", "source_groups", "utf8_problem",
+]
 
 log = logging.getLogger(__name__)
 
-AnyDataset: TypeAlias = datasets.Dataset | datasets.IterableDataset
-Source: TypeAlias = TextSource | ParallelSource | CldrSource
-
-_COMPRESSION = (".gz", ".bz2", ".xz")
-_FORMATS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-_UNSUPPORTED = {".csv", ".tsv", ".arrow", ".zip", ".tar", ".xlsx", ".pdf", ".html", ".xml"}
+Source: TypeAlias = TextSource | ParallelSource | CldrSource | HfSource
 
 TEXT_FEATURES = datasets.Features(
     {"input_ids": datasets.Sequence(datasets.Value("int32")), "lang": datasets.Value("string"),
@@ -53,71 +60,14 @@ PARALLEL_FEATURES = datasets.Features(
     {"src_ids": datasets.Sequence(datasets.Value("int32")), "tgt_ids": datasets.Sequence(datasets.Value("int32")),
      "src_lang": datasets.Value("string"), "tgt_lang": datasets.Value("string"), "group": datasets.Value("string")}
 )
-
-
-# ----------------------------------------------------------------------------- files
-def file_format(path: Path, key: str) -> str:
-    """``datasets`` builder for a file, from its extension (after an optional .gz/.bz2/.xz):
-    .jsonl/.json -> json, .parquet -> parquet, tabular/archive types -> error, anything else
-    (.txt, Moses-style .en/.de, ...) -> text, one sentence a line."""
-    suffixes = [s.lower() for s in path.suffixes]
-    compressed = bool(suffixes) and suffixes[-1] in _COMPRESSION
-    ext = (suffixes[:-1] if compressed else suffixes)[-1:] or [""]
-    fmt = _FORMATS.get(ext[0], "text")
-    if ext[0] in _UNSUPPORTED or (compressed and fmt == "parquet"):
-        raise UserError(f"{key}: unsupported file type '{path.name}' (use text files, .jsonl, .json or .parquet; "
-                        f"text and json may end in {', '.join(_COMPRESSION)})")
-    return fmt
-
-
-def expand(pattern: str, key: str, base_dir: Path | None = None) -> list[Path]:
-    """Files matching ``pattern`` (relative to ``base_dir``), sorted; none -> :class:`UserError`."""
-    full = Path(pattern).expanduser()
-    if not full.is_absolute() and base_dir is not None:
-        full = Path(base_dir) / full
-    files = sorted(Path(p) for p in glob.glob(str(full), recursive=True) if Path(p).is_file())
-    if not files:
-        raise UserError(f"{key}: no file matches '{pattern}'")
-    return files
-
-
-def expand_pair(pair: ParallelPair, key: str, base_dir: Path | None = None) -> list[tuple[Path, Path]]:
-    """The (src, tgt) files of one ``pairs`` entry, matched in sorted order; globs on both
-    sides must match the same number of files."""
-    srcs, tgts = expand(pair.src, f"{key}.src", base_dir), expand(pair.tgt, f"{key}.tgt", base_dir)
-    if len(srcs) != len(tgts):
-        raise UserError(f"{key}: src '{pair.src}' matches {len(srcs)} files but tgt '{pair.tgt}' "
-                        f"matches {len(tgts)}")
-    return list(zip(srcs, tgts))
-
-
-def _read_file(path: Path, key: str, field: str, column: str, *, streaming: bool, max_lines: int | None,
-               cache_dir: str | None) -> AnyDataset:
-    """One file as a dataset with the single string column ``column``."""
-    fmt = file_format(path, key)
-    try:
-        ds = datasets.load_dataset(fmt, data_files=[str(path)], split="train", streaming=streaming,
-                                   cache_dir=cache_dir)
-    except Exception as exc:  # unreadable / malformed file: one line naming the key and file
-        raise read_error(path, key, exc) from None
-    if fmt == "text":
-        field = "text"
-    elif ds.column_names is not None and field not in ds.column_names:
-        raise UserError(f"{key}: {path} has no column {field!r} (columns: {', '.join(ds.column_names)})")
-    if ds.column_names is not None and ds.column_names != [field]:
-        ds = ds.select_columns([field])
-    if field != column:
-        ds = ds.rename_column(field, column)
-    if max_lines is not None:
-        ds = ds.take(max_lines) if streaming else ds.select(range(min(max_lines, len(ds))))
-    return ds
+RAW_PAIR_FEATURES = datasets.Features({"src_text": datasets.Value("string"), "tgt_text": datasets.Value("string")})
 
 
 # ----------------------------------------------------------------------------- tokenization
 def _tokenize_text(batch: dict[str, list[Any]], *, tokenizer: Any, max_tokens: int, lang: str | None) -> dict:
     langs = batch["lang"] if lang is None else [lang] * len(batch["text"])
     keep = [(t.strip(), g) for t, g in zip(batch["text"], langs) if t is not None and t.strip()]
-    ids = tokenizer([t for t, _ in keep], add_special_tokens=False)["input_ids"] if keep else []
+    ids = encode_texts(tokenizer, [t for t, _ in keep])
     rows = [(i, g) for i, (_, g) in zip(ids, keep) if i]
     return {"input_ids": [i[:max_tokens] for i, _ in rows], "lang": [g for _, g in rows],
             "group": [g for _, g in rows], "truncated": [len(i) > max_tokens for i, _ in rows]}
@@ -133,12 +83,8 @@ def _tokenize_pairs(batch: dict[str, list[Any]], *, tokenizer: Any, max_tokens: 
     tgt_langs = batch["tgt_lang"] if tgt_lang is None else [tgt_lang] * n
     keep = [i for i in range(n) if src[i].strip() and tgt[i].strip()]
 
-    def encode(texts: list[str]) -> list[list[int]]:
-        if not texts:
-            return []
-        return tokenizer(texts, add_special_tokens=False)["input_ids"]
-
-    s_ids, t_ids = encode([src[i].strip() for i in keep]), encode([tgt[i].strip() for i in keep])
+    s_ids = encode_texts(tokenizer, [src[i].strip() for i in keep])
+    t_ids = encode_texts(tokenizer, [tgt[i].strip() for i in keep])
     rows = [(s, t, src_langs[i], tgt_langs[i]) for i, s, t in zip(keep, s_ids, t_ids) if s and t]
     return {"src_ids": [r[0][:max_tokens] for r in rows], "tgt_ids": [r[1][:max_tokens] for r in rows],
             "src_lang": [r[2] for r in rows], "tgt_lang": [r[3] for r in rows],
@@ -164,6 +110,57 @@ def _map(ds: AnyDataset, fn: Any, kwargs: dict[str, Any], features: datasets.Fea
     return out.remove_columns(["truncated"])
 
 
+# ----------------------------------------------------------------------------- raw pairs
+def expand_pair(pair: ParallelPair, key: str, base_dir: Path | None = None) -> list[tuple[Path, Path]]:
+    """The (src, tgt) files of one line-aligned ``pairs`` entry, matched in sorted order; globs
+    on both sides must match the same number of files."""
+    assert pair.src is not None and pair.tgt is not None
+    srcs, tgts = expand(pair.src, f"{key}.src", base_dir), expand(pair.tgt, f"{key}.tgt", base_dir)
+    if len(srcs) != len(tgts):
+        raise UserError(f"{key}: src '{pair.src}' matches {len(srcs)} files but tgt '{pair.tgt}' "
+                        f"matches {len(tgts)}")
+    return list(zip(srcs, tgts))
+
+
+def _bitext_rows(path: str, pair: dict[str, Any], key: str, stamp: str) -> Iterator[dict[str, str]]:
+    """Generator for ``Dataset.from_generator`` (``stamp``, the file's size and mtime, is in its
+    arguments so that ``datasets``' cache of it changes when the file does; no argument is a
+    list: ``datasets`` would shard the generator over it)."""
+    for src, tgt in iter_bitext(Path(path), ParallelPair.model_validate(pair), key):
+        yield {"src_text": src, "tgt_text": tgt}
+
+
+def _user_error_in(exc: BaseException) -> UserError | None:
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, UserError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def _read_bitext(path: Path, pair: ParallelPair, key: str, *, streaming: bool, max_lines: int | None,
+                 cache_dir: str | None) -> AnyDataset:
+    st = path.stat()
+    kwargs = {"path": str(path), "pair": pair.model_dump(mode="json"), "key": key,
+              "stamp": f"{st.st_size}:{st.st_mtime_ns}"}
+    if streaming:
+        ids: AnyDataset = datasets.IterableDataset.from_generator(_bitext_rows, features=RAW_PAIR_FEATURES,
+                                                                  gen_kwargs=kwargs)
+        return ids.take(max_lines) if max_lines is not None else ids
+    try:
+        ds = datasets.Dataset.from_generator(_bitext_rows, features=RAW_PAIR_FEATURES, gen_kwargs=kwargs,
+                                             cache_dir=cache_dir)
+    except Exception as exc:  # datasets wraps the generator's error
+        located = _user_error_in(exc)
+        if located is not None:
+            raise located from None
+        raise UserError(f"{key}: cannot read {path}: {first_line(exc)}") from None
+    return ds.select(range(min(max_lines, len(ds)))) if max_lines is not None else ds
+
+
 # ----------------------------------------------------------------------------- public API
 def _cldr(name: str, source: CldrSource, tokenizer: Any, max_tokens: int,
           num_proc: int) -> tuple[AnyDataset, list[str]]:
@@ -182,44 +179,79 @@ def _cldr(name: str, source: CldrSource, tokenizer: Any, max_tokens: int,
     return ds, [f"{a}-{b}" for a, b in language_pairs(source)]
 
 
+def _hf(name: str, source: HfSource, tokenizer: Any, max_tokens: int, num_proc: int, base_dir: Path | None,
+        cache_dir: str | None) -> tuple[str, AnyDataset]:
+    """The tokenized rows of an ``hf`` source and its group (``"*"`` when rows carry their own)."""
+    ds, columns = raw_rows(name, source, open_hf(name, source, base_dir=base_dir, cache_dir=cache_dir))
+    label, desc = f"data.{name}: {source.path}", f"tokenizing data.{name}"
+    if source.kind == "text":
+        kwargs: dict[str, Any] = {"tokenizer": tokenizer, "max_tokens": max_tokens, "lang": source.lang}
+        return source.lang or "*", _map(ds, _tokenize_text, kwargs, TEXT_FEATURES, num_proc, desc, columns, label)
+    kwargs = {"tokenizer": tokenizer, "max_tokens": max_tokens, "src_lang": source.src_lang,
+              "tgt_lang": source.tgt_lang, "mismatch": f"data.{name}: a row of {source.path} lacks a side"}
+    return (f"{source.src_lang}-{source.tgt_lang}",
+            _map(ds, _tokenize_pairs, kwargs, PARALLEL_FEATURES, num_proc, desc, columns, label))
+
+
+def _pair_parts(name: str, source: ParallelSource, tokenizer: Any, max_tokens: int, num_proc: int,
+                base_dir: Path | None, cache_dir: str | None) -> list[tuple[str, AnyDataset]]:
+    parts: list[tuple[str, AnyDataset]] = []
+    common: dict[str, Any] = {"streaming": source.streaming, "max_lines": source.max_lines, "cache_dir": cache_dir}
+    for i, pair in enumerate(source.pairs):
+        key = f"data.{name}.pairs[{i}]"
+        group = f"{pair.src_lang}-{pair.tgt_lang}"
+        kwargs = {"tokenizer": tokenizer, "max_tokens": max_tokens, "src_lang": pair.src_lang, "tgt_lang": pair.tgt_lang}
+        if pair.path is not None:
+            for path in expand(pair.path, f"{key}.path", base_dir):
+                both = _read_bitext(path, pair, f"{key}.path", **common)
+                mismatch = f"{key}.path: {show(path, base_dir)} has a pair without both sides"
+                parts.append((group, _map(both, _tokenize_pairs, {**kwargs, "mismatch": mismatch}, PARALLEL_FEATURES,
+                                          num_proc, f"tokenizing {path.name}", ["src_text", "tgt_text"],
+                                          label=f"{key}.path: {show(path, base_dir)}")))
+            continue
+        for s_path, t_path in expand_pair(pair, key, base_dir):
+            s = read_file(s_path, f"{key}.src", pair.src_field, "src_text", **common)
+            t = read_file(t_path, f"{key}.tgt", pair.tgt_field, "tgt_text", **common)
+            s_name, t_name = show(s_path, base_dir), show(t_path, base_dir)
+            if not source.streaming and len(s) != len(t):
+                raise UserError(f"{key}: {s_name} has {len(s)} lines but {t_name} has {len(t)}")
+            mismatch = f"{key}: {s_name} and {t_name} have different line counts (found while streaming)"
+            both = datasets.concatenate_datasets([s, t], axis=1)
+            parts.append((group, _map(both, _tokenize_pairs, {**kwargs, "mismatch": mismatch}, PARALLEL_FEATURES,
+                                      num_proc, f"tokenizing {s_path.name}", ["src_text", "tgt_text"],
+                                      label=f"{key}: {s_name} / {t_name}")))
+    return parts
+
+
 def load_source_groups(name: str, source: Source, tokenizer: Any, *, max_tokens: int, num_proc: int = 1,
                        base_dir: Path | None = None, cache_dir: str | None = None) -> dict[str, AnyDataset]:
     """Tokenized rows of one source, one dataset per group (in order of first appearance).
 
     :func:`load_source` is their concatenation; streaming callers can hand this dict to
     :class:`objkit.data.sampling.ExampleStream` so that no group's stream reads another's files.
+    An ``hf`` source with ``lang_column`` is one dataset under ``"*"`` (its rows carry their group).
     """
+    tokenizer = tokenizer if isinstance(tokenizer, TextEncoder) else TextEncoder(tokenizer)
     if isinstance(source, CldrSource):
         ds, groups = _cldr(name, source, tokenizer, max_tokens, num_proc)
         if len(groups) == 1:
             return {groups[0]: ds}
         return {g: ds.filter(_in_group, fn_kwargs={"group": g}) for g in groups}
+    if isinstance(source, HfSource):
+        group, ds = _hf(name, source, tokenizer, max_tokens, num_proc, base_dir, cache_dir)
+        return {group: ds}
     parts: list[tuple[str, AnyDataset]] = []
-    common: dict[str, Any] = {"streaming": source.streaming, "max_lines": source.max_lines, "cache_dir": cache_dir}
     if isinstance(source, TextSource):
+        common: dict[str, Any] = {"streaming": source.streaming, "max_lines": source.max_lines, "cache_dir": cache_dir}
         for i, entry in enumerate(source.files):
             key = f"data.{name}.files[{i}].path"
             for path in expand(entry.path, key, base_dir):
-                raw = _read_file(path, key, entry.field, "text", **common)
+                raw = read_file(path, key, entry.field, "text", **common)
                 kwargs = {"tokenizer": tokenizer, "max_tokens": max_tokens, "lang": entry.lang}
                 parts.append((entry.lang, _map(raw, _tokenize_text, kwargs, TEXT_FEATURES, num_proc,
                                                f"tokenizing {path.name}", ["text"], label=f"{key}: {path}")))
     else:
-        for i, pair in enumerate(source.pairs):
-            key = f"data.{name}.pairs[{i}]"
-            for s_path, t_path in expand_pair(pair, key, base_dir):
-                s = _read_file(s_path, f"{key}.src", pair.src_field, "src_text", **common)
-                t = _read_file(t_path, f"{key}.tgt", pair.tgt_field, "tgt_text", **common)
-                s_name, t_name = _show(s_path, base_dir), _show(t_path, base_dir)
-                if not source.streaming and len(s) != len(t):
-                    raise UserError(f"{key}: {s_name} has {len(s)} lines but {t_name} has {len(t)}")
-                kwargs = {"tokenizer": tokenizer, "max_tokens": max_tokens, "src_lang": pair.src_lang,
-                          "tgt_lang": pair.tgt_lang, "mismatch": f"{key}: {s_name} and {t_name} have different "
-                          "line counts (found while streaming)"}
-                both = datasets.concatenate_datasets([s, t], axis=1)
-                parts.append((f"{pair.src_lang}-{pair.tgt_lang}", _map(
-                    both, _tokenize_pairs, kwargs, PARALLEL_FEATURES, num_proc, f"tokenizing {s_path.name}",
-                    ["src_text", "tgt_text"], label=f"{key}: {s_name} / {t_name}")))
+        parts = _pair_parts(name, source, tokenizer, max_tokens, num_proc, base_dir, cache_dir)
     grouped: dict[str, list[AnyDataset]] = {}
     for group, ds in parts:
         grouped.setdefault(group, []).append(ds)
@@ -238,45 +270,88 @@ def load_source(name: str, source: Source, tokenizer: Any, *, max_tokens: int, n
     Problems raise a one-line :class:`UserError` naming the recipe key and file.
     """
     if isinstance(source, CldrSource):
-        return _cldr(name, source, tokenizer, max_tokens, num_proc)[0]
+        return _cldr(name, source, TextEncoder(tokenizer), max_tokens, num_proc)[0]
     parts = list(load_source_groups(name, source, tokenizer, max_tokens=max_tokens, num_proc=num_proc,
                                     base_dir=base_dir, cache_dir=cache_dir).values())
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
 def source_groups(source: Source) -> list[str]:
-    """The ``group`` values a source yields, known from the recipe alone."""
+    """The ``group`` values a source yields, known from the recipe alone (an ``hf`` source with
+    ``lang_column``: ``["*"]``, its rows carry their own)."""
     if isinstance(source, CldrSource):
         if source.kind == "text":
             return list(dict.fromkeys(source.locales))
         return [f"{a}-{b}" for a, b in language_pairs(source)]
+    if isinstance(source, HfSource):
+        return [source.lang or "*"] if source.kind == "text" else [f"{source.src_lang}-{source.tgt_lang}"]
     if isinstance(source, TextSource):
         return list(dict.fromkeys(f.lang for f in source.files))
     return list(dict.fromkeys(f"{p.src_lang}-{p.tgt_lang}" for p in source.pairs))
 
 
+def _entry_files(name: str, source: TextSource | ParallelSource,
+                 base_dir: Path | None) -> list[tuple[str, str, Path]]:
+    """(group, recipe key, file) for every file a file-based source reads."""
+    out: list[tuple[str, str, Path]] = []
+    if isinstance(source, TextSource):
+        for i, f in enumerate(source.files):
+            key = f"data.{name}.files[{i}].path"
+            out += [(f.lang, key, p) for p in expand(f.path, key, base_dir)]
+        return out
+    for i, pair in enumerate(source.pairs):
+        group, key = f"{pair.src_lang}-{pair.tgt_lang}", f"data.{name}.pairs[{i}]"
+        if pair.path is not None:
+            out += [(group, f"{key}.path", p) for p in expand(pair.path, f"{key}.path", base_dir)]
+        else:
+            for s_path, t_path in expand_pair(pair, key, base_dir):
+                out += [(group, f"{key}.src", s_path), (group, f"{key}.tgt", t_path)]
+    return out
+
+
 def source_group_sizes(name: str, source: Source, base_dir: Path | None = None) -> dict[str, int]:
     """Size of each group without reading the data: bytes on disk of its files (both sides for
-    parallel), or row counts for CLDR. The α-sampling hint for streaming sources."""
+    parallel), or row counts for CLDR; an ``hf`` source is one group. The α-sampling hint for
+    streaming sources."""
     if isinstance(source, CldrSource):
         raw = cldr_dataset(name, source)
         col = raw["lang"] if source.kind == "text" else [f"{a}-{b}" for a, b in zip(raw["src_lang"], raw["tgt_lang"])]
         counts = Counter(col)
         return {g: counts[g] for g in source_groups(source)}
+    if isinstance(source, HfSource):
+        return dict.fromkeys(source_groups(source), 1)
     sizes = dict.fromkeys(source_groups(source), 0)
-    if isinstance(source, TextSource):
-        for i, f in enumerate(source.files):
-            sizes[f.lang] += sum(p.stat().st_size for p in expand(f.path, f"data.{name}.files[{i}].path", base_dir))
-    else:
-        for i, pair in enumerate(source.pairs):
-            files = expand(pair.src, f"data.{name}.pairs[{i}].src", base_dir)
-            files += expand(pair.tgt, f"data.{name}.pairs[{i}].tgt", base_dir)
-            sizes[f"{pair.src_lang}-{pair.tgt_lang}"] += sum(p.stat().st_size for p in files)
+    for group, _, path in _entry_files(name, source, base_dir):
+        sizes[group] += path.stat().st_size
     return sizes
 
 
+def source_files(name: str, source: Source, base_dir: Path | None = None) -> list[list[Any]]:
+    """(path, size, mtime_ns) of every file a source reads, for cache keys; CLDR: the babel
+    version; an ``hf`` source: its files when local, else its hub id and revision."""
+    if isinstance(source, CldrSource):
+        import babel
+
+        return [["babel", babel.__version__, 0]]
+    if isinstance(source, HfSource):
+        local = Path(source.path).expanduser()
+        if not local.is_absolute() and base_dir is not None:
+            local = base_dir / local
+        if not local.exists():
+            return [["hub", source.path, source.revision or "main", datasets.__version__]]
+        # datasets writes its map caches (cache-*.arrow) beside a save_to_disk folder's data: not input
+        paths = sorted(p for p in local.rglob("*") if p.is_file() and not p.name.startswith("cache-")) \
+            if local.is_dir() else [local]
+        return [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in paths]
+    stats = []
+    for _, _, path in _entry_files(name, source, base_dir):
+        st = path.stat()
+        stats.append([str(path.resolve()), st.st_size, st.st_mtime_ns])
+    return stats
+
+
 def _iter_file(path: Path, key: str, field: str, max_lines: int | None) -> Iterator[str]:
-    ds = _read_file(path, key, field, "text", streaming=True, max_lines=max_lines, cache_dir=None)
+    ds = read_file(path, key, field, "text", streaming=True, max_lines=max_lines, cache_dir=None)
     rows = iter(ds)
     while True:
         try:
@@ -311,6 +386,11 @@ def iter_source_texts(source: Source, limit: int, *, name: str = "source",
     if isinstance(source, CldrSource):
         yield from itertools.islice(iter_cldr_texts(name, source), limit)
         return
+    if isinstance(source, HfSource):
+        ds, columns = raw_rows(name, source, open_hf(name, source, base_dir=base_dir))
+        texts = (str(row[c]).strip() for row in ds for c in columns if c != "lang" and row[c])
+        yield from itertools.islice((t for t in texts if t), limit)
+        return
     entries: list[Iterator[str]] = []
     if isinstance(source, TextSource):
         for i, f in enumerate(source.files):
@@ -321,7 +401,13 @@ def iter_source_texts(source: Source, limit: int, *, name: str = "source",
     else:
         for i, pair in enumerate(source.pairs):
             key = f"data.{name}.pairs[{i}]"
-            srcs, tgts = expand(pair.src, f"{key}.src", base_dir), expand(pair.tgt, f"{key}.tgt", base_dir)
+            if pair.path is not None:
+                paths = expand(pair.path, f"{key}.path", base_dir)
+                pairs = itertools.chain.from_iterable(
+                    itertools.islice(iter_bitext(p, pair, f"{key}.path"), source.max_lines) for p in paths)
+                entries.append(text for both in pairs for text in both if text.strip())
+                continue
+            srcs, tgts = zip(*expand_pair(pair, key, base_dir))
             sides = [itertools.chain.from_iterable(_iter_file(p, f"{key}.src", pair.src_field, source.max_lines)
                                                    for p in srcs),
                      itertools.chain.from_iterable(_iter_file(p, f"{key}.tgt", pair.tgt_field, source.max_lines)
@@ -334,166 +420,66 @@ def _in_group(row: dict[str, Any], group: str) -> bool:
     return row["group"] == group
 
 
-def _show(path: Path, base_dir: Path | None) -> str:
-    """A file as messages show it: relative to ``base_dir`` when under it."""
-    if base_dir is not None:
-        try:
-            return str(path.relative_to(base_dir))
-        except ValueError:
-            pass
-    return str(path)
-
-
 # ----------------------------------------------------------------------------- checking input
-_CHUNK = 1 << 24
-
-
-def _open_binary(path: Path) -> IO[bytes]:
-    suffix = path.suffix.lower()
-    if suffix == ".gz":
-        return gzip.open(path, "rb")
-    if suffix == ".bz2":
-        return bz2.open(path, "rb")
-    if suffix == ".xz":
-        return lzma.open(path, "rb")
-    return path.open("rb")
-
-
-def utf8_problem(piece: bytes, exc: UnicodeDecodeError, lines_before: int) -> tuple[int, str]:
-    """(1-based line, "byte 0x.. at column C is not valid UTF-8") of a decoding error in ``piece``,
-    which follows ``lines_before`` lines of its file."""
-    line = lines_before + piece.count(b"\n", 0, exc.start) + 1
-    column = exc.start - (piece.rfind(b"\n", 0, exc.start) + 1) + 1
-    return line, f"byte 0x{piece[exc.start]:02x} at column {column} is not valid UTF-8"
-
-
-_LINE_BREAK = re.compile(r"\r\n|\r|\n")
-
-
-def _line_problem(text: str, jsonl: bool) -> tuple[int, str] | None:
-    """(0-based line in ``text``, what is wrong) for the first line holding a NUL character or,
-    in JSON lines, not holding one JSON value; None when every line is fine."""
-    if not jsonl and "\x00" not in text:
-        return None
-    for i, line in enumerate(_LINE_BREAK.split(text)):
-        if "\x00" in line:
-            return i, f"NUL byte at column {line.index(chr(0)) + 1} (expected text; is it a binary file?)"
-        if jsonl and line.strip():
-            try:
-                json.loads(line)
-            except ValueError as exc:
-                what = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
-                column = f" at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
-                return i, f"not valid JSON ({what}{column}; expected one JSON object a line)"
-    return None
-
-
-def scan_text_file(path: Path, key: str, jsonl: bool = False) -> tuple[int, bool]:
-    """(line count as the ``text`` reader splits lines, whether any line is non-blank).
-
-    Raises a one-line :class:`UserError` naming ``key``, the file and the 1-based line when the
-    file is not UTF-8, holds a NUL byte, has a line that is not JSON (``jsonl``), or cannot be read.
-    """
-    count, nonblank, carry = 0, False, b""
-    try:
-        with _open_binary(path) as handle:
-            while True:
-                block = handle.read(_CHUNK)
-                data = carry + block
-                if not block:
-                    piece, carry = data, b""
-                else:
-                    cut = data.rfind(b"\n") + 1  # decode whole lines only (no split characters)
-                    piece, carry = data[:cut], data[cut:]
-                if piece:
-                    try:
-                        text = piece.decode("utf-8")
-                    except UnicodeDecodeError as exc:
-                        line, what = utf8_problem(piece, exc, count)
-                        raise UserError(f"{key}: {path}: line {line}: {what} (expected UTF-8 text)") from None
-                    problem = _line_problem(text, jsonl)
-                    if problem is not None:
-                        raise UserError(f"{key}: {path}: line {count + problem[0] + 1}: {problem[1]}")
-                    nonblank = nonblank or bool(text.strip())
-                    # universal newlines, as the reader: \n, \r\n and a lone \r end a line
-                    count += text.count("\n") + text.count("\r") - text.count("\r\n")
-                    if not block and not text.endswith(("\n", "\r")):
-                        count += 1  # a last line without a line break
-                if not block:
-                    return count, nonblank
-    except (OSError, EOFError, lzma.LZMAError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        raise UserError(f"{key}: cannot read {path}: {reason}") from None
-
-
-def _check_file(path: Path, key: str, *, scan: bool) -> int | None:
-    """Size and content checks of one data file; its line count when it is a scanned text file."""
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise UserError(f"{key}: cannot read {path}: {exc.strerror or exc}") from None
-    if size == 0:
-        raise UserError(f"{key}: {path} is empty (expected one sentence or record a line)")
-    fmt = file_format(path, key)
-    if not scan or fmt == "parquet":
-        return None
-    lines, nonblank = scan_text_file(path, key, jsonl=_is_jsonl(path))
-    if not nonblank:
-        raise UserError(f"{key}: {path} has only blank lines (expected one sentence or record a line)")
-    return lines if fmt == "text" else None
-
-
 def check_source_files(name: str, source: Source, base_dir: Path | None = None) -> None:
     """Refuse bad input before anything is read, trained or written: every file exists and is
     not empty; text and JSON-lines files are UTF-8 (the message names the line) and not only
     blank lines; line-aligned parallel text files have the same number of lines (both files
-    and both counts named). Streamed sources, read lazily because they are huge, get the
-    existence and size checks only. One-line :class:`UserError` on the first problem."""
+    and both counts named); bitext files parse (fields, scores, TMX units with both languages);
+    an ``hf`` source loads and has the columns the recipe names. Streamed sources, read lazily
+    because they are huge, get the existence and size checks only (and an ``hf`` one its
+    columns). One-line :class:`UserError` on the first problem."""
     if isinstance(source, CldrSource):  # the language codes are its input: each must be a CLDR locale
         for i, code in enumerate(source.locales):
             parse_locale(code, f"data.{name}.locales[{i}]")
         if source.kind == "parallel" and source.pivot is not None:
             parse_locale(source.pivot, f"data.{name}.pivot")
         return
+    if isinstance(source, HfSource):
+        open_hf(name, source, base_dir=base_dir)
+        return
     scan = not source.streaming
     if isinstance(source, TextSource):
         for i, entry in enumerate(source.files):
             key = f"data.{name}.files[{i}].path"
             for path in expand(entry.path, key, base_dir):
-                _check_file(path, key, scan=scan)
+                check_file(path, key, scan=scan)
         return
     for i, pair in enumerate(source.pairs):
         key = f"data.{name}.pairs[{i}]"
+        if pair.path is not None:
+            for path in expand(pair.path, f"{key}.path", base_dir):
+                if bitext_format(path) is None:
+                    iter_bitext(path, pair, f"{key}.path")  # raises: not a bitext file
+                check_file(path, f"{key}.path", scan=False)
+                if scan and count_bitext(path, pair, f"{key}.path") == 0:
+                    raise UserError(f"{key}.path: {show(path, base_dir)} holds no pair"
+                                    + (f" with score >= {pair.min_score}" if pair.min_score is not None else ""))
+            continue
         for s_path, t_path in expand_pair(pair, key, base_dir):
-            s_lines = _check_file(s_path, f"{key}.src", scan=scan)
-            t_lines = _check_file(t_path, f"{key}.tgt", scan=scan)
+            s_lines = check_file(s_path, f"{key}.src", scan=scan)
+            t_lines = check_file(t_path, f"{key}.tgt", scan=scan)
             if s_lines is None or t_lines is None:
                 continue
             if source.max_lines is not None:
                 s_lines, t_lines = min(s_lines, source.max_lines), min(t_lines, source.max_lines)
             if s_lines != t_lines:
-                raise UserError(f"{key}: {_show(s_path, base_dir)} has {s_lines} lines but "
-                                f"{_show(t_path, base_dir)} has {t_lines} (src and tgt must be line-aligned)")
+                raise UserError(f"{key}: {show(s_path, base_dir)} has {s_lines} lines but "
+                                f"{show(t_path, base_dir)} has {t_lines} (src and tgt must be line-aligned)")
 
 
-def _is_jsonl(path: Path) -> bool:
-    """A JSON-lines file (``.jsonl``, maybe compressed): one JSON value a line, checked line by line."""
-    suffixes = [x.lower() for x in path.suffixes]
-    return ".jsonl" in suffixes[-2:]
-
-
-def read_error(path: Path, key: str, exc: BaseException) -> UserError:
-    """A reader's exception as one line naming the file (and the line, for bytes that are not
-    UTF-8 and for JSON lines that do not parse)."""
-    seen: set[int] = set()
-    cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, UnicodeDecodeError) or _is_jsonl(path):
-            try:
-                scan_text_file(path, key, jsonl=_is_jsonl(path))  # finds the line and raises with it
-            except UserError as located:
-                return located
-            break
-        cause = cause.__cause__ or cause.__context__
-    return UserError(f"{key}: cannot read {path}: {first_line(exc)}")
+def locate_stream_error(name: str, source: Source, exc: BaseException, base_dir: Path | None = None) -> UserError:
+    """A streamed source's reader failed mid-run (a byte that is not UTF-8, a line that is not
+    JSON, a malformed bitext line): the one-line error naming the file and the line. Bitext
+    readers raise it themselves; for text and JSON files every file of the source is scanned
+    until the one at fault is found."""
+    located = _user_error_in(exc)
+    if located is not None:
+        return located
+    if isinstance(source, (TextSource, ParallelSource)):
+        for _, key, path in _entry_files(name, source, base_dir):
+            if bitext_format(path) is None:
+                found = read_error(path, key, exc)
+                if f"{key}: cannot read" not in str(found):
+                    return found
+    return UserError(f"data.{name}: reading the stream failed: {first_line(exc)}")

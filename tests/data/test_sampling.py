@@ -116,3 +116,39 @@ def test_streaming_yields_and_resumes(ds):
     assert not set(r0) & set(r1)
     with pytest.raises(ValueError, match="group_sizes"):
         ExampleStream(ds.to_iterable_dataset(), alpha=1.0, seed=0)
+
+
+def test_lazy_shard_permutations_cover_every_row_once_per_epoch(monkeypatch):
+    """Groups larger than a shard, in several runs of rows (interleaved groups): each epoch of a
+    group visits each of its rows exactly once, in an order that changes with the epoch; the
+    sampler holds a few numbers per shard and per run, not per row."""
+    import numpy as np
+
+    from objkit.data import sampling
+
+    monkeypatch.setattr(sampling, "SHARD_ROWS", 7)
+    groups = ["a"] * 30 + ["b"] * 5 + ["a"] * 23 + ["b"] * 12
+    ds = datasets.Dataset.from_dict({"x": list(range(len(groups))), "group": groups})
+    stream = ExampleStream(ds, alpha=1.0, seed=5)
+    rows = stream.next_examples(5 * len(groups))
+    a = [r["x"] for r in rows if r["group"] == "a"]
+    expected = [i for i, g in enumerate(groups) if g == "a"]
+    assert sorted(a[:53]) == expected and sorted(a[53:106]) == expected and a[:53] != a[53:106]
+    sampler = stream._impl.sampler
+    held = sum(o.starts.nbytes + o.ends.nbytes for o in sampler.orders)
+    assert held == 2 * 2 * 8 * 2  # two runs per group, two int64 arrays
+    order = sampler.orders[sampler.groups.index("a")]
+    assert order.shards == 8 and len(order._shard[2]) <= 7  # one shard's permutation held at a time
+    assert np.array_equal(order.rows(0, np.arange(53)), order.rows(0, np.arange(53)))  # a function of (seed, epoch)
+
+
+def test_a_hundred_million_rows_cost_kilobytes():
+    import numpy as np
+
+    from objkit.data.sampling import GroupSampler
+
+    runs = {"en": np.array([[0, 60_000_000]]), "sw": np.array([[60_000_000, 40_000_000]])}
+    sampler = GroupSampler(runs, alpha=0.3, seed=1)
+    rows = sampler.draw(4096, slice(0, 4096))
+    assert len(set(rows.tolist())) == 4096 and rows.min() >= 0 and rows.max() < 100_000_000
+    assert sum(o._order.nbytes + (o._shard[2].nbytes if o._shard else 0) for o in sampler.orders) < 4_000_000
