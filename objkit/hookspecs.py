@@ -39,7 +39,7 @@ import pluggy
 PROJECT = "objkit"
 ENTRY_POINT_GROUP = "objkit"
 
-PLUGIN_API_VERSION = "1.1"
+PLUGIN_API_VERSION = "1.2"
 """The plugin API this objkit provides, ``MAJOR.MINOR``.
 
 A plugin declares the version it is written against (class attribute ``plugin_api``). It
@@ -51,7 +51,10 @@ the other plugins still load.
 History: 1.0 the plugin kinds, contexts and masking helpers; 1.1 adds the per-example seeds,
 momentum copies and schedules, InfoNCE, the cross-rank row gather, the masked-LM and packing
 helpers, and ``Encoder.copy_body`` / ``Encoder.run_copy`` (plugins declaring "1.0" load
-unchanged).
+unchanged); 1.2 makes the encoder contract real: ``Encoder.build(config, ctx)`` with an
+``EncoderContext``, ``EncoderConfig`` (the encoder's ``Config`` validates ``[model]``),
+``Encoder.momentum_copy`` / ``MomentumCopy``, ``resize_token_types``, the ``num_heads`` /
+``max_tokens`` / position-id attributes, and ``TokenizerTraining.algorithm``.
 """
 
 _VERSION = re.compile(r"^(\d+)\.(\d+)$")

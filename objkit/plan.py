@@ -96,8 +96,7 @@ def dry_run_plan(resolved: ResolvedRecipe, registry: Registry, world_size: int |
         copies //= world.world_size  # momentum copies are sharded like the encoder; queues are not
     act_bytes_per_elem = 1 if precision in ("bf16", "fp16") else 2
     h, s, layers = encoder.hidden_size, max_len, encoder.num_layers
-    heads = getattr(getattr(encoder, "mlm", None), "config", None)
-    a = heads.num_attention_heads if heads is not None else max(1, h // 64)
+    a = encoder.num_heads or max(1, h // 64)
     activations = act_bytes_per_elem * layers * s * micro * h * (34 + 5 * a * s / h)
     rows.append(("precision", precision))
     if world.world_size > 1:

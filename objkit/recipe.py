@@ -17,6 +17,7 @@ import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from objkit.errors import UserError, one_line
+from objkit.interfaces import EncoderConfig, TokenizerTraining
 from objkit.registry import Registry, did_you_mean
 
 
@@ -95,38 +96,25 @@ def source_kind(source: TextSource | ParallelSource | CldrSource) -> str:
 
 
 # ----------------------------------------------------------------------------- model
-class TokenizerTraining(Strict):
-    """Train a SentencePiece unigram tokenizer on the recipe's data (from-scratch runs)."""
+class ModelConfig(BaseModel):
+    """``[model]`` as the core reads it: the generic keys of :class:`objkit.interfaces.EncoderConfig`
+    (``encoder``, ``init``, ``tokenizer``, ``max_length``, ``dropout``); the encoder plugin's own
+    ``Config`` validates the whole table, its own keys included (:attr:`ResolvedRecipe.encoder_config`)."""
 
-    vocab_size: int = Field(8000, ge=100)
-    sources: list[str] | None = Field(None, description="data source names to train on (default: all)")
-    max_sentences: int = Field(200_000, gt=0)
-    character_coverage: float = Field(0.9995, gt=0, le=1)
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
-
-class ModelConfig(Strict):
     encoder: str = Field("xlmr", description="encoder plugin name")
     init: str | None = Field(None, description="HF hub id or local directory to continue training from")
-    preset: Literal["tiny", "small", "base", "large"] | None = Field(
-        None, description="architecture for from-scratch runs (or for --dry-run without the checkpoint)"
-    )
-    num_layers: int | None = Field(None, gt=0)
-    hidden_size: int | None = Field(None, gt=0)
-    num_heads: int | None = Field(None, gt=0)
-    intermediate_size: int | None = Field(None, gt=0)
     dropout: float | None = Field(None, ge=0, lt=1, description="hidden and attention dropout (None: keep)")
     max_length: int = Field(128, ge=8, description="tokens per sequence (incl. special tokens)")
     tokenizer: str | TokenizerTraining | None = Field(
         None, description="HF id/dir, or a table to train one; default: the init checkpoint's"
     )
 
-    @model_validator(mode="after")
-    def _init_or_architecture(self) -> ModelConfig:
-        if self.init is None and self.preset is None and self.hidden_size is None:
-            raise ValueError("give model.init (checkpoint) or model.preset / explicit dims for a fresh model")
-        if self.init is None and self.tokenizer is None:
-            raise ValueError("a fresh model needs model.tokenizer (a path, or a table to train one)")
-        return self
+    @property
+    def encoder_keys(self) -> dict[str, Any]:
+        """The keys only the encoder plugin's Config knows."""
+        return dict(self.model_extra or {})
 
 
 # ----------------------------------------------------------------------------- objectives
@@ -519,16 +507,45 @@ def validate_recipe(raw: dict[str, Any], registry: Registry, source: str = "reci
                 langs = source_languages(recipe.data[entry.data])
                 problems.extend(f"objectives.{name}.{p}" for p in cls.check_languages(
                     objective_configs[name], entry.data, langs))
-        try:
-            registry.get(recipe.model.encoder, kind="encoder")
-        except UserError as exc:
-            problems.append(f"model.encoder: {exc}")
         if not recipe.enabled_objectives():
             problems.append("objectives: every objective is disabled")
+    encoder_config = None
+    model_table = raw.get("model")
+    if isinstance(model_table, dict) and isinstance(model_table.get("encoder", "xlmr"), str):
+        try:
+            info = registry.get(model_table.get("encoder", "xlmr"), kind="encoder")
+        except UserError as exc:
+            problems.append(f"model.encoder: {exc}")
+        else:
+            encoder_config = _validate_encoder_table(info.cls, model_table, problems, registry)
+    if recipe is not None and isinstance(encoder_config, EncoderConfig):
+        recipe.model.tokenizer = encoder_config.tokenizer  # the encoder may choose the tokenizer algorithm
+    problems = list(dict.fromkeys(problems))  # a generic [model] key is checked by the core and the encoder
     if problems:
         raise RecipeError(source, problems)
     assert recipe is not None
-    return ResolvedRecipe(recipe=recipe, objective_configs=objective_configs, source=source)
+    return ResolvedRecipe(recipe=recipe, objective_configs=objective_configs, source=source,
+                          encoder_config=encoder_config)
+
+
+def _validate_encoder_table(cls: type, table: dict[str, Any], problems: list[str], registry: Registry) -> Any:
+    """The encoder plugin's ``Config`` over ``[model]``: the whole table when it derives from
+    :class:`EncoderConfig` (plugin API 1.2), else only the keys the core does not know."""
+    whole = issubclass(cls.Config, EncoderConfig)
+    keys = table if whole else {k: v for k, v in table.items() if k not in ModelConfig.model_fields}
+    try:
+        config = cls.Config.model_validate(keys)
+    except ValidationError as exc:
+        for err in exc.errors():
+            problem = _describe(err, keys, prefix="model")
+            if err["type"] == "extra_forbidden":
+                problem = _unknown_key_hint(problem, sorted(set(ModelConfig.model_fields) | set(cls.Config.model_fields)))
+            problems.append(problem)
+        return None
+    problems.extend(f"model.{p}" for p in cls.check(config, registry))
+    if not whole and table.get("init") is None and table.get("tokenizer") is None:
+        problems.append("model: a fresh model needs model.tokenizer (a path, or a table to train one)")
+    return config
 
 
 def _data_reference_problem(data_tables: dict[str, Any], data_name: str, wanted: str, plugin: str) -> str | None:
@@ -575,13 +592,18 @@ def _inner_model(annotation: Any) -> Any:
 class ResolvedRecipe:
     """A validated recipe plus each objective's validated plugin config."""
 
-    def __init__(self, recipe: Recipe, objective_configs: dict[str, Any], source: str) -> None:
+    def __init__(self, recipe: Recipe, objective_configs: dict[str, Any], source: str,
+                 encoder_config: Any = None) -> None:
         self.recipe = recipe
         self.objective_configs = objective_configs
         self.source = source
+        self.encoder_config = encoder_config
+        """The encoder plugin's validated ``Config`` of ``[model]`` (what ``Encoder.build`` gets)."""
 
     def to_dict(self) -> dict[str, Any]:
         data = self.recipe.model_dump(mode="json", exclude_none=True)
+        if isinstance(self.encoder_config, EncoderConfig):
+            data["model"] = self.encoder_config.model_dump(mode="json", exclude_none=True)
         for name, cfg in self.objective_configs.items():
             entry = data["objectives"][name]
             core = {k: entry[k] for k in ObjectiveEntry.model_fields if k in entry}

@@ -62,7 +62,6 @@ class PeriodicEval:
     def __call__(self, trainer: Any) -> dict[str, float]:
         from objkit.eval.retrieval import default_layer, evaluate_pair
 
-        body = trainer.encoder.body()
         layer = self.config.layer if self.config.layer is not None else default_layer(trainer.encoder.num_layers)
         results: dict[str, float] = {}
         step, total = trainer.step, trainer.train_cfg.steps
@@ -72,7 +71,7 @@ class PeriodicEval:
             return results
         for name, (src, tgt) in self.sets.items():
             scores = evaluate_pair(
-                body, trainer.tokenizer, src, tgt,
+                trainer.encoder, trainer.tokenizer, src, tgt,
                 layer=layer, pooling=self.config.pooling, batch_size=self.config.batch_size,
                 max_length=self.max_length, device=trainer.device,
             )

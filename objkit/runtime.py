@@ -14,7 +14,7 @@ import torch
 from objkit.distributed import barrier
 from objkit.errors import UserError
 from objkit.hub import hub_unreachable_reason, offline_unless_reachable
-from objkit.interfaces import BuildContext, Encoder, Objective, VocabInfo, WorldInfo
+from objkit.interfaces import BuildContext, Encoder, EncoderContext, Objective, VocabInfo, WorldInfo
 from objkit.recipe import ResolvedRecipe, TokenizerTraining, TrainConfig
 from objkit.registry import Registry
 
@@ -99,9 +99,18 @@ def load_tokenizer(
         ) from None
 
 
-def build_encoder(resolved: ResolvedRecipe, registry: Registry, vocab_size: int, load_weights: bool = True) -> Encoder:
-    info = registry.get(resolved.recipe.model.encoder, kind="encoder")
-    return info.cls.build(resolved.recipe.model, vocab_size=vocab_size, load_weights=load_weights)
+def build_encoder(resolved: ResolvedRecipe, registry: Registry, vocab_size: int | None,
+                  load_weights: bool = True) -> Encoder:
+    """The recipe's encoder plugin, built with ``build(config, ctx)`` from its validated
+    ``[model]`` Config (an encoder written to plugin API 1.1's documented ``build(config)``
+    gets just its config, and builds with its weights)."""
+    import inspect
+
+    cls = registry.get(resolved.recipe.model.encoder, kind="encoder").cls
+    config = resolved.encoder_config
+    if len(inspect.signature(cls.build).parameters) < 2:
+        return cls.build(config)
+    return cls.build(config, EncoderContext(vocab_size=vocab_size, load_weights=load_weights))
 
 
 @dataclass
