@@ -43,8 +43,7 @@ def dry_run_plan(resolved: ResolvedRecipe, registry: Registry, world_size: int |
                 notes.append("tokenizer trained (or taken from cache) from the recipe's data")
             tokenizer = load_tokenizer(resolved, local_files_only=True)
     except UserError as exc:
-        notes.append(f"tokenizer not available ({exc}); assuming XLM-R's 250,002-token vocabulary")
-    vocab = VocabInfo.from_tokenizer(tokenizer) if tokenizer is not None else VocabInfo.xlmr()
+        notes.append(f"tokenizer not available ({exc}); assuming the encoder's default vocabulary")
     world = env_world()  # the torchrun layout, without joining a process group
     if world_size is not None:
         world = WorldInfo(rank=0, world_size=world_size)
@@ -52,7 +51,10 @@ def dry_run_plan(resolved: ResolvedRecipe, registry: Registry, world_size: int |
     if precision == "auto":  # what a CUDA run would use; the plan is for the target machine
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
     with torch.device("meta"):
-        encoder = build_encoder(resolved, registry, vocab_size=vocab.vocab_size, load_weights=False)
+        encoder = build_encoder(resolved, registry, vocab_size=len(tokenizer) if tokenizer is not None else None,
+                                load_weights=False)
+        # without the tokenizer, token ids in XLM-R's layout over the encoder's vocabulary (sizes are what count)
+        vocab = VocabInfo.from_tokenizer(tokenizer) if tokenizer is not None else VocabInfo.xlmr(encoder.vocab_size)
         objectives = build_objectives(
             resolved, registry, encoder, tokenizer, torch.device("meta"), world, precision, vocab=vocab
         )
