@@ -28,6 +28,9 @@ if TYPE_CHECKING:
         VocabInfo,
         WorldInfo,
     )
+    from objkit.interfaces import EncoderConfig, EncoderContext, MomentumCopy, TokenizerTraining
+    from objkit.events import Callback, FitState
+    from objkit.optim import Optimizer, Schedule
     from objkit.contrastive import ContrastiveResult, info_nce
     from objkit.data import pack_sentences
     from objkit.distributed import AllGather, dist_all_gather, gather_rows
@@ -62,6 +65,10 @@ _LAZY = {
     **dict.fromkeys(["ContrastiveResult", "info_nce"], "objkit.contrastive"),
     **dict.fromkeys(["AllGather", "dist_all_gather", "gather_rows"], "objkit.distributed"),
     "pack_sentences": "objkit.data",
+    # plugin API 1.2: the encoder contract, trainer events, optimizer and schedule plugins
+    **dict.fromkeys(["EncoderConfig", "EncoderContext", "MomentumCopy", "TokenizerTraining"], "objkit.interfaces"),
+    **dict.fromkeys(["Callback", "FitState"], "objkit.events"),
+    **dict.fromkeys(["Optimizer", "Schedule"], "objkit.optim"),
 }
 
 
@@ -86,23 +93,31 @@ __all__ = [
     "AllGather",
     "Augmentation",
     "BuildContext",
+    "Callback",
     "ConstantMomentum",
     "ConstantWithRefresh",
     "ContrastiveResult",
     "DataKind",
     "Encoder",
+    "EncoderConfig",
+    "EncoderContext",
     "ExponentialMomentum",
+    "FitState",
     "LinearMomentum",
     "MaskingConfig",
     "MomentumSchedule",
+    "MomentumCopy",
     "MomentumTracker",
     "NegativeStore",
     "Objective",
     "ObjectiveOutput",
+    "Optimizer",
     "Plugin",
     "PluginConfig",
     "PluginError",
+    "Schedule",
     "StepContext",
+    "TokenizerTraining",
     "UserError",
     "VocabInfo",
     "WorldInfo",

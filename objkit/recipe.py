@@ -134,11 +134,22 @@ class ObjectiveEntry(BaseModel):
 
 
 # ----------------------------------------------------------------------------- training
-class OptimizerConfig(Strict):
-    name: Literal["adamw"] = "adamw"
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = Field(1e-6, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
+class OptimizerConfig(BaseModel):
+    """``[train.optimizer]``: ``name`` is an optimizer plugin (:mod:`objkit.optim`; ``adamw``
+    built in); every other key belongs to its ``Config`` (:attr:`ResolvedRecipe.optimizer_config`)."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    name: str = Field("adamw", description="optimizer plugin name")
+
+
+class CallbackEntry(BaseModel):
+    """``[callbacks.NAME]``: ``plugin`` (default NAME) names a callback plugin; every other key
+    belongs to its ``Config``."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    plugin: str
 
 
 MAX_STEPS = 10**9
@@ -150,7 +161,7 @@ class TrainConfig(Strict):
     micro_batch_size: int | None = Field(None, gt=0, description="per rank per forward; default batch_size")
     lr: float = Field(gt=0)
     warmup_steps: int = Field(0, ge=0, le=MAX_STEPS)
-    schedule: Literal["linear", "constant"] = "linear"
+    schedule: str = Field("linear", description="schedule plugin name: linear, constant, cosine (built in) or another")
     optimizer: OptimizerConfig = OptimizerConfig()
     clip_norm: float | None = Field(1.0, gt=0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
@@ -261,6 +272,9 @@ class Recipe(Strict):
     objectives: dict[str, ObjectiveEntry] = Field(min_length=1)
     train: TrainConfig
     eval: EvalConfig | None = None
+    callbacks: dict[str, CallbackEntry] = Field(
+        default_factory=dict, description="trainer callbacks (plugin kind callback), in order"
+    )
 
     def enabled_objectives(self) -> dict[str, ObjectiveEntry]:
         return {k: v for k, v in self.objectives.items() if v.enabled}
@@ -396,11 +410,12 @@ def _unknown_key_hint(problem: str, valid: list[str]) -> str:
 
 
 def _fill_plugin_defaults(raw: dict[str, Any]) -> None:
-    objectives = raw.get("objectives")
-    if isinstance(objectives, dict):
-        for name, table in objectives.items():
-            if isinstance(table, dict):
-                table.setdefault("plugin", name)
+    for section in ("objectives", "callbacks"):
+        tables = raw.get(section)
+        if isinstance(tables, dict):
+            for name, table in tables.items():
+                if isinstance(table, dict):
+                    table.setdefault("plugin", name)
 
 
 def _recipe_choices(raw: dict[str, Any]) -> set[str]:
@@ -520,12 +535,61 @@ def validate_recipe(raw: dict[str, Any], registry: Registry, source: str = "reci
             encoder_config = _validate_encoder_table(info.cls, model_table, problems, registry)
     if recipe is not None and isinstance(encoder_config, EncoderConfig):
         recipe.model.tokenizer = encoder_config.tokenizer  # the encoder may choose the tokenizer algorithm
+    callback_configs = _validate_plugin_tables(raw, "callbacks", "callback", {"plugin"}, registry, problems)
+    optimizer_config = _validate_optimizer(raw, registry, problems)
+    train = raw.get("train") if isinstance(raw.get("train"), dict) else {}
+    if isinstance(train.get("schedule", "linear"), str):
+        try:
+            registry.get(train.get("schedule", "linear"), kind="schedule")
+        except UserError as exc:
+            problems.append(f"train.schedule: {exc}")
     problems = list(dict.fromkeys(problems))  # a generic [model] key is checked by the core and the encoder
     if problems:
         raise RecipeError(source, problems)
     assert recipe is not None
     return ResolvedRecipe(recipe=recipe, objective_configs=objective_configs, source=source,
-                          encoder_config=encoder_config)
+                          encoder_config=encoder_config, callback_configs=callback_configs,
+                          optimizer_config=optimizer_config)
+
+
+def _validate_plugin_tables(raw: dict[str, Any], section: str, kind: str, core: set[str], registry: Registry,
+                            problems: list[str]) -> dict[str, Any]:
+    """``[SECTION.NAME]`` tables of plugins of ``kind``: each one's keys but ``core`` through its Config."""
+    configs: dict[str, Any] = {}
+    tables = raw.get(section) if isinstance(raw.get(section), dict) else {}
+    for name, table in tables.items():
+        if not isinstance(table, dict):
+            continue
+        try:
+            info = registry.get(str(table.get("plugin", name)), kind=kind)
+        except UserError as exc:
+            problems.append(f"{section}.{name}.plugin: {exc}")
+            continue
+        keys = {k: v for k, v in table.items() if k not in core}
+        try:
+            configs[name] = info.cls.Config.model_validate(keys)
+        except ValidationError as exc:
+            for err in exc.errors():
+                problem = _describe(err, keys, prefix=f"{section}.{name}")
+                if err["type"] == "extra_forbidden":
+                    problem = _unknown_key_hint(problem, sorted(core | set(info.cls.Config.model_fields)))
+                problems.append(problem)
+            continue
+        problems.extend(f"{section}.{name}.{p}" for p in info.cls.check(configs[name], registry))
+    return configs
+
+
+def _validate_optimizer(raw: dict[str, Any], registry: Registry, problems: list[str]) -> Any:
+    """``[train.optimizer]``'s keys but ``name`` through the named optimizer plugin's Config."""
+    train = raw.get("train") if isinstance(raw.get("train"), dict) else {}
+    table = train.get("optimizer", {})
+    if not isinstance(table, dict) or not isinstance(table.get("name", "adamw"), str):
+        return None
+    wrapped = _validate_plugin_tables({"optimizer": {"optimizer": {"plugin": table.get("name", "adamw"), **table}}},
+                                      "optimizer", "optimizer", {"plugin", "name"}, registry, found := [])
+    problems.extend(p.replace("optimizer.optimizer.plugin", "train.optimizer.name", 1)
+                    .replace("optimizer.optimizer.", "train.optimizer.", 1) for p in found)
+    return wrapped.get("optimizer")
 
 
 def _validate_encoder_table(cls: type, table: dict[str, Any], problems: list[str], registry: Registry) -> Any:
@@ -593,17 +657,28 @@ class ResolvedRecipe:
     """A validated recipe plus each objective's validated plugin config."""
 
     def __init__(self, recipe: Recipe, objective_configs: dict[str, Any], source: str,
-                 encoder_config: Any = None) -> None:
+                 encoder_config: Any = None, callback_configs: dict[str, Any] | None = None,
+                 optimizer_config: Any = None) -> None:
         self.recipe = recipe
         self.objective_configs = objective_configs
         self.source = source
         self.encoder_config = encoder_config
         """The encoder plugin's validated ``Config`` of ``[model]`` (what ``Encoder.build`` gets)."""
+        self.callback_configs = callback_configs or {}
+        self.optimizer_config = optimizer_config
 
     def to_dict(self) -> dict[str, Any]:
         data = self.recipe.model_dump(mode="json", exclude_none=True)
         if isinstance(self.encoder_config, EncoderConfig):
             data["model"] = self.encoder_config.model_dump(mode="json", exclude_none=True)
+        if self.optimizer_config is not None:
+            name = data["train"]["optimizer"]["name"]
+            data["train"]["optimizer"] = {"name": name, **self.optimizer_config.model_dump(mode="json", exclude_none=True)}
+        for name, cfg in self.callback_configs.items():
+            data["callbacks"][name] = {"plugin": data["callbacks"][name]["plugin"],
+                                       **cfg.model_dump(mode="json", exclude_none=True)}
+        if not data.get("callbacks"):
+            data.pop("callbacks", None)  # recipes without callbacks record what they did before
         for name, cfg in self.objective_configs.items():
             entry = data["objectives"][name]
             core = {k: entry[k] for k in ObjectiveEntry.model_fields if k in entry}

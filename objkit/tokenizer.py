@@ -115,8 +115,8 @@ def train_wordpiece(texts: Iterable[str], out_dir: Path, *, vocab_size: int = 80
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     trainer.save_model(str(out_dir))  # vocab.txt
-    BertTokenizerFast(vocab_file=str(out_dir / "vocab.txt"), do_lower_case=False, strip_accents=False,
-                      tokenize_chinese_chars=True).save_pretrained(str(out_dir))
+    BertTokenizerFast.from_pretrained(str(out_dir), do_lower_case=False, strip_accents=False,
+                                      tokenize_chinese_chars=True).save_pretrained(str(out_dir))
     tokenizer = AutoTokenizer.from_pretrained(str(out_dir))
     log.info("tokenizer: trained %d WordPiece ids on %d sentences -> %s", len(tokenizer), len(sentences), out_dir)
     return tokenizer
