@@ -431,6 +431,11 @@ def configure(specs: Iterable[str]) -> None:
     _cli_specs = tuple(specs)
 
 
+def cli_specs() -> tuple[str, ...]:
+    """The ``--plugin`` arguments given to this process (what :func:`configure` set)."""
+    return _cli_specs
+
+
 def current_selection() -> PluginSelection:
     return PluginSelection.parse(_cli_specs)
 

@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from objkit.checkpoint import atomic_write_text, list_checkpoints
-from objkit.distributed import env_world, shutdown_distributed
+from objkit.distributed import env_world, process_group
 from objkit.errors import UserError
 from objkit.events import Callback, FitState
 from objkit.faults import write_error
 from objkit.recipe import EvalConfig, ResolvedRecipe
 from objkit.registry import Registry
 from objkit.runlock import RunLock
-from objkit.runtime import thread_counts
+from objkit.runtime import resolve_device, thread_counts
 
 if TYPE_CHECKING:
     from objkit.trainer import Trainer
@@ -223,8 +223,9 @@ def _train(resolved: ResolvedRecipe, run_dir: Path, registry: Registry, progress
     from objkit.trainer import Trainer
 
     started = time.perf_counter()
-    try:
-        trainer = Trainer(resolved, run_dir, registry, progress=progress)
+    train = resolved.recipe.train
+    with process_group(resolve_device(train, env_world()), train.collective_timeout) as world:
+        trainer = Trainer(resolved, run_dir, registry, progress=progress, world=world)
         if trainer.world.is_main:
             atomic_write_text(run_dir / "recipe.toml", resolved.to_toml())
             versions = {"objkit": _version(), "plugins": registry.versions(), "threads": thread_counts()}
@@ -244,8 +245,6 @@ def _train(resolved: ResolvedRecipe, run_dir: Path, registry: Registry, progress
             click.echo(f"done: {trainer.step} steps{ranks} in {time.perf_counter() - started:.0f}s; "
                        f"export at {export}", err=True)
         return export
-    finally:
-        shutdown_distributed()  # leave the torchrun process group (no-op with one process)
 
 
 def _version() -> str:

@@ -25,7 +25,7 @@ from objkit import distributed, faults
 from objkit.composite import CompositeLoss, ObjectiveSlot, StepStats, summarise
 from objkit.data import ExampleStream, load_source, source_group_sizes
 from objkit.errors import UserError
-from objkit.interfaces import StepContext
+from objkit.interfaces import StepContext, WorldInfo
 from objkit.recipe import ResolvedRecipe, source_kind
 from objkit.registry import Registry
 from objkit.events import Callback, Events, FitState
@@ -60,7 +60,11 @@ def set_seed(seed: int) -> None:
 class Trainer:
     """Builds everything a recipe describes and trains it into ``run_dir``."""
 
-    def __init__(self, resolved: ResolvedRecipe, run_dir: Path, registry: Registry, progress: bool = True) -> None:
+    def __init__(self, resolved: ResolvedRecipe, run_dir: Path, registry: Registry, progress: bool = True,
+                 world: WorldInfo | None = None) -> None:
+        """``world``: the process group the caller joined (:func:`objkit.distributed.process_group`,
+        as ``objkit run`` does). Without it the trainer joins torchrun's group itself and the caller
+        leaves it (:func:`objkit.distributed.shutdown_distributed`)."""
         self.resolved = resolved
         self.recipe = resolved.recipe
         self.train_cfg = self.recipe.train
@@ -68,7 +72,9 @@ class Trainer:
         self.registry = registry
         self.progress = progress
         self.device = resolve_device(self.train_cfg, distributed.env_world())
-        self.world = distributed.init_distributed(self.device, timeout=self.train_cfg.collective_timeout)
+        if world is None:
+            world = distributed.init_distributed(self.device, timeout=self.train_cfg.collective_timeout)
+        self.world = world
         if not self.world.is_main:  # rank 0 alone reports
             datasets.disable_progress_bars()
         self.precision = resolve_precision(self.train_cfg, self.device)

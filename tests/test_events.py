@@ -27,7 +27,8 @@ CALLBACK_MODULE = """
         Config: ClassVar[type] = RecordConfig
 
         def _note(self, event, state, **extra):
-            with open(self.config.path, "a") as out:
+            suffix = f".rank{state.world.rank}" if state.world.world_size > 1 else ""
+            with open(self.config.path + suffix, "a") as out:
                 out.write(json.dumps({"event": event, "step": state.step, **extra}) + "\\n")
 
         def on_fit_start(self, state):
@@ -116,3 +117,29 @@ def test_an_unknown_optimizer_or_schedule_is_one_line_each(tmp_path):
     message = str(err.value)
     assert 'train.schedule: unknown schedule plugin "cosin": did you mean "cosine"?' in message
     assert 'train.optimizer.name: unknown optimizer plugin "adam": did you mean "adamw"?' in message
+
+
+@pytest.mark.slow
+def test_nproc_passes_the_plugin_selection_to_the_workers_and_fresh_clears_once(callback_site, tmp_path):
+    """With autoload off, only ``--plugin record_events`` loads the callback: both torchrun workers
+    must get it (else they refuse the recipe). ``--fresh`` clears the old run before they start."""
+    log = tmp_path / "events.jsonl"
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(TINY_RECIPE.replace("batch_size = 4", "batch_size = 4\nmicro_batch_size = 2")
+                      + f'[callbacks.record_events]\npath = "{log}"\n')
+    out = tmp_path / "run"
+    (out / "checkpoints" / "step_0000009").mkdir(parents=True)  # a previous run's leftovers
+    (out / "metrics.jsonl").write_text('{"step": 9}\n')
+    env = {"OBJKIT_DISABLE_PLUGIN_AUTOLOAD": "1", "OMP_NUM_THREADS": "1"}
+    refused = objkit("run", str(recipe), "-o", str(out), "--nproc", "2", site=callback_site, env=env)
+    assert refused.returncode == 2 and "record_events" in refused.stderr and "disabled" in refused.stderr
+    result = objkit("--plugin", "record_events", "run", str(recipe), "-o", str(out), "--nproc", "2", "--fresh",
+                    "--no-progress", site=callback_site, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--plugin record_events run" in result.stderr  # the exec'd torchrun command line
+    assert result.stderr.count("--fresh: removed") == 1  # once, by the launcher
+    for rank in (0, 1):
+        events = [json.loads(line) for line in (tmp_path / f"events.jsonl.rank{rank}").read_text().splitlines()]
+        assert events[0]["event"] == "fit_start" and events[-1]["event"] == "fit_end" and events[-1]["step"] == 2
+    assert not (out / "checkpoints" / "step_0000009").exists()
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
