@@ -641,12 +641,11 @@ def bench_ema(ws: Workspace) -> dict[str, Any]:
     """The reference's EMA update -- ``for k, q in pairs: k.copy_(k * m + q * (1 - m))``, a Python
     loop with three full-size temporaries per tensor -- against ``MomentumTracker.update(m)``
     (one ``torch._foreach_lerp_`` in place), over a base-size XLM-R body and its momentum copy."""
-    from objkit.encoder import XLMREncoder, architecture
+    from objkit.encoder import PresetEncoderConfig, XLMREncoder, architecture
     from objkit.momentum import MomentumTracker, make_momentum_copy
-    from objkit.recipe import ModelConfig
 
     s = ws.settings
-    config = ModelConfig(**model_dims(s.ema_layers, s.ema_hidden, s.ema_heads, s.ema_ffn), max_length=512,
+    config = PresetEncoderConfig(**model_dims(s.ema_layers, s.ema_hidden, s.ema_heads, s.ema_ffn), max_length=512,
                          tokenizer="unused")
     body = XLMREncoder.from_hf_config(architecture(config, s.ema_vocab)).body()
     key = make_momentum_copy(body)
@@ -895,11 +894,10 @@ def memory_child(settings: Settings, root: Path) -> dict[str, Any]:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
     enc = trainer.encoder
-    cfg = enc.mlm.config
     params = sum(p.numel() for p in trainer.params)
     key = xl.tracker.numel()
     queue = sum(int(st.nbytes()) for st in xl.stores.values())
-    h, L, a, layers = cfg.hidden_size, s.memory_length, cfg.num_attention_heads, cfg.num_hidden_layers
+    h, L, a, layers = enc.hidden_size, s.memory_length, enc.num_heads, enc.num_layers
     # Korthikanti et al. (2022) per layer s·b·h·(34 + 5·a·s/h) bytes at 16 bits: ×2 in fp32; one
     # objective's graph at a time (per-objective backward); the largest is a full-depth MLM/TLM pass.
     activations = 2 * layers * L * 1 * h * (34 + 5 * a * L / h)
@@ -916,7 +914,7 @@ def memory_child(settings: Settings, root: Path) -> dict[str, Any]:
         "recipe": s.memory_recipe,
         "layers": layers,
         "hidden": h,
-        "vocab": cfg.vocab_size,
+        "vocab": enc.vocab_size,
         "xlco_layer": xl.layer,
         "query_parameters": params,
         "key_encoder_parameters": key,

@@ -21,6 +21,10 @@ monolingual text; the tokenizer is trained on ``mono`` only (each language once)
         [--recipes quickstart_xlm_align,quickstart_xlm_align_no_dwa \
          --align-dir /work/shared/data/alignment --align-pairs de-en,en-fr]
 
+More rows: ``--recipes quickstart_infoxlm,quickstart_no_xlco,quickstart_mlm,quickstart_mbert_mlm`` adds
+the XLM-R row (MLM only) and the mBERT-style row (MLM only on the ``bert`` encoder with its own
+WordPiece tokenizer), all on the same data and settings: the seed table's rows at quickstart scale.
+
 Writes OUT/results.json (everything), OUT/results.md (summary table), OUT/curves.png, OUT/runs/NAME/
 (run directories) and OUT/logs/ (subprocess output).
 """

@@ -28,6 +28,9 @@ if TYPE_CHECKING:
         VocabInfo,
         WorldInfo,
     )
+    from objkit.interfaces import EncoderConfig, EncoderContext, MomentumCopy, TokenizerTraining
+    from objkit.events import Callback, FitState
+    from objkit.optim import Optimizer, Schedule
     from objkit.contrastive import ContrastiveResult, info_nce
     from objkit.data import pack_sentences
     from objkit.distributed import AllGather, dist_all_gather, gather_rows
@@ -65,6 +68,10 @@ _LAZY = {
     "pack_sentences": "objkit.data",
     # plugin API 1.2: the LM-head loss, chunked when the run asks (train.lm_head_chunk_rows)
     **dict.fromkeys(["LMHeadLoss", "lm_head_loss"], "objkit.lm_head"),
+    # plugin API 1.2: the encoder contract, trainer events, optimizer and schedule plugins
+    **dict.fromkeys(["EncoderConfig", "EncoderContext", "MomentumCopy", "TokenizerTraining"], "objkit.interfaces"),
+    **dict.fromkeys(["Callback", "FitState"], "objkit.events"),
+    **dict.fromkeys(["Optimizer", "Schedule"], "objkit.optim"),
 }
 
 
@@ -89,24 +96,32 @@ __all__ = [
     "AllGather",
     "Augmentation",
     "BuildContext",
+    "Callback",
     "ConstantMomentum",
     "ConstantWithRefresh",
     "ContrastiveResult",
     "DataKind",
     "Encoder",
+    "EncoderConfig",
+    "EncoderContext",
     "ExponentialMomentum",
+    "FitState",
     "LMHeadLoss",
     "LinearMomentum",
     "MaskingConfig",
     "MomentumSchedule",
+    "MomentumCopy",
     "MomentumTracker",
     "NegativeStore",
     "Objective",
     "ObjectiveOutput",
+    "Optimizer",
     "Plugin",
     "PluginConfig",
     "PluginError",
+    "Schedule",
     "StepContext",
+    "TokenizerTraining",
     "UserError",
     "VocabInfo",
     "WorldInfo",

@@ -8,10 +8,10 @@ import shlex
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 
 import click
+from typing import Any
 
 from objkit.errors import UserError
 
@@ -171,11 +171,12 @@ def run(
         raise UserError("-o: empty path (expected a run directory; use -o . for the current directory)")
     if nproc is not None and "LOCAL_RANK" not in os.environ:  # not already a torchrun worker
         _check_unlocked(Path(output))  # the launcher's early answer; rank 0 then takes the lock
+        if fresh:  # once, here, before any worker starts (the workers then find nothing to remove)
+            _clear_once(resolved, Path(output))
         argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                "-m", "objkit", "run", str(recipe), "-o", str(output)]
+                "-m", "objkit", *torchrun_plugin_args(), "run", str(recipe), "-o", str(output)]
         argv += [arg for override in overrides for arg in ("--set", override)]
         argv += ["--no-progress"] if no_progress else []
-        argv += ["--fresh"] if fresh else []
         click.echo(f"exec: {shlex.join(argv)}", err=True)
         sys.stdout.flush()
         sys.stderr.flush()
@@ -187,6 +188,29 @@ def run(
 
         datasets.disable_progress_bars()
     run_recipe(resolved, Path(output), registry, progress=not no_progress, fresh=fresh)
+
+
+def torchrun_plugin_args() -> list[str]:
+    """This process's ``--plugin`` options, for the workers' command line: they load the plugin set
+    that validated the recipe (``OBJKIT_DISABLE_PLUGIN_AUTOLOAD`` reaches them through the environment)."""
+    from objkit.registry import cli_specs
+
+    return [arg for spec in cli_specs() for arg in ("--plugin", spec)]
+
+
+def _clear_once(resolved: Any, output: Path) -> None:
+    """``--fresh`` with ``--nproc``: remove the previous run's files holding the run lock, before torchrun."""
+    from objkit.runlock import RunLock
+    from objkit.runner import check_run_dir
+
+    if not output.exists():
+        return
+    lock = RunLock(output)
+    lock.acquire()
+    try:
+        check_run_dir(resolved, output, fresh=True)
+    finally:
+        lock.release()
 
 
 def _check_unlocked(output: Path) -> None:

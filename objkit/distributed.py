@@ -90,6 +90,18 @@ def init_distributed(device: torch.device | None = None, timeout: float | None =
     return WorldInfo(rank=dist.get_rank(), world_size=dist.get_world_size())
 
 
+@contextlib.contextmanager
+def process_group(device: torch.device | None = None, timeout: float | None = None) -> Iterator[WorldInfo]:
+    """The one owner of the torchrun process group: joins it on entry (:func:`init_distributed`;
+    nothing to join with one process), yields this process's :class:`WorldInfo`, and leaves it on
+    exit, however the block ends. ``objkit run`` trains, evaluates and exports inside it."""
+    world = init_distributed(device, timeout)
+    try:
+        yield world
+    finally:
+        shutdown_distributed()
+
+
 def shutdown_distributed() -> None:
     """Leave the process group (if this process joined one)."""
     import torch.distributed as dist

@@ -1,4 +1,10 @@
-"""The default encoder: transformers' XLM-R (``XLMRobertaModel`` + LM head), SDPA attention.
+"""The built-in encoders: transformers masked LMs (``*ForMaskedLM``: body + LM head), SDPA attention.
+
+:class:`MaskedLMEncoder` is what every BERT-layout masked LM of transformers shares (a body with
+``embeddings`` and ``encoder.layer`` blocks, an LM head); :class:`XLMREncoder` (``xlmr``, the
+default) is XLM-R (Conneau et al., 2020) on it; the ``bert`` encoder (mBERT, Devlin et al.,
+2019) is in :mod:`objkit.bert`. Nothing outside these modules knows a body's layout: objectives
+and evaluators use the :class:`~objkit.interfaces.Encoder` interface.
 
 The LM head is applied to gathered positions only (``lm_logits(hidden[masked])``): with
 XLM-R's 250,002-token vocabulary, full ``[batch, length, vocab]`` logits would be most of
@@ -10,18 +16,19 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
+from pydantic import Field, model_validator
 from torch import nn
-from transformers import AutoConfig, XLMRobertaConfig, XLMRobertaForMaskedLM, XLMRobertaModel
+from transformers import AutoConfig, PretrainedConfig, PreTrainedModel, XLMRobertaConfig, XLMRobertaForMaskedLM
 
 from objkit.errors import UserError
 from objkit.hookspecs import PLUGIN_API_VERSION, hookimpl
 from objkit.hub import hub_unreachable_reason, offline_unless_reachable
-from objkit.interfaces import Encoder
+from objkit.interfaces import Encoder, EncoderConfig, EncoderContext, MomentumCopy
 from objkit.momentum import make_momentum_copy
-from objkit.recipe import ModelConfig
+from objkit.tokenizer import model_max_tokens
 
 PRESETS: dict[str, dict[str, int]] = {
     "tiny": {"num_hidden_layers": 4, "hidden_size": 128, "num_attention_heads": 4, "intermediate_size": 512},
@@ -32,8 +39,30 @@ PRESETS: dict[str, dict[str, int]] = {
 XLMR_VOCAB_SIZE = 250_002
 
 
-def architecture(config: ModelConfig, vocab_size: int, pad_token_id: int = 1) -> XLMRobertaConfig:
-    """An XLM-R config from a preset and/or explicit dims (for fresh models and dry runs)."""
+class PresetEncoderConfig(EncoderConfig):
+    """``[model]`` of a transformers encoder: the generic keys plus a preset and/or explicit dims."""
+
+    preset: Literal["tiny", "small", "base", "large"] | None = Field(
+        None, description="architecture for from-scratch runs (or for --dry-run without the checkpoint)"
+    )
+    num_layers: int | None = Field(None, gt=0)
+    hidden_size: int | None = Field(None, gt=0)
+    num_heads: int | None = Field(None, gt=0)
+    intermediate_size: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _init_or_architecture(self) -> PresetEncoderConfig:
+        if self.init is None and self.preset is None and self.hidden_size is None:
+            raise ValueError("give model.init (checkpoint) or model.preset / explicit dims for a fresh model")
+        return self
+
+
+# Kept under its old name: ``objkit.recipe.ModelConfig`` is now the core's generic part.
+XLMRConfig = PresetEncoderConfig
+
+
+def preset_dims(config: PresetEncoderConfig) -> dict[str, int]:
+    """Layers, hidden size, heads and FFN size from the preset (default ``base``) and explicit keys."""
     dims = dict(PRESETS[config.preset or "base"])
     explicit = {
         "num_hidden_layers": config.num_layers,
@@ -46,6 +75,18 @@ def architecture(config: ModelConfig, vocab_size: int, pad_token_id: int = 1) ->
         raise UserError(
             f"model: hidden_size {dims['hidden_size']} is not divisible by num_heads {dims['num_attention_heads']}"
         )
+    return dims
+
+
+def dropout_of(config: EncoderConfig) -> dict[str, float]:
+    """The transformers config keys ``model.dropout`` sets (nothing when it is not given)."""
+    if config.dropout is None:
+        return {}
+    return {"hidden_dropout_prob": config.dropout, "attention_probs_dropout_prob": config.dropout}
+
+
+def architecture(config: PresetEncoderConfig, vocab_size: int, pad_token_id: int = 1) -> XLMRobertaConfig:
+    """An XLM-R config from a preset and/or explicit dims (for fresh models and dry runs)."""
     dropout = 0.1 if config.dropout is None else config.dropout
     return XLMRobertaConfig(
         vocab_size=vocab_size,
@@ -56,45 +97,66 @@ def architecture(config: ModelConfig, vocab_size: int, pad_token_id: int = 1) ->
         hidden_dropout_prob=dropout,
         attention_probs_dropout_prob=dropout,
         type_vocab_size=1,
-        **dims,
+        **preset_dims(config),
     )
 
 
-class XLMREncoder(Encoder):
-    """XLM-R body + LM head. ``forward`` returns hidden states ``[h_0 .. h_L]``."""
+class MaskedLMEncoder(Encoder):
+    """A transformers ``*ForMaskedLM`` with a BERT-layout body (``embeddings``, ``encoder.layer``).
 
-    name: ClassVar[str] = "xlmr"
-    plugin_api: ClassVar[str] = PLUGIN_API_VERSION  # built-in: always the current API
-    Config: ClassVar[type[ModelConfig]] = ModelConfig
+    Subclasses name the transformers class (``model_class``), its LM head (:meth:`head`) and a
+    fresh architecture (:meth:`fresh_config`); the rest -- truncated forward passes, momentum
+    copies, FSDP units, token-type growth, export -- is common."""
 
-    def __init__(self, mlm: XLMRobertaForMaskedLM) -> None:
+    model_class: ClassVar[type[PreTrainedModel]]
+    default_vocab_size: ClassVar[int] = XLMR_VOCAB_SIZE
+
+    def __init__(self, mlm: PreTrainedModel) -> None:
         nn.Module.__init__(self)
         self.mlm = mlm
         cfg = mlm.config
         self.hidden_size = cfg.hidden_size
         self.num_layers = cfg.num_hidden_layers
+        self.num_heads = cfg.num_attention_heads
         self.vocab_size = cfg.vocab_size
         self.lm_head_chunk_rows = 0  # objkit.lm_head_loss: LM-head rows per chunk (0: one piece)
         self._checkpointing_ready = False
         self._compile_options: dict[str, Any] | None = None
+        self.intermediate_size = cfg.intermediate_size
+        self.first_position_id, self.pad_position_id = self.position_layout(cfg)
+        self.max_tokens = model_max_tokens(cfg)
+
+    # ------------------------------------------------------------------ what subclasses say
+    @classmethod
+    def fresh_config(cls, config: Any, vocab_size: int) -> PretrainedConfig:
+        """The transformers config of a fresh model (preset/dims; dry runs without the checkpoint)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def position_layout(hf_config: PretrainedConfig) -> tuple[int, int]:
+        """(position id of the first token, position id of padding). Default: BERT's (0, 0)."""
+        return 0, 0
+
+    def head(self) -> nn.Module:
+        """The LM head: ``[N, d] -> [N, vocab]``."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def build(cls, config: ModelConfig, vocab_size: int | None = None, load_weights: bool = True) -> XLMREncoder:
+    def build(cls, config: Any, ctx: EncoderContext | None = None) -> MaskedLMEncoder:
         """From ``config.init`` (hub id or directory) or fresh from the preset/dims.
 
-        ``load_weights=False`` builds the init checkpoint's architecture without weights, from
+        ``ctx.load_weights=False`` builds the init checkpoint's architecture without weights, from
         its ``config.json`` if that is local (a directory or the HF cache; the network is not
         used), else from the recipe's preset/dims (``--dry-run``).
         """
-        if config.init is not None and load_weights:
-            overrides = {}
-            if config.dropout is not None:
-                overrides = {"hidden_dropout_prob": config.dropout, "attention_probs_dropout_prob": config.dropout}
+        ctx = ctx or EncoderContext()
+        vocab_size = ctx.vocab_size or cls.default_vocab_size
+        if config.init is not None and ctx.load_weights:
             offline = offline_unless_reachable(config.init)
             try:
-                mlm = XLMRobertaForMaskedLM.from_pretrained(
-                    config.init, attn_implementation="sdpa", local_files_only=offline, **overrides
+                mlm = cls.model_class.from_pretrained(
+                    config.init, attn_implementation="sdpa", local_files_only=offline, **dropout_of(config)
                 )
             except OSError as exc:
                 why = hub_unreachable_reason() if offline and not Path(config.init).is_dir() else None
@@ -102,27 +164,27 @@ class XLMREncoder(Encoder):
                 raise UserError(
                     f"model.init: cannot load {config.init!r} ({reason}); give a hub id "
                     "that is reachable or a local directory holding config.json and the weights "
-                    "(e.g. --set model.init=/path/to/xlm-roberta-base)"
+                    "(e.g. --set model.init=/path/to/checkpoint)"
                 ) from None
             return cls(mlm)
+        hf_config = None
         if config.init is not None:
             try:
                 hf_config = AutoConfig.from_pretrained(config.init, local_files_only=True)
             except (OSError, ValueError):
-                hf_config = architecture(config, vocab_size or XLMR_VOCAB_SIZE)
-        else:
-            hf_config = architecture(config, vocab_size or XLMR_VOCAB_SIZE)
-        hf_config._attn_implementation = "sdpa"
-        return cls(XLMRobertaForMaskedLM(hf_config))
+                hf_config = None
+        if hf_config is None:
+            hf_config = cls.fresh_config(config, vocab_size)
+        return cls.from_hf_config(hf_config)
 
     @classmethod
-    def from_hf_config(cls, hf_config: XLMRobertaConfig) -> XLMREncoder:
+    def from_hf_config(cls, hf_config: PretrainedConfig) -> MaskedLMEncoder:
         hf_config._attn_implementation = "sdpa"
-        return cls(XLMRobertaForMaskedLM(hf_config))
+        return cls(cls.model_class(hf_config))
 
     # ------------------------------------------------------------------ Encoder API
-    def body(self) -> XLMRobertaModel:
-        return self.mlm.roberta
+    def body(self) -> nn.Module:
+        return self.mlm.base_model
 
     def forward(
         self,
@@ -135,7 +197,7 @@ class XLMREncoder(Encoder):
         return run_body(self.body(), input_ids, attention_mask, up_to_layer, position_ids, token_type_ids)
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.mlm.lm_head(hidden)
+        return self.head()(hidden)
 
     def copy_body(self, up_to_layer: int | None = None) -> nn.Module:
         """A frozen fp32 copy of the body keeping only its first ``up_to_layer`` blocks."""
@@ -185,21 +247,67 @@ class XLMREncoder(Encoder):
         self._compile_options = dict(options)
         _compile_layers(self.body(), self._compile_options)
 
+    def momentum_copy(self, depth: int | None = None) -> MomentumCopy:
+        body = self.copy_body(depth)
+        return MomentumCopy(body, self.run_copy, units=list(blocks_of(body)))  # compiled with train.compile
+
+    def shard_units(self) -> list[nn.Module]:
+        return list(blocks_of(self.body()))
+
+    def resize_token_types(self, count: int) -> None:
+        embeddings = self.body().embeddings
+        table = embeddings.token_type_embeddings
+        if table.num_embeddings >= count:
+            return
+        grown = nn.Embedding(count, table.embedding_dim, device=table.weight.device, dtype=table.weight.dtype)
+        nn.init.normal_(grown.weight, std=0.02)
+        with torch.no_grad():
+            grown.weight[: table.num_embeddings] = table.weight
+        embeddings.token_type_embeddings = grown
+        self.mlm.config.type_vocab_size = count
+
     def save_pretrained(self, path: str | Path) -> None:
         """Write the body (``AutoModel``) and LM head (``AutoModelForMaskedLM``) in HF format."""
         self.mlm.save_pretrained(str(path), safe_serialization=True)
 
 
+class XLMREncoder(MaskedLMEncoder):
+    """XLM-R body + LM head (``XLMRobertaForMaskedLM``). ``forward`` returns hidden states ``[h_0 .. h_L]``."""
+
+    name: ClassVar[str] = "xlmr"
+    plugin_api: ClassVar[str] = PLUGIN_API_VERSION  # built-in: always the current API
+    Config: ClassVar[type[PresetEncoderConfig]] = PresetEncoderConfig
+    model_class = XLMRobertaForMaskedLM
+    default_vocab_size = XLMR_VOCAB_SIZE
+
+    @classmethod
+    def fresh_config(cls, config: Any, vocab_size: int) -> PretrainedConfig:
+        return architecture(config, vocab_size)
+
+    @staticmethod
+    def position_layout(hf_config: PretrainedConfig) -> tuple[int, int]:
+        pad = hf_config.pad_token_id if hf_config.pad_token_id is not None else 1
+        return pad + 1, pad  # fairseq: positions count from padding_idx + 1; padding sits at padding_idx
+
+    def head(self) -> nn.Module:
+        return self.mlm.lm_head
+
+
+def blocks_of(body: nn.Module) -> nn.ModuleList:
+    """The transformer blocks of a BERT-layout body (``body.encoder.layer``)."""
+    return body.encoder.layer
+
+
 def _compile_layers(body: nn.Module, options: dict[str, Any]) -> None:
     """Replace each block's ``forward`` by its ``torch.compile``d version, once per block."""
-    for layer in body.encoder.layer:
+    for layer in blocks_of(body):
         if not getattr(layer, "_objkit_compiled", False):
             layer.forward = torch.compile(layer.forward, **options)
             layer._objkit_compiled = True
 
 
 @contextlib.contextmanager
-def truncated_layers(body: XLMRobertaModel, up_to_layer: int) -> Iterator[None]:
+def truncated_layers(body: nn.Module, up_to_layer: int) -> Iterator[None]:
     """Temporarily keep only the first ``up_to_layer`` transformer blocks (shared, not copied)."""
     layers = body.encoder.layer
     _install_capture_hooks(body)
@@ -212,7 +320,7 @@ def truncated_layers(body: XLMRobertaModel, up_to_layer: int) -> Iterator[None]:
         body.encoder.layer = layers
 
 
-def _install_capture_hooks(body: XLMRobertaModel) -> None:
+def _install_capture_hooks(body: nn.Module) -> None:
     """transformers 5 collects hidden states with hooks installed on the blocks present at the
     first call; install them on all blocks before any truncated call (no-op on 4.x)."""
     try:
@@ -223,14 +331,14 @@ def _install_capture_hooks(body: XLMRobertaModel) -> None:
 
 
 def run_body(
-    body: XLMRobertaModel,
+    body: nn.Module,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     up_to_layer: int | None = None,
     position_ids: torch.Tensor | None = None,
     token_type_ids: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
-    """Hidden states ``[h_0 .. h_L]`` of an XLM-R body, running only ``L`` blocks."""
+    """Hidden states ``[h_0 .. h_L]`` of a BERT-layout body, running only ``L`` blocks."""
     depth = len(body.encoder.layer) if up_to_layer is None else up_to_layer
     if depth == 0:  # no block runs, so no hidden states are captured: the embeddings alone
         return [body.embeddings(input_ids=input_ids, position_ids=position_ids, token_type_ids=token_type_ids)]

@@ -19,7 +19,9 @@ step: was a stop requested (:class:`StopRequest`), was this step finite
   the middle of writing checkpoint STEP, after ``model.safetensors``; ``save-done``: just
   after checkpoint STEP is in place), touch the file ``OBJKIT_TEST_PAUSE_MARKER`` if set, and
   wait until it is killed or receives SIGTERM/SIGINT. Tests use it to kill a run at an exact
-  point (for instance in the middle of a checkpoint write) instead of racing a timer.
+  point (for instance in the middle of a checkpoint write) instead of racing a timer. The hook
+  is bound when this module is imported: without the variable, ``pause_for_test`` is a function
+  that does nothing (no environment lookup on the training path).
 """
 
 from __future__ import annotations
@@ -198,10 +200,10 @@ def _pause_points() -> set[tuple[str, int]]:
     return points
 
 
-def pause_for_test(point: str, step: int) -> None:
+def _pause_when_asked(point: str, step: int) -> None:
     """Block at ``point`` of ``step`` when ``OBJKIT_TEST_PAUSE`` names it (see module doc);
-    return when a stop is requested. A no-op unless the variable is set."""
-    if PAUSE_ENV not in os.environ or (point, step) not in _pause_points():
+    return when a stop is requested."""
+    if (point, step) not in _pause_points():
         return
     marker = os.environ.get(PAUSE_MARKER_ENV)
     print(f"test hook: paused at {point}@{step}", file=sys.stderr, flush=True)
@@ -209,3 +211,11 @@ def pause_for_test(point: str, step: int) -> None:
         Path(marker).write_text(f"{point}@{step}\n")
     while not (_ACTIVE is not None and _ACTIVE.requested):
         time.sleep(0.02)
+
+
+def _no_pause(point: str, step: int) -> None:
+    """:func:`pause_for_test` in a process started without ``OBJKIT_TEST_PAUSE``."""
+
+
+pause_for_test = _pause_when_asked if PAUSE_ENV in os.environ else _no_pause
+"""Called at the named points of the trainer and the checkpoint writer; chosen once, at import."""

@@ -51,8 +51,13 @@ the other plugins still load.
 History: 1.0 the plugin kinds, contexts and masking helpers; 1.1 adds the per-example seeds,
 momentum copies and schedules, InfoNCE, the cross-rank row gather, the masked-LM and packing
 helpers, and ``Encoder.copy_body`` / ``Encoder.run_copy`` (plugins declaring "1.0" load
-unchanged); 1.2 adds ``lm_head_loss`` / ``LMHeadLoss``, the LM-head loss that the run may chunk
-(``train.lm_head_chunk_rows``).
+unchanged); 1.2 makes the encoder contract real: ``Encoder.build(config, ctx)`` with an
+``EncoderContext``, ``EncoderConfig`` (the encoder's ``Config`` validates ``[model]``),
+``Encoder.momentum_copy`` / ``MomentumCopy``, ``resize_token_types``, the ``num_heads`` /
+``max_tokens`` / position-id attributes, and ``TokenizerTraining.algorithm``; it adds the trainer
+events (``Callback``, ``FitState``), optimizer and schedule plugins, ``lm_head_loss`` /
+``LMHeadLoss`` (the LM-head loss the run may chunk, ``train.lm_head_chunk_rows``), 0-dim tensors
+in ``ObjectiveOutput.metrics``, ``ContrastiveResult.top1`` and ``NegativeStore.accepts_gathered_keys``.
 """
 
 _VERSION = re.compile(r"^(\d+)\.(\d+)$")

@@ -1,4 +1,4 @@
-"""The four plugin kinds objkit composes: Objective, Encoder, NegativeStore, Augmentation.
+"""The plugin kinds objkit composes: Objective, Encoder, NegativeStore, Augmentation.
 
 A plugin is a class deriving from one of these bases, with a ``name`` and a pydantic
 ``Config`` model (strict: ``extra="forbid"``). Plugins reach the registry through the
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 if TYPE_CHECKING:
@@ -81,9 +81,13 @@ class VocabInfo:
 
     @classmethod
     def from_tokenizer(cls, tokenizer: PreTrainedTokenizerBase) -> VocabInfo:
+        """Token ids of ``tokenizer``; a BERT-style tokenizer without ``<s>``/``</s>`` gives its
+        ``[CLS]``/``[SEP]`` as ``bos_id``/``eos_id`` (``[CLS] a [SEP] b [SEP]`` is BERT's layout)."""
+        bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
+        eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
         return cls(
-            bos_id=tokenizer.bos_token_id,
-            eos_id=tokenizer.eos_token_id,
+            bos_id=bos,
+            eos_id=eos,
             mask_id=tokenizer.mask_token_id,
             pad_id=tokenizer.pad_token_id,
             vocab_size=len(tokenizer),
@@ -94,6 +98,53 @@ class VocabInfo:
     def xlmr(cls, vocab_size: int = 250_002) -> VocabInfo:
         """XLM-R's layout, for dry runs without the checkpoint's tokenizer."""
         return cls(0, 2, vocab_size - 1, 1, vocab_size, (0, 1, 2, 3, vocab_size - 1))
+
+
+class TokenizerTraining(BaseModel):
+    """``[model.tokenizer]`` as a table: train a tokenizer on the recipe's data (from-scratch runs).
+    ``algorithm``: a SentencePiece unigram model in XLM-R's layout, or a cased WordPiece
+    vocabulary in BERT's (``[CLS]``, ``[SEP]``, ``[PAD]``, ``[UNK]``, ``[MASK]``); default the
+    encoder's (:attr:`Encoder.tokenizer_algorithm`)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    vocab_size: int = Field(8000, ge=100)
+    sources: list[str] | None = Field(None, description="data source names to train on (default: all)")
+    max_sentences: int = Field(200_000, gt=0)
+    character_coverage: float = Field(0.9995, gt=0, le=1)
+    algorithm: Literal["unigram", "wordpiece"] | None = Field(
+        None, description="unigram (SentencePiece, XLM-R layout) or wordpiece (BERT layout); default: the encoder's")
+
+
+class EncoderConfig(PluginConfig):
+    """Base of every encoder plugin's ``Config``, which validates the whole ``[model]`` table:
+    these generic keys, read by the core, plus the encoder's own (architecture, presets). (API 1.2)"""
+
+    encoder: str = Field("xlmr", description="encoder plugin name")
+    init: str | None = Field(None, description="HF hub id or local directory to continue training from")
+    dropout: float | None = Field(None, ge=0, lt=1, description="hidden and attention dropout (None: keep)")
+    max_length: int = Field(128, ge=8, description="tokens per sequence (incl. special tokens)")
+    tokenizer: str | TokenizerTraining | None = Field(
+        None, description="HF id/dir, or a table to train one; default: the init checkpoint's"
+    )
+
+    @model_validator(mode="after")
+    def _fresh_model_needs_tokenizer(self) -> EncoderConfig:
+        if self.init is None and self.tokenizer is None:
+            raise ValueError("a fresh model needs model.tokenizer (a path, or a table to train one)")
+        return self
+
+
+@dataclass(frozen=True)
+class EncoderContext:
+    """What :meth:`Encoder.build` gets beside its config. (API 1.2)
+
+    ``vocab_size``: ids of the run's tokenizer (None in a dry run without it: use the init
+    checkpoint's or the encoder's default). ``load_weights=False`` (``--dry-run``, under
+    ``torch.device("meta")``): build the architecture only, without touching the network."""
+
+    vocab_size: int | None = None
+    load_weights: bool = True
 
 
 @dataclass
@@ -146,10 +197,13 @@ class ObjectiveOutput:
 
 
 class Encoder(Plugin, nn.Module, ABC):
-    """The network being trained (plugin kind ``encoder``; its ``Config`` is the recipe's ``[model]``).
+    """The network being trained (plugin kind ``encoder``; its ``Config``, a subclass of
+    :class:`EncoderConfig`, validates the recipe's whole ``[model]`` table).
 
     Contract:
 
+    * ``build(config, ctx)`` (a classmethod) returns the encoder from its validated ``Config``
+      and an :class:`EncoderContext` (weights from ``config.init`` or fresh).
     * ``forward(input_ids, attention_mask, up_to_layer=None, position_ids=None,
       token_type_ids=None)`` returns the hidden states ``[h_0, h_1, ..., h_L]`` where ``h_0``
       is the embedding output and ``L = up_to_layer`` (default: all layers). Blocks past
@@ -157,17 +211,32 @@ class Encoder(Plugin, nn.Module, ABC):
     * ``lm_logits(hidden)`` applies the LM head to hidden vectors of selected positions
       (``[N, d] -> [N, vocab]``); callers gather masked positions first and never ask for
       full ``[batch, length, vocab]`` logits.
+    * ``momentum_copy(depth)`` a frozen copy of the first ``depth`` blocks (a :class:`MomentumCopy`).
+    * ``shard_units()`` the submodules FSDP shards one by one.
     * ``save_pretrained(path)`` writes a directory that ``transformers.AutoModel`` loads.
+
+    Attributes: ``hidden_size``, ``num_layers``, ``num_heads``, ``vocab_size``, ``max_tokens``;
+    ``first_position_id`` / ``pad_position_id``: the position id of a sequence's first token and
+    of padding (XLM-R counts positions from ``pad_token_id + 1``; BERT from 0).
     """
+
+    Config: ClassVar[type[PluginConfig]] = EncoderConfig
+    tokenizer_algorithm: ClassVar[str] = "unigram"
+    """What ``[model.tokenizer]`` trains when its table does not say (``unigram``, ``wordpiece``)."""
 
     hidden_size: int
     num_layers: int
+    num_heads: int = 0
     vocab_size: int
+    first_position_id: int = 0
+    pad_position_id: int = 0
+    max_tokens: int | None = None
+    """Tokens per sequence its position table allows (None: no limit known)."""
 
     @classmethod
     @abstractmethod
-    def build(cls, config: Any) -> Encoder:
-        """Build from the recipe's ``[model]`` table (weights from a checkpoint or fresh)."""
+    def build(cls, config: Any, ctx: EncoderContext) -> Encoder:
+        """Build from the validated ``[model]`` table (weights from a checkpoint or fresh)."""
 
     @abstractmethod
     def forward(
@@ -186,11 +255,19 @@ class Encoder(Plugin, nn.Module, ABC):
     def body(self) -> nn.Module:
         """The transformer body without the LM head (what a momentum copy tracks)."""
 
+    def momentum_copy(self, depth: int | None = None) -> MomentumCopy:
+        """A frozen fp32 copy of :meth:`body`'s first ``depth`` blocks (all: None), runnable like
+        :meth:`forward` up to ``depth``; its ``body``'s parameter names are :meth:`body`'s, so
+        ``MomentumTracker.between(encoder.body(), copy.body)`` pairs them. Default: built from
+        :meth:`copy_body` and :meth:`run_copy` (API 1.1 encoders keep working). (API 1.2)"""
+        return MomentumCopy(self.copy_body(depth), self.run_copy, units=())
+
     def copy_body(self, up_to_layer: int | None = None) -> nn.Module:
         """A frozen fp32 copy of :meth:`body` (``requires_grad=False``) for a momentum encoder,
         keeping at least the blocks up to ``up_to_layer`` (all: None). Its parameter names are
         the body's, so ``objkit.MomentumTracker.between(encoder.body(), copy)`` pairs them.
-        Default: a full-depth :func:`objkit.make_momentum_copy` of the body. (API 1.1)"""
+        Default: a full-depth :func:`objkit.make_momentum_copy` of the body. (API 1.1; 1.2's
+        :meth:`momentum_copy` wraps it)"""
         from objkit.momentum import make_momentum_copy
 
         return make_momentum_copy(self.body())
@@ -215,8 +292,50 @@ class Encoder(Plugin, nn.Module, ABC):
         block's full weights exist at a time; the rest is sharded with the root. Default: none."""
         return []
 
+    def resize_token_types(self, count: int) -> None:
+        """Grow the token-type embedding table to at least ``count`` rows (new rows drawn from
+        N(0, 0.02), existing rows kept), for objectives that give each language a token type
+        (TLM's ``language_embeddings``). Default: a :class:`~objkit.UserError`. (API 1.2)"""
+        from objkit.errors import UserError
+
+        raise UserError(f"model.encoder: encoder {self.name!r} has no token-type table to grow to {count} types")
+
     @abstractmethod
     def save_pretrained(self, path: str) -> None: ...
+
+
+class MomentumCopy(nn.Module):
+    """A frozen copy of an encoder's first blocks (:meth:`Encoder.momentum_copy`).
+
+    ``copy(input_ids, attention_mask, up_to_layer=None, position_ids=None, token_type_ids=None)``
+    returns the hidden states ``[h_0 .. h_L]`` exactly as the encoder's ``forward`` would with
+    the copied weights, under the caller's grad mode (wrap it in ``torch.no_grad()`` for keys)
+    and the copy's own train/eval mode. ``body`` holds the parameters (named as the encoder
+    body's); ``shard_units()`` its blocks, for FSDP. (API 1.2)"""
+
+    def __init__(self, body: nn.Module, run: Callable[..., list[torch.Tensor]], units: Any = ()) -> None:
+        super().__init__()
+        self.body = body
+        self._run = run
+        self._units = list(units)
+
+    @property
+    def depth(self) -> int:
+        """Blocks the copy holds (0 when unknown)."""
+        return len(self._units)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        up_to_layer: int | None = None,
+        position_ids: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> list[torch.Tensor]:
+        return self._run(self.body, input_ids, attention_mask, up_to_layer, position_ids, token_type_ids)
+
+    def shard_units(self) -> list[nn.Module]:
+        return list(self._units)
 
 
 class Objective(Plugin, ABC):

@@ -132,8 +132,7 @@ def plan_with_memory(
                 notes.append("tokenizer trained (or taken from cache) from the recipe's data")
             tokenizer = load_tokenizer(resolved, local_files_only=True)
     except UserError as exc:
-        notes.append(f"tokenizer not available ({exc}); assuming XLM-R's 250,002-token vocabulary")
-    vocab = VocabInfo.from_tokenizer(tokenizer) if tokenizer is not None else VocabInfo.xlmr()
+        notes.append(f"tokenizer not available ({exc}); assuming the encoder's default vocabulary")
     world = env_world()  # the torchrun layout, without joining a process group
     if world_size is not None:
         world = WorldInfo(rank=0, world_size=world_size)
@@ -141,7 +140,10 @@ def plan_with_memory(
     if precision == "auto":  # what a CUDA run would use; the plan is for the target machine
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
     with torch.device("meta"):
-        encoder = build_encoder(resolved, registry, vocab_size=vocab.vocab_size, load_weights=False)
+        encoder = build_encoder(resolved, registry, vocab_size=len(tokenizer) if tokenizer is not None else None,
+                                load_weights=False)
+        # without the tokenizer, token ids in XLM-R's layout over the encoder's vocabulary (sizes are what count)
+        vocab = VocabInfo.from_tokenizer(tokenizer) if tokenizer is not None else VocabInfo.xlmr(encoder.vocab_size)
         objectives = build_objectives(
             resolved, registry, encoder, tokenizer, torch.device("meta"), world, precision, vocab=vocab
         )
@@ -185,11 +187,10 @@ def plan_with_memory(
         copies //= world.world_size  # momentum copies are sharded like the encoder; queues are not
     checkpointed = set(recipe.enabled_objectives()) if recipe.train.activation_checkpointing is True else set(
         recipe.train.activation_checkpointing or [])
-    cfg = getattr(getattr(encoder, "mlm", None), "config", None)
     shape = ModelShape(
         layers=encoder.num_layers, hidden=encoder.hidden_size, vocab=encoder.vocab_size,
-        heads=cfg.num_attention_heads if cfg is not None else max(1, encoder.hidden_size // 64),
-        ffn=cfg.intermediate_size if cfg is not None else 4 * encoder.hidden_size,
+        heads=encoder.num_heads or max(1, encoder.hidden_size // 64),
+        ffn=getattr(encoder, "intermediate_size", None) or 4 * encoder.hidden_size,
     )
     joint = recipe.train.backward == "joint" and n_obj > 1
     static = {"weights": weights, "gradients": weights, "adamw": optimizer, "objective_state": extra_bytes + copies}

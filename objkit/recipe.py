@@ -17,6 +17,7 @@ import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from objkit.errors import UserError, one_line
+from objkit.interfaces import EncoderConfig, TokenizerTraining
 from objkit.registry import Registry, did_you_mean
 
 
@@ -172,38 +173,25 @@ def source_kind(source: AnySource) -> str:
 
 
 # ----------------------------------------------------------------------------- model
-class TokenizerTraining(Strict):
-    """Train a SentencePiece unigram tokenizer on the recipe's data (from-scratch runs)."""
+class ModelConfig(BaseModel):
+    """``[model]`` as the core reads it: the generic keys of :class:`objkit.interfaces.EncoderConfig`
+    (``encoder``, ``init``, ``tokenizer``, ``max_length``, ``dropout``); the encoder plugin's own
+    ``Config`` validates the whole table, its own keys included (:attr:`ResolvedRecipe.encoder_config`)."""
 
-    vocab_size: int = Field(8000, ge=100)
-    sources: list[str] | None = Field(None, description="data source names to train on (default: all)")
-    max_sentences: int = Field(200_000, gt=0)
-    character_coverage: float = Field(0.9995, gt=0, le=1)
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
-
-class ModelConfig(Strict):
     encoder: str = Field("xlmr", description="encoder plugin name")
     init: str | None = Field(None, description="HF hub id or local directory to continue training from")
-    preset: Literal["tiny", "small", "base", "large"] | None = Field(
-        None, description="architecture for from-scratch runs (or for --dry-run without the checkpoint)"
-    )
-    num_layers: int | None = Field(None, gt=0)
-    hidden_size: int | None = Field(None, gt=0)
-    num_heads: int | None = Field(None, gt=0)
-    intermediate_size: int | None = Field(None, gt=0)
     dropout: float | None = Field(None, ge=0, lt=1, description="hidden and attention dropout (None: keep)")
     max_length: int = Field(128, ge=8, description="tokens per sequence (incl. special tokens)")
     tokenizer: str | TokenizerTraining | None = Field(
         None, description="HF id/dir, or a table to train one; default: the init checkpoint's"
     )
 
-    @model_validator(mode="after")
-    def _init_or_architecture(self) -> ModelConfig:
-        if self.init is None and self.preset is None and self.hidden_size is None:
-            raise ValueError("give model.init (checkpoint) or model.preset / explicit dims for a fresh model")
-        if self.init is None and self.tokenizer is None:
-            raise ValueError("a fresh model needs model.tokenizer (a path, or a table to train one)")
-        return self
+    @property
+    def encoder_keys(self) -> dict[str, Any]:
+        """The keys only the encoder plugin's Config knows."""
+        return dict(self.model_extra or {})
 
 
 # ----------------------------------------------------------------------------- objectives
@@ -223,11 +211,22 @@ class ObjectiveEntry(BaseModel):
 
 
 # ----------------------------------------------------------------------------- training
-class OptimizerConfig(Strict):
-    name: Literal["adamw"] = "adamw"
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = Field(1e-6, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
+class OptimizerConfig(BaseModel):
+    """``[train.optimizer]``: ``name`` is an optimizer plugin (:mod:`objkit.optim`; ``adamw``
+    built in); every other key belongs to its ``Config`` (:attr:`ResolvedRecipe.optimizer_config`)."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    name: str = Field("adamw", description="optimizer plugin name")
+
+
+class CallbackEntry(BaseModel):
+    """``[callbacks.NAME]``: ``plugin`` (default NAME) names a callback plugin; every other key
+    belongs to its ``Config``."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    plugin: str
 
 
 MAX_STEPS = 10**9
@@ -239,7 +238,7 @@ class TrainConfig(Strict):
     micro_batch_size: int | None = Field(None, gt=0, description="per rank per forward; default batch_size")
     lr: float = Field(gt=0)
     warmup_steps: int = Field(0, ge=0, le=MAX_STEPS)
-    schedule: Literal["linear", "constant"] = "linear"
+    schedule: str = Field("linear", description="schedule plugin name: linear, constant, cosine (built in) or another")
     optimizer: OptimizerConfig = OptimizerConfig()
     clip_norm: float | None = Field(1.0, gt=0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
@@ -380,6 +379,9 @@ class Recipe(Strict):
             data = dict(raw["data"])
             raw = {**raw, "data": data, "data_cache_dir": data.pop("cache_dir")}
         return raw
+    callbacks: dict[str, CallbackEntry] = Field(
+        default_factory=dict, description="trainer callbacks (plugin kind callback), in order"
+    )
 
     def enabled_objectives(self) -> dict[str, ObjectiveEntry]:
         return {k: v for k, v in self.objectives.items() if v.enabled}
@@ -522,11 +524,12 @@ def _unknown_key_hint(problem: str, valid: list[str]) -> str:
 
 
 def _fill_plugin_defaults(raw: dict[str, Any]) -> None:
-    objectives = raw.get("objectives")
-    if isinstance(objectives, dict):
-        for name, table in objectives.items():
-            if isinstance(table, dict):
-                table.setdefault("plugin", name)
+    for section in ("objectives", "callbacks"):
+        tables = raw.get(section)
+        if isinstance(tables, dict):
+            for name, table in tables.items():
+                if isinstance(table, dict):
+                    table.setdefault("plugin", name)
 
 
 def _recipe_choices(raw: dict[str, Any]) -> set[str]:
@@ -633,10 +636,6 @@ def validate_recipe(raw: dict[str, Any], registry: Registry, source: str = "reci
                 langs = source_languages(recipe.data[entry.data])
                 problems.extend(f"objectives.{name}.{p}" for p in cls.check_languages(
                     objective_configs[name], entry.data, langs))
-        try:
-            registry.get(recipe.model.encoder, kind="encoder")
-        except UserError as exc:
-            problems.append(f"model.encoder: {exc}")
         if not recipe.enabled_objectives():
             problems.append("objectives: every objective is disabled")
         names = recipe.train.activation_checkpointing
@@ -644,10 +643,92 @@ def validate_recipe(raw: dict[str, Any], registry: Registry, source: str = "reci
             if name not in recipe.objectives:
                 problems.append(f"train.activation_checkpointing: {name!r} is not an objective of this recipe; "
                                 f"{did_you_mean(name, list(recipe.objectives))}")
+    encoder_config = None
+    model_table = raw.get("model")
+    if isinstance(model_table, dict) and isinstance(model_table.get("encoder", "xlmr"), str):
+        try:
+            info = registry.get(model_table.get("encoder", "xlmr"), kind="encoder")
+        except UserError as exc:
+            problems.append(f"model.encoder: {exc}")
+        else:
+            encoder_config = _validate_encoder_table(info.cls, model_table, problems, registry)
+    if recipe is not None and isinstance(encoder_config, EncoderConfig):
+        recipe.model.tokenizer = encoder_config.tokenizer  # the encoder may choose the tokenizer algorithm
+    callback_configs = _validate_plugin_tables(raw, "callbacks", "callback", {"plugin"}, registry, problems)
+    optimizer_config = _validate_optimizer(raw, registry, problems)
+    train = raw.get("train") if isinstance(raw.get("train"), dict) else {}
+    if isinstance(train.get("schedule", "linear"), str):
+        try:
+            registry.get(train.get("schedule", "linear"), kind="schedule")
+        except UserError as exc:
+            problems.append(f"train.schedule: {exc}")
+    problems = list(dict.fromkeys(problems))  # a generic [model] key is checked by the core and the encoder
     if problems:
         raise RecipeError(source, problems)
     assert recipe is not None
-    return ResolvedRecipe(recipe=recipe, objective_configs=objective_configs, source=source)
+    return ResolvedRecipe(recipe=recipe, objective_configs=objective_configs, source=source,
+                          encoder_config=encoder_config, callback_configs=callback_configs,
+                          optimizer_config=optimizer_config)
+
+
+def _validate_plugin_tables(raw: dict[str, Any], section: str, kind: str, core: set[str], registry: Registry,
+                            problems: list[str]) -> dict[str, Any]:
+    """``[SECTION.NAME]`` tables of plugins of ``kind``: each one's keys but ``core`` through its Config."""
+    configs: dict[str, Any] = {}
+    tables = raw.get(section) if isinstance(raw.get(section), dict) else {}
+    for name, table in tables.items():
+        if not isinstance(table, dict):
+            continue
+        try:
+            info = registry.get(str(table.get("plugin", name)), kind=kind)
+        except UserError as exc:
+            problems.append(f"{section}.{name}.plugin: {exc}")
+            continue
+        keys = {k: v for k, v in table.items() if k not in core}
+        try:
+            configs[name] = info.cls.Config.model_validate(keys)
+        except ValidationError as exc:
+            for err in exc.errors():
+                problem = _describe(err, keys, prefix=f"{section}.{name}")
+                if err["type"] == "extra_forbidden":
+                    problem = _unknown_key_hint(problem, sorted(core | set(info.cls.Config.model_fields)))
+                problems.append(problem)
+            continue
+        problems.extend(f"{section}.{name}.{p}" for p in info.cls.check(configs[name], registry))
+    return configs
+
+
+def _validate_optimizer(raw: dict[str, Any], registry: Registry, problems: list[str]) -> Any:
+    """``[train.optimizer]``'s keys but ``name`` through the named optimizer plugin's Config."""
+    train = raw.get("train") if isinstance(raw.get("train"), dict) else {}
+    table = train.get("optimizer", {})
+    if not isinstance(table, dict) or not isinstance(table.get("name", "adamw"), str):
+        return None
+    wrapped = _validate_plugin_tables({"optimizer": {"optimizer": {"plugin": table.get("name", "adamw"), **table}}},
+                                      "optimizer", "optimizer", {"plugin", "name"}, registry, found := [])
+    problems.extend(p.replace("optimizer.optimizer.plugin", "train.optimizer.name", 1)
+                    .replace("optimizer.optimizer.", "train.optimizer.", 1) for p in found)
+    return wrapped.get("optimizer")
+
+
+def _validate_encoder_table(cls: type, table: dict[str, Any], problems: list[str], registry: Registry) -> Any:
+    """The encoder plugin's ``Config`` over ``[model]``: the whole table when it derives from
+    :class:`EncoderConfig` (plugin API 1.2), else only the keys the core does not know."""
+    whole = issubclass(cls.Config, EncoderConfig)
+    keys = table if whole else {k: v for k, v in table.items() if k not in ModelConfig.model_fields}
+    try:
+        config = cls.Config.model_validate(keys)
+    except ValidationError as exc:
+        for err in exc.errors():
+            problem = _describe(err, keys, prefix="model")
+            if err["type"] == "extra_forbidden":
+                problem = _unknown_key_hint(problem, sorted(set(ModelConfig.model_fields) | set(cls.Config.model_fields)))
+            problems.append(problem)
+        return None
+    problems.extend(f"model.{p}" for p in cls.check(config, registry))
+    if not whole and table.get("init") is None and table.get("tokenizer") is None:
+        problems.append("model: a fresh model needs model.tokenizer (a path, or a table to train one)")
+    return config
 
 
 def _data_reference_problem(data_tables: dict[str, Any], data_name: str, wanted: str, plugin: str) -> str | None:
@@ -696,13 +777,29 @@ def _inner_model(annotation: Any) -> Any:
 class ResolvedRecipe:
     """A validated recipe plus each objective's validated plugin config."""
 
-    def __init__(self, recipe: Recipe, objective_configs: dict[str, Any], source: str) -> None:
+    def __init__(self, recipe: Recipe, objective_configs: dict[str, Any], source: str,
+                 encoder_config: Any = None, callback_configs: dict[str, Any] | None = None,
+                 optimizer_config: Any = None) -> None:
         self.recipe = recipe
         self.objective_configs = objective_configs
         self.source = source
+        self.encoder_config = encoder_config
+        """The encoder plugin's validated ``Config`` of ``[model]`` (what ``Encoder.build`` gets)."""
+        self.callback_configs = callback_configs or {}
+        self.optimizer_config = optimizer_config
 
     def to_dict(self) -> dict[str, Any]:
         data = self.recipe.dump()
+        if isinstance(self.encoder_config, EncoderConfig):
+            data["model"] = self.encoder_config.model_dump(mode="json", exclude_none=True)
+        if self.optimizer_config is not None:
+            name = data["train"]["optimizer"]["name"]
+            data["train"]["optimizer"] = {"name": name, **self.optimizer_config.model_dump(mode="json", exclude_none=True)}
+        for name, cfg in self.callback_configs.items():
+            data["callbacks"][name] = {"plugin": data["callbacks"][name]["plugin"],
+                                       **cfg.model_dump(mode="json", exclude_none=True)}
+        if not data.get("callbacks"):
+            data.pop("callbacks", None)  # recipes without callbacks record what they did before
         for name, cfg in self.objective_configs.items():
             entry = data["objectives"][name]
             core = {k: entry[k] for k in ObjectiveEntry.model_fields if k in entry}

@@ -41,7 +41,14 @@ from pydantic import BaseModel
 from objkit import hookspecs
 from objkit.errors import PluginError
 from objkit.hookspecs import PLUGIN_API_VERSION, api_compatible, parse_api_version
-from objkit.interfaces import PLUGIN_KINDS, Plugin
+from objkit.events import Callback
+from objkit.interfaces import PLUGIN_KINDS as MODEL_KINDS
+from objkit.interfaces import Plugin
+from objkit.optim import Optimizer, Schedule
+
+PLUGIN_KINDS: dict[str, type[Plugin]] = {**MODEL_KINDS, "callback": Callback, "optimizer": Optimizer, "schedule": Schedule}
+"""Every plugin kind: the model's (objective, negative_store, augmentation, encoder) and the
+trainer's (callback, optimizer, schedule; plugin API 1.2)."""
 
 AUTOLOAD_ENV = "OBJKIT_DISABLE_PLUGIN_AUTOLOAD"
 BUILTIN_DISTRIBUTION = "objkit"
@@ -422,6 +429,11 @@ def configure(specs: Iterable[str]) -> None:
     """Set the ``--plugin`` arguments that :func:`default_registry` applies (the CLI does this)."""
     global _cli_specs
     _cli_specs = tuple(specs)
+
+
+def cli_specs() -> tuple[str, ...]:
+    """The ``--plugin`` arguments given to this process (what :func:`configure` set)."""
+    return _cli_specs
 
 
 def current_selection() -> PluginSelection:

@@ -1,5 +1,6 @@
 """Where metrics go: ``RUN/metrics.jsonl`` (always, one JSON object per logged step) and,
-with ``train.report_to = ["jsonl", "tensorboard"]``, TensorBoard scalars under ``RUN/tensorboard``."""
+with ``train.report_to = ["jsonl", "tensorboard"]``, TensorBoard scalars under ``RUN/tensorboard``;
+and the progress bar. Both are trainer callbacks (:mod:`objkit.events`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from objkit.errors import UserError
+from objkit.events import Callback, FitState
 
 
 class MetricsWriter:
@@ -76,3 +78,69 @@ def truncate_metrics(path: Path, step: int) -> None:
         from objkit.checkpoint import atomic_write_text
 
         atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+
+
+class MetricsReport(Callback):
+    """``metrics.jsonl`` (and TensorBoard) from ``on_log`` and ``on_eval`` records, on rank 0. On
+    start it drops the records a killed run logged after its last checkpoint."""
+
+    name = "metrics_report"
+
+    def __init__(self, report_to: list[str]) -> None:
+        super().__init__()
+        self.report_to = report_to
+        self.writer: MetricsWriter | None = None
+
+    def on_fit_start(self, state: FitState) -> None:
+        if state.world.is_main:
+            truncate_metrics(state.run_dir / "metrics.jsonl", state.step)
+        self.writer = MetricsWriter(state.run_dir, self.report_to, enabled=state.world.is_main)
+
+    def _write(self, record: dict[str, Any]) -> None:
+        assert self.writer is not None
+        try:
+            self.writer.write(record)
+        except OSError as exc:
+            from objkit.faults import write_error
+
+            raise write_error(exc, "metrics", "checkpoints already written are intact") from None
+
+    def on_log(self, state: FitState, record: dict[str, float]) -> None:
+        self._write(record)
+
+    def on_eval(self, state: FitState, results: dict[str, float]) -> None:
+        self._write({"step": state.step, **results})
+
+    def on_fit_end(self, state: FitState) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class ProgressBar(Callback):
+    """A tqdm bar on rank 0: one tick per step; losses, tok/s and evaluation results as its postfix."""
+
+    name = "progress_bar"
+
+    def __init__(self, enabled: bool = True) -> None:
+        super().__init__()
+        self.enabled = enabled
+        self.bar: Any = None
+
+    def on_fit_start(self, state: FitState) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=state.total_steps, initial=state.step, disable=not (self.enabled and state.world.is_main),
+                        dynamic_ncols=True, desc="train")
+
+    def on_log(self, state: FitState, record: dict[str, float]) -> None:
+        self.bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k.endswith("/loss") or k == "tok/s"})
+
+    def on_step_end(self, state: FitState, stats: dict[str, float]) -> None:
+        self.bar.update(1)
+
+    def on_eval(self, state: FitState, results: dict[str, float]) -> None:
+        self.bar.set_postfix(results)
+
+    def on_fit_end(self, state: FitState) -> None:
+        if self.bar is not None:
+            self.bar.close()

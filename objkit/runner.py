@@ -13,23 +13,28 @@ import shutil
 import time
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from objkit.checkpoint import atomic_write_text, list_checkpoints
-from objkit.distributed import env_world, shutdown_distributed
+from objkit.distributed import env_world, process_group
 from objkit.errors import UserError
+from objkit.events import Callback, FitState
 from objkit.faults import write_error
 from objkit.recipe import EvalConfig, ResolvedRecipe
 from objkit.registry import Registry
 from objkit.runlock import RunLock
-from objkit.runtime import thread_counts
+from objkit.runtime import resolve_device, thread_counts
+
+if TYPE_CHECKING:
+    from objkit.trainer import Trainer
 
 
 class PeriodicEval:
     """Retrieval accuracy on the recipe's ``[eval.sets]`` every ``eval.every`` steps and at the end;
-    zero-shot transfer on ``[eval.transfer]`` at the end (or every ``every`` steps)."""
+    zero-shot transfer on ``[eval.transfer]`` at the end (or every ``every`` steps). The trainer
+    runs it through :class:`EvalCallback`."""
 
     def __init__(self, config: EvalConfig, max_length: int) -> None:
         from objkit.eval.retrieval import read_aligned
@@ -62,7 +67,6 @@ class PeriodicEval:
     def __call__(self, trainer: Any) -> dict[str, float]:
         from objkit.eval.retrieval import default_layer, evaluate_pair
 
-        body = trainer.encoder.body()
         layer = self.config.layer if self.config.layer is not None else default_layer(trainer.encoder.num_layers)
         results: dict[str, float] = {}
         step, total = trainer.step, trainer.train_cfg.steps
@@ -72,7 +76,7 @@ class PeriodicEval:
             return results
         for name, (src, tgt) in self.sets.items():
             scores = evaluate_pair(
-                body, trainer.tokenizer, src, tgt,
+                trainer.encoder, trainer.tokenizer, src, tgt,
                 layer=layer, pooling=self.config.pooling, batch_size=self.config.batch_size,
                 max_length=self.max_length, device=trainer.device,
             )
@@ -82,9 +86,28 @@ class PeriodicEval:
         return results
 
 
+class EvalCallback(Callback):
+    """Periodic evaluation as a trainer callback: after a step for which :class:`PeriodicEval` is
+    due, every rank evaluates with the full parameters (FSDP gathers them) and the results go to
+    ``on_eval`` (``metrics.jsonl``, the progress bar, the recipe's callbacks)."""
+
+    name = "periodic_eval"
+
+    def __init__(self, evaluate: PeriodicEval, trainer: Trainer) -> None:
+        super().__init__()
+        self.evaluate = evaluate
+        self.trainer = trainer
+
+    def on_step_end(self, state: FitState, stats: dict[str, float]) -> None:
+        if self.evaluate.due(state.step, state.total_steps):
+            with self.trainer.replicas.full_parameters():  # every rank evaluates; rank 0 writes
+                results = self.evaluate(self.trainer)
+            state.report_eval(results)
+
+
 # Recipe keys that may differ between a run and its resumption: they do not change the weights.
 NEUTRAL_KEYS = {
-    ("name",), ("description",), ("eval",),
+    ("name",), ("description",), ("eval",), ("callbacks",),
     ("train", "log_every"), ("train", "checkpoint_every"), ("train", "keep_checkpoints"),
     ("train", "report_to"), ("train", "max_bad_steps"), ("train", "collective_timeout"), ("data", "cache_dir"),
     ("train", "checkpoint_format"),
@@ -219,14 +242,15 @@ def _train(resolved: ResolvedRecipe, run_dir: Path, registry: Registry, progress
     from objkit.trainer import Trainer
 
     started = time.perf_counter()
-    try:
-        trainer = Trainer(resolved, run_dir, registry, progress=progress)
+    train = resolved.recipe.train
+    with process_group(resolve_device(train, env_world()), train.collective_timeout) as world:
+        trainer = Trainer(resolved, run_dir, registry, progress=progress, world=world)
         if trainer.world.is_main:
             atomic_write_text(run_dir / "recipe.toml", resolved.to_toml())
             versions = {"objkit": _version(), "plugins": registry.versions(), "threads": thread_counts()}
             atomic_write_text(run_dir / "versions.json", json.dumps(versions, indent=1) + "\n")
             click.echo(f"resolved recipe and plugin versions written to {run_dir}", err=True)
-        trainer.fit(evaluate)
+        trainer.fit([EvalCallback(evaluate, trainer)] if evaluate is not None else [])
         if trainer.stopped_by is not None:
             if trainer.world.is_main:
                 checkpoints = list_checkpoints(run_dir)
@@ -240,8 +264,6 @@ def _train(resolved: ResolvedRecipe, run_dir: Path, registry: Registry, progress
             click.echo(f"done: {trainer.step} steps{ranks} in {time.perf_counter() - started:.0f}s; "
                        f"export at {export}", err=True)
         return export
-    finally:
-        shutdown_distributed()  # leave the torchrun process group (no-op with one process)
 
 
 def _version() -> str:

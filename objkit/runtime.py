@@ -14,7 +14,7 @@ import torch
 from objkit.distributed import barrier
 from objkit.errors import UserError
 from objkit.hub import hub_unreachable_reason, offline_unless_reachable
-from objkit.interfaces import BuildContext, Encoder, Objective, VocabInfo, WorldInfo
+from objkit.interfaces import BuildContext, Encoder, EncoderContext, Objective, VocabInfo, WorldInfo
 from objkit.recipe import ResolvedRecipe, TokenizerTraining, TrainConfig
 from objkit.registry import Registry
 
@@ -99,9 +99,18 @@ def load_tokenizer(
         ) from None
 
 
-def build_encoder(resolved: ResolvedRecipe, registry: Registry, vocab_size: int, load_weights: bool = True) -> Encoder:
-    info = registry.get(resolved.recipe.model.encoder, kind="encoder")
-    return info.cls.build(resolved.recipe.model, vocab_size=vocab_size, load_weights=load_weights)
+def build_encoder(resolved: ResolvedRecipe, registry: Registry, vocab_size: int | None,
+                  load_weights: bool = True) -> Encoder:
+    """The recipe's encoder plugin, built with ``build(config, ctx)`` from its validated
+    ``[model]`` Config (an encoder written to plugin API 1.1's documented ``build(config)``
+    gets just its config, and builds with its weights)."""
+    import inspect
+
+    cls = registry.get(resolved.recipe.model.encoder, kind="encoder").cls
+    config = resolved.encoder_config
+    if len(inspect.signature(cls.build).parameters) < 2:
+        return cls.build(config)
+    return cls.build(config, EncoderContext(vocab_size=vocab_size, load_weights=load_weights))
 
 
 @dataclass
@@ -161,14 +170,21 @@ def accumulation_steps(train: TrainConfig, world: WorldInfo) -> tuple[int, int]:
     return micro, train.batch_size // per_step
 
 
-def adamw_kernel(params: list[torch.Tensor]) -> dict[str, bool]:
-    """AdamW's implementation: ``fused=True`` where torch has the fused kernel for every parameter
-    (CUDA, and CPU since torch 2.4), else torch's default.
+def build_optimizer(resolved: ResolvedRecipe, registry: Registry, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """The recipe's ``[train.optimizer]`` plugin (``adamw`` by default) at peak ``train.lr``."""
+    train = resolved.recipe.train
+    cls = registry.get(train.optimizer.name, kind="optimizer").cls
+    return cls.build(params, train.lr, resolved.optimizer_config)
 
-    On CPU torch's default is a Python loop over parameters of about ten elementwise kernels
-    each, with full-size temporaries (``sqrt``, ``div``: 1 GB each for XLM-R large's embedding);
-    the fused kernel makes one pass over each parameter and its state. Measured by
-    ``benchmarks/run.py`` (the optimizer was a third of an MLM step of the XLM-R-base shape)."""
-    if params and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params):
-        return {"fused": True}
-    return {}
+
+def build_schedule(resolved: ResolvedRecipe, registry: Registry, optimizer: torch.optim.Optimizer) -> Any:
+    """The recipe's ``train.schedule`` plugin over ``train.steps`` with ``train.warmup_steps``."""
+    train = resolved.recipe.train
+    cls = registry.get(train.schedule, kind="schedule").cls
+    return cls.build(optimizer, train.warmup_steps, train.steps, cls.Config())
+
+
+def build_callbacks(resolved: ResolvedRecipe, registry: Registry) -> list[Any]:
+    """The recipe's ``[callbacks.NAME]`` plugins, in recipe order, each with its validated Config."""
+    return [registry.get(entry.plugin, kind="callback").cls(resolved.callback_configs[name])
+            for name, entry in resolved.recipe.callbacks.items()]

@@ -1,4 +1,5 @@
-"""Train an XLM-R-style SentencePiece unigram tokenizer, cache it, and the ``objkit tokenizer`` CLI.
+"""Train an XLM-R-style SentencePiece unigram tokenizer (or a BERT-style WordPiece one), cache it,
+and the ``objkit tokenizer`` CLI.
 
 The SentencePiece model is trained with ``unk=0, bos=1, eos=2`` (no pad) like XLM-R's, and
 wrapped as ``transformers.XLMRobertaTokenizer``, which applies fairseq's id layout:
@@ -25,7 +26,8 @@ from typing import Any
 import click
 
 from objkit.errors import UserError
-from objkit.recipe import TextSource, TokenizerTraining
+from objkit.interfaces import TokenizerTraining
+from objkit.recipe import TextSource
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,36 @@ def train_tokenizer(texts: Iterable[str], out_dir: Path, *, vocab_size: int = 80
     return tokenizer
 
 
+BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+def train_wordpiece(texts: Iterable[str], out_dir: Path, *, vocab_size: int = 8000,
+                    max_sentences: int = 200_000) -> Any:
+    """Train a cased WordPiece vocabulary (mBERT's: BERT pre-tokenization, no lower-casing, accents
+    kept, ``##`` continuation pieces) on the first ``max_sentences`` non-empty texts with
+    ``tokenizers``, and save it as ``transformers.BertTokenizerFast`` (ids: ``[PAD]=0, [UNK]=1,
+    [CLS]=2, [SEP]=3, [MASK]=4``; loadable by ``AutoTokenizer``); return it loaded.
+    Deterministic for a given input."""
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import AutoTokenizer, BertTokenizerFast
+
+    sentences = [t.strip().replace("\n", " ") for t in itertools.islice(
+        (t for t in texts if t and t.strip()), max_sentences)]
+    if not sentences:
+        raise UserError("tokenizer training: no non-empty text to train on")
+    trainer = BertWordPieceTokenizer(clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=False)
+    trainer.train_from_iterator(sentences, vocab_size=vocab_size, min_frequency=1, special_tokens=list(BERT_SPECIALS),
+                                show_progress=False)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trainer.save_model(str(out_dir))  # vocab.txt
+    BertTokenizerFast.from_pretrained(str(out_dir), do_lower_case=False, strip_accents=False,
+                                      tokenize_chinese_chars=True).save_pretrained(str(out_dir))
+    tokenizer = AutoTokenizer.from_pretrained(str(out_dir))
+    log.info("tokenizer: trained %d WordPiece ids on %d sentences -> %s", len(tokenizer), len(sentences), out_dir)
+    return tokenizer
+
+
 def model_max_tokens(model: Any) -> int | None:
     """Tokens per sequence the position table of ``model`` (a transformers model or its config)
     allows (XLM-R offsets positions by ``pad_token_id + 1``), or None when the config does not say."""
@@ -121,6 +153,12 @@ def save_tokenizer_for(model: Any, tokenizer: Any, out_dir: str | Path) -> None:
 
 
 # ----------------------------------------------------------------------------- recipe cache
+def _config_json(config: TokenizerTraining) -> dict[str, Any]:
+    """The training config as cached; ``algorithm`` only when set (keys of unigram tokenizers trained
+    before it existed stay valid)."""
+    return config.model_dump(mode="json", exclude={"algorithm"} if config.algorithm is None else None)
+
+
 def tokenizer_cache_key(config: TokenizerTraining, sources: Mapping[str, Any], *,
                         base_dir: Path | None = None, seed: int = 0) -> str:
     """Hash of the training config, the source definitions used and their files' sizes/mtimes."""
@@ -130,7 +168,7 @@ def tokenizer_cache_key(config: TokenizerTraining, sources: Mapping[str, Any], *
     payload = {
         "version": 1,
         "seed": seed,
-        "config": config.model_dump(mode="json"),
+        "config": _config_json(config),
         "sources": {n: sources[n].model_dump(mode="json") for n in names},
         "files": {n: source_files(n, sources[n], base_dir) for n in names},
     }
@@ -174,10 +212,13 @@ def ensure_tokenizer(config: TokenizerTraining, sources: Mapping[str, Any], cach
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache_dir))
     try:
-        train_tokenizer(texts, tmp, vocab_size=config.vocab_size, character_coverage=config.character_coverage,
-                        max_sentences=config.max_sentences, seed=seed)
+        if config.algorithm == "wordpiece":
+            train_wordpiece(texts, tmp, vocab_size=config.vocab_size, max_sentences=config.max_sentences)
+        else:
+            train_tokenizer(texts, tmp, vocab_size=config.vocab_size, character_coverage=config.character_coverage,
+                            max_sentences=config.max_sentences, seed=seed)
         (tmp / MARKER_FILE).write_text(json.dumps(
-            {"key": key, "sources": names, "config": config.model_dump(mode="json")}, indent=2))
+            {"key": key, "sources": names, "config": _config_json(config)}, indent=2))
         try:
             os.rename(tmp, target)
         except OSError:  # another process finished first

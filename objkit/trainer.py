@@ -1,5 +1,6 @@
-"""The training loop: AdamW, warmup + linear decay, accumulation, clipping, logging,
-checkpoints, resumption, export. Loss composition lives in :mod:`objkit.composite`; what
+"""The training loop: the recipe's optimizer and schedule (:mod:`objkit.optim`), accumulation,
+clipping, events (:mod:`objkit.events`: logging, evaluation, callbacks), checkpoints, resumption,
+export. Loss composition lives in :mod:`objkit.composite`; what
 happens on signals, non-finite steps and failed writes in :mod:`objkit.faults`."""
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import datasets
 import torch
 from tqdm.auto import tqdm
-from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
 from objkit import checkpoint as ckpt
 from objkit import distributed, faults
@@ -26,18 +27,21 @@ from objkit.composite import CollatedStep, CompositeLoss, ObjectiveSlot, StepSta
 from objkit.data import ExampleStream
 from objkit.data.bucketing import BucketedStream
 from objkit.errors import UserError
-from objkit.interfaces import StepContext
+from objkit.interfaces import StepContext, WorldInfo
 from objkit.prefetch import StepPrefetcher
 from objkit.memory import apply_train_options
 from objkit.recipe import ResolvedRecipe
 from objkit.registry import Registry
-from objkit.reporting import MetricsWriter, truncate_metrics
+from objkit.events import Callback, Events, FitState
+from objkit.reporting import MetricsReport, ProgressBar
 from objkit.runtime import (
     accumulation_steps,
-    adamw_kernel,
     autocast_factory,
+    build_callbacks,
     build_encoder,
     build_objectives,
+    build_optimizer,
+    build_schedule,
     load_tokenizer,
     resolve_device,
     resolve_precision,
@@ -60,7 +64,11 @@ def set_seed(seed: int) -> None:
 class Trainer:
     """Builds everything a recipe describes and trains it into ``run_dir``."""
 
-    def __init__(self, resolved: ResolvedRecipe, run_dir: Path, registry: Registry, progress: bool = True) -> None:
+    def __init__(self, resolved: ResolvedRecipe, run_dir: Path, registry: Registry, progress: bool = True,
+                 world: WorldInfo | None = None) -> None:
+        """``world``: the process group the caller joined (:func:`objkit.distributed.process_group`,
+        as ``objkit run`` does). Without it the trainer joins torchrun's group itself and the caller
+        leaves it (:func:`objkit.distributed.shutdown_distributed`)."""
         self.resolved = resolved
         self.recipe = resolved.recipe
         self.train_cfg = self.recipe.train
@@ -68,7 +76,9 @@ class Trainer:
         self.registry = registry
         self.progress = progress
         self.device = resolve_device(self.train_cfg, distributed.env_world())
-        self.world = distributed.init_distributed(self.device, timeout=self.train_cfg.collective_timeout)
+        if world is None:
+            world = distributed.init_distributed(self.device, timeout=self.train_cfg.collective_timeout)
+        self.world = world
         if not self.world.is_main:  # rank 0 alone reports
             datasets.disable_progress_bars()
         self.precision = resolve_precision(self.train_cfg, self.device)
@@ -91,16 +101,9 @@ class Trainer:
         params = self.params = self.replicas.parameters()
         if self.world.world_size > 1:  # same initial weights everywhere (above); own dropout masks per rank
             torch.manual_seed(derive_seed(self.train_cfg.seed, "rank", self.world.rank))
-        opt = self.train_cfg.optimizer
-        self.optimizer = torch.optim.AdamW(
-            params, lr=self.train_cfg.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay,
-            **adamw_kernel(params),
-        )
-        make_schedule = (
-            get_linear_schedule_with_warmup if self.train_cfg.schedule == "linear" else get_constant_schedule_with_warmup
-        )
-        kwargs = {"num_training_steps": self.train_cfg.steps} if self.train_cfg.schedule == "linear" else {}
-        self.scheduler = make_schedule(self.optimizer, num_warmup_steps=self.train_cfg.warmup_steps, **kwargs)
+        self.optimizer = build_optimizer(resolved, registry, params)
+        self.scheduler = build_schedule(resolved, registry, self.optimizer)
+        self.callbacks = build_callbacks(resolved, registry)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.composite = CompositeLoss(
             [
@@ -361,63 +364,56 @@ class Trainer:
             return None
         return faults.nonfinite_reason(to_host(checked), float(grad_norm))
 
-    def fit(self, evaluate: Any = None) -> None:
+    def fit(self, callbacks: Sequence[Callback] = ()) -> None:
         """Train to ``train.steps``, resuming from the newest intact checkpoint in ``run_dir``.
 
+        Events go to objkit's progress bar and metrics report, then to the recipe's
+        ``[callbacks]``, then to ``callbacks`` (periodic evaluation; see :mod:`objkit.events`).
         SIGTERM / SIGINT end it early, after the current step and a checkpoint:
         ``self.stopped_by`` then names the signal.
         """
         self._resume_newest()
-        if self.world.is_main:
-            truncate_metrics(self.run_dir / "metrics.jsonl", self.step)  # drop what a killed run logged later
-        writer = MetricsWriter(self.run_dir, self.train_cfg.report_to, enabled=self.world.is_main)
-        bar = tqdm(
-            total=self.train_cfg.steps,
-            initial=self.step,
-            disable=not (self.progress and self.world.is_main),
-            dynamic_ncols=True,
-            desc="train",
-        )
+        state = FitState(run_dir=self.run_dir, total_steps=self.train_cfg.steps, world=self.world,
+                         encoder=self.encoder, tokenizer=self.tokenizer, step=self.step)
+        builtin = [ProgressBar(self.progress), MetricsReport(self.train_cfg.report_to)]
+        events = Events([*builtin, *self.callbacks, *callbacks], state)
         window: list[StepStats] = []
-        window_start = time.perf_counter()
         self.prefetcher = StepPrefetcher(
             lambda step: self.composite.collate_step(step, self.world),
             lambda: {name: stream.state_dict() for name, stream in self.streams.items()},
             start=self.step, stop=self.train_cfg.steps,
         )
         try:
+            events.fit_start()
+            window_start = time.perf_counter()
             with faults.StopRequest(announce=self.world.is_main) as stop:
                 while self.step < self.train_cfg.steps:
                     faults.pause_for_test("step", self.step + 1)
                     stats = self.train_step(self.prefetcher.get(self.step), stop.requested)
+                    state.step = self.step
                     window.append(stats)
-                    bar.update(1)
                     if self.step % self.train_cfg.log_every == 0 or self.step == self.train_cfg.steps:
                         elapsed = time.perf_counter() - window_start
-                        record = self._summarise(window, elapsed)
-                        self._write_metrics(writer, record)
-                        bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k.endswith("/loss") or k == "tok/s"})
+                        events.log(self._summarise(window, elapsed))
                         window, window_start = [], time.perf_counter()
-                    if evaluate is not None and evaluate.due(self.step, self.train_cfg.steps):
-                        with self.replicas.full_parameters():  # every rank evaluates; rank 0 writes
-                            results = evaluate(self)
-                        self._write_metrics(writer, {"step": self.step, **results})
-                        bar.set_postfix(results)
+                    events.step_end(stats.values)
                     saved = False
                     if self.step % self.train_cfg.checkpoint_every == 0 or self.step == self.train_cfg.steps:
-                        self.save()
+                        events.checkpoint(self.save())
                         saved = True
                     # several ranks: agreed with the step's non-finite check (no collective of its own)
                     stop_now = self.stop_agreed or (self.world.world_size == 1 and stop.requested)
                     if stop_now and self.step < self.train_cfg.steps:
                         if not saved:
-                            self.save()
-                        self.stopped_by = stop.signal_name or "a signal to another rank"
+                            events.checkpoint(self.save())
+                        self.stopped_by = state.stopped_by = stop.signal_name or "a signal to another rank"
                         break
+        except BaseException as exc:
+            state.error = exc
+            raise
         finally:
             self._close_prefetcher()
-            bar.close()
-            writer.close()
+            events.fit_end()
 
     def _close_prefetcher(self) -> None:
         """Stop collating ahead and put the streams back where the last trained step left them."""
@@ -428,12 +424,6 @@ class Trainer:
         if prefetcher.consumed_states is not None:
             for name, state in prefetcher.consumed_states.items():
                 self.streams[name].load_state_dict(state)
-
-    def _write_metrics(self, writer: MetricsWriter, record: dict[str, Any]) -> None:
-        try:
-            writer.write(record)
-        except OSError as exc:
-            raise faults.write_error(exc, "metrics", "checkpoints already written are intact") from None
 
     def _summarise(self, window: list[StepStats], elapsed: float) -> dict[str, float]:
         means, tokens = summarise(window, self.world)  # every rank calls this: reduced over ranks

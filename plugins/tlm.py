@@ -35,7 +35,6 @@ from objkit import (
     Objective,
     ObjectiveOutput,
     StepContext,
-    UserError,
     derive_seed,
     example_seeds,
     hookimpl,
@@ -86,10 +85,11 @@ class TranslationLM(Objective):
         self.bos_id = ctx.vocab.bos_id
         self.eos_id = ctx.vocab.eos_id
         self.max_length = ctx.max_length
-        self.first_position = self.vocab.pad_id + 1  # XLM-R's position ids start after the pad id
+        self.first_position = ctx.encoder.first_position_id  # XLM-R counts from pad id + 1, BERT from 0
+        self.pad_position = ctx.encoder.pad_position_id
         self.language_ids = {lang: i for i, lang in enumerate(config.languages)}
         if config.language_embeddings:
-            self._grow_token_types(ctx, len(config.languages))
+            ctx.encoder.resize_token_types(len(config.languages))
 
     @classmethod
     def check_languages(cls, config: TLMConfig, source: str, languages: list[str]) -> list[str]:
@@ -104,20 +104,6 @@ class TranslationLM(Objective):
     @classmethod
     def modifies_encoder(cls, config: TLMConfig) -> bool:
         return config.language_embeddings
-
-    @staticmethod
-    def _grow_token_types(ctx: BuildContext, needed: int) -> None:
-        embeddings = getattr(ctx.encoder.body(), "embeddings", None)
-        table = getattr(embeddings, "token_type_embeddings", None)
-        if table is None:
-            raise UserError(f"objectives.{ctx.instance_name}.language_embeddings: encoder has no token-type table")
-        if table.num_embeddings < needed:
-            grown = torch.nn.Embedding(needed, table.embedding_dim, device=table.weight.device)
-            torch.nn.init.normal_(grown.weight, std=0.02)
-            with torch.no_grad():
-                grown.weight[: table.num_embeddings] = table.weight
-            embeddings.token_type_embeddings = grown
-            ctx.encoder.body().config.type_vocab_size = needed
 
     def prepare(self, dataset: datasets.Dataset) -> datasets.Dataset:
         kwargs = {"desc": "tlm pairs"} if isinstance(dataset, datasets.Dataset) else {}  # streaming: no desc
@@ -158,7 +144,7 @@ class TranslationLM(Objective):
             tgt_offset = torch.tensor([e["src_len"] for e in examples])[:, None]
             positions = torch.arange(input_ids.shape[1]).expand_as(input_ids)
             positions = torch.where(src_part, positions, positions - tgt_offset)
-            batch["position_ids"] = torch.where(attention_mask.bool(), positions + self.first_position, self.vocab.pad_id)
+            batch["position_ids"] = torch.where(attention_mask.bool(), positions + self.first_position, self.pad_position)
         if self.config.language_embeddings:
             src_lang = torch.tensor([self.language_ids[e["src_lang"]] for e in examples])[:, None]
             tgt_lang = torch.tensor([self.language_ids[e["tgt_lang"]] for e in examples])[:, None]

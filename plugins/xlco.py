@@ -171,8 +171,8 @@ class CrossLingualContrast(Objective):
         self.vocab = ctx.vocab
         self.max_length = ctx.max_length
         self.body = encoder.body()
-        self.key_body = encoder.copy_body(self.depth)  # frozen fp32, only the blocks the key pass runs
-        self._run_copy = encoder.run_copy
+        self.key_copy = encoder.momentum_copy(self.depth)  # frozen fp32, only the blocks the key pass runs
+        self.key_body = self.key_copy.body  # its parameters, named as the query body's
         self.projection: nn.Linear | None = None
         self.key_projection: nn.Module | None = None
         if config.projection:
@@ -204,7 +204,7 @@ class CrossLingualContrast(Objective):
     def shard(self, shard: Callable[..., None]) -> None:
         """FSDP: shard the key encoder block by block like the query encoder, so each EMA
         update pairs local shards of equal shape; then re-pair (sharding replaces parameters)."""
-        shard(self.key_body, units=list(getattr(getattr(self.key_body, "encoder", None), "layer", [])))
+        shard(self.key_body, units=self.key_copy.shard_units())
         if self.key_projection is not None:
             shard(self.key_projection)
         last = self.tracker.last_momentum
@@ -259,7 +259,7 @@ class CrossLingualContrast(Objective):
         """Momentum-encoder vectors ``[B, d]`` (fp32), running ``layer`` blocks."""
         self.key_body.train(training)  # same dropout mode as the query encoder (reference)
         up_to = self.layer if self.config.truncate_passes else None
-        hidden = self._run_copy(self.key_body, input_ids, attention_mask, up_to_layer=up_to)[self.layer]
+        hidden = self.key_copy(input_ids, attention_mask, up_to_layer=up_to)[self.layer]
         return self._head(self._pool(hidden, attention_mask), self.key_projection)
 
     def encode_queries(self, encoder: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

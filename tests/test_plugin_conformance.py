@@ -90,8 +90,9 @@ HARNESSES = {
 
 
 def test_every_builtin_plugin_has_a_harness():
+    # encoders: tests/test_encoder_conformance.py; optimizers and schedules: tests/test_events.py
     builtins = {
-        info.name for info in installed_registry().infos() if info.distribution == "objkit" and info.kind != "encoder"
+        info.name for info in installed_registry().infos() if info.distribution == "objkit" and info.kind in ("objective", "negative_store", "augmentation")
     }
     assert builtins == set(HARNESSES)
 

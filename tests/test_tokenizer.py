@@ -107,3 +107,21 @@ def test_ensure_tokenizer_caches(tmp_path, monkeypatch):
     assert only_mono != first and len(calls) == 2
     with pytest.raises(UserError, match=r"model.tokenizer.sources\[0\]: no data source named 'mnoo'"):
         ensure_tokenizer(TokenizerTraining(sources=["mnoo"]), sources, tmp_path / "cache", base_dir=tmp_path)
+
+
+def test_wordpiece_training_gives_a_cased_bert_tokenizer(tmp_path):
+    """``algorithm = "wordpiece"`` (the bert encoder's default): a cased WordPiece vocabulary of
+    the requested size in BERT's layout, loadable with AutoTokenizer, continuation pieces marked ##."""
+    from transformers import AutoTokenizer
+
+    from objkit.tokenizer import train_wordpiece
+
+    texts = [f"Wörterbuch Straße Haus {i} maison été Übersetzung" for i in range(200)] + ["日本語 テスト"] * 20
+    train_wordpiece(texts, tmp_path / "wp", vocab_size=120)
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "wp"))
+    assert 60 < len(tok) <= 120, len(tok)
+    assert (tok.pad_token_id, tok.unk_token_id, tok.cls_token_id, tok.sep_token_id, tok.mask_token_id) == (0, 1, 2, 3, 4)
+    pieces = tok.convert_ids_to_tokens(tok("Straße Übersetzung")["input_ids"])
+    assert pieces[0] == "[CLS]" and pieces[-1] == "[SEP]" and "[UNK]" not in pieces, pieces
+    assert "Straße" in pieces or any(p.startswith("##") for p in pieces), pieces  # cased, accents kept
+    assert tok.tokenize("STRASSE") != tok.tokenize("strasse")  # not lower-cased

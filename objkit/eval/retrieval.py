@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from objkit.encoder import truncated_layers
 from objkit.errors import UserError, first_line
+from objkit.interfaces import Encoder
 from objkit.tokenizer import model_max_tokens
 
 Pooling = Literal["mean", "cls"]
@@ -93,7 +94,8 @@ def encode_sentences(
     """Encode ``sentences`` into L2-normalised float32 vectors ``[N, d]`` (on CPU).
 
     ``model`` is any transformers encoder returning ``.hidden_states`` when called with
-    ``output_hidden_states=True``; ``layer`` indexes them (0 = embeddings, i = block i).
+    ``output_hidden_states=True``, or an objkit :class:`~objkit.interfaces.Encoder` (its
+    ``forward(..., up_to_layer=layer)``); ``layer`` indexes them (0 = embeddings, i = block i).
     ``pooling="mean"`` averages the non-padding positions (specials included unless
     ``exclude_special``; a sentence with no other token keeps its specials); ``"cls"``
     takes position 0. Batches are sorted by length (original order restored), run under
@@ -107,7 +109,8 @@ def encode_sentences(
         raise UserError(f"--pooling {pooling}: expected one of {', '.join(POOLINGS)}")
     if batch_size < 1 or max_length < 2:
         raise UserError("batch_size must be >= 1 and max_length >= 2")
-    n_layers = _num_layers(model)
+    is_encoder = isinstance(model, Encoder)  # objkit's (periodic eval): its truncated forward
+    n_layers = model.num_layers if is_encoder else _num_layers(model)
     if n_layers is not None:
         check_layer(layer, n_layers)
     if device is None:
@@ -117,9 +120,10 @@ def encode_sentences(
         dev = resolve_device(device)
     n = len(sentences)
     if n == 0:
-        hidden = getattr(getattr(model, "config", None), "hidden_size", 0)
+        hidden = model.hidden_size if is_encoder else getattr(getattr(model, "config", None), "hidden_size", 0)
         return torch.zeros(0, hidden, dtype=torch.float32)
-    max_length = min(max_length, model_max_tokens(model) or max_length)
+    limit = model.max_tokens if is_encoder else model_max_tokens(model)
+    max_length = min(max_length, limit or max_length)
 
     enc = tokenizer(
         list(sentences),
@@ -143,7 +147,10 @@ def encode_sentences(
     bar = tqdm(total=n, desc=desc, unit="sent", file=sys.stderr, disable=not progress)
     was_training = model.training
     model.eval()
-    blocks_ctx, n_run = _blocks_run(model, layer)
+    if is_encoder:
+        blocks_ctx, n_run = contextlib.nullcontext(), layer
+    else:
+        blocks_ctx, n_run = _blocks_run(model, layer)
     try:
         with torch.inference_mode(), blocks_ctx:
             for start in range(0, n, batch_size):
@@ -157,12 +164,11 @@ def encode_sentences(
                     input_ids[row, :length] = torch.tensor(ids[i], dtype=torch.long)
                     mask[row, :length] = 1
                     spec[row, :length] = torch.tensor(special[i], dtype=torch.bool)
-                outputs = model(
-                    input_ids=input_ids.to(dev),
-                    attention_mask=mask.to(dev),
-                    output_hidden_states=True,
-                )
-                states = outputs.hidden_states
+                if is_encoder:
+                    states = model(input_ids.to(dev), mask.to(dev), up_to_layer=layer)
+                else:
+                    states = model(input_ids=input_ids.to(dev), attention_mask=mask.to(dev),
+                                   output_hidden_states=True).hidden_states
                 if n_run is not None and len(states) != n_run + 1:
                     raise RuntimeError(
                         f"the model returned {len(states)} hidden states after running {n_run} "
