@@ -831,7 +831,7 @@ def bench_vs_hf_trainer(ws: Workspace, trainer: Any | None = None) -> dict[str, 
                 objkit_tokens.append(stats.tokens)
             self.mark = time.perf_counter()
 
-    opt = recipe.train.optimizer
+    opt = trainer.resolved.optimizer_config  # [train.optimizer] as the adamw plugin validated it
     args = TrainingArguments(
         output_dir=str(ws.run_dir()), per_device_train_batch_size=trainer.micro_batch_size, max_steps=steps,
         learning_rate=recipe.train.lr, adam_beta1=opt.betas[0], adam_beta2=opt.betas[1], adam_epsilon=opt.eps,
@@ -1110,7 +1110,7 @@ def mfu(results: dict[str, Any], peak_gflops: float, ws: Workspace) -> dict[str,
     overhead = results.get("framework_overhead")
     if overhead:
         resolved = ws.quickstart()
-        cfg = resolved.recipe.model
+        cfg = resolved.encoder_config  # [model] as the encoder plugin validated it
         from objkit.encoder import PRESETS
 
         dims = PRESETS[cfg.preset or "tiny"]

@@ -14,10 +14,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from objkit.encoder import XLMREncoder, architecture
+from objkit.encoder import PresetEncoderConfig, XLMREncoder, architecture
 from objkit.errors import UserError
 from objkit.lm_head import lm_head_loss
-from objkit.recipe import ModelConfig, load_recipe
+from objkit.recipe import load_recipe
 from objkit.registry import default_registry
 from objkit.trainer import Trainer
 from tiny_recipes import tiny_recipe
@@ -125,7 +125,7 @@ def test_activation_checkpointing_names_objectives_of_the_recipe(recipe_path):
 
 def _tiny_encoder(vocab: int = 300) -> XLMREncoder:
     torch.manual_seed(0)
-    config = ModelConfig(num_layers=1, hidden_size=16, num_heads=2, intermediate_size=32, max_length=16,
+    config = PresetEncoderConfig(num_layers=1, hidden_size=16, num_heads=2, intermediate_size=32, max_length=16,
                          tokenizer="unused")
     return XLMREncoder.from_hf_config(architecture(config, vocab))
 

@@ -112,13 +112,14 @@ def test_compute_pointer_and_tlm_losses_and_schedule():
     units = objective.sample_size(batch)
     early = objective.compute(batch, StepContext(step=2, encoder=encoder, device=torch.device("cpu")))
     assert "pointer_loss" not in early.metrics and early.sample_size == units
-    assert early.loss.item() == pytest.approx(early.metrics["tlm_loss"], rel=1e-5)
+    assert early.loss.item() == pytest.approx(float(early.metrics["tlm_loss"]), rel=1e-5)
     out = objective.compute(batch, StepContext(step=3, encoder=encoder, device=torch.device("cpu")))
     assert out.sample_size == units and out.loss.requires_grad
-    queries = out.metrics["pointer_queries"] * units
+    metrics = {k: float(v) for k, v in out.metrics.items()}  # 0-dim tensors (API 1.2) or floats
+    queries = metrics["pointer_queries"] * units
     assert 0 < queries <= units
     # loss = (Σ TLM CE + Σ pointer CE) / TLM predictions
-    expected = (out.metrics["tlm_loss"] * units + out.metrics["pointer_loss"] * queries) / units
+    expected = (metrics["tlm_loss"] * units + metrics["pointer_loss"] * queries) / units
     assert out.loss.item() == pytest.approx(expected, rel=1e-4)
     out.loss.backward()
     assert objective.q_linear.weight.grad is not None and objective.q_linear.weight.grad.abs().sum() > 0
