@@ -64,3 +64,21 @@ def _no_process_left_behind():
         except ProcessLookupError:
             pass
     assert not left, f"processes started by the tests outlived them (killed now): {left}"
+
+
+@pytest.fixture(autouse=True)
+def _sigint_handler_restored():
+    """Every test starts with Python's own SIGINT handler and leaves it so: a handler one test
+    leaves behind (SIG_IGN is inherited by every subprocess a later test starts, which then
+    ignores Ctrl-C) cannot change what a later test sees."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)

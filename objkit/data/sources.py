@@ -92,6 +92,10 @@ def _tokenize_pairs(batch: dict[str, list[Any]], *, tokenizer: Any, max_tokens: 
             "truncated": [len(r[0]) > max_tokens or len(r[1]) > max_tokens for r in rows]}
 
 
+MIN_ROWS_PER_PROCESS = 20_000
+"""Rows per tokenizing process below which ``map`` runs in this process."""
+
+
 def _map(ds: AnyDataset, fn: Any, kwargs: dict[str, Any], features: datasets.Features, num_proc: int,
          desc: str, columns: list[str], label: str = "") -> AnyDataset:
     """Batched ``map`` replacing the raw ``columns`` (known by construction: streamed text files
@@ -101,8 +105,11 @@ def _map(ds: AnyDataset, fn: Any, kwargs: dict[str, Any], features: datasets.Fea
     if isinstance(ds, datasets.IterableDataset):
         out = ds.map(fn, batched=True, fn_kwargs=kwargs, remove_columns=columns, features=with_flag)
         return out.remove_columns(["truncated"])
+    # worker processes only where each gets enough rows to pay for its start-up (and small runs,
+    # the tests among them, keep Ctrl-C handling free of a process pool)
+    procs = min(num_proc, len(ds) // MIN_ROWS_PER_PROCESS)
     out = ds.map(fn, batched=True, fn_kwargs=kwargs, remove_columns=columns, features=with_flag,
-                 num_proc=num_proc if num_proc > 1 and len(ds) > 1 else None, desc=desc)
+                 num_proc=procs if procs > 1 else None, desc=desc)
     truncated = int(pc.sum(out.data.column("truncated")).as_py() or 0) if len(out) else 0
     if truncated:
         log.warning(f"{label or desc}: {truncated} of {len(out)} lines longer than {kwargs['max_tokens']} tokens "
