@@ -9,13 +9,17 @@ the way InfoXLM's results table does, with objkit's own evaluators:
 * **sentence retrieval** (``objkit eval tatoeba``) on the Tatoeba pairs of the same languages.
 
 Rows (default): ``quickstart_mlm`` (MLM only: the XLM-R row), ``quickstart_infoxlm`` (MLM + TLM +
-XLCO) and ``quickstart_no_xlco`` (InfoXLM without XLCO: the paper's ablation, everything else
-equal). At this scale MLM + TLM (the XLM / Unicoder objective set) *is* InfoXLM without XLCO, so
-one row stands for both; ``--recipes`` adds others (e.g. ``quickstart``: MLM + TLM with the
-original quickstart's dropout and learning rate).
+XLCO), ``quickstart_no_xlco`` (InfoXLM without XLCO: the paper's ablation, everything else
+equal) and ``quickstart_mbert_mlm`` (the mBERT row: MLM only on the ``bert`` encoder with its own
+WordPiece vocabulary). At this scale MLM + TLM (the XLM / Unicoder objective set) *is* InfoXLM
+without XLCO, so one row stands for both; ``--recipes`` picks others (e.g. ``quickstart``: MLM + TLM
+with the original quickstart's dropout and learning rate).
 Data: ``data.parallel`` = the pairs ``train.PIVOT-XX.{PIVOT,XX}`` in ``--pairs-dir`` (the WMT
-newstest layout); ``data.mono`` = every side of every pair as monolingual text; the tokenizer is
-trained on ``mono`` (the same for every row, so the evaluator tokenizes each split once). Run::
+newstest layout); ``data.mono`` = every side of every pair as monolingual text; each row's tokenizer
+is trained on ``mono`` by its recipe's ``[model.tokenizer]`` (SentencePiece for the XLM-R rows, so
+they share one; WordPiece for the mBERT row). Every export carries its own tokenizer: the Tatoeba
+evaluation runs per export, and ``objkit eval transfer`` tokenizes each split once per distinct
+tokenizer. Run::
 
     python benchmarks/transfer_table.py --pairs-dir ../shared/data/newstest --langs de,fr,es,ru \
         --task-dir ../shared/data/sib200 --tatoeba-dir ../shared/data/tatoeba -o bench-out/transfer
@@ -54,7 +58,7 @@ README_END = "<!-- transfer:end -->"
 ROWS = {"quickstart_mlm": "MLM (XLM-R's objective)", "quickstart_infoxlm": "InfoXLM (MLM + TLM + XLCO)",
         "quickstart_no_xlco": "InfoXLM − XLCO (= MLM + TLM, XLM's objectives)",
         "quickstart": "MLM + TLM (quickstart.toml settings)",
-        "quickstart_mbert_mlm": "mBERT-style (MLM, bert encoder, WordPiece)"}
+        "quickstart_mbert_mlm": "MLM on BERT/WordPiece (mBERT's recipe)"}
 
 
 def data_overrides(args: argparse.Namespace, steps: int) -> list[str]:
@@ -107,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--task-dir", type=Path, required=True, help="the task's data (SIB-200 layout by default)")
     p.add_argument("--tatoeba-dir", type=Path, required=True)
     p.add_argument("-o", "--output", type=Path, required=True)
-    p.add_argument("--recipes", default="quickstart_mlm,quickstart_infoxlm,quickstart_no_xlco", help="comma-separated recipe names or .toml paths")
+    p.add_argument("--recipes", default="quickstart_mlm,quickstart_infoxlm,quickstart_no_xlco,quickstart_mbert_mlm", help="comma-separated recipe names or .toml paths")
     p.add_argument("--steps", type=int, default=1200)
     p.add_argument("--seeds", default="1,2,3")
     p.add_argument("--finetune", default="--lr 5e-4 --epochs 10 --batch-size 32",
