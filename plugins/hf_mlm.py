@@ -120,7 +120,9 @@ def _block_list_path(body: nn.Module, count: int) -> str:
     return found[0]
 
 
-def _embedding_with_rows(body: nn.Module, rows: Any, skip: tuple[nn.Module, ...] = ()) -> tuple[str, nn.Embedding] | None:
+def _embedding_with_rows(body: nn.Module, rows: Any,
+                         skip: tuple[nn.Module, ...] = ()) -> tuple[str, nn.Embedding] | None:
+    """The first ``nn.Embedding`` of ``body`` with ``rows`` rows (not one of ``skip``), by path."""
     if not isinstance(rows, int):
         return None
     for name, module in body.named_modules():
@@ -267,7 +269,8 @@ class HFMaskedLMEncoder(Encoder):
         found = _embedding_with_rows(body, getattr(cfg, "type_vocab_size", None) if self.takes_token_types else None,
                                      (body.get_input_embeddings(),))
         if found is None:
-            raise UserError(f"model.encoder: hf_mlm: {type(body).__name__} has no token-type table to grow to {count} types")
+            raise UserError(f"model.encoder: hf_mlm: {type(body).__name__} has no token-type table "
+                            f"to grow to {count} types")
         path, table = found
         if table.num_embeddings >= count:
             return
@@ -282,7 +285,8 @@ class HFMaskedLMEncoder(Encoder):
     def set_activation_checkpointing(self, enabled: bool) -> None:
         """transformers' own gradient checkpointing of the blocks (``use_reentrant=False``)."""
         if not getattr(self.mlm, "supports_gradient_checkpointing", False):
-            raise UserError(f"train.activation_checkpointing: {type(self.mlm).__name__} does not support it; set it to false")
+            raise UserError(f"train.activation_checkpointing: {type(self.mlm).__name__} does not support it; "
+                            "set it to false")
         if enabled:
             self.mlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         else:

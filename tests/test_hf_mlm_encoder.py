@@ -18,7 +18,8 @@ BERT_DIMS = {"num_hidden_layers": 3, "hidden_size": 32, "num_attention_heads": 4
 FAMILIES = {
     "bert": {**COMMON, "family": "bert", "hf_config": BERT_DIMS},
     "xlm-roberta": {**COMMON, "family": "xlm-roberta", "hf_config": {**BERT_DIMS, "pad_token_id": 1}},
-    "distilbert": {**COMMON, "family": "distilbert", "hf_config": {"n_layers": 3, "dim": 32, "n_heads": 4, "hidden_dim": 64}},
+    "distilbert": {**COMMON, "family": "distilbert",
+                   "hf_config": {"n_layers": 3, "dim": 32, "n_heads": 4, "hidden_dim": 64}},
     "electra": {**COMMON, "family": "electra", "hf_config": {**BERT_DIMS, "embedding_size": 16}},
 }
 
