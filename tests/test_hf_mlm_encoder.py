@@ -126,3 +126,25 @@ def _word_level_tokenizer(path: Path) -> Path:
 
     tiny_encoder(layers=1)[1].save_pretrained(str(path))
     return path
+
+
+def test_activation_checkpointing_recomputes_the_same_gradients():
+    """``train.activation_checkpointing`` through transformers' own gradient checkpointing: the
+    blocks checkpoint while it is on, and the gradients are those of the plain backward."""
+    from objkit.testing.encoders import build_encoder, encoder_batch
+
+    encoder = build_encoder(_hf_mlm(), FAMILIES["distilbert"]).train()
+    ids, mask = encoder_batch(encoder)
+
+    def grads() -> list[torch.Tensor]:
+        encoder.zero_grad()
+        encoder(ids, mask, up_to_layer=2)[-1].pow(2).mean().backward()
+        return [p.grad.clone() for p in encoder.parameters() if p.grad is not None]
+
+    plain = grads()
+    encoder.set_activation_checkpointing(True)
+    assert any(getattr(m, "gradient_checkpointing", False) for m in encoder.modules())
+    for a, b in zip(grads(), plain, strict=True):
+        torch.testing.assert_close(a, b)
+    encoder.set_activation_checkpointing(False)
+    assert not any(getattr(m, "gradient_checkpointing", False) for m in encoder.modules())
