@@ -148,3 +148,22 @@ def test_activation_checkpointing_recomputes_the_same_gradients():
         torch.testing.assert_close(a, b)
     encoder.set_activation_checkpointing(False)
     assert not any(getattr(m, "gradient_checkpointing", False) for m in encoder.modules())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("family", ["xlm-roberta", "distilbert"])
+def test_hf_mlm_on_cuda_under_bf16_autocast(family):
+    """On a GPU, under the trainer's bf16 autocast: a truncated pass equals the full pass's layer
+    and the LM head (the model's own forward on the given rows) gives the vocabulary's logits."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from objkit.testing.encoders import build_encoder, encoder_batch
+
+    encoder = build_encoder(_hf_mlm(), FAMILIES[family]).cuda()
+    ids, mask = (t.cuda() for t in encoder_batch(encoder))
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        full = encoder(ids, mask)
+        cut = encoder(ids, mask, up_to_layer=2)
+        logits = encoder.lm_logits(full[-1][mask.bool()])
+    torch.testing.assert_close(cut[2].float(), full[2].float(), rtol=2e-2, atol=2e-2)
+    assert logits.shape == (int(mask.sum()), encoder.vocab_size) and torch.isfinite(logits.float()).all()
