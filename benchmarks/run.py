@@ -301,7 +301,7 @@ class Workspace:
     def tokenizer_dir(self) -> Path:
         """The quickstart recipe's trained tokenizer (trained once, cached by objkit)."""
         if self._tokenizer_dir is None:
-            from objkit.runtime import load_tokenizer
+            from objkit.build import load_tokenizer
 
             with quiet():
                 tokenizer = load_tokenizer(self.quickstart())
@@ -467,7 +467,7 @@ def bench_mlm_head(ws: Workspace) -> dict[str, Any]:
     LM head runs on the masked positions only. The HF arm is the very same module
     (``trainer.encoder.mlm``) with its own AdamW of the trainer's configuration; both clip
     gradients; both get the same batches (a twin of the trainer's stream, the same masking seeds)."""
-    from objkit.composite import micro_batch_seed
+    from objkit.step import micro_batch_seed
 
     s = ws.settings
     resolved = xlmr_mlm_recipe(ws, layers=s.head_layers, hidden=s.head_hidden, heads=s.head_heads, ffn=s.head_ffn,
@@ -523,7 +523,7 @@ def bench_framework_overhead(ws: Workspace, trainer: Any | None = None) -> dict[
     masking seeds, forward, masked-position LM head, cross-entropy, backward, clip, step, zero."""
     import torch.nn.functional as F
 
-    from objkit.composite import micro_batch_seed
+    from objkit.step import micro_batch_seed
     from objkit.masking import IGNORE_INDEX
 
     s = ws.settings
@@ -742,7 +742,7 @@ def bench_data_pipeline(ws: Workspace, trainer: Any | None = None) -> dict[str, 
     blocks and lay out TLM pairs (``Trainer._build_streams``), then α-sample and collate (mask,
     pad) the MLM and TLM micro-batches of ``pipeline_steps`` steps -- against tokens/s the
     quickstart ``Trainer.train_step`` consumes (MLM + TLM), alternating."""
-    from objkit.composite import micro_batch_seed
+    from objkit.step import micro_batch_seed
 
     s = ws.settings
     trainer = trainer or ws.trainer(ws.quickstart())

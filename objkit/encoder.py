@@ -57,7 +57,7 @@ class PresetEncoderConfig(EncoderConfig):
         return self
 
 
-# Kept under its old name: ``objkit.recipe.ModelConfig`` is now the core's generic part.
+# Kept under its old name: ``objkit.schema.ModelConfig`` is now the core's generic part.
 XLMRConfig = PresetEncoderConfig
 
 

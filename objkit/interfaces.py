@@ -116,9 +116,11 @@ class TokenizerTraining(BaseModel):
         None, description="unigram (SentencePiece, XLM-R layout) or wordpiece (BERT layout); default: the encoder's")
 
 
-class EncoderConfig(PluginConfig):
-    """Base of every encoder plugin's ``Config``, which validates the whole ``[model]`` table:
-    these generic keys, read by the core, plus the encoder's own (architecture, presets). (API 1.2)"""
+class EncoderKeys(BaseModel):
+    """The ``[model]`` keys every encoder shares and the core reads, declared once: the base of
+    :class:`EncoderConfig` and of the recipe schema's ``[model]`` table."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
 
     encoder: str = Field("xlmr", description="encoder plugin name")
     init: str | None = Field(None, description="HF hub id or local directory to continue training from")
@@ -127,6 +129,12 @@ class EncoderConfig(PluginConfig):
     tokenizer: str | TokenizerTraining | None = Field(
         None, description="HF id/dir, or a table to train one; default: the init checkpoint's"
     )
+
+
+class EncoderConfig(PluginConfig, EncoderKeys):
+    """Base of every encoder plugin's ``Config``, which validates the whole ``[model]`` table:
+    the generic keys of :class:`EncoderKeys`, read by the core, plus the encoder's own
+    (architecture, presets). (API 1.2)"""
 
     @model_validator(mode="after")
     def _fresh_model_needs_tokenizer(self) -> EncoderConfig:

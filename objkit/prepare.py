@@ -26,9 +26,10 @@ from objkit.data import cache as data_cache
 from objkit.data.bucketing import BucketedStream, example_lengths
 from objkit.data.sources import locate_stream_error, source_files
 from objkit.interfaces import WorldInfo
-from objkit.recipe import ResolvedRecipe, source_kind
+from objkit.recipe import ResolvedRecipe
+from objkit.schema import source_kind
 from objkit.registry import Registry
-from objkit.runtime import BuiltObjective
+from objkit.build import BuiltObjective
 from objkit.seeding import derive_seed
 
 
@@ -137,7 +138,7 @@ def prepare_cache(resolved: ResolvedRecipe, registry: Registry, cache_dir: Path)
     ``prepare`` needs the tokenizer and the recipe, not weights)."""
     import torch
 
-    from objkit.runtime import build_encoder, build_objectives, load_tokenizer
+    from objkit.build import build_encoder, build_objectives, load_tokenizer
 
     world = WorldInfo()
     tokenizer = load_tokenizer(resolved, world=world)

@@ -27,7 +27,7 @@ import click
 
 from objkit.errors import UserError
 from objkit.interfaces import TokenizerTraining
-from objkit.recipe import TextSource
+from objkit.schema import TextSource
 
 log = logging.getLogger(__name__)
 

@@ -101,7 +101,7 @@ def extend_command(base: str, files: tuple[str, ...], output: str, add: int, lan
     import json
 
     from objkit.data.sources import expand, iter_source_texts
-    from objkit.recipe import TextSource
+    from objkit.schema import TextSource
 
     for pattern in files:
         expand(pattern, "FILES", None)
