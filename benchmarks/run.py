@@ -75,8 +75,11 @@ from typing import Any
 
 import torch
 
+# the row modules beside this file (run.py runs as a script, not as a package): imported one way
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import data_bench  # noqa: E402
+import memory_speed  # noqa: E402
+import padding_fraction  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
@@ -946,22 +949,10 @@ def bench_memory(ws: Workspace) -> dict[str, Any]:
     return json.loads(out.read_text())
 
 
-def _beside(name: str) -> Any:
-    """A benchmark module in this directory (run.py may be loaded from a path, not as a package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"objkit_bench_{name}", Path(__file__).with_name(f"{name}.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def bench_padding_fraction(ws: Workspace) -> dict[str, Any]:
     """Padded fraction of TLM's and XLCO's token slots without and with length bucketing, and
     the step-time ratio (``benchmarks/padding_fraction.py``)."""
-    return _beside("padding_fraction").measure(ws, alternate=alternate, median_ratio=median_ratio, summary=summary,
-                                               root=ROOT)
+    return padding_fraction.measure(ws, alternate=alternate, median_ratio=median_ratio, summary=summary, root=ROOT)
 
 
 # ============================================================================ the suite
@@ -969,9 +960,6 @@ def _memory_speed(name: str) -> Callable[..., dict[str, Any]]:
     """A row of benchmarks/memory_speed.py, given this module for its helpers."""
 
     def bench(ws: Workspace) -> dict[str, Any]:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        import memory_speed
-
         return getattr(memory_speed, name)(ws, sys.modules[__name__])
 
     return bench
@@ -1204,12 +1192,9 @@ def describe(key: str, d: dict[str, Any]) -> str:
     if key == "vs_hf_trainer":
         return f"{d['objkit_tokens_per_s']:,.0f} vs {d['hf_tokens_per_s']:,.0f} tokens/s"
     if key == "padding_fraction":
-        return _beside("padding_fraction").describe(d)
+        return padding_fraction.describe(d)
     if key in DATA_ROWS:
         return data_bench.describe(key, d)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import memory_speed
-
     return memory_speed.describe(key, d)
 
 
@@ -1256,9 +1241,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.lean_memory_child:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        import memory_speed
-
         return memory_speed.main_child(args, sys.modules[__name__])
     if args.memory_child:
         result = memory_child(Settings(**json.loads(args.memory_child)), args.workdir)
