@@ -138,7 +138,7 @@ def _with_dist(ep: md.EntryPoint, dist: object) -> md.EntryPoint:
 
 # ----------------------------------------------------------------------------- plugin API version
 def test_api_compatibility_rule():
-    assert PLUGIN_API_VERSION == "1.2"
+    assert PLUGIN_API_VERSION == "1.3"
     assert api_compatible("1.0", "1.0") and api_compatible("1.0", "1.3")
     assert not api_compatible("1.4", "1.3")  # needs a newer minor
     assert not api_compatible("2.0", "1.0") and not api_compatible("0.9", "1.0")  # other majors
