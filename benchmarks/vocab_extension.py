@@ -155,7 +155,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate of the continued training")
     p.add_argument("--toy", action="store_true", help="a 1-layer model, a few steps (smoke test)")
     p.add_argument("--update-readme", action="store_true", help="write the table between README.md's vocab markers")
+    p.add_argument("--from-results", action="store_true",
+                   help="run nothing: render OUT/results.json again (with --update-readme: into the README)")
     args = p.parse_args(argv)
+    if args.from_results:
+        results = json.loads((args.output / "results.json").read_text())
+        print(markdown(results))
+        if args.update_readme:
+            from run import update_readme
+
+            update_readme(ROOT / "README.md", markdown(results), README_BEGIN, README_END)
+        return
     if args.toy:
         args.base_steps, args.steps, args.add, args.heldout_lines = 4, 3, min(args.add, 20), min(args.heldout_lines, 20)
     for f in [*args.base_files, args.target_train, args.target_heldout]:
