@@ -147,9 +147,9 @@ def test_two_ranks_without_a_cache_tokenize_once(workdir):
     assert done.returncode == 0, done.stderr[-3000:]
     reports = sorted(line for line in done.stderr.splitlines() if line.startswith("data.cache_dir: rank"))
     assert [line.split(" (")[0] for line in reports] == [
-        "data.cache_dir: rank 0 of 2: mlm: 16 rows tokenized and cached",
+        "data.cache_dir: rank 0 of 2: mlm: 12 rows tokenized and cached",
         "data.cache_dir: rank 0 of 2: tlm: 40 rows tokenized and cached",
-        "data.cache_dir: rank 1 of 2: mlm: 16 rows read from the cache",
+        "data.cache_dir: rank 1 of 2: mlm: 12 rows read from the cache",
         "data.cache_dir: rank 1 of 2: tlm: 40 rows read from the cache",
     ]
     assert sorted(p.name for p in (workdir / "shared-cache").iterdir()) == ["mlm", "tlm"]
