@@ -214,6 +214,7 @@ class Encoder(Plugin, nn.Module, ABC):
     * ``momentum_copy(depth)`` a frozen copy of the first ``depth`` blocks (a :class:`MomentumCopy`).
     * ``shard_units()`` the submodules FSDP shards one by one.
     * ``save_pretrained(path)`` writes a directory that ``transformers.AutoModel`` loads.
+    * ``resize_vocab(row_sources)`` (optional, API 1.3) grows the vocabulary for an extended tokenizer.
 
     Attributes: ``hidden_size``, ``num_layers``, ``num_heads``, ``vocab_size``, ``max_tokens``;
     ``first_position_id`` / ``pad_position_id``: the position id of a sequence's first token and

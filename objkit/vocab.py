@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from objkit.errors import UserError
 from objkit.tokenizer import SPM_FILE, _spm_train
+
+if TYPE_CHECKING:
+    from objkit.interfaces import Encoder
+    from objkit.recipe import ResolvedRecipe
 
 EXTENSION_RECORD = "objkit_extension.json"
 WORD_START = "\u2581"  # SentencePiece's word-start mark
@@ -171,7 +175,7 @@ def row_sources(base: Any, extended: Any, rows: int, *, key: str = "model.tokeni
     return sources
 
 
-def fit_vocabulary(resolved: Any, encoder: Any, tokenizer: Any) -> list[list[int]] | None:
+def fit_vocabulary(resolved: ResolvedRecipe, encoder: Encoder, tokenizer: Any) -> list[list[int]] | None:
     """Resize ``encoder``'s vocabulary to ``tokenizer``'s when the recipe initialises from a
     checkpoint and names a larger (extended) tokenizer; returns the row sources used (None: no
     resize). The base tokenizer is the checkpoint's (``model.init``), else the one the extension
