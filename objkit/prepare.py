@@ -116,6 +116,8 @@ def build_streams(resolved: ResolvedRecipe, objectives: list[BuiltObjective], to
         with distributed.main_process_first(world):
             prepared = prepared_rows(resolved, built, tokenizer, registry, cache_dir=cache_dir, tokenized=tokenized,
                                      num_proc=num_proc, tokenizer_id=tokenizer_id)
+        if cache_dir is not None and prepared.how in ("built", "cached"):  # which rank tokenized (once)
+            print(cache_report(prepared, cache_dir, world), file=sys.stderr)
         seed = recipe.train.seed * 7919 + len(streams)
         # streamed sources cannot be counted up front: α-sampling uses their sizes on disk
         group_sizes = source_group_sizes(built.data, source) if source.streaming else None
@@ -130,6 +132,15 @@ def build_streams(resolved: ResolvedRecipe, objectives: list[BuiltObjective], to
                                     pool_steps=pool, seed=derive_seed(recipe.train.seed, "buckets", built.name))
         streams[built.name] = stream
     return streams
+
+
+def cache_report(prepared: Prepared, cache_dir: Path, world: WorldInfo) -> str:
+    """One line: whether this rank built the cache entry (tokenized) or read one (built before, or
+    by rank 0 while this rank waited)."""
+    rank = f"rank {world.rank} of {world.world_size}: " if world.world_size > 1 else ""
+    what = "tokenized and cached" if prepared.how == "built" else "read from the cache"
+    return (f"data.cache_dir: {rank}{prepared.name}: {len(prepared.rows):,} rows {what} "
+            f"({Path(cache_dir) / prepared.name}, {prepared.seconds:.1f}s)")
 
 
 def prepare_cache(resolved: ResolvedRecipe, registry: Registry, cache_dir: Path) -> list[Prepared]:

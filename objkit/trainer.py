@@ -48,6 +48,7 @@ from objkit.device import autocast_factory, resolve_precision, thread_counts, tr
 from objkit.seeding import derive_seed, seed_everything
 from objkit.step import CollatedStep, CompositeLoss, ObjectiveSlot
 from objkit.tokenizer import save_tokenizer_for
+from objkit.vocab import fit_vocabulary
 
 
 class Trainer:
@@ -76,7 +77,9 @@ class Trainer:
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.tokenizer = load_tokenizer(resolved, world=self.world)
-        self.encoder = build_encoder(resolved, registry, vocab_size=len(self.tokenizer)).to(self.device)
+        encoder = build_encoder(resolved, registry, vocab_size=len(self.tokenizer))
+        fit_vocabulary(resolved, encoder, self.tokenizer)  # an extended tokenizer: new rows before the optimizer
+        self.encoder = encoder.to(self.device)
         self.objectives = build_objectives(
             resolved, registry, self.encoder, self.tokenizer, self.device, self.world, self.precision
         )
