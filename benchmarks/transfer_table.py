@@ -9,20 +9,27 @@ the way InfoXLM's results table does, with objkit's own evaluators:
 * **sentence retrieval** (``objkit eval tatoeba``) on the Tatoeba pairs of the same languages.
 
 Rows (default): ``quickstart_mlm`` (MLM only: the XLM-R row), ``quickstart_infoxlm`` (MLM + TLM +
-XLCO) and ``quickstart_no_xlco`` (InfoXLM without XLCO: the paper's ablation, everything else
-equal). At this scale MLM + TLM (the XLM / Unicoder objective set) *is* InfoXLM without XLCO, so
-one row stands for both; ``--recipes`` adds others (e.g. ``quickstart``: MLM + TLM with the
-original quickstart's dropout and learning rate).
+XLCO), ``quickstart_no_xlco`` (InfoXLM without XLCO: the paper's ablation, everything else
+equal) and ``quickstart_mbert_mlm`` (the mBERT row: MLM only on the ``bert`` encoder with its own
+WordPiece vocabulary). At this scale MLM + TLM (the XLM / Unicoder objective set) *is* InfoXLM
+without XLCO, so one row stands for both; ``--recipes`` picks others (e.g. ``quickstart``: MLM + TLM
+with the original quickstart's dropout and learning rate).
 Data: ``data.parallel`` = the pairs ``train.PIVOT-XX.{PIVOT,XX}`` in ``--pairs-dir`` (the WMT
-newstest layout); ``data.mono`` = every side of every pair as monolingual text; the tokenizer is
-trained on ``mono`` (the same for every row, so the evaluator tokenizes each split once). Run::
+newstest layout); ``data.mono`` = every side of every pair as monolingual text; each row's tokenizer
+is trained on ``mono`` by its recipe's ``[model.tokenizer]`` (SentencePiece for the XLM-R rows, so
+they share one; WordPiece for the mBERT row). Every export carries its own tokenizer: the Tatoeba
+evaluation runs per export, and ``objkit eval transfer`` tokenizes each split once per distinct
+tokenizer. Run::
 
     python benchmarks/transfer_table.py --pairs-dir ../shared/data/newstest --langs de,fr,es,ru \
         --task-dir ../shared/data/sib200 --tatoeba-dir ../shared/data/tatoeba -o bench-out/transfer
 
 A row whose run directory holds an export is not trained again (its train time is then the one
 recorded, or the wall time between the run's ``recipe.toml`` and its export); ``--fresh``
-retrains. Rows may be trained beforehand, also concurrently, with the logged ``objkit run``
+retrains. Nor is it evaluated again when OUT/results.json already holds its Tatoeba and transfer
+results from the same evaluation (data directories, languages, task, seeds and fine-tuning
+options) and its export is not newer than that file: only new rows are fine-tuned, and the
+table says which rows come from the earlier run; ``--reevaluate`` evaluates every row again. Rows may be trained beforehand, also concurrently, with the logged ``objkit run``
 commands. Writes OUT/results.json, OUT/results.md, OUT/transfer.json
 (every seed), OUT/runs/NAME/ and OUT/logs/.
 """
@@ -54,7 +61,7 @@ README_END = "<!-- transfer:end -->"
 ROWS = {"quickstart_mlm": "MLM (XLM-R's objective)", "quickstart_infoxlm": "InfoXLM (MLM + TLM + XLCO)",
         "quickstart_no_xlco": "InfoXLM − XLCO (= MLM + TLM, XLM's objectives)",
         "quickstart": "MLM + TLM (quickstart.toml settings)",
-        "quickstart_mbert_mlm": "mBERT-style (MLM, bert encoder, WordPiece)"}
+        "quickstart_mbert_mlm": "MLM on BERT/WordPiece (mBERT's recipe)"}
 
 
 def data_overrides(args: argparse.Namespace, steps: int) -> list[str]:
@@ -68,6 +75,19 @@ def data_overrides(args: argparse.Namespace, steps: int) -> list[str]:
             f'data.mono={{type="text",files=[{files}],sampling_alpha=0.7}}',
             'model.tokenizer.sources=["mono"]', f"train.steps={steps}", "train.checkpoint_every=400",
             *args.set]
+
+
+TATOEBA_ARGS = ("tatoeba_dir", "pivot", "langs")
+TRANSFER_ARGS = ("task", "task_dir", "pivot", "langs", "seeds", "finetune")
+
+
+def reusable(previous: dict[str, Any], args: dict[str, Any], keys: tuple[str, ...], export: Path,
+             results_file: Path) -> bool:
+    """Whether an earlier evaluation of ``export`` recorded in ``results_file`` stands: the same
+    evaluation arguments (``keys``) and an export not rewritten since."""
+    old = previous.get("args", {})
+    return (bool(previous) and all(old.get(k) == args.get(k) for k in keys) and export.is_file()
+            and export.stat().st_mtime <= results_file.stat().st_mtime)
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -87,13 +107,15 @@ def markdown(results: dict[str, Any]) -> str:
     lines.append("| majority class | " + " | ".join(f"{maj[x]:.1f}" for x in langs)
                  + f" | {sum(maj[x] for x in zero) / len(zero):.1f} | | |")
     s = tr["settings"]
+    reused = [ROWS.get(x, x) for x in tr.get("reused", [])]
+    earlier = f" ({', '.join(reused)}: evaluated in an earlier run with the same settings)" if reused else ""
     return "\n".join([
         f"Zero-shot transfer on {s['task']} (accuracy %, mean ± std over seeds "
         f"{','.join(map(str, s['seeds']))}; fine-tuned on {', '.join(train_langs)}, epoch selected on "
         f"{' + '.join(train_langs)} dev):", "", *lines, "",
         f"Pretraining: {a['steps']} steps on `{a['pairs_dir']}` pairs {a['pivot']}–{{{','.join(a['langs'])}}}. "
         f"Fine-tuning: lr {s['lr']}, {s['epochs']} epochs, batch {s['batch_size']}, max length "
-        f"{s['max_length']}; {tr['seconds']:.0f} s for all models and seeds.",
+        f"{s['max_length']}; {tr['seconds']:.0f} s for all models and seeds{earlier}.",
         "", "```", results["command"], "```", "",
         machine_line(m), ""])
 
@@ -107,13 +129,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--task-dir", type=Path, required=True, help="the task's data (SIB-200 layout by default)")
     p.add_argument("--tatoeba-dir", type=Path, required=True)
     p.add_argument("-o", "--output", type=Path, required=True)
-    p.add_argument("--recipes", default="quickstart_mlm,quickstart_infoxlm,quickstart_no_xlco", help="comma-separated recipe names or .toml paths")
+    p.add_argument("--recipes", default="quickstart_mlm,quickstart_infoxlm,quickstart_no_xlco,quickstart_mbert_mlm", help="comma-separated recipe names or .toml paths")
     p.add_argument("--steps", type=int, default=1200)
     p.add_argument("--seeds", default="1,2,3")
     p.add_argument("--finetune", default="--lr 5e-4 --epochs 10 --batch-size 32",
                    help="options passed to objkit eval transfer (quickstart-size models)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed to every run")
     p.add_argument("--fresh", action="store_true", help="retrain rows that already finished")
+    p.add_argument("--reevaluate", action="store_true",
+                   help="evaluate every row again (default: rows evaluated in OUT/results.json with the same "
+                        "settings keep their results)")
     p.add_argument("--update-readme", action="store_true", help="write the table into README.md between "
                    "the transfer markers")
     p.add_argument("--from-results", action="store_true",
@@ -139,8 +164,12 @@ def main(argv: list[str] | None = None) -> None:
         "command": "python " + shlex.join(sys.argv if argv is None else [sys.argv[0], *argv]),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "machine": machine_info(), "runs": {}}
-    previous = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
+    results_file = out / "results.json"
+    previous = json.loads(results_file.read_text()) if results_file.is_file() and not args.reevaluate else {}
+    earlier = {**previous.get("transfer_rows", {}),
+               **{m["name"]: m for m in previous.get("transfer", {}).get("models", [])}}
     exports: list[str] = []
+    kept: dict[str, dict[str, Any]] = {}  # transfer rows that stand
     for spec in [s.strip() for s in args.recipes.split(",") if s.strip()]:
         path = recipe_path(spec)
         name, run_dir = path.stem, out / "runs" / path.stem
@@ -160,20 +189,42 @@ def main(argv: list[str] | None = None) -> None:
         langs = [TATOEBA[x] for x in args.langs if x in TATOEBA]
         tcmd = [*OBJKIT, "eval", "tatoeba", str(run_dir / "export"), "--data-dir", str(args.tatoeba_dir),
                 "--langs", ",".join(langs), "--json"]
-        results["runs"][name] = {"recipe": str(path), "command": shlex.join(cmd), **timing,
-                                 "tatoeba": run_json(tcmd, out / "logs" / f"{name}.eval.log")}
+        stands = not args.fresh and bool(old.get("tatoeba"))
+        if stands and reusable(previous, results["args"], TATOEBA_ARGS, export, results_file):
+            print(f"[{name}] Tatoeba: as evaluated before ({results_file})", file=sys.stderr)
+            tatoeba = old["tatoeba"]
+        else:
+            tatoeba = run_json(tcmd, out / "logs" / f"{name}.eval.log")
+        results["runs"][name] = {"recipe": str(path), "command": shlex.join(cmd), **timing, "tatoeba": tatoeba}
         exports.append(f"{name}={run_dir / 'export'}")
+        row = earlier.get(name)
+        if (not args.fresh and row is not None and row.get("model") == str(run_dir / "export")
+                and reusable(previous, results["args"], TRANSFER_ARGS, export, results_file)):
+            kept[name] = row
         (out / "results.json").write_text(json.dumps({**previous, **results, "runs": {
             **previous.get("runs", {}), **results["runs"]}}, indent=2) + "\n")  # a later call skips this row
     task_langs = [SIB.get(x, x) for x in [args.pivot, *args.langs]] if args.task == "sib200" else [args.pivot, *args.langs]
-    cmd = [*OBJKIT, "eval", "transfer", *exports, "--task", args.task, "--data-dir", str(args.task_dir),
+    todo = [x for x in exports if x.partition("=")[0] not in kept]
+    cmd = [*OBJKIT, "eval", "transfer", *todo, "--task", args.task, "--data-dir", str(args.task_dir),
            "--langs", ",".join(task_langs), "--train-langs", task_langs[0], "--seeds", args.seeds,
            *shlex.split(args.finetune), "--json"]
-    print(f"transfer: {shlex.join(cmd)}", file=sys.stderr)
-    started = time.perf_counter()
-    results["transfer"] = run_json(cmd, out / "logs" / "transfer.log")
-    results["transfer"]["seconds"] = time.perf_counter() - started
-    results["transfer_command"] = shlex.join(cmd)
+    if todo:
+        print(f"transfer: {shlex.join(cmd)}", file=sys.stderr)
+        started = time.perf_counter()
+        transfer = run_json(cmd, out / "logs" / "transfer.log")
+        transfer["seconds"] = time.perf_counter() - started
+        results["transfer_command"] = shlex.join(cmd)
+    else:
+        transfer = {**previous["transfer"], "seconds": 0.0}
+        results["transfer_command"] = previous.get("transfer_command")
+    if kept:  # rows evaluated before: in the recipes' order, their fine-tuning time counted in
+        print(f"transfer: {', '.join(kept)} as evaluated before ({results_file})", file=sys.stderr)
+        fresh_rows = {m["name"]: m for m in transfer["models"]}
+        transfer["models"] = [kept.get(n) or fresh_rows[n] for n in (x.partition("=")[0] for x in exports)]
+        transfer["seconds"] += sum(m["seconds_per_seed"] * len(m["seeds"]) for m in kept.values())
+        transfer["reused"] = list(kept)
+    results["transfer"] = transfer
+    results["transfer_rows"] = {**earlier, **{m["name"]: m for m in transfer["models"]}}
     (out / "transfer.json").write_text(json.dumps(results["transfer"], indent=2) + "\n")
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "results.md").write_text(markdown(results))

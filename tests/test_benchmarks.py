@@ -128,6 +128,38 @@ def test_transfer_table_markdown_has_the_papers_layout(monkeypatch):
     assert "| model | eng_Latn | deu_Latn | zero-shot avg | Tatoeba xx↔en | train time |" in md
     assert "| InfoXLM (MLM + TLM + XLCO) | 45.0 ± 1.0 | 33.0 ± 2.0 | **33.0** ± 2.0 | 12.5 | 500 s |" in md
     assert "| majority class | 14.2 | 14.2 | 14.2 | | |" in md
+    assert "for all models and seeds." in md
+    results["transfer"]["reused"] = ["quickstart_infoxlm"]
+    assert ("99 s for all models and seeds (InfoXLM (MLM + TLM + XLCO): evaluated in an earlier run with the "
+            "same settings).") in table.markdown(results)
+
+
+def test_transfer_table_keeps_only_evaluations_that_still_stand(monkeypatch, tmp_path):
+    """A row evaluated before keeps its results when the evaluation's arguments are the same and
+    its export was not rewritten since results.json; Tatoeba does not depend on the fine-tuning
+    seeds, transfer does."""
+    import os
+
+    monkeypatch.syspath_prepend(str(RUN.parent))
+    spec = importlib.util.spec_from_file_location("objkit_bench_transfer", RUN.parent / "transfer_table.py")
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    export, results_file = tmp_path / "export" / "config.json", tmp_path / "results.json"
+    export.parent.mkdir()
+    export.write_text("{}")
+    results_file.write_text("{}")
+    os.utime(export, (1_000_000, 1_000_000))
+    args = {"tatoeba_dir": "t", "task": "sib200", "task_dir": "d", "pivot": "en", "langs": ["de", "fr"],
+            "seeds": "1,2,3", "finetune": "--lr 5e-4", "steps": 1200}
+    previous = {"args": args}
+    assert table.reusable(previous, {**args, "steps": 10}, table.TRANSFER_ARGS, export, results_file)
+    assert not table.reusable(previous, {**args, "seeds": "1"}, table.TRANSFER_ARGS, export, results_file)
+    assert table.reusable(previous, {**args, "seeds": "1"}, table.TATOEBA_ARGS, export, results_file)
+    assert not table.reusable(previous, {**args, "langs": ["de"]}, table.TATOEBA_ARGS, export, results_file)
+    assert not table.reusable({}, args, table.TATOEBA_ARGS, export, results_file)
+    later = results_file.stat().st_mtime + 60
+    os.utime(export, (later, later))  # retrained since: evaluated again
+    assert not table.reusable(previous, args, table.TRANSFER_ARGS, export, results_file)
 
 
 def test_ablation_alignment_table_reads_the_evaluation_layer(monkeypatch):

@@ -20,8 +20,10 @@ CHECKED = 16  # texts of each batch tokenized both ways
 
 
 def _model_file(tokenizer: Any) -> Path | None:
+    """The tokenizer's SentencePiece model file, if it has one (a WordPiece tokenizer's
+    ``vocab_file`` is ``vocab.txt``: not one)."""
     for candidate in (getattr(tokenizer, "vocab_file", None), Path(str(tokenizer.name_or_path)) / SPM_FILE):
-        if candidate and Path(candidate).is_file():
+        if candidate and Path(candidate).suffix == ".model" and Path(candidate).is_file():
             return Path(candidate)
     return None
 
@@ -39,7 +41,10 @@ class TextEncoder:
         import sentencepiece as spm
 
         model = path.read_bytes()
-        sp = spm.SentencePieceProcessor(model_proto=model)
+        try:
+            sp = spm.SentencePieceProcessor(model_proto=model)
+        except RuntimeError:  # not a SentencePiece model after all: the HF tokenizer alone
+            return
         vocab = tokenizer.get_vocab()
         unk = tokenizer.unk_token_id
         self.model = model

@@ -228,3 +228,20 @@ def test_sentencepiece_fast_path_gives_the_hf_tokenizers_ids(tmp_path, monkeypat
     word_level = tiny_encoder(layers=1)[1]  # no SentencePiece model: the HF tokenizer itself
     assert TextEncoder(word_level).id_map is None
     assert TextEncoder(word_level)(["the cat"]) == [word_level("the cat", add_special_tokens=False)["input_ids"]]
+
+
+def test_text_encoder_takes_a_wordpiece_tokenizer_as_it_is(tmp_path):
+    """A WordPiece tokenizer (the bert encoder's: ``vocab_file`` is ``vocab.txt``) has no
+    SentencePiece model: the HF tokenizer tokenizes (it used to parse vocab.txt as one and fail)."""
+    from transformers import AutoTokenizer
+
+    from objkit.data.encode import TextEncoder
+    from objkit.tokenizer import train_wordpiece
+
+    texts = ["Germany and France", "Deutschland und Frankreich", "Россия", "café au lait"]
+    train_wordpiece(texts * 30, tmp_path / "wp", vocab_size=120)
+    hf_tok = AutoTokenizer.from_pretrained(str(tmp_path / "wp"))
+    assert str(getattr(hf_tok, "vocab_file", "")).endswith("vocab.txt")
+    encoder = TextEncoder(hf_tok)
+    assert encoder.id_map is None
+    assert encoder(texts) == hf_tok(texts, add_special_tokens=False)["input_ids"]
