@@ -142,10 +142,10 @@ def markdown(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--base-files", type=Path, nargs="+", required=True,
+    p.add_argument("--base-files", type=Path, nargs="+", default=[],
                    help="text of the base's languages (one sentence a line; the suffix is the language)")
-    p.add_argument("--target-train", type=Path, required=True)
-    p.add_argument("--target-heldout", type=Path, required=True)
+    p.add_argument("--target-train", type=Path)
+    p.add_argument("--target-heldout", type=Path)
     p.add_argument("--lang", default="cs")
     p.add_argument("-o", "--output", type=Path, required=True)
     p.add_argument("--base-steps", type=int, default=200)
@@ -168,6 +168,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.toy:
         args.base_steps, args.steps, args.add, args.heldout_lines = 4, 3, min(args.add, 20), min(args.heldout_lines, 20)
+    if not (args.base_files and args.target_train and args.target_heldout):
+        p.error("--base-files, --target-train and --target-heldout are required (unless --from-results)")
     for f in [*args.base_files, args.target_train, args.target_heldout]:
         if not f.is_file():
             die(f"missing {f}")
