@@ -75,8 +75,11 @@ from typing import Any
 
 import torch
 
+# the row modules beside this file (run.py runs as a script, not as a package): imported one way
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import data_bench  # noqa: E402
+import memory_speed  # noqa: E402
+import padding_fraction  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
@@ -301,7 +304,7 @@ class Workspace:
     def tokenizer_dir(self) -> Path:
         """The quickstart recipe's trained tokenizer (trained once, cached by objkit)."""
         if self._tokenizer_dir is None:
-            from objkit.runtime import load_tokenizer
+            from objkit.build import load_tokenizer
 
             with quiet():
                 tokenizer = load_tokenizer(self.quickstart())
@@ -467,7 +470,7 @@ def bench_mlm_head(ws: Workspace) -> dict[str, Any]:
     LM head runs on the masked positions only. The HF arm is the very same module
     (``trainer.encoder.mlm``) with its own AdamW of the trainer's configuration; both clip
     gradients; both get the same batches (a twin of the trainer's stream, the same masking seeds)."""
-    from objkit.composite import micro_batch_seed
+    from objkit.step import micro_batch_seed
 
     s = ws.settings
     resolved = xlmr_mlm_recipe(ws, layers=s.head_layers, hidden=s.head_hidden, heads=s.head_heads, ffn=s.head_ffn,
@@ -523,7 +526,7 @@ def bench_framework_overhead(ws: Workspace, trainer: Any | None = None) -> dict[
     masking seeds, forward, masked-position LM head, cross-entropy, backward, clip, step, zero."""
     import torch.nn.functional as F
 
-    from objkit.composite import micro_batch_seed
+    from objkit.step import micro_batch_seed
     from objkit.masking import IGNORE_INDEX
 
     s = ws.settings
@@ -742,7 +745,7 @@ def bench_data_pipeline(ws: Workspace, trainer: Any | None = None) -> dict[str, 
     blocks and lay out TLM pairs (``Trainer._build_streams``), then α-sample and collate (mask,
     pad) the MLM and TLM micro-batches of ``pipeline_steps`` steps -- against tokens/s the
     quickstart ``Trainer.train_step`` consumes (MLM + TLM), alternating."""
-    from objkit.composite import micro_batch_seed
+    from objkit.step import micro_batch_seed
 
     s = ws.settings
     trainer = trainer or ws.trainer(ws.quickstart())
@@ -946,22 +949,10 @@ def bench_memory(ws: Workspace) -> dict[str, Any]:
     return json.loads(out.read_text())
 
 
-def _beside(name: str) -> Any:
-    """A benchmark module in this directory (run.py may be loaded from a path, not as a package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"objkit_bench_{name}", Path(__file__).with_name(f"{name}.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def bench_padding_fraction(ws: Workspace) -> dict[str, Any]:
     """Padded fraction of TLM's and XLCO's token slots without and with length bucketing, and
     the step-time ratio (``benchmarks/padding_fraction.py``)."""
-    return _beside("padding_fraction").measure(ws, alternate=alternate, median_ratio=median_ratio, summary=summary,
-                                               root=ROOT)
+    return padding_fraction.measure(ws, alternate=alternate, median_ratio=median_ratio, summary=summary, root=ROOT)
 
 
 # ============================================================================ the suite
@@ -969,9 +960,6 @@ def _memory_speed(name: str) -> Callable[..., dict[str, Any]]:
     """A row of benchmarks/memory_speed.py, given this module for its helpers."""
 
     def bench(ws: Workspace) -> dict[str, Any]:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        import memory_speed
-
         return getattr(memory_speed, name)(ws, sys.modules[__name__])
 
     return bench
@@ -1204,12 +1192,9 @@ def describe(key: str, d: dict[str, Any]) -> str:
     if key == "vs_hf_trainer":
         return f"{d['objkit_tokens_per_s']:,.0f} vs {d['hf_tokens_per_s']:,.0f} tokens/s"
     if key == "padding_fraction":
-        return _beside("padding_fraction").describe(d)
+        return padding_fraction.describe(d)
     if key in DATA_ROWS:
         return data_bench.describe(key, d)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import memory_speed
-
     return memory_speed.describe(key, d)
 
 
@@ -1256,9 +1241,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.lean_memory_child:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        import memory_speed
-
         return memory_speed.main_child(args, sys.modules[__name__])
     if args.memory_child:
         result = memory_child(Settings(**json.loads(args.memory_child)), args.workdir)

@@ -1,5 +1,5 @@
 """Simulated ranks for the conformance kit: one global batch of ``B`` examples trained as
-1 rank × ``B`` and as ``N`` ranks × ``B/N``, through the real :class:`objkit.composite.CompositeLoss`
+1 rank × ``B`` and as ``N`` ranks × ``B/N``, through the real :class:`objkit.step.CompositeLoss`
 (which gives every example its ``sample_seed`` and every rank its own ``generator``).
 
 The ``N`` ranks are threads of this process. Collectives go through an in-process exchange:
@@ -21,7 +21,8 @@ from unittest import mock
 
 import torch
 
-from objkit.composite import CompositeLoss, ObjectiveSlot, _InProcess
+from objkit.distributed import ParallelStrategy
+from objkit.step import CompositeLoss, ObjectiveSlot
 from objkit.interfaces import Encoder, Objective, StepContext, WorldInfo
 
 SLOT = "under_test"
@@ -72,11 +73,12 @@ def _fake_distributed(world_size: int) -> Iterator[None]:
         yield
 
 
-class _ThreadReplicas(_InProcess):
-    """What the composite needs of :class:`objkit.distributed.Replicas`, for one simulated rank:
-    objectives called directly, sums reduced over the simulated ranks."""
+class _ThreadStrategy(ParallelStrategy):
+    """The one-process :class:`objkit.distributed.ParallelStrategy` of one simulated rank, with
+    sums reduced over the simulated ranks."""
 
-    def __init__(self, rank: int, exchange: _Exchange) -> None:
+    def __init__(self, encoder: Encoder, objective: Objective, rank: int, exchange: _Exchange) -> None:
+        super().__init__(encoder, [objective], WorldInfo(rank=rank, world_size=exchange.world_size))
         self.rank, self.exchange = rank, exchange
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -112,7 +114,7 @@ def run_ranks(
         mine = examples[rank * b : (rank + 1) * b]
         slot = ObjectiveSlot(SLOT, objective, 1.0, lambda n: copy.deepcopy(mine[:n]))
         composite = CompositeLoss([slot], micro_batch_size=b, accumulation=1, seed=seed,
-                                  replicas=_ThreadReplicas(rank, exchange))  # type: ignore[arg-type]  # fmt: skip
+                                  strategy=_ThreadStrategy(encoder, objective, rank, exchange))
         optimizer = torch.optim.SGD(params, lr=lr)
         world = WorldInfo(rank=rank, world_size=world_size)
         losses: list[tuple[float, float] | None] = []

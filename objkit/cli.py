@@ -185,8 +185,10 @@ def run(
 
     if no_progress:
         import datasets
+        from transformers.utils import logging as hf_logging
 
         datasets.disable_progress_bars()
+        hf_logging.disable_progress_bar()  # "Loading weights" of model.init
     run_recipe(resolved, Path(output), registry, progress=not no_progress, fresh=fresh)
 
 

@@ -14,7 +14,7 @@ the step's compute and memory.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -57,7 +57,7 @@ class PresetEncoderConfig(EncoderConfig):
         return self
 
 
-# Kept under its old name: ``objkit.recipe.ModelConfig`` is now the core's generic part.
+# Kept under its old name: ``objkit.schema.ModelConfig`` is now the core's generic part.
 XLMRConfig = PresetEncoderConfig
 
 
@@ -266,6 +266,30 @@ class MaskedLMEncoder(Encoder):
         embeddings.token_type_embeddings = grown
         self.mlm.config.type_vocab_size = count
 
+    def resize_vocab(self, row_sources: Sequence[Sequence[int]]) -> None:
+        """transformers' ``resize_token_embeddings`` (which keeps the decoder tied to the word
+        embeddings and grows the LM-head bias, updating ``config.vocab_size``), then every row --
+        word embedding, untied decoder row, bias -- set to the mean of its sources' old rows."""
+        inputs, outputs = self.mlm.get_input_embeddings(), self.mlm.get_output_embeddings()
+        tied = outputs.weight is inputs.weight
+        old = {"embeddings": inputs.weight.detach().clone()}
+        if not tied:
+            old["decoder"] = outputs.weight.detach().clone()
+        if getattr(outputs, "bias", None) is not None:
+            old["bias"] = outputs.bias.detach().clone()
+        self.mlm.resize_token_embeddings(len(row_sources), mean_resizing=False)
+        inputs, outputs = self.mlm.get_input_embeddings(), self.mlm.get_output_embeddings()
+        new = {"embeddings": inputs.weight, "decoder": outputs.weight, "bias": getattr(outputs, "bias", None)}
+        with torch.no_grad():
+            for name, table in old.items():
+                new[name].copy_(mean_of_rows(table, row_sources))
+        for module in self.mlm.modules():  # an untied head keeps a `bias` beside its decoder's (`lm_head.bias`)
+            decoder, bias = getattr(module, "decoder", None), getattr(module, "bias", None)
+            if isinstance(decoder, nn.Linear) and isinstance(bias, nn.Parameter) and decoder.bias is not None \
+                    and bias.shape != decoder.bias.shape:
+                module.bias = nn.Parameter(decoder.bias.detach().clone())
+        self.vocab_size = len(row_sources)
+
     def save_pretrained(self, path: str | Path) -> None:
         """Write the body (``AutoModel``) and LM head (``AutoModelForMaskedLM``) in HF format."""
         self.mlm.save_pretrained(str(path), safe_serialization=True)
@@ -291,6 +315,22 @@ class XLMREncoder(MaskedLMEncoder):
 
     def head(self) -> nn.Module:
         return self.mlm.lm_head
+
+
+def mean_of_rows(table: torch.Tensor, row_sources: Sequence[Sequence[int]]) -> torch.Tensor:
+    """``[len(row_sources), *table.shape[1:]]``: row ``i`` the mean of ``table``'s rows
+    ``row_sources[i]`` (exactly the row for one source), the mean of all rows for none. One
+    sparse averaging matrix times the table: fast at XLM-R's 250,002 rows."""
+    lengths = torch.tensor([len(ids) for ids in row_sources], dtype=torch.long)
+    rows = torch.repeat_interleave(torch.arange(len(row_sources)), lengths)
+    cols = torch.tensor([i for ids in row_sources for i in ids], dtype=torch.long)
+    weights = (1.0 / lengths.clamp(min=1).float())[rows]
+    flat = table.reshape(table.shape[0], -1).float()
+    averaging = torch.sparse_coo_tensor(torch.stack([rows, cols]), weights, (len(row_sources), table.shape[0]),
+                                        check_invariants=True)
+    out = torch.sparse.mm(averaging, flat)
+    out[lengths == 0] = flat.mean(dim=0)
+    return out.reshape(len(row_sources), *table.shape[1:]).to(table.dtype)
 
 
 def blocks_of(body: nn.Module) -> nn.ModuleList:

@@ -2,7 +2,8 @@
 
 Kept out of the training loop so that :mod:`objkit.trainer` only asks three questions per
 step: was a stop requested (:class:`StopRequest`), was this step finite
-(:func:`nonfinite_reason`, :class:`BadSteps`), and do all ranks agree (:func:`agree`).
+(:func:`nonfinite_reason`, :class:`BadSteps`); all ranks agree on it through
+:meth:`objkit.distributed.ParallelStrategy.agree`.
 
 * **SIGTERM / SIGINT** (:class:`StopRequest`): the handler only records the signal; the
   loop finishes the step it is in, writes a checkpoint and returns, and ``objkit run`` exits
@@ -96,20 +97,6 @@ class StopRequest:
 
 
 _ACTIVE: StopRequest | None = None
-
-
-def agree(world: Any, *flags: bool) -> list[bool]:
-    """Each flag OR-ed over all ranks (one small all-reduce; none with a single process), so
-    every rank skips the same updates and stops after the same step."""
-    if getattr(world, "world_size", 1) <= 1:
-        return [bool(f) for f in flags]
-    import torch
-    import torch.distributed as dist
-
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    tensor = torch.tensor([float(bool(f)) for f in flags], device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return [bool(v) for v in tensor.tolist()]
 
 
 # ----------------------------------------------------------------------------- non-finite steps

@@ -8,7 +8,7 @@ A plugin is a class deriving from one of these bases, with a ``name`` and a pyda
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -116,9 +116,11 @@ class TokenizerTraining(BaseModel):
         None, description="unigram (SentencePiece, XLM-R layout) or wordpiece (BERT layout); default: the encoder's")
 
 
-class EncoderConfig(PluginConfig):
-    """Base of every encoder plugin's ``Config``, which validates the whole ``[model]`` table:
-    these generic keys, read by the core, plus the encoder's own (architecture, presets). (API 1.2)"""
+class EncoderKeys(BaseModel):
+    """The ``[model]`` keys every encoder shares and the core reads, declared once: the base of
+    :class:`EncoderConfig` and of the recipe schema's ``[model]`` table."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
 
     encoder: str = Field("xlmr", description="encoder plugin name")
     init: str | None = Field(None, description="HF hub id or local directory to continue training from")
@@ -127,6 +129,12 @@ class EncoderConfig(PluginConfig):
     tokenizer: str | TokenizerTraining | None = Field(
         None, description="HF id/dir, or a table to train one; default: the init checkpoint's"
     )
+
+
+class EncoderConfig(PluginConfig, EncoderKeys):
+    """Base of every encoder plugin's ``Config``, which validates the whole ``[model]`` table:
+    the generic keys of :class:`EncoderKeys`, read by the core, plus the encoder's own
+    (architecture, presets). (API 1.2)"""
 
     @model_validator(mode="after")
     def _fresh_model_needs_tokenizer(self) -> EncoderConfig:
@@ -214,6 +222,7 @@ class Encoder(Plugin, nn.Module, ABC):
     * ``momentum_copy(depth)`` a frozen copy of the first ``depth`` blocks (a :class:`MomentumCopy`).
     * ``shard_units()`` the submodules FSDP shards one by one.
     * ``save_pretrained(path)`` writes a directory that ``transformers.AutoModel`` loads.
+    * ``resize_vocab(row_sources)`` (optional, API 1.3) grows the vocabulary for an extended tokenizer.
 
     Attributes: ``hidden_size``, ``num_layers``, ``num_heads``, ``vocab_size``, ``max_tokens``;
     ``first_position_id`` / ``pad_position_id``: the position id of a sequence's first token and
@@ -299,6 +308,18 @@ class Encoder(Plugin, nn.Module, ABC):
         from objkit.errors import UserError
 
         raise UserError(f"model.encoder: encoder {self.name!r} has no token-type table to grow to {count} types")
+
+    def resize_vocab(self, row_sources: Sequence[Sequence[int]]) -> None:
+        """Resize the word embeddings and the LM head (its weights, tied or not, and its bias) to
+        ``len(row_sources)`` rows: new row ``i`` is the mean of the old rows ``row_sources[i]`` (a
+        kept piece names its own row; an empty list: the mean of every old row). ``vocab_size`` and
+        what :meth:`save_pretrained` writes follow. Called before the optimizer is built, for a
+        tokenizer extended with new pieces (:func:`objkit.vocab.fit_vocabulary`).
+        Default: a :class:`~objkit.UserError`. (API 1.3)"""
+        from objkit.errors import UserError
+
+        raise UserError(f"model.tokenizer: encoder {self.name!r} cannot resize its vocabulary to "
+                        f"{len(row_sources)} ids (Encoder.resize_vocab)")
 
     @abstractmethod
     def save_pretrained(self, path: str) -> None: ...

@@ -28,10 +28,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 import torch
 
-from objkit.distributed import Replicas
+from objkit.distributed import ParallelStrategy
 from objkit.errors import UserError, first_line
 from objkit.interfaces import Encoder, Objective
-from objkit.recipe import TrainConfig
+from objkit.schema import TrainConfig
 
 
 def checkpointed_objectives(train: TrainConfig, objectives: Sequence[str]) -> set[str]:
@@ -45,9 +45,9 @@ def checkpointed_objectives(train: TrainConfig, objectives: Sequence[str]) -> se
 
 
 def apply_train_options(
-    encoder: Encoder, replicas: Replicas, objectives: Sequence[Objective], train: TrainConfig, device: torch.device
+    encoder: Encoder, strategy: ParallelStrategy, objectives: Sequence[Objective], train: TrainConfig, device: torch.device
 ) -> None:
-    """Configure ``encoder`` (and the replicas' step module) for the run's memory and speed options."""
+    """Configure ``encoder`` (and the strategy's step module) for the run's memory and speed options."""
     encoder.lm_head_chunk_rows = train.lm_head_chunk_rows or 0
     names = [o.instance_name for o in objectives]
     checkpointed = checkpointed_objectives(train, names)
@@ -60,7 +60,7 @@ def apply_train_options(
             )
         toggle(True)
         if checkpointed != set(names):  # only some objectives: switch before each one's forward
-            replicas.module.before_compute = lambda objective: toggle(objective.instance_name in checkpointed)
+            strategy.module.before_compute = lambda objective: toggle(objective.instance_name in checkpointed)
     if train.compile:
         compile_blocks = getattr(encoder, "compile_blocks", None)
         if compile_blocks is None:

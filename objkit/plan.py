@@ -18,9 +18,10 @@ import torch
 from objkit.distributed import env_world
 from objkit.errors import UserError
 from objkit.interfaces import VocabInfo, WorldInfo
-from objkit.recipe import ResolvedRecipe, TokenizerTraining
+from objkit.recipe import ResolvedRecipe
+from objkit.schema import TokenizerTraining
 from objkit.registry import Registry
-from objkit.runtime import (
+from objkit.build import (
     accumulation_steps,
     build_encoder,
     build_objectives,

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from objkit.composite import CollatedStep
+from objkit.step import CollatedStep
 
 
 class StepPrefetcher:

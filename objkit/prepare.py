@@ -26,9 +26,10 @@ from objkit.data import cache as data_cache
 from objkit.data.bucketing import BucketedStream, example_lengths
 from objkit.data.sources import locate_stream_error, source_files
 from objkit.interfaces import WorldInfo
-from objkit.recipe import ResolvedRecipe, source_kind
+from objkit.recipe import ResolvedRecipe
+from objkit.schema import source_kind
 from objkit.registry import Registry
-from objkit.runtime import BuiltObjective
+from objkit.build import BuiltObjective
 from objkit.seeding import derive_seed
 
 
@@ -115,6 +116,8 @@ def build_streams(resolved: ResolvedRecipe, objectives: list[BuiltObjective], to
         with distributed.main_process_first(world):
             prepared = prepared_rows(resolved, built, tokenizer, registry, cache_dir=cache_dir, tokenized=tokenized,
                                      num_proc=num_proc, tokenizer_id=tokenizer_id)
+        if cache_dir is not None and prepared.how in ("built", "cached"):  # which rank tokenized (once)
+            print(cache_report(prepared, cache_dir, world), file=sys.stderr)
         seed = recipe.train.seed * 7919 + len(streams)
         # streamed sources cannot be counted up front: α-sampling uses their sizes on disk
         group_sizes = source_group_sizes(built.data, source) if source.streaming else None
@@ -131,13 +134,22 @@ def build_streams(resolved: ResolvedRecipe, objectives: list[BuiltObjective], to
     return streams
 
 
+def cache_report(prepared: Prepared, cache_dir: Path, world: WorldInfo) -> str:
+    """One line: whether this rank built the cache entry (tokenized) or read one (built before, or
+    by rank 0 while this rank waited)."""
+    rank = f"rank {world.rank} of {world.world_size}: " if world.world_size > 1 else ""
+    what = "tokenized and cached" if prepared.how == "built" else "read from the cache"
+    return (f"data.cache_dir: {rank}{prepared.name}: {len(prepared.rows):,} rows {what} "
+            f"({Path(cache_dir) / prepared.name}, {prepared.seconds:.1f}s)")
+
+
 def prepare_cache(resolved: ResolvedRecipe, registry: Registry, cache_dir: Path) -> list[Prepared]:
     """``objkit prepare``: build (or rebuild) the cache entry of every objective with a map-style
     source, on this machine's cores. The objectives are built on the meta device (their
     ``prepare`` needs the tokenizer and the recipe, not weights)."""
     import torch
 
-    from objkit.runtime import build_encoder, build_objectives, load_tokenizer
+    from objkit.build import build_encoder, build_objectives, load_tokenizer
 
     world = WorldInfo()
     tokenizer = load_tokenizer(resolved, world=world)

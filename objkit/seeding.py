@@ -56,4 +56,17 @@ def sample_uniform(seed: int, purpose: str) -> float:
     return derive_seed(seed, purpose) / 2**63
 
 
-__all__ = ["SAMPLE_SEED", "derive_seed", "example_seeds", "sample_generator", "sample_seed", "sample_uniform"]
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (``train.seed``: up to 2**63 - 1;
+    NumPy takes it modulo 2**32). What the trainer does before building the model."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+__all__ = ["SAMPLE_SEED", "derive_seed", "example_seeds", "sample_generator", "sample_seed", "sample_uniform", "seed_everything"]
+

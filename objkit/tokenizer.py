@@ -27,7 +27,7 @@ import click
 
 from objkit.errors import UserError
 from objkit.interfaces import TokenizerTraining
-from objkit.recipe import TextSource
+from objkit.schema import TextSource
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,12 @@ def save_tokenizer_for(model: Any, tokenizer: Any, out_dir: str | Path) -> None:
         tokenizer.save_pretrained(str(out_dir))
     finally:
         tokenizer.model_max_length = before
+    # transformers 5 writes tokenizer.json only: keep the SentencePiece model beside it, which
+    # `objkit tokenizer extend` (and the slow tokenizer) need
+    for attribute, name in getattr(tokenizer, "vocab_files_names", {}).items():
+        source = getattr(tokenizer, attribute, None)
+        if isinstance(source, str) and Path(source).is_file() and not (Path(out_dir) / name).exists():
+            shutil.copyfile(source, Path(out_dir) / name)
 
 
 # ----------------------------------------------------------------------------- recipe cache

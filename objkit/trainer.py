@@ -1,6 +1,7 @@
 """The training loop: the recipe's optimizer and schedule (:mod:`objkit.optim`), accumulation,
 clipping, events (:mod:`objkit.events`: logging, evaluation, callbacks), checkpoints, resumption,
-export. Loss composition lives in :mod:`objkit.composite`; what
+export. The step engine (collation, loss composition) lives in :mod:`objkit.step`, the parallel
+strategy in :mod:`objkit.distributed`; what
 happens on signals, non-finite steps and failed writes in :mod:`objkit.faults`."""
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from tqdm.auto import tqdm
 from objkit import checkpoint as ckpt
 from objkit import distributed, faults
 from objkit import sharded_checkpoint as sharded
-from objkit.composite import CollatedStep, CompositeLoss, ObjectiveSlot, StepStats, summarise, to_host
+from objkit.metrics import StepStats, summarise, to_host
 from objkit.data import ExampleStream
 from objkit.data.bucketing import BucketedStream
 from objkit.errors import UserError
@@ -34,31 +35,20 @@ from objkit.recipe import ResolvedRecipe
 from objkit.registry import Registry
 from objkit.events import Callback, Events, FitState
 from objkit.reporting import MetricsReport, ProgressBar
-from objkit.runtime import (
+from objkit.build import (
     accumulation_steps,
-    autocast_factory,
     build_callbacks,
     build_encoder,
     build_objectives,
     build_optimizer,
     build_schedule,
     load_tokenizer,
-    resolve_device,
-    resolve_precision,
-    thread_counts,
 )
-from objkit.seeding import derive_seed
+from objkit.device import autocast_factory, resolve_precision, thread_counts, training_device
+from objkit.seeding import derive_seed, seed_everything
+from objkit.step import CollatedStep, CompositeLoss, ObjectiveSlot
 from objkit.tokenizer import save_tokenizer_for
-
-
-def set_seed(seed: int) -> None:
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+from objkit.vocab import fit_vocabulary
 
 
 class Trainer:
@@ -75,30 +65,32 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.registry = registry
         self.progress = progress
-        self.device = resolve_device(self.train_cfg, distributed.env_world())
+        self.device = training_device(self.train_cfg.device, distributed.env_world().rank)
         if world is None:
             world = distributed.init_distributed(self.device, timeout=self.train_cfg.collective_timeout)
         self.world = world
         if not self.world.is_main:  # rank 0 alone reports
             datasets.disable_progress_bars()
-        self.precision = resolve_precision(self.train_cfg, self.device)
+        self.precision = resolve_precision(self.train_cfg.precision, self.device)
         self.micro_batch_size, self.accumulation = accumulation_steps(self.train_cfg, self.world)
-        set_seed(self.train_cfg.seed)
+        seed_everything(self.train_cfg.seed)
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.tokenizer = load_tokenizer(resolved, world=self.world)
-        self.encoder = build_encoder(resolved, registry, vocab_size=len(self.tokenizer)).to(self.device)
+        encoder = build_encoder(resolved, registry, vocab_size=len(self.tokenizer))
+        fit_vocabulary(resolved, encoder, self.tokenizer)  # an extended tokenizer: new rows before the optimizer
+        self.encoder = encoder.to(self.device)
         self.objectives = build_objectives(
             resolved, registry, self.encoder, self.tokenizer, self.device, self.world, self.precision
         )
         self.streams = self._build_streams()
-        self.replicas = distributed.parallelize(
+        self.strategy = distributed.parallelize(
             self.encoder, [b.objective for b in self.objectives], self.world, self.device,
             self.train_cfg.parallelism, self.precision,
         )
-        apply_train_options(self.encoder, self.replicas, [b.objective for b in self.objectives], self.train_cfg,
+        apply_train_options(self.encoder, self.strategy, [b.objective for b in self.objectives], self.train_cfg,
                             self.device)
-        params = self.params = self.replicas.parameters()
+        params = self.params = self.strategy.parameters()
         if self.world.world_size > 1:  # same initial weights everywhere (above); own dropout masks per rank
             torch.manual_seed(derive_seed(self.train_cfg.seed, "rank", self.world.rank))
         self.optimizer = build_optimizer(resolved, registry, params)
@@ -117,7 +109,7 @@ class Trainer:
             autocast=autocast_factory(self.precision, self.device),
             scale_loss=self.scaler.scale,
             seed=self.train_cfg.seed,
-            replicas=self.replicas,
+            strategy=self.strategy,
         )
         self.step = 0
         self.bad_steps = faults.BadSteps(self.train_cfg.max_bad_steps)
@@ -159,7 +151,7 @@ class Trainer:
             "streams": streams,
             "rank_streams": [r["streams"] for r in ranks],
             "world_size": self.world.world_size,
-            "parallelism": self.replicas.mode,
+            "parallelism": self.strategy.mode,
             "bad_steps": self.bad_steps.state_dict(),
             "threads": thread_counts(),
         }
@@ -180,9 +172,9 @@ class Trainer:
         ``train.checkpoint_format = "sharded"`` (every rank writes its shard)."""
         if self.train_cfg.checkpoint_format == "sharded":
             return self._save_sharded()
-        model = self.replicas.model_for_save()
-        objectives = {name: self.replicas.full_state(state) for name, state in self._objective_states().items()}
-        optimizer = self.replicas.optimizer_state(self.optimizer)
+        model = self.strategy.model_for_save()
+        objectives = {name: self.strategy.full_state(state) for name, state in self._objective_states().items()}
+        optimizer = self.strategy.optimizer_state(self.optimizer)
         streams = self._stream_states()
         ranks = distributed.all_gather_objects(self._rank_state(streams), self.world)
         if not self.world.is_main:
@@ -217,7 +209,7 @@ class Trainer:
         the small per-rank JSON state and the shards' digests."""
         streams = self._stream_states()
         ranks = distributed.all_gather_objects(self._rank_state(streams), self.world)
-        state, values = sharded.live_state(self.replicas.module, self.optimizer, self._objective_states())
+        state, values = sharded.live_state(self.strategy.module, self.optimizer, self._objective_states())
         try:
             return sharded.save_sharded(
                 self.run_dir, self.step, world=self.world, state=state, objective_values=values,
@@ -233,23 +225,23 @@ class Trainer:
         data = source if isinstance(source, ckpt.CheckpointData) else ckpt.read_checkpoint(Path(source))
         trainer_state = data.trainer
         streamed = sorted(name for name, stream in self.streams.items() if stream.per_rank)
-        distributed.check_resumable(data.path, trainer_state, self.world, self.replicas.mode, streamed)
+        distributed.check_resumable(data.path, trainer_state, self.world, self.strategy.mode, streamed)
         if data.sharded:
             saved_world = int(trainer_state.get("world_size", 1))
             if saved_world != self.world.world_size:
                 raise UserError(f"{data.path}: a sharded checkpoint written by {saved_world} rank(s) resumes on "
                                 f"{saved_world} (this run has {self.world.world_size}): run with --nproc {saved_world}")
-            states = sharded.load_sharded(data.path, self.replicas.module, self.optimizer, self._objective_states(),
+            states = sharded.load_sharded(data.path, self.strategy.module, self.optimizer, self._objective_states(),
                                           data.objectives)
             for built in self.objectives:
                 built.objective.load_state_dict(states.get(built.name, {}))
         else:
-            model = self.replicas.model_for_load()
+            model = self.strategy.model_for_load()
             ckpt.apply_model_state(model, data.model, data.path)
-            self.replicas.finish_model_load(model)
+            self.strategy.finish_model_load(model)
             for built in self.objectives:
-                self.replicas.load_objective_state(built.objective, data.objectives.get(built.name, {}))
-            self.replicas.load_optimizer_state(self.optimizer, data.optimizer["optimizer"])
+                self.strategy.load_objective_state(built.objective, data.objectives.get(built.name, {}))
+            self.strategy.load_optimizer_state(self.optimizer, data.optimizer["optimizer"])
         self.scheduler.load_state_dict(data.optimizer["scheduler"])
         self.scaler.load_state_dict(data.optimizer["scaler"])
         rank, world_size = self.world.rank, self.world.world_size
@@ -320,17 +312,11 @@ class Trainer:
         ctx = StepContext(step=self.step, encoder=self.encoder, device=self.device, world=self.world)
         stats = self.composite.accumulate(ctx, collated)
         self.scaler.unscale_(self.optimizer)
+        grad_norm_t = self.strategy.grad_norm(self.params, self.train_cfg.clip_norm)
         if self.train_cfg.clip_norm is not None:
-            grad_norm_t = torch.nn.utils.clip_grad_norm_(self.params, self.train_cfg.clip_norm)
-            if hasattr(grad_norm_t, "full_tensor"):  # FSDP: a DTensor
-                grad_norm_t = grad_norm_t.full_tensor()
-            stats.values["grad_norm"] = grad_norm_t.detach()
-        else:
-            grads = [p.grad for p in self.params if p.grad is not None]
-            norm_t = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
-            grad_norm_t = norm_t.full_tensor() if hasattr(norm_t, "full_tensor") else norm_t
+            stats.values["grad_norm"] = grad_norm_t
         reason = self._nonfinite(stats, grad_norm_t)
-        bad, self.stop_agreed = faults.agree(self.world, reason is not None, stop_requested)
+        bad, self.stop_agreed = self.strategy.agree(reason is not None, stop_requested)
         if bad:  # skip the update: optimizer and momentum encoders stay; step and schedule move on
             message = self.bad_steps.record(self.step, reason or "loss or gradients on another rank")
             stats.values["skipped"] = 1.0
@@ -438,7 +424,7 @@ class Trainer:
     def export(self) -> Path | None:
         """``run_dir/export``: encoder + tokenizer loadable by AutoModel / AutoTokenizer.
         Every rank calls this (FSDP gathers the weights); rank 0 alone writes."""
-        model = self.replicas.model_for_save()
+        model = self.strategy.model_for_save()
         if model is None:
             distributed.barrier(self.world)
             return None

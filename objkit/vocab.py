@@ -6,18 +6,31 @@ append them, with their scores, to the base model's pieces. Every base piece kee
 the HF tokenizer written to DIR (XLM-R layout) puts ``<mask>`` after the new pieces, so its id
 moves to the end. Where this departs from Glot500: Glot500 merges a whole new model of a fixed
 size; here ``--add`` bounds what is appended: characters the base lacks first, then pieces by score.
+
+A recipe that initialises from a checkpoint and names an extended tokenizer gets the checkpoint's
+vocabulary resized before anything is trained (:func:`fit_vocabulary`): a new piece's row (word
+embedding and LM-head bias) starts as the mean of the rows of the pieces the *base* tokenizer
+splits its surface string into (Glot500 initialises new rows randomly; the mean follows
+Gee et al., 2022 and "Fast Vocabulary Transfer"), the mean of every row where the base has none.
 """
 
 from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from objkit.errors import UserError
 from objkit.tokenizer import SPM_FILE, _spm_train
+
+if TYPE_CHECKING:
+    from objkit.interfaces import Encoder
+    from objkit.recipe import ResolvedRecipe
+
+EXTENSION_RECORD = "objkit_extension.json"
+WORD_START = "\u2581"  # SentencePiece's word-start mark
 
 
 def _base_model(base: str) -> bytes:
@@ -101,7 +114,7 @@ def extend_command(base: str, files: tuple[str, ...], output: str, add: int, lan
     import json
 
     from objkit.data.sources import expand, iter_source_texts
-    from objkit.recipe import TextSource
+    from objkit.schema import TextSource
 
     for pattern in files:
         expand(pattern, "FILES", None)
@@ -109,6 +122,95 @@ def extend_command(base: str, files: tuple[str, ...], output: str, add: int, lan
         {"type": "text", "files": [{"path": p, "lang": lang or "und", "field": field} for p in files]})
     texts = list(iter_source_texts(source, max_sentences, name="FILES"))
     tokenizer, added = extend_tokenizer(base, texts, Path(output), add=add, seed=seed)
-    (Path(output) / "objkit_extension.json").write_text(json.dumps(
+    (Path(output) / EXTENSION_RECORD).write_text(json.dumps(
         {"base": base, "lang": lang, "added": len(added), "files": list(files)}, indent=1) + "\n")
     click.echo(f"appended {len(added)} pieces to {base}: {len(tokenizer)} ids -> {output}")
+
+
+def surface_pieces(base: Any, piece: str, vocab: dict[str, int] | None = None) -> list[int]:
+    """Ids of the pieces ``base`` splits ``piece``'s surface string into, in the position the
+    piece takes: a word-start piece (``"\u2581dům"``, WordPiece's ``"dům"``) as a word of its own, a
+    word-inner piece (``"ová"``, ``"##ová"``) without the word-start mark the split would put first
+    (a lone ``"\u2581"`` is dropped; ``"\u2581ov"`` becomes ``"ov"`` where the base has it). Unknown
+    pieces are left out. ``vocab``: ``base.get_vocab()``, when the caller has it."""
+    vocab = base.get_vocab() if vocab is None else vocab
+    wordpiece = piece.startswith("##")
+    inner = wordpiece or not piece.startswith(WORD_START)
+    text = piece[2:] if wordpiece else piece.replace(WORD_START, " ").strip()
+    if not text:
+        return []
+    pieces = base.tokenize(text)
+    if inner and pieces:
+        first = pieces[0]
+        if first == WORD_START:
+            pieces = pieces[1:]
+        elif first.startswith(WORD_START) and first[1:] in vocab:
+            pieces = [first[1:], *pieces[1:]]
+        elif wordpiece and "##" + first in vocab:
+            pieces = ["##" + first, *pieces[1:]]
+    ids = [vocab[p] for p in pieces if p in vocab]
+    return [i for i in ids if i != base.unk_token_id]
+
+
+def row_sources(base: Any, extended: Any, rows: int, *, key: str = "model.tokenizer") -> list[list[int]]:
+    """For every id of ``extended``: the rows of a checkpoint trained with ``base`` whose mean
+    starts its row -- its own row for a piece ``base`` has (specials such as ``<mask>`` may move),
+    the rows of its surface pieces (:func:`surface_pieces`) for a new one, none (the caller's
+    fallback) where the base has no piece for it. A ``UserError`` naming ``key`` when ``extended``
+    does not keep every piece of ``base`` at its id."""
+    base_vocab = base.get_vocab()
+    ext_vocab = extended.get_vocab()
+    specials = set(base.all_special_tokens)
+    for piece, old_id in sorted(base_vocab.items(), key=lambda item: item[1]):
+        new_id = ext_vocab.get(piece)
+        if new_id is None or (new_id != old_id and piece not in specials):
+            where = "is missing" if new_id is None else f"has id {new_id}"
+            raise UserError(f"{key}: does not extend the checkpoint's tokenizer: its piece {piece!r} (id {old_id} "
+                            f"there) {where}; extend that tokenizer with `objkit tokenizer extend`")
+    sources: list[list[int]] = []
+    for piece in extended.convert_ids_to_tokens(list(range(len(extended)))):
+        old_id = base_vocab.get(piece)
+        ids = [old_id] if old_id is not None else surface_pieces(base, piece, base_vocab)
+        sources.append([i for i in ids if i < rows])
+    return sources
+
+
+def fit_vocabulary(resolved: ResolvedRecipe, encoder: Encoder, tokenizer: Any) -> list[list[int]] | None:
+    """Resize ``encoder``'s vocabulary to ``tokenizer``'s when the recipe initialises from a
+    checkpoint and names a larger (extended) tokenizer; returns the row sources used (None: no
+    resize). The base tokenizer is the checkpoint's (``model.init``), else the one the extension
+    recorded (``objkit_extension.json``). A tokenizer smaller than the checkpoint's vocabulary, or
+    one that moves the base's pieces, is a ``UserError``."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from objkit.hub import offline_unless_reachable
+
+    model = resolved.recipe.model
+    if model.init is None or not isinstance(model.tokenizer, str) or model.tokenizer == model.init:
+        return None
+    size, rows = len(tokenizer), encoder.vocab_size
+    if size == rows:
+        return None
+    if size < rows:
+        raise UserError(f"model.tokenizer: {model.tokenizer} has {size} ids but the checkpoint model.init "
+                        f"{model.init} has {rows} embedding rows; a tokenizer for it keeps at least its vocabulary")
+    candidates = [model.init]
+    record = Path(model.tokenizer) / EXTENSION_RECORD
+    if record.is_file():
+        candidates.append(json.loads(record.read_text())["base"])
+    base = None
+    for spec in candidates:
+        try:
+            base = AutoTokenizer.from_pretrained(spec, local_files_only=offline_unless_reachable(spec))
+            break
+        except (OSError, ValueError, TypeError):
+            continue
+    if base is None:
+        raise UserError(f"model.tokenizer: {model.tokenizer} has {size} ids, more than the {rows} rows of model.init "
+                        f"{model.init}, and neither the checkpoint nor {record} names a base tokenizer to map the "
+                        "new pieces onto")
+    sources = row_sources(base, tokenizer, rows)
+    encoder.resize_vocab(sources)
+    return sources

@@ -64,8 +64,8 @@ def main() -> None:
 
         trainer.resume = recording_resume
         info: dict = {"rank": trainer.world.rank, "world_size": trainer.world.world_size,
-                      "mode": trainer.replicas.mode, "steps": {}, "sync_calls": {}}
-        ddp = getattr(trainer.replicas, "ddp", None)
+                      "mode": trainer.strategy.mode, "steps": {}, "sync_calls": {}}
+        ddp = getattr(trainer.strategy, "ddp", None)
         if ddp is not None:  # count gradient all-reduce calls (one per bucket) per step
             from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
@@ -74,7 +74,7 @@ def main() -> None:
                 return allreduce_hook(state, bucket)
 
             ddp.register_comm_hook(None, counting_hook)
-            info["find_unused_parameters"] = trainer.replicas.find_unused_parameters
+            info["find_unused_parameters"] = trainer.strategy.find_unused_parameters
         step = trainer.train_step
 
         def recording_step(*args, **kwargs):  # noqa: ANN202
@@ -87,7 +87,7 @@ def main() -> None:
         trainer.export()
         if ddp is not None:
             info["buckets"] = len(str(ddp._get_ddp_logging_data()["bucket_sizes"]).split(","))
-        states = {b.name: trainer.replicas.full_state(b.objective.state_dict()) for b in trainer.objectives}
+        states = {b.name: trainer.strategy.full_state(b.objective.state_dict()) for b in trainer.objectives}
         tensors, _ = flatten_state(states)
         save_file({k: v.clone() for k, v in tensors.items()}, str(dump / f"rank{trainer.world.rank}.safetensors"))
         info["saves"] = saves

@@ -13,7 +13,7 @@ import pytest
 from objkit.cli import main
 from objkit.data.sources import check_source_files, iter_source_texts, load_source
 from objkit.errors import UserError
-from objkit.recipe import ParallelSource, TextSource
+from objkit.schema import ParallelSource, TextSource
 
 ROOT = Path(__file__).parent.parent
 QUICKSTART = ROOT / "recipes" / "quickstart.toml"

@@ -184,3 +184,33 @@ def test_ablation_alignment_table_reads_the_evaluation_layer(monkeypatch):
     assert "| no_dwa | 3 | 62.00 | 50.00 | 40.00 | de-en 61.00 (4) |" in text
     assert "| Δ with_dwa − no_dwa | | -2.00 | |" in text
     assert ablation.alignment_markdown({"runs": {"a": {"eval": {"retrieval": {}}}}, "args": {}}) == []
+
+
+@pytest.mark.slow
+def test_vocab_extension_runs_at_toy_size(tmp_path):
+    """benchmarks/vocab_extension.py --toy on tiny data written here: a base model, its extended
+    tokenizer, continued training with each, and the table of fertility and held-out losses."""
+    spec = importlib.util.spec_from_file_location("objkit_bench_vocab", RUN.parent / "vocab_extension.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    base = {"en": ["the house is red and the cat sleeps", "good morning to all of you", "we like green tea"],
+            "de": ["das haus ist rot und die katze schläft", "guten morgen euch allen", "wir trinken tee"],
+            "fr": ["la maison est rouge et le chat dort", "bonjour à vous tous", "nous aimons le thé vert"]}
+    czech = ["dům je červený a kočka spí", "dobré ráno všem", "rádi pijeme zelený čaj v zahradě",
+             "muž v modrém tričku hraje na kytaru", "děti si hrají na ulici před školou"]
+    for lang, lines in base.items():
+        (tmp_path / f"base.{lang}").write_text("\n".join(lines * 30) + "\n", encoding="utf-8")
+    (tmp_path / "train.cs").write_text("\n".join(czech * 30) + "\n", encoding="utf-8")
+    (tmp_path / "val.cs").write_text("\n".join(czech[::-1]) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    module.main(["--base-files", *(str(tmp_path / f"base.{lang}") for lang in base), "--target-train",
+                 str(tmp_path / "train.cs"), "--target-heldout", str(tmp_path / "val.cs"), "-o", str(out), "--toy"])
+    results = json.loads((out / "results.json").read_text())
+    rows = results["rows"]
+    assert rows["extended"]["ids"] > rows["base"]["ids"]
+    assert rows["extended"]["tokens_per_word"] < rows["base"]["tokens_per_word"]
+    for row in rows.values():
+        for when in ("before", "after"):
+            assert math.isfinite(row[when]["mlm_loss"]) and row[when]["bits_per_char"] > 0
+    md = (out / "results.md").read_text()
+    assert md.startswith("Vocabulary extension for `cs`") and "| extended (+20 pieces) |" in md

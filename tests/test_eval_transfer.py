@@ -339,7 +339,7 @@ def test_transfer_during_training_is_logged_and_leaves_training_unchanged(tmp_pa
 
 def test_transfer_eval_in_a_recipe_is_checked_before_training(tmp_path):
     from objkit.recipe import load_recipe
-    from objkit.runner import PeriodicEval
+    from objkit.eval.periodic import PeriodicEval
 
     recipe = tmp_path / "r.toml"
     recipe.write_text(

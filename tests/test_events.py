@@ -94,7 +94,7 @@ def tiny(tmp_path, extra: str = "") -> str:
 
 
 def test_the_recipe_names_the_optimizer_and_schedule_from_the_registry(tmp_path):
-    from objkit.runtime import build_optimizer, build_schedule
+    from objkit.build import build_optimizer, build_schedule
 
     registry = Registry.from_entry_points()
     assert {"adamw"} <= set(registry.names("optimizer"))

@@ -129,3 +129,28 @@ def test_a_late_bad_byte_in_a_stream_ends_the_run_in_one_line(capsys, workdir):
                                        "is not valid UTF-8 (expected UTF-8 text)")
     data, problems = ckpt.newest_readable(workdir / "run")
     assert data is not None and not problems and data.trainer["step"] >= 2
+
+
+@pytest.mark.slow
+def test_two_ranks_without_a_cache_tokenize_once(workdir):
+    """``objkit run --nproc 2`` (torchrun, gloo) with ``data.cache_dir`` and no cache: rank 0
+    tokenizes and writes each entry while rank 1 waits, then rank 1 reads what it wrote."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run(
+        [sys.executable, "-m", "objkit", "run", "r.toml", "-o", "run", "--nproc", "2", "--no-progress",
+         "--set", 'data.cache_dir="shared-cache"'],
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reports = sorted(line for line in done.stderr.splitlines() if line.startswith("data.cache_dir: rank"))
+    assert [line.split(" (")[0] for line in reports] == [
+        "data.cache_dir: rank 0 of 2: mlm: 12 rows tokenized and cached",
+        "data.cache_dir: rank 0 of 2: tlm: 40 rows tokenized and cached",
+        "data.cache_dir: rank 1 of 2: mlm: 12 rows read from the cache",
+        "data.cache_dir: rank 1 of 2: tlm: 40 rows read from the cache",
+    ]
+    assert sorted(p.name for p in (workdir / "shared-cache").iterdir()) == ["mlm", "tlm"]
+    assert (workdir / "run" / "export" / "config.json").is_file()

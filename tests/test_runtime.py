@@ -8,7 +8,7 @@ import torch
 from objkit.interfaces import VocabInfo, WorldInfo
 from objkit.recipe import load_recipe
 from objkit.registry import default_registry
-from objkit.runtime import build_encoder, build_objectives
+from objkit.build import build_encoder, build_objectives
 
 RECIPE = """
 name = "order"
@@ -62,8 +62,8 @@ def test_collective_timeout_reaches_the_process_group(monkeypatch):
 
     import torch.distributed as dist
 
-    from objkit import distributed
-    from objkit.recipe import TrainConfig
+    from objkit.distributed import group as distributed
+    from objkit.schema import TrainConfig
 
     assert TrainConfig(steps=1, batch_size=1, lr=1).collective_timeout == 1800  # gloo's own default is 30 min
     with pytest.raises(ValueError, match="less than or equal to 86400"):

@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 import objkit.tokenizer as tokmod
 from objkit.data import iter_source_texts
 from objkit.errors import UserError
-from objkit.recipe import CldrSource, TextSource, TokenizerTraining
+from objkit.schema import CldrSource, TextSource, TokenizerTraining
 from objkit.tokenizer import ensure_tokenizer, tokenizer_group, train_tokenizer
 
 SAMPLES = ["Grüße aus Österreich", "Россия и Германия", "日本 中国", "Deutsch Französisch"]

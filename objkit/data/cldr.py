@@ -17,7 +17,7 @@ import datasets
 from babel import Locale, UnknownLocaleError, dates, localedata
 
 from objkit.errors import UserError
-from objkit.recipe import CldrSource
+from objkit.schema import CldrSource
 
 CATEGORIES = ("languages", "territories", "currencies", "scripts", "months", "days")
 

@@ -23,7 +23,7 @@ import datasets
 
 from objkit.data.files import AnyDataset
 from objkit.errors import UserError, first_line
-from objkit.recipe import HfSource
+from objkit.schema import HfSource
 
 _SAVED_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 

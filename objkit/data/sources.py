@@ -41,7 +41,7 @@ from objkit.data.files import (
 )
 from objkit.data.hf import open_hf, raw_rows
 from objkit.errors import UserError, first_line
-from objkit.recipe import CldrSource, HfSource, ParallelPair, ParallelSource, TextSource
+from objkit.schema import CldrSource, HfSource, ParallelPair, ParallelSource, TextSource
 
 __all__ = [  # scan_text_file and utf8_problem are used by eval tasks and tests from here
     "check_source_files", "expand", "iter_source_texts", "load_source", "load_source_groups", "locate_stream_error",

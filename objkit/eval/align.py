@@ -53,7 +53,8 @@ import torch
 from torch import nn
 
 from objkit.errors import UserError
-from objkit.eval.retrieval import _blocks_run, check_layer, model_max_tokens, read_lines, resolve_device
+from objkit.device import resolve_device
+from objkit.eval.retrieval import _blocks_run, check_layer, model_max_tokens, read_lines
 
 Method = Literal["argmax", "itermax", "match"]
 METHODS: tuple[str, ...] = ("argmax", "itermax", "match")

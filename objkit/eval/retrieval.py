@@ -18,6 +18,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from objkit.device import resolve_device
 from objkit.encoder import truncated_layers
 from objkit.errors import UserError, first_line
 from objkit.interfaces import Encoder
@@ -48,20 +49,6 @@ def check_layer(layer: int, num_layers: int) -> None:
             f"--layer {layer}: out of range, the model has {num_layers} layers "
             f"(0 = embeddings, 1..{num_layers} = blocks)"
         )
-
-
-def resolve_device(spec: str | torch.device | None) -> torch.device:
-    """``auto``/None -> cuda when available else cpu; ``cuda`` without a GPU -> UserError."""
-    if isinstance(spec, torch.device):
-        return spec
-    if spec in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(spec).startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {spec}: no CUDA device is available (use --device cpu)")
-    try:
-        return torch.device(spec)
-    except RuntimeError as err:
-        raise UserError(f"--device {spec}: not a device (auto, cpu, cuda)") from err
 
 
 def _num_layers(model: nn.Module) -> int | None:

@@ -107,7 +107,7 @@ def evaluate_transfer(
     import torch
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
-    from objkit.eval.retrieval import resolve_device
+    from objkit.device import resolve_device
 
     dev = resolve_device(device)
     checked = [(m, *check_model(m)) for m in models]  # fail fast, before any training
@@ -224,7 +224,7 @@ class TransferDuringTraining:
         from objkit import distributed
         from objkit.tokenizer import save_tokenizer_for
 
-        model = trainer.replicas.model_for_save()  # every rank: FSDP gathers the weights
+        model = trainer.strategy.model_for_save()  # every rank: FSDP gathers the weights
         results: dict[str, float] = {}
         if model is not None:
             tmp = trainer.run_dir / "eval-transfer.tmp"

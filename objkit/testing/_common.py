@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-
 import functools
 import json
-import random
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +13,7 @@ import datasets
 import torch
 
 from objkit.interfaces import BuildContext, Encoder, VocabInfo, WorldInfo
-
-
+from objkit.seeding import seed_everything  # noqa: F401 (re-exported by objkit.testing)
 
 CPU = torch.device("cpu")
 TINY_VOCAB_SIZE = 96
@@ -53,15 +50,6 @@ class Case:
 
 def as_case(value: Case | dict[str, Any]) -> Case:
     return value if isinstance(value, Case) else Case(dict(value))
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch, as the trainer does."""
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def tiny_vocab(vocab_size: int = TINY_VOCAB_SIZE) -> VocabInfo:

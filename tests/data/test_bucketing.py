@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from objkit.composite import padding_counts
+from objkit.step import padding_counts
 from objkit.data import ExampleStream
 from objkit.data.bucketing import BucketedStream, example_lengths
 from objkit.masking import pad_sequences

@@ -14,7 +14,7 @@ import pytest
 from objkit.data import ExampleStream, load_source
 from objkit.data.sources import check_source_files, iter_source_texts, locate_stream_error
 from objkit.errors import UserError
-from objkit.recipe import HfSource, ParallelSource, TextSource
+from objkit.schema import HfSource, ParallelSource, TextSource
 from tests.tiny_models import tiny_encoder
 
 PAIRS = [("the cat sat", "die Katze sass"), ("a big dog", "ein grosser Hund"), ("the red house", "das rote Haus")]

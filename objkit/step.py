@@ -1,4 +1,6 @@
-"""Loss composition: weights, one batch per objective, one backward per objective.
+"""The step engine: collate a step's micro-batches, forward, backward, count what it measured.
+
+Loss composition: weights, one batch per objective, one backward per objective.
 
 ``CompositeLoss.accumulate`` runs every enabled objective on its own micro-batches for one
 optimizer step. By default each objective's weighted loss is backpropagated before the next
@@ -33,13 +35,14 @@ from __future__ import annotations
 import contextlib
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from objkit.distributed import Replicas, all_gather_objects
+from objkit.distributed import ParallelStrategy
 from objkit.interfaces import Objective, StepContext, WorldInfo
+from objkit.metrics import Scalar, StepStats
 from objkit.seeding import SAMPLE_SEED, derive_seed, sample_seed
 
 
@@ -68,32 +71,6 @@ class ObjectiveSlot:
     next_examples: Callable[[int], list[dict[str, Any]]]
 
 
-Scalar = float | torch.Tensor
-"""A logged number: a Python float or a 0-dim tensor still on the device (read back once per
-logging interval by :func:`summarise`, not per micro-batch)."""
-
-
-@dataclass
-class StepStats:
-    """What one optimizer step measured on this rank.
-
-    ``sums[key]`` is ``Σ value × units`` over this rank's micro-batches and ``units[key]`` the
-    units behind it, for ``<objective>/loss``, every ``<objective>/<metric>`` and
-    ``<objective>/padding`` (padded token slots over all slots): summed over ranks and divided,
-    they give the global per-unit mean (:func:`summarise`). Sums of tensors stay tensors on the
-    device. ``values`` holds step-level scalars that are the same on every rank
-    (``grad_norm``). ``backwards`` counts backward passes, ``synced_backwards`` those that
-    synchronised gradients (at most one)."""
-
-    sums: dict[str, Scalar] = field(default_factory=dict)
-    units: dict[str, float] = field(default_factory=dict)
-    values: dict[str, Scalar] = field(default_factory=dict)
-    sample_size: int = 0
-    tokens: int = 0
-    synced_backwards: int = 0
-    backwards: int = 0
-
-
 @dataclass
 class CollatedStep:
     """This rank's batches of one step, ``batches[micro][slot]`` on the CPU, with what can be
@@ -111,6 +88,9 @@ class CollatedStep:
 
 
 class CompositeLoss:
+    """Runs one optimizer step's forward and backward passes of every objective through
+    ``strategy`` (:class:`objkit.distributed.ParallelStrategy`); see the module docstring."""
+
     def __init__(
         self,
         slots: list[ObjectiveSlot],
@@ -122,7 +102,7 @@ class CompositeLoss:
         autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
         scale_loss: Callable[[torch.Tensor], torch.Tensor] = lambda loss: loss,
         seed: int = 1,
-        replicas: Replicas | None = None,
+        strategy: ParallelStrategy,
     ) -> None:
         self.slots = slots
         self.micro_batch_size = micro_batch_size
@@ -132,7 +112,7 @@ class CompositeLoss:
         self.autocast = autocast
         self.scale_loss = scale_loss
         self.seed = seed
-        self.replicas: Replicas | _InProcess = replicas if replicas is not None else _InProcess()
+        self.strategy = strategy
 
     def collate_step(self, step: int, world: WorldInfo) -> CollatedStep:
         """This rank's batches of ``step`` and their host-side counts. Touches only the example
@@ -174,7 +154,7 @@ class CompositeLoss:
         totals: list[Scalar]
         if world_size > 1:  # the step's global unit counts, left on the device (NCCL reduces CUDA tensors)
             local = torch.tensor(counts_by_slot, dtype=torch.float64)
-            reduced = self.replicas.all_reduce_sum(local.to(ctx.device))
+            reduced = self.strategy.all_reduce_sum(local.to(ctx.device))
             totals = list(reduced.unbind())
         else:
             totals = [float(n) for n in counts_by_slot]
@@ -201,9 +181,9 @@ class CompositeLoss:
                     batch = row[k]
                     on_device = {name: t.to(ctx.device, non_blocking=True) for name, t in batch.items()}
                     tasks.append((self.slots[k].objective, on_device))
-                with self.replicas.gradient_sync(sync):
+                with self.strategy.gradient_sync(sync):
                     with self.autocast():
-                        outputs = self.replicas.forward(tasks, ctx)
+                        outputs = self.strategy.forward(tasks, ctx)
                     terms = []
                     for k, out in zip(group, outputs, strict=True):
                         slot, n = self.slots[k], units[micro][k]
@@ -223,7 +203,7 @@ class CompositeLoss:
                         stats.backwards += 1
                         stats.synced_backwards += int(sync)
                     else:
-                        self.replicas.no_backward()
+                        self.strategy.no_backward()
         stats.sums, stats.units = dict(sums), dict(counts)
         return stats
 
@@ -261,62 +241,3 @@ def _weighted(value: Scalar, units: int) -> Scalar:
     if isinstance(value, torch.Tensor):
         return value.detach().float() * units
     return float(value) * units
-
-
-def to_host(values: dict[str, Scalar]) -> dict[str, float]:
-    """Every value as a float, with one device-to-host transfer for all tensors together."""
-    tensors = {key: v for key, v in values.items() if isinstance(v, torch.Tensor)}
-    out = {key: float(v) for key, v in values.items() if not isinstance(v, torch.Tensor)}
-    if tensors:
-        device = next(iter(tensors.values())).device
-        stacked = torch.stack([v.detach().to(device=device, dtype=torch.float64).reshape(()) for v in tensors.values()])
-        out.update(zip(tensors, stacked.tolist(), strict=True))
-    return out
-
-
-class _InProcess:
-    """Objectives called directly, no process group (a composite built without :class:`Replicas`)."""
-
-    def forward(self, tasks: list[tuple[Objective, dict[str, torch.Tensor]]], ctx: StepContext) -> list[Any]:
-        return [objective.compute(batch, ctx) for objective, batch in tasks]
-
-    def gradient_sync(self, enabled: bool) -> contextlib.AbstractContextManager[Any]:
-        return contextlib.nullcontext()
-
-    def no_backward(self) -> None:
-        pass
-
-    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor
-
-
-def summarise(window: list[StepStats], world: WorldInfo) -> tuple[dict[str, float], int]:
-    """Logged values of a window of steps, reduced over ranks (every rank must call this: one
-    all-gather): per-unit means of every ``<objective>/<key>`` over all ranks and steps, window
-    means of the step-level ``values``, sorted by key; and the tokens all ranks processed.
-    Tensors accumulated on the device are read back here, all in one transfer."""
-    window_sums: dict[str, Scalar] = defaultdict(float)
-    units: dict[str, float] = defaultdict(float)
-    for stats in window:
-        for key, value in stats.sums.items():
-            window_sums[key] += value
-            units[key] += stats.units[key]
-    step_values: dict[str, list[Scalar]] = defaultdict(list)
-    for stats in window:
-        for key, value in stats.values.items():
-            step_values[key].append(value)
-    totals = {key: sum(values, 0.0) for key, values in step_values.items()}
-    host = to_host({**{f"sum:{k}": v for k, v in window_sums.items()}, **{f"value:{k}": v for k, v in totals.items()}})
-    sums: dict[str, float] = {key: host[f"sum:{key}"] for key in window_sums}
-    local = (dict(sums), dict(units), sum(s.tokens for s in window))
-    sums, units = defaultdict(float), defaultdict(float)
-    tokens = 0
-    for rank_sums, rank_units, rank_tokens in all_gather_objects(local, world):
-        for key, value in rank_sums.items():
-            sums[key] += value
-            units[key] += rank_units[key]
-        tokens += rank_tokens
-    means = {key: sums[key] / units[key] for key in sums if units[key] > 0}
-    for key, values in step_values.items():
-        means[key] = host[f"value:{key}"] / len(values)
-    return {key: means[key] for key in sorted(means)}, tokens

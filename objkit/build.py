@@ -1,10 +1,9 @@
-"""Building a run: device, precision, distributed world, tokenizer, encoder, objectives."""
+"""Building a run from a validated recipe: tokenizer, encoder, objectives, optimizer, schedule,
+callbacks (the device and precision come from :mod:`objkit.device`)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,45 +14,9 @@ from objkit.distributed import barrier
 from objkit.errors import UserError
 from objkit.hub import hub_unreachable_reason, offline_unless_reachable
 from objkit.interfaces import BuildContext, Encoder, EncoderContext, Objective, VocabInfo, WorldInfo
-from objkit.recipe import ResolvedRecipe, TokenizerTraining, TrainConfig
+from objkit.recipe import ResolvedRecipe
+from objkit.schema import TokenizerTraining, TrainConfig
 from objkit.registry import Registry
-
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def resolve_device(train: TrainConfig, world: WorldInfo) -> torch.device:
-    if train.device == "cuda" or (train.device == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise UserError("train.device: cuda requested but no CUDA device is available (got 'cuda')")
-        local_rank = int(os.environ.get("LOCAL_RANK", world.rank))
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
-
-
-def resolve_precision(train: TrainConfig, device: torch.device) -> str:
-    """fp32 on CPU (bf16 matmul is slow there); bf16 on CUDA when ``auto`` and supported."""
-    if train.precision == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return "bf16"
-        return "fp32"
-    if train.precision in AUTOCAST_DTYPES and device.type != "cuda":
-        raise UserError(f"train.precision: {train.precision} needs a CUDA device; use fp32 on CPU (got {train.precision!r})")
-    return train.precision
-
-
-def autocast_factory(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager[Any]]:
-    """Mixed precision keeps fp32 master weights; only the forward runs in bf16/fp16."""
-    if precision not in AUTOCAST_DTYPES:
-        return contextlib.nullcontext
-    dtype = AUTOCAST_DTYPES[precision]
-    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def thread_counts() -> dict[str, int]:
-    """CPU threads of this process's torch kernels. On CPU they split reductions (matmul, sums)
-    differently, so runs with other counts differ in the last bits (recorded, compared on resume)."""
-    return {"torch": torch.get_num_threads()}
 
 
 def default_cache_dir() -> Path:

@@ -1,0 +1,411 @@
+"""The recipe schema: every table of a recipe as a typed pydantic v2 model, and nothing else.
+
+Pure data: it depends on pydantic and :mod:`objkit.interfaces` only, so the data layer, the
+encoder and the evaluators can read recipe tables without the loader (:mod:`objkit.recipe`:
+files, ``extends``, overrides, plugin tables validated against the registry, error lines).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from objkit.interfaces import EncoderKeys, TokenizerTraining
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# ----------------------------------------------------------------------------- data sources
+class TextFile(Strict):
+    path: str = Field(description="file or glob; .txt (one sentence a line), .jsonl or .parquet")
+    lang: str
+    field: str = Field("text", description="column holding the text in jsonl/parquet files")
+
+
+class ParallelPair(Strict):
+    """One entry of ``pairs``: line-aligned ``src``/``tgt`` files, or one bitext file ``path``
+    (``.tsv``: ``src<TAB>tgt[<TAB>score]``, the CCMatrix/NLLB/WikiMatrix layout; ``.tmx``: OPUS)."""
+
+    src: str | None = Field(None, description="file or glob, line-aligned with tgt")
+    tgt: str | None = None
+    path: str | None = Field(None, description="a .tsv or .tmx bitext file or glob (maybe .gz/.xz/.bz2)")
+    src_lang: str
+    tgt_lang: str
+    src_field: str = "text"
+    tgt_field: str = "text"
+    min_score: float | None = Field(None, description=".tsv: keep pairs whose score column is at least this")
+    columns: list[Literal["src", "tgt", "score", "-"]] | None = Field(
+        None, description=".tsv: what each tab-separated column holds ('-' skips one); default src, tgt[, score]",
+    )
+
+    @model_validator(mode="after")
+    def _files_or_path(self) -> ParallelPair:
+        if self.path is None and (self.src is None or self.tgt is None):
+            raise ValueError("give src and tgt (line-aligned files) or path (a .tsv or .tmx bitext)")
+        if self.path is not None and (self.src is not None or self.tgt is not None):
+            raise ValueError("give either path (a bitext file) or src and tgt, not both")
+        if self.columns is not None:
+            if sorted(c for c in self.columns if c != "-") not in (["src", "tgt"], ["score", "src", "tgt"]):
+                raise ValueError(f"columns must name src and tgt once each, score at most once (got {self.columns})")
+            if self.min_score is not None and "score" not in self.columns:
+                raise ValueError("min_score needs a score column in columns")
+        if self.path is None and (self.columns is not None or self.min_score is not None):
+            raise ValueError("columns and min_score apply to a .tsv path, not to src/tgt files")
+        return self
+
+
+class SourceCommon(Strict):
+    sampling_alpha: float = Field(
+        1.0, gt=0, le=1, description="q_i ∝ n_i^α over languages (text) or language pairs (parallel)"
+    )
+    streaming: bool = Field(False, description="stream files instead of caching them (huge corpora)")
+    max_lines: int | None = Field(None, gt=0, description="read at most this many lines per file")
+
+
+class TextSource(SourceCommon):
+    type: Literal["text"]
+    files: list[TextFile] = Field(min_length=1)
+
+
+class ParallelSource(SourceCommon):
+    type: Literal["parallel"]
+    pairs: list[ParallelPair] = Field(min_length=1)
+
+
+class CldrSource(SourceCommon):
+    """Unicode CLDR display names shipped in `babel`: languages, territories, currencies in many
+    locales, aligned by key. Needs no download."""
+
+    type: Literal["cldr"]
+    kind: Literal["text", "parallel"] = "parallel"
+    locales: list[str] = Field(
+        default_factory=lambda: ["en", "de", "fr", "es", "it", "ru", "zh", "ar", "ja", "cs", "pt", "nl"]
+    )
+    pivot: str | None = Field("en", description="parallel: pair every locale with this one (None: all pairs)")
+    categories: list[Literal["languages", "territories", "currencies", "scripts", "months", "days"]] = Field(
+        default_factory=lambda: ["languages", "territories", "currencies", "scripts", "months", "days"],
+        description="months/days: stand-alone wide month and weekday names (babel.dates)",
+    )
+
+
+class HfSource(SourceCommon):
+    """Anything ``datasets.load_dataset`` reads (a hub id, a local script or folder of data files)
+    or a ``save_to_disk`` directory (``datasets.load_from_disk``). Text rows name ``text_column``
+    and ``lang`` or ``lang_column``; parallel rows name ``src_column``/``tgt_column``, or a
+    ``translation_column`` of ``{lang: text}`` dicts, with ``src_lang``/``tgt_lang``."""
+
+    type: Literal["hf"]
+    path: str = Field(description="hub id, local dataset script or folder, or a save_to_disk directory")
+    name: str | None = Field(None, description="the dataset's configuration (load_dataset's name)")
+    split: str = "train"
+    revision: str | None = None
+    data_files: str | list[str] | dict[str, str | list[str]] | None = None
+    text_column: str | None = None
+    lang: str | None = None
+    lang_column: str | None = None
+    src_column: str | None = None
+    tgt_column: str | None = None
+    translation_column: str | None = None
+    src_lang: str | None = None
+    tgt_lang: str | None = None
+
+    @property
+    def kind(self) -> Literal["text", "parallel"]:
+        return "text" if self.text_column is not None else "parallel"
+
+    @model_validator(mode="after")
+    def _columns(self) -> HfSource:
+        parallel = [k for k in ("src_column", "tgt_column", "translation_column") if getattr(self, k) is not None]
+        if self.text_column is not None:
+            if parallel:
+                raise ValueError(f"give text_column (text) or {' / '.join(parallel)} (parallel), not both")
+            if (self.lang is None) == (self.lang_column is None):
+                raise ValueError("a text source needs exactly one of lang (every row) or lang_column")
+            if self.lang_column is not None and self.streaming:
+                raise ValueError("lang_column needs streaming = false (a stream's languages are not known up front); "
+                                 "use lang")
+            return self
+        if not parallel:
+            raise ValueError("give text_column (text rows) or src_column + tgt_column / translation_column "
+                             "(parallel rows)")
+        if self.translation_column is not None and (self.src_column or self.tgt_column):
+            raise ValueError("give translation_column or src_column + tgt_column, not both")
+        if self.translation_column is None and (self.src_column is None or self.tgt_column is None):
+            raise ValueError("a parallel source needs both src_column and tgt_column")
+        if self.src_lang is None or self.tgt_lang is None:
+            raise ValueError("a parallel source needs src_lang and tgt_lang")
+        return self
+
+
+DataSource = Annotated[TextSource | ParallelSource | CldrSource | HfSource, Field(discriminator="type")]
+AnySource = TextSource | ParallelSource | CldrSource | HfSource
+
+
+def source_languages(source: AnySource) -> list[str]:
+    """The language codes a source's rows carry, from the recipe alone (first appearance order;
+    an ``hf`` source with ``lang_column`` contributes none: they are known once it is read)."""
+    if isinstance(source, HfSource):
+        codes = [source.lang] if source.kind == "text" else [source.src_lang, source.tgt_lang]
+        return [c for c in codes if c is not None]
+    if isinstance(source, TextSource):
+        codes = [f.lang for f in source.files]
+    elif isinstance(source, ParallelSource):
+        codes = [code for p in source.pairs for code in (p.src_lang, p.tgt_lang)]
+    else:
+        codes = list(source.locales) + ([source.pivot] if source.pivot and source.kind == "parallel" else [])
+    return list(dict.fromkeys(codes))
+
+
+def source_kind(source: AnySource) -> str:
+    if isinstance(source, (CldrSource, HfSource)):
+        return source.kind
+    return source.type
+
+
+# ----------------------------------------------------------------------------- model
+class ModelConfig(EncoderKeys):
+    """``[model]`` as the core reads it: the generic keys of :class:`objkit.interfaces.EncoderKeys`
+    (``encoder``, ``init``, ``tokenizer``, ``max_length``, ``dropout``); the encoder plugin's own
+    ``Config`` validates the whole table, its own keys included (:attr:`ResolvedRecipe.encoder_config`)."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    @property
+    def encoder_keys(self) -> dict[str, Any]:
+        """The keys only the encoder plugin's Config knows."""
+        return dict(self.model_extra or {})
+
+
+# ----------------------------------------------------------------------------- objectives
+class ObjectiveEntry(BaseModel):
+    """``[objectives.NAME]``: core keys; every other key belongs to the plugin's Config."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    plugin: str
+    weight: float = Field(1.0, ge=0)
+    enabled: bool = True
+    data: str = Field(description="name of a [data.*] source")
+
+    @property
+    def plugin_keys(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+# ----------------------------------------------------------------------------- training
+class OptimizerConfig(BaseModel):
+    """``[train.optimizer]``: ``name`` is an optimizer plugin (:mod:`objkit.optim`; ``adamw``
+    built in); every other key belongs to its ``Config`` (:attr:`ResolvedRecipe.optimizer_config`)."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    name: str = Field("adamw", description="optimizer plugin name")
+
+
+class CallbackEntry(BaseModel):
+    """``[callbacks.NAME]``: ``plugin`` (default NAME) names a callback plugin; every other key
+    belongs to its ``Config``."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    plugin: str
+
+
+MAX_STEPS = 10**9
+
+
+class TrainConfig(Strict):
+    steps: int = Field(gt=0, le=MAX_STEPS, description="optimizer steps (at most 10**9)")
+    batch_size: int = Field(gt=0, description="sequences per objective per optimizer step, all ranks")
+    micro_batch_size: int | None = Field(None, gt=0, description="per rank per forward; default batch_size")
+    lr: float = Field(gt=0)
+    warmup_steps: int = Field(0, ge=0, le=MAX_STEPS)
+    schedule: str = Field("linear", description="schedule plugin name: linear, constant, cosine (built in) or another")
+    optimizer: OptimizerConfig = OptimizerConfig()
+    clip_norm: float | None = Field(1.0, gt=0)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = Field(1, ge=0, le=2**63 - 1, description="0 to 2**63 - 1 (a TOML integer)")
+    log_every: int = Field(10, gt=0)
+    checkpoint_every: int = Field(1000, gt=0)
+    keep_checkpoints: int = Field(2, ge=1)
+    max_bad_steps: int = Field(
+        10, ge=1, description="abort after this many consecutive steps with non-finite loss or gradients "
+        "(each one's update is skipped)"
+    )
+    normalization: Literal["mean", "reference"] = "mean"
+    backward: Literal["per_objective", "joint"] = "per_objective"
+    parallelism: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="under torchrun: replicate the model (ddp) or shard it with FSDP2 (fsdp)"
+    )
+    activation_checkpointing: bool | list[str] = Field(
+        False, description="recompute each transformer block's activations in the backward pass "
+        "(torch.utils.checkpoint, non-reentrant): true for every objective, or a list of objective names"
+    )
+    lm_head_chunk_rows: int | None = Field(
+        None, ge=0, description="compute the LM head's logits and cross-entropy in chunks of this many rows, "
+        "recomputed in the backward pass (peak head memory chunk x vocab); 0 or unset: one piece"
+    )
+    compile: bool = Field(False, description="torch.compile the encoder's transformer blocks (and momentum copies)")
+    report_to: list[Literal["jsonl", "tensorboard"]] = Field(default_factory=lambda: ["jsonl"])
+    checkpoint_format: Literal["single_file", "sharded"] = Field(
+        "single_file", description="single_file: rank 0 writes safetensors; sharded: every rank writes its shard "
+        "(torch.distributed.checkpoint)"
+    )
+    length_bucketing: int = Field(
+        0, ge=0, le=100_000, description="pair objectives: pool this many steps' draws, sort them by length, cut "
+        "them into steps and shuffle the steps (0: off; objkit/data/bucketing.py)"
+    )
+    collective_timeout: float = Field(
+        1800, gt=0, le=86400, description="seconds a rank waits in one collective (all-reduce, barrier) before the "
+        "run fails; rank 0 tokenizing or checkpointing while the others wait counts"
+    )
+
+    @field_validator("steps", "warmup_steps", mode="before")
+    @classmethod
+    def _at_most_max_steps(cls, value: Any) -> Any:
+        """Numbers past the bound (``1e23``) get the bound's message, not a parse error."""
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > MAX_STEPS:
+            raise ValueError(f"expected at most {MAX_STEPS} steps (got {value:g})")
+        return value
+
+    @model_validator(mode="after")
+    def _micro_divides(self) -> TrainConfig:
+        if self.micro_batch_size is not None and self.micro_batch_size > self.batch_size:
+            raise ValueError("micro_batch_size must not exceed batch_size")
+        return self
+
+
+class EvalSet(Strict):
+    src: str
+    tgt: str
+    max_lines: int | None = Field(None, gt=0)
+
+
+class TransferEvalSet(Strict):
+    """Zero-shot transfer (``objkit eval transfer``) of the encoder being trained: fine-tuned on a
+    copy, so training is unaffected. Logged as ``eval/NAME/LANG`` and ``eval/NAME/avg``."""
+
+    task: Literal["xnli", "pawsx", "sib200", "panx", "udpos", "custom"]
+    data_dir: str
+    langs: list[str] | None = Field(None, description="test languages (default: all in data_dir)")
+    train_langs: list[str] = Field(default_factory=lambda: ["en"])
+    setting: Literal["cross-lingual", "translate-train-all"] = "cross-lingual"
+    columns: str | None = Field(None, description="custom task: text=COL[,text_pair=COL],label=COL")
+    seeds: list[int] = Field(default_factory=lambda: [1], min_length=1)
+    epochs: int = Field(3, gt=0)
+    lr: float = Field(2e-5, gt=0)
+    batch_size: int = Field(32, gt=0)
+    max_length: int = Field(128, ge=8)
+    warmup: float = Field(0.0, ge=0)
+    select: Literal["train-dev", "avg-dev"] = "train-dev"
+    max_steps: int | None = Field(None, gt=0, description="fine-tuning step budget per seed")
+    max_train: int | None = Field(None, gt=0, description="use the first N training examples")
+    every: int | None = Field(None, gt=0, description="every N pretraining steps (default: at the end only)")
+
+
+class EvalConfig(Strict):
+    every: int = Field(500, gt=0, description="run every N steps (and at the end)")
+    layer: int | None = Field(None, ge=0, description="default: 8 for 12 layers, else round(2/3 depth)")
+    pooling: Literal["mean", "cls"] = "mean"
+    batch_size: int = Field(64, gt=0)
+    sets: dict[str, EvalSet] = Field(default_factory=dict)
+    transfer: dict[str, TransferEvalSet] = Field(default_factory=dict)
+
+
+class RequiredDistribution(Strict):
+    """A distribution the recipe needs installed (typically a third-party plugin's)."""
+
+    distribution: str = Field(description="distribution name as pip knows it, e.g. objkit-translation-ranking")
+    version: str | None = Field(None, description='PEP 440 specifier the installed version must meet, e.g. ">=0.1"')
+    install: str | None = Field(None, description="how to install it, shown when it is missing (default: pip install NAME)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        """``"name>=1.0"`` (a PEP 508 requirement) is shorthand for a table."""
+        if not isinstance(value, str):
+            return value
+        from packaging.requirements import InvalidRequirement, Requirement
+
+        try:
+            req = Requirement(value)
+        except InvalidRequirement:
+            raise ValueError(f"not a requirement such as 'objkit-foo>=0.1' (got {value!r})") from None
+        return {"distribution": req.name, "version": str(req.specifier) or None}
+
+
+class Recipe(Strict):
+    name: str | None = None
+    description: str | None = None
+    requires: list[RequiredDistribution] = Field(
+        default_factory=list,
+        description='distributions checked before anything else: "name>=1.0" strings or '
+        "{ distribution, version, install } tables; a missing one is a one-line error saying how to install it",
+    )
+    model: ModelConfig
+    data: dict[str, DataSource] = Field(min_length=1)
+    objectives: dict[str, ObjectiveEntry] = Field(min_length=1)
+    train: TrainConfig
+    eval: EvalConfig | None = None
+    data_cache_dir: str | None = Field(
+        None, exclude=True, description="data.cache_dir in the file: tokenized cache of the map-style sources "
+        "(objkit prepare; a run builds what is missing)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_cache_dir(cls, raw: Any) -> Any:
+        """``[data] cache_dir = "..."`` sits beside the sources in the file: lift it out of them."""
+        if isinstance(raw, dict) and isinstance(raw.get("data"), dict) and "cache_dir" in raw["data"]:
+            data = dict(raw["data"])
+            raw = {**raw, "data": data, "data_cache_dir": data.pop("cache_dir")}
+        return raw
+    callbacks: dict[str, CallbackEntry] = Field(
+        default_factory=dict, description="trainer callbacks (plugin kind callback), in order"
+    )
+
+    def enabled_objectives(self) -> dict[str, ObjectiveEntry]:
+        return {k: v for k, v in self.objectives.items() if v.enabled}
+
+    def dump(self) -> dict[str, Any]:
+        """The recipe as a TOML-ready dict (``data.cache_dir`` back in ``[data]``)."""
+        data = self.model_dump(mode="json", exclude_none=True)
+        if self.data_cache_dir is not None:
+            data["data"]["cache_dir"] = self.data_cache_dir
+        return data
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.dump())
+
+
+__all__ = [
+    "AnySource",
+    "CallbackEntry",
+    "CldrSource",
+    "DataSource",
+    "EvalConfig",
+    "EvalSet",
+    "HfSource",
+    "MAX_STEPS",
+    "ModelConfig",
+    "ObjectiveEntry",
+    "OptimizerConfig",
+    "ParallelPair",
+    "ParallelSource",
+    "Recipe",
+    "RequiredDistribution",
+    "SourceCommon",
+    "Strict",
+    "TextFile",
+    "TextSource",
+    "TokenizerTraining",
+    "TrainConfig",
+    "TransferEvalSet",
+    "source_kind",
+    "source_languages",
+]
