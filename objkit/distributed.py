@@ -110,11 +110,12 @@ def shutdown_distributed() -> None:
         dist.destroy_process_group()
 
 
-def barrier(world: WorldInfo) -> None:
+def barrier(world: WorldInfo, group: Any = None) -> None:
+    """Every rank waits for the others (``group``: a process group other than the default)."""
     if world.world_size > 1:
         import torch.distributed as dist
 
-        dist.barrier()
+        dist.barrier(group=group)
 
 
 @contextlib.contextmanager
@@ -193,14 +194,14 @@ def all_reduce_sum(tensor: torch.Tensor, world: WorldInfo) -> torch.Tensor:
     return tensor
 
 
-def all_gather_objects(obj: Any, world: WorldInfo) -> list[Any]:
-    """Every rank's picklable ``obj``, in rank order."""
+def all_gather_objects(obj: Any, world: WorldInfo, group: Any = None) -> list[Any]:
+    """Every rank's picklable ``obj``, in rank order (``group``: a process group other than the default)."""
     if world.world_size <= 1:
         return [obj]
     import torch.distributed as dist
 
     out: list[Any] = [None] * world.world_size
-    dist.all_gather_object(out, obj)
+    dist.all_gather_object(out, obj, group=group)
     return out
 
 

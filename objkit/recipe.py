@@ -270,6 +270,10 @@ class TrainConfig(Strict):
         "single_file", description="single_file: rank 0 writes safetensors; sharded: every rank writes its shard "
         "(torch.distributed.checkpoint)"
     )
+    checkpoint_async: bool = Field(
+        False, description="sharded checkpoints: write the shards in the background (dcp.async_save) while "
+        "training goes on; the checkpoint counts once written (needs checkpoint_format = \"sharded\")"
+    )
     length_bucketing: int = Field(
         0, ge=0, le=100_000, description="pair objectives: pool this many steps' draws, sort them by length, cut "
         "them into steps and shuffle the steps (0: off; objkit/data/bucketing.py)"
@@ -638,6 +642,9 @@ def validate_recipe(raw: dict[str, Any], registry: Registry, source: str = "reci
                     objective_configs[name], entry.data, langs))
         if not recipe.enabled_objectives():
             problems.append("objectives: every objective is disabled")
+        if recipe.train.checkpoint_async and recipe.train.checkpoint_format != "sharded":
+            problems.append('train.checkpoint_async: needs train.checkpoint_format = "sharded" (single-file '
+                            f'checkpoints are written synchronously; got {recipe.train.checkpoint_format!r})')
         names = recipe.train.activation_checkpointing
         for name in names if isinstance(names, list) else []:
             if name not in recipe.objectives:
