@@ -167,6 +167,9 @@ def start_async_save(run_dir: Path, step: int, *, world: WorldInfo, state: dict[
     import torch.distributed.checkpoint as dcp
 
     group = _async_group(world)
+    if world.world_size <= 1:  # said by DCP's writer thread, outside any catch_warnings of ours
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to save in a single process",
+                                category=UserWarning)
     tmp = _begin(run_dir, step, world)
     try:
         with warnings.catch_warnings():  # one process: "assuming the intent is to save on a single process"
