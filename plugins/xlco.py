@@ -32,6 +32,15 @@ ran the query side through all layers and the LM head (a DDP workaround);
 declares instead that it leaves parameters unused (``uses_all_parameters`` is False), and the
 runtime turns on DDP's ``find_unused_parameters`` (see :mod:`objkit.distributed`).
 
+Padding: the reference pads each side's batch to its longest row. Here the query batch and
+the key batch each run as ``length_groups`` (default 2) passes over rows of similar length,
+each padded to its own longest row (:func:`objkit.length_groups`, the split with the fewest
+token slots; as many passes on every rank), the vectors put back in batch order: the loss and
+gradients of one padded batch up to float rounding. With the random query side each batch
+mixes both languages of its pairs, so one padded batch pads every shorter side to its
+neighbours' longer side. For ``train.length_bucketing`` XLCO sorts on the longer side, then
+the shorter (:meth:`bucket_lengths`).
+
 Across ranks: the query side and the masks are functions of each pair's ``sample_seed``; the
 momentum queue gathers the keys of every rank before enqueueing, and ``in_batch`` contrasts
 against the keys of the whole global micro-batch (gathered), so a step on 2 ranks × B/2
@@ -111,8 +120,9 @@ class XlcoConfig(PluginConfig):
         True, description="run only the blocks up to layer (false: full depth, for comparison)"
     )
     length_groups: int = Field(
-        2, ge=1, description="run the query and the key batch each as up to this many groups of similar "
-        "length, each padded to its own longest row (1: one padded batch, as the reference)"
+        2, ge=1, description="run the query and the key batch each as this many groups of similar length "
+        "(fewer only in smaller micro-batches), each padded to its own longest row (1: one padded batch, as the "
+        "reference)"
     )
 
     @field_validator("momentum", mode="before")

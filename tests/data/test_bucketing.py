@@ -150,7 +150,8 @@ def test_refuses_a_streamed_source(pairs):
 
 
 def test_length_groups_is_the_partition_with_fewest_slots():
-    """Against brute force over every assignment of rows to at most k groups (small batches)."""
+    """Against brute force over every assignment of rows to exactly min(k, n) non-empty groups
+    (small batches): always that many groups, so every rank runs as many encoder passes."""
     import itertools
 
     from objkit.masking import length_groups
@@ -160,17 +161,19 @@ def test_length_groups_is_the_partition_with_fewest_slots():
         n, k = int(rng.integers(1, 8)), int(rng.integers(1, 4))
         lengths = rng.integers(1, 30, n).tolist()
         groups = length_groups(lengths, k)
-        assert sorted(i for g in groups for i in g) == list(range(n)) and len(groups) <= k
+        assert sorted(i for g in groups for i in g) == list(range(n)) and len(groups) == min(k, n)
         assert all(g == sorted(g) and g for g in groups)
         slots = sum(len(g) * max(lengths[i] for i in g) for g in groups)
         best = min(
             sum(sum(1 for a in labels if a == c) * max((lengths[i] for i, a in enumerate(labels) if a == c), default=0)
                 for c in range(k))
             for labels in itertools.product(range(k), repeat=n)
+            if len(set(labels)) == min(k, n)
         )
         assert slots == best, (lengths, k, groups)
-    assert length_groups([5, 5, 5], 2) == [[0, 1, 2]]  # ties keep one group
+    assert length_groups([5, 5, 5], 2) == [[0], [1, 2]]  # as many groups even where one costs no more
     assert length_groups([9, 3, 9, 3], 1) == [[0, 1, 2, 3]]  # one group: the rows in order
+    assert length_groups([9, 3, 9, 3], 2) == [[1, 3], [0, 2]]
 
 
 def test_two_column_keys_sort_on_the_longer_side_then_the_shorter(pairs):
