@@ -21,6 +21,14 @@ shard), rank 0 writes the manifest, fsyncs the tree and renames it into place on
 rank finished, so a kill -9 at any instant leaves the previous checkpoint as the newest
 complete one. ``-o`` must be on a filesystem every rank shares (as for resuming).
 
+Asynchronous saves (``train.checkpoint_async``, :func:`start_async_save`): each rank's tensors
+are copied to host memory (``dcp.async_save``'s staging) and the step loop goes on; a thread
+writes the shards, then hashes them and completes the checkpoint exactly as above (its
+collectives -- DCP's planning, the digests, the barriers -- on a gloo group of its own, so
+they never interleave with the training thread's). The previous checkpoint stays the newest
+complete one until the rename; the trainer waits for the write in flight before the next
+save, at the end of training and on a fault (:class:`PendingSave`).
+
 Resuming loads each rank's part in place (``dcp.load`` into the live module and optimizer,
 then ``set_state_dict``); DCP reshards on load, so the tensors would also load on another
 number of ranks, but objkit checks the same world size and parallelism, as it does for every
