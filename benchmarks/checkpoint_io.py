@@ -1,8 +1,15 @@
 """Checkpoint save and load time: the single-file layout (rank 0 writes safetensors and hashes
-them) against ``checkpoint_format = "sharded"`` (torch.distributed.checkpoint), on one process,
-for an XLM-R-base-shaped model (random weights, vocabulary 250,002) with its AdamW state.
+them) against ``checkpoint_format = "sharded"`` (torch.distributed.checkpoint), synchronous and
+with ``train.checkpoint_async``, on one process, for an XLM-R-base-shaped model (random weights,
+vocabulary 250,002) with its AdamW state.
 
-    python benchmarks/checkpoint_io.py [--layers 12] [--hidden 768] [--reps 3] [--dir DIR] [--json OUT]
+    python benchmarks/checkpoint_io.py [--layers 12] [--hidden 768] [--reps 3] [--dir DIR] [--json OUT] [--toy]
+
+The asynchronous save (``objkit.sharded_checkpoint.start_async_save``) reports two times: what
+the step loop waits for (``async_save``: the copy of the tensors to host memory and the start
+of the writer thread) and the time until the checkpoint is complete (``async_complete``:
+written, hashed, renamed; here with nothing training meanwhile). ``--toy``: a one-layer model,
+one repetition (the smoke test; numbers mean nothing).
 
 Both go through objkit's own writers and readers (``objkit.checkpoint.save_checkpoint`` /
 ``read_checkpoint`` + ``load_state_dict``; ``objkit.sharded_checkpoint.save_sharded`` /
@@ -52,27 +59,46 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--dir", type=Path, default=None, help="where to write (default: a temporary directory)")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--toy", action="store_true", help="a one-layer, hidden-32 model with a 1,000-token vocabulary, one rep")
     args = p.parse_args(argv)
+    if args.toy:
+        args.layers, args.hidden, args.vocab, args.reps = 1, 32, 1000, 1
     model, optimizer = build(args.layers, args.hidden, args.vocab)
     numel = sum(t.numel() for t in model.parameters())
     root = Path(tempfile.mkdtemp(prefix="objkit-ckpt-io-", dir=args.dir))
     world = WorldInfo()
-    times: dict[str, list[float]] = {"single_save": [], "single_load": [], "sharded_save": [], "sharded_load": []}
+    times: dict[str, list[float]] = {"single_save": [], "single_load": [], "sharded_save": [], "sharded_load": [],
+                                     "async_save": [], "async_complete": []}
+    formats = ("single", "sharded", "async")
     sizes: dict[str, int] = {}
     try:
         for rep in range(args.reps):
-            for fmt in ("single", "sharded") if rep % 2 == 0 else ("sharded", "single"):
+            for fmt in formats if rep % 2 == 0 else formats[::-1]:
                 run = root / f"{fmt}{rep}"
                 t0 = time.perf_counter()
                 if fmt == "single":
                     path = ckpt.save_checkpoint(run, 1, model=model, objectives={},
                                                 optimizer_state={"optimizer": optimizer.state_dict()},
                                                 trainer_state={"step": 1}, keep=1)
-                else:
+                elif fmt == "sharded":
                     state, values = sharded.live_state(model, optimizer, {})
                     path = sharded.save_sharded(run, 1, world=world, state=state, objective_values=values, extra={},
                                                 trainer_state={"step": 1}, keep=1, rng_states=[], recipe_toml=None,
                                                 versions=None)
+                else:  # the step loop waits for start_async_save only
+                    state, values = sharded.live_state(model, optimizer, {})
+                    pending = sharded.start_async_save(run, 1, world=world, state=state, objective_values=values,
+                                                       extra={}, trainer_state={"step": 1}, keep=1, rng_states=[],
+                                                       recipe_toml=None, versions=None)
+                    times["async_save"].append(time.perf_counter() - t0)
+                    path = pending.wait()
+                    times["async_complete"].append(time.perf_counter() - t0)
+                    assert path is not None and (path / ckpt.MANIFEST).is_file()
+                    sizes[fmt] = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+                    shutil.rmtree(run)
+                    print(f"rep {rep} async: the loop waits {times['async_save'][-1]:.2f} s, complete after "
+                          f"{times['async_complete'][-1]:.1f} s", file=sys.stderr, flush=True)
+                    continue
                 times[f"{fmt}_save"].append(time.perf_counter() - t0)
                 assert path is not None
                 sizes[fmt] = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
@@ -96,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         "bytes": sizes, "median_s": medians,
         "save_ratio_sharded_over_single": medians["sharded_save"] / medians["single_save"],
         "load_ratio_sharded_over_single": medians["sharded_load"] / medians["single_load"],
+        "loop_wait_ratio_async_over_sharded": medians["async_save"] / medians["sharded_save"],
+        "loop_wait_ratio_async_over_single": medians["async_save"] / medians["single_save"],
     }
     print(json.dumps(doc, indent=1))
     if args.json:

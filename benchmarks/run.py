@@ -607,7 +607,10 @@ def bench_xlco_step(ws: Workspace) -> dict[str, Any]:
     infoxlm = build(xlco=True)
     xl = objective(infoxlm, "xlco")
     sample = xl.collate(infoxlm.streams["xlco"].next_examples(2), torch.Generator().manual_seed(0))
-    lengths = {"xlco_query": int(sample["attention_mask"].shape[1]), "xlco_key": int(sample["key_attention_mask"].shape[1])}
+    def width(mask: str) -> int:  # the widest of the side's length groups (attention_mask, attention_mask.1, ...)
+        return max(int(t.shape[1]) for name, t in sample.items() if name.partition(".")[0] == mask)
+
+    lengths = {"xlco_query": width("attention_mask"), "xlco_key": width("key_attention_mask")}
     assert "xlco/loss" in infoxlm.train_step().sums, "XLCO computed no loss: the queue is not full"
     times = alternate({"infoxlm": infoxlm.train_step, "mlm_tlm": base.train_step}, s.xlco_reps)
     ratio = median_ratio(times["infoxlm"], times["mlm_tlm"])

@@ -35,7 +35,17 @@ if TYPE_CHECKING:
     from objkit.data import pack_sentences
     from objkit.distributed import AllGather, dist_all_gather, gather_rows
     from objkit.lm_head import LMHeadLoss, lm_head_loss
-    from objkit.masking import IGNORE_INDEX, MaskingConfig, mask_tokens, masked_lm_output, masked_units, pad_sequences
+    from objkit.masking import (
+        IGNORE_INDEX,
+        MaskingConfig,
+        length_groups,
+        mask_tokens,
+        masked_lm_output,
+        masked_units,
+        pad_sequences,
+        padding_counts,
+    )
+    from objkit.data.bucketing import side_lengths
     from objkit.momentum import (
         ConstantMomentum,
         ConstantWithRefresh,
@@ -72,6 +82,9 @@ _LAZY = {
     **dict.fromkeys(["EncoderConfig", "EncoderContext", "MomentumCopy", "TokenizerTraining"], "objkit.interfaces"),
     **dict.fromkeys(["Callback", "FitState"], "objkit.events"),
     **dict.fromkeys(["Optimizer", "Schedule"], "objkit.optim"),
+    # plugin API 1.3: length bucketing keys and padding that objectives declare
+    **dict.fromkeys(["length_groups", "padding_counts"], "objkit.masking"),
+    "side_lengths": "objkit.data.bucketing",
 }
 
 
@@ -133,6 +146,7 @@ __all__ = [
     "gather_rows",
     "hookimpl",
     "info_nce",
+    "length_groups",
     "lm_head_loss",
     "make_momentum_copy",
     "mask_tokens",
@@ -140,6 +154,8 @@ __all__ = [
     "masked_units",
     "pack_sentences",
     "pad_sequences",
+    "padding_counts",
     "sample_generator",
     "sample_uniform",
+    "side_lengths",
 ]

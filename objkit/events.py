@@ -79,7 +79,9 @@ class Callback(Plugin):
         """Evaluation results (``eval/<set>/acc``...) at ``state.step``."""
 
     def on_checkpoint(self, state: FitState, path: Path | None) -> None:
-        """A checkpoint of ``state.step`` was written (``path``; None on ranks other than 0)."""
+        """A checkpoint of ``state.step`` was written (``path``; None on ranks other than 0). With
+        ``train.checkpoint_async`` it comes when the checkpoint is complete: at the next checkpoint
+        or the end of training, ``state.step`` then later than the step in ``path``'s name."""
 
     def on_fit_end(self, state: FitState) -> None:
         """Training ended: finished, stopped by a signal (``state.stopped_by``) or failed (``state.error``)."""

@@ -57,8 +57,11 @@ unchanged); 1.2 makes the encoder contract real: ``Encoder.build(config, ctx)`` 
 ``max_tokens`` / position-id attributes, and ``TokenizerTraining.algorithm``; it adds the trainer
 events (``Callback``, ``FitState``), optimizer and schedule plugins, ``lm_head_loss`` /
 ``LMHeadLoss`` (the LM-head loss the run may chunk, ``train.lm_head_chunk_rows``), 0-dim tensors
-in ``ObjectiveOutput.metrics``, ``ContrastiveResult.top1`` and ``NegativeStore.accepts_gathered_keys``.
-1.3 adds ``Encoder.resize_vocab`` (a checkpoint's vocabulary grown for an extended tokenizer).
+in ``ObjectiveOutput.metrics``, ``ContrastiveResult.top1`` and ``NegativeStore.accepts_gathered_keys``; 1.3 adds
+``Encoder.resize_vocab`` (a checkpoint's vocabulary grown for an extended tokenizer),
+``Objective.bucket_lengths`` (the objective's key for ``train.length_bucketing``),
+``side_lengths``, ``length_groups`` and ``padding_counts`` (with the ``.N`` suffix of a
+tensor's further length groups).
 """
 
 _VERSION = re.compile(r"^(\d+)\.(\d+)$")

@@ -18,6 +18,7 @@ from torch import nn
 
 if TYPE_CHECKING:
     import datasets
+    import numpy as np
     from transformers import PreTrainedTokenizerBase
 
     from objkit.registry import Registry
@@ -423,6 +424,16 @@ class Objective(Plugin, ABC):
         if "labels" in batch:
             return int((batch["labels"] != -100).sum())
         return int(next(iter(batch.values())).shape[0])
+
+    @classmethod
+    def bucket_lengths(cls, dataset: datasets.Dataset) -> np.ndarray:
+        """(1.3) The sort key of each prepared row for ``train.length_bucketing``: ``[N]`` lengths,
+        or ``[N, k]`` keys compared column by column (the first decides, the next break ties).
+        Default: the row's longest token list. An objective that pads several sequences of a row
+        on their own (each side of a pair) may sort on all of them."""
+        from objkit.data.bucketing import example_lengths
+
+        return example_lengths(dataset)
 
     def has_loss(self, step: int) -> bool:
         """Whether :meth:`compute` returns a loss with a gradient at ``step`` (default: always).

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from pydantic import Field
 
@@ -109,6 +110,56 @@ def pad_sequences(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor
         ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
         attention[row, : len(seq)] = 1
     return ids, attention
+
+
+def padding_counts(batch: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """(token slots, padded slots) over every ``*attention_mask`` of a collated batch (XLCO has
+    a query and a key mask), with its further length groups (a ``.N`` suffix: ``attention_mask.1``,
+    see :func:`length_groups`): logged as ``<objective>/padding``, the padded fraction."""
+    slots = padded = 0
+    for name, mask in batch.items():
+        if name.partition(".")[0].endswith("attention_mask"):
+            slots += mask.numel()
+            padded += mask.numel() - int(mask.sum())
+    return slots, padded
+
+
+def length_groups(lengths: Sequence[int], max_groups: int) -> list[list[int]]:
+    """Split the rows of a batch into ``min(max_groups, len(lengths))`` groups, each to be padded
+    to its own longest row, with the fewest token slots in all: the optimal partition is
+    contiguous in length order (a row no longer than a group's longest can join it for free),
+    found by dynamic programming over the sorted lengths. Returns each group's row indices
+    (ascending), groups in increasing length. Always that many groups, even where fewer would
+    cost no more slots: the number of encoder passes then depends on the micro-batch size
+    only, the same on every rank (FSDP unshards per pass, so ranks must run as many).
+    ``max_groups = 1``: every row, in order. Deterministic: a function of ``lengths`` alone."""
+    n = len(lengths)
+    if max_groups < 1:
+        raise ValueError(f"max_groups must be at least 1 (got {max_groups})")
+    if n == 0 or max_groups == 1:
+        return [list(range(n))] if n else []
+    order = sorted(range(n), key=lambda i: (lengths[i], i))
+    sorted_lengths = np.asarray([lengths[i] for i in order], dtype=np.int64)
+    k = min(max_groups, n)
+    starts = np.arange(n)
+    # best[g, j]: fewest slots for the first j sorted rows in exactly g groups; cut[g, j]: where
+    # the last of them starts
+    infinite = np.iinfo(np.int64).max // 4
+    best = np.full((k + 1, n + 1), infinite, dtype=np.int64)
+    best[0, 0] = 0
+    cut = np.zeros((k + 1, n + 1), dtype=np.int64)
+    for g in range(1, k + 1):
+        for j in range(g, n + 1):
+            costs = best[g - 1, :j] + (j - starts[:j]) * sorted_lengths[j - 1]
+            cut[g, j] = int(np.argmin(costs))  # the first minimum: deterministic on ties
+            best[g, j] = costs[cut[g, j]]
+    groups: list[list[int]] = []
+    g, j = k, n
+    while g > 0:
+        i = int(cut[g, j])
+        groups.append(order[i:j])
+        g, j = g - 1, i
+    return [sorted(group) for group in reversed(groups)]
 
 
 def masked_units(batch: dict[str, torch.Tensor]) -> int:

@@ -23,7 +23,7 @@ import datasets
 from objkit import distributed
 from objkit.data import ExampleStream, load_source, source_group_sizes
 from objkit.data import cache as data_cache
-from objkit.data.bucketing import BucketedStream, example_lengths
+from objkit.data.bucketing import BucketedStream
 from objkit.data.sources import locate_stream_error, source_files
 from objkit.interfaces import WorldInfo
 from objkit.recipe import ResolvedRecipe
@@ -128,7 +128,7 @@ def build_streams(resolved: ResolvedRecipe, objectives: list[BuiltObjective], to
         )
         pool = recipe.train.length_bucketing  # pair objectives on map-style data (objkit.data.bucketing)
         if pool and built.objective.data_kind == "parallel" and not source.streaming:
-            stream = BucketedStream(stream, example_lengths(prepared.rows), step_size=recipe.train.batch_size,
+            stream = BucketedStream(stream, built.objective.bucket_lengths(prepared.rows), step_size=recipe.train.batch_size,
                                     pool_steps=pool, seed=derive_seed(recipe.train.seed, "buckets", built.name))
         streams[built.name] = stream
     return streams

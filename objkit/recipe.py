@@ -273,6 +273,9 @@ def validate_recipe(raw: dict[str, Any], registry: Registry, source: str = "reci
                     objective_configs[name], entry.data, langs))
         if not recipe.enabled_objectives():
             problems.append("objectives: every objective is disabled")
+        if recipe.train.checkpoint_async and recipe.train.checkpoint_format != "sharded":
+            problems.append('train.checkpoint_async: needs train.checkpoint_format = "sharded" (single-file '
+                            f'checkpoints are written synchronously; got {recipe.train.checkpoint_format!r})')
         names = recipe.train.activation_checkpointing
         for name in names if isinstance(names, list) else []:
             if name not in recipe.objectives:

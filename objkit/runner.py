@@ -32,7 +32,7 @@ NEUTRAL_KEYS = {
     ("name",), ("description",), ("eval",), ("callbacks",),
     ("train", "log_every"), ("train", "checkpoint_every"), ("train", "keep_checkpoints"),
     ("train", "report_to"), ("train", "max_bad_steps"), ("train", "collective_timeout"), ("data", "cache_dir"),
-    ("train", "checkpoint_format"),
+    ("train", "checkpoint_format"), ("train", "checkpoint_async"),
     # memory and speed: the same losses up to float rounding (tested), so a run may resume with them changed
     ("train", "activation_checkpointing"), ("train", "lm_head_chunk_rows"), ("train", "compile"),
 }

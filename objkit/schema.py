@@ -256,6 +256,10 @@ class TrainConfig(Strict):
         "single_file", description="single_file: rank 0 writes safetensors; sharded: every rank writes its shard "
         "(torch.distributed.checkpoint)"
     )
+    checkpoint_async: bool = Field(
+        False, description="sharded checkpoints: write the shards in the background (dcp.async_save) while "
+        "training goes on; the checkpoint counts once written (needs checkpoint_format = \"sharded\")"
+    )
     length_bucketing: int = Field(
         0, ge=0, le=100_000, description="pair objectives: pool this many steps' draws, sort them by length, cut "
         "them into steps and shuffle the steps (0: off; objkit/data/bucketing.py)"

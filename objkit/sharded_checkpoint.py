@@ -21,6 +21,14 @@ shard), rank 0 writes the manifest, fsyncs the tree and renames it into place on
 rank finished, so a kill -9 at any instant leaves the previous checkpoint as the newest
 complete one. ``-o`` must be on a filesystem every rank shares (as for resuming).
 
+Asynchronous saves (``train.checkpoint_async``, :func:`start_async_save`): each rank's tensors
+are copied to host memory (``dcp.async_save``'s staging) and the step loop goes on; a thread
+writes the shards, then hashes them and completes the checkpoint exactly as above (its
+collectives -- DCP's planning, the digests, the barriers -- on a gloo group of its own, so
+they never interleave with the training thread's). The previous checkpoint stays the newest
+complete one until the rename; the trainer waits for the write in flight before the next
+save, at the end of training and on a fault (:class:`PendingSave`).
+
 Resuming loads each rank's part in place (``dcp.load`` into the live module and optimizer,
 then ``set_state_dict``); DCP reshards on load, so the tensors would also load on another
 number of ranks, but objkit checks the same world size and parallelism, as it does for every
@@ -34,7 +42,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -93,8 +103,112 @@ def save_sharded(run_dir: Path, step: int, *, world: WorldInfo, state: dict[str,
                  recipe_toml: str | None, versions: dict[str, Any] | None) -> Path | None:
     """Every rank calls this with its own ``state``; returns the checkpoint on rank 0 (None
     elsewhere). ``extra``: JSON state written by rank 0 (LR schedule, grad scaler)."""
+    tmp = _begin(run_dir, step, world)
+    try:
+        _dcp("save", state, tmp / SHARDS)
+    except BaseException:
+        if world.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return _finish(run_dir, step, world=world, objective_values=objective_values, extra=extra,
+                   trainer_state=trainer_state, keep=keep, rng_states=rng_states, recipe_toml=recipe_toml,
+                   versions=versions)
+
+
+class PendingSave:
+    """A sharded checkpoint being written in the background (``train.checkpoint_async``):
+    :func:`start_async_save` copied this rank's tensors to host memory and returned; a
+    thread writes the shards (``dcp.async_save``), then hashes them and completes the
+    checkpoint as :func:`save_sharded` does (manifest, rename, pruning), its collectives on a
+    process group of its own. :meth:`wait` joins it: the checkpoint (rank 0; None elsewhere),
+    or the error of the write."""
+
+    def __init__(self, step: int, work: Callable[[], Path | None]) -> None:
+        self.step = step
+        self._result: Path | None = None
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                self._result = work()
+            except BaseException as exc:  # re-raised by wait(), on the training thread
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name=f"objkit-save-{step}", daemon=True)
+        self._thread.start()
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def wait(self) -> Path | None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
+_ASYNC_GROUP: Any = None
+
+
+def _async_group(world: WorldInfo) -> Any:
+    """A gloo process group for the background saves' collectives (DCP's planning, the digests),
+    so that they never interleave with the training thread's on the default group. Created once,
+    by every rank (the first asynchronous save)."""
+    global _ASYNC_GROUP
+    if world.world_size <= 1:
+        return None
+    if _ASYNC_GROUP is None:
+        import torch.distributed as dist
+
+        _ASYNC_GROUP = dist.new_group(backend="gloo")
+    return _ASYNC_GROUP
+
+
+def start_async_save(run_dir: Path, step: int, *, world: WorldInfo, state: dict[str, Any],
+                     objective_values: dict[str, Any], extra: dict[str, Any], trainer_state: dict[str, Any],
+                     keep: int, rng_states: list[dict[str, Any]], recipe_toml: str | None,
+                     versions: dict[str, Any] | None) -> PendingSave:
+    """:func:`save_sharded` in the background: returns once ``state``'s tensors are copied to
+    host memory (``dcp.async_save``'s staging), so training may change them. Every rank calls it,
+    after the previous :class:`PendingSave` was waited for. Until the write finishes the previous
+    checkpoint stays the newest complete one."""
+    import torch.distributed.checkpoint as dcp
+
+    group = _async_group(world)
+    if world.world_size <= 1:  # said by DCP's writer thread, outside any catch_warnings of ours
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to save in a single process",
+                                category=UserWarning)
+    tmp = _begin(run_dir, step, world)
+    try:
+        with warnings.catch_warnings():  # one process: "assuming the intent is to save on a single process"
+            warnings.filterwarnings("ignore", message=".*assuming the intent is to", category=UserWarning)
+            warnings.filterwarnings("ignore", message=".*experimental", category=UserWarning)
+            upload = dcp.async_save(state, checkpoint_id=str(tmp / SHARDS), process_group=group,
+                                    no_dist=world.world_size <= 1)
+        upload = getattr(upload, "upload_completion", upload)  # AsyncSaveResponse (staging in the background)
+    except BaseException:
+        if world.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+    def work() -> Path | None:
+        try:
+            upload.result()
+        except BaseException:
+            if world.is_main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return _finish(run_dir, step, world=world, objective_values=objective_values, extra=extra,
+                       trainer_state=trainer_state, keep=keep, rng_states=rng_states, recipe_toml=recipe_toml,
+                       versions=versions, group=group)
+
+    return PendingSave(step, work)
+
+
+def _begin(run_dir: Path, step: int, world: WorldInfo) -> Path:
+    """Rank 0 removes leftovers of killed writes and makes ``step_N.tmp/shards``; every rank waits."""
     root = run_dir / "checkpoints"
-    final, tmp = root / f"step_{step:07d}", root / f"step_{step:07d}.tmp"
+    tmp = root / f"step_{step:07d}.tmp"
     failed = None
     if world.is_main:
         root.mkdir(parents=True, exist_ok=True)
@@ -106,15 +220,24 @@ def save_sharded(run_dir: Path, step: int, *, world: WorldInfo, state: dict[str,
         except OSError as exc:
             failed = exc
     barrier(world)
+    if failed is not None:
+        raise failed
+    return tmp
+
+
+def _finish(run_dir: Path, step: int, *, world: WorldInfo, objective_values: dict[str, Any], extra: dict[str, Any],
+            trainer_state: dict[str, Any], keep: int, rng_states: list[dict[str, Any]], recipe_toml: str | None,
+            versions: dict[str, Any] | None, group: Any = None) -> Path | None:
+    """After every rank wrote its shard: each hashes its own, rank 0 writes the JSON files and
+    the manifest, fsyncs and renames ``step_N.tmp`` into place, then prunes old checkpoints."""
+    root = run_dir / "checkpoints"
+    final, tmp = root / f"step_{step:07d}", root / f"step_{step:07d}.tmp"
     try:
-        if failed is not None:
-            raise failed
-        _dcp("save", state, tmp / SHARDS)
         mine = {f"{SHARDS}/{p.name}": {"bytes": p.stat().st_size, "sha256": _sha256(p)}
                 for p in sorted((tmp / SHARDS).glob(f"__{world.rank}_*"))}
-        digests = all_gather_objects(mine, world)
+        digests = all_gather_objects(mine, world, group)
         if not world.is_main:
-            barrier(world)
+            barrier(world, group)
             return None
         pause_for_test("save-mid", step)
         _write_json(tmp / "objectives.json", objective_values)
@@ -147,7 +270,7 @@ def save_sharded(run_dir: Path, step: int, *, world: WorldInfo, state: dict[str,
     pause_for_test("save-done", step)
     for stale in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(stale, ignore_errors=True)
-    barrier(world)
+    barrier(world, group)
     return final
 
 

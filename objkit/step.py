@@ -42,6 +42,7 @@ import torch
 
 from objkit.distributed import ParallelStrategy
 from objkit.interfaces import Objective, StepContext, WorldInfo
+from objkit.masking import padding_counts
 from objkit.metrics import Scalar, StepStats
 from objkit.seeding import SAMPLE_SEED, derive_seed, sample_seed
 
@@ -50,17 +51,6 @@ def micro_batch_seed(seed: int, objective: str, step: int, rank: int, micro: int
     """A stable 63-bit seed for the ``generator`` given to ``collate``: randomness about a
     micro-batch as a whole. Per-example randomness uses ``sample_seed`` instead."""
     return derive_seed(seed, objective, step, rank, micro)
-
-
-def padding_counts(batch: dict[str, torch.Tensor]) -> tuple[int, int]:
-    """(token slots, padded slots) over every ``*attention_mask`` of a collated batch (XLCO has
-    a query and a key mask): logged as ``<objective>/padding``, the padded fraction."""
-    slots = padded = 0
-    for name, mask in batch.items():
-        if name.endswith("attention_mask"):
-            slots += mask.numel()
-            padded += mask.numel() - int(mask.sum())
-    return slots, padded
 
 
 @dataclass
@@ -131,7 +121,8 @@ class CompositeLoss:
                 generator = torch.Generator().manual_seed(micro_batch_seed(self.seed, slot.name, step, world.rank, micro))
                 batch = slot.objective.collate(examples, generator)
                 row.append(batch)
-                tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
+                # "attention_mask" and its further length groups ("attention_mask.1", ...)
+                tokens += sum(int(m.sum()) for name, m in batch.items() if name.partition(".")[0] == "attention_mask")
                 slots, padded = padding_counts(batch)
                 padding[k] = (padding[k][0] + slots, padding[k][1] + padded)
             batches.append(row)

@@ -6,6 +6,7 @@ happens on signals, non-finite steps and failed writes in :mod:`objkit.faults`."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -116,6 +117,7 @@ class Trainer:
         self.stopped_by: str | None = None  # the signal that ended fit() early, if any
         self.prefetcher: StepPrefetcher | None = None  # collates the next step during fit()
         self.stop_agreed = False  # a stop request agreed by every rank at the last step
+        self.pending_save: sharded.PendingSave | None = None  # train.checkpoint_async: the write in flight
 
     # ------------------------------------------------------------------ data
     def _build_streams(self) -> dict[str, ExampleStream | BucketedStream]:
@@ -204,14 +206,16 @@ class Trainer:
         distributed.barrier(self.world)
         return path
 
-    def _save_sharded(self) -> Path | None:
+    def _save_sharded(self, asynchronous: bool = False) -> Any:
         """Every rank writes its shard (torch.distributed.checkpoint); nothing is gathered but
-        the small per-rank JSON state and the shards' digests."""
+        the small per-rank JSON state and the shards' digests. ``asynchronous``: returns a
+        :class:`~objkit.sharded_checkpoint.PendingSave` once the tensors are copied to host memory."""
         streams = self._stream_states()
         ranks = distributed.all_gather_objects(self._rank_state(streams), self.world)
         state, values = sharded.live_state(self.strategy.module, self.optimizer, self._objective_states())
+        write = sharded.start_async_save if asynchronous else sharded.save_sharded
         try:
-            return sharded.save_sharded(
+            return write(
                 self.run_dir, self.step, world=self.world, state=state, objective_values=values,
                 extra={"scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict()},
                 trainer_state=self._trainer_state(streams, ranks), keep=self.train_cfg.keep_checkpoints,
@@ -219,6 +223,37 @@ class Trainer:
             )
         except OSError as exc:
             raise self._write_failed(exc) from None
+
+    def start_save(self) -> sharded.PendingSave:
+        """``train.checkpoint_async``: wait for the save in flight, if any, then start writing a
+        sharded checkpoint of the current step in the background (:attr:`pending_save`); the
+        step loop goes on once this rank's tensors are copied to host memory. Every rank calls it."""
+        self.await_save()
+        self.pending_save = self._save_sharded(asynchronous=True)
+        return self.pending_save
+
+    def await_save(self) -> Path | None:
+        """Wait for the asynchronous save in flight: the completed checkpoint (rank 0; None
+        elsewhere, or when none was in flight). Every rank calls it."""
+        if self.pending_save is None:
+            return None
+        pending, self.pending_save = self.pending_save, None
+        try:
+            return pending.wait()
+        except OSError as exc:
+            raise self._write_failed(exc) from None
+
+    def _checkpoint(self, events: Events) -> None:
+        """Save, and tell the callbacks. With ``train.checkpoint_async`` the previous checkpoint is
+        completed first and announced then (``on_checkpoint`` comes when a checkpoint is complete)."""
+        if self.train_cfg.checkpoint_async:
+            had_pending = self.pending_save is not None
+            path = self.await_save()
+            if had_pending:
+                events.checkpoint(path)
+            self.start_save()
+        else:
+            events.checkpoint(self.save())
 
     def resume(self, source: Path | ckpt.CheckpointData) -> None:
         """Continue from a checkpoint (a path, or data already read by :func:`ckpt.read_checkpoint`)."""
@@ -385,20 +420,26 @@ class Trainer:
                     events.step_end(stats.values)
                     saved = False
                     if self.step % self.train_cfg.checkpoint_every == 0 or self.step == self.train_cfg.steps:
-                        events.checkpoint(self.save())
+                        self._checkpoint(events)
                         saved = True
                     # several ranks: agreed with the step's non-finite check (no collective of its own)
                     stop_now = self.stop_agreed or (self.world.world_size == 1 and stop.requested)
                     if stop_now and self.step < self.train_cfg.steps:
                         if not saved:
-                            events.checkpoint(self.save())
+                            self._checkpoint(events)
                         self.stopped_by = state.stopped_by = stop.signal_name or "a signal to another rank"
                         break
+                if self.pending_save is not None:  # the last asynchronous save: complete before fit returns
+                    events.checkpoint(self.await_save())
         except BaseException as exc:
             state.error = exc
             raise
         finally:
             self._close_prefetcher()
+            if self.pending_save is not None:  # a fault: let the write in flight finish before leaving
+                pending, self.pending_save = self.pending_save, None
+                with contextlib.suppress(BaseException):  # the fault being raised is the error to report
+                    pending.wait()
             events.fit_end()
 
     def _close_prefetcher(self) -> None:

@@ -32,6 +32,15 @@ ran the query side through all layers and the LM head (a DDP workaround);
 declares instead that it leaves parameters unused (``uses_all_parameters`` is False), and the
 runtime turns on DDP's ``find_unused_parameters`` (see :mod:`objkit.distributed`).
 
+Padding: the reference pads each side's batch to its longest row. Here the query batch and
+the key batch each run as ``length_groups`` (default 2) passes over rows of similar length,
+each padded to its own longest row (:func:`objkit.length_groups`, the split with the fewest
+token slots; as many passes on every rank), the vectors put back in batch order: the loss and
+gradients of one padded batch up to float rounding. With the random query side each batch
+mixes both languages of its pairs, so one padded batch pads every shorter side to its
+neighbours' longer side. For ``train.length_bucketing`` XLCO sorts on the longer side, then
+the shorter (:meth:`bucket_lengths`).
+
 Across ranks: the query side and the masks are functions of each pair's ``sample_seed``; the
 momentum queue gathers the keys of every rank before enqueueing, and ``in_batch`` contrasts
 against the keys of the whole global micro-batch (gathered), so a step on 2 ranks × B/2
@@ -79,9 +88,11 @@ from objkit import (
     gather_rows,
     hookimpl,
     info_nce,
+    length_groups,
     make_momentum_copy,
     mask_tokens,
     pad_sequences,
+    side_lengths,
 )
 
 
@@ -107,6 +118,11 @@ class XlcoConfig(PluginConfig):
     masking: MaskingConfig = Field(default_factory=MaskingConfig)
     truncate_passes: bool = Field(
         True, description="run only the blocks up to layer (false: full depth, for comparison)"
+    )
+    length_groups: int = Field(
+        2, ge=1, description="run the query and the key batch each as this many groups of similar length "
+        "(fewer only in smaller micro-batches), each padded to its own longest row (1: one padded batch, as the "
+        "reference)"
     )
 
     @field_validator("momentum", mode="before")
@@ -230,14 +246,52 @@ class CrossLingualContrast(Objective):
             q, k = (example["src_ids"], example["tgt_ids"]) if side == 0 else (example["tgt_ids"], example["src_ids"])
             queries.append([bos, *q[:budget], eos])
             keys.append([bos, *k[:budget], eos])
-        q_ids, q_mask = pad_sequences(queries, self.vocab.pad_id)
-        k_ids, k_mask = pad_sequences(keys, self.vocab.pad_id)
-        if self.config.mask_inputs:
-            q_seeds = [derive_seed(seed, "xlco/mask-query") for seed in seeds]
-            k_seeds = [derive_seed(seed, "xlco/mask-key") for seed in seeds]
-            q_ids, _ = mask_tokens(q_ids, self.vocab, generator, self.config.masking, seeds=q_seeds)
-            k_ids, _ = mask_tokens(k_ids, self.vocab, generator, self.config.masking, seeds=k_seeds)
-        return {"input_ids": q_ids, "attention_mask": q_mask, "key_input_ids": k_ids, "key_attention_mask": k_mask}
+        q_seeds = [derive_seed(seed, "xlco/mask-query") for seed in seeds]
+        k_seeds = [derive_seed(seed, "xlco/mask-key") for seed in seeds]
+        return {**self._padded(queries, q_seeds, generator, ""), **self._padded(keys, k_seeds, generator, "key_")}
+
+    def _padded(self, sequences: list[list[int]], seeds: list[int], generator: torch.Generator,
+                prefix: str) -> dict[str, torch.Tensor]:
+        """``{prefix}input_ids`` / ``{prefix}attention_mask`` of ``sequences``: the rows of the first
+        length group (:func:`objkit.length_groups`, ``config.length_groups``), the next groups
+        as ``{prefix}input_ids.1``, ..., each padded to its own longest row, and, when there are
+        several, ``{prefix}group_rows``: the batch row of every row of the groups laid end to end.
+        One group holds every row in order: the layout of ``length_groups = 1``."""
+        groups = length_groups([len(s) for s in sequences], self.config.length_groups)
+        out: dict[str, torch.Tensor] = {}
+        for g, rows in enumerate(groups):
+            suffix = f".{g}" if g else ""
+            ids, mask = pad_sequences([sequences[i] for i in rows], self.vocab.pad_id)
+            if self.config.mask_inputs:  # per-row seeds: the same masks in any group
+                ids, _ = mask_tokens(ids, self.vocab, generator, self.config.masking, seeds=[seeds[i] for i in rows])
+            out[f"{prefix}input_ids{suffix}"], out[f"{prefix}attention_mask{suffix}"] = ids, mask
+        if len(groups) > 1:
+            out[f"{prefix}group_rows"] = torch.tensor([i for rows in groups for i in rows], dtype=torch.long)
+        return out
+
+    @staticmethod
+    def _groups(batch: dict[str, torch.Tensor], prefix: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The ``(input_ids, attention_mask)`` of each length group of one side of ``batch``."""
+        groups = [(batch[f"{prefix}input_ids"], batch[f"{prefix}attention_mask"])]
+        while f"{prefix}input_ids.{len(groups)}" in batch:
+            g = len(groups)
+            groups.append((batch[f"{prefix}input_ids.{g}"], batch[f"{prefix}attention_mask.{g}"]))
+        return groups
+
+    def _encode_side(self, run: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], batch: dict[str, torch.Tensor],
+                     prefix: str) -> torch.Tensor:
+        """``run`` over each length group of one side of ``batch``, vectors back in batch order."""
+        groups = self._groups(batch, prefix)
+        if len(groups) == 1:
+            return run(*groups[0])
+        vectors = torch.cat([run(ids, mask) for ids, mask in groups])
+        return vectors[torch.argsort(batch[f"{prefix}group_rows"])]  # on the device: no host synchronisation
+
+    @classmethod
+    def bucket_lengths(cls, dataset: datasets.Dataset) -> Any:
+        """Queries and keys are padded on their own (each side in its own batch): sort on the
+        longer side, then the shorter (:func:`objkit.side_lengths`)."""
+        return side_lengths(dataset)
 
     # ------------------------------------------------------------------ passes
     def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -308,26 +362,30 @@ class CrossLingualContrast(Objective):
         return False  # no LM head, and blocks past `layer` are not run when truncate_passes
 
     def sample_size(self, batch: dict[str, torch.Tensor]) -> int:
-        return int(batch["input_ids"].shape[0]) * (2 if self.config.symmetric else 1)
+        rows = sum(int(ids.shape[0]) for ids, _ in self._groups(batch, ""))
+        return rows * (2 if self.config.symmetric else 1)
 
     def compute(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> ObjectiveOutput:
         encoder = ctx.encoder
         training = bool(getattr(encoder, "training", True))
-        keys = [self.encode_keys(batch["key_input_ids"], batch["key_attention_mask"], training)]
+        def keys_of(prefix: str) -> torch.Tensor:
+            return self._encode_side(lambda ids, mask: self.encode_keys(ids, mask, training), batch, prefix)
+
+        keys = [keys_of("key_")]
         if self.config.symmetric:
-            keys.append(self.encode_keys(batch["input_ids"], batch["attention_mask"], training))
+            keys.append(keys_of(""))
         gathered = [self._gather(k) for k in keys]  # once per key tensor, shared by the stores
         active = self.has_loss(ctx.step)
         results = []
         if active:
-            directions = [(batch["input_ids"], batch["attention_mask"], keys[0], gathered[0])]
+            directions = [("", keys[0], gathered[0])]
             if self.config.symmetric:
-                directions.append((batch["key_input_ids"], batch["key_attention_mask"], keys[1], gathered[1]))
+                directions.append(("key_", keys[1], gathered[1]))
             scale = self._scale()
-            for ids, mask, positive, everyone in directions:
+            for prefix, positive, everyone in directions:
                 # with no negatives yet (a queue not waiting to fill, first step) the loss is 0
                 blocks, masks = self._negatives(positive, everyone)
-                query = self.encode_queries(encoder, ids, mask)
+                query = self._encode_side(lambda ids, mask: self.encode_queries(encoder, ids, mask), batch, prefix)
                 results.append(
                     info_nce(query, positive, blocks, scale=scale, margin=self.config.margin, exclude=masks)
                 )

@@ -36,15 +36,15 @@ def main() -> None:
         return write(run, step, **kwargs)
 
     ckpt.save_checkpoint = counting_save  # the trainer calls it through the module
-    write_sharded = sharded.save_sharded
+    finish_sharded = sharded._finish  # completes every sharded save, synchronous or in the background
 
     def counting_sharded(run: Path, step: int, **kwargs):  # noqa: ANN003, ANN202
-        path = write_sharded(run, step, **kwargs)
+        path = finish_sharded(run, step, **kwargs)
         if path is not None:  # rank 0 returns the checkpoint it renamed into place
             saves.append(step)
         return path
 
-    sharded.save_sharded = counting_sharded
+    sharded._finish = counting_sharded
     verified: list[str] = []
     verify = ckpt.verify_checkpoint
 

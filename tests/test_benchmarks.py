@@ -53,6 +53,23 @@ def test_every_benchmark_runs_at_toy_size(run, tmp_path):
     assert "peak RSS" in table and "MFU" in table and "--quick" in table
 
 
+def test_checkpoint_io_runs_at_toy_size(tmp_path):
+    """benchmarks/checkpoint_io.py --toy: single-file, sharded and asynchronous sharded saves,
+    each written completely (the script asserts it) and loaded back; the JSON has every time."""
+    spec = importlib.util.spec_from_file_location("objkit_bench_checkpoint_io", RUN.with_name("checkpoint_io.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "io.json"
+    assert module.main(["--toy", "--dir", str(tmp_path), "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert set(doc["median_s"]) == {"single_save", "single_load", "sharded_save", "sharded_load", "async_save",
+                                    "async_complete"}
+    assert all(v > 0 for v in doc["median_s"].values())
+    assert doc["median_s"]["async_complete"] >= doc["median_s"]["async_save"]
+    assert doc["bytes"]["async"] > 0 and doc["loop_wait_ratio_async_over_sharded"] > 0
+    assert list(tmp_path.iterdir()) == [out]  # its temporary directory removed
+
+
 def test_cli_writes_json_and_markdown(run, tmp_path):
     out, md = tmp_path / "perf.json", tmp_path / "perf.md"
     code = run.main(["--toy", "--only", "enqueue_ratio,ema_foreach_speedup", "--json", str(out), "--markdown", str(md)])

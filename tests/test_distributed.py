@@ -215,11 +215,15 @@ def test_resume_under_torchrun(runs, recipe, tmp_path, mode, nproc, overrides):
 
 
 @pytest.mark.slow
-def test_sharded_checkpoints_under_torchrun(runs, recipe, tmp_path):
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_sharded_checkpoints_under_torchrun(runs, recipe, tmp_path, asynchronous):
     """train.checkpoint_format = "sharded" on 2 DDP ranks: each rank writes its shard (the
     manifest covers them), training is unchanged, and a resume from the step-3 sharded
-    checkpoint ends exactly where the uninterrupted run ends."""
-    overrides = ["train.micro_batch_size=4", "train.checkpoint_format=sharded"]
+    checkpoint ends exactly where the uninterrupted run ends. Also with
+    ``train.checkpoint_async``: the shards written by a background thread on each rank, whose
+    collectives run on a process group of their own while the ranks train."""
+    overrides = ["train.micro_batch_size=4", "train.checkpoint_format=sharded",
+                 *(["train.checkpoint_async=true"] if asynchronous else [])]
     run = _launch(2, recipe, tmp_path / "sharded", *overrides)
     manifest = json.loads((run / "checkpoints" / "step_0000006" / "manifest.json").read_text())
     assert {"shards/.metadata", "trainer.json", "rng.json", "optimizer.json"} <= set(manifest["files"])

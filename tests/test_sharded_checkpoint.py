@@ -1,13 +1,18 @@
 """train.checkpoint_format = "sharded" (objkit/sharded_checkpoint.py) in one process: the
 checkpoint holds a DCP shard directory covered by the manifest, a resumed run ends bit for bit
 where an uninterrupted one ends, a damaged shard is detected and the previous checkpoint used,
-and a sharded checkpoint refuses another number of ranks. The 2-rank case (every rank writes
+and a sharded checkpoint refuses another number of ranks. ``train.checkpoint_async``: training
+goes on while a checkpoint is written, which counts only once complete, and resumes exactly. The 2-rank case (every rank writes
 its shard) is in tests/test_distributed.py."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -112,3 +117,54 @@ def test_another_number_of_ranks_is_refused(straight, tmp_path):
     trainer.world = WorldInfo(rank=0, world_size=1)
     with pytest.raises(UserError, match=r"sharded checkpoint written by 2 rank\(s\) resumes on 2.*--nproc 2"):
         trainer.resume(data)
+
+
+ASYNC = RECIPE.replace('checkpoint_format = "sharded"', 'checkpoint_format = "sharded"\ncheckpoint_async = true')
+
+
+def test_async_saves_train_on_while_writing_and_resume_bit_identically(straight, tmp_path):
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(ASYNC)
+    # 1. the writer of checkpoint 3 parked by the test hook after its shards, before its manifest:
+    #    steps 4-6 train meanwhile; step 6's checkpoint waits for it; nothing counts as saved yet
+    parked, marker, log = tmp_path / "parked", tmp_path / "marker", tmp_path / "parked.log"
+    env = dict(os.environ, OBJKIT_TEST_PAUSE="save-mid@3", OBJKIT_TEST_PAUSE_MARKER=str(marker))
+    with log.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "objkit", "run", str(recipe), "-o", str(parked), "--no-progress"],
+                                stdout=subprocess.DEVNULL, stderr=err, env=env)
+    try:
+        deadline = time.monotonic() + 300
+        metrics = parked / "metrics.jsonl"
+        while not (marker.exists() and metrics.exists() and metrics.read_text().count("\n") >= 6):
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == [1, 2, 3, 4, 5, 6]
+        assert ckpt.list_checkpoints(parked) == []  # step 3 is not complete: no manifest, not in place
+        assert (parked / "checkpoints" / "step_0000003.tmp" / "shards" / ".metadata").is_file()
+        assert not (parked / "checkpoints" / "step_0000003").exists()
+    finally:
+        proc.kill()
+        proc.wait()
+    # 2. uninterrupted: complete checkpoints, and the weights of the synchronous run to the bit
+    run = tmp_path / "run"
+    run_recipe(load_recipe(recipe), run, default_registry(), progress=False)
+    assert [p.name for p in ckpt.list_checkpoints(run)] == ["step_0000003", "step_0000006"]
+    assert not list((run / "checkpoints").glob("*.tmp"))
+    _same_export(straight / "run", run)
+    # 3. resumed from checkpoint 3, written while step 4 trained: the same weights again
+    resumed = tmp_path / "resumed"
+    shutil.copytree(run, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step_0000006")
+    shutil.rmtree(resumed / "export")
+    lines = (resumed / "metrics.jsonl").read_text().splitlines()[:3]
+    (resumed / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    run_recipe(load_recipe(recipe), resumed, default_registry(), progress=False)
+    _same_export(straight / "run", resumed)
+
+
+def test_async_needs_sharded_checkpoints(tmp_path):
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(RECIPE.replace('checkpoint_format = "sharded"', "checkpoint_async = true"))
+    with pytest.raises(UserError, match=r'train\.checkpoint_async: needs train\.checkpoint_format = "sharded"'):
+        load_recipe(recipe)

@@ -23,11 +23,13 @@ What stays true without bucketing:
   of the current pool and the position in it; loading it redraws the pool (a pure function
   of that state) and continues exactly, on any number of ranks.
 
-Streamed sources (each rank reads its own shard) are not bucketed. The length of an example
-is its longest token list, computed once over the prepared dataset from its Arrow columns:
+Streamed sources (each rank reads its own shard) are not bucketed. The sort key of an example
+is the objective's :meth:`objkit.Objective.bucket_lengths`, computed once over the prepared
+dataset from its Arrow columns. Default: its longest token list (:func:`example_lengths`):
 ``input_ids`` for TLM and ``xlm_align`` (the pair laid out as one sequence), ``max(src_ids,
-tgt_ids)`` for objectives that encode each side as its own sequence (XLCO's queries and keys,
-the example plugin's ``[2B, L]`` batch), whose padded width is set by the longest side.
+tgt_ids)`` for the example plugin's ``[2B, L]`` batch, whose padded width is set by the longest
+side. A key may have several columns (``[N, k]``), compared in order: XLCO sorts on the longer
+side, then the shorter (:func:`side_lengths`), since it pads each side on its own.
 """
 
 from __future__ import annotations
@@ -43,19 +45,36 @@ import pyarrow.compute as pc
 from objkit.data.sampling import ExampleStream, _MapStream
 
 
-def example_lengths(dataset: datasets.Dataset) -> np.ndarray:
-    """Per row, the length of its longest list column (token ids), as ``int64``."""
+def _list_lengths(dataset: datasets.Dataset) -> list[np.ndarray]:
+    """The length of every row in each list column (token ids) of ``dataset``, as ``int64``."""
     table = dataset.with_format("arrow")[:]
-    total = np.zeros(len(dataset), dtype=np.int64)
+    columns = []
     for name in table.column_names:
         column = table.column(name)
         if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)):
             continue
         lengths = pc.fill_null(pc.list_value_length(column), 0)
         chunks = lengths.chunks if isinstance(lengths, pa.ChunkedArray) else [lengths]
-        if chunks:
-            total = np.maximum(total, np.concatenate([c.to_numpy(zero_copy_only=False) for c in chunks]).astype(np.int64))
-    return total
+        columns.append(np.concatenate([c.to_numpy(zero_copy_only=False) for c in chunks]).astype(np.int64)
+                       if chunks else np.zeros(len(dataset), dtype=np.int64))
+    return columns
+
+
+def example_lengths(dataset: datasets.Dataset) -> np.ndarray:
+    """Per row, the length of its longest list column (token ids), as ``int64``."""
+    columns = _list_lengths(dataset)
+    return np.max(columns, axis=0) if columns else np.zeros(len(dataset), dtype=np.int64)
+
+
+def side_lengths(dataset: datasets.Dataset) -> np.ndarray:
+    """Per row ``[longest, shortest]`` of its token lists (``int64``, ``[N, 2]``): the bucketing
+    key of an objective that pads each sequence of a row on its own (XLCO's two sides), so
+    that rows whose longer sides tie are ordered by their shorter sides too."""
+    columns = _list_lengths(dataset)
+    if not columns:
+        return np.zeros((len(dataset), 2), dtype=np.int64)
+    stacked = np.stack(columns, axis=1)
+    return np.stack([stacked.max(axis=1), stacked.min(axis=1)], axis=1)
 
 
 class BucketedStream:
@@ -70,6 +89,8 @@ class BucketedStream:
             raise ValueError("length bucketing needs a map-style source (streamed sources are not bucketed)")
         if step_size <= 0 or pool_steps <= 0:
             raise ValueError(f"step_size and pool_steps must be positive (got {step_size}, {pool_steps})")
+        if np.ndim(lengths) not in (1, 2):
+            raise ValueError(f"lengths must be [rows] or [rows, keys] (got shape {np.shape(lengths)})")
         if len(lengths) != len(impl.dataset):
             raise ValueError(f"{len(lengths)} lengths for {len(impl.dataset)} rows")
         self.stream, self._impl = stream, impl
@@ -98,7 +119,11 @@ class BucketedStream:
         self._pool_start = copy.deepcopy(self._impl.state_dict())
         self._pool_number += 1
         rows = np.asarray(self._impl.draw(self.step_size * self.pool_steps), dtype=np.int64)
-        rows = rows[np.argsort(self.lengths[rows], kind="stable")]
+        keys = self.lengths[rows]
+        if keys.ndim == 1:
+            rows = rows[np.argsort(keys, kind="stable")]
+        else:  # column 0 decides, the next columns break ties (np.lexsort: last key primary; stable)
+            rows = rows[np.lexsort(keys.T[::-1])]
         steps = rows.reshape(self.pool_steps, self.step_size)
         order = np.random.default_rng([self.seed, self._pool_number]).permutation(self.pool_steps)
         self._pool = steps[order].reshape(-1).tolist()

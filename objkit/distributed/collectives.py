@@ -79,14 +79,14 @@ def all_reduce_sum(tensor: torch.Tensor, world: WorldInfo) -> torch.Tensor:
     return tensor
 
 
-def all_gather_objects(obj: Any, world: WorldInfo) -> list[Any]:
-    """Every rank's picklable ``obj``, in rank order."""
+def all_gather_objects(obj: Any, world: WorldInfo, group: Any = None) -> list[Any]:
+    """Every rank's picklable ``obj``, in rank order (``group``: a process group other than the default)."""
     if world.world_size <= 1:
         return [obj]
     import torch.distributed as dist
 
     out: list[Any] = [None] * world.world_size
-    dist.all_gather_object(out, obj)
+    dist.all_gather_object(out, obj, group=group)
     return out
 
 

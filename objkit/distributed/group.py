@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -56,11 +57,12 @@ def shutdown_distributed() -> None:
         dist.destroy_process_group()
 
 
-def barrier(world: WorldInfo) -> None:
+def barrier(world: WorldInfo, group: Any = None) -> None:
+    """Every rank waits for the others (``group``: a process group other than the default)."""
     if world.world_size > 1:
         import torch.distributed as dist
 
-        dist.barrier()
+        dist.barrier(group=group)
 
 
 @contextlib.contextmanager

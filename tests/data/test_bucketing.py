@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from objkit.step import padding_counts
+from objkit.masking import padding_counts
 from objkit.data import ExampleStream
 from objkit.data.bucketing import BucketedStream, example_lengths
 from objkit.masking import pad_sequences
@@ -147,3 +147,52 @@ def test_refuses_a_streamed_source(pairs):
     stream = ExampleStream({"en-de": pairs.to_iterable_dataset()}, alpha=1.0, seed=0)
     with pytest.raises(ValueError, match="map-style"):
         BucketedStream(stream, example_lengths(pairs), step_size=STEP, pool_steps=POOL, seed=0)
+
+
+def test_length_groups_is_the_partition_with_fewest_slots():
+    """Against brute force over every assignment of rows to exactly min(k, n) non-empty groups
+    (small batches): always that many groups, so every rank runs as many encoder passes."""
+    import itertools
+
+    from objkit.masking import length_groups
+
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        n, k = int(rng.integers(1, 8)), int(rng.integers(1, 4))
+        lengths = rng.integers(1, 30, n).tolist()
+        groups = length_groups(lengths, k)
+        assert sorted(i for g in groups for i in g) == list(range(n)) and len(groups) == min(k, n)
+        assert all(g == sorted(g) and g for g in groups)
+        slots = sum(len(g) * max(lengths[i] for i in g) for g in groups)
+        best = min(
+            sum(sum(1 for a in labels if a == c) * max((lengths[i] for i, a in enumerate(labels) if a == c), default=0)
+                for c in range(k))
+            for labels in itertools.product(range(k), repeat=n)
+            if len(set(labels)) == min(k, n)
+        )
+        assert slots == best, (lengths, k, groups)
+    assert length_groups([5, 5, 5], 2) == [[0], [1, 2]]  # as many groups even where one costs no more
+    assert length_groups([9, 3, 9, 3], 1) == [[0, 1, 2, 3]]  # one group: the rows in order
+    assert length_groups([9, 3, 9, 3], 2) == [[1, 3], [0, 2]]
+
+
+def test_two_column_keys_sort_on_the_longer_side_then_the_shorter(pairs):
+    """side_lengths (XLCO's key): [longest, shortest] per row; pools are sorted on both columns,
+    and stay a reordering of the unbucketed draws, rank-invariant."""
+    from objkit.data.bucketing import side_lengths
+
+    keys = side_lengths(pairs)
+    assert keys.tolist() == [[max(len(s), len(t)), min(len(s), len(t))] for s, t in zip(pairs["src_ids"], pairs["tgt_ids"])]
+    stream = BucketedStream(ExampleStream(pairs, alpha=0.3, seed=5), keys, step_size=STEP, pool_steps=POOL, seed=6)
+    plain = ExampleStream(pairs, alpha=0.3, seed=5)
+    got = [stream.next_examples(STEP) for _ in range(POOL)]
+    assert Counter(xs(sum(got, []))) == Counter(xs(plain.next_examples(STEP * POOL)))
+    for step in got:
+        rows = [tuple(keys[r["x"]]) for r in step]
+        assert rows == sorted(rows)  # both columns in order within a step
+    ranks = [BucketedStream(ExampleStream(pairs, alpha=0.3, seed=5, rank=r, world_size=2), keys, step_size=STEP,
+                            pool_steps=POOL, seed=6) for r in range(2)]
+    halves = [xs(r.next_examples(STEP // 2)) for r in ranks]
+    assert halves[0] + halves[1] == xs(got[0])
+    with pytest.raises(ValueError, match="lengths must be"):
+        BucketedStream(ExampleStream(pairs, alpha=0.3, seed=5), keys[:, :, None], step_size=STEP, pool_steps=POOL, seed=0)

@@ -69,7 +69,8 @@ def test_xlco_collate_uses_mixup_query_side(registry):
         max_position_embeddings=40, pad_token_id=1, type_vocab_size=1,
     )
     xlco = registry.get("xlco", kind="objective").cls
-    config = xlco.Config(layer=1, mask_inputs=False, negatives={"in_batch": {}}, augment={"mixup": {}})
+    config = xlco.Config(layer=1, mask_inputs=False, negatives={"in_batch": {}}, augment={"mixup": {}},
+                         length_groups=1)  # rows in batch order
     ctx = BuildContext(
         encoder=XLMREncoder.from_hf_config(cfg), tokenizer=None, vocab=VOCAB, registry=registry, instance_name="xlco",
         seed=1, device=torch.device("cpu"), total_steps=1, max_length=32,

@@ -133,7 +133,7 @@ def test_layer_deeper_than_encoder_is_a_user_error(registry):
 
 
 def test_collate_masks_and_picks_query_side(registry):
-    obj = build(registry, mask_inputs=False)
+    obj = build(registry, mask_inputs=False, length_groups=1)  # one padded batch per side, rows in order
     rows = [{**row, "sample_seed": 100 + i} for i, row in enumerate(pairs(16, 1))]
     batch = obj.collate(rows, torch.Generator().manual_seed(3))
     flips = [derive_seed(100 + i, "xlco/query-side") & 1 for i in range(16)]  # a bit of each sample
@@ -167,6 +167,46 @@ def test_in_batch_and_symmetric_options(registry):
     assert out.sample_size == 8 and out.loss.requires_grad
     assert set(obj.trainable_modules()) == {"projection", "temperature"}
     assert out.metrics["temperature"] == pytest.approx(0.25)
+
+
+def test_length_groups_run_fewer_slots_with_the_same_loss_and_gradients(registry):
+    """Rows of very different lengths: with length_groups = 2 each side runs as two batches
+    padded to their own longest row (fewer padded slots), and the loss, the gradients and the
+    keys enqueued equal one padded batch per side (length_groups = 1) to float tolerance,
+    whatever the query side of each row; symmetric, masked inputs, in-batch + queue negatives."""
+    from objkit.masking import padding_counts
+
+    encoder = tiny_encoder().eval()  # no dropout: the groups must not change the vectors
+    rows = []
+    for i, row in enumerate(pairs(12, 7)):
+        long = i % 3 == 0  # a third of the pairs 5x longer on one side, like captions and their long siblings
+        if long:
+            row = {**row, ("src_ids" if i % 2 else "tgt_ids"): row["src_ids"] * 2 + row["tgt_ids"]}
+        rows.append({**row, "sample_seed": 500 + i})
+    keys = {"negatives": {"in_batch": {}, "momentum_queue": {"size": 48, "fill_before_start": False}}, "symmetric": True}
+    outs, grads, batches, queues = [], [], [], []
+    for groups in (1, 2):
+        query_encoder = copy.deepcopy(encoder)
+        torch.manual_seed(0)  # the same projection
+        obj = build(registry, query_encoder, length_groups=groups, **keys)
+        batch = obj.collate(rows, torch.Generator().manual_seed(0))
+        batches.append(batch)
+        out = obj.compute(batch, StepContext(0, query_encoder, torch.device("cpu")))
+        out.loss.backward()
+        outs.append(out)
+        grads.append({n: p.grad.clone() for n, p in query_encoder.named_parameters() if p.grad is not None})
+        queues.append(obj.stores["momentum_queue"].state_dict())
+    one, two = batches
+    assert "input_ids.1" not in one and "input_ids.1" in two and "key_input_ids.1" in two
+    assert padding_counts(two)[1] < padding_counts(one)[1]
+    assert padding_counts(two)[0] - padding_counts(two)[1] == padding_counts(one)[0] - padding_counts(one)[1]
+    assert obj.sample_size(two) == obj.sample_size(one) == 24
+    torch.testing.assert_close(outs[1].loss, outs[0].loss)
+    assert outs[0].loss > 0 and grads[0]
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], msg=name)
+    torch.testing.assert_close(queues[1], queues[0])
 
 
 def test_enable_step_keeps_key_encoder_equal(registry):
@@ -273,7 +313,7 @@ def test_two_ranks_with_gathered_in_batch_keys_compute_the_loss_of_one(registry)
 
     encoder = tiny_encoder()
     rows = [{**row, "sample_seed": 40 + i} for i, row in enumerate(pairs(8, 5))]
-    keys = {"layer": 2, "projection": False, "negatives": {"in_batch": {}}}
+    keys = {"layer": 2, "projection": False, "negatives": {"in_batch": {}}, "length_groups": 1}
 
     def objective(world: WorldInfo):
         info = registry.get("xlco", kind="objective")
