@@ -205,6 +205,10 @@ Examples:
             Path(output).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UserError(f"-o {output}: cannot create the cache directory: {exc.strerror or exc}") from None
+        # measure tokenization, not datasets' own cache of an earlier run's map() (this cache replaces it)
+        import datasets
+
+        datasets.disable_caching()
         for p in prepare_cache(resolved, registry, Path(output)):
             rate = f", {p.tokens / p.seconds:,.0f} tokens/s on {data_cache.cores()} core(s)" if p.how == "built" and \
                 p.seconds > 0 else ""
