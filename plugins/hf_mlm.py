@@ -287,8 +287,14 @@ class HFMaskedLMEncoder(Encoder):
         if not getattr(self.mlm, "supports_gradient_checkpointing", False):
             raise UserError(f"train.activation_checkpointing: {type(self.mlm).__name__} does not support it; "
                             "set it to false")
-        if enabled:
-            self.mlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        if hasattr(self.mlm, "activation_checkpointing_enable"):  # transformers >= 5.2x names it so
+            if enabled:
+                self.mlm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                self.mlm.activation_checkpointing_disable()
+        elif enabled:
+            self.mlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         else:
             self.mlm.gradient_checkpointing_disable()
 
