@@ -73,46 +73,39 @@ class AdamW(Optimizer):
                                  weight_decay=config.weight_decay, **adamw_kernel(params))
 
 
-class Linear(Schedule):
+class _TransformersSchedule(Schedule):
+    """A schedule transformers already has, built by ``transformers.get_scheduler(hf_name, ...)``."""
+
+    hf_name: ClassVar[str]
+    plugin_api: ClassVar[str] = PLUGIN_API_VERSION
+
+    @classmethod
+    def build(cls, optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
+              config: Any) -> torch.optim.lr_scheduler.LRScheduler:
+        from transformers import get_scheduler
+
+        return get_scheduler(cls.hf_name, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
+
+
+class Linear(_TransformersSchedule):
     """Linear warmup to the peak, then linear decay to 0 at the last step."""
 
     name: ClassVar[str] = "linear"
-    plugin_api: ClassVar[str] = PLUGIN_API_VERSION
-
-    @classmethod
-    def build(cls, optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
-              config: Any) -> torch.optim.lr_scheduler.LRScheduler:
-        from transformers import get_linear_schedule_with_warmup
-
-        return get_linear_schedule_with_warmup(optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
+    hf_name: ClassVar[str] = "linear"
 
 
-class Constant(Schedule):
+class Constant(_TransformersSchedule):
     """Linear warmup to the peak, then constant."""
 
     name: ClassVar[str] = "constant"
-    plugin_api: ClassVar[str] = PLUGIN_API_VERSION
-
-    @classmethod
-    def build(cls, optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
-              config: Any) -> torch.optim.lr_scheduler.LRScheduler:
-        from transformers import get_constant_schedule_with_warmup
-
-        return get_constant_schedule_with_warmup(optimizer, num_warmup_steps=warmup_steps)
+    hf_name: ClassVar[str] = "constant_with_warmup"
 
 
-class Cosine(Schedule):
+class Cosine(_TransformersSchedule):
     """Linear warmup to the peak, then half a cosine down to 0 at the last step."""
 
     name: ClassVar[str] = "cosine"
-    plugin_api: ClassVar[str] = PLUGIN_API_VERSION
-
-    @classmethod
-    def build(cls, optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
-              config: Any) -> torch.optim.lr_scheduler.LRScheduler:
-        from transformers import get_cosine_schedule_with_warmup
-
-        return get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
+    hf_name: ClassVar[str] = "cosine"
 
 
 @hookimpl
