@@ -37,6 +37,7 @@ for the harness classes.
 
 from __future__ import annotations
 
+from objkit.seeding import seed_everything
 from objkit.testing._common import (
     Case,
     assert_same_state,
@@ -46,7 +47,6 @@ from objkit.testing._common import (
     installed_registry,
     registry_with,
     resolve_plugin,
-    seed_everything,
     tiny_encoder,
     tiny_vocab,
 )

@@ -13,7 +13,6 @@ import datasets
 import torch
 
 from objkit.interfaces import BuildContext, Encoder, VocabInfo, WorldInfo
-from objkit.seeding import seed_everything  # noqa: F401 (re-exported by objkit.testing)
 
 CPU = torch.device("cpu")
 TINY_VOCAB_SIZE = 96

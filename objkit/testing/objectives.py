@@ -14,7 +14,8 @@ import torch
 
 from objkit.interfaces import Encoder, Objective, PluginConfig, StepContext, WorldInfo
 
-from objkit.testing._common import CPU, Case, _assert_same_batch, assert_same_state, build_context, checkpoint_round_trip, dummy_source, registry_with, seed_everything, tiny_encoder
+from objkit.seeding import seed_everything
+from objkit.testing._common import CPU, Case, _assert_same_batch, assert_same_state, build_context, checkpoint_round_trip, dummy_source, registry_with, tiny_encoder
 from objkit.testing.registration import check_config, check_recipe_validation
 
 
