@@ -195,7 +195,7 @@ class Settings:
             name="quick", head_layers=4, head_reps=5, overhead_reps=30, hf_reps=30,
             xlco_hidden=256, xlco_heads=4, xlco_ffn=1024, xlco_vocab=0, xlco_batch=16, xlco_reps=8,
             ema_reps=5, queue_reps=11, pipeline_reps=3, pipeline_steps=300, compile_reps=3,
-            tokenizer_lines=50_000, tokenizer_reps=3, cache_lines=50_000, cache_reps=2, sampler_draws=200_000,
+            tokenizer_lines=200_000, tokenizer_reps=3, cache_lines=50_000, cache_reps=2, sampler_draws=200_000,
         )
 
     @classmethod

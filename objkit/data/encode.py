@@ -5,18 +5,31 @@ tokenizers, XLM-R's own) gives the same pieces through the SentencePiece library
 times faster per core than through ``tokenizers``' Unigram. :class:`TextEncoder` uses it when
 the model file is there, maps each SentencePiece id to the HF id of the same piece (the
 fairseq layout: +1, ``<unk>`` -> 3, appended pieces and ``<mask>`` wherever the HF vocabulary
-has them), and checks the first texts of every batch against the HF tokenizer: a batch where
-they differ (a normalisation the two do not share) is tokenized by the HF tokenizer instead.
+has them), and spot-checks texts of every batch against the HF tokenizer: a batch where they
+differ (a normalisation the two do not share) is tokenized by the HF tokenizer instead.
 Without the model file it is the HF tokenizer.
+
+:meth:`TextEncoder.encode_flat` is the bulk path of the data layer: SentencePiece encodes a
+batch on ``threads`` C++ threads (one process uses every core, no worker start-up or pickling),
+the ids are mapped with numpy, and :func:`list_array` cuts and packs them into one Arrow list
+array that ``datasets`` writes without converting Python lists.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import itertools
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+
 SPM_FILE = "sentencepiece.bpe.model"
-CHECKED = 16  # texts of each batch tokenized both ways
+CHECKED = 16  # the first texts an encoder sees, tokenized both ways
+SPOT_CHECKED = 2  # then the first texts of every batch
 
 
 def _model_file(tokenizer: Any) -> Path | None:
@@ -31,10 +44,12 @@ def _model_file(tokenizer: Any) -> Path | None:
 class TextEncoder:
     """``encoder(texts) -> ids`` (no special tokens), picklable for ``num_proc`` workers."""
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, threads: int = 1) -> None:
         self.tokenizer = tokenizer
+        self.threads = max(1, int(threads))  # SentencePiece's C++ threads per batch
         self.model: bytes | None = None
         self.id_map: list[int] | None = None
+        self._id_array: np.ndarray | None = None
         path = _model_file(tokenizer)
         if path is None:
             return
@@ -49,10 +64,17 @@ class TextEncoder:
         unk = tokenizer.unk_token_id
         self.model = model
         self.id_map = [vocab.get(sp.id_to_piece(i), unk) for i in range(sp.get_piece_size())]
+        self._id_array = np.asarray(self.id_map, dtype=np.int32)
         self._sp: Any = sp
 
+    @property
+    def threaded(self) -> bool:
+        """True when batches are tokenized by SentencePiece on ``threads`` threads (so callers
+        need no worker processes)."""
+        return self.id_map is not None
+
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "_sp"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_sp", "_seen")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -60,27 +82,93 @@ class TextEncoder:
     def _hf(self, texts: list[str]) -> list[list[int]]:
         return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
 
-    def __call__(self, texts: list[str]) -> list[list[int]]:
-        if not texts:
-            return []
-        if self.id_map is None:
-            return self._hf(texts)
+    def _processor(self) -> Any:
         sp = self.__dict__.get("_sp")
         if sp is None:
             import sentencepiece as spm
 
             sp = self._sp = spm.SentencePieceProcessor(model_proto=self.model)
-        m = self.id_map
-        ids = [[m[i] for i in row] for row in sp.encode(texts)]
-        if CHECKED and self._hf(texts[:CHECKED]) != ids[:CHECKED]:
-            return self._hf(texts)
-        return ids
+        return sp
+
+    def __call__(self, texts: list[str]) -> list[list[int]]:
+        values, lengths = self.encode_flat(texts)
+        return [row.tolist() for row in np.split(values, np.cumsum(lengths[:-1]))] if texts else []
+
+    def encode_flat(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The ids of ``texts`` as one flat int32 array and the row lengths (int64).
+
+        SentencePiece's ids are checked against the HF tokenizer's on the first ``CHECKED``
+        texts an encoder sees, then on the first ``SPOT_CHECKED`` of every batch (the HF
+        tokenizer is ~20x slower per text); a batch that differs is the HF tokenizer's."""
+        if not texts:
+            return np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int64)
+        if self.id_map is None or self._id_array is None:
+            return flatten(self._hf(texts))
+        with gc_paused():  # the id lists hold no cycles: collections would only rescan them
+            rows = self._processor().encode(texts, num_threads=self.threads)
+            values, lengths = flatten(rows)
+            del rows
+        values = self._id_array[values]
+        seen = self.__dict__.get("_seen", 0)
+        n = min(len(texts), max(CHECKED - seen, SPOT_CHECKED))
+        self._seen = seen + len(texts)
+        if n:
+            ids = np.split(values[: int(lengths[:n].sum())], np.cumsum(lengths[: n - 1]))
+            if [row.tolist() for row in ids] != self._hf(texts[:n]):
+                return flatten(self._hf(texts))
+        return values, lengths
+
+    @property
+    def fingerprint(self) -> str:
+        """A hash of everything the ids depend on (the SentencePiece model, the id map and the
+        HF tokenizer), computed once: ``datasets`` would otherwise pickle and hash the encoder
+        for every ``map``."""
+        cached = self.__dict__.get("_fingerprint")
+        if cached is None:
+            from datasets.fingerprint import Hasher
+
+            hf = getattr(self.tokenizer, "backend_tokenizer", None)
+            hasher = Hasher()
+            hasher.update(hf.to_str() if hf is not None else self.tokenizer)
+            hasher.update(type(self.tokenizer).__name__)
+            hasher.update(self.model or b"")
+            hasher.update(self._id_array.tobytes() if self._id_array is not None else b"")
+            cached = self._fingerprint = hasher.hexdigest()
+        return cached
 
 
-def encode_texts(tokenizer: Any, texts: list[str]) -> list[list[int]]:
-    """Ids of ``texts`` without special tokens, from a :class:`TextEncoder` or an HF tokenizer."""
-    if not texts:
-        return []
-    if isinstance(tokenizer, TextEncoder):
-        return tokenizer(texts)
-    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off inside (id lists and line lists hold no cycles:
+    collections would only rescan millions of them); as it was after."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def flatten(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Nested id lists as (flat int32 values, int64 lengths)."""
+    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    values = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int32, count=int(lengths.sum()))
+    return values, lengths
+
+
+def list_array(values: np.ndarray, lengths: np.ndarray, max_tokens: int | None = None,
+               keep: np.ndarray | None = None) -> pa.ListArray:
+    """Rows ``values[offset:offset + length]`` as an Arrow ``list<int32>`` array: each cut to
+    ``max_tokens``, and only the rows where ``keep`` (bool per row) is true."""
+    if keep is not None and not keep.all():
+        values = values[np.repeat(keep, lengths)]
+        lengths = lengths[keep]
+    if max_tokens is not None and len(lengths) and int(lengths.max()) > max_tokens:
+        starts = np.cumsum(lengths) - lengths
+        position = np.arange(len(values)) - np.repeat(starts, lengths)
+        values = values[position < max_tokens]
+        lengths = np.minimum(lengths, max_tokens)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)  # one map batch: far below 2**31 ids
+    np.cumsum(lengths, out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.int32()))

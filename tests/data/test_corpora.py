@@ -224,6 +224,7 @@ def test_sentencepiece_fast_path_gives_the_hf_tokenizers_ids(tmp_path, monkeypat
     from objkit.data import encode
 
     monkeypatch.setattr(encode, "CHECKED", 0)  # SentencePiece's ids alone, no spot check to fall back on
+    monkeypatch.setattr(encode, "SPOT_CHECKED", 0)
     assert encoder(texts + unseen) == hf_tok(texts + unseen, add_special_tokens=False)["input_ids"]
     word_level = tiny_encoder(layers=1)[1]  # no SentencePiece model: the HF tokenizer itself
     assert TextEncoder(word_level).id_map is None

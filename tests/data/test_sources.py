@@ -177,3 +177,76 @@ def test_cldr_unknown_locale(tok):
     source = CldrSource(type="cldr", locales=["en", "dee"])
     with pytest.raises(UserError, match=r"^data.cldr.locales\[1\]: unknown CLDR locale 'dee'; did you mean .*'de'"):
         load_source("cldr", source, tok, max_tokens=32)
+
+
+def test_text_files_are_tokenized_in_one_pass_as_datasets_text_reader_and_the_hf_tokenizer_would(tok, tmp_path):
+    """Plain and compressed text files are read, tokenized and written in one pass (no raw-text
+    dataset, no ``map``): the rows are those of ``datasets``' ``text`` reader (universal
+    newlines, split on ``\\n`` only) tokenized by the HF tokenizer, stripped, blank lines
+    dropped, cut to ``max_tokens`` -- across read batches -- and ``max_lines`` counts raw lines."""
+    from objkit.data import sources
+
+    words = ["Guten", "Tag", "Россия", "日本", "café", "Zürich", " ", "\t", "\u00a0", "x"]
+    lines = [" ".join(words[(i * 7 + j) % len(words)] for j in range(i % 40)) for i in range(900)]
+    raw = "\r\n".join(f"  {line} " if i % 5 == 0 else line for i, line in enumerate(lines)) + "\rend\n"
+    (tmp_path / "a.txt").write_bytes(raw.encode("utf-8"))
+    with gzip.open(tmp_path / "b.txt.gz", "wb") as f:
+        f.write(raw.encode("utf-8"))
+    reference = datasets.load_dataset("text", data_files=[str(tmp_path / "a.txt")], split="train",
+                                      cache_dir=str(tmp_path / "ref"))["text"]
+
+    def expected(limit=None):
+        texts = [t.strip() for t in reference[:limit] if t.strip()]
+        ids = [i[:20] for i in tok(texts, add_special_tokens=False)["input_ids"]]
+        return [i for i in ids if i]
+
+    old_chars = sources._READ_CHARS
+    sources._READ_CHARS = 500  # many read batches
+    try:
+        for name in ("a.txt", "b.txt.gz"):
+            ds = load_source("mono", text_source({"path": name, "lang": "de"}), tok, max_tokens=20, base_dir=tmp_path,
+                             cache_dir=str(tmp_path / "hf"))
+            assert ds["input_ids"] == expected()
+            assert set(ds["group"]) == {"de"}
+            some = load_source("mono", text_source({"path": name, "lang": "de"}, max_lines=333), tok, max_tokens=20,
+                               base_dir=tmp_path, cache_dir=str(tmp_path / "hf"))
+            assert some["input_ids"] == expected(333)
+    finally:
+        sources._READ_CHARS = old_chars
+
+
+def test_tokenized_text_files_are_cached_by_content_stamp(tok, tmp_path):
+    """A second read of an unchanged file opens the Arrow rows the first wrote; a changed file
+    (size / mtime) is tokenized again; with ``datasets`` caching off nothing lands in the cache."""
+    path = tmp_path / "a.txt"
+    path.write_text("Guten Tag\nDeutschland\n", encoding="utf-8")
+    source = text_source({"path": "a.txt", "lang": "de"})
+    first = load(source, tok, tmp_path)
+    again = load(source, tok, tmp_path)
+    assert [f["filename"] for f in again.cache_files] == [f["filename"] for f in first.cache_files]
+    assert Path(first.cache_files[0]["filename"]).is_relative_to(tmp_path / "hf")
+    path.write_text("Frankreich\n", encoding="utf-8")
+    changed = load(source, tok, tmp_path)
+    assert [decode(tok, i) for i in changed["input_ids"]] == ["Frankreich"]
+    assert not list((tmp_path / "hf").rglob("*.tmp"))  # written whole, then renamed
+    datasets.disable_caching()
+    try:
+        path.write_text("Italien\n", encoding="utf-8")
+        before = set((tmp_path / "hf").rglob("*.arrow"))
+        assert [decode(tok, i) for i in load(source, tok, tmp_path)["input_ids"]] == ["Italien"]
+        assert set((tmp_path / "hf").rglob("*.arrow")) == before
+    finally:
+        datasets.enable_caching()
+
+
+def test_list_array_cuts_and_keeps_rows_like_python_slicing():
+    import numpy as np
+
+    from objkit.data.encode import flatten, list_array
+
+    rows = [[1, 2, 3, 4, 5], [], [6], [7, 8, 9], [10, 11]]
+    values, lengths = flatten(rows)
+    keep = np.array([True, False, True, True, False])
+    assert list_array(values, lengths, 2, keep=keep).to_pylist() == [[1, 2], [6], [7, 8]]
+    assert list_array(values, lengths, 10).to_pylist() == rows
+    assert list_array(values, lengths).type.value_type == "int32"
