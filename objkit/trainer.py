@@ -45,7 +45,13 @@ from objkit.build import (
     build_schedule,
     load_tokenizer,
 )
-from objkit.device import autocast_factory, resolve_precision, thread_counts, training_device
+from objkit.device import (
+    autocast_factory,
+    resolve_precision,
+    return_freed_host_memory,
+    thread_counts,
+    training_device,
+)
 from objkit.seeding import derive_seed, seed_everything
 from objkit.step import CollatedStep, CompositeLoss, ObjectiveSlot
 from objkit.tokenizer import save_tokenizer_for
@@ -67,6 +73,7 @@ class Trainer:
         self.registry = registry
         self.progress = progress
         self.device = training_device(self.train_cfg.device, distributed.env_world().rank)
+        return_freed_host_memory(self.device)  # before the model: its blocks are mmap'd too
         if world is None:
             world = distributed.init_distributed(self.device, timeout=self.train_cfg.collective_timeout)
         self.world = world

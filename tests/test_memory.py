@@ -230,3 +230,37 @@ def test_dry_run_reports_memory_with_and_without_the_options():
     # the count: embeddings s·b·h, then 8·s·b·h + 2·s·b·f + s²·b per block (1 block of 4 tokens here)
     shape = ModelShape(layers=1, hidden=2, heads=1, ffn=8, vocab=10)
     assert activation_elements(shape, batch=1, length=4, checkpointing=False) == 8 + (8 * 8 + 2 * 32 + 16)
+
+
+def test_cpu_runs_return_freed_host_memory_and_the_environment_can_turn_it_off(monkeypatch):
+    """On a CPU run (glibc) allocations from 1 MiB are mmap'd, so freed activations go back to the
+    system; ``OBJKIT_MMAP_THRESHOLD`` sets the threshold, 0 leaves glibc's own; other devices
+    are left alone."""
+    import ctypes.util
+
+    import torch
+
+    from objkit.device import HOST_MMAP_THRESHOLD, return_freed_host_memory
+
+    if ctypes.util.find_library("c") is None or not hasattr(ctypes.CDLL("libc.so.6"), "mallopt"):
+        pytest.skip("not glibc")
+    assert return_freed_host_memory(torch.device("meta")) is None
+    monkeypatch.setenv("OBJKIT_MMAP_THRESHOLD", "0")
+    assert return_freed_host_memory(torch.device("cpu")) is None
+    monkeypatch.setenv("OBJKIT_MMAP_THRESHOLD", str(4 << 20))
+    assert return_freed_host_memory(torch.device("cpu")) == 4 << 20
+    monkeypatch.delenv("OBJKIT_MMAP_THRESHOLD")
+    assert return_freed_host_memory(torch.device("cpu")) == HOST_MMAP_THRESHOLD
+
+
+def test_dry_run_counts_the_tied_gradient_copies_of_the_backward():
+    """Three copies of the word-embedding gradient with a chunked head (accumulated decoder
+    gradient, the chunk's, their sum), two with the head in one piece; in the total."""
+    from objkit.plan import ModelShape, estimate_memory
+
+    shape = ModelShape(layers=2, hidden=64, heads=2, ffn=128, vocab=1000)
+    static = {"weights": 10}
+    chunked = estimate_memory(shape, 8, 128, "fp32", static, checkpointing=True, chunk_rows=16)
+    whole = estimate_memory(shape, 8, 128, "fp32", static, checkpointing=True, chunk_rows=0)
+    assert chunked.tied_gradient == 3 * 4 * 1000 * 64 and whole.tied_gradient == 2 * 4 * 1000 * 64
+    assert chunked.total == 10 + chunked.activations + chunked.lm_head + chunked.tied_gradient
