@@ -13,8 +13,10 @@ Everything else (truncated passes, momentum copies, FSDP units, export) is
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
+import torch
 from pydantic import model_validator
 from transformers import BertConfig, BertForMaskedLM, PretrainedConfig
 from torch import nn
@@ -68,6 +70,10 @@ class BertEncoder(MaskedLMEncoder):
 
     def head(self) -> nn.Module:
         return self.mlm.cls
+
+    def lm_head_parts(self) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor, torch.Tensor | None]:
+        predictions = self.mlm.cls.predictions  # BertLMPredictionHead: transform, then the decoder
+        return predictions.transform, predictions.decoder.weight, predictions.decoder.bias
 
 
 @hookimpl

@@ -14,7 +14,7 @@ the step's compute and memory.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -22,6 +22,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 from transformers import AutoConfig, PretrainedConfig, PreTrainedModel, XLMRobertaConfig, XLMRobertaForMaskedLM
+from transformers.activations import gelu
 
 from objkit.errors import UserError
 from objkit.hookspecs import PLUGIN_API_VERSION, hookimpl
@@ -315,6 +316,14 @@ class XLMREncoder(MaskedLMEncoder):
 
     def head(self) -> nn.Module:
         return self.mlm.lm_head
+
+    def lm_head_parts(self) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor, torch.Tensor | None]:
+        head = self.mlm.lm_head  # XLMRobertaLMHead: dense, GELU, layer norm, then the decoder
+
+        def transform(hidden: torch.Tensor) -> torch.Tensor:
+            return head.layer_norm(gelu(head.dense(hidden)))
+
+        return transform, head.decoder.weight, head.decoder.bias
 
 
 def mean_of_rows(table: torch.Tensor, row_sources: Sequence[Sequence[int]]) -> torch.Tensor:

@@ -261,6 +261,14 @@ class Encoder(Plugin, nn.Module, ABC):
     @abstractmethod
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor: ...
 
+    def lm_head_parts(self) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor, torch.Tensor | None] | None:
+        """The LM head as ``(transform, weight, bias)``: ``lm_logits(h) == F.linear(transform(h),
+        weight, bias)``, the decoder's ``weight`` ``[vocab, d]`` and ``bias`` ``[vocab]`` (or None).
+        With it, :func:`objkit.lm_head_loss`'s chunked path runs the decoder and the cross-entropy
+        as one autograd function that holds one decoder-sized gradient instead of three. Default
+        None: each chunk of :meth:`lm_logits` is checkpointed instead. (API 1.4)"""
+        return None
+
     @abstractmethod
     def body(self) -> nn.Module:
         """The transformer body without the LM head (what a momentum copy tracks)."""

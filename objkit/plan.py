@@ -54,11 +54,12 @@ class MemoryEstimate:
     checkpointing: bool
     tied_gradient: int
     """Copies of the word-embedding matrix's fp32 gradient alive together during a backward
-    pass, beside ``.grad``: the tied decoder's gradient accumulated so far, the one being added
-    (a head chunk's, or the embedding's own dense gradient) and their sum -- three with a
-    chunked head, two with the head in one piece. Measured on ``infoxlm_large`` shapes
-    (``benchmarks/run.py``'s ``large_peak_vs_analytic``): the peak of a step is in the backward
-    of its second objective, with the activations still held."""
+    pass, beside ``.grad``: the tied decoder's gradient and the embedding's own dense one (two:
+    the head in one piece, or chunked through :meth:`Encoder.lm_head_parts`, whose backward
+    accumulates the chunks' decoder gradients in one buffer); a checkpoint per chunk adds a
+    third, the chunk's gradient being summed into what came before. Measured on
+    ``infoxlm_large`` shapes (``benchmarks/run.py``'s ``large_peak_vs_analytic``): the peak of a
+    step is in the backward of its second objective, with the activations still held."""
 
     @property
     def total(self) -> int:
@@ -97,18 +98,20 @@ def estimate_memory(
     checkpointing: bool,
     chunk_rows: int,
     graphs: int = 1,
+    fused_head: bool = True,
 ) -> MemoryEstimate:
     """Static bytes plus the activations of ``graphs`` objectives' passes (1 with the default
     per-objective backward: one graph at a time) and the LM head's fp32 logits on 15% of the
     tokens: the logits and their log-softmax in the forward, its gradient in the backward, so
     three ``rows × vocab`` tensors, or three ``chunk × vocab`` ones when chunked. Activations
-    take 4 bytes an element in fp32 and about 2 under bf16/fp16 autocast."""
+    take 4 bytes an element in fp32 and about 2 under bf16/fp16 autocast. ``fused_head``: the
+    encoder has :meth:`Encoder.lm_head_parts` (see :attr:`MemoryEstimate.tied_gradient`)."""
     element = 2 if precision in ("bf16", "fp16") else 4
     activations = graphs * element * activation_elements(shape, batch, length, checkpointing)
     rows = math.ceil(MASKED_FRACTION * batch * length)
     live = min(chunk_rows, rows) if chunk_rows else rows
     lm_head = graphs * 3 * 4 * live * shape.vocab
-    tied_copies = 3 if chunk_rows and rows > chunk_rows else 2
+    tied_copies = 3 if chunk_rows and rows > chunk_rows and not fused_head else 2
     return MemoryEstimate(static=dict(static), activations=activations, lm_head=lm_head, head_rows=rows,
                           chunk_rows=chunk_rows, checkpointing=checkpointing,
                           tied_gradient=tied_copies * 4 * shape.vocab * shape.hidden)
@@ -201,14 +204,15 @@ def plan_with_memory(
     joint = recipe.train.backward == "joint" and n_obj > 1
     static = {"weights": weights, "gradients": weights, "adamw": optimizer, "objective_state": extra_bytes + copies}
     chunk = recipe.train.lm_head_chunk_rows or 0
+    fused = encoder.lm_head_parts() is not None
     run = estimate_memory(shape, micro, max_len, precision, static,
                           # a list that leaves out an objective: its graph may be the largest (conservative)
                           checkpointing={b.name for b in objectives} <= checkpointed, chunk_rows=chunk,
-                          graphs=n_obj if joint else 1)
+                          graphs=n_obj if joint else 1, fused_head=fused)
     plain = estimate_memory(shape, micro, max_len, precision, static, checkpointing=False, chunk_rows=0,
-                            graphs=n_obj if joint else 1)
+                            graphs=n_obj if joint else 1, fused_head=fused)
     lean = estimate_memory(shape, micro, max_len, precision, static, checkpointing=True,
-                           chunk_rows=chunk or SUGGESTED_CHUNK_ROWS, graphs=n_obj if joint else 1)
+                           chunk_rows=chunk or SUGGESTED_CHUNK_ROWS, graphs=n_obj if joint else 1, fused_head=fused)
     rows.append(("precision", precision))
     if world.world_size > 1:
         layout = "FSDP2, sharded over" if sharded else "DDP, replicated on"

@@ -130,35 +130,63 @@ def _tiny_encoder(vocab: int = 300) -> XLMREncoder:
     return XLMREncoder.from_hf_config(architecture(config, vocab))
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["lm_head_parts", "checkpointed_chunks"])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_chunked_head_equals_the_whole_head_and_saves_no_logits(reduction):
+def test_chunked_head_equals_the_whole_head_and_saves_no_logits(reduction, fused):
+    """Both chunked paths -- one autograd function over the head's parts (an encoder with
+    ``lm_head_parts``) and a checkpoint per chunk (one without) -- give the whole head's loss,
+    hits and gradients (the hidden rows', the transform's, the tied decoder's and its bias), and
+    keep no logits for the backward (rows with ``ignore_index`` count nothing)."""
     encoder = _tiny_encoder()
+    if not fused:
+        encoder.lm_head_parts = lambda: None
     hidden = torch.randn(23, 16, requires_grad=True)
     targets = torch.randint(0, 300, (23,))
-    results, grads, largest = {}, {}, {}
+    targets[5] = -100
+    results, grads, shapes = {}, {}, {}
     for chunk in (0, 4):
         encoder.zero_grad()
         hidden.grad = None
-        saved: list[int] = []
+        saved: list[tuple[int, ...]] = []
 
         def pack(t: torch.Tensor) -> torch.Tensor:
-            saved.append(t.numel())
+            saved.append(tuple(t.shape))
             return t
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             out = lm_head_loss(encoder, hidden, targets, reduction=reduction, chunk_rows=chunk)
         out.loss.backward()
         results[chunk] = out
-        largest[chunk] = max(saved)
+        shapes[chunk] = saved
         grads[chunk] = [hidden.grad.clone()] + [p.grad.clone() for p in encoder.mlm.lm_head.parameters()]
     whole, chunked = results[0], results[4]
     torch.testing.assert_close(chunked.loss, whole.loss, rtol=1e-5, atol=1e-6)
     assert int(chunked.correct) == int(whole.correct) and chunked.rows == whole.rows == 23
     for a, b in zip(grads[0], grads[4], strict=True):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
-    # the whole head keeps [23, 300] logits for its backward; the chunked one keeps only its inputs
-    assert largest[0] >= 23 * 300
-    assert largest[4] < 4 * 300
+    # the whole head keeps [23, 300] logits for its backward; the chunked ones no [k, vocab] tensor
+    assert (23, 300) in shapes[0]
+    assert not [shape for shape in shapes[4] if len(shape) == 2 and shape[-1] == 300]
+
+
+def test_fused_chunked_head_follows_autocast_like_the_checkpointed_one():
+    """Under autocast (bf16 on CPU here; CUDA the same way) the fused head's logit matmuls run in
+    the autocast dtype in the forward and again in the backward, as the checkpointed chunks'
+    do: equal losses and gradients to bf16 tolerance."""
+    encoder = _tiny_encoder()
+    hidden = torch.randn(23, 16, requires_grad=True)
+    targets = torch.randint(0, 300, (23,))
+    grads = {}
+    for fused in (True, False):
+        encoder.zero_grad()
+        hidden.grad = None
+        encoder.lm_head_parts = type(encoder).lm_head_parts.__get__(encoder) if fused else (lambda: None)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = lm_head_loss(encoder, hidden, targets, chunk_rows=4)
+        out.loss.backward()
+        grads[fused] = [out.loss.detach(), hidden.grad.clone(), encoder.mlm.lm_head.decoder.weight.grad.clone()]
+    for a, b in zip(grads[True], grads[False], strict=True):
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-3)
 
 
 def test_chunked_head_without_gradients_and_the_encoder_default():
@@ -254,13 +282,16 @@ def test_cpu_runs_return_freed_host_memory_and_the_environment_can_turn_it_off(m
 
 
 def test_dry_run_counts_the_tied_gradient_copies_of_the_backward():
-    """Three copies of the word-embedding gradient with a chunked head (accumulated decoder
-    gradient, the chunk's, their sum), two with the head in one piece; in the total."""
+    """Two copies of the word-embedding gradient (the decoder's, the embedding's) with the head
+    in one piece or chunked through lm_head_parts, three with checkpointed chunks (the chunk's
+    gradient summed into what came before); in the total."""
     from objkit.plan import ModelShape, estimate_memory
 
     shape = ModelShape(layers=2, hidden=64, heads=2, ffn=128, vocab=1000)
     static = {"weights": 10}
-    chunked = estimate_memory(shape, 8, 128, "fp32", static, checkpointing=True, chunk_rows=16)
-    whole = estimate_memory(shape, 8, 128, "fp32", static, checkpointing=True, chunk_rows=0)
-    assert chunked.tied_gradient == 3 * 4 * 1000 * 64 and whole.tied_gradient == 2 * 4 * 1000 * 64
+    fused = estimate_memory(shape, 8, 128, "fp32", static, checkpointing=True, chunk_rows=16)
+    chunked = estimate_memory(shape, 8, 128, "fp32", static, checkpointing=True, chunk_rows=16, fused_head=False)
+    whole = estimate_memory(shape, 8, 128, "fp32", static, checkpointing=True, chunk_rows=0, fused_head=False)
+    matrix = 4 * 1000 * 64
+    assert (fused.tied_gradient, chunked.tied_gradient, whole.tied_gradient) == (2 * matrix, 3 * matrix, 2 * matrix)
     assert chunked.total == 10 + chunked.activations + chunked.lm_head + chunked.tied_gradient
