@@ -20,7 +20,8 @@ from __future__ import annotations
 import contextlib
 import gc
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -102,12 +103,37 @@ class TextEncoder:
         tokenizer is ~20x slower per text); a batch that differs is the HF tokenizer's."""
         if not texts:
             return np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int64)
-        if self.id_map is None or self._id_array is None:
+        if self.id_map is None:
             return flatten(self._hf(texts))
+        return self._finish(texts, self._encode_pieces(texts))
+
+    def encode_batches(self, batches: Iterable[list[str]]) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
+        """``(texts, values, lengths)`` of :meth:`encode_flat` for each batch, SentencePiece
+        encoding the next batch on a worker thread (its C++ part without the GIL) while this one
+        is flattened, mapped and checked here."""
+        if self.id_map is None:
+            yield from ((texts, *self.encode_flat(texts)) for texts in batches)
+            return
+        with ThreadPoolExecutor(1, thread_name_prefix="objkit-encode") as pool:
+            pending: tuple[list[str], Future[list[list[int]]]] | None = None
+            for texts in batches:
+                future = pool.submit(self._encode_pieces, texts)
+                if pending is not None:
+                    yield pending[0], *self._finish(pending[0], pending[1].result())
+                pending = (texts, future)
+            if pending is not None:
+                yield pending[0], *self._finish(pending[0], pending[1].result())
+
+    def _encode_pieces(self, texts: list[str]) -> list[list[int]]:
         with gc_paused():  # the id lists hold no cycles: collections would only rescan them
-            rows = self._processor().encode(texts, num_threads=self.threads)
+            return self._processor().encode(texts, num_threads=self.threads) if texts else []
+
+    def _finish(self, texts: list[str], rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """SentencePiece's ``rows`` of ``texts`` flattened and mapped onto the HF ids, spot-checked."""
+        with gc_paused():
             values, lengths = flatten(rows)
-            del rows
+        del rows
+        assert self._id_array is not None
         values = self._id_array[values]
         seen = self.__dict__.get("_seen", 0)
         n = min(len(texts), max(CHECKED - seen, SPOT_CHECKED))

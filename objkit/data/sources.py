@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 import datasets
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from datasets.arrow_writer import ArrowWriter
@@ -85,7 +86,11 @@ def _tokenize_text(batch: dict[str, list[Any]], *, tokenizer: Any, max_tokens: i
 def _text_rows(texts: list[str], encoder: TextEncoder, max_tokens: int, lang: str | list[str]) -> pa.Table:
     """Stripped texts as rows (blank ones encode to no ids and are dropped), with a
     ``truncated`` flag per row; ``lang``: one language, or one per text."""
-    values, lengths = encoder.encode_flat(texts)
+    return _id_rows(*encoder.encode_flat(texts), max_tokens, lang)
+
+
+def _id_rows(values: np.ndarray, lengths: np.ndarray, max_tokens: int, lang: str | list[str]) -> pa.Table:
+    """:func:`_text_rows` from the texts' ids (flat values, row lengths)."""
     rows = lengths > 0
     if isinstance(lang, str):
         groups = pa.array([lang] * int(rows.sum()), pa.string())
@@ -204,8 +209,8 @@ def _tokenized_text_file(path: Path, key: str, entry_lang: str, encoder: TextEnc
     os.close(handle)
     try:
         with ArrowWriter(features=TEXT_FEATURES, path=tmp) as writer, gc_paused():
-            for lines in _read_ahead(_text_lines(path, max_lines)):
-                table = _text_rows(lines, encoder, max_tokens, entry_lang)
+            for _, values, lengths in encoder.encode_batches(_read_ahead(_text_lines(path, max_lines))):
+                table = _id_rows(values, lengths, max_tokens, entry_lang)
                 truncated += int(pc.sum(table.column("truncated")).as_py() or 0)
                 writer.write_table(table.drop_columns(["truncated"]))
             writer.finalize()
