@@ -35,10 +35,8 @@ runtime turns on DDP's ``find_unused_parameters`` (see :mod:`objkit.distributed`
 Padding: the reference pads each side's batch to its longest row. Here the query batch and
 the key batch each run as ``length_groups`` (default 2) passes over rows of similar length,
 each padded to its own longest row (:func:`objkit.length_groups`, the split with the fewest
-token slots), the vectors put back in batch order, where the split saves ``MIN_GROUP_SAVING``
-(10%) of one padded batch's slots or more; rows of similar length (a bucketed batch) run as one
-batch. Under FSDP, which unshards per pass, every rank runs ``length_groups`` passes. The loss
-and gradients are those of one padded batch up to float rounding. With the random query side each batch
+token slots; as many passes on every rank), the vectors put back in batch order: the loss and
+gradients of one padded batch up to float rounding. With the random query side each batch
 mixes both languages of its pairs, so one padded batch pads every shorter side to its
 neighbours' longer side. For ``train.length_bucketing`` XLCO sorts on the longer side, then
 the shorter (:meth:`bucket_lengths`).
@@ -97,9 +95,6 @@ from objkit import (
     side_lengths,
 )
 
-MIN_GROUP_SAVING = 0.1
-"""The share of one padded batch's token slots a split into length groups must save to run."""
-
 
 class XlcoConfig(PluginConfig):
     layer: int = Field(8, ge=1, description="hidden state used: output of this block (reference: 8 for base)")
@@ -125,9 +120,9 @@ class XlcoConfig(PluginConfig):
         True, description="run only the blocks up to layer (false: full depth, for comparison)"
     )
     length_groups: int = Field(
-        2, ge=1, description="run the query and the key batch each as up to this many groups of similar length, "
-        "each padded to its own longest row, where that saves 10% of the token slots or more (under FSDP always "
-        "this many; 1: one padded batch, as the reference)"
+        2, ge=1, description="run the query and the key batch each as this many groups of similar length "
+        "(fewer only in smaller micro-batches), each padded to its own longest row (1: one padded batch, as the "
+        "reference)"
     )
 
     @field_validator("momentum", mode="before")
@@ -201,7 +196,6 @@ class CrossLingualContrast(Objective):
             nn.init.normal_(self.projection.weight, mean=0.0, std=0.02)
             self.key_projection = make_momentum_copy(self.projection)
         self.tracker = self._track()
-        self.passes_agreed = False  # FSDP: every rank runs as many passes (set by shard)
         self.scale_module = InverseTemperature(config.temperature, ctx.device) if config.learnable_temperature else None
         self.stores: dict[str, NegativeStore] = {}
         for name, table in config.negatives.items():
@@ -226,7 +220,6 @@ class CrossLingualContrast(Objective):
     def shard(self, shard: Callable[..., None]) -> None:
         """FSDP: shard the key encoder block by block like the query encoder, so each EMA
         update pairs local shards of equal shape; then re-pair (sharding replaces parameters)."""
-        self.passes_agreed = True  # unsharding runs per pass: as many passes on every rank
         shard(self.key_body, units=self.key_copy.shard_units())
         if self.key_projection is not None:
             shard(self.key_projection)
@@ -264,14 +257,7 @@ class CrossLingualContrast(Objective):
         as ``{prefix}input_ids.1``, ..., each padded to its own longest row, and, when there are
         several, ``{prefix}group_rows``: the batch row of every row of the groups laid end to end.
         One group holds every row in order: the layout of ``length_groups = 1``."""
-        lengths = [len(s) for s in sequences]
-        groups = length_groups(lengths, self.config.length_groups)
-        if len(groups) > 1 and not self.passes_agreed:
-            # a further pass only where it saves slots: rows of similar length (a bucketed batch)
-            # would run two smaller batches for nothing. FSDP keeps the fixed count (see shard).
-            split = sum(len(rows) * max(lengths[i] for i in rows) for rows in groups)
-            if split > (1 - MIN_GROUP_SAVING) * len(lengths) * max(lengths):
-                groups = [list(range(len(lengths)))]
+        groups = length_groups([len(s) for s in sequences], self.config.length_groups)
         out: dict[str, torch.Tensor] = {}
         for g, rows in enumerate(groups):
             suffix = f".{g}" if g else ""

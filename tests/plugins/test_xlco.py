@@ -346,17 +346,3 @@ def test_two_ranks_with_gathered_in_batch_keys_compute_the_loss_of_one(registry)
     assert [o.sample_size for o in outs] == [4, 4] and whole.sample_size == 8
     torch.testing.assert_close((outs[0].loss + outs[1].loss) / 2, whole.loss, rtol=1e-5, atol=1e-6)
     assert (outs[0].metrics["accuracy"] + outs[1].metrics["accuracy"]) / 2 == pytest.approx(whole.metrics["accuracy"])
-
-
-def test_length_groups_split_only_where_it_saves_slots_except_under_fsdp(registry):
-    """Rows of similar length (a bucketed batch) run as one padded batch per side: a second pass
-    would save under 10% of the slots. Under FSDP (``shard`` called) every rank runs
-    ``length_groups`` passes whatever its rows, since unsharding runs per pass."""
-    similar = [{**row, "src_ids": (row["src_ids"] * 5)[:20 + i % 2], "tgt_ids": (row["tgt_ids"] * 5)[:20],
-                "sample_seed": 700 + i} for i, row in enumerate(pairs(8, 7))]
-    obj = build(registry, tiny_encoder(), length_groups=2, negatives={"in_batch": {}})
-    batch = obj.collate(similar, torch.Generator().manual_seed(0))
-    assert "input_ids.1" not in batch and "key_input_ids.1" not in batch
-    obj.passes_agreed = True  # what shard() sets under FSDP
-    batch = obj.collate(similar, torch.Generator().manual_seed(0))
-    assert "input_ids.1" in batch and "key_input_ids.1" in batch
