@@ -54,12 +54,12 @@ class MemoryEstimate:
     checkpointing: bool
     tied_gradient: int
     """Copies of the word-embedding matrix's fp32 gradient alive together during a backward
-    pass, beside ``.grad``: the tied decoder's gradient and the embedding's own dense one (two:
-    the head in one piece, or chunked through :meth:`Encoder.lm_head_parts`, whose backward
-    accumulates the chunks' decoder gradients in one buffer); a checkpoint per chunk adds a
-    third, the chunk's gradient being summed into what came before. Measured on
-    ``infoxlm_large`` shapes (``benchmarks/run.py``'s ``large_peak_vs_analytic``): the peak of a
-    step is in the backward of its second objective, with the activations still held."""
+    pass, beside ``.grad``: the tied decoder's gradient, the embedding's own dense one and,
+    where autograd adds them out of place, their sum -- three with the head in one piece or
+    checkpointed per chunk; two with the head chunked through :meth:`Encoder.lm_head_parts`,
+    whose backward accumulates the decoder gradient in one buffer that takes the embedding's
+    in place. Measured with ``benchmarks/memory_phases.py`` on ``infoxlm_large`` shapes: the
+    peak of a step is in the backward of its second objective, with the activations held."""
 
     @property
     def total(self) -> int:
@@ -111,7 +111,7 @@ def estimate_memory(
     rows = math.ceil(MASKED_FRACTION * batch * length)
     live = min(chunk_rows, rows) if chunk_rows else rows
     lm_head = graphs * 3 * 4 * live * shape.vocab
-    tied_copies = 3 if chunk_rows and rows > chunk_rows and not fused_head else 2
+    tied_copies = 2 if chunk_rows and rows > chunk_rows and fused_head else 3
     return MemoryEstimate(static=dict(static), activations=activations, lm_head=lm_head, head_rows=rows,
                           chunk_rows=chunk_rows, checkpointing=checkpointing,
                           tied_gradient=tied_copies * 4 * shape.vocab * shape.hidden)

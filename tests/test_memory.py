@@ -282,9 +282,9 @@ def test_cpu_runs_return_freed_host_memory_and_the_environment_can_turn_it_off(m
 
 
 def test_dry_run_counts_the_tied_gradient_copies_of_the_backward():
-    """Two copies of the word-embedding gradient (the decoder's, the embedding's) with the head
-    in one piece or chunked through lm_head_parts, three with checkpointed chunks (the chunk's
-    gradient summed into what came before); in the total."""
+    """Three copies of the word-embedding gradient (the decoder's, the embedding's, their sum)
+    with the head in one piece or checkpointed chunks; two chunked through lm_head_parts (one
+    buffer that takes the embedding's in place); in the total."""
     from objkit.plan import ModelShape, estimate_memory
 
     shape = ModelShape(layers=2, hidden=64, heads=2, ffn=128, vocab=1000)
@@ -293,5 +293,5 @@ def test_dry_run_counts_the_tied_gradient_copies_of_the_backward():
     chunked = estimate_memory(shape, 8, 128, "fp32", static, checkpointing=True, chunk_rows=16, fused_head=False)
     whole = estimate_memory(shape, 8, 128, "fp32", static, checkpointing=True, chunk_rows=0, fused_head=False)
     matrix = 4 * 1000 * 64
-    assert (fused.tied_gradient, chunked.tied_gradient, whole.tied_gradient) == (2 * matrix, 3 * matrix, 2 * matrix)
+    assert (fused.tied_gradient, chunked.tied_gradient, whole.tied_gradient) == (2 * matrix, 3 * matrix, 3 * matrix)
     assert chunked.total == 10 + chunked.activations + chunked.lm_head + chunked.tied_gradient
