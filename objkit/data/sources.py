@@ -4,8 +4,9 @@ Where the raw text comes from is one module per kind of source: local files
 (:mod:`objkit.data.files`: .txt, Moses-style .en/.de, .jsonl, .parquet, maybe compressed),
 bitext files (:mod:`objkit.data.bitext`: .tsv, .tmx), anything ``datasets`` loads
 (:mod:`objkit.data.hf`) and the embedded CLDR corpus (:mod:`objkit.data.cldr`). This module
-tokenizes them with a batched ``map`` (``num_proc`` processes; cached by ``datasets`` for
-file-backed, non-streaming data) and concatenates them in recipe order. Rows carry a
+has them tokenized (:mod:`objkit.data.tokenize`: plain text files in one pass, the rest with a
+batched ``map``; cached for file-backed, non-streaming data) and concatenates them in recipe
+order. Rows carry a
 ``group`` column: the language (text) or ``"src-tgt"`` (parallel), used for α-sampling and
 by packing.
 
@@ -16,33 +17,21 @@ the model's ``max_length`` are truncated, and counted (a warning per file).
 
 from __future__ import annotations
 
-import io
 import itertools
-import logging
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeAlias
 
 import datasets
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-from datasets.arrow_writer import ArrowWriter
-from datasets.fingerprint import Hasher, get_temporary_cache_files_directory
 
 from objkit.data.bitext import bitext_format, count_bitext, iter_bitext
 from objkit.data.cldr import cldr_dataset, iter_cldr_texts, language_pairs, parse_locale
-from objkit.data.encode import TextEncoder, gc_paused, list_array
 from objkit.data.files import (
     AnyDataset,
     check_file,
     expand,
     file_format,
-    open_binary,
     read_error,
     read_file,
     scan_text_file,
@@ -50,6 +39,15 @@ from objkit.data.files import (
     utf8_problem,
 )
 from objkit.data.hf import open_hf, raw_rows
+from objkit.data.tokenize import (
+    PARALLEL_FEATURES,
+    TEXT_FEATURES,
+    encoder_for,
+    tokenize_map,
+    tokenize_pairs,
+    tokenize_text,
+    tokenize_text_file,
+)
 from objkit.errors import UserError, first_line
 from objkit.schema import CldrSource, HfSource, ParallelPair, ParallelSource, TextSource
 
@@ -58,172 +56,10 @@ __all__ = [  # scan_text_file and utf8_problem are used by eval tasks and tests 
     "scan_text_file", "source_files", "source_group_sizes", "source_groups", "utf8_problem",
 ]
 
-log = logging.getLogger(__name__)
 
 Source: TypeAlias = TextSource | ParallelSource | CldrSource | HfSource
 
-TEXT_FEATURES = datasets.Features(
-    {"input_ids": datasets.Sequence(datasets.Value("int32")), "lang": datasets.Value("string"),
-     "group": datasets.Value("string")}
-)
-PARALLEL_FEATURES = datasets.Features(
-    {"src_ids": datasets.Sequence(datasets.Value("int32")), "tgt_ids": datasets.Sequence(datasets.Value("int32")),
-     "src_lang": datasets.Value("string"), "tgt_lang": datasets.Value("string"), "group": datasets.Value("string")}
-)
 RAW_PAIR_FEATURES = datasets.Features({"src_text": datasets.Value("string"), "tgt_text": datasets.Value("string")})
-
-
-# ----------------------------------------------------------------------------- tokenization
-def _encoder(tokenizer: Any, threads: int = 1) -> TextEncoder:
-    return tokenizer if isinstance(tokenizer, TextEncoder) else TextEncoder(tokenizer, threads=threads)
-
-
-def _tokenize_text(batch: dict[str, list[Any]], *, tokenizer: Any, max_tokens: int, lang: str | None) -> pa.Table:
-    return _text_rows([t.strip() if t else "" for t in batch["text"]], _encoder(tokenizer), max_tokens,
-                      lang if lang is not None else batch["lang"])
-
-
-def _text_rows(texts: list[str], encoder: TextEncoder, max_tokens: int, lang: str | list[str]) -> pa.Table:
-    """Stripped texts as rows (blank ones encode to no ids and are dropped), with a
-    ``truncated`` flag per row; ``lang``: one language, or one per text."""
-    return _id_rows(*encoder.encode_flat(texts), max_tokens, lang)
-
-
-def _id_rows(values: np.ndarray, lengths: np.ndarray, max_tokens: int, lang: str | list[str]) -> pa.Table:
-    """:func:`_text_rows` from the texts' ids (flat values, row lengths)."""
-    rows = lengths > 0
-    if isinstance(lang, str):
-        groups = pa.array([lang] * int(rows.sum()), pa.string())
-    else:
-        groups = pa.array(lang, pa.string()).filter(pa.array(rows))
-    return pa.table({"input_ids": list_array(values, lengths, max_tokens, keep=rows), "lang": groups,
-                     "group": groups, "truncated": pa.array(lengths[rows] > max_tokens)})
-
-
-def _tokenize_pairs(batch: dict[str, list[Any]], *, tokenizer: Any, max_tokens: int, src_lang: str | None,
-                    tgt_lang: str | None, mismatch: str) -> pa.Table:
-    src, tgt = batch["src_text"], batch["tgt_text"]
-    if any(s is None for s in src) or any(t is None for t in tgt):
-        raise UserError(mismatch)  # streaming: one side ended first
-    encoder = _encoder(tokenizer)
-    s_values, s_lengths = encoder.encode_flat([s.strip() for s in src])
-    t_values, t_lengths = encoder.encode_flat([t.strip() for t in tgt])
-    rows = (s_lengths > 0) & (t_lengths > 0)  # a blank side drops the pair
-    kept = int(rows.sum())
-    mask = pa.array(rows)
-    s_langs = pa.array(batch["src_lang"], pa.string()).filter(mask) if src_lang is None else \
-        pa.array([src_lang] * kept, pa.string())
-    t_langs = pa.array(batch["tgt_lang"], pa.string()).filter(mask) if tgt_lang is None else \
-        pa.array([tgt_lang] * kept, pa.string())
-    return pa.table({
-        "src_ids": list_array(s_values, s_lengths, max_tokens, keep=rows),
-        "tgt_ids": list_array(t_values, t_lengths, max_tokens, keep=rows),
-        "src_lang": s_langs, "tgt_lang": t_langs,
-        "group": pc.binary_join_element_wise(s_langs, t_langs, "-"),
-        "truncated": pa.array((s_lengths[rows] > max_tokens) | (t_lengths[rows] > max_tokens)),
-    })
-
-
-def _as_columns(batch: dict[str, list[Any]], *, tokenize: Any, **kwargs: Any) -> dict[str, list[Any]]:
-    """A tokenize function's table as Python columns (what a streamed ``map`` takes)."""
-    return tokenize(batch, **kwargs).to_pydict()
-
-
-MIN_ROWS_PER_PROCESS = 20_000
-"""Rows per tokenizing process below which ``map`` runs in this process."""
-
-
-def _map(ds: AnyDataset, fn: Any, kwargs: dict[str, Any], features: datasets.Features, num_proc: int,
-         desc: str, columns: list[str], label: str = "") -> AnyDataset:
-    """Batched ``map`` replacing the raw ``columns`` (known by construction: streamed text files
-    have no declared features) with the tokenized ``features``. Rows cut to ``max_tokens`` are
-    counted (map-style data) and reported as one warning naming ``label``."""
-    with_flag = datasets.Features({**features, "truncated": datasets.Value("bool")})
-    if isinstance(ds, datasets.IterableDataset):
-        out = ds.map(_as_columns, batched=True, fn_kwargs={"tokenize": fn, **kwargs}, remove_columns=columns,
-                     features=with_flag)
-        return out.remove_columns(["truncated"])
-    # SentencePiece tokenizes on threads in this process; otherwise worker processes, only where
-    # each gets enough rows to pay for its start-up (and small runs, the tests among them, keep
-    # Ctrl-C handling free of a process pool)
-    encoder = _encoder(kwargs["tokenizer"])
-    procs = 1 if encoder.threaded else min(num_proc, len(ds) // MIN_ROWS_PER_PROCESS)
-    settings = {k: v for k, v in kwargs.items() if k != "tokenizer"}
-    fingerprint = Hasher.hash([ds._fingerprint, fn.__name__, encoder.fingerprint, settings, with_flag, columns])
-    out = ds.map(fn, batched=True, fn_kwargs=kwargs, remove_columns=columns, features=with_flag,
-                 num_proc=procs if procs > 1 else None, desc=desc, new_fingerprint=fingerprint)
-    truncated = int(pc.sum(out.data.column("truncated")).as_py() or 0) if len(out) else 0
-    if truncated:
-        log.warning(f"{label or desc}: {truncated} of {len(out)} lines longer than {kwargs['max_tokens']} tokens "
-                    "(model.max_length - 2) were truncated")
-    return out.remove_columns(["truncated"])
-
-
-def _text_lines(path: Path, max_lines: int | None) -> Iterator[list[str]]:
-    """The stripped lines of a text file in batches of about ``_READ_CHARS`` characters, split
-    as ``datasets``' ``text`` reader splits them (universal newlines, on ``\\n`` only)."""
-    left = max_lines
-    with io.TextIOWrapper(open_binary(path), encoding="utf-8", newline=None) as handle:
-        while left is None or left > 0:
-            lines = handle.readlines(_READ_CHARS)
-            if not lines:
-                return
-            if left is not None:
-                lines, left = lines[:left], left - len(lines)
-            yield [line.strip() for line in lines]
-
-
-def _read_ahead(batches: Iterator[list[str]]) -> Iterator[list[str]]:
-    """``batches``, each next one read on a worker thread while this one is tokenized
-    (SentencePiece releases the GIL while it encodes)."""
-    with ThreadPoolExecutor(1, thread_name_prefix="objkit-read") as pool:
-        pending = pool.submit(next, batches, None)
-        while (batch := pending.result()) is not None:
-            pending = pool.submit(next, batches, None)
-            yield batch
-
-
-_READ_CHARS = 1 << 22
-
-
-def _tokenized_text_file(path: Path, key: str, entry_lang: str, encoder: TextEncoder, max_tokens: int,
-                         max_lines: int | None, cache_dir: str | None) -> datasets.Dataset:
-    """A plain (or compressed) text file read, tokenized and written as Arrow rows in one pass:
-    the raw lines never become a dataset of their own (what ``load_dataset("text")`` + ``map``
-    costs twice over). Cached like ``map``'s results: by the file's path, size and mtime, the
-    encoder and the settings, under ``cache_dir`` (or the ``datasets`` cache); a temporary
-    file when ``datasets`` caching is off."""
-    st = path.stat()
-    fingerprint = Hasher.hash(["objkit-text-rows/1", str(path.resolve()), st.st_size, st.st_mtime_ns,
-                               encoder.fingerprint, max_tokens, entry_lang, max_lines])
-    if datasets.is_caching_enabled():
-        folder = Path(cache_dir or datasets.config.HF_DATASETS_CACHE) / "objkit-tokenized"
-    else:
-        folder = Path(get_temporary_cache_files_directory())
-    target = folder / f"text-{fingerprint}.arrow"
-    if target.is_file():
-        return datasets.Dataset.from_file(str(target))
-    folder.mkdir(parents=True, exist_ok=True)
-    truncated = 0
-    handle, tmp = tempfile.mkstemp(dir=folder, prefix=target.name, suffix=".tmp")
-    os.close(handle)
-    try:
-        with ArrowWriter(features=TEXT_FEATURES, path=tmp) as writer, gc_paused():
-            for _, values, lengths in encoder.encode_batches(_read_ahead(_text_lines(path, max_lines))):
-                table = _id_rows(values, lengths, max_tokens, entry_lang)
-                truncated += int(pc.sum(table.column("truncated")).as_py() or 0)
-                writer.write_table(table.drop_columns(["truncated"]))
-            writer.finalize()
-        os.replace(tmp, target)
-    except UnicodeDecodeError as exc:
-        raise read_error(path, key, exc) from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    ds = datasets.Dataset.from_file(str(target))
-    if truncated:
-        log.warning(f"{key}: {path}: {truncated} of {len(ds)} lines longer than {max_tokens} tokens "
-                    "(model.max_length - 2) were truncated")
-    return ds
 
 
 # ----------------------------------------------------------------------------- raw pairs
@@ -286,11 +122,11 @@ def _cldr(name: str, source: CldrSource, tokenizer: Any, max_tokens: int,
         raw = raw.to_iterable_dataset()
     if source.kind == "text":
         kwargs: dict[str, Any] = {"tokenizer": tokenizer, "max_tokens": max_tokens, "lang": None}
-        ds = _map(raw, _tokenize_text, kwargs, TEXT_FEATURES, num_proc, f"tokenizing data.{name}", ["text", "lang"],
+        ds = tokenize_map(raw, tokenize_text, kwargs, TEXT_FEATURES, num_proc, f"tokenizing data.{name}", ["text", "lang"],
                   label=f"data.{name}")
         return ds, list(dict.fromkeys(source.locales))
     kwargs = {"tokenizer": tokenizer, "max_tokens": max_tokens, "src_lang": None, "tgt_lang": None, "mismatch": ""}
-    ds = _map(raw, _tokenize_pairs, kwargs, PARALLEL_FEATURES, num_proc, f"tokenizing data.{name}",
+    ds = tokenize_map(raw, tokenize_pairs, kwargs, PARALLEL_FEATURES, num_proc, f"tokenizing data.{name}",
               ["src_text", "tgt_text", "src_lang", "tgt_lang"], label=f"data.{name}")
     return ds, [f"{a}-{b}" for a, b in language_pairs(source)]
 
@@ -302,11 +138,11 @@ def _hf(name: str, source: HfSource, tokenizer: Any, max_tokens: int, num_proc: 
     label, desc = f"data.{name}: {source.path}", f"tokenizing data.{name}"
     if source.kind == "text":
         kwargs: dict[str, Any] = {"tokenizer": tokenizer, "max_tokens": max_tokens, "lang": source.lang}
-        return source.lang or "*", _map(ds, _tokenize_text, kwargs, TEXT_FEATURES, num_proc, desc, columns, label)
+        return source.lang or "*", tokenize_map(ds, tokenize_text, kwargs, TEXT_FEATURES, num_proc, desc, columns, label)
     kwargs = {"tokenizer": tokenizer, "max_tokens": max_tokens, "src_lang": source.src_lang,
               "tgt_lang": source.tgt_lang, "mismatch": f"data.{name}: a row of {source.path} lacks a side"}
     return (f"{source.src_lang}-{source.tgt_lang}",
-            _map(ds, _tokenize_pairs, kwargs, PARALLEL_FEATURES, num_proc, desc, columns, label))
+            tokenize_map(ds, tokenize_pairs, kwargs, PARALLEL_FEATURES, num_proc, desc, columns, label))
 
 
 def _pair_parts(name: str, source: ParallelSource, tokenizer: Any, max_tokens: int, num_proc: int,
@@ -321,7 +157,7 @@ def _pair_parts(name: str, source: ParallelSource, tokenizer: Any, max_tokens: i
             for path in expand(pair.path, f"{key}.path", base_dir):
                 both = _read_bitext(path, pair, f"{key}.path", **common)
                 mismatch = f"{key}.path: {show(path, base_dir)} has a pair without both sides"
-                parts.append((group, _map(both, _tokenize_pairs, {**kwargs, "mismatch": mismatch}, PARALLEL_FEATURES,
+                parts.append((group, tokenize_map(both, tokenize_pairs, {**kwargs, "mismatch": mismatch}, PARALLEL_FEATURES,
                                           num_proc, f"tokenizing {path.name}", ["src_text", "tgt_text"],
                                           label=f"{key}.path: {show(path, base_dir)}")))
             continue
@@ -333,7 +169,7 @@ def _pair_parts(name: str, source: ParallelSource, tokenizer: Any, max_tokens: i
                 raise UserError(f"{key}: {s_name} has {len(s)} lines but {t_name} has {len(t)}")
             mismatch = f"{key}: {s_name} and {t_name} have different line counts (found while streaming)"
             both = datasets.concatenate_datasets([s, t], axis=1)
-            parts.append((group, _map(both, _tokenize_pairs, {**kwargs, "mismatch": mismatch}, PARALLEL_FEATURES,
+            parts.append((group, tokenize_map(both, tokenize_pairs, {**kwargs, "mismatch": mismatch}, PARALLEL_FEATURES,
                                       num_proc, f"tokenizing {s_path.name}", ["src_text", "tgt_text"],
                                       label=f"{key}: {s_name} / {t_name}")))
     return parts
@@ -347,7 +183,7 @@ def load_source_groups(name: str, source: Source, tokenizer: Any, *, max_tokens:
     :class:`objkit.data.sampling.ExampleStream` so that no group's stream reads another's files.
     An ``hf`` source with ``lang_column`` is one dataset under ``"*"`` (its rows carry their group).
     """
-    tokenizer = _encoder(tokenizer, threads=num_proc)
+    tokenizer = encoder_for(tokenizer, threads=num_proc)
     if isinstance(source, CldrSource):
         ds, groups = _cldr(name, source, tokenizer, max_tokens, num_proc)
         if len(groups) == 1:
@@ -363,12 +199,12 @@ def load_source_groups(name: str, source: Source, tokenizer: Any, *, max_tokens:
             key = f"data.{name}.files[{i}].path"
             for path in expand(entry.path, key, base_dir):
                 if not source.streaming and file_format(path, key) == "text":
-                    parts.append((entry.lang, _tokenized_text_file(path, key, entry.lang, tokenizer, max_tokens,
+                    parts.append((entry.lang, tokenize_text_file(path, key, entry.lang, tokenizer, max_tokens,
                                                                    source.max_lines, cache_dir)))
                     continue
                 raw = read_file(path, key, entry.field, "text", **common)
                 kwargs = {"tokenizer": tokenizer, "max_tokens": max_tokens, "lang": entry.lang}
-                parts.append((entry.lang, _map(raw, _tokenize_text, kwargs, TEXT_FEATURES, num_proc,
+                parts.append((entry.lang, tokenize_map(raw, tokenize_text, kwargs, TEXT_FEATURES, num_proc,
                                                f"tokenizing {path.name}", ["text"], label=f"{key}: {path}")))
     else:
         parts = _pair_parts(name, source, tokenizer, max_tokens, num_proc, base_dir, cache_dir)
@@ -390,7 +226,7 @@ def load_source(name: str, source: Source, tokenizer: Any, *, max_tokens: int, n
     Problems raise a one-line :class:`UserError` naming the recipe key and file.
     """
     if isinstance(source, CldrSource):
-        return _cldr(name, source, _encoder(tokenizer, threads=num_proc), max_tokens, num_proc)[0]
+        return _cldr(name, source, encoder_for(tokenizer, threads=num_proc), max_tokens, num_proc)[0]
     parts = list(load_source_groups(name, source, tokenizer, max_tokens=max_tokens, num_proc=num_proc,
                                     base_dir=base_dir, cache_dir=cache_dir).values())
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)

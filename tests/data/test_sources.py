@@ -184,7 +184,7 @@ def test_text_files_are_tokenized_in_one_pass_as_datasets_text_reader_and_the_hf
     dataset, no ``map``): the rows are those of ``datasets``' ``text`` reader (universal
     newlines, split on ``\\n`` only) tokenized by the HF tokenizer, stripped, blank lines
     dropped, cut to ``max_tokens`` -- across read batches -- and ``max_lines`` counts raw lines."""
-    from objkit.data import sources
+    from objkit.data import tokenize
 
     words = ["Guten", "Tag", "Россия", "日本", "café", "Zürich", " ", "\t", "\u00a0", "x"]
     lines = [" ".join(words[(i * 7 + j) % len(words)] for j in range(i % 40)) for i in range(900)]
@@ -200,8 +200,8 @@ def test_text_files_are_tokenized_in_one_pass_as_datasets_text_reader_and_the_hf
         ids = [i[:20] for i in tok(texts, add_special_tokens=False)["input_ids"]]
         return [i for i in ids if i]
 
-    old_chars = sources._READ_CHARS
-    sources._READ_CHARS = 500  # many read batches
+    old_chars = tokenize._READ_CHARS
+    tokenize._READ_CHARS = 500  # many read batches
     try:
         for name in ("a.txt", "b.txt.gz"):
             ds = load_source("mono", text_source({"path": name, "lang": "de"}), tok, max_tokens=20, base_dir=tmp_path,
@@ -212,7 +212,7 @@ def test_text_files_are_tokenized_in_one_pass_as_datasets_text_reader_and_the_hf
                                base_dir=tmp_path, cache_dir=str(tmp_path / "hf"))
             assert some["input_ids"] == expected(333)
     finally:
-        sources._READ_CHARS = old_chars
+        tokenize._READ_CHARS = old_chars
 
 
 def test_tokenized_text_files_are_cached_by_content_stamp(tok, tmp_path):
