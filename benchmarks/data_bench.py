@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import gc
 import random
 import shutil
 import time
@@ -41,6 +40,7 @@ def bench_tokenizer_throughput(ws: Any) -> dict[str, Any]:
 
     from objkit.data import load_source
     from objkit.data.cache import cores
+    from objkit.data.encode import gc_paused
     from objkit.schema import TextSource
     from objkit.tokenizer import SPM_FILE
 
@@ -59,13 +59,10 @@ def bench_tokenizer_throughput(ws: Any) -> dict[str, Any]:
         t0 = time.perf_counter()
         spm_tokens = sum(len(ids) for ids in sp.encode(lines, num_threads=1))
         spm_times.append(time.perf_counter() - t0)
-        gc.disable()
-        try:
+        with gc_paused():
             t0 = time.perf_counter()
             sp.encode(lines, num_threads=1)
             spm_paused_times.append(time.perf_counter() - t0)
-        finally:
-            gc.enable()
         cache = ws.root / f"tokenizer-hf-cache-{rep}"  # a fresh datasets cache: no map result reused
         t0 = time.perf_counter()
         ds = load_source("bench", source, tokenizer, max_tokens=10**6, num_proc=procs, cache_dir=str(cache))

@@ -265,7 +265,8 @@ class Encoder(Plugin, nn.Module, ABC):
         """The LM head as ``(transform, weight, bias)``: ``lm_logits(h) == F.linear(transform(h),
         weight, bias)``, the decoder's ``weight`` ``[vocab, d]`` and ``bias`` ``[vocab]`` (or None).
         With it, :func:`objkit.lm_head_loss`'s chunked path runs the decoder and the cross-entropy
-        as one autograd function that holds one decoder-sized gradient instead of three. Default
+        as one autograd function whose backward accumulates the decoder's gradient in one buffer:
+        two decoder-sized gradients alive at once (with the tied embedding's) instead of three. Default
         None: each chunk of :meth:`lm_logits` is checkpointed instead. (API 1.4)"""
         return None
 

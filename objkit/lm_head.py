@@ -23,9 +23,10 @@ the decoder, the decoder's weight and bias; objkit's ``xlmr`` and ``bert`` do) g
 function for the decoder and the cross-entropy instead of a checkpoint per chunk: its backward
 recomputes each chunk's logits and adds the chunk's decoder gradient into one buffer in place
 (``addmm_``). Per chunk, autograd would make the chunk's ``vocab × d`` gradient and then the sum
-with what came before: three decoder-sized tensors at once, 2.9 GB for XLM-R large; with the
-buffer, one (measured on a 50,000-row vocabulary: 3.0 → 1.6-1.9 decoder-sized tensors at the
-backward's peak, the rest the embedding's own gradient and ``.grad``).
+with what came before: three decoder-sized tensors at once, 2.9 GB for XLM-R large. With the
+buffer, two remain at the backward's peak: the buffer and the tied embedding's own gradient,
+which autograd adds into it (measured on a 50,000 × 1,024 vocabulary: 3.0 → 2.2 decoder-sized
+tensors above what the backward started with).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from torch.utils.checkpoint import checkpoint
 
 from objkit.interfaces import Encoder
 
-IGNORE_INDEX = -100  # F.cross_entropy's default ignore_index
+IGNORE_INDEX = -100
+"""A label that is not predicted (``F.cross_entropy``'s default ``ignore_index``)."""
 
 
 @dataclass

@@ -20,9 +20,7 @@ import torch
 from pydantic import Field
 
 from objkit.interfaces import Encoder, ObjectiveOutput, PluginConfig, VocabInfo
-from objkit.lm_head import lm_head_loss
-
-IGNORE_INDEX = -100
+from objkit.lm_head import IGNORE_INDEX, lm_head_loss  # IGNORE_INDEX: the labels' "not predicted"
 
 
 class MaskingConfig(PluginConfig):

@@ -122,12 +122,12 @@ def _cldr(name: str, source: CldrSource, tokenizer: Any, max_tokens: int,
         raw = raw.to_iterable_dataset()
     if source.kind == "text":
         kwargs: dict[str, Any] = {"tokenizer": tokenizer, "max_tokens": max_tokens, "lang": None}
-        ds = tokenize_map(raw, tokenize_text, kwargs, TEXT_FEATURES, num_proc, f"tokenizing data.{name}", ["text", "lang"],
-                  label=f"data.{name}")
+        ds = tokenize_map(raw, tokenize_text, kwargs, TEXT_FEATURES, num_proc, f"tokenizing data.{name}",
+                          ["text", "lang"], label=f"data.{name}")
         return ds, list(dict.fromkeys(source.locales))
     kwargs = {"tokenizer": tokenizer, "max_tokens": max_tokens, "src_lang": None, "tgt_lang": None, "mismatch": ""}
     ds = tokenize_map(raw, tokenize_pairs, kwargs, PARALLEL_FEATURES, num_proc, f"tokenizing data.{name}",
-              ["src_text", "tgt_text", "src_lang", "tgt_lang"], label=f"data.{name}")
+                      ["src_text", "tgt_text", "src_lang", "tgt_lang"], label=f"data.{name}")
     return ds, [f"{a}-{b}" for a, b in language_pairs(source)]
 
 
@@ -138,7 +138,8 @@ def _hf(name: str, source: HfSource, tokenizer: Any, max_tokens: int, num_proc: 
     label, desc = f"data.{name}: {source.path}", f"tokenizing data.{name}"
     if source.kind == "text":
         kwargs: dict[str, Any] = {"tokenizer": tokenizer, "max_tokens": max_tokens, "lang": source.lang}
-        return source.lang or "*", tokenize_map(ds, tokenize_text, kwargs, TEXT_FEATURES, num_proc, desc, columns, label)
+        return source.lang or "*", tokenize_map(ds, tokenize_text, kwargs, TEXT_FEATURES, num_proc, desc, columns,
+                                                label)
     kwargs = {"tokenizer": tokenizer, "max_tokens": max_tokens, "src_lang": source.src_lang,
               "tgt_lang": source.tgt_lang, "mismatch": f"data.{name}: a row of {source.path} lacks a side"}
     return (f"{source.src_lang}-{source.tgt_lang}",
@@ -157,9 +158,10 @@ def _pair_parts(name: str, source: ParallelSource, tokenizer: Any, max_tokens: i
             for path in expand(pair.path, f"{key}.path", base_dir):
                 both = _read_bitext(path, pair, f"{key}.path", **common)
                 mismatch = f"{key}.path: {show(path, base_dir)} has a pair without both sides"
-                parts.append((group, tokenize_map(both, tokenize_pairs, {**kwargs, "mismatch": mismatch}, PARALLEL_FEATURES,
-                                          num_proc, f"tokenizing {path.name}", ["src_text", "tgt_text"],
-                                          label=f"{key}.path: {show(path, base_dir)}")))
+                parts.append((group, tokenize_map(both, tokenize_pairs, {**kwargs, "mismatch": mismatch},
+                                                  PARALLEL_FEATURES, num_proc, f"tokenizing {path.name}",
+                                                  ["src_text", "tgt_text"],
+                                                  label=f"{key}.path: {show(path, base_dir)}")))
             continue
         for s_path, t_path in expand_pair(pair, key, base_dir):
             s = read_file(s_path, f"{key}.src", pair.src_field, "src_text", **common)
@@ -169,9 +171,9 @@ def _pair_parts(name: str, source: ParallelSource, tokenizer: Any, max_tokens: i
                 raise UserError(f"{key}: {s_name} has {len(s)} lines but {t_name} has {len(t)}")
             mismatch = f"{key}: {s_name} and {t_name} have different line counts (found while streaming)"
             both = datasets.concatenate_datasets([s, t], axis=1)
-            parts.append((group, tokenize_map(both, tokenize_pairs, {**kwargs, "mismatch": mismatch}, PARALLEL_FEATURES,
-                                      num_proc, f"tokenizing {s_path.name}", ["src_text", "tgt_text"],
-                                      label=f"{key}: {s_name} / {t_name}")))
+            parts.append((group, tokenize_map(both, tokenize_pairs, {**kwargs, "mismatch": mismatch},
+                                              PARALLEL_FEATURES, num_proc, f"tokenizing {s_path.name}",
+                                              ["src_text", "tgt_text"], label=f"{key}: {s_name} / {t_name}")))
     return parts
 
 
@@ -200,12 +202,12 @@ def load_source_groups(name: str, source: Source, tokenizer: Any, *, max_tokens:
             for path in expand(entry.path, key, base_dir):
                 if not source.streaming and file_format(path, key) == "text":
                     parts.append((entry.lang, tokenize_text_file(path, key, entry.lang, tokenizer, max_tokens,
-                                                                   source.max_lines, cache_dir)))
+                                                                 source.max_lines, cache_dir)))
                     continue
                 raw = read_file(path, key, entry.field, "text", **common)
                 kwargs = {"tokenizer": tokenizer, "max_tokens": max_tokens, "lang": entry.lang}
                 parts.append((entry.lang, tokenize_map(raw, tokenize_text, kwargs, TEXT_FEATURES, num_proc,
-                                               f"tokenizing {path.name}", ["text"], label=f"{key}: {path}")))
+                                                       f"tokenizing {path.name}", ["text"], label=f"{key}: {path}")))
     else:
         parts = _pair_parts(name, source, tokenizer, max_tokens, num_proc, base_dir, cache_dir)
     grouped: dict[str, list[AnyDataset]] = {}

@@ -42,23 +42,20 @@ PARALLEL_FEATURES = datasets.Features(
      "src_lang": datasets.Value("string"), "tgt_lang": datasets.Value("string"), "group": datasets.Value("string")}
 )
 
+
 def encoder_for(tokenizer: Any, threads: int = 1) -> TextEncoder:
     return tokenizer if isinstance(tokenizer, TextEncoder) else TextEncoder(tokenizer, threads=threads)
 
 
 def tokenize_text(batch: dict[str, list[Any]], *, tokenizer: Any, max_tokens: int, lang: str | None) -> pa.Table:
-    return text_rows([t.strip() if t else "" for t in batch["text"]], encoder_for(tokenizer), max_tokens,
-                      lang if lang is not None else batch["lang"])
-
-
-def text_rows(texts: list[str], encoder: TextEncoder, max_tokens: int, lang: str | list[str]) -> pa.Table:
-    """Stripped texts as rows (blank ones encode to no ids and are dropped), with a
-    ``truncated`` flag per row; ``lang``: one language, or one per text."""
-    return id_rows(*encoder.encode_flat(texts), max_tokens, lang)
+    texts = [t.strip() if t else "" for t in batch["text"]]
+    return id_rows(*encoder_for(tokenizer).encode_flat(texts), max_tokens, lang if lang is not None else batch["lang"])
 
 
 def id_rows(values: np.ndarray, lengths: np.ndarray, max_tokens: int, lang: str | list[str]) -> pa.Table:
-    """:func:`_text_rows` from the texts' ids (flat values, row lengths)."""
+    """Text rows from the ids of stripped texts (flat ``values``, row ``lengths``): blank texts,
+    which encode to no ids, dropped; a ``truncated`` flag per row; ``lang``: one language, or
+    one per text."""
     rows = lengths > 0
     if isinstance(lang, str):
         groups = pa.array([lang] * int(rows.sum()), pa.string())
@@ -69,7 +66,7 @@ def id_rows(values: np.ndarray, lengths: np.ndarray, max_tokens: int, lang: str 
 
 
 def tokenize_pairs(batch: dict[str, list[Any]], *, tokenizer: Any, max_tokens: int, src_lang: str | None,
-                    tgt_lang: str | None, mismatch: str) -> pa.Table:
+                   tgt_lang: str | None, mismatch: str) -> pa.Table:
     src, tgt = batch["src_text"], batch["tgt_text"]
     if any(s is None for s in src) or any(t is None for t in tgt):
         raise UserError(mismatch)  # streaming: one side ended first
@@ -102,7 +99,7 @@ MIN_ROWS_PER_PROCESS = 20_000
 
 
 def tokenize_map(ds: AnyDataset, fn: Any, kwargs: dict[str, Any], features: datasets.Features, num_proc: int,
-         desc: str, columns: list[str], label: str = "") -> AnyDataset:
+                 desc: str, columns: list[str], label: str = "") -> AnyDataset:
     """Batched ``map`` replacing the raw ``columns`` (known by construction: streamed text files
     have no declared features) with the tokenized ``features``. Rows cut to ``max_tokens`` are
     counted (map-style data) and reported as one warning naming ``label``."""
@@ -120,11 +117,19 @@ def tokenize_map(ds: AnyDataset, fn: Any, kwargs: dict[str, Any], features: data
     fingerprint = Hasher.hash([ds._fingerprint, fn.__name__, encoder.fingerprint, settings, with_flag, columns])
     out = ds.map(fn, batched=True, fn_kwargs=kwargs, remove_columns=columns, features=with_flag,
                  num_proc=procs if procs > 1 else None, desc=desc, new_fingerprint=fingerprint)
-    truncated = int(pc.sum(out.data.column("truncated")).as_py() or 0) if len(out) else 0
-    if truncated:
-        log.warning(f"{label or desc}: {truncated} of {len(out)} lines longer than {kwargs['max_tokens']} tokens "
-                    "(model.max_length - 2) were truncated")
+    truncated = _count_truncated(out.data.table) if len(out) else 0
+    _warn_truncated(label or desc, truncated, len(out), kwargs["max_tokens"])
     return out.remove_columns(["truncated"])
+
+
+def _count_truncated(table: pa.Table) -> int:
+    return int(pc.sum(table.column("truncated")).as_py() or 0)
+
+
+def _warn_truncated(label: str, truncated: int, rows: int, max_tokens: int) -> None:
+    if truncated:
+        log.warning(f"{label}: {truncated} of {rows} lines longer than {max_tokens} tokens "
+                    "(model.max_length - 2) were truncated")
 
 
 def _text_lines(path: Path, max_lines: int | None) -> Iterator[list[str]]:
@@ -155,7 +160,7 @@ _READ_CHARS = 1 << 22
 
 
 def tokenize_text_file(path: Path, key: str, entry_lang: str, encoder: TextEncoder, max_tokens: int,
-                         max_lines: int | None, cache_dir: str | None) -> datasets.Dataset:
+                       max_lines: int | None, cache_dir: str | None) -> datasets.Dataset:
     """A plain (or compressed) text file read, tokenized and written as Arrow rows in one pass:
     the raw lines never become a dataset of their own (what ``load_dataset("text")`` + ``map``
     costs twice over). Cached like ``map``'s results: by the file's path, size and mtime, the
@@ -179,7 +184,7 @@ def tokenize_text_file(path: Path, key: str, entry_lang: str, encoder: TextEncod
         with ArrowWriter(features=TEXT_FEATURES, path=tmp) as writer, gc_paused():
             for _, values, lengths in encoder.encode_batches(_read_ahead(_text_lines(path, max_lines))):
                 table = id_rows(values, lengths, max_tokens, entry_lang)
-                truncated += int(pc.sum(table.column("truncated")).as_py() or 0)
+                truncated += _count_truncated(table)
                 writer.write_table(table.drop_columns(["truncated"]))
             writer.finalize()
         os.replace(tmp, target)
@@ -188,7 +193,5 @@ def tokenize_text_file(path: Path, key: str, entry_lang: str, encoder: TextEncod
     finally:
         Path(tmp).unlink(missing_ok=True)
     ds = datasets.Dataset.from_file(str(target))
-    if truncated:
-        log.warning(f"{key}: {path}: {truncated} of {len(ds)} lines longer than {max_tokens} tokens "
-                    "(model.max_length - 2) were truncated")
+    _warn_truncated(f"{key}: {path}", truncated, len(ds), max_tokens)
     return ds
