@@ -102,12 +102,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 rows = slice(start, start + ctx.chunk)
                 x, t = features[rows], targets[rows]
                 logits = F.linear(x, weight, bias)
-                # d CE / d logits = softmax - one-hot (rows with ignore_index: zero)
+                dtype = logits.dtype
+                # d CE / d logits = softmax - one-hot (rows with ignore_index: zero), in place
                 grad = torch.softmax(logits.float(), dim=-1)
+                del logits
                 valid = t != IGNORE_INDEX
                 grad[valid, t[valid]] -= 1
                 grad[~valid] = 0
-                grad = (grad * grad_total).to(logits.dtype)
+                grad = grad.mul_(grad_total).to(dtype)
                 if grad_features is not None:
                     grad_features[rows] = (grad @ weight.to(grad.dtype)).to(features.dtype)
                 if grad_weight is not None:
