@@ -121,6 +121,7 @@ class MaskedLMEncoder(Encoder):
         self.num_heads = cfg.num_attention_heads
         self.vocab_size = cfg.vocab_size
         self.lm_head_chunk_rows = 0  # objkit.lm_head_loss: LM-head rows per chunk (0: one piece)
+        self.lm_head_grad_in_place = False  # objkit.lm_head_loss: decoder gradient straight into .grad
         self._checkpointing_ready = False
         self._compile_options: dict[str, Any] | None = None
         self.intermediate_size = cfg.intermediate_size

@@ -24,9 +24,20 @@ function for the decoder and the cross-entropy instead of a checkpoint per chunk
 recomputes each chunk's logits and adds the chunk's decoder gradient into one buffer in place
 (``addmm_``). Per chunk, autograd would make the chunk's ``vocab × d`` gradient and then the sum
 with what came before: three decoder-sized tensors at once, 2.9 GB for XLM-R large. With the
-buffer, two remain at the backward's peak: the buffer and the tied embedding's own gradient,
-which autograd adds into it (measured on a 50,000 × 1,024 vocabulary: 3.0 → 2.2 decoder-sized
-tensors above what the backward started with).
+buffer, two remain: the buffer, which autograd holds through the whole encoder backward (the
+tied weight's gradient is summed once every path to it has run, the embedding lookup last),
+and the embedding's own gradient, added into it at the end (measured on a 50,000 × 1,024
+vocabulary: 3.0 → 2.2 decoder-sized tensors above what the backward started with).
+
+Where the run allows it (``encoder.lm_head_grad_in_place``, set by the trainer for one process
+and DDP, not FSDP2), the buffer is the decoder weight's ``.grad`` itself, as Megatron-LM's
+``gradient_accumulation_fusion`` writes a weight gradient straight into ``main_grad``: the
+backward adds into ``.grad`` (creating it on a step's first backward) and hands autograd no
+decoder gradient, so no decoder-sized tensor lives through the encoder backward; the tied
+embedding's own gradient is the one left, added into ``.grad`` by autograd at the end. The sum
+in ``.grad`` is the same; under DDP the weight's gradient hook still fires (from the embedding
+path, after the head's backward, which precedes it), so the all-reduce sees the whole sum. Off
+by default: ``torch.autograd.grad`` with the weight as an input would miss the decoder's part.
 """
 
 from __future__ import annotations
@@ -71,11 +82,13 @@ def _chunk_loss(encoder: Encoder, hidden: torch.Tensor, targets: torch.Tensor) -
 class _LinearCrossEntropy(torch.autograd.Function):
     """``Σ_i CE(features_i · Wᵀ + b, target_i)`` (fp32) and the top-1 hits, ``chunk`` rows of
     logits at a time in the forward and again in the backward. Logit matmuls run under the
-    autocast the forward ran under (recorded, re-entered in the backward)."""
+    autocast the forward ran under (recorded, re-entered in the backward). ``into_grad``: the
+    backward adds the weight's gradient into ``weight.grad`` and returns none for it (see the
+    module docstring; ``weight`` must be a leaf)."""
 
     @staticmethod
     def forward(ctx: Any, features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                targets: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+                targets: torch.Tensor, chunk: int, into_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
         device = features.device.type
         ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
         total = torch.zeros((), dtype=torch.float32, device=features.device)
@@ -87,6 +100,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             hits += (logits.argmax(dim=-1) == rows).sum()
         ctx.save_for_backward(features, weight, bias, targets)
         ctx.chunk = chunk
+        ctx.param = weight if into_grad else None
         ctx.mark_non_differentiable(hits)
         return total, hits
 
@@ -95,7 +109,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
         features, weight, bias, targets = ctx.saved_tensors
         device, autocast_on, autocast_dtype = ctx.autocast
         grad_features = torch.empty_like(features) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
+        grad_weight = None
+        if ctx.needs_input_grad[1]:
+            param = ctx.param
+            if param is not None and param.grad is None:
+                param.grad = torch.zeros_like(param)
+            grad_weight = param.grad if param is not None else torch.zeros_like(weight)
         grad_bias = torch.zeros_like(bias) if bias is not None and ctx.needs_input_grad[2] else None
         with torch.autocast(device, dtype=autocast_dtype, enabled=autocast_on):
             for start in range(0, features.shape[0], ctx.chunk):
@@ -116,7 +135,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     grad_weight.addmm_(grad.t().to(weight.dtype), x.to(weight.dtype))
                 if grad_bias is not None:
                     grad_bias += grad.sum(dim=0).to(bias.dtype)
-        return grad_features, grad_weight, grad_bias, None, None
+        if ctx.param is not None:
+            grad_weight = None  # already in .grad
+        return grad_features, grad_weight, grad_bias, None, None, None
 
 
 def lm_head_loss(
@@ -137,7 +158,8 @@ def lm_head_loss(
     parts = getattr(encoder, "lm_head_parts", lambda: None)() if chunk and rows > chunk else None
     if parts is not None:
         transform, weight, bias = parts
-        total, correct = _LinearCrossEntropy.apply(transform(hidden), weight, bias, targets, chunk)
+        into_grad = bool(getattr(encoder, "lm_head_grad_in_place", False)) and weight.is_leaf and weight.requires_grad
+        total, correct = _LinearCrossEntropy.apply(transform(hidden), weight, bias, targets, chunk, into_grad)
     elif not chunk or rows <= chunk:
         total, correct = _chunk_loss(encoder, hidden, targets)
     else:

@@ -13,7 +13,7 @@
   truncated XLCO pass). Dropout draws are replayed (the RNG state is saved), so losses and
   gradients are unchanged up to float rounding.
 * **Chunked LM-head loss**: :func:`objkit.lm_head_loss` reads
-  ``encoder.lm_head_chunk_rows`` (see :mod:`objkit.lm_head`).
+  ``encoder.lm_head_chunk_rows`` and ``encoder.lm_head_grad_in_place`` (see :mod:`objkit.lm_head`).
 * **torch.compile** of each transformer block's ``forward`` (the trained encoder's now, a
   momentum copy's on its first pass); the module tree, parameter names, checkpoints and the
   export are unchanged. The backend is tried on a tiny function first, so a machine without a
@@ -49,6 +49,9 @@ def apply_train_options(
 ) -> None:
     """Configure ``encoder`` (and the strategy's step module) for the run's memory and speed options."""
     encoder.lm_head_chunk_rows = train.lm_head_chunk_rows or 0
+    # the chunked head adds the decoder's gradient straight into .grad (objkit.lm_head); FSDP2
+    # reduce-scatters gradients of parameters it unshards for the pass, so it keeps autograd's path
+    encoder.lm_head_grad_in_place = strategy.mode != "fsdp"
     names = [o.instance_name for o in objectives]
     checkpointed = checkpointed_objectives(train, names)
     if checkpointed:

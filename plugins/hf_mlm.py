@@ -162,6 +162,7 @@ class HFMaskedLMEncoder(Encoder):
         self.num_heads = int(getattr(cfg, "num_attention_heads", 0) or 0)
         self.vocab_size = int(cfg.vocab_size)
         self.lm_head_chunk_rows = 0  # objkit.lm_head_loss: LM-head rows per chunk (0: one piece)
+        self.lm_head_grad_in_place = False  # objkit.lm_head_loss: decoder gradient straight into .grad
         words = body.get_input_embeddings()
         positions = _embedding_with_rows(body, getattr(cfg, "max_position_embeddings", None), (words,))
         pad = positions[1].padding_idx if positions is not None else None

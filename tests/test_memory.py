@@ -75,14 +75,18 @@ def _assert_same_run(a: tuple[list[dict[str, float]], Trainer], b: tuple[list[di
         torch.testing.assert_close(pa, pb, rtol=10 * rel, atol=rel, msg=name)
 
 
-def test_activation_checkpointing_and_chunked_head_keep_losses_and_weights(recipe_path, tmp_path):
-    plain = _train(recipe_path, tmp_path / "plain", 3)
+@pytest.mark.parametrize("backward", ["per_objective", "joint"])
+def test_activation_checkpointing_and_chunked_head_keep_losses_and_weights(recipe_path, tmp_path, backward):
+    """Also with one backward over MLM and TLM together (two heads adding into the tied
+    weight's ``.grad`` in the same graph)."""
+    plain = _train(recipe_path, tmp_path / "plain", 3, f"train.backward={backward}")
     memory = _train(recipe_path, tmp_path / "memory", 3, "train.activation_checkpointing=true",
-                    "train.lm_head_chunk_rows=5")
+                    "train.lm_head_chunk_rows=5", f"train.backward={backward}")
     _assert_same_run(plain, memory)
     blocks = memory[1].encoder.body().encoder.layer
     assert all(block.gradient_checkpointing for block in blocks)
     assert memory[1].encoder.lm_head_chunk_rows == 5
+    assert memory[1].encoder.lm_head_grad_in_place  # one process: the decoder gradient goes into .grad
     # the export is the same model: same config, same tensor names
     plain[1].export(), memory[1].export()
     config_a = json.loads((tmp_path / "plain" / "export" / "config.json").read_text())
@@ -167,6 +171,41 @@ def test_chunked_head_equals_the_whole_head_and_saves_no_logits(reduction, fused
     # the whole head keeps [23, 300] logits for its backward; the chunked ones no [k, vocab] tensor
     assert (23, 300) in shapes[0]
     assert not [shape for shape in shapes[4] if len(shape) == 2 and shape[-1] == 300]
+
+
+def test_decoder_gradient_in_place_equals_autograds_and_is_in_grad_before_the_embedding_backward():
+    """With ``lm_head_grad_in_place`` the fused head adds the tied decoder's gradient into
+    ``.grad`` during its own backward (autograd gets none for it), so no decoder-sized buffer
+    waits through the encoder backward: ``.grad`` already holds it when the backward reaches the
+    embeddings. Every parameter's gradient equals autograd's path, over two accumulated
+    backward passes (the second adds to an existing ``.grad``)."""
+    encoder = _tiny_encoder()
+    weight = encoder.mlm.lm_head.decoder.weight
+    assert weight is encoder.mlm.get_input_embeddings().weight  # tied
+    ids = torch.randint(3, 300, (4, 9))
+    mask = torch.ones_like(ids)
+    targets = torch.randint(0, 300, (36,))
+    grads, seen = {}, {}
+    encoder.eval()  # no dropout: both passes see the same function
+    words = encoder.mlm.get_input_embeddings()
+    for in_place in (False, True):
+        encoder.zero_grad(set_to_none=True)
+        encoder.lm_head_grad_in_place = in_place
+        seen[in_place] = []
+        def watch(module, args, output, flag=in_place):  # their output's gradient is ready: their backward is next
+            output.register_hook(lambda grad: seen[flag].append(weight.grad is not None))
+
+        handle = words.register_forward_hook(watch)
+        for _ in range(2):
+            hidden = encoder(ids, mask)[-1]
+            lm_head_loss(encoder, hidden.reshape(36, -1), targets, chunk_rows=5).loss.backward()
+        handle.remove()
+        grads[in_place] = {name: p.grad.clone() for name, p in encoder.named_parameters() if p.grad is not None}
+    assert grads[True].keys() == grads[False].keys()
+    for name in grads[False]:
+        torch.testing.assert_close(grads[True][name], grads[False][name], rtol=1e-5, atol=1e-6, msg=name)
+    # first backward: autograd's path has no .grad yet when the embeddings' backward starts
+    assert seen[False] == [False, True] and seen[True] == [True, True]
 
 
 def test_fused_chunked_head_follows_autocast_like_the_checkpointed_one():
@@ -284,14 +323,17 @@ def test_cpu_runs_return_freed_host_memory_and_the_environment_can_turn_it_off(m
 def test_dry_run_counts_the_tied_gradient_copies_of_the_backward():
     """Three copies of the word-embedding gradient (the decoder's, the embedding's, their sum)
     with the head in one piece or checkpointed chunks; two chunked through lm_head_parts (one
-    buffer that takes the embedding's in place); in the total."""
+    buffer that takes the embedding's in place), one where that buffer is .grad (one process,
+    DDP); in the total."""
     from objkit.plan import ModelShape, estimate_memory
 
     shape = ModelShape(layers=2, hidden=64, heads=2, ffn=128, vocab=1000)
     static = {"weights": 10}
-    fused = estimate_memory(shape, 8, 128, "fp32", static, checkpointing=True, chunk_rows=16)
+    in_place = estimate_memory(shape, 8, 128, "fp32", static, checkpointing=True, chunk_rows=16)
+    fused = estimate_memory(shape, 8, 128, "fp32", static, checkpointing=True, chunk_rows=16, grad_in_place=False)
     chunked = estimate_memory(shape, 8, 128, "fp32", static, checkpointing=True, chunk_rows=16, fused_head=False)
     whole = estimate_memory(shape, 8, 128, "fp32", static, checkpointing=True, chunk_rows=0, fused_head=False)
     matrix = 4 * 1000 * 64
-    assert (fused.tied_gradient, chunked.tied_gradient, whole.tied_gradient) == (2 * matrix, 3 * matrix, 3 * matrix)
+    assert (in_place.tied_gradient, fused.tied_gradient, chunked.tied_gradient, whole.tied_gradient) == (
+        matrix, 2 * matrix, 3 * matrix, 3 * matrix)
     assert chunked.total == 10 + chunked.activations + chunked.lm_head + chunked.tied_gradient
