@@ -106,14 +106,16 @@ def chunked_head_time_ratio(ws: Any, bench: Any) -> dict[str, Any]:
     (time), and the head's peak memory both ways: the largest tensor the head keeps for its
     backward, and on CUDA the peak allocated during one head forward + backward."""
     s = ws.settings
-    chunk = s.chunk_rows
+    chunk = s.head_chunk_rows or s.chunk_rows
+    rows = math.ceil(0.15 * s.head_batch * (s.head_length - 2))
+    if chunk >= rows:
+        raise ValueError(f"head_chunk_rows {chunk} is not below the step's {rows} masked rows: nothing is chunked")
     whole = _mlm_trainer(ws, bench)
     chunked = _mlm_trainer(ws, bench, f"train.lm_head_chunk_rows={chunk}")
     times = bench.alternate({"chunked": lambda: _step(chunked, s.device), "whole": lambda: _step(whole, s.device)},
                             s.head_reps)
     memory = {name: head_peak_bytes(trainer.encoder, s, chunk if name == "chunked" else 0)
               for name, trainer in (("whole", whole), ("chunked", chunked))}
-    rows = math.ceil(0.15 * s.head_batch * (s.head_length - 2))
     result = {
         "value": bench.median_ratio(times["chunked"], times["whole"]),
         "chunk_rows": chunk,

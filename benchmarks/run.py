@@ -167,6 +167,8 @@ class Settings:
     # memory and speed rows (benchmarks/memory_speed.py); the base shape is head_*'s
     device: str = "cpu"  # --device cuda: the trainer-based rows on the GPU, and gpu_mfu
     chunk_rows: int = 256  # train.lm_head_chunk_rows of the chunked variants
+    # chunked_head_time_ratio's chunk (0: chunk_rows), below the step's masked rows (4 × 128 tokens: 76, 3 chunks)
+    head_chunk_rows: int = 32
     compile_layers: int = 0  # 0: head_layers
     compile_warmup: int = 2
     compile_reps: int = 5
@@ -203,7 +205,7 @@ class Settings:
         """``--device cuda``: the XLM-R-base shape at L = 512 (12 layers, hidden 768, vocab
         250,002, B = 8) for the GPU rows, few repetitions (benchmarks/gpu_check.sh's budget)."""
         return cls(name="gpu", device="cuda", head_batch=8, head_length=512, head_reps=5, compile_reps=5,
-                   compile_warmup=3, mfu_reps=10, chunk_rows=256, run_memory=False)
+                   compile_warmup=3, mfu_reps=10, chunk_rows=256, head_chunk_rows=256, run_memory=False)
 
     @classmethod
     def toy(cls) -> Settings:
@@ -217,7 +219,7 @@ class Settings:
             queue_sizes=(4096, 64), queue_dim=16, queue_keys=8, queue_sweep=(4,), queue_calls=5, queue_reps=1,
             pipeline_steps=3, pipeline_trainer_steps=1, pipeline_reps=1,
             memory_preset="tiny", memory_vocab=6000, memory_layers=2, memory_xlco_layer=1, memory_length=16,
-            chunk_rows=4, compile_warmup=2, compile_reps=1, mfu_reps=2, lean_batch=2, lean_length=16,
+            chunk_rows=4, head_chunk_rows=0, compile_warmup=2, compile_reps=1, mfu_reps=2, lean_batch=2, lean_length=16,
             matmul_size=128, corpus_lines=24,
             tokenizer_lines=200, tokenizer_reps=1, cache_lines=100, cache_reps=1, sampler_rows=10**6,
             sampler_draws=8192,

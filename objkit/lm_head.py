@@ -34,8 +34,9 @@ and DDP, not FSDP2), the buffer is the decoder weight's ``.grad`` itself, as Meg
 ``gradient_accumulation_fusion`` writes a weight gradient straight into ``main_grad``: the
 backward adds into ``.grad`` (creating it on a step's first backward) and hands autograd no
 decoder gradient, so no decoder-sized tensor lives through the encoder backward; the tied
-embedding's own gradient is the one left, added into ``.grad`` by autograd at the end. The sum
-in ``.grad`` is the same; under DDP the weight's gradient hook still fires (from the embedding
+embedding lookup's own dense gradient is the one left, added into ``.grad`` by autograd at the
+end (on one process not even that: :class:`objkit.memory.GradIntoEmbedding` adds its rows into
+``.grad`` too). The sum in ``.grad`` is the same; under DDP the weight's gradient hook still fires (from the embedding
 path, after the head's backward, which precedes it), so the all-reduce sees the whole sum. Off
 by default: ``torch.autograd.grad`` with the weight as an input would miss the decoder's part.
 """

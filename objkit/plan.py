@@ -54,14 +54,17 @@ class MemoryEstimate:
     checkpointing: bool
     tied_gradient: int
     """Bytes of the word-embedding matrix's fp32 gradient alive during a backward pass beside
-    ``.grad``: the tied decoder's gradient, the embedding's own dense one and, where autograd
+    ``.grad``: the tied decoder's gradient, the embedding lookup's dense one and, where autograd
     adds them out of place, their sum -- three copies with the head in one piece or
-    checkpointed per chunk; two with the head chunked through :meth:`Encoder.lm_head_parts`,
-    whose backward accumulates the decoder gradient in one buffer that takes the embedding's
-    in place; one where that buffer is ``.grad`` itself (``lm_head_grad_in_place``: one
-    process or DDP), the embedding's own gradient at the end of the backward. Measured with
-    ``benchmarks/memory_phases.py`` on ``infoxlm_large`` shapes: the peak of a step is in the
-    backward of its second objective, with the activations held."""
+    checkpointed per chunk. The head chunked through :meth:`Encoder.lm_head_parts` accumulates
+    the decoder gradient in one buffer that takes the embedding's in place: two; one where that
+    buffer is ``.grad`` itself (``lm_head_grad_in_place``: one process or DDP); none where the
+    embedding lookup adds into ``.grad`` too (:class:`objkit.memory.GradIntoEmbedding`: one
+    process). With the lookup into ``.grad`` and autograd's decoder gradient, that gradient
+    waits for the lookup's backward: one copy (head in one piece), two (checkpointed chunks: the
+    sum and a chunk's). Measured with ``benchmarks/memory_phases.py`` on ``infoxlm_large``
+    shapes (chunked, one process): the peak of a step is a backward pass, with one block's
+    activations recomputed."""
 
     @property
     def total(self) -> int:
@@ -102,6 +105,7 @@ def estimate_memory(
     graphs: int = 1,
     fused_head: bool = True,
     grad_in_place: bool = True,
+    embedding_grad_in_place: bool = True,
 ) -> MemoryEstimate:
     """Static bytes plus the activations of ``graphs`` objectives' passes (1 with the default
     per-objective backward: one graph at a time) and the LM head's fp32 logits on 15% of the
@@ -109,13 +113,20 @@ def estimate_memory(
     three ``rows × vocab`` tensors, or three ``chunk × vocab`` ones when chunked. Activations
     take 4 bytes an element in fp32 and about 2 under bf16/fp16 autocast. ``fused_head``: the
     encoder has :meth:`Encoder.lm_head_parts`; ``grad_in_place``: its decoder gradient goes
-    straight into ``.grad`` (not under FSDP2; see :attr:`MemoryEstimate.tied_gradient`)."""
+    straight into ``.grad`` (not under FSDP2); ``embedding_grad_in_place``: so does the embedding
+    lookup's (one process); see :attr:`MemoryEstimate.tied_gradient`."""
     element = 2 if precision in ("bf16", "fp16") else 4
     activations = graphs * element * activation_elements(shape, batch, length, checkpointing)
     rows = math.ceil(MASKED_FRACTION * batch * length)
     live = min(chunk_rows, rows) if chunk_rows else rows
     lm_head = graphs * 3 * 4 * live * shape.vocab
-    tied_copies = (1 if grad_in_place else 2) if chunk_rows and rows > chunk_rows and fused_head else 3
+    chunked = bool(chunk_rows) and rows > chunk_rows
+    if chunked and fused_head:
+        tied_copies = (0 if embedding_grad_in_place else 1) if grad_in_place else 2
+    elif embedding_grad_in_place:
+        tied_copies = 2 if chunked else 1
+    else:
+        tied_copies = 3
     return MemoryEstimate(static=dict(static), activations=activations, lm_head=lm_head, head_rows=rows,
                           chunk_rows=chunk_rows, checkpointing=checkpointing,
                           tied_gradient=tied_copies * 4 * shape.vocab * shape.hidden)
@@ -209,7 +220,8 @@ def plan_with_memory(
     static = {"weights": weights, "gradients": weights, "adamw": optimizer, "objective_state": extra_bytes + copies}
     chunk = recipe.train.lm_head_chunk_rows or 0
     fused = encoder.lm_head_parts() is not None
-    head = {"graphs": n_obj if joint else 1, "fused_head": fused, "grad_in_place": not sharded}
+    head = {"graphs": n_obj if joint else 1, "fused_head": fused, "grad_in_place": not sharded,
+            "embedding_grad_in_place": world.world_size == 1}
     run = estimate_memory(shape, micro, max_len, precision, static,
                           # a list that leaves out an objective: its graph may be the largest (conservative)
                           checkpointing={b.name for b in objectives} <= checkpointed, chunk_rows=chunk, **head)
@@ -233,9 +245,9 @@ def plan_with_memory(
                  f"{run.lm_head / GiB:.2f} GiB ({run.head_rows:,} masked rows, {head_setting}; one piece: "
                  f"{plain.lm_head / GiB:.2f} GiB, chunks of {lean.chunk_rows}: {lean.lm_head / GiB:.2f} GiB)"))
     tied = run.tied_gradient // (4 * shape.vocab * shape.hidden)
-    rows.append(("memory: embedding gradient in the backward (est.)",
-                 f"{run.tied_gradient / GiB:.2f} GiB ({tied} {'copy' if tied == 1 else 'copies'} of "
-                 "the tied embedding / decoder gradient beside .grad)"))
+    copies_text = (f"{tied} {'copy' if tied == 1 else 'copies'} of the tied embedding / decoder gradient beside .grad"
+                   if tied else "the decoder's and the embedding lookup's gradients go straight into .grad")
+    rows.append(("memory: embedding gradient in the backward (est.)", f"{run.tied_gradient / GiB:.2f} GiB ({copies_text})"))
     rows.append(("memory: total per rank (est.)", f"{run.total / GiB:.2f} GiB"))
     rows.append(("memory: without checkpointing or chunked head", f"{plain.total / GiB:.2f} GiB"))
     rows.append(("memory: with checkpointing + chunked head",

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from objkit.encoder import PresetEncoderConfig, XLMREncoder, architecture
 from objkit.errors import UserError
 from objkit.lm_head import lm_head_loss
+from objkit.memory import GradIntoEmbedding, set_embedding_grad_in_place
 from objkit.recipe import load_recipe
 from objkit.registry import default_registry
 from objkit.trainer import Trainer
@@ -87,6 +88,8 @@ def test_activation_checkpointing_and_chunked_head_keep_losses_and_weights(recip
     assert all(block.gradient_checkpointing for block in blocks)
     assert memory[1].encoder.lm_head_chunk_rows == 5
     assert memory[1].encoder.lm_head_grad_in_place  # one process: the decoder gradient goes into .grad
+    # ... and so do the embeddings' (every run on one process, plain included)
+    assert type(memory[1].encoder.mlm.get_input_embeddings()) is GradIntoEmbedding
     # the export is the same model: same config, same tensor names
     plain[1].export(), memory[1].export()
     config_a = json.loads((tmp_path / "plain" / "export" / "config.json").read_text())
@@ -208,6 +211,57 @@ def test_decoder_gradient_in_place_equals_autograds_and_is_in_grad_before_the_em
     assert seen[False] == [False, True] and seen[True] == [True, True]
 
 
+@pytest.mark.parametrize("chunk_rows", [0, 5], ids=["whole_head", "fused_chunked_head"])
+def test_embedding_gradients_into_grad_equal_autograds_and_make_no_vocab_sized_tensor(chunk_rows):
+    """:class:`GradIntoEmbedding` (one process): every parameter's gradient equals autograd's
+    path over two accumulated backward passes, padding positions included (the lookup gives the
+    padding row none, as ``F.embedding`` does), and the backward never makes the dense ``vocab × d``
+    gradient of the lookup (``embedding_dense_backward``)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Calls(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.names: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    encoder = _tiny_encoder()
+    encoder.eval()
+    encoder.lm_head_grad_in_place = True
+    words = encoder.mlm.get_input_embeddings()
+    pad = words.padding_idx
+    assert pad is not None
+    ids = torch.randint(3, 300, (4, 9))
+    ids[1, 6:] = pad
+    mask = (ids != pad).long()
+    targets = torch.randint(0, 300, (36,))
+    grads, calls = {}, {}
+    for in_place in (False, True):
+        assert set_embedding_grad_in_place(encoder, in_place) == (3 if in_place else 0)  # words, positions, types
+        encoder.zero_grad(set_to_none=True)
+        calls[in_place] = Calls()
+        for _ in range(2):
+            hidden = encoder(ids, mask)[-1]
+            loss = lm_head_loss(encoder, hidden.reshape(36, -1), targets, chunk_rows=chunk_rows).loss
+            with calls[in_place]:
+                loss.backward()
+        grads[in_place] = {name: p.grad.clone() for name, p in encoder.named_parameters() if p.grad is not None}
+    assert type(words) is GradIntoEmbedding
+    assert grads[True].keys() == grads[False].keys()
+    for name in grads[False]:
+        torch.testing.assert_close(grads[True][name], grads[False][name], rtol=1e-5, atol=1e-6, msg=name)
+    assert "embedding_dense_backward.default" in calls[False].names
+    assert "embedding_dense_backward.default" not in calls[True].names
+    # without gradients, or switched back, the table is a plain lookup
+    with torch.no_grad():
+        torch.testing.assert_close(words(ids), torch.nn.functional.embedding(ids, words.weight, pad))
+    set_embedding_grad_in_place(encoder, False)
+    assert type(words) is torch.nn.Embedding
+
+
 def test_fused_chunked_head_follows_autocast_like_the_checkpointed_one():
     """Under autocast (bf16 on CPU here; CUDA the same way) the fused head's logit matmuls run in
     the autocast dtype in the forward and again in the backward, as the checkpointed chunks'
@@ -321,19 +375,26 @@ def test_cpu_runs_return_freed_host_memory_and_the_environment_can_turn_it_off(m
 
 
 def test_dry_run_counts_the_tied_gradient_copies_of_the_backward():
-    """Three copies of the word-embedding gradient (the decoder's, the embedding's, their sum)
-    with the head in one piece or checkpointed chunks; two chunked through lm_head_parts (one
-    buffer that takes the embedding's in place), one where that buffer is .grad (one process,
-    DDP); in the total."""
+    """Three copies of the word-embedding gradient (the decoder's, the lookup's, their sum) with
+    the head in one piece or checkpointed chunks; two chunked through lm_head_parts (one buffer
+    that takes the lookup's in place), one where that buffer is .grad (DDP), none where the
+    lookup adds into .grad too (one process); with the lookup into .grad and autograd's decoder
+    gradient, one (whole head) or two (checkpointed chunks); in the total."""
     from objkit.plan import ModelShape, estimate_memory
 
     shape = ModelShape(layers=2, hidden=64, heads=2, ffn=128, vocab=1000)
     static = {"weights": 10}
-    in_place = estimate_memory(shape, 8, 128, "fp32", static, checkpointing=True, chunk_rows=16)
-    fused = estimate_memory(shape, 8, 128, "fp32", static, checkpointing=True, chunk_rows=16, grad_in_place=False)
+
+    def copies(chunk_rows: int, **head: bool) -> int:
+        estimate = estimate_memory(shape, 8, 128, "fp32", static, checkpointing=True, chunk_rows=chunk_rows, **head)
+        assert estimate.tied_gradient % (4 * 1000 * 64) == 0
+        return estimate.tied_gradient // (4 * 1000 * 64)
+
+    one_process = {"grad_in_place": True, "embedding_grad_in_place": True}
+    ddp = {"grad_in_place": True, "embedding_grad_in_place": False}
+    fsdp = {"grad_in_place": False, "embedding_grad_in_place": False}
+    assert [copies(16, **one_process), copies(16, **ddp), copies(16, **fsdp)] == [0, 1, 2]
+    assert [copies(16, fused_head=False, **fsdp), copies(0, fused_head=False, **fsdp)] == [3, 3]
+    assert [copies(16, fused_head=False, **one_process), copies(0, **one_process)] == [2, 1]
     chunked = estimate_memory(shape, 8, 128, "fp32", static, checkpointing=True, chunk_rows=16, fused_head=False)
-    whole = estimate_memory(shape, 8, 128, "fp32", static, checkpointing=True, chunk_rows=0, fused_head=False)
-    matrix = 4 * 1000 * 64
-    assert (in_place.tied_gradient, fused.tied_gradient, chunked.tied_gradient, whole.tied_gradient) == (
-        matrix, 2 * matrix, 3 * matrix, 3 * matrix)
     assert chunked.total == 10 + chunked.activations + chunked.lm_head + chunked.tied_gradient
