@@ -5,6 +5,7 @@ export unchanged, and one line (exit 2) where torch.compile has no backend."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from objkit.encoder import PresetEncoderConfig, XLMREncoder, architecture
 from objkit.errors import UserError
@@ -137,6 +139,21 @@ def _tiny_encoder(vocab: int = 300) -> XLMREncoder:
     return XLMREncoder.from_hf_config(architecture(config, vocab))
 
 
+class _OutputShapes(TorchDispatchMode):
+    """The shapes of the tensors every op makes while active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: list[tuple[int, ...]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.shapes.append(tuple(t.shape))
+        return out
+
+
 @pytest.mark.parametrize("fused", [True, False], ids=["lm_head_parts", "checkpointed_chunks"])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_chunked_head_equals_the_whole_head_and_saves_no_logits(reduction, fused):
@@ -160,9 +177,11 @@ def test_chunked_head_equals_the_whole_head_and_saves_no_logits(reduction, fused
             saved.append(tuple(t.shape))
             return t
 
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _OutputShapes() as made:
             out = lm_head_loss(encoder, hidden, targets, reduction=reduction, chunk_rows=chunk)
-        out.loss.backward()
+            out.loss.backward()
+        if chunk:  # every tensor made, forward and backward, within chunk × vocab (but the d-wide ones)
+            assert max(math.prod(shape) for shape in made.shapes if 16 not in shape) <= chunk * 300
         results[chunk] = out
         shapes[chunk] = saved
         grads[chunk] = [hidden.grad.clone()] + [p.grad.clone() for p in encoder.mlm.lm_head.parameters()]
@@ -217,8 +236,6 @@ def test_embedding_gradients_into_grad_equal_autograds_and_make_no_vocab_sized_t
     path over two accumulated backward passes, padding positions included (the lookup gives the
     padding row none, as ``F.embedding`` does), and the backward never makes the dense ``vocab × d``
     gradient of the lookup (``embedding_dense_backward``)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     class Calls(TorchDispatchMode):
         def __init__(self) -> None:
             super().__init__()
