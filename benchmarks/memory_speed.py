@@ -107,7 +107,7 @@ def chunked_head_time_ratio(ws: Any, bench: Any) -> dict[str, Any]:
     backward, and on CUDA the peak allocated during one head forward + backward."""
     s = ws.settings
     chunk = s.head_chunk_rows or s.chunk_rows
-    rows = math.ceil(0.15 * s.head_batch * (s.head_length - 2))
+    rows = masked_rows(s)
     if chunk >= rows:
         raise ValueError(f"head_chunk_rows {chunk} is not below the step's {rows} masked rows: nothing is chunked")
     whole = _mlm_trainer(ws, bench)
@@ -130,13 +130,18 @@ def chunked_head_time_ratio(ws: Any, bench: Any) -> dict[str, Any]:
     return result
 
 
+def masked_rows(settings: Any) -> int:
+    """The LM-head rows of one base-shape micro-batch: 15% of its tokens but ``<s>`` and ``</s>``."""
+    return math.ceil(0.15 * settings.head_batch * (settings.head_length - 2))
+
+
 def head_peak_bytes(encoder: Any, settings: Any, chunk: int) -> int:
     """Bytes of the tensors the LM head holds at once for one micro-batch's masked rows: on CUDA
     the peak allocated above the start during a forward + backward of :func:`objkit.lm_head_loss`;
     on CPU the tensors it saves for its backward plus the live ``rows × vocab`` logits."""
     from objkit.lm_head import lm_head_loss
 
-    rows = math.ceil(0.15 * settings.head_batch * (settings.head_length - 2))
+    rows = masked_rows(settings)
     device = next(encoder.parameters()).device
     hidden = torch.randn(rows, encoder.hidden_size, device=device, requires_grad=True)
     targets = torch.randint(0, encoder.vocab_size, (rows,), device=device)

@@ -88,6 +88,15 @@ def _chunk_loss(encoder: Encoder, hidden: torch.Tensor, targets: torch.Tensor) -
     return loss, correct
 
 
+def grad_into(param: torch.Tensor) -> torch.Tensor:
+    """``param.grad``, created as zeros on a step's first backward: the buffer a backward that
+    writes a leaf's gradient in place (the fused head's decoder, :class:`objkit.memory.GradIntoEmbedding`)
+    adds into instead of handing autograd a gradient."""
+    if param.grad is None:
+        param.grad = torch.zeros_like(param)
+    return param.grad
+
+
 def vocab_slice_width(rows: int, chunk_rows: int, vocab: int) -> int:
     """Vocabulary entries per slice of the fused head, so that ``rows × width`` logits stay within
     the ``chunk_rows × vocab`` the setting bounds."""
@@ -138,15 +147,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx: Any, grad_total: torch.Tensor, _grad_hits: Any) -> tuple[Any, ...]:
         features, weight, bias, targets, lse = ctx.saved_tensors
         device, autocast_on, autocast_dtype = ctx.autocast
-        want_features = ctx.needs_input_grad[0]
-        grad_features = torch.zeros(features.shape, dtype=torch.float32, device=features.device) if want_features \
-            else None
-        grad_weight = None
+        grad_features = grad_weight = None
+        if ctx.needs_input_grad[0]:  # summed over the slices in fp32
+            grad_features = torch.zeros(features.shape, dtype=torch.float32, device=features.device)
         if ctx.needs_input_grad[1]:
-            param = ctx.param
-            if param is not None and param.grad is None:
-                param.grad = torch.zeros_like(param)
-            grad_weight = param.grad if param is not None else torch.zeros_like(weight)
+            grad_weight = grad_into(ctx.param) if ctx.param is not None else torch.zeros_like(weight)
         grad_bias = torch.zeros_like(bias) if bias is not None and ctx.needs_input_grad[2] else None
         valid = targets != IGNORE_INDEX
         with torch.autocast(device, dtype=autocast_dtype, enabled=autocast_on):

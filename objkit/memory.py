@@ -45,6 +45,7 @@ from torch import nn
 from objkit.distributed import ParallelStrategy
 from objkit.errors import UserError, first_line
 from objkit.interfaces import Encoder, Objective
+from objkit.lm_head import grad_into
 from objkit.schema import TrainConfig
 
 
@@ -103,15 +104,13 @@ class _EmbeddingIntoGrad(torch.autograd.Function):
     def backward(ctx: Any, grad_rows: torch.Tensor) -> tuple[None, None, None]:
         if ctx.needs_input_grad[1]:
             (ids,) = ctx.saved_tensors
-            param = ctx.param
-            if param.grad is None:
-                param.grad = torch.zeros_like(param)
+            grad = grad_into(ctx.param)
             ids = ids.reshape(-1)
             grad_rows = grad_rows.reshape(ids.shape[0], -1)
             if ctx.padding_idx is not None:  # F.embedding's padding row gets no gradient
                 keep = ids != ctx.padding_idx
                 ids, grad_rows = ids[keep], grad_rows[keep]
-            param.grad.index_add_(0, ids, grad_rows.to(param.grad.dtype))
+            grad.index_add_(0, ids, grad_rows.to(grad.dtype))
         return None, None, None
 
 
