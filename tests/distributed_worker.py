@@ -95,8 +95,10 @@ def main() -> None:
         info["resumed_from"] = resumed_from
         info["step"] = trainer.step
         (dump / f"rank{trainer.world.rank}.json").write_text(json.dumps(info, indent=1))
-    finally:
-        distributed.shutdown_distributed()
+    except BaseException:
+        distributed.shutdown_distributed(wait_for_peers=False)
+        raise
+    distributed.shutdown_distributed()  # as objkit run leaves the group: a barrier, then a drain
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -79,3 +81,38 @@ def test_collective_timeout_reaches_the_process_group(monkeypatch):
     world = distributed.init_distributed(torch.device("cpu"), timeout=90)
     assert (world.rank, world.world_size) == (1, 2)
     assert calls == ["armed", {"backend": "gloo", "timeout": datetime.timedelta(seconds=90)}]
+
+
+@pytest.mark.parametrize("fault", [False, True], ids=["normal-exit", "fault"])
+def test_process_group_waits_for_peers_before_leaving_only_on_a_normal_exit(monkeypatch, fault):
+    """``process_group`` leaves the group with a barrier first on a normal exit (the backend's
+    worker threads finish the last collectives while the ranks wait; see
+    ``shutdown_distributed``), and without one after a fault (a rank that died would hold the
+    others for the collective timeout). Either way the group is gone afterwards."""
+    import torch.distributed as dist
+
+    from objkit.distributed import group as distributed
+
+    events: list[str] = []
+    barrier, destroy = dist.barrier, dist.destroy_process_group
+
+    def join(device, timeout):  # noqa: ANN001, ANN202
+        dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+        return WorldInfo()
+
+    monkeypatch.setattr(distributed, "init_distributed", join)
+    monkeypatch.setattr(dist, "barrier", lambda *a, **k: (events.append("barrier"), barrier(*a, **k))[1])
+    monkeypatch.setattr(dist, "destroy_process_group", lambda *a, **k: (events.append("destroy"), destroy(*a, **k))[1])
+
+    class Fault(Exception):
+        pass
+
+    with pytest.raises(Fault) if fault else contextlib.nullcontext():
+        with distributed.process_group(torch.device("cpu"), 60):
+            assert dist.is_initialized()
+            held = torch.ones(4)
+            dist.all_reduce(held)  # a collective on a tensor Python holds
+            if fault:
+                raise Fault
+    assert events == (["destroy"] if fault else ["barrier", "destroy"])
+    assert not dist.is_initialized()
