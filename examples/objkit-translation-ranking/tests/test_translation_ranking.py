@@ -178,6 +178,7 @@ def _rank_main(rank: int, port: int, results: dict) -> None:
         out.loss.backward()
         grad = torch.cat([p.grad.flatten() for p in encoder.parameters() if p.grad is not None])
         results[rank] = (float(out.loss), out.metrics["candidates"], bool(torch.isfinite(grad).all()))
+        dist.barrier()  # lets gloo's threads drop the gathers' tensors before the process exits
     finally:
         dist.destroy_process_group()
 
