@@ -19,6 +19,7 @@ from objkit import checkpoint as ckpt
 from objkit import distributed
 from objkit import sharded_checkpoint as sharded
 from objkit.checkpoint import flatten_state
+from objkit.device import training_device
 from objkit.recipe import load_recipe
 from objkit.registry import default_registry
 from objkit.trainer import Trainer
@@ -53,8 +54,12 @@ def main() -> None:
         verify(path)
 
     ckpt.verify_checkpoint = counting_verify
-    try:
-        trainer = Trainer(load_recipe(Path(recipe), overrides), Path(run_dir), default_registry(), progress=False)
+    resolved = load_recipe(Path(recipe), overrides)
+    train = resolved.recipe.train
+    # joins and leaves the group as objkit run does (on a normal exit: a barrier, then a drain)
+    with distributed.process_group(training_device(train.device, distributed.env_world().rank),
+                                   train.collective_timeout) as world:
+        trainer = Trainer(resolved, Path(run_dir), default_registry(), progress=False, world=world)
         resumed_from: list[str] = []
         resume = trainer.resume
 
@@ -95,10 +100,6 @@ def main() -> None:
         info["resumed_from"] = resumed_from
         info["step"] = trainer.step
         (dump / f"rank{trainer.world.rank}.json").write_text(json.dumps(info, indent=1))
-    except BaseException:
-        distributed.shutdown_distributed(wait_for_peers=False)
-        raise
-    distributed.shutdown_distributed()  # as objkit run leaves the group: a barrier, then a drain
 
 
 if __name__ == "__main__":

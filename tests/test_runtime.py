@@ -100,9 +100,15 @@ def test_process_group_waits_for_peers_before_leaving_only_on_a_normal_exit(monk
         dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
         return WorldInfo()
 
+    def recorded(name, call):  # noqa: ANN001, ANN202
+        def run(*args, **kwargs):  # noqa: ANN202
+            events.append(name)
+            return call(*args, **kwargs)
+        return run
+
     monkeypatch.setattr(distributed, "init_distributed", join)
-    monkeypatch.setattr(dist, "barrier", lambda *a, **k: (events.append("barrier"), barrier(*a, **k))[1])
-    monkeypatch.setattr(dist, "destroy_process_group", lambda *a, **k: (events.append("destroy"), destroy(*a, **k))[1])
+    monkeypatch.setattr(dist, "barrier", recorded("barrier", barrier))
+    monkeypatch.setattr(dist, "destroy_process_group", recorded("destroy", destroy))
 
     class Fault(Exception):
         pass
