@@ -139,14 +139,16 @@ def _tiny_encoder(vocab: int = 300) -> XLMREncoder:
     return XLMREncoder.from_hf_config(architecture(config, vocab))
 
 
-class _OutputShapes(TorchDispatchMode):
-    """The shapes of the tensors every op makes while active."""
+class _Ops(TorchDispatchMode):
+    """The ops run while active (``names``) and the shapes of the tensors they make (``shapes``)."""
 
     def __init__(self) -> None:
         super().__init__()
+        self.names: list[str] = []
         self.shapes: list[tuple[int, ...]] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.__name__)
         out = func(*args, **(kwargs or {}))
         for t in out if isinstance(out, (tuple, list)) else (out,):
             if isinstance(t, torch.Tensor):
@@ -177,7 +179,7 @@ def test_chunked_head_equals_the_whole_head_and_saves_no_logits(reduction, fused
             saved.append(tuple(t.shape))
             return t
 
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _OutputShapes() as made:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _Ops() as made:
             out = lm_head_loss(encoder, hidden, targets, reduction=reduction, chunk_rows=chunk)
             out.loss.backward()
         if chunk:  # every tensor made, forward and backward, within chunk × vocab (but the d-wide ones)
@@ -236,15 +238,6 @@ def test_embedding_gradients_into_grad_equal_autograds_and_make_no_vocab_sized_t
     path over two accumulated backward passes, padding positions included (the lookup gives the
     padding row none, as ``F.embedding`` does), and the backward never makes the dense ``vocab × d``
     gradient of the lookup (``embedding_dense_backward``)."""
-    class Calls(TorchDispatchMode):
-        def __init__(self) -> None:
-            super().__init__()
-            self.names: list[str] = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.names.append(func.__name__)
-            return func(*args, **(kwargs or {}))
-
     encoder = _tiny_encoder()
     encoder.eval()
     encoder.lm_head_grad_in_place = True
@@ -259,7 +252,7 @@ def test_embedding_gradients_into_grad_equal_autograds_and_make_no_vocab_sized_t
     for in_place in (False, True):
         assert set_embedding_grad_in_place(encoder, in_place) == (3 if in_place else 0)  # words, positions, types
         encoder.zero_grad(set_to_none=True)
-        calls[in_place] = Calls()
+        calls[in_place] = _Ops()
         for _ in range(2):
             hidden = encoder(ids, mask)[-1]
             loss = lm_head_loss(encoder, hidden.reshape(36, -1), targets, chunk_rows=chunk_rows).loss
