@@ -1,0 +1,160 @@
+"""What objkit wrote, so that it removes or replaces nothing else.
+
+Every folder objkit writes into holds a manifest, ``.objkit-owned.json``: the names of the
+entries (files or folders) in that folder that objkit wrote, and which command wrote them.
+objkit removes or replaces an entry only when the manifest of its folder names it, or when the
+entry is a folder whose own manifest says objkit wrote all of it. Anything else in the way is a
+:class:`~objkit.errors.UserError` (one line naming it, exit 2) raised before anything is touched.
+
+The building blocks:
+
+- :func:`claim` records entries objkit has just written (atomically: the manifest is never half
+  written);
+- :func:`check_replaceable` refuses a path objkit cannot prove it wrote;
+- :func:`remove_owned` removes such a path after the check;
+- :func:`write_folder` builds a whole output folder in a private temporary sibling and renames it
+  into place, replacing an earlier folder only when objkit wrote all of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from objkit.errors import UserError
+
+MANIFEST = ".objkit-owned.json"
+
+__all__ = [
+    "MANIFEST", "check_replaceable", "claim", "foreign_entries", "is_owned", "owned_entries", "remove_owned",
+    "write_folder",
+]
+
+
+def owned_entries(folder: Path) -> dict[str, str]:
+    """``{entry name: writer}`` from ``folder``'s manifest (empty when there is none or it is unreadable)."""
+    try:
+        data = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    entries = data.get("entries") if isinstance(data, dict) else None
+    if not isinstance(entries, dict):
+        return {}
+    return {str(k): str(v) for k, v in entries.items() if isinstance(k, str) and "/" not in k and k not in ("", ".", "..")}
+
+
+def claim(folder: Path, names: Iterable[str], writer: str) -> None:
+    """Record that ``writer`` (e.g. ``"objkit run"``) wrote ``folder/NAME`` for each name."""
+    folder = Path(folder)
+    entries = owned_entries(folder)
+    new = {name: writer for name in names}
+    for name in new:
+        if "/" in name or name in ("", ".", "..", MANIFEST):
+            raise ValueError(f"claim: {name!r} is not an entry name of {folder}")
+    if all(entries.get(k) == v for k, v in new.items()) and (folder / MANIFEST).is_file():
+        return
+    entries.update(new)
+    payload = json.dumps({"written_by": "objkit", "entries": dict(sorted(entries.items()))}, indent=1) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=MANIFEST + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, _umask_mode(0o666))
+        os.replace(tmp, folder / MANIFEST)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask_mode(mode: int) -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
+def foreign_entries(folder: Path) -> list[str]:
+    """Names in ``folder`` that objkit cannot prove it wrote (sorted; the manifest itself excluded)."""
+    folder = Path(folder)
+    owned = owned_entries(folder)
+    return sorted(p.name for p in folder.iterdir() if p.name != MANIFEST and p.name not in owned)
+
+
+def is_owned(path: Path) -> bool:
+    """``path`` is named by its parent folder's manifest, or is a folder all of whose entries
+    its own manifest names (a folder objkit wrote as a whole)."""
+    path = Path(path)
+    if path.name in owned_entries(path.parent):
+        return True
+    if path.is_dir() and not path.is_symlink() and (path / MANIFEST).is_file():
+        return not foreign_entries(path)
+    return False
+
+
+def check_replaceable(path: Path, what: str) -> None:
+    """Raise a one-line :class:`UserError` unless ``path`` is absent, an empty folder, or owned."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        return
+    if path.is_dir() and not path.is_symlink():
+        try:
+            if not any(path.iterdir()):
+                return
+        except OSError:
+            pass
+    if is_owned(path):
+        return
+    detail = ""
+    if path.is_dir() and not path.is_symlink() and (path / MANIFEST).is_file():
+        foreign = foreign_entries(path)
+        detail = f" ({foreign[0]}{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''} not written by objkit)"
+    raise UserError(
+        f"{path}: exists and objkit did not write it{detail}; objkit replaces only what it wrote "
+        f"(move it away or choose another {what})"
+    )
+
+
+def remove_owned(path: Path) -> None:
+    """Remove ``path`` after :func:`check_replaceable` (a no-op when absent)."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        return
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def write_folder(target: Path, build: Callable[[Path], None], writer: str, what: str = "-o") -> Path:
+    """Build ``target`` as a whole: ``build(tmp)`` fills a private temporary sibling, which gets a
+    manifest naming all it holds and is renamed to ``target``. An existing ``target`` is replaced
+    only when objkit wrote it (or it is empty); otherwise nothing is touched and a one-line error
+    names it. A failed build leaves ``target`` as it was."""
+    target = Path(target)
+    check_replaceable(target, what)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".objkit-tmp", dir=target.parent))
+    os.chmod(tmp, _umask_mode(0o777))
+    old: Path | None = None
+    try:
+        build(tmp)
+        claim(tmp, [p.name for p in tmp.iterdir() if p.name != MANIFEST], writer)
+        if os.path.lexists(target):
+            check_replaceable(target, what)  # again: it may have changed while we built
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".objkit-old", dir=target.parent))
+            os.rmdir(old)
+            os.replace(target, old)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not os.path.lexists(target):
+            os.replace(old, target)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
