@@ -159,3 +159,12 @@ def test_command_groups_help_ends_with_examples(group):
     assert result.exit_code == 0
     last = result.output.strip().split("\n\n")[-1]
     assert last.lstrip().startswith("Examples:") and "objkit " in last, result.output
+
+
+def test_plugin_api_page_sample_error_names_the_current_versions():
+    """docs/plugin-api.md's sample mismatch error shows what this objkit would print."""
+    from objkit import PLUGIN_API_VERSION, __version__
+
+    text = (ROOT / "docs" / "plugin-api.md").read_text(encoding="utf-8")
+    assert f"**Plugin API version: {PLUGIN_API_VERSION}**" in text
+    assert f"but objkit {__version__} provides plugin API {PLUGIN_API_VERSION}:" in text
