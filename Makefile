@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 EXAMPLE_PLUGIN := examples/objkit-translation-ranking
 EXAMPLE_STAMP := $(VENV)/.objkit-translation-ranking
 
-.PHONY: install quickstart test docs perf bench-ablation clean
+.PHONY: install quickstart test perf bench-ablation clean
 
 $(BIN)/objkit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,14 +34,15 @@ test: $(BIN)/objkit $(EXAMPLE_STAMP)
 	$(BIN)/python -m pytest
 	cd $(EXAMPLE_PLUGIN) && $(abspath $(BIN))/python -m pytest
 
-# The documentation site (mkdocs.yml, docs/), built with --strict: a broken link, a page missing
-# from the nav or any other warning fails. Built into a temporary folder, removed afterwards.
-docs: $(BIN)/objkit
-	@site=$$(mktemp -d) && trap 'rm -rf "$$site"' EXIT && $(BIN)/mkdocs build --strict --quiet -d "$$site" && echo "docs: mkdocs build --strict passed"
-
-# The performance suite (benchmarks/README.md); --markdown writes docs/results/performance.md's table.
+# The performance suite (benchmarks/README.md); --markdown writes the README's Performance table.
 perf: $(BIN)/objkit
 	$(BIN)/python benchmarks/run.py --quick --json bench-out/perf.json --markdown bench-out/perf.md
 
 clean:
 	rm -rf runs .pytest_cache
+
+.PHONY: docs
+# The documentation site (mkdocs.yml, docs/), built with --strict: a broken link, a page missing
+# from the nav or any other warning fails. Built into a temporary folder, removed afterwards.
+docs: $(BIN)/objkit
+	@site=$$(mktemp -d) && trap 'rm -rf "$$site"' EXIT && $(BIN)/mkdocs build --strict --quiet -d "$$site" && echo "docs: mkdocs build --strict passed"

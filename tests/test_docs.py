@@ -161,10 +161,10 @@ def test_command_groups_help_ends_with_examples(group):
     assert last.lstrip().startswith("Examples:") and "objkit " in last, result.output
 
 
-def test_plugin_api_page_sample_error_names_the_current_versions():
-    """docs/plugin-api.md's sample mismatch error shows what this objkit would print."""
-    from objkit import PLUGIN_API_VERSION, __version__
+def test_plugin_api_page_sample_error_names_the_current_api():
+    """docs/plugin-api.md's sample mismatch error shows the plugin API this objkit provides."""
+    from objkit import PLUGIN_API_VERSION
 
     text = (ROOT / "docs" / "plugin-api.md").read_text(encoding="utf-8")
     assert f"**Plugin API version: {PLUGIN_API_VERSION}**" in text
-    assert f"but objkit {__version__} provides plugin API {PLUGIN_API_VERSION}:" in text
+    assert re.search(rf"but objkit \S+ provides plugin API {re.escape(PLUGIN_API_VERSION)}:", text)
