@@ -40,3 +40,9 @@ perf: $(BIN)/objkit
 
 clean:
 	rm -rf runs .pytest_cache
+
+.PHONY: docs
+# The documentation site (mkdocs.yml, docs/), built with --strict: a broken link, a page missing
+# from the nav or any other warning fails. Built into a temporary folder, removed afterwards.
+docs: $(BIN)/objkit
+	@site=$$(mktemp -d) && trap 'rm -rf "$$site"' EXIT && $(BIN)/mkdocs build --strict --quiet -d "$$site" && echo "docs: mkdocs build --strict passed"

@@ -21,8 +21,8 @@ they share one; WordPiece for the mBERT row). Every export carries its own token
 evaluation runs per export, and ``objkit eval transfer`` tokenizes each split once per distinct
 tokenizer. Run::
 
-    python benchmarks/transfer_table.py --pairs-dir ../shared/data/newstest --langs de,fr,es,ru \
-        --task-dir ../shared/data/sib200 --tatoeba-dir ../shared/data/tatoeba -o bench-out/transfer
+    python benchmarks/transfer_table.py --pairs-dir data/newstest --langs de,fr,es,ru \
+        --task-dir data/sib200 --tatoeba-dir data/tatoeba -o bench-out/transfer
 
 A row whose run directory holds an export is not trained again (its train time is then the one
 recorded, or the wall time between the run's ``recipe.toml`` and its export); ``--fresh``
@@ -139,19 +139,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--reevaluate", action="store_true",
                    help="evaluate every row again (default: rows evaluated in OUT/results.json with the same "
                         "settings keep their results)")
-    p.add_argument("--update-readme", action="store_true", help="write the table into README.md between "
-                   "the transfer markers")
+    p.add_argument("--update-readme", action="store_true", help="write the table between the transfer markers of README.md "
+                   "and docs/results/transfer.md")
     p.add_argument("--from-results", action="store_true",
-                   help="run nothing: render OUT/results.json again (with --update-readme: into the README)")
+                   help="run nothing: render OUT/results.json again (with --update-readme: into README.md and the docs)")
     args = p.parse_args(argv)
     if args.from_results:
         results = json.loads((args.output / "results.json").read_text())
         (args.output / "results.md").write_text(markdown(results))
         print(markdown(results))
         if args.update_readme:
-            from run import update_readme
+            from run import publish
 
-            update_readme(ROOT / "README.md", markdown(results), README_BEGIN, README_END)
+            publish(markdown(results), README_BEGIN, README_END)
         return
 
     for x in args.langs:
@@ -230,9 +230,9 @@ def main(argv: list[str] | None = None) -> None:
     (out / "results.md").write_text(markdown(results))
     print(markdown(results))
     if args.update_readme:
-        from run import update_readme
+        from run import publish
 
-        update_readme(ROOT / "README.md", markdown(results), README_BEGIN, README_END)
+        publish(markdown(results), README_BEGIN, README_END)
 
 
 if __name__ == "__main__":

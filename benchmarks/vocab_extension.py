@@ -17,8 +17,8 @@
 
 Run (Czech from multi30k; the base learns en/de/fr)::
 
-    python benchmarks/vocab_extension.py --base-files ../shared/data/multi30k/train.{en,de,fr} \\
-        --target-train ../shared/data/multi30k/train.cs --target-heldout ../shared/data/multi30k/val.cs \\
+    python benchmarks/vocab_extension.py --base-files data/multi30k/train.{en,de,fr} \\
+        --target-train data/multi30k/train.cs --target-heldout data/multi30k/val.cs \\
         --lang cs -o bench-out/vocab --update-readme
 
 ``--toy`` trains a 1-layer model for a few steps (the test suite runs it on tiny data it writes).
@@ -154,17 +154,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--heldout-lines", type=int, default=300)
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate of the continued training")
     p.add_argument("--toy", action="store_true", help="a 1-layer model, a few steps (smoke test)")
-    p.add_argument("--update-readme", action="store_true", help="write the table between README.md's vocab markers")
+    p.add_argument("--update-readme", action="store_true", help="write the table between the vocab markers of docs/results/vocab-extension.md")
     p.add_argument("--from-results", action="store_true",
-                   help="run nothing: render OUT/results.json again (with --update-readme: into the README)")
+                   help="run nothing: render OUT/results.json again (with --update-readme: into the docs)")
     args = p.parse_args(argv)
     if args.from_results:
         results = json.loads((args.output / "results.json").read_text())
         print(markdown(results))
         if args.update_readme:
-            from run import update_readme
+            from run import publish
 
-            update_readme(ROOT / "README.md", markdown(results), README_BEGIN, README_END)
+            publish(markdown(results), README_BEGIN, README_END)
         return
     if args.toy:
         args.base_steps, args.steps, args.add, args.heldout_lines = 4, 3, min(args.add, 20), min(args.heldout_lines, 20)
@@ -220,9 +220,9 @@ def main(argv: list[str] | None = None) -> None:
     (out / "results.md").write_text(markdown(results))
     print(markdown(results))
     if args.update_readme:
-        from run import update_readme
+        from run import publish
 
-        update_readme(ROOT / "README.md", markdown(results), README_BEGIN, README_END)
+        publish(markdown(results), README_BEGIN, README_END)
 
 
 if __name__ == "__main__":

@@ -236,9 +236,13 @@ def ensure_tokenizer(config: TokenizerTraining, sources: Mapping[str, Any], cach
 
 
 # ----------------------------------------------------------------------------- CLI
-@click.group("tokenizer")
+@click.group("tokenizer", epilog="""\b
+Examples:
+  objkit tokenizer train corpus/*.txt -o tok/ --vocab-size 8000
+  objkit tokenizer extend runs/quickstart/export corpus/cs.txt -o tok-cs/ --add 2000 --lang cs
+""")
 def tokenizer_group() -> None:
-    """Train and inspect SentencePiece tokenizers."""
+    """Train a SentencePiece tokenizer, or extend one with a new language's pieces."""
 
 
 @tokenizer_group.command("train")

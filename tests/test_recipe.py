@@ -182,7 +182,7 @@ def test_requires_strings_and_versions(tmp_path):
 
 def test_paper_recipes_use_the_reference_masking_and_order():
     """The InfoXLM paper recipes mask specials like the reference and show both pair orders;
-    the plugin defaults (documented in the README) do neither, and XLCO's mixup is a recipe
+    the plugin defaults (documented in docs/guides/objectives.md) do neither, and XLCO's mixup is a recipe
     setting, not a default."""
     from objkit.masking import MaskingConfig
     from objkit_plugins.tlm import TLMConfig
@@ -196,6 +196,6 @@ def test_paper_recipes_use_the_reference_masking_and_order():
         assert obj["mlm"]["mask_specials"] and obj["tlm"]["mask_specials"] and obj["tlm"]["random_order"], name
         assert obj["xlco"]["masking"]["mask_specials"], name
         assert obj["xlco"]["augment"]["mixup"]["prob"] == 1.0, name
-    readme = (recipes.parent / "README.md").read_text(encoding="utf-8")
-    assert "mixup contrast on every example." not in readme  # the old, wrong default claim
-    assert "random_order = true" in readme and "mask_specials = true" in readme
+    guide = (recipes.parent / "docs" / "guides" / "objectives.md").read_text(encoding="utf-8")
+    assert "mixup contrast on every example." not in guide  # the old, wrong default claim
+    assert "random_order = true" in guide and "mask_specials = true" in guide

@@ -26,6 +26,14 @@ eval_group = click.Group(
     "eval",
     help="Evaluate encoders: sentence retrieval (top-1 accuracy, percent), zero-shot cross-lingual "
          "transfer (fine-tune in one language, test in many) and word alignment (AER, percent).",
+    epilog="""\b
+Examples:
+  objkit eval retrieval runs/qi/export --src val.en --tgt val.de
+  objkit eval tatoeba runs/qi/export --data-dir data/tatoeba --langs deu,fra,ces
+  objkit eval transfer xlmr=xlm-roberta-base mine=runs/qi/export --task sib200 --data-dir data/sib200
+  objkit eval align runs/qi/export --src data/alignment/de-en/test.de --tgt data/alignment/de-en/test.en \\
+      --gold data/alignment/de-en/alignv2.txt
+""",
 )
 
 
