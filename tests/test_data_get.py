@@ -307,3 +307,25 @@ def test_list_unknown_name_and_help(capsys):
     for args in ([], ["list"], ["get"]):
         result = runner.invoke(data_group, [*args, "--help"])
         assert result.exit_code == 0 and "Examples:" in result.output.strip().split("\n\n")[-1], args
+
+
+def test_hub_unreachable_and_not_cached_is_one_line(capsys, tmp_path, monkeypatch):
+    import datasets
+    import huggingface_hub.constants as hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # and an empty cache: nothing to load
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-datasets")
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hf-hub"))
+    from objkit.hub import hub_unreachable_reason
+
+    forget = getattr(hub_unreachable_reason, "cache_clear", lambda: None)  # decided once per process
+    forget()
+    dest = tmp_path / "xnli"
+    try:
+        code, out, err = run_main(capsys, "data", "get", "xnli", "-o", str(dest), "--langs", "de")
+    finally:
+        forget()
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("cannot load facebook/xnli configuration 'de' from https://huggingface.co/datasets/facebook/xnli "
+                          "(the hub is unreachable (HF_HUB_OFFLINE is set) and it is not cached)")
+    assert "--from COPY" in err and not dest.exists() and leftovers(tmp_path) == []

@@ -39,7 +39,7 @@ def list_command(as_json: bool) -> None:
     width = max(map(len, CATALOG))
     for s in CATALOG.values():
         click.echo(f"{s.name:<{width}}  {s.about}")
-        click.echo(f"{'':<{width}}  from {s.source}; licence: {s.licence.split(';')[0]}")
+        click.echo(f"{'':<{width}}  from {s.source}; licence: {s.licence}")
         click.echo(f"{'':<{width}}  read by: {s.reads}")
 
 

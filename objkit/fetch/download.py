@@ -127,6 +127,7 @@ def staged(dest: Path, name: str) -> Iterator[Path]:
     """A hidden temporary folder beside ``dest``; moved to ``dest`` when the block succeeds, removed
     when it fails (``dest`` untouched)."""
     check_destination(dest, name)
+    dest = Path(os.path.abspath(dest))  # "-o ." has a name and a parent too
     dest.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.objkit-partial-", dir=dest.parent))
     try:
