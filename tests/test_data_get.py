@@ -180,7 +180,7 @@ def test_refuses_a_non_empty_folder_objkit_did_not_write(capsys, tmp_path, monke
 def test_alignments_from_the_release_tarball(capsys, tmp_path, server, monkeypatch):
     root, url = server
     files = {"de-en/test.de": "Das Haus ist klein .\nJa .\n", "de-en/test.en": "The house is small .\nYes .\n",
-             "de-en/alignv2.txt": "0 1 1 S\n0 2 2 S\n0 3 3 P\n0 4 4 S\n0 5 5 S\n1 1 1 S\n1 2 2 S\n",
+             "de-en/alignv2.txt": "0 1 1 S\r\n0 2 2 S\r\n0 3 3 P\r\n0 4 4 S\r\n0 5 5 S\r\n1 1 1 S\r\n1 2 2 S\r\n",
              "de-en/align.txt": "0 1 1\n0 2 2\n0 3 3\n0 4 4\n0 5 5\n1 1 1\n1 2 2\n",
              "en-fr/test.en": "Yes .\n", "en-fr/test.fr": "Oui .\n", "en-fr/alignv2.txt": "1 1 1 S\n1 2 2 S\n"}
     buffer = io.BytesIO()
@@ -197,6 +197,8 @@ def test_alignments_from_the_release_tarball(capsys, tmp_path, server, monkeypat
     assert code == 0, err
     assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()) == [
         ".objkit-data.json", "SOURCE.md", "de-en/align.txt", "de-en/alignv2.txt", "de-en/test.de", "de-en/test.en"]
+    for name in ("test.de", "test.en", "alignv2.txt", "align.txt"):  # as published (the gold files' CRLF too)
+        assert (dest / "de-en" / name).read_bytes() == files[f"de-en/{name}"].encode()
     from objkit.eval.align import read_corpus
 
     src, tgt, gold, _ = read_corpus(dest / "de-en/test.de", dest / "de-en/test.en", dest / "de-en/alignv2.txt")

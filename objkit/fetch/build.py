@@ -71,8 +71,9 @@ def build_alignments(dl: Downloader, langs: tuple[str, ...], out: Path) -> list[
                         raise UserError(f"{url}: no {pair}/{name} in the archive (expected PAIR/test.L1, "
                                         f"PAIR/test.L2, PAIR/alignv2.txt)")
                     data = tar.extractfile(hits[0]).read()  # type: ignore[union-attr]  # read, never extracted
-                    text = data.decode("utf-8-sig").replace("\r\n", "\n")
-                    _write_lines(out / pair / name, _lines(text))
+                    data.decode("utf-8")  # checked, written as published (the gold files have CRLF line ends)
+                    (out / pair).mkdir(parents=True, exist_ok=True)
+                    (out / pair / name).write_bytes(data)
     except (tarfile.TarError, EOFError, OSError) as err:
         raise UserError(f"{url}: not a readable .tar.gz ({first_line(err)})") from None
     except UnicodeDecodeError:
