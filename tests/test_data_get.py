@@ -175,6 +175,11 @@ def test_refuses_a_non_empty_folder_objkit_did_not_write(capsys, tmp_path, monke
     assert err.strip().splitlines() == [f"-o {dest}: not empty (holds 'notes.txt') and not written by "
                                         f"`objkit data get`; choose a new or empty directory (nothing was changed)"]
     assert sorted(p.name for p in dest.iterdir()) == ["notes.txt"] and leftovers(tmp_path) == []
+    (dest / "notes.txt").unlink()
+    (dest / "a.txt").write_text("a\n", encoding="utf-8")  # a folder objkit wrote, for another data set
+    (dest / ".objkit-data.json").write_text(json.dumps({"dataset": "tatoeba", "files": ["a.txt"]}), encoding="utf-8")
+    code, _, err = run_main(capsys, "data", "get", "sib200", "-o", str(dest))
+    assert code == 2 and "holds data set 'tatoeba'" in err and (dest / "a.txt").exists()
 
 
 def test_alignments_from_the_release_tarball(capsys, tmp_path, server, monkeypatch):
