@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import http.client
 import json
 import os
 import shutil
@@ -73,7 +74,10 @@ class Downloader:
         except urllib.error.HTTPError as err:
             why = "not found" if err.code == 404 else first_line(err)
             raise UserError(f"cannot download {url} (HTTP {err.code}: {why}); {_hint(self.spec, self.dest)}") from None
-        except (urllib.error.URLError, OSError) as err:  # refused, unknown host, timeout, reset
+        except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as err:
+            if isinstance(err, OSError) and err.filename:  # the local side: cannot write
+                raise UserError(f"{err.filename}: cannot write ({err.strerror or err})") from None
+            # refused, unknown host, timeout, reset, cut short, not a URL
             reason = err.reason if isinstance(err, urllib.error.URLError) else err
             why = reason if isinstance(reason, str) else (getattr(reason, "strerror", None) or first_line(reason))
             raise UserError(f"cannot download {url} ({why}); {_hint(self.spec, self.dest)}") from None
