@@ -310,6 +310,10 @@ def test_list_unknown_name_and_help(capsys):
     code, _, err = run_main(capsys, "data", "get", "sib-200", "-o", "never")
     assert code == 2 and err.strip() == ("data set 'sib-200': unknown; did you mean 'sib200'? known: sib200, tatoeba, "
                                          "alignments, ntrex, newstest, xnli, pawsx, panx, udpos (see `objkit data list`)")
+    code, _, err = run_main(capsys, "data", "get", "sib200", "-o", "never", "--langs", "all")
+    assert code == 2 and err.startswith("--langs all: sib200 has no fixed list of languages here")
+    code, _, err = run_main(capsys, "data", "get", "tatoeba", "-o", "never", "--langs", "deu,xxx")
+    assert code == 2 and err.startswith("--langs xxx: tatoeba has no such language")
     runner = CliRunner()
     for args in ([], ["list"], ["get"]):
         result = runner.invoke(data_group, [*args, "--help"])

@@ -215,7 +215,10 @@ def select_languages(s: Spec, langs: str | None) -> tuple[str, ...]:
     """``--langs`` (comma-separated; ``all`` for every known one) checked against the spec."""
     if langs is None:
         return s.languages
-    if langs.strip().lower() == "all" and s.known is not None:
+    if langs.strip().lower() == "all":
+        if s.known is None:
+            raise UserError(f"--langs all: {s.name} has no fixed list of languages here; name them "
+                            f"(e.g. {','.join(s.languages[:3])}; see {s.source})")
         return s.known
     chosen = tuple(dict.fromkeys(x.strip() for x in langs.split(",") if x.strip()))
     if not chosen:
