@@ -87,7 +87,8 @@ CATALOG: dict[str, Spec] = {s.name: s for s in (
     Spec(
         "sib200", "SIB-200", "release", "topic classification, 7 labels, 205 languages (default: the 15 XNLI ones)",
         source="https://github.com/dadelani/sib-200 (data/annotated)",
-        licence="CC BY-SA 4.0 (the FLORES-200 sentences and the annotations); repository code Apache-2.0",
+        licence="CC BY-SA 4.0, https://creativecommons.org/licenses/by-sa/4.0/ (the FLORES-200 sentences and the "
+                "annotations); repository code Apache-2.0",
         citation="Adelani et al. (2024). SIB-200: A Simple, Inclusive, and Big Evaluation Dataset for Topic "
                  "Classification in 200+ Languages and Dialects. EACL 2024.",
         layout="LANG/{train,dev,test}.tsv, header index_id<TAB>category<TAB>text (701/99/204 rows)",
@@ -100,7 +101,8 @@ CATALOG: dict[str, Spec] = {s.name: s for s in (
     Spec(
         "tatoeba", "Tatoeba (LASER test set)", "release", "sentence retrieval, 112 languages paired with English",
         source="https://github.com/facebookresearch/LASER (data/tatoeba/v1)",
-        licence="CC BY 2.0 FR (Tatoeba sentences, tatoeba.org); the LASER repository is BSD",
+        licence="CC BY 2.0 FR, https://creativecommons.org/licenses/by/2.0/fr/ (Tatoeba sentences, tatoeba.org); "
+                "the LASER repository is BSD",
         citation="Artetxe and Schwenk (2019). Massively Multilingual Sentence Embeddings for Zero-Shot "
                  "Cross-Lingual Transfer and Beyond. TACL 7.",
         layout="tatoeba.XXX-eng.XXX and tatoeba.XXX-eng.eng, line-aligned (ISO 639-3 codes, up to 1,000 pairs)",
@@ -129,7 +131,7 @@ CATALOG: dict[str, Spec] = {s.name: s for s in (
     Spec(
         "ntrex", "NTREX-128", "release", "parallel news text, 1,997 sentences, 15 XNLI languages (pretraining)",
         source="https://github.com/MicrosoftTranslator/NTREX (NTREX-128)",
-        licence="CC BY-SA 4.0",
+        licence="CC BY-SA 4.0, https://creativecommons.org/licenses/by-sa/4.0/",
         citation="Federmann, Kocmi and Xin (2022). NTREX-128 - News Test References for MT Evaluation of 128 "
                  "Languages. SUMEval 2022.",
         layout="ntrex.LANG, line-aligned (line k of every file translates line k of ntrex.en)",
@@ -158,7 +160,7 @@ CATALOG: dict[str, Spec] = {s.name: s for s in (
     Spec(
         "xnli", "XNLI", "hub", "natural language inference, 3 labels, 15 languages",
         source="https://huggingface.co/datasets/facebook/xnli",
-        licence="CC BY-NC 4.0",
+        licence="CC BY-NC 4.0, https://creativecommons.org/licenses/by-nc/4.0/",
         citation="Conneau et al. (2018). XNLI: Evaluating Cross-lingual Sentence Representations. EMNLP 2018.",
         layout="{train,dev,test}-LANG.tsv, rows premise<TAB>hypothesis<TAB>label (train: English only unless "
                "--translate-train)",
