@@ -108,6 +108,14 @@ def test_sib200_end_to_end_from_a_local_server(capsys, tmp_path, server, monkeyp
     assert (dest / "eng_Latn" / "test.tsv").read_text(encoding="utf-8").endswith("9\tsports\tNew.\n")
     assert not (dest / "deu_Latn").exists() and leftovers(dest.parent) == []
 
+    empty = tmp_path / "empty"
+    empty.mkdir()  # an empty folder is filled too; a file is refused
+    assert run_main(capsys, "data", "get", "sib200", "-o", str(empty), "--langs", "deu_Latn")[0] == 0
+    assert (empty / "deu_Latn" / "dev.tsv").is_file() and leftovers(tmp_path) == []
+    (tmp_path / "file").write_text("x", encoding="utf-8")
+    code, _, err = run_main(capsys, "data", "get", "sib200", "-o", str(tmp_path / "file"))
+    assert code == 2 and err.strip() == f"-o {tmp_path / 'file'}: exists and is not a directory (expected a new or empty directory)"
+
 
 def test_unreachable_source_is_one_line_naming_the_url_and_the_layout(capsys, tmp_path, monkeypatch):
     url = closed_port_url()
