@@ -244,6 +244,7 @@ def _load_subcommands() -> None:
     cli.add_command(eval_group)
     cli.add_command(plot_command)
     cli.add_command(new_plugin_command)
+    cli.add_command(__import__("objkit.fetch.cli", fromlist=["data_group"]).data_group)  # objkit data
 
 
 def _stop_now(*_: object) -> None:
