@@ -14,6 +14,19 @@ import click
 from typing import Any
 
 from objkit.errors import UserError
+from objkit.lazygroup import LazyGroup
+
+# The subcommands defined in modules of their own: name -> ("module:attribute", short help for
+# `objkit --help`). Adding a command is one line here; its module is imported only when the
+# command runs or its own --help is asked (keep torch/transformers/datasets imports inside
+# the command's function, so that its --help stays fast: tests/test_cli.py checks every one).
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "eval": ("objkit.eval.cli:eval_group", "Evaluate encoders: retrieval, cross-lingual transfer, word alignment."),
+    "new-plugin": ("objkit.scaffold:new_plugin_command", "Write a new plugin distribution to start from."),
+    "plot": ("objkit.plot:plot_command", "Plot the metrics of one or more runs into an image."),
+    "prepare": ("objkit.prepare_cmd:prepare_command", "Tokenize a recipe's data once, into a cache runs start from."),
+    "tokenizer": ("objkit.tokenizer:tokenizer_group", "Train a tokenizer, or extend one with new pieces."),
+}
 
 
 def _recipe_options(func):  # noqa: ANN001, ANN202 - click decorator
@@ -28,6 +41,8 @@ def _recipe_options(func):  # noqa: ANN001, ANN202 - click decorator
 
 
 @click.group(
+    cls=LazyGroup,
+    lazy_subcommands=SUBCOMMANDS,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog="""\b
 Examples:
@@ -51,6 +66,8 @@ Examples:
 @click.pass_context
 def cli(ctx: click.Context, plugins: tuple[str, ...]) -> None:
     """Compose pretraining objectives for cross-lingual encoders from plugins and recipes."""
+    if not plugins:  # nothing to set (the registry, which imports torch, stays unloaded for --help)
+        return
     from objkit import registry
 
     registry.configure(plugins)
@@ -228,24 +245,6 @@ def _check_unlocked(output: Path) -> None:
         lock.release()
 
 
-def _load_subcommands() -> None:
-    from objkit.tokenizer import tokenizer_group
-
-    from objkit.eval.cli import eval_group
-    from objkit.plot import plot_command
-    from objkit.scaffold import new_plugin_command
-
-    from objkit.prepare import prepare_command
-    from objkit.vocab import extend_command
-
-    tokenizer_group.add_command(extend_command)
-    cli.add_command(tokenizer_group)
-    cli.add_command(prepare_command)
-    cli.add_command(eval_group)
-    cli.add_command(plot_command)
-    cli.add_command(new_plugin_command)
-
-
 def _stop_now(*_: object) -> None:
     """Exit 130 at once, saying so in one line (no cleanup left to interrupt, no traceback)."""
     for stream in (sys.stdout, sys.stderr):
@@ -283,13 +282,16 @@ def _main(argv: list[str] | None) -> None:
     if launched_by_torchrun():  # a rank: never outlive torchrun (it starts ranks in sessions of their own)
         die_with_launcher()
     try:
-        _load_subcommands()
         cli.main(args=argv, prog_name="objkit", standalone_mode=False)
     except UserError as exc:
         for line in str(exc).splitlines():
             click.echo(line, err=True)
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        if isinstance(exc.__cause__, KeyboardInterrupt):  # Ctrl-C while a (lazily loaded) command starts
+            signal.signal(signal.SIGINT, _stop_now)
+            click.echo("interrupted", err=True)
+            sys.exit(130)
         click.echo("aborted", err=True)
         sys.exit(130)
     except click.ClickException as exc:

@@ -105,18 +105,63 @@ def test_dry_run_quickstart(capsys, tmp_path):
     assert "query encoder parameters" in out and "tokens per step" in out and "memory: total" in out
 
 
-def test_every_command_help_ends_with_examples():
-    from click.testing import CliRunner
+HELP_SCRIPT = r"""
+import contextlib, io, json, sys
+from objkit.cli import cli, main
 
-    main_commands = ["list-plugins", "validate", "run", "new-plugin"]
-    from objkit.cli import _load_subcommands
+HEAVY = ("torch", "transformers", "datasets")
+out = {}
 
-    _load_subcommands()
-    runner = CliRunner()
-    for name in main_commands:
-        result = runner.invoke(cli, [name, "--help"])
-        assert result.exit_code == 0
-        assert "Examples:" in result.output.strip().split("\n\n")[-1], name
+def check(path):
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        main([*path, "--help"])
+    text = buf.getvalue()
+    out[" ".join(path) or "objkit"] = {
+        "heavy": [m for m in HEAVY if m in sys.modules],
+        "examples": "Examples:" in text.strip().split("\n\n")[-1],
+    }
+
+def walk(group, path):
+    import click
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        check([*path, name])
+        command = group.get_command(ctx, name)
+        if isinstance(command, click.Group):
+            walk(command, [*path, name])
+
+check([])
+walk(cli, [])
+print(json.dumps(out))
+"""
+
+
+def test_every_help_is_fast_to_load_and_ends_with_examples():
+    """`objkit --help`, then every command's and subcommand's --help, in one fresh process: none
+    imports torch, transformers or datasets (what made --help take seconds), and each ends with
+    an Examples epilog."""
+    result = subprocess.run([sys.executable, "-c", HELP_SCRIPT], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    helps = json.loads(result.stdout.strip().splitlines()[-1])
+    assert {"objkit", "run", "validate", "list-plugins", "eval", "eval transfer", "eval retrieval", "eval tatoeba",
+            "eval align", "tokenizer", "tokenizer train", "tokenizer extend", "prepare", "plot", "new-plugin"} <= set(helps)
+    assert {path: h["heavy"] for path, h in helps.items() if h["heavy"]} == {}
+    assert [path for path, h in helps.items() if not h["examples"]] == []
+
+
+def test_lazy_subcommands_load_the_command_they_name():
+    """Each SUBCOMMANDS line resolves to a click command of that name (a typo fails here, not in a user's shell)."""
+    import click
+
+    from objkit.cli import SUBCOMMANDS
+
+    ctx = click.Context(cli)
+    for name, (target, short_help) in SUBCOMMANDS.items():
+        command = cli.get_command(ctx, name)
+        assert isinstance(command, click.Command) and command.name == name, target
+        assert short_help and not short_help.endswith("..."), name
+    assert set(SUBCOMMANDS) < set(cli.list_commands(ctx))
 
 
 def test_python_dash_m_objkit():
