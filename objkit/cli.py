@@ -29,7 +29,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _recipe_options(func):  # noqa: ANN001, ANN202 - click decorator
+def _recipe_options(func, several: bool = False):  # noqa: ANN001, ANN202 - click decorator
     func = click.option(
         "--set",
         "overrides",
@@ -37,7 +37,14 @@ def _recipe_options(func):  # noqa: ANN001, ANN202 - click decorator
         metavar="KEY=VALUE",
         help="Override a recipe key; VALUE is parsed as TOML (falls back to a string). Repeatable.",
     )(func)
+    if several:
+        return click.argument("recipes", nargs=-1, required=True, metavar="RECIPE [RECIPE ...]",
+                              type=click.Path(dir_okay=False, path_type=Path))(func)
     return click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))(func)
+
+
+def _several_recipes_options(func):  # noqa: ANN001, ANN202 - click decorator
+    return _recipe_options(func, several=True)
 
 
 @click.group(
@@ -125,14 +132,37 @@ Examples:
   objkit validate recipes/infoxlm_base.toml
   objkit validate recipes/quickstart.toml --set train.steps=50 --set train.lr=1e-3
   objkit validate recipes/quickstart.toml --set 'data.mono={type="text",files=[{path="a.txt",lang="en"}]}'
+  objkit validate recipes/*.toml --quiet
 """)
-@_recipe_options
-def validate(recipe: Path, overrides: tuple[str, ...]) -> None:
-    """Validate RECIPE and print it fully resolved (extends, overrides, defaults) as TOML."""
+@click.option("-q", "--quiet", is_flag=True, help="Print only RECIPE: ok (or its errors), not the resolved TOML.")
+@_several_recipes_options
+def validate(recipes: tuple[Path, ...], overrides: tuple[str, ...], quiet: bool = False) -> None:
+    """Validate each RECIPE and print it fully resolved (extends, overrides, defaults) as TOML.
+
+    With several recipes, each is printed after a `# RECIPE` line; every one is checked, the
+    errors of each are printed, and the exit code is 2 if any is invalid.
+    """
     from objkit.recipe import load_recipe
 
-    resolved = load_recipe(recipe, list(overrides))
-    click.echo(resolved.to_toml(), nl=False)
+    failed: list[UserError] = []
+    for recipe in recipes:
+        try:
+            resolved = load_recipe(recipe, list(overrides))
+        except UserError as exc:
+            if len(recipes) == 1:
+                raise
+            failed.append(exc)
+            for line in str(exc).splitlines():
+                click.echo(line, err=True)
+            continue
+        if quiet:
+            click.echo(f"{recipe}: ok")
+            continue
+        if len(recipes) > 1:
+            click.echo(f"# {recipe}")
+        click.echo(resolved.to_toml(), nl=False)
+    if failed:
+        raise UserError(f"validate: {len(failed)} of {len(recipes)} recipes are invalid (above)")
 
 
 @cli.command(epilog="""\b
@@ -141,6 +171,7 @@ Examples:
   objkit run recipes/quickstart_infoxlm.toml -o runs/qi --set train.steps=100
   objkit run recipes/quickstart.toml -o runs/quickstart --fresh
   objkit run recipes/infoxlm_large.toml --dry-run
+  objkit run recipes/infoxlm_large.toml --dry-run --nproc 8 --json
   objkit run recipes/quickstart_infoxlm.toml -o runs/qi2 --nproc 2
   objkit run recipes/quickstart.toml -o runs/q2 --cache-dir cache/quickstart   (objkit prepare first, or built once)
   torchrun --standalone --nproc_per_node 8 -m objkit run recipes/infoxlm_base.toml -o runs/base \\
@@ -149,6 +180,7 @@ Examples:
 @_recipe_options
 @click.option("-o", "--output", type=click.Path(file_okay=False), help="Run directory (resumes if it holds checkpoints).")
 @click.option("--dry-run", is_flag=True, help="Build everything on the meta device and print the plan; no training.")
+@click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the plan as one JSON object.")
 @click.option("--no-progress", is_flag=True, help="Disable the progress bars.")
 @click.option("--fresh", is_flag=True, help="Start over in OUTPUT: remove a previous run's checkpoints, metrics and export.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Tokenized cache (objkit prepare): sets data.cache_dir.")
@@ -158,7 +190,7 @@ Examples:
 )
 def run(
     recipe: Path, overrides: tuple[str, ...], output: str | None, dry_run: bool, no_progress: bool,
-    fresh: bool, nproc: int | None, cache_dir: str | None = None,
+    fresh: bool, nproc: int | None, cache_dir: str | None = None, as_json: bool = False,
 ) -> None:
     """Train the model RECIPE describes into OUTPUT (metrics, checkpoints, export/).
 
@@ -177,11 +209,18 @@ def run(
         from objkit.plan import dry_run_plan
 
         rows = dry_run_plan(resolved, registry, world_size=nproc)  # --nproc: plan for that many ranks
+        if as_json:
+            plan = {key: value for key, value in rows if key != "note"}
+            notes = [value for key, value in rows if key == "note"]
+            click.echo(json.dumps({"recipe": str(recipe), "plan": plan, "notes": notes}))
+            return
         width = max(len(k) for k, _ in rows)
         click.echo(f"plan for {recipe} (dry run: nothing trained)")
         for key, value in rows:
             click.echo(f"  {key.ljust(width)}  {value}")
         return
+    if as_json:
+        raise UserError("run: --json goes with --dry-run (a run writes RUN/metrics.jsonl)")
     if output is None:
         raise UserError("run: -o/--output DIR is required (where metrics, checkpoints and the export go)")
     if not output.strip():

@@ -208,3 +208,24 @@ def test_ctrl_c_twice_during_startup_is_one_line(tmp_path):
         proc.send_signal(signal.SIGINT)
     err = proc.communicate(timeout=120)[1]
     assert proc.returncode in (130, -signal.SIGINT) and err.strip() == "interrupted", err
+
+
+def test_validate_several_recipes_checks_each(capsys, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[train]\nsteps = "many"\n')
+    quickstart, mlm = str(ROOT / "recipes/quickstart.toml"), str(ROOT / "recipes/quickstart_mlm.toml")
+    code, out, err = run_main(capsys, "validate", quickstart, mlm)
+    assert code == 0 and out.startswith(f"# {quickstart}\n") and f"\n# {mlm}\n" in out and "[train]" in out
+    code, out, err = run_main(capsys, "validate", quickstart, str(bad), mlm, "--quiet")
+    assert code == 2 and out == f"{quickstart}: ok\n{mlm}: ok\n"
+    assert f"{bad}: train.steps:" in err and err.strip().endswith("validate: 1 of 3 recipes are invalid (above)")
+
+
+def test_dry_run_json(capsys):
+    code, out, _ = run_main(capsys, "run", str(ROOT / "recipes/quickstart.toml"), "--dry-run", "--json", "--nproc", "2")
+    assert code == 0
+    data = json.loads(out)
+    assert data["recipe"].endswith("quickstart.toml") and "query encoder parameters" in data["plan"]
+    assert any(key.startswith("tokens per step") for key in data["plan"]) and isinstance(data["notes"], list)
+    code, _, err = run_main(capsys, "run", str(ROOT / "recipes/quickstart.toml"), "--json", "-o", "x")
+    assert code == 2 and "--json goes with --dry-run" in err
