@@ -209,13 +209,15 @@ def _training_sources(config: TokenizerTraining, sources: Mapping[str, Any]) -> 
 
 
 def ensure_tokenizer(config: TokenizerTraining, sources: Mapping[str, Any], cache_dir: Path, *,
-                     base_dir: Path | None = None, seed: int = 0, progress: bool = True) -> Path:
+                     base_dir: Path | None = None, seed: int = 0, progress: bool | None = None) -> Path:
     """Directory of the tokenizer trained from ``config`` on ``sources``, training it only once.
 
     The result lives in ``cache_dir/<tokenizer_cache_key>/``; training writes a temporary
     sibling directory and renames it into place, so a finished directory is always complete.
     Each source contributes up to ``ceil(max_sentences / number of sources)`` sentences. In a
-    distributed job call it on one rank first, then on the others after a barrier.
+    distributed job call it on one rank first, then on the others after a barrier. ``progress``:
+    a reading bar on a terminal; None follows datasets' progress-bar switch (which ``run
+    --no-progress`` and ``prepare --no-progress`` turn off), as the tokenization bars do.
     """
     from objkit.data.sources import iter_source_texts
 
@@ -226,6 +228,10 @@ def ensure_tokenizer(config: TokenizerTraining, sources: Mapping[str, Any], cach
         log.info("tokenizer: reusing %s", target)
         return target
     names = _training_sources(config, sources)
+    if progress is None:
+        import datasets
+
+        progress = datasets.is_progress_bar_enabled()
     per_source = math.ceil(config.max_sentences / len(names))
     texts = itertools.chain.from_iterable(
         iter_source_texts(sources[n], per_source, name=n, base_dir=base_dir) for n in names)
