@@ -20,6 +20,7 @@ from objkit.lazygroup import LazyGroup
 # `objkit --help`). Adding a command is one line here; its module is imported only when the
 # command runs or its own --help is asked (keep torch/transformers/datasets imports inside
 # the command's function, so that its --help stays fast: tests/test_cli.py checks every one).
+# A new command, e.g.:  "recipes": ("objkit.recipes_cmd:recipes_group", "List the packaged recipes..."),
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("objkit.eval.cli:eval_group", "Evaluate encoders: retrieval, cross-lingual transfer, word alignment."),
     "new-plugin": ("objkit.scaffold:new_plugin_command", "Write a new plugin distribution to start from."),
