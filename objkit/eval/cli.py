@@ -70,7 +70,8 @@ def _models(models: tuple[str, ...]) -> list[Any]:
 
 
 def _markdown(head: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|"]
+    rule = "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|"
+    lines = ["| " + " | ".join(head) + " |", rule]
     return "\n".join([*lines, *("| " + " | ".join(row) + " |" for row in rows)]) + "\n"
 
 
@@ -123,7 +124,8 @@ def retrieval_command(
             model, tokenizer, src_lines, tgt_lines, layer=used, pooling=pooling,  # type: ignore[arg-type]
             batch_size=batch_size, max_length=max_length, device=device, progress=_progress(),
         )  # fmt: skip
-        rows.append([spec.name, str(used), pooling, str(res["n"]), *(f"{res[k]:.2f}" for k in ("src2tgt", "tgt2src", "mean"))])
+        scores = [f"{res[k]:.2f}" for k in ("src2tgt", "tgt2src", "mean")]
+        rows.append([spec.name, str(used), pooling, str(res["n"]), *scores])
         if as_json:
             click.echo(json.dumps({"model": spec.path, "name": spec.name, "src": str(src), "tgt": str(tgt), **res}))
             continue
@@ -134,7 +136,8 @@ def retrieval_command(
         click.echo(f"tgt→src  {res['tgt2src']:6.2f}")
         click.echo(f"mean     {res['mean']:6.2f}")
     if markdown is not None:
-        _write_atomic(markdown, _markdown(["model", "layer", "pooling", "pairs", "src→tgt", "tgt→src", "mean"], rows))
+        head = ["model", "layer", "pooling", "pairs", "src→tgt", "tgt→src", "mean"]
+        _write_atomic(markdown, _markdown(head, rows))
 
 
 @eval_group.command("tatoeba", epilog="""\b
@@ -172,7 +175,8 @@ def tatoeba_command(
             model, tokenizer, data_dir, chosen, layer=used, pooling=pooling,  # type: ignore[arg-type]
             batch_size=batch_size, max_length=max_length, device=device, progress=_progress(),
         )  # fmt: skip
-        rows.append([spec.name, *(f"{r['mean']:.2f}" for r in res["languages"].values()), f"{res['average']['mean']:.2f}"])
+        means = [f"{r['mean']:.2f}" for r in res["languages"].values()]
+        rows.append([spec.name, *means, f"{res['average']['mean']:.2f}"])
         if as_json:
             click.echo(json.dumps({"model": spec.path, "name": spec.name, "data_dir": str(data_dir), **res}))
             continue
