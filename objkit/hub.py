@@ -22,14 +22,14 @@ def hub_unreachable_reason(timeout: float = 3.0) -> str | None:
     it is reachable), else why not, in a few words."""
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}:
         return "HF_HUB_OFFLINE is set"
-    from huggingface_hub import constants, is_offline_mode
-    from huggingface_hub.utils import get_session
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session  # requests' Session (hub < 1.0) or httpx's Client
 
-    if is_offline_mode():
+    if constants.HF_HUB_OFFLINE:
         return "HF_HUB_OFFLINE is set"
     endpoint = constants.ENDPOINT
     try:
-        get_session().head(endpoint, timeout=timeout, follow_redirects=False)
+        get_session().head(endpoint, timeout=timeout)
     except Exception as exc:  # noqa: BLE001 - any transport failure (DNS, refused, proxy, TLS, timeout)
         proxy = next((os.environ[k] for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy",
                                               "ALL_PROXY", "all_proxy") if os.environ.get(k)), None)
