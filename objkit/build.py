@@ -54,8 +54,11 @@ def load_tokenizer(
     try:
         return AutoTokenizer.from_pretrained(spec_path, local_files_only=offline)
     except (OSError, ValueError) as exc:
-        why = hub_unreachable_reason() if offline and not Path(spec_path).is_dir() else None
-        reason = f"not a local directory nor in the HF cache, and {why}" if why else str(exc).splitlines()[0][:120]
+        if local_files_only and not Path(spec_path).is_dir():  # the caller asked for no network (--dry-run)
+            reason = "not a local directory nor in the HF cache; the network is not used here"
+        else:
+            why = hub_unreachable_reason() if offline and not Path(spec_path).is_dir() else None
+            reason = f"not a local directory nor in the HF cache, and {why}" if why else str(exc).splitlines()[0][:120]
         raise UserError(
             f"{key}: cannot load a tokenizer from {spec_path!r} ({reason}); "
             "give a local directory or a reachable hub id"

@@ -14,9 +14,24 @@ import click
 from typing import Any
 
 from objkit.errors import UserError
+from objkit.lazygroup import LazyGroup
+
+# The subcommands defined in modules of their own: name -> ("module:attribute", short help for
+# `objkit --help`). Adding a command is one line here; its module is imported only when the
+# command runs or its own --help is asked (keep torch/transformers/datasets imports inside
+# the command's function, so that its --help stays fast: tests/test_cli.py checks every one).
+# A new command, e.g.:  "recipes": ("objkit.recipes_cmd:recipes_group", "List the packaged recipes..."),
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("objkit.fetch.cli:data_group", "Download evaluation sets and parallel text into objkit's layout."),
+    "eval": ("objkit.eval.cli:eval_group", "Evaluate encoders: retrieval, cross-lingual transfer, word alignment."),
+    "new-plugin": ("objkit.scaffold:new_plugin_command", "Write a new plugin distribution to start from."),
+    "plot": ("objkit.plot:plot_command", "Plot the metrics of one or more runs into an image."),
+    "prepare": ("objkit.prepare_cmd:prepare_command", "Tokenize a recipe's data once, into a cache runs start from."),
+    "tokenizer": ("objkit.tokenizer:tokenizer_group", "Train a tokenizer, or extend one with new pieces."),
+}
 
 
-def _recipe_options(func):  # noqa: ANN001, ANN202 - click decorator
+def _recipe_options(func, several: bool = False):  # noqa: ANN001, ANN202 - click decorator
     func = click.option(
         "--set",
         "overrides",
@@ -24,10 +39,19 @@ def _recipe_options(func):  # noqa: ANN001, ANN202 - click decorator
         metavar="KEY=VALUE",
         help="Override a recipe key; VALUE is parsed as TOML (falls back to a string). Repeatable.",
     )(func)
+    if several:
+        return click.argument("recipes", nargs=-1, required=True, metavar="RECIPE [RECIPE ...]",
+                              type=click.Path(dir_okay=False, path_type=Path))(func)
     return click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))(func)
 
 
+def _several_recipes_options(func):  # noqa: ANN001, ANN202 - click decorator
+    return _recipe_options(func, several=True)
+
+
 @click.group(
+    cls=LazyGroup,
+    lazy_subcommands=SUBCOMMANDS,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog="""\b
 Examples:
@@ -51,6 +75,8 @@ Examples:
 @click.pass_context
 def cli(ctx: click.Context, plugins: tuple[str, ...]) -> None:
     """Compose pretraining objectives for cross-lingual encoders from plugins and recipes."""
+    if not plugins:  # nothing to set (the registry, which imports torch, stays unloaded for --help)
+        return
     from objkit import registry
 
     registry.configure(plugins)
@@ -108,14 +134,37 @@ Examples:
   objkit validate recipes/infoxlm_base.toml
   objkit validate recipes/quickstart.toml --set train.steps=50 --set train.lr=1e-3
   objkit validate recipes/quickstart.toml --set 'data.mono={type="text",files=[{path="a.txt",lang="en"}]}'
+  objkit validate recipes/*.toml --quiet
 """)
-@_recipe_options
-def validate(recipe: Path, overrides: tuple[str, ...]) -> None:
-    """Validate RECIPE and print it fully resolved (extends, overrides, defaults) as TOML."""
+@click.option("-q", "--quiet", is_flag=True, help="Print only RECIPE: ok (or its errors), not the resolved TOML.")
+@_several_recipes_options
+def validate(recipes: tuple[Path, ...], overrides: tuple[str, ...], quiet: bool = False) -> None:
+    """Validate each RECIPE and print it fully resolved (extends, overrides, defaults) as TOML.
+
+    With several recipes, each is printed after a `# RECIPE` line; every one is checked, the
+    errors of each are printed, and the exit code is 2 if any is invalid.
+    """
     from objkit.recipe import load_recipe
 
-    resolved = load_recipe(recipe, list(overrides))
-    click.echo(resolved.to_toml(), nl=False)
+    failed: list[UserError] = []
+    for recipe in recipes:
+        try:
+            resolved = load_recipe(recipe, list(overrides))
+        except UserError as exc:
+            if len(recipes) == 1:
+                raise
+            failed.append(exc)
+            for line in str(exc).splitlines():
+                click.echo(line, err=True)
+            continue
+        if quiet:
+            click.echo(f"{recipe}: ok")
+            continue
+        if len(recipes) > 1:
+            click.echo(f"# {recipe}")
+        click.echo(resolved.to_toml(), nl=False)
+    if failed:
+        raise UserError(f"validate: {len(failed)} of {len(recipes)} recipes are invalid (above)")
 
 
 @cli.command(epilog="""\b
@@ -124,6 +173,7 @@ Examples:
   objkit run recipes/quickstart_infoxlm.toml -o runs/qi --set train.steps=100
   objkit run recipes/quickstart.toml -o runs/quickstart --fresh
   objkit run recipes/infoxlm_large.toml --dry-run
+  objkit run recipes/infoxlm_large.toml --dry-run --nproc 8 --json
   objkit run recipes/quickstart_infoxlm.toml -o runs/qi2 --nproc 2
   objkit run recipes/quickstart.toml -o runs/q2 --cache-dir cache/quickstart   (objkit prepare first, or built once)
   torchrun --standalone --nproc_per_node 8 -m objkit run recipes/infoxlm_base.toml -o runs/base \\
@@ -132,6 +182,7 @@ Examples:
 @_recipe_options
 @click.option("-o", "--output", type=click.Path(file_okay=False), help="Run directory (resumes if it holds checkpoints).")
 @click.option("--dry-run", is_flag=True, help="Build everything on the meta device and print the plan; no training.")
+@click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the plan as one JSON object.")
 @click.option("--no-progress", is_flag=True, help="Disable the progress bars.")
 @click.option("--fresh", is_flag=True, help="Start over in OUTPUT: remove a previous run's checkpoints, metrics and export.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Tokenized cache (objkit prepare): sets data.cache_dir.")
@@ -141,7 +192,7 @@ Examples:
 )
 def run(
     recipe: Path, overrides: tuple[str, ...], output: str | None, dry_run: bool, no_progress: bool,
-    fresh: bool, nproc: int | None, cache_dir: str | None = None,
+    fresh: bool, nproc: int | None, cache_dir: str | None = None, as_json: bool = False,
 ) -> None:
     """Train the model RECIPE describes into OUTPUT (metrics, checkpoints, export/).
 
@@ -160,11 +211,18 @@ def run(
         from objkit.plan import dry_run_plan
 
         rows = dry_run_plan(resolved, registry, world_size=nproc)  # --nproc: plan for that many ranks
+        if as_json:
+            plan = {key: value for key, value in rows if key != "note"}
+            notes = [value for key, value in rows if key == "note"]
+            click.echo(json.dumps({"recipe": str(recipe), "plan": plan, "notes": notes}))
+            return
         width = max(len(k) for k, _ in rows)
         click.echo(f"plan for {recipe} (dry run: nothing trained)")
         for key, value in rows:
             click.echo(f"  {key.ljust(width)}  {value}")
         return
+    if as_json:
+        raise UserError("run: --json goes with --dry-run (a run writes RUN/metrics.jsonl)")
     if output is None:
         raise UserError("run: -o/--output DIR is required (where metrics, checkpoints and the export go)")
     if not output.strip():
@@ -228,25 +286,6 @@ def _check_unlocked(output: Path) -> None:
         lock.release()
 
 
-def _load_subcommands() -> None:
-    from objkit.tokenizer import tokenizer_group
-
-    from objkit.eval.cli import eval_group
-    from objkit.plot import plot_command
-    from objkit.scaffold import new_plugin_command
-
-    from objkit.prepare import prepare_command
-    from objkit.vocab import extend_command
-
-    tokenizer_group.add_command(extend_command)
-    cli.add_command(tokenizer_group)
-    cli.add_command(prepare_command)
-    cli.add_command(eval_group)
-    cli.add_command(plot_command)
-    cli.add_command(new_plugin_command)
-    cli.add_command(__import__("objkit.fetch.cli", fromlist=["data_group"]).data_group)  # objkit data
-
-
 def _stop_now(*_: object) -> None:
     """Exit 130 at once, saying so in one line (no cleanup left to interrupt, no traceback)."""
     for stream in (sys.stdout, sys.stderr):
@@ -284,13 +323,16 @@ def _main(argv: list[str] | None) -> None:
     if launched_by_torchrun():  # a rank: never outlive torchrun (it starts ranks in sessions of their own)
         die_with_launcher()
     try:
-        _load_subcommands()
         cli.main(args=argv, prog_name="objkit", standalone_mode=False)
     except UserError as exc:
         for line in str(exc).splitlines():
             click.echo(line, err=True)
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        if isinstance(exc.__cause__, KeyboardInterrupt):  # Ctrl-C while a (lazily loaded) command starts
+            signal.signal(signal.SIGINT, _stop_now)
+            click.echo("interrupted", err=True)
+            sys.exit(130)
         click.echo("aborted", err=True)
         sys.exit(130)
     except click.ClickException as exc:

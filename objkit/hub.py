@@ -3,31 +3,47 @@
 transformers retries an unreachable hub for about a minute, printing a warning per try,
 before it fails. :func:`offline_unless_reachable` decides once, quickly, whether the hub can
 be reached; when it cannot, loads use ``local_files_only=True`` and a missing checkpoint is
-one clear line at once.
+one clear line at once. The check is a HEAD request through huggingface_hub's own HTTP
+session, so it goes where the downloads would go: ``HF_ENDPOINT``, ``HF_HUB_OFFLINE``, the
+proxy variables (``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``, ``NO_PROXY``) and a client
+factory set with ``huggingface_hub.set_client_factory`` all apply.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-import socket
 from pathlib import Path
-from urllib.parse import urlparse
 
 
 @functools.cache
 def hub_unreachable_reason(timeout: float = 3.0) -> str | None:
-    """None if a TCP connection to the hub endpoint opens within ``timeout`` s, else why not."""
+    """None if the hub endpoint answers a HEAD request within ``timeout`` s (any HTTP status:
+    it is reachable), else why not, in a few words."""
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}:
         return "HF_HUB_OFFLINE is set"
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    parsed = urlparse(endpoint)
-    host, port = parsed.hostname or "huggingface.co", parsed.port or (443 if parsed.scheme == "https" else 80)
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session  # requests' Session (hub < 1.0) or httpx's Client
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    endpoint = constants.ENDPOINT
     try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return None
-    except OSError as exc:
-        return f"{host} unreachable: {exc.strerror or exc}"
+        get_session().head(endpoint, timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 - any transport failure (DNS, refused, proxy, TLS, timeout)
+        proxy = next((os.environ[k] for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy",
+                                              "ALL_PROXY", "all_proxy") if os.environ.get(k)), None)
+        via = f" (through proxy {_without_credentials(proxy)})" if proxy else ""
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        return f"{endpoint} unreachable{via}: {reason}"
+    return None
+
+
+def _without_credentials(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
 
 
 def offline_unless_reachable(spec: str) -> bool:

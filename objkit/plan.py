@@ -174,7 +174,7 @@ def plan_with_memory(
     if recipe.model.init:
         notes.append(
             f"weights NOT loaded: architecture of {recipe.model.init!r} (its local config.json, else the recipe's "
-            "preset) built on the meta device; the dry run never uses the network"
+            "preset) built on the meta device; the dry run reads only local files and makes no hub request"
         )
     micro, accumulation = accumulation_steps(recipe.train, world)
     encoder_params = _count(encoder)

@@ -125,7 +125,12 @@ def plot_runs(run_dirs: list[Path], out: Path) -> None:
         raise UserError(f"{out}: {err}") from None
 
 
-@click.command("plot")
+@click.command("plot", epilog="""\b
+Examples:
+  objkit plot runs/mlm -o mlm.png
+  objkit plot runs/mlm runs/mlm+xlco -o compare.png
+  objkit plot runs/* -o all.pdf
+""")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("-o", "--output", "output", type=click.Path(dir_okay=False, path_type=Path),
               required=True, help="Image to write (.png, .pdf, .svg).")  # fmt: skip
@@ -135,12 +140,6 @@ def plot_command(run_dirs: tuple[Path, ...], output: Path) -> None:
     One subplot per loss key (the same key of every run on shared axes), then the learning
     rate, training accuracies (*/accuracy) and evaluation accuracies (eval/*/acc).
     Needs matplotlib: pip install 'objkit[plot]'.
-
-    \b
-    Examples:
-      objkit plot runs/mlm -o mlm.png
-      objkit plot runs/mlm runs/mlm+xlco -o compare.png
-      objkit plot runs/* -o all.pdf
     """
     plot_runs(list(run_dirs), output)
     click.echo(f"wrote {output}")

@@ -251,7 +251,11 @@ class TrainConfig(Strict):
         "recomputed in the backward pass (peak head memory chunk x vocab); 0 or unset: one piece"
     )
     compile: bool = Field(False, description="torch.compile the encoder's transformer blocks (and momentum copies)")
-    report_to: list[Literal["jsonl", "tensorboard"]] = Field(default_factory=lambda: ["jsonl"])
+    report_to: list[Literal["jsonl", "tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=lambda: ["jsonl"], description="where metrics go besides RUN/metrics.jsonl (always written): "
+        "tensorboard (RUN/tensorboard), wandb (WANDB_* settings; files in RUN/wandb unless WANDB_DIR), mlflow "
+        "(MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME); rank 0 only; each needs its extra: pip install 'objkit[wandb]'"
+    )
     checkpoint_format: Literal["single_file", "sharded"] = Field(
         "single_file", description="single_file: rank 0 writes safetensors; sharded: every rank writes its shard "
         "(torch.distributed.checkpoint)"

@@ -18,16 +18,19 @@ import math
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from objkit.errors import UserError
-from objkit.interfaces import TokenizerTraining
-from objkit.schema import TextSource
+from objkit.lazygroup import LazyGroup
+
+if TYPE_CHECKING:  # imported where used: `objkit tokenizer --help` loads neither torch nor pydantic models
+    from objkit.interfaces import TokenizerTraining
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +54,22 @@ def _spm_train(sentences: list[str], *, vocab_size: int, character_coverage: flo
     return model.getvalue()
 
 
+def _read_sentences(texts: Iterable[str], max_sentences: int, progress: bool) -> list[str]:
+    """The first ``max_sentences`` non-empty texts, one line each; with ``progress``, a bar on a terminal."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=max_sentences, desc="tokenizer: reading", unit=" sentences", disable=None if progress else True,
+              dynamic_ncols=True, leave=False) as bar:
+        sentences = []
+        for t in itertools.islice((t for t in texts if t and t.strip()), max_sentences):
+            sentences.append(t.strip().replace("\n", " "))
+            bar.update(1)
+    return sentences
+
+
 def train_tokenizer(texts: Iterable[str], out_dir: Path, *, vocab_size: int = 8000,
                     character_coverage: float = 0.9995, max_sentences: int = 200_000, seed: int = 0,
-                    num_threads: int = 1) -> Any:
+                    num_threads: int = 1, progress: bool = False) -> Any:
     """Train a SentencePiece unigram model on the first ``max_sentences`` non-empty texts and save an
     XLM-R tokenizer to ``out_dir`` (loadable by ``transformers.AutoTokenizer``); return it loaded.
 
@@ -62,12 +78,11 @@ def train_tokenizer(texts: Iterable[str], out_dir: Path, *, vocab_size: int = 80
     (1 by default; more threads may change float summation order). ``vocab_size`` counts
     SentencePiece pieces (the tokenizer has ``vocab_size + 2`` ids: ``<pad>`` and ``<mask>`` are
     added). If the corpus cannot fill ``vocab_size`` pieces, the limit is made soft and a
-    warning says how many were learned.
+    warning says how many were learned. ``progress``: a bar while reading the texts, on a terminal.
     """
     from transformers import AutoTokenizer, XLMRobertaTokenizer
 
-    sentences = [t.strip().replace("\n", " ") for t in itertools.islice(
-        (t for t in texts if t and t.strip()), max_sentences)]
+    sentences = _read_sentences(texts, max_sentences, progress)
     if not sentences:
         raise UserError("tokenizer training: no non-empty text to train on")
     opts: dict[str, Any] = dict(vocab_size=vocab_size, character_coverage=character_coverage, seed=seed,
@@ -96,7 +111,7 @@ BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
 def train_wordpiece(texts: Iterable[str], out_dir: Path, *, vocab_size: int = 8000,
-                    max_sentences: int = 200_000) -> Any:
+                    max_sentences: int = 200_000, progress: bool = False) -> Any:
     """Train a cased WordPiece vocabulary (mBERT's: BERT pre-tokenization, no lower-casing, accents
     kept, ``##`` continuation pieces) on the first ``max_sentences`` non-empty texts with
     ``tokenizers``, and save it as ``transformers.BertTokenizerFast`` (ids: ``[PAD]=0, [UNK]=1,
@@ -105,13 +120,12 @@ def train_wordpiece(texts: Iterable[str], out_dir: Path, *, vocab_size: int = 80
     from tokenizers import BertWordPieceTokenizer
     from transformers import AutoTokenizer, BertTokenizerFast
 
-    sentences = [t.strip().replace("\n", " ") for t in itertools.islice(
-        (t for t in texts if t and t.strip()), max_sentences)]
+    sentences = _read_sentences(texts, max_sentences, progress)
     if not sentences:
         raise UserError("tokenizer training: no non-empty text to train on")
     trainer = BertWordPieceTokenizer(clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=False)
     trainer.train_from_iterator(sentences, vocab_size=vocab_size, min_frequency=1, special_tokens=list(BERT_SPECIALS),
-                                show_progress=False)
+                                show_progress=progress and sys.stderr.isatty())
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     trainer.save_model(str(out_dir))  # vocab.txt
@@ -195,13 +209,15 @@ def _training_sources(config: TokenizerTraining, sources: Mapping[str, Any]) -> 
 
 
 def ensure_tokenizer(config: TokenizerTraining, sources: Mapping[str, Any], cache_dir: Path, *,
-                     base_dir: Path | None = None, seed: int = 0) -> Path:
+                     base_dir: Path | None = None, seed: int = 0, progress: bool | None = None) -> Path:
     """Directory of the tokenizer trained from ``config`` on ``sources``, training it only once.
 
     The result lives in ``cache_dir/<tokenizer_cache_key>/``; training writes a temporary
     sibling directory and renames it into place, so a finished directory is always complete.
     Each source contributes up to ``ceil(max_sentences / number of sources)`` sentences. In a
-    distributed job call it on one rank first, then on the others after a barrier.
+    distributed job call it on one rank first, then on the others after a barrier. ``progress``:
+    a reading bar on a terminal; None follows datasets' progress-bar switch (which ``run
+    --no-progress`` and ``prepare --no-progress`` turn off), as the tokenization bars do.
     """
     from objkit.data.sources import iter_source_texts
 
@@ -212,6 +228,10 @@ def ensure_tokenizer(config: TokenizerTraining, sources: Mapping[str, Any], cach
         log.info("tokenizer: reusing %s", target)
         return target
     names = _training_sources(config, sources)
+    if progress is None:
+        import datasets
+
+        progress = datasets.is_progress_bar_enabled()
     per_source = math.ceil(config.max_sentences / len(names))
     texts = itertools.chain.from_iterable(
         iter_source_texts(sources[n], per_source, name=n, base_dir=base_dir) for n in names)
@@ -219,10 +239,11 @@ def ensure_tokenizer(config: TokenizerTraining, sources: Mapping[str, Any], cach
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache_dir))
     try:
         if config.algorithm == "wordpiece":
-            train_wordpiece(texts, tmp, vocab_size=config.vocab_size, max_sentences=config.max_sentences)
+            train_wordpiece(texts, tmp, vocab_size=config.vocab_size, max_sentences=config.max_sentences,
+                            progress=progress)
         else:
             train_tokenizer(texts, tmp, vocab_size=config.vocab_size, character_coverage=config.character_coverage,
-                            max_sentences=config.max_sentences, seed=seed)
+                            max_sentences=config.max_sentences, seed=seed, progress=progress)
         (tmp / MARKER_FILE).write_text(json.dumps(
             {"key": key, "sources": names, "config": _config_json(config)}, indent=2))
         try:
@@ -236,16 +257,22 @@ def ensure_tokenizer(config: TokenizerTraining, sources: Mapping[str, Any], cach
 
 
 # ----------------------------------------------------------------------------- CLI
-@click.group("tokenizer", epilog="""\b
+@click.group("tokenizer", cls=LazyGroup, lazy_subcommands={
+    "extend": ("objkit.vocab:extend_command", "Add pieces learned from new text to an existing tokenizer."),
+}, epilog="""\b
 Examples:
   objkit tokenizer train corpus/*.txt -o tok/ --vocab-size 8000
-  objkit tokenizer extend runs/quickstart/export corpus/cs.txt -o tok-cs/ --add 2000 --lang cs
+  objkit tokenizer extend xlm-roberta-base sw/*.txt -o tok-sw --add 20000 --lang sw
 """)
 def tokenizer_group() -> None:
-    """Train a SentencePiece tokenizer, or extend one with a new language's pieces."""
+    """Train a SentencePiece tokenizer, or extend an existing one with new pieces."""
 
 
-@tokenizer_group.command("train")
+@tokenizer_group.command("train", epilog="""\b
+Examples:
+  objkit tokenizer train corpus/*.txt -o tok/ --vocab-size 8000
+  objkit tokenizer train en.jsonl de.jsonl -o tok/ --field sentence --max-sentences 50000
+""")
 @click.argument("files", nargs=-1, required=True)
 @click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False),
               help="directory to write (loadable with transformers.AutoTokenizer)")
@@ -256,16 +283,13 @@ def tokenizer_group() -> None:
               help="train on at most this many sentences, read round-robin over FILES")
 @click.option("--field", default="text", show_default=True, help="text column of .jsonl/.parquet files")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--no-progress", is_flag=True, help="Disable the progress bar.")
 def train_command(files: tuple[str, ...], output: str, vocab_size: int, character_coverage: float,
-                  max_sentences: int, field: str, seed: int) -> None:
+                  max_sentences: int, field: str, seed: int, no_progress: bool = False) -> None:
     """Train an XLM-R-style unigram tokenizer on FILES (.txt, .jsonl, .parquet; globs allowed).
-
-    \b
-    Examples:
-      objkit tokenizer train corpus/*.txt -o tok/ --vocab-size 8000
-      objkit tokenizer train en.jsonl de.jsonl -o tok/ --field sentence --max-sentences 50000
     """
     from objkit.data.sources import expand, iter_source_texts
+    from objkit.schema import TextSource
 
     for pattern in files:
         expand(pattern, "FILES", None)
@@ -273,5 +297,5 @@ def train_command(files: tuple[str, ...], output: str, vocab_size: int, characte
         {"type": "text", "files": [{"path": p, "lang": "und", "field": field} for p in files]})
     texts = iter_source_texts(source, max_sentences, name="FILES")
     tokenizer = train_tokenizer(texts, Path(output), vocab_size=vocab_size, character_coverage=character_coverage,
-                                max_sentences=max_sentences, seed=seed)
+                                max_sentences=max_sentences, seed=seed, progress=not no_progress)
     click.echo(f"wrote tokenizer with {len(tokenizer)} ids ({type(tokenizer).__name__}) to {output}")

@@ -90,7 +90,11 @@ def extend_tokenizer(base: str, texts: list[str], out_dir: Path, *, add: int, se
     return AutoTokenizer.from_pretrained(str(out_dir)), added
 
 
-@click.command("extend")
+@click.command("extend", epilog="""\b
+Examples:
+  objkit tokenizer extend runs/quickstart/export corpus/cs.txt -o tok-cs --add 2000 --lang cs
+  objkit tokenizer extend xlm-roberta-base sw/*.txt -o tok-sw --add 20000 --lang sw
+""")
 @click.argument("base")
 @click.argument("files", nargs=-1, required=True)
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
@@ -105,11 +109,6 @@ def extend_command(base: str, files: tuple[str, ...], output: str, add: int, lan
     """Extend BASE (a SentencePiece tokenizer: a directory or hub id) with pieces learned from
     FILES: a unigram model is trained on them and its best pieces BASE lacks are appended
     (Glot500's method). Every existing piece keeps its id; <mask> moves to the end.
-
-    \b
-    Examples:
-      objkit tokenizer extend runs/quickstart/export corpus/cs.txt -o tok-cs --add 2000 --lang cs
-      objkit tokenizer extend xlm-roberta-base sw/*.txt -o tok-sw --add 20000 --lang sw
     """
     import json
 

@@ -105,18 +105,63 @@ def test_dry_run_quickstart(capsys, tmp_path):
     assert "query encoder parameters" in out and "tokens per step" in out and "memory: total" in out
 
 
-def test_every_command_help_ends_with_examples():
-    from click.testing import CliRunner
+HELP_SCRIPT = r"""
+import contextlib, io, json, sys
+from objkit.cli import cli, main
 
-    main_commands = ["list-plugins", "validate", "run", "new-plugin"]
-    from objkit.cli import _load_subcommands
+HEAVY = ("torch", "transformers", "datasets")
+out = {}
 
-    _load_subcommands()
-    runner = CliRunner()
-    for name in main_commands:
-        result = runner.invoke(cli, [name, "--help"])
-        assert result.exit_code == 0
-        assert "Examples:" in result.output.strip().split("\n\n")[-1], name
+def check(path):
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        main([*path, "--help"])
+    text = buf.getvalue()
+    out[" ".join(path) or "objkit"] = {
+        "heavy": [m for m in HEAVY if m in sys.modules],
+        "examples": "Examples:" in text.strip().split("\n\n")[-1],
+    }
+
+def walk(group, path):
+    import click
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        check([*path, name])
+        command = group.get_command(ctx, name)
+        if isinstance(command, click.Group):
+            walk(command, [*path, name])
+
+check([])
+walk(cli, [])
+print(json.dumps(out))
+"""
+
+
+def test_every_help_is_fast_to_load_and_ends_with_examples():
+    """`objkit --help`, then every command's and subcommand's --help, in one fresh process: none
+    imports torch, transformers or datasets (what made --help take seconds), and each ends with
+    an Examples epilog."""
+    result = subprocess.run([sys.executable, "-c", HELP_SCRIPT], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    helps = json.loads(result.stdout.strip().splitlines()[-1])
+    assert {"objkit", "run", "validate", "list-plugins", "eval", "eval transfer", "eval retrieval", "eval tatoeba",
+            "eval align", "tokenizer", "tokenizer train", "tokenizer extend", "prepare", "plot", "new-plugin"} <= set(helps)
+    assert {path: h["heavy"] for path, h in helps.items() if h["heavy"]} == {}
+    assert [path for path, h in helps.items() if not h["examples"]] == []
+
+
+def test_lazy_subcommands_load_the_command_they_name():
+    """Each SUBCOMMANDS line resolves to a click command of that name (a typo fails here, not in a user's shell)."""
+    import click
+
+    from objkit.cli import SUBCOMMANDS
+
+    ctx = click.Context(cli)
+    for name, (target, short_help) in SUBCOMMANDS.items():
+        command = cli.get_command(ctx, name)
+        assert isinstance(command, click.Command) and command.name == name, target
+        assert short_help and not short_help.endswith("..."), name
+    assert set(SUBCOMMANDS) < set(cli.list_commands(ctx))
 
 
 def test_python_dash_m_objkit():
@@ -163,3 +208,24 @@ def test_ctrl_c_twice_during_startup_is_one_line(tmp_path):
         proc.send_signal(signal.SIGINT)
     err = proc.communicate(timeout=120)[1]
     assert proc.returncode in (130, -signal.SIGINT) and err.strip() == "interrupted", err
+
+
+def test_validate_several_recipes_checks_each(capsys, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[train]\nsteps = "many"\n')
+    quickstart, mlm = str(ROOT / "recipes/quickstart.toml"), str(ROOT / "recipes/quickstart_mlm.toml")
+    code, out, err = run_main(capsys, "validate", quickstart, mlm)
+    assert code == 0 and out.startswith(f"# {quickstart}\n") and f"\n# {mlm}\n" in out and "[train]" in out
+    code, out, err = run_main(capsys, "validate", quickstart, str(bad), mlm, "--quiet")
+    assert code == 2 and out == f"{quickstart}: ok\n{mlm}: ok\n"
+    assert f"{bad}: train.steps:" in err and err.strip().endswith("validate: 1 of 3 recipes are invalid (above)")
+
+
+def test_dry_run_json(capsys):
+    code, out, _ = run_main(capsys, "run", str(ROOT / "recipes/quickstart.toml"), "--dry-run", "--json", "--nproc", "2")
+    assert code == 0
+    data = json.loads(out)
+    assert data["recipe"].endswith("quickstart.toml") and "query encoder parameters" in data["plan"]
+    assert any(key.startswith("tokens per step") for key in data["plan"]) and isinstance(data["notes"], list)
+    code, _, err = run_main(capsys, "run", str(ROOT / "recipes/quickstart.toml"), "--json", "-o", "x")
+    assert code == 2 and "--json goes with --dry-run" in err

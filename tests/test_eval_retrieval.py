@@ -249,3 +249,22 @@ def test_cli_help_has_examples():
         result = CliRunner().invoke(eval_group, [cmd, "--help"])
         assert result.exit_code == 0 and "Examples:" in result.output
         assert "\n    objkit eval " + cmd in result.output  # \b keeps the example lines
+
+
+def test_cli_retrieval_several_models_json_lines_and_markdown(tmp_path, saved):
+    """Several MODEL arguments (PATH or NAME=PATH): one JSON object per model, one a line, and a
+    Markdown table with a row per model; two models of the same name are refused."""
+    s, t = _files(tmp_path, SENTENCES, SENTENCES)
+    md = tmp_path / "out" / "ret.md"
+    md.parent.mkdir()
+    args = ["retrieval", f"a={saved}", f"b={saved}", "--src", str(s), "--tgt", str(t), "--device", "cpu",
+            "--batch-size", "2"]
+    result = CliRunner().invoke(eval_group, [*args, "--json", "--markdown", str(md)])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.output.splitlines()]
+    assert [(r["name"], r["model"], r["mean"]) for r in lines] == [("a", str(saved), 100.0), ("b", str(saved), 100.0)]
+    table = md.read_text().splitlines()
+    assert table[0] == "| model | layer | pooling | pairs | src→tgt | tgt→src | mean |"
+    assert table[2:] == [f"| {n} | 3 | mean | {len(SENTENCES)} | 100.00 | 100.00 | 100.00 |" for n in "ab"]
+    result = CliRunner().invoke(eval_group, ["retrieval", f"a={saved}", f"a={saved}", "--src", str(s), "--tgt", str(t)])
+    assert isinstance(result.exception, UserError) and "two models are named 'a'" in str(result.exception)

@@ -119,3 +119,18 @@ def test_cli_tatoeba(tmp_path, data_dir):
     assert isinstance(result.exception, UserError) and "ara" in str(result.exception)
     result = CliRunner().invoke(eval_group, [*base, "--langs", "deu,xyz"])
     assert isinstance(result.exception, UserError) and '"xyz"' in str(result.exception)
+
+
+def test_cli_tatoeba_several_models_markdown(tmp_path, data_dir):
+    model, tok = tiny_encoder()
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    md = tmp_path / "t.md"
+    args = ["tatoeba", f"x={model_dir}", f"y={model_dir}", "--data-dir", str(data_dir), "--device", "cpu",
+            "--langs", "deu,fra", "--markdown", str(md)]
+    result = CliRunner().invoke(eval_group, args)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("model: ") == 2 and result.output.count("average") == 2
+    assert md.read_text().splitlines() == ["| model (mean of xx→en, en→xx) | deu | fra | average |", "|---|---:|---:|---:|",
+                                           "| x | 100.00 | 100.00 | 100.00 |", "| y | 100.00 | 100.00 | 100.00 |"]

@@ -154,3 +154,15 @@ def test_two_ranks_without_a_cache_tokenize_once(workdir):
     ]
     assert sorted(p.name for p in (workdir / "shared-cache").iterdir()) == ["mlm", "tlm"]
     assert (workdir / "run" / "export" / "config.json").is_file()
+
+
+def test_prepare_json(capsys, workdir):
+    with pytest.raises(SystemExit) as info:
+        main(["prepare", "r.toml", "-o", "cache", "--json", "--no-progress"])
+        raise SystemExit(0)
+    out = capsys.readouterr().out
+    assert info.value.code in (0, None) and len(out.splitlines()) == 1
+    report = json.loads(out)
+    assert report["cache_dir"] == "cache"
+    assert [(e["name"], e["how"]) for e in report["entries"]] == [("mlm", "built"), ("tlm", "built")]
+    assert all(e["rows"] > 0 and e["tokens"] > 0 and e["path"] == f"cache/{e['name']}" for e in report["entries"])

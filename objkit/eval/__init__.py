@@ -5,23 +5,30 @@ alignment (:mod:`objkit.eval.align`, SimAlign's protocol).
 The ``objkit eval`` click group lives in :mod:`objkit.eval.cli` (imported on demand).
 """
 
-from objkit.eval.retrieval import (
-    default_layer,
-    encode_sentences,
-    evaluate_pair,
-    load_encoder,
-    read_aligned,
-    retrieval_scores,
-    top1_accuracy,
-)
-from objkit.eval.tatoeba import (
-    INFOXLM14,
-    XTREME36,
-    discover_languages,
-    evaluate_tatoeba,
-    format_table,
-    select_languages,
-)
+import importlib
+from typing import Any
+
+# Imported on first use (PEP 562): `objkit eval ... --help` imports objkit.eval.cli, and so this
+# package, without loading torch.
+_LAZY = {
+    **dict.fromkeys(["default_layer", "encode_sentences", "evaluate_pair", "load_encoder", "read_aligned",
+                     "retrieval_scores", "top1_accuracy"], "objkit.eval.retrieval"),
+    **dict.fromkeys(["INFOXLM14", "XTREME36", "discover_languages", "evaluate_tatoeba", "format_table",
+                     "select_languages"], "objkit.eval.tatoeba"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'objkit.eval' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "INFOXLM14",

@@ -1,4 +1,9 @@
-"""``objkit eval``: cross-lingual retrieval on two aligned files, or on the Tatoeba benchmark."""
+"""``objkit eval``: cross-lingual retrieval on two aligned files or on the Tatoeba benchmark,
+zero-shot cross-lingual transfer, word alignment.
+
+The commands agree: each takes one or more MODEL (PATH or NAME=PATH), ``--json`` (stdout),
+``--markdown FILE`` (a row per model) and ``--device``. Nothing heavy is imported before a
+command runs, so that every ``--help`` is fast."""
 
 from __future__ import annotations
 
@@ -10,27 +15,22 @@ from typing import Any
 
 import click
 
-from objkit.eval.retrieval import (
-    POOLINGS,
-    check_layer,
-    default_layer,
-    evaluate_pair,
-    load_encoder,
-    read_aligned,
-)
 from objkit.errors import UserError
 from objkit.eval.tasks import TASKS
-from objkit.eval.tatoeba import discover_languages, evaluate_tatoeba, format_table, select_languages
+
+POOLINGS = ("mean", "cls")  # objkit.eval.retrieval.POOLINGS (not imported here: it loads torch)
 
 eval_group = click.Group(
     "eval",
     help="Evaluate encoders: sentence retrieval (top-1 accuracy, percent), zero-shot cross-lingual "
-         "transfer (fine-tune in one language, test in many) and word alignment (AER, percent).",
+         "transfer (fine-tune in one language, test in many) and word alignment (AER, percent). "
+         "Each command takes one or more MODEL (a directory or hub id, as PATH or NAME=PATH), "
+         "--json (to stdout), --markdown FILE (a row per model) and --device.",
     epilog="""\b
 Examples:
-  objkit eval retrieval runs/qi/export --src val.en --tgt val.de
-  objkit eval tatoeba runs/qi/export --data-dir data/tatoeba --langs deu,fra,ces
-  objkit eval transfer xlmr=xlm-roberta-base mine=runs/qi/export --task sib200 --data-dir data/sib200
+  objkit eval retrieval runs/qi/export xlmr=xlm-roberta-base --src val.de --tgt val.en --markdown ret.md
+  objkit eval tatoeba runs/qi/export --data-dir data/tatoeba --json
+  objkit eval transfer runs/qi/export --task sib200 --data-dir data/sib200 --train-langs eng_Latn
   objkit eval align runs/qi/export --src data/alignment/de-en/test.de --tgt data/alignment/de-en/test.en \\
       --gold data/alignment/de-en/alignv2.txt
 """,
@@ -49,14 +49,36 @@ def _encoder_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Tokens per sentence, specials included; longer ones are truncated."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
                      show_default=True),
-        click.option("--json", "as_json", is_flag=True, help="Print one JSON object."),
+        click.option("--json", "as_json", is_flag=True, help="Print one JSON object per MODEL, one a line."),
+        click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="Also write the results as a Markdown table (a row per model) to this file."),
     ]  # fmt: skip
     for option in reversed(options):
         f = option(f)
     return f
 
 
+def _models(models: tuple[str, ...]) -> list[Any]:
+    """MODEL arguments as :class:`~objkit.eval.transfer.ModelSpec` (PATH or NAME=PATH), names unique."""
+    from objkit.eval.transfer import ModelSpec
+
+    specs = [ModelSpec.parse(m) for m in models]
+    names = [m.name for m in specs]
+    if len(set(names)) != len(names):
+        raise UserError(f"two models are named {next(n for n in names if names.count(n) > 1)!r}: "
+                        "name them with NAME=PATH")
+    return specs
+
+
+def _markdown(head: list[str], rows: list[list[str]]) -> str:
+    rule = "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|"
+    lines = ["| " + " | ".join(head) + " |", rule]
+    return "\n".join([*lines, *("| " + " | ".join(row) + " |" for row in rows)]) + "\n"
+
+
 def _load(model_dir: str, layer: int | None, device: str) -> tuple[Any, Any, int]:
+    from objkit.eval.retrieval import check_layer, default_layer, load_encoder
+
     model, tokenizer = load_encoder(model_dir, device)
     n_layers = int(model.config.num_hidden_layers)
     layer = default_layer(n_layers) if layer is None else layer
@@ -68,79 +90,103 @@ def _progress() -> bool:
     return sys.stderr.isatty()
 
 
-@eval_group.command("retrieval")
-@click.argument("model_dir")
+@eval_group.command("retrieval", epilog="""\b
+Examples:
+  objkit eval retrieval runs/xlco/export --src val.de --tgt val.en
+  objkit eval retrieval runs/xlco/export --src val.de --tgt val.en --layer 12 --pooling cls
+  objkit eval retrieval runs/xlco/export --src val.fr --tgt val.en --json
+  objkit eval retrieval xlco=runs/xlco/export xlmr=xlm-roberta-base --src val.de --tgt val.en --markdown r.md
+""")
+@click.argument("models", nargs=-1, required=True, metavar="MODEL [MODEL ...]")
 @click.option("--src", "src", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Source sentences, one a line.")
 @click.option("--tgt", "tgt", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Their translations, line-aligned with --src.")
 @_encoder_options
 def retrieval_command(
-    model_dir: str, src: Path, tgt: Path, layer: int | None, pooling: str,
-    batch_size: int, max_length: int, device: str, as_json: bool,
+    models: tuple[str, ...], src: Path, tgt: Path, layer: int | None, pooling: str,
+    batch_size: int, max_length: int, device: str, as_json: bool, markdown: Path | None = None,
 ) -> None:  # fmt: skip
     """Top-1 retrieval accuracy between two line-aligned files.
 
-    MODEL_DIR is a transformers model directory (config.json, weights and tokenizer files,
-    e.g. a checkpoint saved by objkit) or a hub id. Each sentence of --src is matched to its
+    MODEL is a transformers model directory (config.json, weights and tokenizer files,
+    e.g. a checkpoint saved by objkit) or a hub id, as PATH or NAME=PATH. Each sentence of --src is matched to its
     cosine nearest neighbour among the --tgt sentences and vice versa; line i is the right
     answer for line i.
-
-    \b
-    Examples:
-      objkit eval retrieval runs/xlco/export --src val.de --tgt val.en
-      objkit eval retrieval runs/xlco/export --src val.de --tgt val.en --layer 12 --pooling cls
-      objkit eval retrieval runs/xlco/export --src val.fr --tgt val.en --json
     """
+    from objkit.eval.retrieval import evaluate_pair, read_aligned
+
+    specs = _models(models)
     src_lines, tgt_lines = read_aligned(src, tgt)
-    model, tokenizer, layer = _load(model_dir, layer, device)
-    res = evaluate_pair(
-        model, tokenizer, src_lines, tgt_lines, layer=layer, pooling=pooling,  # type: ignore[arg-type]
-        batch_size=batch_size, max_length=max_length, device=device, progress=_progress(),
-    )  # fmt: skip
-    if as_json:
-        click.echo(json.dumps({"model": model_dir, "src": str(src), "tgt": str(tgt), **res}))
-        return
-    click.echo(f"model: {model_dir}  layer: {layer}  pooling: {pooling}  pairs: {res['n']}")
-    click.echo(f"src→tgt  {res['src2tgt']:6.2f}")
-    click.echo(f"tgt→src  {res['tgt2src']:6.2f}")
-    click.echo(f"mean     {res['mean']:6.2f}")
+    rows = []
+    for spec in specs:
+        model, tokenizer, used = _load(spec.path, layer, device)
+        res = evaluate_pair(
+            model, tokenizer, src_lines, tgt_lines, layer=used, pooling=pooling,  # type: ignore[arg-type]
+            batch_size=batch_size, max_length=max_length, device=device, progress=_progress(),
+        )  # fmt: skip
+        scores = [f"{res[k]:.2f}" for k in ("src2tgt", "tgt2src", "mean")]
+        rows.append([spec.name, str(used), pooling, str(res["n"]), *scores])
+        if as_json:
+            click.echo(json.dumps({"model": spec.path, "name": spec.name, "src": str(src), "tgt": str(tgt), **res}))
+            continue
+        if len(rows) > 1:
+            click.echo("")
+        click.echo(f"model: {spec.path}  layer: {used}  pooling: {pooling}  pairs: {res['n']}")
+        click.echo(f"src→tgt  {res['src2tgt']:6.2f}")
+        click.echo(f"tgt→src  {res['tgt2src']:6.2f}")
+        click.echo(f"mean     {res['mean']:6.2f}")
+    if markdown is not None:
+        head = ["model", "layer", "pooling", "pairs", "src→tgt", "tgt→src", "mean"]
+        _write_atomic(markdown, _markdown(head, rows))
 
 
-@eval_group.command("tatoeba")
-@click.argument("model_dir")
+@eval_group.command("tatoeba", epilog="""\b
+Examples:
+  objkit eval tatoeba runs/xlco/export --data-dir data/tatoeba
+  objkit eval tatoeba runs/xlco/export --data-dir data/tatoeba --langs xtreme36
+  objkit eval tatoeba xlm-roberta-base --data-dir data/tatoeba --langs deu,fra --json
+  objkit eval tatoeba qi=runs/qi/export xlmr=xlm-roberta-base --data-dir data/tatoeba --markdown tatoeba.md
+""")
+@click.argument("models", nargs=-1, required=True, metavar="MODEL [MODEL ...]")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder with the LASER files tatoeba.XXX-eng.XXX and tatoeba.XXX-eng.eng.")
 @click.option("--langs", default="infoxlm14", show_default=True,
               help="infoxlm14 (the 14 XNLI languages), xtreme36, all, or codes: deu,fra.")
 @_encoder_options
 def tatoeba_command(
-    model_dir: str, data_dir: Path, langs: str, layer: int | None, pooling: str,
-    batch_size: int, max_length: int, device: str, as_json: bool,
+    models: tuple[str, ...], data_dir: Path, langs: str, layer: int | None, pooling: str,
+    batch_size: int, max_length: int, device: str, as_json: bool, markdown: Path | None = None,
 ) -> None:  # fmt: skip
-    """Tatoeba sentence retrieval, xx→en and en→xx, per language and averaged.
+    """Tatoeba sentence retrieval, xx→en and en→xx, per language and averaged, for each MODEL
+    (a directory or hub id, as PATH or NAME=PATH).
 
     Languages are LASER ISO 639-3 codes (deu, fra, cmn, ...); XTREME's two-letter codes
     are accepted in a list too. Accuracies are top-1 percent; averages are unweighted over
     languages, as in XTREME and InfoXLM.
-
-    \b
-    Examples:
-      objkit eval tatoeba runs/xlco/export --data-dir data/tatoeba
-      objkit eval tatoeba runs/xlco/export --data-dir data/tatoeba --langs xtreme36
-      objkit eval tatoeba xlm-roberta-base --data-dir data/tatoeba --langs deu,fra --json
     """
+    from objkit.eval.tatoeba import discover_languages, evaluate_tatoeba, format_table, select_languages
+
+    specs = _models(models)
     chosen = select_languages(langs, discover_languages(data_dir))
-    model, tokenizer, layer = _load(model_dir, layer, device)
-    res = evaluate_tatoeba(
-        model, tokenizer, data_dir, chosen, layer=layer, pooling=pooling,  # type: ignore[arg-type]
-        batch_size=batch_size, max_length=max_length, device=device, progress=_progress(),
-    )  # fmt: skip
-    if as_json:
-        click.echo(json.dumps({"model": model_dir, "data_dir": str(data_dir), **res}))
-        return
-    click.echo(f"model: {model_dir}  layer: {layer}  pooling: {pooling}  languages: {len(chosen)}")
-    click.echo(format_table(res))
+    rows = []
+    for i, spec in enumerate(specs):
+        model, tokenizer, used = _load(spec.path, layer, device)
+        res = evaluate_tatoeba(
+            model, tokenizer, data_dir, chosen, layer=used, pooling=pooling,  # type: ignore[arg-type]
+            batch_size=batch_size, max_length=max_length, device=device, progress=_progress(),
+        )  # fmt: skip
+        means = [f"{r['mean']:.2f}" for r in res["languages"].values()]
+        rows.append([spec.name, *means, f"{res['average']['mean']:.2f}"])
+        if as_json:
+            click.echo(json.dumps({"model": spec.path, "name": spec.name, "data_dir": str(data_dir), **res}))
+            continue
+        if i:
+            click.echo("")
+        click.echo(f"model: {spec.path}  layer: {used}  pooling: {pooling}  languages: {len(chosen)}")
+        click.echo(format_table(res))
+    if markdown is not None:
+        _write_atomic(markdown, _markdown(["model (mean of xx→en, en→xx)", *res["languages"], "average"], rows))
 
 
 def _int_list(text: str) -> list[int]:
@@ -162,7 +208,16 @@ def _write_atomic(path: Path, text: str) -> None:
         raise UserError(f"--markdown {path}: cannot write ({exc.strerror or exc})") from None
 
 
-@eval_group.command("transfer")
+@eval_group.command("transfer", epilog="""\b
+Examples:
+  objkit eval transfer runs/qi/export runs/qn/export --task sib200 --data-dir data/sib200 \\
+      --train-langs eng_Latn --seeds 1,2,3 --lr 5e-4 --epochs 10 --std
+  objkit eval transfer xlm-roberta-base --task xnli --data-dir download/xnli   # the paper's setting
+  objkit eval transfer infoxlm=runs/base/export --task xnli --data-dir download/xnli \\
+      --setting translate-train-all --json > xnli.json
+  objkit eval transfer runs/qi/export --task panx --data-dir download/panx --langs en,de,fr
+  objkit eval transfer runs/qi/export --task custom --data-dir mydata --columns text=sentence,label=topic
+""")
 @click.argument("models", nargs=-1, required=True, metavar="MODEL [MODEL ...]")
 @click.option("--task", type=click.Choice(list(TASKS)), required=True,
               help="xnli/pawsx: DIR/{split}-{lang}.tsv (text_a, text_b, label); sib200: DIR/{lang}/{split}.tsv; "
@@ -215,20 +270,10 @@ def transfer_command(
     MODEL is any AutoModel directory (an objkit export, a local XLM-R or mBERT) or hub id, as
     PATH or NAME=PATH. All models get the same data, seeds and settings; each split is
     tokenized once per tokenizer. The majority-class baseline is printed beside them.
-
-    \b
-    Examples:
-      objkit eval transfer runs/qi/export runs/qn/export --task sib200 --data-dir data/sib200 \\
-          --train-langs eng_Latn --seeds 1,2,3 --lr 5e-4 --epochs 10 --std
-      objkit eval transfer xlm-roberta-base --task xnli --data-dir download/xnli   # the paper's setting
-      objkit eval transfer infoxlm=runs/base/export --task xnli --data-dir download/xnli \\
-          --setting translate-train-all --json > xnli.json
-      objkit eval transfer runs/qi/export --task panx --data-dir download/panx --langs en,de,fr
-      objkit eval transfer runs/qi/export --task custom --data-dir mydata --columns text=sentence,label=topic
     """
     from objkit.eval.finetune import FinetuneSettings
     from objkit.eval.tasks import HUB, Columns, load_hub_task, load_task
-    from objkit.eval.transfer import ModelSpec, evaluate_transfer, format_table, stderr_log
+    from objkit.eval.transfer import evaluate_transfer, format_table, stderr_log
 
     seed_list = _int_list(seeds)
     spec = TASKS[task]
@@ -244,11 +289,7 @@ def transfer_command(
     settings = FinetuneSettings(epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length, warmup=warmup,
                                 weight_decay=weight_decay, eval_every=eval_every, select=select,  # type: ignore[arg-type]
                                 frozen=frozen, dropout=dropout)
-    specs = [ModelSpec.parse(m) for m in models]
-    names = [m.name for m in specs]
-    if len(set(names)) != len(names):
-        raise UserError(f"two models are named {next(n for n in names if names.count(n) > 1)!r}: "
-                        "name them with NAME=PATH")
+    specs = _models(models)
     result = evaluate_transfer(specs, data, settings, seed_list, setting=setting, device=device, log=stderr_log)
     if markdown is not None:
         _write_atomic(markdown, format_table(result, std=True, markdown=True))
@@ -258,8 +299,14 @@ def transfer_command(
     click.echo(format_table(result, std=show_std))
 
 
-@eval_group.command("align")
-@click.argument("model_dir")
+@eval_group.command("align", epilog="""\b
+Examples:
+  objkit eval align runs/qi/export --src de-en/test.de --tgt de-en/test.en --gold de-en/alignv2.txt
+  objkit eval align xlm-roberta-base --src test.en --tgt test.fr --gold alignv2.txt --layer all
+  objkit eval align runs/qi/export --src a.txt --tgt b.txt --gold a-b.pharaoh --method itermax --json
+  objkit eval align qi=runs/qi/export xlmr=xlm-roberta-base --src a.txt --tgt b.txt --gold g.txt --markdown a.md
+""")
+@click.argument("models", nargs=-1, required=True, metavar="MODEL [MODEL ...]")
 @click.option("--src", "src", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Source sentences, whitespace-tokenised words, one a line.")
 @click.option("--tgt", "tgt", type=click.Path(dir_okay=False, path_type=Path), required=True,
@@ -276,49 +323,57 @@ def transfer_command(
               help="Tokens per sentence, specials included (clipped to the model's positions); "
                    "words past it get no link.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per MODEL, one a line.")
+@click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the results (each model's best layer) as a Markdown table to this file.")
 def align_command(
-    model_dir: str, src: Path, tgt: Path, gold: Path, layer: str | None, method: str,
-    batch_size: int, max_length: int, device: str, as_json: bool,
+    models: tuple[str, ...], src: Path, tgt: Path, gold: Path, layer: str | None, method: str,
+    batch_size: int, max_length: int, device: str, as_json: bool, markdown: Path | None = None,
 ) -> None:  # fmt: skip
-    """Word alignment error rate (AER) against gold links, SimAlign's protocol.
+    """Word alignment error rate (AER) against gold links, SimAlign's protocol, for each MODEL
+    (a directory or hub id, as PATH or NAME=PATH).
 
     Each word's vector is the mean of its subword vectors at the layer (each side encoded on
     its own), links come from the (cos+1)/2 similarity matrix (argmax: mutual argmax; itermax:
     SimAlign's iterative argmax; match: Hungarian), and precision (against possible links),
     recall (against sure links), F1 and AER = 1 - (|A&S| + |A&P|) / (|A| + |S|) are summed
     over the corpus, in percent.
-
-    \b
-    Examples:
-      objkit eval align runs/qi/export --src de-en/test.de --tgt de-en/test.en --gold de-en/alignv2.txt
-      objkit eval align xlm-roberta-base --src test.en --tgt test.fr --gold alignv2.txt --layer all
-      objkit eval align runs/qi/export --src a.txt --tgt b.txt --gold a-b.pharaoh --method itermax --json
     """
     from objkit.eval.align import align_corpus, format_table, parse_layers, read_corpus
+    from objkit.eval.retrieval import default_layer, load_encoder
 
+    specs = _models(models)
     src_words, tgt_words, sentences, fmt = read_corpus(src, tgt, gold)
-    model, tokenizer = load_encoder(model_dir, device)
-    n_layers = int(model.config.num_hidden_layers)
-    layers = parse_layers(layer, n_layers, default_layer(n_layers))
-    res = align_corpus(
-        model, tokenizer, src_words, tgt_words, sentences, layers=layers, method=method,
-        batch_size=batch_size, max_length=max_length, device=device, progress=_progress(),
-    )  # fmt: skip
     nulls = sum(sentence.null_links for sentence in sentences)
     if nulls:
         click.echo(f"note: {gold}: {nulls} gold link(s) to a negative index (NULL) skipped", err=True)
-    if res["truncated"]:
-        click.echo(f"warning: {res['truncated']} sentences longer than {res['max_tokens']} tokens (--max-length, "
-                   "clipped to the model's positions): their last words get no link", err=True)  # fmt: skip
-    if as_json:
-        out = {"model": model_dir, "src": str(src), "tgt": str(tgt), "gold": str(gold), "gold_format": fmt,
-               "method": method, "null_links": nulls, **res, "layers": {str(k): v for k, v in res["layers"].items()}}  # fmt: skip
-        click.echo(json.dumps(out))
-        return
-    click.echo(f"model: {model_dir}  method: {method}  pairs: {res['n']}  gold: {fmt} "
-               "(percent; AER lower is better)")  # fmt: skip
-    click.echo(format_table(res))
+    rows = []
+    for i, spec in enumerate(specs):
+        model, tokenizer = load_encoder(spec.path, device)
+        n_layers = int(model.config.num_hidden_layers)
+        layers = parse_layers(layer, n_layers, default_layer(n_layers))
+        res = align_corpus(
+            model, tokenizer, src_words, tgt_words, sentences, layers=layers, method=method,
+            batch_size=batch_size, max_length=max_length, device=device, progress=_progress(),
+        )  # fmt: skip
+        best = res["layers"][res["best_layer"]]
+        rows.append([spec.name, str(res["best_layer"]), *(f"{best[k]:.2f}" for k in ("aer", "precision", "recall", "f1"))])
+        if res["truncated"]:
+            click.echo(f"warning: {spec.name}: {res['truncated']} sentences longer than {res['max_tokens']} tokens "
+                       "(--max-length, clipped to the model's positions): their last words get no link", err=True)
+        if as_json:
+            out = {"model": spec.path, "name": spec.name, "src": str(src), "tgt": str(tgt), "gold": str(gold),
+                   "gold_format": fmt, "method": method, "null_links": nulls, **res,
+                   "layers": {str(k): v for k, v in res["layers"].items()}}  # fmt: skip
+            click.echo(json.dumps(out))
+            continue
+        if i:
+            click.echo("")
+        click.echo(f"model: {spec.path}  method: {method}  pairs: {res['n']}  gold: {fmt} "
+                   "(percent; AER lower is better)")  # fmt: skip
+        click.echo(format_table(res))
+    if markdown is not None:
+        _write_atomic(markdown, _markdown(["model", "layer", "AER", "prec", "recall", "F1"], rows))
 
 
 __all__ = ["align_command", "eval_group", "retrieval_command", "tatoeba_command", "transfer_command"]
