@@ -244,6 +244,7 @@ def _load_subcommands() -> None:
     cli.add_command(eval_group)
     cli.add_command(plot_command)
     cli.add_command(new_plugin_command)
+    cli.add_command(__import__("objkit.export", fromlist=["export_command"]).export_command)
 
 
 def _stop_now(*_: object) -> None:
