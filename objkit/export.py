@@ -20,9 +20,11 @@ pooling as objkit's retrieval evaluation pools (:mod:`objkit.eval.retrieval`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -119,6 +121,28 @@ def sentence_transformers_files(folder: Path, spec: SentenceSpec, hidden_size: i
     })
 
 
+@contextlib.contextmanager
+def _without_call_state(tokenizer: Any) -> Iterator[None]:
+    """A fast tokenizer keeps the truncation and padding of its last call (an evaluation's
+    ``truncation=True, max_length=...``) and ``save_pretrained`` writes them into tokenizer.json:
+    cleared while saving, so that every export of the same tokenizer has the same bytes."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    truncation = getattr(backend, "truncation", None)
+    padding = getattr(backend, "padding", None)
+    if backend is None or (truncation is None and padding is None):
+        yield
+        return
+    backend.no_truncation()
+    backend.no_padding()
+    try:
+        yield
+    finally:
+        if truncation is not None:
+            backend.enable_truncation(**truncation)
+        if padding is not None:
+            backend.enable_padding(**padding)
+
+
 def write_export(target: Path, model: Encoder, tokenizer: Any, *, card: CardInfo, record: dict[str, Any],
                  recipe_toml: str, writer: str, hint: str) -> Path:
     """Write the export folder ``target`` whole: ``model.save_pretrained`` (config.json and
@@ -136,7 +160,8 @@ def write_export(target: Path, model: Encoder, tokenizer: Any, *, card: CardInfo
 
     def build(tmp: Path) -> None:
         model.save_pretrained(str(tmp))
-        save_tokenizer_for(model, tokenizer, tmp)
+        with _without_call_state(tokenizer):
+            save_tokenizer_for(model, tokenizer, tmp)
         (tmp / "objkit.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
         _write_text(tmp / "recipe.toml", recipe_toml)
         _write_text(tmp / "README.md", model_card(card))
