@@ -83,6 +83,8 @@ def sentence_transformers_files(folder: Path, spec: SentenceSpec, hidden_size: i
     1_Pooling/config.json, 2_Normalize/ and config_sentence_transformers.json in ``folder``.
     A middle layer is pooled by loading the model with ``num_hidden_layers = layer``
     (``config_args``): the last hidden state is then exactly ``hidden_states[layer]``."""
+    from importlib.metadata import PackageNotFoundError, version
+
     import torch
     import transformers
 
@@ -108,12 +110,8 @@ def sentence_transformers_files(folder: Path, spec: SentenceSpec, hidden_size: i
     (folder / "2_Normalize").mkdir(exist_ok=True)
     versions = {"transformers": transformers.__version__, "pytorch": torch.__version__}
     try:
-        from importlib.metadata import version
-
         versions = {"sentence_transformers": version("sentence-transformers"), **versions}
-    except ImportError:  # pragma: no cover - importlib.metadata is always there
-        pass
-    except Exception:  # not installed: the loader's version check has nothing to compare
+    except PackageNotFoundError:  # not installed here: the loader's version check has nothing to compare
         pass
     _write_json(folder / "config_sentence_transformers.json", {
         "__version__": versions, "model_type": "SentenceTransformer", "prompts": {}, "default_prompt_name": None,
