@@ -158,7 +158,7 @@ def _model(recipe: dict[str, Any]) -> list[str]:
 
 
 def _loading(info: CardInfo) -> list[str]:
-    out = ["## How to load", "", "```python", "from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer",
+    out = ["## How to load", "", "`PATH`: this folder (or its hub id once uploaded).", "", "```python", "from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer",
            "", 'tokenizer = AutoTokenizer.from_pretrained("PATH")',
            'encoder = AutoModel.from_pretrained("PATH")            # the body: hidden states',
            'mlm = AutoModelForMaskedLM.from_pretrained("PATH")     # the body and its LM head', "```", ""]

@@ -310,6 +310,32 @@ def test_bad_run_directories_and_checkpoints_are_one_line(finished, tmp_path):
     assert json.loads((tmp_path / "o" / "objkit.json").read_text())["step"] == 2
 
 
+def test_the_card_reports_the_evaluations_of_the_run_directory(tmp_path):
+    """Without training: metrics.jsonl records and results saved as eval*.json in the run directory."""
+    from objkit.model_card import CardInfo, SentenceSpec, model_card
+
+    records = [{"step": 2, "mlm/loss": 5.0}, {"step": 2, "eval/pairs/acc": 40.0},
+               {"step": 4, "eval/pairs/acc": 55.5, "eval/xnli/avg": 61.25}, {"step": 6, "eval/pairs/acc": 70.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + '{"step": 8, "ev')
+    (tmp_path / "eval-tatoeba.json").write_text(json.dumps({"model": "runs/x/export", "avg": {"mean": 33.3}}))
+    (tmp_path / "eval-broken.json").write_text("{")
+    recipe = {"name": "r", "objectives": {"mlm": {"plugin": "mlm", "weight": 1.0, "data": "mono"},
+                                          "off": {"plugin": "tlm", "enabled": False, "data": "mono"}},
+              "data": {"mono": {"type": "text", "files": [{"path": "a.txt", "lang": "en"}]}}, "train": {"steps": 8}}
+    card = model_card(CardInfo(recipe=recipe, step=4, total_steps=8, run_dir=tmp_path, checkpoint="step_0000004"))
+    assert "Measured during training at step 4" in card
+    assert "| pairs/acc | 55.5 |" in card and "| xnli/avg | 61.25 |" in card and "70" not in card
+    assert "- `eval-tatoeba.json` (model evaluated: `runs/x/export`): avg.mean 33.3" in card
+    assert "- `eval-broken.json`: not readable as JSON" in card
+    assert "| mlm | mlm | 1 | mono |" in card and "| off |" not in card  # a disabled objective is not trained
+    assert '- `mono`: type=text, files=[{"path": "a.txt", "lang": "en"}]' in card
+    card = model_card(CardInfo(recipe=recipe, step=3, total_steps=8, run_dir=tmp_path, checkpoint="step_0000003",
+                               sentence=SentenceSpec(layer=12, num_layers=12, pooling="cls", max_seq_length=128)))
+    assert "No evaluation of step 3 was found" in card and "The latest earlier one, step 2" in card
+    assert "| pairs/acc | 40 |" in card
+    assert "the first token's (`<s>`) vector" in card and "not the last one" not in card
+
+
 def test_export_help_ends_with_examples():
     from click.testing import CliRunner
 
