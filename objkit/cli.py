@@ -24,6 +24,7 @@ from objkit.lazygroup import LazyGroup
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "data": ("objkit.fetch.cli:data_group", "Download evaluation sets and parallel text into objkit's layout."),
     "eval": ("objkit.eval.cli:eval_group", "Evaluate encoders: retrieval, cross-lingual transfer, word alignment."),
+    "export": ("objkit.export:export_command", "Export any checkpoint of a run: encoder, tokenizer, model card."),
     "new-plugin": ("objkit.scaffold:new_plugin_command", "Write a new plugin distribution to start from."),
     "plot": ("objkit.plot:plot_command", "Plot the metrics of one or more runs into an image."),
     "prepare": ("objkit.prepare_cmd:prepare_command", "Tokenize a recipe's data once, into a cache runs start from."),

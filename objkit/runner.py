@@ -146,6 +146,9 @@ def run_recipe(
         if lock is not None:
             lock.acquire()
             check_run_dir(resolved, run_dir, fresh)
+            from objkit.export import check_export_target
+
+            check_export_target(run_dir)  # export/ holding files objkit did not write: refused now, not after training
         return _train(resolved, run_dir, registry, progress, evaluate)
     except OSError as exc:  # an unwritable directory, a full disk: one line, what is intact
         raise write_error(exc, "", _intact(run_dir)) from None

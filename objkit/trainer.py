@@ -470,32 +470,25 @@ class Trainer:
 
     # ------------------------------------------------------------------ export
     def export(self) -> Path | None:
-        """``run_dir/export``: encoder + tokenizer loadable by AutoModel / AutoTokenizer.
-        Every rank calls this (FSDP gathers the weights); rank 0 alone writes."""
+        """``run_dir/export``: encoder + tokenizer loadable by AutoModel / AutoTokenizer, a model
+        card and the recipe (:func:`objkit.export.write_export`, which ``objkit export`` uses too);
+        written whole, and refused (nothing touched) when ``export/`` holds files objkit did not
+        write. Every rank calls this (FSDP gathers the weights); rank 0 alone writes."""
+        import tomllib
+
+        from objkit.export import export_record, objkit_version, write_export
+        from objkit.model_card import CardInfo
+
         model = self.strategy.model_for_save()
         if model is None:
             distributed.barrier(self.world)
             return None
-        final = self.run_dir / "export"
-        tmp = self.run_dir / "export.tmp"
-        old = self.run_dir / "export.old"
-        try:
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.rmtree(old, ignore_errors=True)
-            model.save_pretrained(str(tmp))
-            save_tokenizer_for(model, self.tokenizer, tmp)
-            (tmp / "objkit.json").write_text(json.dumps({"step": self.step, "recipe": self.resolved.source}, indent=1))
-            ckpt.fsync_tree(tmp)
-            if final.exists():
-                os.replace(final, old)
-            os.replace(tmp, final)
-            ckpt.fsync_path(self.run_dir)
-        except Exception as exc:  # safetensors and tokenizers (Rust) report a full disk in their own types
-            shutil.rmtree(tmp, ignore_errors=True)
-            error = faults.os_error_of(exc, tmp)
-            if error is None:
-                raise
-            raise faults.write_error(error, "the export", "checkpoints already written are intact") from None
-        shutil.rmtree(old, ignore_errors=True)
+        recipe_toml = self.resolved.to_toml()
+        card = CardInfo(recipe=tomllib.loads(recipe_toml), step=self.step, total_steps=self.train_cfg.steps,
+                        run_dir=self.run_dir, objkit_version=objkit_version())
+        final = write_export(self.run_dir / "export", model, self.tokenizer, card=card,
+                             record=export_record(self.step, self.train_cfg.steps, self.resolved.source),
+                             recipe_toml=recipe_toml, writer="objkit run",
+                             hint="checkpoints already written are intact")
         distributed.barrier(self.world)
         return final
