@@ -165,6 +165,7 @@ def run(
         for key, value in rows:
             click.echo(f"  {key.ljust(width)}  {value}")
         return
+    resolved.check_complete()  # keys left "???" (the full-size recipes' data files): named in one line
     if output is None:
         raise UserError("run: -o/--output DIR is required (where metrics, checkpoints and the export go)")
     if not output.strip():
@@ -244,6 +245,9 @@ def _load_subcommands() -> None:
     cli.add_command(eval_group)
     cli.add_command(plot_command)
     cli.add_command(new_plugin_command)
+    from objkit.recipes_cmd import recipes_group
+
+    cli.add_command(recipes_group)
 
 
 def _stop_now(*_: object) -> None:
