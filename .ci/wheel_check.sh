@@ -4,8 +4,8 @@
 # prints the wheel's file list, installs the wheel into a fresh virtual environment (torch
 # first: the same pinned CPU build as `make install`), and from a directory outside the checkout
 # runs `objkit list-plugins`, `objkit recipes`, a few steps of the packaged recipe `quickstart`
-# by name, and a retrieval evaluation of its export. Catches a package left out of the wheel
-# and a file read from the source tree. Any failure fails CI. A few minutes (pip's cache warm).
+# by name, the dry run of `infoxlm_large`, and a retrieval evaluation of the export. Catches a
+# package left out of the wheel and a file read from the source tree. Any failure fails CI. A few minutes (pip's cache warm).
 #   make wheel-check          (or: bash .ci/wheel_check.sh; PYTHON=..., TORCH=... to override)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +25,7 @@ SDIST=$(ls "$WORK"/dist/objkit-*.tar.gz)
 WHEEL=$(ls "$WORK"/dist/objkit-*.whl)
 
 step "twine check --strict"
-"$PY" -m twine check --strict "$SDIST" "$WHEEL"
+"$PY" -m twine --no-color check --strict "$SDIST" "$WHEEL"
 
 step "the wheel's files"
 "$PY" - "$WHEEL" "$ROOT" <<'PY'
@@ -80,6 +80,9 @@ step "objkit run quickstart (the packaged recipe by name, 4 steps)"
   --set train.warmup_steps=0 --set train.log_every=2 --set train.checkpoint_every=4
 test -f run/export/config.json
 ls run run/export
+
+step "objkit run infoxlm_large --dry-run (a full-size packaged recipe through extends, data unset)"
+"$OBJKIT" run infoxlm_large --dry-run | grep -E "^plan for|encoder  |memory: total"
 
 step "objkit eval retrieval on the export"
 "$VPY" - <<'PY'

@@ -17,9 +17,9 @@ import click
 
 from objkit.errors import UserError
 
-# layers and hidden size of each [model] preset (objkit.encoder.PRESETS, which imports torch;
-# tests/test_recipes_cmd.py keeps the two equal)
-PRESET_SIZES = {"tiny": (4, 128), "small": (6, 256), "base": (12, 768), "large": (24, 1024)}
+# depth of each [model] preset (objkit.encoder.PRESETS, which imports torch; tests/test_recipes_cmd.py
+# keeps the two equal)
+PRESET_LAYERS = {"tiny": 4, "small": 6, "base": 12, "large": 24}
 
 
 def recipe_summary(name: str) -> dict[str, str]:
@@ -32,8 +32,7 @@ def recipe_summary(name: str) -> dict[str, str]:
     raw = read_toml(path)
     model: dict[str, Any] = raw.get("model") if isinstance(raw.get("model"), dict) else {}
     preset = model.get("preset") or "base"
-    layers, hidden = PRESET_SIZES.get(preset, ("?", "?"))
-    size = f"{preset} ({layers} layers, hidden {hidden})"
+    size = f"{preset} ({PRESET_LAYERS.get(preset, '?')} layers)"
     if isinstance(model.get("encoder"), str) and model["encoder"] != "xlmr":
         size += f", {model['encoder']}"
     size += f", from {model['init']}" if isinstance(model.get("init"), str) else ", from scratch"

@@ -38,12 +38,12 @@ def test_recipes_lists_every_packaged_recipe_one_line_each(capsys):
     names = sorted(p.stem for p in RECIPES.glob("*.toml"))
     assert [line.split()[0] for line in lines] == names == packaged_names()
     base = next(line for line in lines if line.startswith("infoxlm_base "))
-    assert "base (12 layers, hidden 768), from xlm-roberta-base" in base
+    assert "base (12 layers), from xlm-roberta-base" in base
     assert "InfoXLM (Chi et al., NAACL 2021): the InfoXLM-base row" in base
     assert base.endswith("InfoXLM-base: XLM-R base continued with MLM + TLM + XLCO (momentum queue, mixup)")
     large = next(line for line in lines if line.startswith("infoxlm_large "))
-    assert "large (24 layers, hidden 1024), from xlm-roberta-large" in large and "InfoXLM-large row" in large
-    assert "tiny (4 layers, hidden 128), from scratch" in next(line for line in lines if line.startswith("quickstart "))
+    assert "large (24 layers), from xlm-roberta-large" in large and "InfoXLM-large row" in large
+    assert "tiny (4 layers), from scratch" in next(line for line in lines if line.startswith("quickstart "))
     code, out_ls, _ = run_main(capsys, "recipes", "ls")
     assert code == 0 and out_ls == out
 
@@ -59,9 +59,9 @@ def test_recipes_json_and_every_recipe_has_a_reference_and_description(capsys):
 
 def test_preset_sizes_match_the_encoder():
     from objkit.encoder import PRESETS
-    from objkit.recipes_cmd import PRESET_SIZES
+    from objkit.recipes_cmd import PRESET_LAYERS
 
-    assert PRESET_SIZES == {k: (v["num_hidden_layers"], v["hidden_size"]) for k, v in PRESETS.items()}
+    assert PRESET_LAYERS == {k: v["num_hidden_layers"] for k, v in PRESETS.items()}
 
 
 def test_cp_writes_a_copy_and_never_replaces_a_file(capsys, tmp_path, monkeypatch):
