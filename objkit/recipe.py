@@ -381,15 +381,20 @@ class ResolvedRecipe:
         self.optimizer_config = optimizer_config
         self.unset: list[str] = []
         """Keys still holding the ``UNSET`` marker (``\"???\"``), for the user to fill in."""
+        self.packaged = False
+        """Loaded by name from objkit's packaged recipes (not from a file the user gave)."""
 
     def check_complete(self) -> None:
         """Refuse, in one line naming the keys, a recipe with keys left ``UNSET`` (before a run or
         ``prepare`` reads data; ``validate`` and ``--dry-run`` show such a recipe)."""
-        if self.unset:
-            name = self.recipe.name or "NAME"
-            raise RecipeError(self.source, [
-                f"{', '.join(self.unset)}: not set ({UNSET!r} in the recipe); fill in with --set (a list whole, e.g. "
-                f"--set 'data.mono.files=[{{path=\"en.txt\",lang=\"en\"}}]') or in a copy: objkit recipes cp {name} FILE"])
+        if not self.unset:
+            return
+        first = self.unset[0]
+        how = (f"--set '{first.partition('[')[0]}=[...]' (a list is set whole)" if "[" in first
+               else f"--set {first}=VALUE")
+        where = (f"in a copy (objkit recipes cp {self.source} FILE)" if self.packaged else f"in {self.source}")
+        raise RecipeError(self.source, [f"{', '.join(self.unset)}: not set ({UNSET!r} in the recipe); "
+                                        f"fill in with {how} or {where}"])
 
     def to_dict(self) -> dict[str, Any]:
         data = self.recipe.dump()
@@ -422,7 +427,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, registry: 
     path, label = resolve_recipe(path)
     raw = _read_toml(path)
     raw = apply_overrides(raw, overrides or [])
-    return validate_recipe(raw, registry or default_registry(), source=label)
+    resolved = validate_recipe(raw, registry or default_registry(), source=label)
+    resolved.packaged = label != str(path)
+    return resolved
 
 
 def unset_keys(node: Any, prefix: str = "") -> list[str]:

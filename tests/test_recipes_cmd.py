@@ -138,12 +138,19 @@ def test_unset_data_keys_validate_and_plan_but_run_names_them(capsys, tmp_path):
     err = one_line_error(*run_main(capsys, "run", "infoxlm_base", "-o", str(tmp_path / "r"))[::2])
     assert err.startswith("infoxlm_base: data.mono.files[0].path, data.parallel.pairs[0].src, "
                           "data.parallel.pairs[0].tgt: not set ('???' in the recipe)")
-    assert "objkit recipes cp infoxlm_base FILE" in err
+    assert err.endswith("fill in with --set 'data.mono.files=[...]' (a list is set whole) or in a copy "
+                        "(objkit recipes cp infoxlm_base FILE)")
     assert not (tmp_path / "r").exists()
     # filled in through --set: only what is still unset is named
     err = one_line_error(*run_main(capsys, "run", "infoxlm_base", "-o", str(tmp_path / "r"),
                                    "--set", 'data.mono.files=[{path="en.txt",lang="en"}]')[::2])
-    assert "infoxlm_base: data.parallel.pairs[0].src, data.parallel.pairs[0].tgt: not set" in err
+    assert err.startswith("infoxlm_base: data.parallel.pairs[0].src, data.parallel.pairs[0].tgt: not set")
+    assert "--set 'data.parallel.pairs=[...]'" in err
+    # a user's copy: fill it in there
+    (tmp_path / "mine.toml").write_text('extends = "xlmr_mlm"\n[model]\ninit = "???"\n')
+    err = one_line_error(*run_main(capsys, "run", str(tmp_path / "mine.toml"), "-o", str(tmp_path / "r"))[::2])
+    assert err == (f"{tmp_path / 'mine.toml'}: model.init, data.mono.files[0].path: not set ('???' in the recipe); "
+                   f"fill in with --set model.init=VALUE or in {tmp_path / 'mine.toml'}")
     # objkit prepare refuses too (before reading any data)
     err = one_line_error(*run_main(capsys, "prepare", "xlmr_mlm", "-o", str(tmp_path / "c"))[::2])
     assert err.startswith("xlmr_mlm: data.mono.files[0].path: not set")
