@@ -55,7 +55,8 @@ def close_names(name: str, n: int = 3) -> str:
     """``did you mean "a", "b"? `` (or nothing) for a name that is not a packaged recipe."""
     stem = Path(name).name.removesuffix(".toml")
     close = difflib.get_close_matches(stem, packaged_names(), n=n, cutoff=0.5)
-    return f"did you mean {', '.join(repr(c).replace(chr(39), chr(34)) for c in close)}? " if close else ""
+    quoted = ", ".join(f'"{c}"' for c in close)
+    return f"did you mean {quoted}? " if close else ""
 
 
 def looks_like_name(text: str) -> bool:
@@ -64,7 +65,7 @@ def looks_like_name(text: str) -> bool:
 
 
 def resolve_recipe(arg: str | Path) -> tuple[Path, str]:
-    """``(file, label)`` for a recipe argument: an existing file (label: the path as given), else a
+    """``(file, label)`` for a recipe argument: an existing file (label: its path), else a
     packaged recipe (label: its name). Neither: a one-line :class:`UserError`, exit 2."""
     text = str(arg)
     path = Path(arg)
