@@ -50,9 +50,14 @@ PY
 step "fresh virtual environment: $TORCH, then the wheel"
 "$BASE_PYTHON" -m venv "$WORK/venv"
 VPY="$WORK/venv/bin/python"
-"$VPY" -m pip install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-"$VPY" -m pip install --quiet "$TORCH" 2>&1 | grep -v "^WARNING: Location" || true
-"$VPY" -m pip install --quiet "$WHEEL" 2>&1 | grep -v "^WARNING: Location" || true
+pip_install() {  # quiet unless it fails (then its last lines, and CI fails)
+  "$VPY" -m pip install --quiet "$@" > "$WORK/pip.log" 2>&1 || { grep -v "^WARNING: Location" "$WORK/pip.log" | tail -30; exit 1; }
+}
+pip_install --upgrade pip
+# --no-compile: no .pyc for every file of torch and the others up front (minutes on 2 cores);
+# what the commands import is compiled as they import it
+pip_install --no-compile "$TORCH"
+pip_install --no-compile "$WHEEL"
 "$VPY" -m pip check
 OBJKIT="$WORK/venv/bin/objkit"
 
