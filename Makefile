@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 EXAMPLE_PLUGIN := examples/objkit-translation-ranking
 EXAMPLE_STAMP := $(VENV)/.objkit-translation-ranking
 
-.PHONY: install quickstart test perf bench-ablation clean
+.PHONY: install quickstart test wheel-check perf bench-ablation clean
 
 $(BIN)/objkit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,13 +26,18 @@ $(EXAMPLE_STAMP): $(BIN)/objkit $(EXAMPLE_PLUGIN)/pyproject.toml
 install: $(BIN)/objkit $(EXAMPLE_STAMP)
 
 quickstart: $(BIN)/objkit
-	$(BIN)/objkit run recipes/quickstart.toml -o runs/quickstart
+	$(BIN)/objkit run quickstart -o runs/quickstart
 
 # objkit's suite, then the example plugin's own suite (its tests and objkit's conformance
 # kit on it) from its folder, as its author would run it
 test: $(BIN)/objkit $(EXAMPLE_STAMP)
 	$(BIN)/python -m pytest
 	cd $(EXAMPLE_PLUGIN) && $(abspath $(BIN))/python -m pytest
+
+# The wheel as a user installs it: build + twine check, a fresh virtual environment with the
+# wheel, and objkit run from outside the checkout (.ci/wheel_check.sh; a few minutes).
+wheel-check: $(BIN)/objkit
+	TORCH="$(TORCH)" PYTHON="$(PYTHON)" PY="$(abspath $(BIN))/python" bash .ci/wheel_check.sh
 
 # The performance suite (benchmarks/README.md); --markdown writes the README's Performance table.
 perf: $(BIN)/objkit

@@ -20,7 +20,6 @@ from objkit.lazygroup import LazyGroup
 # `objkit --help`). Adding a command is one line here; its module is imported only when the
 # command runs or its own --help is asked (keep torch/transformers/datasets imports inside
 # the command's function, so that its --help stays fast: tests/test_cli.py checks every one).
-# A new command, e.g.:  "recipes": ("objkit.recipes_cmd:recipes_group", "List the packaged recipes..."),
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "data": ("objkit.fetch.cli:data_group", "Download evaluation sets and parallel text into objkit's layout."),
     "eval": ("objkit.eval.cli:eval_group", "Evaluate encoders: retrieval, cross-lingual transfer, word alignment."),
@@ -28,6 +27,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "new-plugin": ("objkit.scaffold:new_plugin_command", "Write a new plugin distribution to start from."),
     "plot": ("objkit.plot:plot_command", "Plot the metrics of one or more runs into an image."),
     "prepare": ("objkit.prepare_cmd:prepare_command", "Tokenize a recipe's data once, into a cache runs start from."),
+    "recipes": ("objkit.recipes_cmd:recipes_group", "List the packaged recipes, or copy one to edit (ls, cp)."),
     "tokenizer": ("objkit.tokenizer:tokenizer_group", "Train a tokenizer, or extend one with new pieces."),
 }
 
@@ -57,9 +57,11 @@ def _several_recipes_options(func):  # noqa: ANN001, ANN202 - click decorator
     epilog="""\b
 Examples:
   objkit list-plugins
-  objkit validate recipes/quickstart.toml
-  objkit run recipes/quickstart.toml -o runs/quickstart
-  objkit run recipes/infoxlm_large.toml --dry-run
+  objkit recipes
+  objkit validate quickstart
+  objkit run quickstart -o runs/quickstart
+  objkit recipes cp infoxlm_base my_recipe.toml
+  objkit run infoxlm_large --dry-run
   objkit --plugin no:translation_ranking list-plugins
   OBJKIT_DISABLE_PLUGIN_AUTOLOAD=1 objkit --plugin translation_ranking list-plugins
 """,
@@ -170,10 +172,11 @@ def validate(recipes: tuple[Path, ...], overrides: tuple[str, ...], quiet: bool 
 
 @cli.command(epilog="""\b
 Examples:
-  objkit run recipes/quickstart.toml -o runs/quickstart
+  objkit run quickstart -o runs/quickstart
+  objkit recipes cp infoxlm_base my_recipe.toml
   objkit run recipes/quickstart_infoxlm.toml -o runs/qi --set train.steps=100
   objkit run recipes/quickstart.toml -o runs/quickstart --fresh
-  objkit run recipes/infoxlm_large.toml --dry-run
+  objkit run infoxlm_large --dry-run
   objkit run recipes/infoxlm_large.toml --dry-run --nproc 8 --json
   objkit run recipes/quickstart_infoxlm.toml -o runs/qi2 --nproc 2
   objkit run recipes/quickstart.toml -o runs/q2 --cache-dir cache/quickstart   (objkit prepare first, or built once)
@@ -224,6 +227,7 @@ def run(
         return
     if as_json:
         raise UserError("run: --json goes with --dry-run (a run writes RUN/metrics.jsonl)")
+    resolved.check_complete()  # keys left "???" (the full-size recipes' data files): named in one line
     if output is None:
         raise UserError("run: -o/--output DIR is required (where metrics, checkpoints and the export go)")
     if not output.strip():

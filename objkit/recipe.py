@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from objkit.errors import UserError, one_line
 from objkit.interfaces import EncoderConfig
+from objkit.recipe_files import RecipeError, deep_merge, read_toml as _read_toml, resolve_recipe
 from objkit.registry import Registry, did_you_mean
 from objkit.schema import (
     CldrSource,
@@ -26,60 +27,11 @@ from objkit.schema import (
     ObjectiveEntry,
     ParallelSource,
     Recipe,
+    UNSET,
     RequiredDistribution,
     TextSource,
     source_languages,
 )
-
-
-class RecipeError(UserError):
-    def __init__(self, source: str, problems: list[str]) -> None:
-        self.source = source
-        self.problems = problems
-        super().__init__("\n".join(one_line(f"{source}: {p}") for p in problems))
-
-
-# ----------------------------------------------------------------------------- loading
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
-def _read_toml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
-    label = str(path)
-    try:
-        resolved = path.resolve()
-    except (OSError, ValueError, RuntimeError) as exc:  # a NUL byte, a symlink loop
-        raise RecipeError(label, [f"cannot read: {exc}"]) from None
-    if resolved in chain:
-        raise RecipeError(label, [f"extends: cycle through {' -> '.join(str(p) for p in chain)}"])
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RecipeError(label, ["file not found"]) from None
-    except IsADirectoryError:
-        raise RecipeError(label, ["is a directory, not a recipe file"]) from None
-    except UnicodeDecodeError as exc:
-        raise RecipeError(label, [f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise RecipeError(label, [f"not valid TOML: {exc}"]) from None
-    except (OSError, ValueError) as exc:  # unreadable, or an impossible path (e.g. a NUL byte)
-        raise RecipeError(label, [f"cannot read: {getattr(exc, 'strerror', None) or exc}"]) from None
-    parent = raw.pop("extends", None)
-    if parent is None:
-        return raw
-    if not isinstance(parent, str):
-        raise RecipeError(label, [f"extends: expected a relative path string (got {parent!r})"])
-    target = path.parent / parent
-    if not target.exists():
-        raise RecipeError(label, [f"extends: {parent!r} not found (looked for {target}; paths are relative to this file)"])
-    base = _read_toml(target, chain + (resolved,))
-    return deep_merge(base, raw)
 
 
 def parse_override(assignment: str) -> tuple[list[str], Any]:
@@ -304,9 +256,11 @@ def validate_recipe(raw: dict[str, Any], registry: Registry, source: str = "reci
     if problems:
         raise RecipeError(source, problems)
     assert recipe is not None
-    return ResolvedRecipe(recipe=recipe, objective_configs=objective_configs, source=source,
-                          encoder_config=encoder_config, callback_configs=callback_configs,
-                          optimizer_config=optimizer_config)
+    resolved = ResolvedRecipe(recipe=recipe, objective_configs=objective_configs, source=source,
+                              encoder_config=encoder_config, callback_configs=callback_configs,
+                              optimizer_config=optimizer_config)
+    resolved.unset = unset_keys(raw)
+    return resolved
 
 
 def _validate_plugin_tables(raw: dict[str, Any], section: str, kind: str, core: set[str], registry: Registry,
@@ -425,6 +379,22 @@ class ResolvedRecipe:
         """The encoder plugin's validated ``Config`` of ``[model]`` (what ``Encoder.build`` gets)."""
         self.callback_configs = callback_configs or {}
         self.optimizer_config = optimizer_config
+        self.unset: list[str] = []
+        """Keys still holding the ``UNSET`` marker (``\"???\"``), for the user to fill in."""
+        self.packaged = False
+        """Loaded by name from objkit's packaged recipes (not from a file the user gave)."""
+
+    def check_complete(self) -> None:
+        """Refuse, in one line naming the keys, a recipe with keys left ``UNSET`` (before a run or
+        ``prepare`` reads data; ``validate`` and ``--dry-run`` show such a recipe)."""
+        if not self.unset:
+            return
+        first = self.unset[0]
+        how = (f"--set '{first.partition('[')[0]}=[...]' (a list is set whole)" if "[" in first
+               else f"--set {first}=VALUE")
+        where = (f"in a copy (objkit recipes cp {self.source} FILE)" if self.packaged else f"in {self.source}")
+        raise RecipeError(self.source, [f"{', '.join(self.unset)}: not set ({UNSET!r} in the recipe); "
+                                        f"fill in with {how} or {where}"])
 
     def to_dict(self) -> dict[str, Any]:
         data = self.recipe.dump()
@@ -449,9 +419,24 @@ class ResolvedRecipe:
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None, registry: Registry | None = None) -> ResolvedRecipe:
+    """The recipe file ``path`` (or, when no such file exists, the packaged recipe of that name)
+    with ``overrides``, validated. Keys left at ``UNSET`` load (``validate``, ``--dry-run``);
+    :meth:`ResolvedRecipe.check_complete` refuses them before anything reads data."""
     from objkit.registry import default_registry
 
-    path = Path(path)
+    path, label = resolve_recipe(path)
     raw = _read_toml(path)
     raw = apply_overrides(raw, overrides or [])
-    return validate_recipe(raw, registry or default_registry(), source=str(path))
+    resolved = validate_recipe(raw, registry or default_registry(), source=label)
+    resolved.packaged = label != str(path)
+    return resolved
+
+
+def unset_keys(node: Any, prefix: str = "") -> list[str]:
+    """Dotted keys (``data.mono.files[0].path``) whose value is the ``UNSET`` marker."""
+    if isinstance(node, dict):
+        return [k for key, value in node.items()
+                for k in unset_keys(value, f"{prefix}.{_show_key(key)}" if prefix else _show_key(key))]
+    if isinstance(node, list):
+        return [k for i, value in enumerate(node) for k in unset_keys(value, f"{prefix}[{i}]")]
+    return [prefix] if node == UNSET else []

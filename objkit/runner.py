@@ -111,6 +111,7 @@ def check_data(resolved: ResolvedRecipe) -> None:
     from objkit.data.sources import check_source_files, source_files
     from objkit.prepare import cache_dir_of
 
+    resolved.check_complete()  # keys left "???" first: named, instead of a missing file "???"
     cache_dir = cache_dir_of(resolved)
     recipe = resolved.recipe
     for name, source in recipe.data.items():

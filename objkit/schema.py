@@ -15,6 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from objkit.interfaces import EncoderKeys, TokenizerTraining
 
 
+UNSET = "???"
+"""A value the user must fill in (OmegaConf's mandatory-value marker): the full-size recipes'
+data files hold it. A recipe with such keys validates (``objkit validate`` shows it, ``run
+--dry-run`` plans it); ``objkit run`` and ``objkit prepare`` refuse it in one line naming each
+key (:meth:`objkit.recipe.ResolvedRecipe.check_complete`)."""
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -349,7 +356,11 @@ class RequiredDistribution(Strict):
 
 class Recipe(Strict):
     name: str | None = None
-    description: str | None = None
+    description: str | None = Field(None, description="what the recipe trains, one line (objkit recipes shows it)")
+    reference: str | None = Field(
+        None, description='the published result the recipe reproduces, e.g. "InfoXLM base (Chi et al., 2021), '
+        'Table 1" (objkit recipes shows it)',
+    )
     requires: list[RequiredDistribution] = Field(
         default_factory=list,
         description='distributions checked before anything else: "name>=1.0" strings or '
@@ -414,6 +425,7 @@ __all__ = [
     "TokenizerTraining",
     "TrainConfig",
     "TransferEvalSet",
+    "UNSET",
     "source_kind",
     "source_languages",
 ]
