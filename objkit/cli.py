@@ -115,6 +115,9 @@ def validate(recipe: Path, overrides: tuple[str, ...]) -> None:
     from objkit.recipe import load_recipe
 
     resolved = load_recipe(recipe, list(overrides))
+    from objkit.runner import check_before_training
+
+    check_before_training(resolved)  # what run checks before it trains, beyond the recipe
     click.echo(resolved.to_toml(), nl=False)
 
 
@@ -147,7 +150,8 @@ def run(
 
     Re-running the same command resumes from OUTPUT's newest intact checkpoint; a different
     recipe is refused unless --fresh. SIGTERM or Ctrl-C finish the current step, write a
-    checkpoint and exit 0.
+    checkpoint, print the command that resumes and exit 75 (EX_TEMPFAIL: stopped, resumable);
+    0 means the run finished and exported.
     """
     from objkit.recipe import load_recipe
     from objkit.registry import default_registry
@@ -173,15 +177,22 @@ def run(
         _check_unlocked(Path(output))  # the launcher's early answer; rank 0 then takes the lock
         if fresh:  # once, here, before any worker starts (the workers then find nothing to remove)
             _clear_once(resolved, Path(output))
-        argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                "-m", "objkit", *torchrun_plugin_args(), "run", str(recipe), "-o", str(output)]
-        argv += [arg for override in overrides for arg in ("--set", override)]
-        argv += ["--no-progress"] if no_progress else []
-        click.echo(f"exec: {shlex.join(argv)}", err=True)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.execv(sys.executable, argv)
+        from objkit.processes import launch_ranks
+
+        args = ["-m", "objkit", *torchrun_plugin_args(), "run", str(recipe), "-o", str(output)]
+        args += [arg for override in overrides for arg in ("--set", override)]
+        args += ["--no-progress"] if no_progress else []
+        click.echo(f"torchrun (in this process): {nproc} ranks of {shlex.join([sys.executable, '-u', *args])}", err=True)
+        resume = shlex.join(["objkit", *args[2:], "--nproc", str(nproc)])  # without --fresh
+        failure = launch_ranks(nproc, args, resume)
+        if failure is not None:
+            from objkit.runner import intact
+
+            raise failure.error(intact(Path(output)), resume)
+        return
+    from objkit.processes import RESUME_ENV, launched_by_torchrun
     from objkit.runner import run_recipe
+
 
     if no_progress:
         import datasets
@@ -189,7 +200,11 @@ def run(
 
         datasets.disable_progress_bars()
         hf_logging.disable_progress_bar()  # "Loading weights" of model.init
-    run_recipe(resolved, Path(output), registry, progress=not no_progress, fresh=fresh)
+    args = [*torchrun_plugin_args(), "run", str(recipe), "-o", str(output)]
+    args += [arg for override in overrides for arg in ("--set", override)] + (["--no-progress"] if no_progress else [])
+    resume = os.environ.get(RESUME_ENV) or ("the same torchrun command" if launched_by_torchrun() else
+                                            shlex.join(["objkit", *args]))  # without --fresh
+    run_recipe(resolved, Path(output), registry, progress=not no_progress, fresh=fresh, resume_command=resume)
 
 
 def torchrun_plugin_args() -> list[str]:
@@ -278,28 +293,42 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _main(argv: list[str] | None) -> None:
-    from objkit.processes import die_with_launcher, launched_by_torchrun
+    from objkit.processes import die_with_launcher, launched_by_torchrun, quiet_rank, record_failure
 
-    if launched_by_torchrun():  # a rank: never outlive torchrun (it starts ranks in sessions of their own)
+    rank = launched_by_torchrun()
+    if rank:  # a rank: never outlive torchrun (it starts ranks in sessions of their own)
         die_with_launcher()
+
+    def fail(code: int, lines: list[str], internal: BaseException | None = None) -> None:
+        """Exit ``code`` after one line (a rank: recorded for the launcher, which prints it under --nproc)."""
+        if rank:
+            record_failure(code, "\n".join(lines), internal)
+        if internal is not None and not quiet_rank():
+            raise internal
+        if not quiet_rank():
+            for line in lines:
+                click.echo(line, err=True)
+        sys.exit(code)
+
     try:
         _load_subcommands()
         cli.main(args=argv, prog_name="objkit", standalone_mode=False)
     except UserError as exc:
-        for line in str(exc).splitlines():
-            click.echo(line, err=True)
-        sys.exit(exc.exit_code)
+        fail(exc.exit_code, str(exc).splitlines())
     except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
+        fail(130, ["aborted"])
     except click.ClickException as exc:
+        if rank:
+            record_failure(exc.exit_code, exc.format_message())
         exc.show()
         sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
     except OSError as exc:  # a fault no command turned into its own message: still one line
         where = f"{exc.filename}: " if exc.filename else ""
-        click.echo(f"objkit: {where}{exc.strerror or exc}", err=True)
-        sys.exit(1)
+        fail(1, [f"objkit: {where}{exc.strerror or exc}"])
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, _stop_now)  # a further Ctrl-C while exiting: no traceback either
-        click.echo("interrupted", err=True)
-        sys.exit(130)
+        fail(130, ["interrupted"])
+    except Exception as exc:  # a bug, or a collective failing because another rank died
+        if not rank:
+            raise
+        fail(1, [], exc)  # the launcher (objkit run --nproc) shows it if no other rank failed first

@@ -122,6 +122,7 @@ class Trainer:
         self.step = 0
         self.bad_steps = faults.BadSteps(self.train_cfg.max_bad_steps)
         self.stopped_by: str | None = None  # the signal that ended fit() early, if any
+        self.aborted: faults.RunAborted | None = None  # train.max_bad_steps reached in the step just taken
         self.prefetcher: StepPrefetcher | None = None  # collates the next step during fit()
         self.stop_agreed = False  # a stop request agreed by every rank at the last step
         self.pending_save: sharded.PendingSave | None = None  # train.checkpoint_async: the write in flight
@@ -360,7 +361,10 @@ class Trainer:
         reason = self._nonfinite(stats, grad_norm_t)
         bad, self.stop_agreed = self.strategy.agree(reason is not None, stop_requested)
         if bad:  # skip the update: optimizer and momentum encoders stay; step and schedule move on
-            message = self.bad_steps.record(self.step, reason or "loss or gradients on another rank")
+            try:
+                message = self.bad_steps.record(self.step, reason or "loss or gradients on another rank")
+            except faults.RunAborted as exc:  # raised by fit() once this step is counted and logged
+                message, self.aborted = None, exc
             stats.values["skipped"] = 1.0
             if self.world.is_main and message:
                 tqdm.write(message, file=sys.stderr)
@@ -420,11 +424,14 @@ class Trainer:
                     stats = self.train_step(self.prefetcher.get(self.step), stop.requested)
                     state.step = self.step
                     window.append(stats)
-                    if self.step % self.train_cfg.log_every == 0 or self.step == self.train_cfg.steps:
+                    if (self.step % self.train_cfg.log_every == 0 or self.step == self.train_cfg.steps
+                            or self.aborted is not None):  # the steps an abort names are in metrics.jsonl
                         elapsed = time.perf_counter() - window_start
                         events.log(self._summarise(window, elapsed))
                         window, window_start = [], time.perf_counter()
                     events.step_end(stats.values)
+                    if self.aborted is not None:
+                        raise faults.RunAborted(f"{self.aborted}; {self._last_checkpoint()}")
                     saved = False
                     if self.step % self.train_cfg.checkpoint_every == 0 or self.step == self.train_cfg.steps:
                         self._checkpoint(events)
@@ -448,6 +455,12 @@ class Trainer:
                 with contextlib.suppress(BaseException):  # the fault being raised is the error to report
                     pending.wait()
             events.fit_end()
+
+    def _last_checkpoint(self) -> str:
+        """What an aborted run leaves to resume from, in words."""
+        self.await_save()
+        checkpoints = ckpt.list_checkpoints(self.run_dir)
+        return f"the last checkpoint, {checkpoints[-1]}, is intact" if checkpoints else "no checkpoint was written"
 
     def _close_prefetcher(self) -> None:
         """Stop collating ahead and put the streams back where the last trained step left them."""
