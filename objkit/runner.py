@@ -149,7 +149,8 @@ def run_recipe(
         check_before_training(resolved)
     evaluate = PeriodicEval(resolved.recipe.eval, resolved.recipe.model.max_length) if resolved.recipe.eval else None
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        if env_world().is_main:  # the other ranks find it once they join rank 0 in the process group
+            run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"-o {run_dir}: cannot create the run directory: {exc.strerror or exc}") from None
     # rank 0 (or the single process) holds the directory for the whole run, and only it

@@ -31,6 +31,7 @@ from objkit.data.bucketing import BucketedStream
 from objkit.errors import UserError
 from objkit.interfaces import StepContext, WorldInfo
 from objkit.prefetch import StepPrefetcher
+from objkit.processes import quiet_rank  # objkit run --nproc: its launcher says what ends the run
 from objkit.memory import apply_train_options
 from objkit.recipe import ResolvedRecipe
 from objkit.registry import Registry
@@ -418,7 +419,7 @@ class Trainer:
         try:
             events.fit_start()
             window_start = time.perf_counter()
-            with faults.StopRequest(announce=self.world.is_main) as stop:
+            with faults.StopRequest(announce=self.world.is_main and not quiet_rank()) as stop:
                 while self.step < self.train_cfg.steps:
                     faults.pause_for_test("step", self.step + 1)
                     stats = self.train_step(self.prefetcher.get(self.step), stop.requested)
