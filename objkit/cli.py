@@ -140,7 +140,7 @@ Examples:
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Tokenized cache (objkit prepare): sets data.cache_dir.")
 @click.option(
     "--nproc", type=click.IntRange(min=1), metavar="N",
-    help="Run N processes on this machine: exec `torchrun --standalone --nproc_per_node N -m objkit run ...`.",
+    help="Run N processes on this machine (torchrun --standalone --nproc_per_node N, its launcher in this process).",
 )
 def run(
     recipe: Path, overrides: tuple[str, ...], output: str | None, dry_run: bool, no_progress: bool,
@@ -231,7 +231,7 @@ def _clear_once(resolved: Any, output: Path) -> None:
 
 
 def _check_unlocked(output: Path) -> None:
-    """Refuse (exit 2) an existing run directory that another run holds, before exec'ing torchrun."""
+    """Refuse (exit 2) an existing run directory that another run holds, before launching the ranks."""
     from objkit.runlock import RunLock
 
     if (output / ".lock").is_file():

@@ -1,5 +1,5 @@
 """Runs that survive faults: SIGKILL at any instant (also mid-checkpoint) and a re-run of the
-same command ends bit-identical to an uninterrupted run; SIGTERM saves and exits 0; a corrupt
+same command ends bit-identical to an uninterrupted run; SIGTERM saves and exits 75; a corrupt
 newest checkpoint falls back to the previous one; non-finite steps are skipped, then abort;
 a failed checkpoint write is a clear error that leaves the previous checkpoint valid; a run
 directory refuses a different recipe unless --fresh.
