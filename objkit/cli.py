@@ -202,8 +202,8 @@ def run(
         hf_logging.disable_progress_bar()  # "Loading weights" of model.init
     args = [*torchrun_plugin_args(), "run", str(recipe), "-o", str(output)]
     args += [arg for override in overrides for arg in ("--set", override)] + (["--no-progress"] if no_progress else [])
-    resume = os.environ.get(RESUME_ENV) or ("the same torchrun command" if launched_by_torchrun() else
-                                            shlex.join(["objkit", *args]))  # without --fresh
+    resume = (os.environ.get(RESUME_ENV) or "the same torchrun command") if launched_by_torchrun() else \
+        shlex.join(["objkit", *args])  # without --fresh
     run_recipe(resolved, Path(output), registry, progress=not no_progress, fresh=fresh, resume_command=resume)
 
 

@@ -18,6 +18,7 @@ the others.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -26,6 +27,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,11 +137,12 @@ def launch_ranks(nproc: int, args: list[str], resume_command: str) -> RankFailur
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+    saved = {key: os.environ.get(key) for key in ("OMP_NUM_THREADS", QUIET_RANKS_ENV, RESUME_ENV)}
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default for several ranks on one machine
-    os.environ[QUIET_RANKS_ENV] = "1"
+    os.environ[QUIET_RANKS_ENV] = "1"  # the ranks inherit this process's environment
     os.environ[RESUME_ENV] = resume_command
     exit_codes: dict[int, int] = {}
-    with tempfile.TemporaryDirectory(prefix="objkit-ranks-") as logs:
+    with tempfile.TemporaryDirectory(prefix="objkit-ranks-") as logs, _restored(saved):
         config = LaunchConfig(
             min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()), rdzv_backend="c10d",
             rdzv_endpoint="localhost:0", max_restarts=0, logs_specs=DefaultLogsSpecs(log_dir=logs),
@@ -158,6 +161,19 @@ def launch_ranks(nproc: int, args: list[str], resume_command: str) -> RankFailur
             logging.disable(logging.NOTSET)
         records = _read_records(Path(logs))
     return first_failure(exit_codes, records)
+
+
+@contextlib.contextmanager
+def _restored(saved: dict[str, str | None]) -> Iterator[None]:
+    """Put these environment variables back as they were on the way out."""
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _read_records(logs: Path) -> dict[int, dict]:

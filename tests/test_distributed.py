@@ -349,3 +349,24 @@ def test_nproc_sigterm_exits_75_and_a_killed_rank_is_one_line(recipe, tmp_path):
             assert "resumed from" in err and "(step 2)" in err
             assert last == f"rank 1 was killed by SIGKILL; the last complete checkpoint, {out}/checkpoints/step_0000003, is intact; {resume}"
             assert "received SIGTERM" not in err  # the launcher's stopping of rank 0 is not news
+
+
+def test_the_launcher_reports_the_failure_that_came_first():
+    """:func:`objkit.processes.first_failure` on what torchelastic and the ranks' error files say."""
+    from objkit.processes import first_failure
+
+    def record(line: str, code: int, t: float, internal: bool = False) -> dict:
+        return {"line": line, "exit_code": code, "internal": internal, "stack": "Traceback ..." if internal else "",
+                "time": t}
+
+    gloo = record("", 1, 5.0, internal=True)  # the rank left behind, failing in a collective
+    killed = first_failure({0: 1, 1: -9}, {0: gloo})
+    assert (killed.rank, killed.exit_code, killed.signal_name, killed.line) == (1, 137, "SIGKILL", "")
+    assert "rank 1 was killed by SIGKILL; X; resume with: C" == str(killed.error("X", "C"))
+    user = first_failure({0: 2, 1: -15}, {0: record("data.mono: no file", 2, 3.0), 1: record("late", 2, 4.0)})
+    assert (user.rank, user.exit_code, user.line) == (0, 2, "data.mono: no file")
+    assert user.error("X", "C").exit_code == 2
+    stopped = first_failure({}, {1: record("", 75, 1.0), 0: record("stopped by SIGTERM at step 2", 75, 2.0)})
+    assert (stopped.rank, stopped.exit_code, stopped.line) == (0, 75, "stopped by SIGTERM at step 2")
+    internal = first_failure({0: 1, 1: -15}, {0: gloo})
+    assert internal.error("X", "C").args[0] == "Traceback ...\nrank 0 exited with status 1; X; resume with: C"
