@@ -431,8 +431,10 @@ class Trainer:
                         events.log(self._summarise(window, elapsed))
                         window, window_start = [], time.perf_counter()
                     events.step_end(stats.values)
-                    if self.aborted is not None:
-                        raise faults.RunAborted(f"{self.aborted}; {self._last_checkpoint()}")
+                    if self.aborted is not None:  # what is left to resume from, once the save in flight is done
+                        last = self.await_save() or (ckpt.list_checkpoints(self.run_dir) or [None])[-1]
+                        raise faults.RunAborted(f"{self.aborted}; " + (f"the last checkpoint, {last}, is intact"
+                                                                       if last else "no checkpoint was written"))
                     saved = False
                     if self.step % self.train_cfg.checkpoint_every == 0 or self.step == self.train_cfg.steps:
                         self._checkpoint(events)
@@ -456,12 +458,6 @@ class Trainer:
                 with contextlib.suppress(BaseException):  # the fault being raised is the error to report
                     pending.wait()
             events.fit_end()
-
-    def _last_checkpoint(self) -> str:
-        """What an aborted run leaves to resume from, in words."""
-        self.await_save()
-        checkpoints = ckpt.list_checkpoints(self.run_dir)
-        return f"the last checkpoint, {checkpoints[-1]}, is intact" if checkpoints else "no checkpoint was written"
 
     def _close_prefetcher(self) -> None:
         """Stop collating ahead and put the streams back where the last trained step left them."""

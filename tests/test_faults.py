@@ -533,14 +533,17 @@ def test_file_too_large_in_a_checkpoint_and_in_the_export_is_one_line_and_leaves
         assert not (tmp_path / "run2" / "export.tmp").exists() and not (tmp_path / "run2" / "export").exists()
 
 
-def test_an_unwritable_run_directory_is_one_line_exit_1(recipe_path, tmp_path):
+def test_an_unwritable_run_directory_is_one_line_exit_2_new_or_existing(recipe_path, tmp_path):
+    """One rule for an -o that cannot be written (issue 26: an existing one was exit 1, a new one 2)."""
     out = tmp_path / "run"
     out.mkdir()
     if subprocess.run(["chattr", "+i", str(out)], capture_output=True, check=False).returncode != 0:
         pytest.skip("chattr +i needs root on a filesystem that supports it")
     try:
         code, err = _main_run(recipe_path, out)
-        assert (code, err) == (1, f"cannot write {out}/.lock: Operation not permitted; no checkpoint written yet\n")
+        assert (code, err) == (2, f"-o {out}: cannot write in the run directory: Operation not permitted\n")
+        code, err = _main_run(recipe_path, out / "sub")
+        assert (code, err) == (2, f"-o {out}/sub: cannot create the run directory: Operation not permitted\n")
     finally:
         subprocess.run(["chattr", "-i", str(out)], check=True)
     assert os.listdir(out) == []
