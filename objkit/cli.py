@@ -148,11 +148,14 @@ def validate(recipes: tuple[Path, ...], overrides: tuple[str, ...], quiet: bool 
     errors of each are printed, and the exit code is 2 if any is invalid.
     """
     from objkit.recipe import load_recipe
+    from objkit.runner import check_before_training
 
     failed: list[UserError] = []
     for recipe in recipes:
         try:
             resolved = load_recipe(recipe, list(overrides))
+            if not resolved.unset:  # a full-size recipe's unset data keys: shown, checked when filled in
+                check_before_training(resolved)  # what run checks before it trains, beyond the recipe
         except UserError as exc:
             if len(recipes) == 1:
                 raise
@@ -192,7 +195,7 @@ Examples:
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Tokenized cache (objkit prepare): sets data.cache_dir.")
 @click.option(
     "--nproc", type=click.IntRange(min=1), metavar="N",
-    help="Run N processes on this machine: exec `torchrun --standalone --nproc_per_node N -m objkit run ...`.",
+    help="Run N processes on this machine (torchrun --standalone --nproc_per_node N, its launcher in this process).",
 )
 def run(
     recipe: Path, overrides: tuple[str, ...], output: str | None, dry_run: bool, no_progress: bool,
@@ -202,7 +205,8 @@ def run(
 
     Re-running the same command resumes from OUTPUT's newest intact checkpoint; a different
     recipe is refused unless --fresh. SIGTERM or Ctrl-C finish the current step, write a
-    checkpoint and exit 0.
+    checkpoint, print the command that resumes and exit 75 (EX_TEMPFAIL: stopped, resumable);
+    0 means the run finished and exported.
     """
     from objkit.recipe import load_recipe
     from objkit.registry import default_registry
@@ -236,15 +240,22 @@ def run(
         _check_unlocked(Path(output))  # the launcher's early answer; rank 0 then takes the lock
         if fresh:  # once, here, before any worker starts (the workers then find nothing to remove)
             _clear_once(resolved, Path(output))
-        argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                "-m", "objkit", *torchrun_plugin_args(), "run", str(recipe), "-o", str(output)]
-        argv += [arg for override in overrides for arg in ("--set", override)]
-        argv += ["--no-progress"] if no_progress else []
-        click.echo(f"exec: {shlex.join(argv)}", err=True)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.execv(sys.executable, argv)
+        from objkit.processes import launch_ranks
+
+        args = ["-m", "objkit", *torchrun_plugin_args(), "run", str(recipe), "-o", str(output)]
+        args += [arg for override in overrides for arg in ("--set", override)]
+        args += ["--no-progress"] if no_progress else []
+        click.echo(f"torchrun (in this process): {nproc} ranks of {shlex.join([sys.executable, '-u', *args])}", err=True)
+        resume = shlex.join(["objkit", *args[2:], "--nproc", str(nproc)])  # without --fresh
+        failure = launch_ranks(nproc, args, resume)
+        if failure is not None:
+            from objkit.runner import intact
+
+            raise failure.error(intact(Path(output)), resume)
+        return
+    from objkit.processes import RESUME_ENV, launched_by_torchrun
     from objkit.runner import run_recipe
+
 
     if no_progress:
         import datasets
@@ -252,7 +263,11 @@ def run(
 
         datasets.disable_progress_bars()
         hf_logging.disable_progress_bar()  # "Loading weights" of model.init
-    run_recipe(resolved, Path(output), registry, progress=not no_progress, fresh=fresh)
+    args = [*torchrun_plugin_args(), "run", str(recipe), "-o", str(output)]
+    args += [arg for override in overrides for arg in ("--set", override)] + (["--no-progress"] if no_progress else [])
+    resume = (os.environ.get(RESUME_ENV) or "the same torchrun command") if launched_by_torchrun() else \
+        shlex.join(["objkit", *args])  # without --fresh
+    run_recipe(resolved, Path(output), registry, progress=not no_progress, fresh=fresh, resume_command=resume)
 
 
 def torchrun_plugin_args() -> list[str]:
@@ -279,7 +294,7 @@ def _clear_once(resolved: Any, output: Path) -> None:
 
 
 def _check_unlocked(output: Path) -> None:
-    """Refuse (exit 2) an existing run directory that another run holds, before exec'ing torchrun."""
+    """Refuse (exit 2) an existing run directory that another run holds, before launching the ranks."""
     from objkit.runlock import RunLock
 
     if (output / ".lock").is_file():
@@ -323,31 +338,44 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _main(argv: list[str] | None) -> None:
-    from objkit.processes import die_with_launcher, launched_by_torchrun
+    from objkit.processes import die_with_launcher, launched_by_torchrun, quiet_rank, record_failure
 
-    if launched_by_torchrun():  # a rank: never outlive torchrun (it starts ranks in sessions of their own)
+    rank = launched_by_torchrun()
+    if rank:  # a rank: never outlive torchrun (it starts ranks in sessions of their own)
         die_with_launcher()
+
+    def fail(code: int, lines: list[str], internal: BaseException | None = None) -> None:
+        """Exit ``code`` after one line (a rank: recorded for the launcher, which prints it under --nproc)."""
+        if rank:
+            record_failure(code, "\n".join(lines), internal)
+        if internal is not None and not quiet_rank():
+            raise internal
+        if not quiet_rank():
+            for line in lines:
+                click.echo(line, err=True)
+        sys.exit(code)
+
     try:
         cli.main(args=argv, prog_name="objkit", standalone_mode=False)
     except UserError as exc:
-        for line in str(exc).splitlines():
-            click.echo(line, err=True)
-        sys.exit(exc.exit_code)
+        fail(exc.exit_code, str(exc).splitlines())
     except click.exceptions.Abort as exc:
         if isinstance(exc.__cause__, KeyboardInterrupt):  # Ctrl-C while a (lazily loaded) command starts
             signal.signal(signal.SIGINT, _stop_now)
-            click.echo("interrupted", err=True)
-            sys.exit(130)
-        click.echo("aborted", err=True)
-        sys.exit(130)
+            fail(130, ["interrupted"])
+        fail(130, ["aborted"])
     except click.ClickException as exc:
+        if rank:
+            record_failure(exc.exit_code, exc.format_message())
         exc.show()
         sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
     except OSError as exc:  # a fault no command turned into its own message: still one line
         where = f"{exc.filename}: " if exc.filename else ""
-        click.echo(f"objkit: {where}{exc.strerror or exc}", err=True)
-        sys.exit(1)
+        fail(1, [f"objkit: {where}{exc.strerror or exc}"])
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, _stop_now)  # a further Ctrl-C while exiting: no traceback either
-        click.echo("interrupted", err=True)
-        sys.exit(130)
+        fail(130, ["interrupted"])
+    except Exception as exc:  # a bug, or a collective failing because another rank died
+        if not rank:
+            raise
+        fail(1, [], exc)  # the launcher (objkit run --nproc) shows it if no other rank failed first

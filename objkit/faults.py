@@ -7,7 +7,8 @@ step: was a stop requested (:class:`StopRequest`), was this step finite
 
 * **SIGTERM / SIGINT** (:class:`StopRequest`): the handler only records the signal; the
   loop finishes the step it is in, writes a checkpoint and returns, and ``objkit run`` exits
-  0 with a message saying how to resume. A second SIGINT stops at once (exit 130). SIGKILL
+  :data:`EXIT_STOPPED` (75) with a message giving the command that resumes. A second SIGINT
+  stops at once (exit 130). SIGKILL
   cannot be caught: only the last complete checkpoint counts (see :mod:`objkit.checkpoint`).
 * **Non-finite loss or gradients** (:class:`BadSteps`): the update is skipped (optimizer,
   momentum encoders untouched; the step counter and LR schedule move on), counted, logged,
@@ -43,6 +44,23 @@ from objkit.errors import UserError
 
 PAUSE_ENV = "OBJKIT_TEST_PAUSE"
 PAUSE_MARKER_ENV = "OBJKIT_TEST_PAUSE_MARKER"
+
+
+EXIT_STOPPED = 75
+"""Exit status of a run stopped before its last step (SIGTERM, SIGINT, preemption) after writing
+a checkpoint: ``EX_TEMPFAIL`` of sysexits.h, "a temporary failure; the user is invited to retry",
+which is what it is: the same command resumes. Not 0, so ``objkit run R -o d && upload d/export``
+does not go on without an export; not 1 (a failure to look at) and not 128+N (killed by signal N,
+nothing saved). torchelastic counts any non-zero exit as a failed attempt (and restarts it when
+``--max-restarts`` allows, which resumes); a SLURM job (``--requeue``) or a wrapper script can requeue
+on exactly this status. ``objkit run`` and ``objkit run --nproc N`` exit with it alike."""
+
+
+class RunStopped(UserError):
+    """A run stopped by a signal after writing its checkpoint: exit :data:`EXIT_STOPPED`; the
+    message (empty on ranks other than 0) says how to resume."""
+
+    exit_code = EXIT_STOPPED
 
 
 class RunAborted(UserError):
@@ -133,7 +151,7 @@ class BadSteps:
             raise RunAborted(
                 f"aborting: {self.consecutive} consecutive steps with non-finite loss or gradients "
                 f"(steps {self.first_of_run}-{step + 1}, train.max_bad_steps = {self.limit}; last: {reason}); "
-                "lower train.lr, check the data, or resume from the last checkpoint"
+                "lower train.lr or check the data"
             )
         return (f"step {step + 1}: non-finite {reason}: update skipped "
                 f"({self.consecutive} in a row, {self.total} in total, abort at {self.limit} in a row)")

@@ -53,3 +53,21 @@ def offline_unless_reachable(spec: str) -> bool:
         return True
     return hub_unreachable_reason() is not None
 
+
+
+def meant_as_local_path(spec: str) -> bool:
+    """``spec`` does not exist here and cannot be a hub id (huggingface_hub's own rule: ``name`` or
+    ``namespace/name``), or its first part is a local directory (``runs/nope`` beside ``runs/``):
+    the user meant a local path, so a missing one is "does not exist", not hub talk."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    path = Path(spec).expanduser()
+    if path.exists():
+        return False
+    if spec.startswith((".", "/", "~")) or len(path.parts) > 1 and Path(path.parts[0]).is_dir():
+        return True
+    try:
+        validate_repo_id(spec)
+    except HFValidationError:
+        return True
+    return False

@@ -9,6 +9,7 @@ collected and raised together as one :class:`RecipeError`, one line each.
 from __future__ import annotations
 
 import copy
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,9 @@ from objkit.schema import (
 )
 
 
+_TOML_COLUMN = re.compile(r"column (\d+)")
+
+
 def parse_override(assignment: str) -> tuple[list[str], Any]:
     """``a.b.c=VALUE`` -> (["a","b","c"], value); VALUE is a TOML value, else a plain string."""
     key, sep, text = assignment.partition("=")
@@ -41,8 +45,11 @@ def parse_override(assignment: str) -> tuple[list[str], Any]:
         raise UserError(one_line(f"--set {assignment}: expected dotted.key=VALUE"))
     try:
         value = tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = text
+    except tomllib.TOMLDecodeError as exc:
+        if text.strip()[:1] in ("[", "{", '"', "'"):  # meant as a TOML array, table or string: say why not
+            where = _TOML_COLUMN.sub(lambda m: f"column {int(m.group(1)) - 4}", str(exc))  # past "v = "
+            raise UserError(one_line(f"--set {assignment}: the value is not valid TOML ({where})")) from None
+        value = text  # a bare word: a string
     return [part.strip() for part in key.strip().split(".")], value
 
 

@@ -273,8 +273,10 @@ class Registry:
         except Exception as exc:
             reason = _one_line(exc)
             if isinstance(exc, ModuleNotFoundError) and exc.name == spec.split(".")[0]:
-                known = sorted({ep.name for ep in md.entry_points(group=hookspecs.ENTRY_POINT_GROUP)})
-                reason = f"--plugin {spec}: no objkit entry point, distribution or importable module of that name; {did_you_mean(spec, known)}"
+                eps = md.entry_points(group=hookspecs.ENTRY_POINT_GROUP)
+                known = sorted({ep.name for ep in eps} | {ep.dist.name for ep in eps if ep.dist})
+                reason = (f"--plugin {spec}: no objkit entry point, distribution or importable module of that name; "
+                          f"{did_you_mean(spec, known)}")
             self._skip(spec, "<--plugin>", "", spec, "broken", reason)
             return
         top = spec.split(".")[0]
@@ -451,6 +453,10 @@ def default_registry() -> Registry:
     Broken entry points are reported on stderr, once."""
     selection = current_selection()
     registry = load_registry(selection)
+    named = [s.reason if s.reason.startswith("--plugin ") else f"--plugin {s.name}: {s.reason}"
+             for s in registry.skipped.values() if s.status == "broken" and s.distribution == "<--plugin>"]
+    if named:  # a --plugin the user gave that does not load: nothing runs without it (list-plugins lists it)
+        raise PluginError("\n".join(named))
     if selection not in _reported:
         _reported.add(selection)
         for line in registry.load_errors:

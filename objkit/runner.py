@@ -2,7 +2,8 @@
 
 A run directory belongs to one recipe: re-running ``objkit run RECIPE -o DIR`` with the same
 recipe resumes from DIR's newest intact checkpoint, a different recipe is refused (unless
-``--fresh``, which removes the previous run's files and starts over). Keys that cannot change
+``--fresh``, which removes the previous run's files and starts over). A run stopped by a signal
+exits :data:`objkit.faults.EXIT_STOPPED` (75) and prints the command that resumes it. Keys that cannot change
 the trained weights (:data:`NEUTRAL_KEYS`) may differ.
 """
 
@@ -21,7 +22,7 @@ from objkit.checkpoint import atomic_write_text, list_checkpoints
 from objkit.device import thread_counts, training_device
 from objkit.distributed import env_world, process_group
 from objkit.errors import UserError
-from objkit.faults import write_error
+from objkit.faults import RunStopped, write_error
 from objkit.eval.periodic import EvalCallback, PeriodicEval
 from objkit.recipe import ResolvedRecipe
 from objkit.registry import Registry
@@ -126,18 +127,31 @@ def check_data(resolved: ResolvedRecipe) -> None:
         check_source_files(name, source)
 
 
+def check_before_training(resolved: ResolvedRecipe) -> None:
+    """What ``objkit run`` checks before it trains, beyond the recipe itself (``objkit validate``
+    checks it too): the batch splits into micro-batches on this many ranks, and the data files."""
+    from objkit.build import accumulation_steps
+
+    accumulation_steps(resolved.recipe.train, env_world())
+    check_data(resolved)
+
+
 def run_recipe(
-    resolved: ResolvedRecipe, run_dir: Path, registry: Registry, progress: bool = True, fresh: bool = False
+    resolved: ResolvedRecipe, run_dir: Path, registry: Registry, progress: bool = True, fresh: bool = False,
+    resume_command: str | None = None,
 ) -> Path | None:
     """Train ``resolved`` into ``run_dir`` (resuming if it holds checkpoints of the same recipe).
-    Returns the export directory, or ``None`` when a signal stopped the run early."""
+    Returns the export directory, or ``None`` when a signal stopped the run early (after its
+    checkpoint; with ``resume_command``, the command that resumes it, :class:`RunStopped` is
+    raised instead, saying so: exit :data:`objkit.faults.EXIT_STOPPED`)."""
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"-o {run_dir}: exists and is not a directory")
     if env_world().is_main:  # once: the other ranks wait for rank 0 in the rendezvous
-        check_data(resolved)
+        check_before_training(resolved)
     evaluate = PeriodicEval(resolved.recipe.eval, resolved.recipe.model.max_length) if resolved.recipe.eval else None
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        if env_world().is_main:  # the other ranks find it once they join rank 0 in the process group
+            run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"-o {run_dir}: cannot create the run directory: {exc.strerror or exc}") from None
     # rank 0 (or the single process) holds the directory for the whole run, and only it
@@ -145,26 +159,29 @@ def run_recipe(
     lock = RunLock(run_dir) if env_world().is_main else None
     try:
         if lock is not None:
-            lock.acquire()
+            try:
+                lock.acquire()
+            except OSError as exc:  # read-only, not ours: as for a directory that cannot be created
+                raise UserError(f"-o {run_dir}: cannot write in the run directory: {exc.strerror or exc}") from None
             check_run_dir(resolved, run_dir, fresh)
             from objkit.export import check_export_target
 
             check_export_target(run_dir)  # export/ holding files objkit did not write: refused now, not after training
-        return _train(resolved, run_dir, registry, progress, evaluate)
+        return _train(resolved, run_dir, registry, progress, evaluate, resume_command)
     except OSError as exc:  # an unwritable directory, a full disk: one line, what is intact
-        raise write_error(exc, "", _intact(run_dir)) from None
+        raise write_error(exc, "", intact(run_dir)) from None
     finally:
         if lock is not None:
             lock.release()
 
 
-def _intact(run_dir: Path) -> str:
+def intact(run_dir: Path) -> str:
     checkpoints = list_checkpoints(run_dir)
     return f"the last complete checkpoint, {checkpoints[-1]}, is intact" if checkpoints else "no checkpoint written yet"
 
 
 def _train(resolved: ResolvedRecipe, run_dir: Path, registry: Registry, progress: bool,
-           evaluate: PeriodicEval | None) -> Path | None:
+           evaluate: PeriodicEval | None, resume_command: str | None = None) -> Path | None:
     from objkit.trainer import Trainer
 
     started = time.perf_counter()
@@ -178,18 +195,26 @@ def _train(resolved: ResolvedRecipe, run_dir: Path, registry: Registry, progress
             click.echo(f"resolved recipe and plugin versions written to {run_dir}", err=True)
         trainer.fit([EvalCallback(evaluate, trainer)] if evaluate is not None else [])
         if trainer.stopped_by is not None:
+            message = ""
             if trainer.world.is_main:
                 checkpoints = list_checkpoints(run_dir)
                 where = checkpoints[-1] if checkpoints else run_dir
-                click.echo(f"stopped by {trainer.stopped_by} at step {trainer.step} of {resolved.recipe.train.steps}: "
-                           f"checkpoint {where} written; run the same command to resume", err=True)
-            return None
-        export = trainer.export()
-        if trainer.world.is_main:
-            ranks = f" on {trainer.world.world_size} ranks" if trainer.world.world_size > 1 else ""
-            click.echo(f"done: {trainer.step} steps{ranks} in {time.perf_counter() - started:.0f}s; "
-                       f"export at {export}", err=True)
-        return export
+                resume = f"resume with: {resume_command}" if resume_command else "run the same command to resume"
+                message = (f"stopped by {trainer.stopped_by} at step {trainer.step} of {resolved.recipe.train.steps}: "
+                           f"checkpoint {where} written; {resume}")
+            if resume_command is None:
+                if message:
+                    click.echo(message, err=True)
+                return None
+            stopped = RunStopped(message)  # raised once out of the process group (its barrier: a clean exit)
+        else:
+            export = trainer.export()
+            if trainer.world.is_main:
+                ranks = f" on {trainer.world.world_size} ranks" if trainer.world.world_size > 1 else ""
+                click.echo(f"done: {trainer.step} steps{ranks} in {time.perf_counter() - started:.0f}s; "
+                           f"export at {export}", err=True)
+            return export
+    raise stopped
 
 
 def _version() -> str:

@@ -31,6 +31,7 @@ from objkit.data.bucketing import BucketedStream
 from objkit.errors import UserError
 from objkit.interfaces import StepContext, WorldInfo
 from objkit.prefetch import StepPrefetcher
+from objkit.processes import quiet_rank  # objkit run --nproc: its launcher says what ends the run
 from objkit.memory import apply_train_options
 from objkit.recipe import ResolvedRecipe
 from objkit.registry import Registry
@@ -122,6 +123,7 @@ class Trainer:
         self.step = 0
         self.bad_steps = faults.BadSteps(self.train_cfg.max_bad_steps)
         self.stopped_by: str | None = None  # the signal that ended fit() early, if any
+        self.aborted: faults.RunAborted | None = None  # train.max_bad_steps reached in the step just taken
         self.prefetcher: StepPrefetcher | None = None  # collates the next step during fit()
         self.stop_agreed = False  # a stop request agreed by every rank at the last step
         self.pending_save: sharded.PendingSave | None = None  # train.checkpoint_async: the write in flight
@@ -360,7 +362,10 @@ class Trainer:
         reason = self._nonfinite(stats, grad_norm_t)
         bad, self.stop_agreed = self.strategy.agree(reason is not None, stop_requested)
         if bad:  # skip the update: optimizer and momentum encoders stay; step and schedule move on
-            message = self.bad_steps.record(self.step, reason or "loss or gradients on another rank")
+            try:
+                message = self.bad_steps.record(self.step, reason or "loss or gradients on another rank")
+            except faults.RunAborted as exc:  # raised by fit() once this step is counted and logged
+                message, self.aborted = None, exc
             stats.values["skipped"] = 1.0
             if self.world.is_main and message:
                 tqdm.write(message, file=sys.stderr)
@@ -414,17 +419,22 @@ class Trainer:
         try:
             events.fit_start()
             window_start = time.perf_counter()
-            with faults.StopRequest(announce=self.world.is_main) as stop:
+            with faults.StopRequest(announce=self.world.is_main and not quiet_rank()) as stop:
                 while self.step < self.train_cfg.steps:
                     faults.pause_for_test("step", self.step + 1)
                     stats = self.train_step(self.prefetcher.get(self.step), stop.requested)
                     state.step = self.step
                     window.append(stats)
-                    if self.step % self.train_cfg.log_every == 0 or self.step == self.train_cfg.steps:
+                    if (self.step % self.train_cfg.log_every == 0 or self.step == self.train_cfg.steps
+                            or self.aborted is not None):  # the steps an abort names are in metrics.jsonl
                         elapsed = time.perf_counter() - window_start
                         events.log(self._summarise(window, elapsed))
                         window, window_start = [], time.perf_counter()
                     events.step_end(stats.values)
+                    if self.aborted is not None:  # what is left to resume from, once the save in flight is done
+                        last = self.await_save() or (ckpt.list_checkpoints(self.run_dir) or [None])[-1]
+                        raise faults.RunAborted(f"{self.aborted}; " + (f"the last checkpoint, {last}, is intact"
+                                                                       if last else "no checkpoint was written"))
                     saved = False
                     if self.step % self.train_cfg.checkpoint_every == 0 or self.step == self.train_cfg.steps:
                         self._checkpoint(events)

@@ -188,3 +188,86 @@ def test_nul_byte_names_file_line_and_column(capsys, tmp_path):
     line = refused(capsys, tmp_path, text_source(path))
     assert line == (f"data.mono.files[0].path: {path}: line 3: NUL byte at column 3 (expected text; "
                     "is it a binary file?)")
+
+
+# ----------------------------------------------------------------------------- issue 26
+def test_a_jsonl_line_that_is_not_an_object_names_its_line(capsys, tmp_path, caplog):
+    path = tmp_path / "arr.jsonl"
+    path.write_text('{"text": "hello world"}\n[1,2,3]\n{"text": "x"}\n')
+    with caplog.at_level(logging.WARNING):
+        line = refused(capsys, tmp_path, text_source(path))
+    assert line == (f"data.mono.files[0].path: {path}: line 2: a JSON array, not an object "
+                    "(expected one JSON object a line)")
+    assert not [r for r in caplog.records if str(tmp_path) in r.getMessage()]  # no extra log line
+
+
+def test_an_unloadable_plugin_option_exits_2_with_one_line(capsys):
+    for command in (["validate", str(QUICKSTART)], ["run", str(QUICKSTART), "--dry-run"]):
+        code, lines = run_cli(capsys, "--plugin", "nosuch", *command)
+        assert code == 2 and len(lines) == 1, lines
+        assert lines[0].startswith("--plugin nosuch: no objkit entry point, distribution or importable module")
+        assert "objkit-translation-ranking" in lines[0] and "translation_ranking" in lines[0]  # both kinds of name
+    code, _ = run_cli(capsys, "--plugin", "nosuch", "list-plugins")  # still listed there, as broken
+    assert code == 0
+
+
+def test_validate_checks_what_run_checks_before_training(capsys, tmp_path):
+    code, lines = run_cli(capsys, "validate", str(QUICKSTART), "--set", "train.micro_batch_size=5")
+    assert code == 2 and lines == ["train.batch_size: 32 is not a multiple of micro_batch_size × ranks = 5 × 1 (got 32)"]
+    code, lines = run_cli(capsys, "validate", str(QUICKSTART), "--set", text_source(tmp_path / "nosuch.txt"))
+    assert code == 2 and len(lines) == 1 and "no file matches" in lines[0]
+
+
+def test_malformed_toml_in_set_names_the_set_value(capsys):
+    code, lines = run_cli(capsys, "validate", str(QUICKSTART), "--set", 'data.mono={type="text"')
+    assert code == 2 and lines == ['--set data.mono={type="text": the value is not valid TOML '
+                                   "(Unclosed inline table (at end of document))"]
+    code, lines = run_cli(capsys, "validate", str(QUICKSTART), "--set", "train.lr=[1,")
+    assert code == 2 and lines[0].startswith("--set train.lr=[1,: the value is not valid TOML (")
+    code, _ = run_cli(capsys, "validate", str(QUICKSTART), "--set", "train.schedule=cosine")  # a bare word: a string
+    assert code == 0
+
+
+def test_a_split_on_a_saved_dataset_without_splits_is_refused(capsys, tmp_path):
+    import datasets
+
+    saved = tmp_path / "saved"
+    datasets.Dataset.from_dict({"text": ["hello world", "good morning"]}).save_to_disk(str(saved))
+    capsys.readouterr()  # datasets' progress bar
+    source = f'type="hf",path="{saved}",text_column="text",lang="en"'
+    line = refused(capsys, tmp_path, f'data.mono={{{source},split="validation"}}')
+    assert line == (f"data.mono.split: {saved} is a single saved dataset with no splits, not 'validation' "
+                    "(remove split to use all its rows, or save a DatasetDict)")
+
+
+def test_eval_transfer_names_a_missing_local_model_or_data_dir(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "download").mkdir()
+    code, lines = run_cli(capsys, "eval", "transfer", "runs/nope", "--task", "xnli", "--data-dir", "download/xnlii",
+                          "--langs", "en", "--train-langs", "en")
+    assert code == 2 and lines == ["--data-dir download/xnlii: no such directory"]
+    (tmp_path / "sib").mkdir()
+    (tmp_path / "sib" / "eng_Latn").mkdir()
+    from objkit.eval.transfer import ModelSpec, check_model
+
+    with pytest.raises(UserError) as info:
+        check_model(ModelSpec.parse("runs/nope"))
+    assert str(info.value) == ("runs/nope: no such model directory (expected an objkit export, a transformers "
+                               "model directory or a hub id)")
+
+
+def test_a_read_only_output_is_exit_2_whether_new_or_existing(capsys, tmp_path):
+    import os
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        if os.access(ro, os.W_OK):
+            pytest.skip("permissions do not bind this user (root): see the issue-26 report for a read-only mount")
+        for out, what in ((ro / "sub", "cannot create the run directory"), (ro, "cannot write in the run directory")):
+            code, lines = run_cli(capsys, "run", str(QUICKSTART), "-o", str(out), "--no-progress", "--set", "train.steps=1")
+            assert code == 2 and lines == [f"-o {out}: {what}: Permission denied"], lines
+    finally:
+        ro.chmod(0o755)

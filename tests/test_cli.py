@@ -169,22 +169,25 @@ def test_python_dash_m_objkit():
     assert result.returncode == 0 and "list-plugins" in result.stdout and "Examples:" in result.stdout
 
 
-def test_run_nproc_execs_torchrun(capsys, monkeypatch, tmp_path):
-    execs: list[list[str]] = []
+def test_run_nproc_launches_the_ranks_with_the_same_arguments(capsys, monkeypatch, tmp_path):
+    """The worker command line and the resume command (the real launch: test_distributed)."""
+    from objkit.processes import RankFailure
 
-    def fake_execv(path: str, argv: list[str]) -> None:
-        execs.append(argv)
-        raise SystemExit(0)
+    launches: list[tuple[int, list[str], str]] = []
+
+    def record_launch(nproc: int, args: list[str], resume: str) -> RankFailure:
+        launches.append((nproc, args, resume))
+        return RankFailure(0, 75, "stopped by SIGTERM at step 1 of 3: ...")
 
     monkeypatch.delenv("LOCAL_RANK", raising=False)
-    monkeypatch.setattr("os.execv", fake_execv)
+    monkeypatch.setattr("objkit.processes.launch_ranks", record_launch)
     recipe, out = str(ROOT / "recipes/quickstart.toml"), str(tmp_path / "r")
     code, _, err = run_main(capsys, "run", recipe, "-o", out, "--set", "train.steps=3", "--nproc", "2", "--no-progress")
-    assert code == 0 and "exec:" in err
-    assert execs == [[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                      "-m", "objkit", "run", recipe, "-o", out, "--set", "train.steps=3", "--no-progress"]]
-    code, out_text, _ = run_main(capsys, "run", recipe, "--dry-run", "--nproc", "4")  # plans 4 ranks, no exec
-    assert code == 0 and len(execs) == 1 and "× 4 ranks" in out_text
+    assert code == 75 and err.strip().splitlines()[-1] == "stopped by SIGTERM at step 1 of 3: ..."
+    assert launches == [(2, ["-m", "objkit", "run", recipe, "-o", out, "--set", "train.steps=3", "--no-progress"],
+                         f"objkit run {recipe} -o {out} --set train.steps=3 --no-progress --nproc 2")]
+    code, out_text, _ = run_main(capsys, "run", recipe, "--dry-run", "--nproc", "4")  # plans 4 ranks, no launch
+    assert code == 0 and len(launches) == 1 and "× 4 ranks" in out_text
 
 
 def test_ctrl_c_twice_during_startup_is_one_line(tmp_path):

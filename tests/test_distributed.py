@@ -282,3 +282,91 @@ def test_find_unused_parameters_only_when_declared():
     assert needs_find_unused([Stub(), Stub(full=False)])  # + XLCO: truncated encoder, no LM head
     assert not needs_find_unused([Stub(heads={"projection": torch.nn.Linear(2, 2)})])  # its own head, always used
     assert needs_find_unused([Stub(), Stub(heads={"projection": torch.nn.Linear(2, 2)})])  # MLM leaves it unused
+
+
+# ----------------------------------------------------------------------------- objkit run --nproc: one line
+def _objkit_nproc(recipe: Path, out: Path, *overrides: str, env: dict | None = None) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "objkit", "run", str(recipe), "-o", str(out), "--nproc", "2", "--no-progress"]
+    argv += [arg for override in overrides for arg in ("--set", override)]
+    return subprocess.Popen(argv, env={**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_nproc_user_error_is_the_first_ranks_line_and_code(recipe, tmp_path):
+    """A user error found by rank 0 under ``--nproc 2``: its line and exit code 2, no torchrun report."""
+    proc = _objkit_nproc(recipe, tmp_path / "run", f'data.mono={{type="text",files=[{{path="{tmp_path}/no.txt",lang="en"}}]}}')
+    _, err = proc.communicate(timeout=TIMEOUT)
+    lines = err.strip().splitlines()
+    assert proc.returncode == 2, err
+    assert lines[0].startswith("torchrun (in this process): 2 ranks of ") and len(lines) == 2, err
+    assert lines[1] == f"data.mono.files[0].path: no file matches '{tmp_path}/no.txt'"
+    assert not list(tmp_path.glob("**/error.json")) and not (tmp_path / "run").exists()
+
+
+def _rank_pids(out: Path) -> dict[int, int]:
+    """{rank: pid} of the rank processes running ``objkit run ... -o OUT``."""
+    ranks = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and f"-o\0{out}\0".encode() in (entry / "cmdline").read_bytes():
+                env = dict(x.split(b"=", 1) for x in (entry / "environ").read_bytes().split(b"\0") if b"=" in x)
+                if b"RANK" in env and b"LOCAL_RANK" in env:
+                    ranks[int(env[b"RANK"])] = int(entry.name)
+        except OSError:
+            continue
+    return ranks
+
+
+def test_nproc_sigterm_exits_75_and_a_killed_rank_is_one_line(recipe, tmp_path):
+    """SIGTERM to the launcher: the ranks checkpoint, one line with the command that resumes, exit 75.
+    Resumed, then kill -9 of rank 1: one line naming it and the intact checkpoint, exit 137, no gloo
+    traceback of the rank left behind."""
+    import signal
+    import time
+
+    out, marker = tmp_path / "run", tmp_path / "paused"
+    for pause, stop in (("step@2", "sigterm"), ("step@5", "kill")):
+        marker.unlink(missing_ok=True)
+        proc = _objkit_nproc(recipe, out, "train.micro_batch_size=4",
+                             env={"OBJKIT_TEST_PAUSE": pause, "OBJKIT_TEST_PAUSE_MARKER": str(marker)})
+        deadline = time.monotonic() + TIMEOUT
+        while not marker.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
+            time.sleep(0.05)
+        if stop == "sigterm":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.kill(_rank_pids(out)[1], signal.SIGKILL)
+        _, err = proc.communicate(timeout=TIMEOUT)
+        assert "Traceback" not in err and "ChildFailedError" not in err and "gloo" not in err.lower(), err
+        last = err.strip().splitlines()[-1]
+        resume = f"resume with: objkit run {recipe} -o {out} --set train.micro_batch_size=4 --no-progress --nproc 2"
+        if stop == "sigterm":
+            assert proc.returncode == 75, err
+            assert last == f"stopped by SIGTERM at step 2 of 6: checkpoint {out}/checkpoints/step_0000002 written; {resume}"
+        else:
+            assert proc.returncode == 128 + signal.SIGKILL, err
+            assert "resumed from" in err and "(step 2)" in err
+            assert last == f"rank 1 was killed by SIGKILL; the last complete checkpoint, {out}/checkpoints/step_0000003, is intact; {resume}"
+            assert "received SIGTERM" not in err  # the launcher's stopping of rank 0 is not news
+
+
+def test_the_launcher_reports_the_failure_that_came_first():
+    """:func:`objkit.processes.first_failure` on what torchelastic and the ranks' error files say."""
+    from objkit.processes import first_failure
+
+    def record(line: str, code: int, t: float, internal: bool = False) -> dict:
+        return {"line": line, "exit_code": code, "internal": internal, "stack": "Traceback ..." if internal else "",
+                "time": t}
+
+    gloo = record("", 1, 5.0, internal=True)  # the rank left behind, failing in a collective
+    killed = first_failure({0: 1, 1: -9}, {0: gloo})
+    assert (killed.rank, killed.exit_code, killed.signal_name, killed.line) == (1, 137, "SIGKILL", "")
+    assert "rank 1 was killed by SIGKILL; X; resume with: C" == str(killed.error("X", "C"))
+    user = first_failure({0: 2, 1: -15}, {0: record("data.mono: no file", 2, 3.0), 1: record("late", 2, 4.0)})
+    assert (user.rank, user.exit_code, user.line) == (0, 2, "data.mono: no file")
+    assert user.error("X", "C").exit_code == 2
+    stopped = first_failure({}, {1: record("", 75, 1.0), 0: record("stopped by SIGTERM at step 2", 75, 2.0)})
+    assert (stopped.rank, stopped.exit_code, stopped.line) == (0, 75, "stopped by SIGTERM at step 2")
+    internal = first_failure({0: 1, 1: -15}, {0: gloo})
+    assert internal.error("X", "C").args[0] == "Traceback ...\nrank 0 exited with status 1; X; resume with: C"

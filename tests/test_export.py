@@ -177,7 +177,7 @@ def _stopped_run(recipe_path: Path, out: Path, tmp: Path) -> str:
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=300) == 0, log.read_text()
+        assert proc.wait(timeout=300) == 75, log.read_text()  # stopped, resumable (EX_TEMPFAIL)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -1,5 +1,5 @@
 """Runs that survive faults: SIGKILL at any instant (also mid-checkpoint) and a re-run of the
-same command ends bit-identical to an uninterrupted run; SIGTERM saves and exits 0; a corrupt
+same command ends bit-identical to an uninterrupted run; SIGTERM saves and exits 75; a corrupt
 newest checkpoint falls back to the previous one; non-finite steps are skipped, then abort;
 a failed checkpoint write is a clear error that leaves the previous checkpoint valid; a run
 directory refuses a different recipe unless --fresh.
@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 from objkit import checkpoint as ckpt
 from objkit.cli import main
 from objkit.errors import UserError
-from objkit.faults import BadSteps, RunAborted, StopRequest
+from objkit.faults import EXIT_STOPPED, BadSteps, RunAborted, StopRequest
 from objkit.interfaces import ObjectiveOutput
 from objkit.recipe import load_recipe
 from objkit.registry import default_registry
@@ -215,14 +215,16 @@ def _main_run(recipe_path: Path, out: Path, *extra: str) -> tuple[int, str]:
     return code, err.getvalue()
 
 
-def test_sigterm_finishes_the_step_checkpoints_and_exits_0(recipe_path, reference, tmp_path):
+def test_sigterm_finishes_the_step_checkpoints_and_exits_75_saying_how_to_resume(recipe_path, reference, tmp_path):
     out = tmp_path / "run"
     run = Run(recipe_path, out, "step@3", tmp_path)  # parked before step 3
     run.wait_paused()
     run.proc.send_signal(signal.SIGTERM)
-    assert run.proc.wait(timeout=600) == 0, run.stderr
+    assert run.proc.wait(timeout=600) == EXIT_STOPPED == 75, run.stderr  # stopped, resumable: not 0
     assert "received SIGTERM" in run.stderr
-    assert "stopped by SIGTERM at step 3 of 8" in run.stderr and "run the same command to resume" in run.stderr
+    assert run.stderr.strip().splitlines()[-1] == (
+        f"stopped by SIGTERM at step 3 of 8: checkpoint {out}/checkpoints/step_0000003 written; "
+        f"resume with: objkit run {recipe_path} -o {out} --no-progress")
     assert "Traceback" not in run.stderr
     assert [p.name for p in ckpt.list_checkpoints(out)] == ["step_0000002", "step_0000003"]
     assert not (out / "export").exists()
@@ -345,7 +347,16 @@ def test_consecutive_non_finite_steps_abort(recipe_path, tmp_path):
     message = str(info.value)
     assert info.value.exit_code == 1 and len(message.splitlines()) == 1
     assert "3 consecutive steps with non-finite loss or gradients (steps 2-4" in message
-    assert "train.max_bad_steps = 3" in message and trainer.step == 3  # raised within step 4
+    assert "train.max_bad_steps = 3" in message and trainer.step == 4  # raised once step 4 is counted
+    assert message.endswith("lower train.lr or check the data; no checkpoint was written")  # none exists
+    assert [m["step"] for m in read_metrics(tmp_path / "run" / "metrics.jsonl")][-1] == 4  # the steps it names
+    resolved = load_recipe(recipe_path, ["objectives.xlco.enabled=false", "train.max_bad_steps=2",
+                                         "train.checkpoint_every=2"])
+    trainer = Trainer(resolved, tmp_path / "run2", default_registry(), progress=False)
+    _poison(trainer, {3, 4, 5})
+    with pytest.raises(RunAborted) as info:
+        trainer.fit()
+    assert str(info.value).endswith(f"the last checkpoint, {tmp_path}/run2/checkpoints/step_0000004, is intact")
 
 
 def test_bad_step_counter_resets_on_a_good_step():
@@ -522,14 +533,17 @@ def test_file_too_large_in_a_checkpoint_and_in_the_export_is_one_line_and_leaves
         assert not [p for p in os.listdir(tmp_path / "run2") if "export" in p]  # no export, no temporary folder
 
 
-def test_an_unwritable_run_directory_is_one_line_exit_1(recipe_path, tmp_path):
+def test_an_unwritable_run_directory_is_one_line_exit_2_new_or_existing(recipe_path, tmp_path):
+    """One rule for an -o that cannot be written (issue 26: an existing one was exit 1, a new one 2)."""
     out = tmp_path / "run"
     out.mkdir()
     if subprocess.run(["chattr", "+i", str(out)], capture_output=True, check=False).returncode != 0:
         pytest.skip("chattr +i needs root on a filesystem that supports it")
     try:
         code, err = _main_run(recipe_path, out)
-        assert (code, err) == (1, f"cannot write {out}/.lock: Operation not permitted; no checkpoint written yet\n")
+        assert (code, err) == (2, f"-o {out}: cannot write in the run directory: Operation not permitted\n")
+        code, err = _main_run(recipe_path, out / "sub")
+        assert (code, err) == (2, f"-o {out}/sub: cannot create the run directory: Operation not permitted\n")
     finally:
         subprocess.run(["chattr", "-i", str(out)], check=True)
     assert os.listdir(out) == []

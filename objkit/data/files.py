@@ -121,11 +121,14 @@ def _line_problem(text: str, jsonl: bool) -> tuple[int, str] | None:
             return i, f"NUL byte at column {line.index(chr(0)) + 1} (expected text; is it a binary file?)"
         if jsonl and line.strip():
             try:
-                json.loads(line)
+                value = json.loads(line)
             except ValueError as exc:
                 what = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
                 column = f" at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
                 return i, f"not valid JSON ({what}{column}; expected one JSON object a line)"
+            if not isinstance(value, dict):
+                kind = {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
+                return i, f"a JSON {kind}, not an object (expected one JSON object a line)"
     return None
 
 

@@ -74,6 +74,10 @@ def open_hf(name: str, source: HfSource, *, base_dir: Path | None = None, cache_
             if source.split not in ds:
                 raise UserError(f"{key}.split: {local} has no split {source.split!r} (splits: {', '.join(ds)})")
             ds = ds[source.split]
+        elif "split" in source.model_fields_set and source.split != (str(ds.split) if ds.split else None):
+            saved = f"one split, {str(ds.split)!r}" if ds.split else "no splits"
+            raise UserError(f"{key}.split: {local} is a single saved dataset with {saved}, not {source.split!r} "
+                            "(remove split to use all its rows, or save a DatasetDict)")
         if source.streaming:
             ds = ds.to_iterable_dataset(num_shards=max(1, min(64, ds.num_rows // 10_000 or 1)))
     else:

@@ -308,6 +308,10 @@ def load_hub_task(spec: TaskSpec, hub_id: str, langs: list[str] | None, train_la
 
     from objkit.hub import hub_unreachable_reason
 
+    from objkit.hub import meant_as_local_path
+
+    if meant_as_local_path(hub_id):
+        raise UserError(f"--data-dir {hub_id}: no such directory")
     if spec.name not in HUB:
         raise UserError(f"--data-dir {hub_id}: not a directory, and task {spec.name} has no hub loader "
                         f"(hub loaders: {', '.join(HUB)})")

@@ -66,8 +66,11 @@ def check_model(spec: ModelSpec) -> tuple[Any, Any]:
     before any is fine-tuned."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from objkit.hub import offline_unless_reachable
+    from objkit.hub import meant_as_local_path, offline_unless_reachable
 
+    if meant_as_local_path(spec.path):
+        raise UserError(f"{spec.path}: no such model directory (expected an objkit export, a transformers "
+                        "model directory or a hub id)")
     check_model_dir(spec.path)
     local = offline_unless_reachable(spec.path)
     with quiet_transformers():
