@@ -13,7 +13,11 @@ The building blocks:
 - :func:`check_replaceable` refuses a path objkit cannot prove it wrote;
 - :func:`remove_owned` removes such a path after the check;
 - :func:`write_folder` builds a whole output folder in a private temporary sibling and renames it
-  into place, replacing an earlier folder only when objkit wrote all of it.
+  into place, replacing an earlier folder only when objkit wrote all of it;
+- :func:`write_file` writes one file (temporary file, rename) where nothing but an earlier file
+  objkit wrote stands, and records it;
+- :func:`follow_umask` gives what a library wrote with a fixed mode (safetensors: 0600) the
+  modes the umask asks for.
 """
 
 from __future__ import annotations
@@ -30,8 +34,8 @@ from objkit.errors import UserError
 MANIFEST = ".objkit-owned.json"
 
 __all__ = [
-    "MANIFEST", "check_replaceable", "claim", "foreign_entries", "is_owned", "owned_entries", "remove_owned",
-    "write_folder",
+    "MANIFEST", "check_replaceable", "claim", "follow_umask", "foreign_entries", "is_owned", "owned_entries",
+    "remove_owned", "unclaim", "write_file", "write_folder",
 ]
 
 
@@ -58,6 +62,18 @@ def claim(folder: Path, names: Iterable[str], writer: str) -> None:
     if all(entries.get(k) == v for k, v in new.items()) and (folder / MANIFEST).is_file():
         return
     entries.update(new)
+    _write_manifest(folder, entries)
+
+
+def unclaim(folder: Path, names: Iterable[str]) -> None:
+    """Forget ``folder/NAME`` (objkit removed it): a later file of that name is not objkit's."""
+    folder = Path(folder)
+    entries = owned_entries(folder)
+    if any(name in entries for name in names):
+        _write_manifest(folder, {k: v for k, v in entries.items() if k not in set(names)})
+
+
+def _write_manifest(folder: Path, entries: dict[str, str]) -> None:
     payload = json.dumps({"written_by": "objkit", "entries": dict(sorted(entries.items()))}, indent=1) + "\n"
     fd, tmp = tempfile.mkstemp(prefix=MANIFEST + ".", suffix=".tmp", dir=folder)
     try:
@@ -76,6 +92,19 @@ def _umask_mode(mode: int) -> int:
     umask = os.umask(0)
     os.umask(umask)
     return mode & ~umask
+
+
+def follow_umask(root: Path) -> None:
+    """Give ``root`` and everything under it the modes a plain ``open``/``mkdir`` would: files
+    ``0666`` (``0777`` where executable) and folders ``0777``, less the umask."""
+    root = Path(root)
+    files, folders = _umask_mode(0o666), _umask_mode(0o777)
+    paths = [root, *root.rglob("*")] if root.is_dir() else [root]
+    for path in paths:
+        if path.is_symlink():
+            continue
+        mode = path.stat().st_mode
+        os.chmod(path, folders if path.is_dir() or mode & 0o111 else files)
 
 
 def foreign_entries(folder: Path) -> list[str]:
@@ -143,6 +172,7 @@ def write_folder(target: Path, build: Callable[[Path], None], writer: str, what:
     old: Path | None = None
     try:
         build(tmp)
+        follow_umask(tmp)
         claim(tmp, [p.name for p in tmp.iterdir() if p.name != MANIFEST], writer)
         if os.path.lexists(target):
             check_replaceable(target, what)  # again: it may have changed while we built
@@ -158,3 +188,26 @@ def write_folder(target: Path, build: Callable[[Path], None], writer: str, what:
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def write_file(path: Path, data: str | bytes, writer: str, what: str) -> Path:
+    """Write ``path`` whole (a temporary file in its folder, fsync, rename) and record it in the
+    folder's manifest. An existing ``path`` is replaced only when objkit wrote it; otherwise
+    nothing is touched and a one-line error names it (``what``: the option that chose it)."""
+    path = Path(path)
+    check_replaceable(path, what)
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".objkit-tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, _umask_mode(0o666))
+        claim(folder, [path.name], writer)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

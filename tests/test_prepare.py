@@ -99,7 +99,7 @@ def test_a_run_without_a_cache_entry_builds_it_once(capsys, workdir):
     code, lines = run_cli(capsys, "run", "r.toml", "-o", "run", "--no-progress", "--set", 'data.cache_dir="c2"')
     assert code == 0
     assert sorted(p.name for p in (workdir / "c2").iterdir()) == ["mlm", "tlm"]
-    assert "cache_dir" in (workdir / "run" / "recipe.toml").read_text()
+    assert "cache_dir" in (workdir / "run" / "run-recipe.toml").read_text()
     # the cache directory is not part of what the weights depend on: another one resumes the run
     code, lines = run_cli(capsys, "run", "r.toml", "-o", "run", "--no-progress", "--cache-dir", "c3",
                           "--set", "train.steps=3")
