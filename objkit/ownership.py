@@ -35,7 +35,7 @@ MANIFEST = ".objkit-owned.json"
 
 __all__ = [
     "MANIFEST", "check_replaceable", "claim", "follow_umask", "foreign_entries", "is_owned", "owned_entries",
-    "remove_owned", "unclaim", "write_file", "write_folder",
+    "remove_owned", "unclaim", "write_file", "write_folder", "write_report",
 ]
 
 
@@ -114,12 +114,34 @@ def foreign_entries(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name != MANIFEST and p.name not in owned)
 
 
-def is_owned(path: Path) -> bool:
-    """``path`` is named by its parent folder's manifest, or is a folder all of whose entries
-    its own manifest names (a folder objkit wrote as a whole)."""
-    path = Path(path)
-    if path.name in owned_entries(path.parent):
+DIGEST = "; sha256="  # a writer recorded with the file's hash: objkit's only while unchanged
+
+
+def _digest(path: Path) -> str:
+    import hashlib
+
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _changed(path: Path, writer: str) -> bool:
+    """A file recorded with its hash (``write_file(..., digest=True)``) that no longer has it."""
+    if DIGEST not in writer:
+        return False
+    try:
+        return not path.is_file() or path.is_symlink() or _digest(path) != writer.split(DIGEST, 1)[1]
+    except OSError:
         return True
+
+
+def is_owned(path: Path) -> bool:
+    """``path`` is named by its parent folder's manifest (and, where recorded with its hash, is
+    unchanged), or is a folder all of whose entries its own manifest names (a folder objkit
+    wrote as a whole)."""
+    path = Path(path)
+    writer = owned_entries(path.parent).get(path.name)
+    if writer is not None:
+        return not _changed(path, writer)
     if path.is_dir() and not path.is_symlink() and (path / MANIFEST).is_file():
         return not foreign_entries(path)
     return False
@@ -139,6 +161,9 @@ def check_replaceable(path: Path, what: str) -> None:
     if is_owned(path):
         return
     detail = ""
+    if path.name in owned_entries(path.parent):
+        raise UserError(f"{path}: changed since objkit wrote it; objkit replaces only what it wrote "
+                        f"(move it away or choose another {what})")
     if path.is_dir() and not path.is_symlink() and (path / MANIFEST).is_file():
         foreign = foreign_entries(path)
         detail = f" ({foreign[0]}{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''} not written by objkit)"
@@ -190,10 +215,12 @@ def write_folder(target: Path, build: Callable[[Path], None], writer: str, what:
     return target
 
 
-def write_file(path: Path, data: str | bytes, writer: str, what: str) -> Path:
+def write_file(path: Path, data: str | bytes, writer: str, what: str, digest: bool = False) -> Path:
     """Write ``path`` whole (a temporary file in its folder, fsync, rename) and record it in the
     folder's manifest. An existing ``path`` is replaced only when objkit wrote it; otherwise
-    nothing is touched and a one-line error names it (``what``: the option that chose it)."""
+    nothing is touched and a one-line error names it (``what``: the option that chose it).
+    ``digest``: record the content's hash too, so that once the user edits the file it is
+    theirs (for files meant to be edited: a report, a plugin skeleton)."""
     path = Path(path)
     check_replaceable(path, what)
     folder = path.parent
@@ -205,9 +232,19 @@ def write_file(path: Path, data: str | bytes, writer: str, what: str) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, _umask_mode(0o666))
-        claim(folder, [path.name], writer)
+        claim(folder, [path.name], f"{writer}{DIGEST}{_digest(Path(tmp))}" if digest else writer)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_report(path: Path, text: str, writer: str, option: str) -> Path:
+    """A command's output file (``eval --markdown``, ``--json`` to a file): :func:`write_file`
+    with the content's hash recorded (a report the user edited is theirs), any ``OSError`` as
+    one line naming ``option``."""
+    try:
+        return write_file(path, text, writer, option, digest=True)
+    except OSError as exc:
+        raise UserError(f"{option} {path}: cannot write ({exc.strerror or exc})") from None

@@ -146,12 +146,9 @@ def _int_list(text: str) -> list[int]:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    from objkit.checkpoint import atomic_write_text
+    from objkit.ownership import write_report
 
-    try:
-        atomic_write_text(path, text)
-    except OSError as exc:
-        raise UserError(f"--markdown {path}: cannot write ({exc.strerror or exc})") from None
+    write_report(path, text, "objkit eval", "--markdown")
 
 
 @eval_group.command("transfer")
@@ -241,6 +238,10 @@ def transfer_command(
     if len(set(names)) != len(names):
         raise UserError(f"two models are named {next(n for n in names if names.count(n) > 1)!r}: "
                         "name them with NAME=PATH")
+    if markdown is not None:  # before fine-tuning: a file of the user's there is never replaced
+        from objkit.ownership import check_replaceable
+
+        check_replaceable(markdown, "--markdown")
     result = evaluate_transfer(specs, data, settings, seed_list, setting=setting, device=device, log=stderr_log)
     if markdown is not None:
         _write_atomic(markdown, format_table(result, std=True, markdown=True))
