@@ -212,10 +212,11 @@ def run_recipe(
             lock.acquire()
             check_run_dir(resolved, run_dir, fresh)
             checked = True
-            # recorded before they are written (the trainer opens them first thing), so that a
-            # killed run's entries are still objkit's; checkpoints are recorded as they are made
+            # recorded before they are written (the trainer opens them first thing; the temporary
+            # folders are objkit's names), so that a killed run's entries are still objkit's;
+            # checkpoints are recorded as they are made, the rest when the run ends
             opened = ["metrics.jsonl", *(["tensorboard"] if "tensorboard" in resolved.recipe.train.report_to else [])]
-            ownership.claim(run_dir, [LOCK_FILE, *opened], WRITER)
+            ownership.claim(run_dir, [LOCK_FILE, *opened, "export.tmp", "export.old", "eval-transfer.tmp"], WRITER)
         return _train(resolved, run_dir, registry, progress, evaluate)
     except OSError as exc:  # an unwritable directory, a full disk: one line, what is intact
         raise write_error(exc, "", _intact(run_dir)) from None
