@@ -45,6 +45,7 @@ from safetensors.torch import load_file, save_file, save_model
 
 from objkit.errors import first_line
 from objkit.faults import os_error_of, pause_for_test
+from objkit.ownership import claim, follow_umask, owned_entries
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 FORMAT = 2
@@ -196,6 +197,7 @@ def save_checkpoint(
     final = root / f"step_{step:07d}"
     tmp = root / f"step_{step:07d}.tmp"
     root.mkdir(parents=True, exist_ok=True)
+    _claim_checkpoints(run_dir)
     for stale in root.iterdir():  # leftovers of writes that were killed
         if stale.is_dir() and stale.name.startswith("step_") and stale.suffix in (".tmp", ".old"):
             shutil.rmtree(stale, ignore_errors=True)
@@ -217,6 +219,7 @@ def save_checkpoint(
         if versions is not None:
             _write_json(tmp / "versions.json", versions)
         files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
+        follow_umask(tmp)  # safetensors writes 0600 whatever the umask
         _write_json(tmp / MANIFEST, {"format": FORMAT, "step": step, "files": files})
         fsync_tree(tmp)
         old = root / f"step_{step:07d}.old"
@@ -235,6 +238,12 @@ def save_checkpoint(
     for stale in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(stale, ignore_errors=True)
     return final
+
+
+def _claim_checkpoints(run_dir: Path) -> None:
+    """Record ``run_dir/checkpoints`` in the run directory's manifest (objkit wrote it)."""
+    if "checkpoints" not in owned_entries(run_dir):
+        claim(run_dir, ["checkpoints"], "objkit run")
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:

@@ -38,17 +38,9 @@ if TYPE_CHECKING:
     from objkit.recipe import ResolvedRecipe
     from objkit.registry import Registry
 
-__all__ = ["check_export_target", "export_checkpoint", "export_command", "write_export"]
+__all__ = ["export_checkpoint", "export_command", "write_export"]
 
 RUN_EXPORT = "export"
-
-
-def check_export_target(run_dir: Path) -> None:
-    """Refuse, before anything is trained, a run whose ``RUN/export`` holds files objkit did not
-    write (the export at the end would be refused; ``objkit run`` calls this at its start)."""
-    from objkit.ownership import check_replaceable
-
-    check_replaceable(Path(run_dir) / RUN_EXPORT, "-o")
 
 
 # ----------------------------------------------------------------------------- writing

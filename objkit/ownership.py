@@ -13,7 +13,11 @@ The building blocks:
 - :func:`check_replaceable` refuses a path objkit cannot prove it wrote;
 - :func:`remove_owned` removes such a path after the check;
 - :func:`write_folder` builds a whole output folder in a private temporary sibling and renames it
-  into place, replacing an earlier folder only when objkit wrote all of it.
+  into place, replacing an earlier folder only when objkit wrote all of it;
+- :func:`write_file` writes one file (temporary file, rename) where nothing but an earlier file
+  objkit wrote stands, and records it;
+- :func:`follow_umask` gives what a library wrote with a fixed mode (safetensors: 0600) the
+  modes the umask asks for.
 """
 
 from __future__ import annotations
@@ -30,8 +34,8 @@ from objkit.errors import UserError
 MANIFEST = ".objkit-owned.json"
 
 __all__ = [
-    "MANIFEST", "check_replaceable", "claim", "foreign_entries", "is_owned", "owned_entries", "remove_owned",
-    "write_folder",
+    "MANIFEST", "check_replaceable", "claim", "follow_umask", "foreign_entries", "is_owned", "owned_entries",
+    "remove_owned", "unclaim", "write_file", "write_folder", "write_report",
 ]
 
 
@@ -58,6 +62,18 @@ def claim(folder: Path, names: Iterable[str], writer: str) -> None:
     if all(entries.get(k) == v for k, v in new.items()) and (folder / MANIFEST).is_file():
         return
     entries.update(new)
+    _write_manifest(folder, entries)
+
+
+def unclaim(folder: Path, names: Iterable[str]) -> None:
+    """Forget ``folder/NAME`` (objkit removed it): a later file of that name is not objkit's."""
+    folder = Path(folder)
+    entries = owned_entries(folder)
+    if any(name in entries for name in names):
+        _write_manifest(folder, {k: v for k, v in entries.items() if k not in set(names)})
+
+
+def _write_manifest(folder: Path, entries: dict[str, str]) -> None:
     payload = json.dumps({"written_by": "objkit", "entries": dict(sorted(entries.items()))}, indent=1) + "\n"
     fd, tmp = tempfile.mkstemp(prefix=MANIFEST + ".", suffix=".tmp", dir=folder)
     try:
@@ -78,6 +94,19 @@ def _umask_mode(mode: int) -> int:
     return mode & ~umask
 
 
+def follow_umask(root: Path) -> None:
+    """Give ``root`` and everything under it the modes a plain ``open``/``mkdir`` would: files
+    ``0666`` (``0777`` where executable) and folders ``0777``, less the umask."""
+    root = Path(root)
+    files, folders = _umask_mode(0o666), _umask_mode(0o777)
+    paths = [root, *root.rglob("*")] if root.is_dir() else [root]
+    for path in paths:
+        if path.is_symlink():
+            continue
+        mode = path.stat().st_mode
+        os.chmod(path, folders if path.is_dir() or mode & 0o111 else files)
+
+
 def foreign_entries(folder: Path) -> list[str]:
     """Names in ``folder`` that objkit cannot prove it wrote (sorted; the manifest itself excluded)."""
     folder = Path(folder)
@@ -85,14 +114,37 @@ def foreign_entries(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name != MANIFEST and p.name not in owned)
 
 
-def is_owned(path: Path) -> bool:
-    """``path`` is named by its parent folder's manifest, or is a folder all of whose entries
-    its own manifest names (a folder objkit wrote as a whole)."""
-    path = Path(path)
-    if path.name in owned_entries(path.parent):
+DIGEST = "; sha256="  # a writer recorded with the file's hash: objkit's only while unchanged
+
+
+def _digest(path: Path) -> str:
+    import hashlib
+
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _changed(path: Path, writer: str) -> bool:
+    """A file recorded with its hash (``write_file(..., digest=True)``) that no longer has it."""
+    if DIGEST not in writer:
+        return False
+    try:
+        return not path.is_file() or path.is_symlink() or _digest(path) != writer.split(DIGEST, 1)[1]
+    except OSError:
         return True
+
+
+def is_owned(path: Path) -> bool:
+    """``path`` is named by its parent folder's manifest (and, where recorded with its hash, is
+    unchanged), or is a folder all of whose entries its own manifest names (a folder objkit
+    wrote as a whole). A folder with a manifest of its own is owned only while that manifest names
+    everything in it, whatever its parent records: a user's file put into an export is theirs."""
+    path = Path(path)
     if path.is_dir() and not path.is_symlink() and (path / MANIFEST).is_file():
         return not foreign_entries(path)
+    writer = owned_entries(path.parent).get(path.name)
+    if writer is not None:
+        return not _changed(path, writer)
     return False
 
 
@@ -113,6 +165,9 @@ def check_replaceable(path: Path, what: str) -> None:
     if path.is_dir() and not path.is_symlink() and (path / MANIFEST).is_file():
         foreign = foreign_entries(path)
         detail = f" ({foreign[0]}{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''} not written by objkit)"
+    elif path.name in owned_entries(path.parent):
+        raise UserError(f"{path}: changed since objkit wrote it; objkit replaces only what it wrote "
+                        f"(move it away or choose another {what})")
     raise UserError(
         f"{path}: exists and objkit did not write it{detail}; objkit replaces only what it wrote "
         f"(move it away or choose another {what})"
@@ -143,6 +198,7 @@ def write_folder(target: Path, build: Callable[[Path], None], writer: str, what:
     old: Path | None = None
     try:
         build(tmp)
+        follow_umask(tmp)
         claim(tmp, [p.name for p in tmp.iterdir() if p.name != MANIFEST], writer)
         if os.path.lexists(target):
             check_replaceable(target, what)  # again: it may have changed while we built
@@ -158,3 +214,38 @@ def write_folder(target: Path, build: Callable[[Path], None], writer: str, what:
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def write_file(path: Path, data: str | bytes, writer: str, what: str, digest: bool = False) -> Path:
+    """Write ``path`` whole (a temporary file in its folder, fsync, rename) and record it in the
+    folder's manifest. An existing ``path`` is replaced only when objkit wrote it; otherwise
+    nothing is touched and a one-line error names it (``what``: the option that chose it).
+    ``digest``: record the content's hash too, so that once the user edits the file it is
+    theirs (for files meant to be edited: a report, a plugin skeleton)."""
+    path = Path(path)
+    check_replaceable(path, what)
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".objkit-tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, _umask_mode(0o666))
+        claim(folder, [path.name], f"{writer}{DIGEST}{_digest(Path(tmp))}" if digest else writer)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_report(path: Path, text: str, writer: str, option: str) -> Path:
+    """A command's output file (``eval --markdown``, ``--json`` to a file): :func:`write_file`
+    with the content's hash recorded (a report the user edited is theirs), any ``OSError`` as
+    one line naming ``option``."""
+    try:
+        return write_file(path, text, writer, option, digest=True)
+    except OSError as exc:
+        raise UserError(f"{option} {path}: cannot write ({exc.strerror or exc})") from None

@@ -57,7 +57,7 @@ def entry_key(resolved: ResolvedRecipe, built: BuiltObjective, tokenizer_id: str
     source = recipe.data[built.data]
     return data_cache.entry_key(
         source=source.model_dump(mode="json"),
-        files=source_files(built.data, source),
+        files=data_cache.content_files(source_files(built.data, source), cache_dir_of(resolved)),
         tokenizer=tokenizer_id,
         max_length=recipe.model.max_length,
         prepare={"plugin": entry.plugin, "version": registry.versions().get(entry.plugin, ""),
@@ -88,16 +88,18 @@ def prepared_rows(resolved: ResolvedRecipe, built: BuiltObjective, tokenizer: An
     if cache_dir is None:
         return Prepared(built.name, _tokenize(resolved, built, tokenizer, tokenized, num_proc), "tokenized")
     key = entry_key(resolved, built, tokenizer_id or data_cache.tokenizer_fingerprint(tokenizer), registry)
-    try:
-        cached = data_cache.open_entry(cache_dir, built.name, key)
-    except Exception:
-        if not rebuild:
-            raise
-        cached = None
-    if cached is not None:
-        return Prepared(built.name, cached, "cached", data_cache.count_tokens(cached), timer.seconds)
-    rows = _tokenize(resolved, built, tokenizer, tokenized, num_proc)
-    written = data_cache.write_entry(cache_dir, built.name, key, rows, num_proc=num_proc)
+    # one builder per entry: a second process waits here, then finds the entry the first built
+    with data_cache.entry_lock(cache_dir, built.name):
+        try:
+            cached = data_cache.open_entry(cache_dir, built.name, key)
+        except Exception:
+            if not rebuild:
+                raise
+            cached = None
+        if cached is not None:
+            return Prepared(built.name, cached, "cached", data_cache.count_tokens(cached), timer.seconds)
+        rows = _tokenize(resolved, built, tokenizer, tokenized, num_proc)
+        written = data_cache.write_entry(cache_dir, built.name, key, rows, num_proc=num_proc)
     return Prepared(built.name, written, "built", data_cache.count_tokens(written), timer.seconds)
 
 

@@ -12,6 +12,9 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
@@ -66,3 +69,23 @@ class RunLock:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.release()
+
+
+@contextmanager
+def hold_lock(path: Path, waiting: str) -> Iterator[None]:
+    """``with hold_lock(path, "... {holder} ..."):`` -- an exclusive lock on ``path`` (created),
+    waited for when another process holds it: ``waiting`` (``{holder}``: ``pid PID on HOST``)
+    is printed once to stderr first. Released on exit, and by the kernel if the process dies."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+            print(waiting.format(holder=holder), file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)

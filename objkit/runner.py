@@ -5,12 +5,21 @@ recipe resumes from DIR's newest intact checkpoint, a different recipe is refuse
 ``--fresh``, which removes the previous run's files and starts over). A run stopped by a signal
 exits :data:`objkit.faults.EXIT_STOPPED` (75) and prints the command that resumes it. Keys that cannot change
 the trained weights (:data:`NEUTRAL_KEYS`) may differ.
+
+objkit writes only the entries of :data:`RUN_FILES` into DIR, records each in DIR's manifest
+(:mod:`objkit.ownership`) and removes (``--fresh``) or replaces only those the manifest names:
+a file of the user's under one of those names stops the run in one line, nothing touched. The
+resolved recipe is ``DIR/run-recipe.toml`` (a name of objkit's own), so ``objkit run recipe.toml
+-o .`` leaves the user's ``recipe.toml`` alone. A run directory written before manifests existed
+is recognised by its checkpoints: a ``checkpoints/`` folder holding only objkit checkpoints
+(``step_N`` folders with objkit's ``trainer.json``) proves the run's other entries objkit's,
+except a ``recipe.toml``, which is objkit's only when it is word for word a checkpoint's recipe.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
+import os
 import time
 import tomllib
 from pathlib import Path
@@ -18,7 +27,8 @@ from typing import Any
 
 import click
 
-from objkit.checkpoint import atomic_write_text, list_checkpoints
+from objkit import ownership
+from objkit.checkpoint import STEP_DIR, list_checkpoints
 from objkit.device import thread_counts, training_device
 from objkit.distributed import env_world, process_group
 from objkit.errors import UserError
@@ -26,7 +36,7 @@ from objkit.faults import RunStopped, write_error
 from objkit.eval.periodic import EvalCallback, PeriodicEval
 from objkit.recipe import ResolvedRecipe
 from objkit.registry import Registry
-from objkit.runlock import RunLock
+from objkit.runlock import LOCK_FILE, RunLock
 
 # Recipe keys that may differ between a run and its resumption: they do not change the weights.
 NEUTRAL_KEYS = {
@@ -37,8 +47,10 @@ NEUTRAL_KEYS = {
     # memory and speed: the same losses up to float rounding (tested), so a run may resume with them changed
     ("train", "activation_checkpointing"), ("train", "lm_head_chunk_rows"), ("train", "compile"),
 }
+RECIPE_FILE = "run-recipe.toml"  # the resolved recipe (before manifests: recipe.toml, a name users give theirs)
 RUN_FILES = ("checkpoints", "export", "export.tmp", "export.old", "eval-transfer.tmp", "metrics.jsonl", "tensorboard",
-             "recipe.toml", "versions.json")
+             RECIPE_FILE, "versions.json")
+WRITER = "objkit run"
 
 
 def recipe_differences(old: Any, new: Any, path: tuple[str, ...] = ()) -> list[str]:
@@ -69,22 +81,37 @@ def _short(value: Any) -> str:
 
 
 def check_run_dir(resolved: ResolvedRecipe, run_dir: Path, fresh: bool = False) -> None:
-    """Refuse a run directory that holds a run of another recipe; with ``fresh``, clear it.
+    """Refuse a run directory that holds a run of another recipe, or a file of the user's where
+    the run writes; with ``fresh``, remove the previous run's entries (objkit's only).
     Call it holding the directory's :class:`RunLock` (``run_recipe`` does)."""
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"-o {run_dir}: exists and is not a directory")
     if not run_dir.exists():
         return
+    ours = run_entries(run_dir)
+    for name in RUN_FILES:  # a user's file where the run writes: one line, nothing touched
+        if (run_dir / name / ownership.MANIFEST).is_file():  # a folder objkit wrote whole (the export):
+            ownership.check_replaceable(run_dir / name, "-o")  # a user's file put into it since is named
+        elif name not in ours:
+            try:
+                ownership.check_replaceable(run_dir / name, "-o")
+            except UserError:
+                raise UserError(f"{run_dir / name}: exists and objkit did not write it; objkit run writes its "
+                                f"{name} there and replaces only what it wrote (move it away or choose another -o)"
+                                ) from None
     if fresh:
-        removed = [name for name in RUN_FILES if (run_dir / name).exists()]
+        removed = [name for name in ours if os.path.lexists(run_dir / name)]
         for name in removed:
-            target = run_dir / name
-            shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
+            ownership.remove_owned(run_dir / name)
+        ownership.unclaim(run_dir, removed)
         if removed:
             click.echo(f"--fresh: removed the previous run's {', '.join(removed)} from {run_dir}", err=True)
         return
-    recorded = run_dir / "recipe.toml"
-    if not recorded.exists():
+    legacy = [name for name in ours if name not in ownership.owned_entries(run_dir)]
+    if legacy:  # a run from before manifests: recorded from now on
+        ownership.claim(run_dir, legacy, WRITER)
+    recorded = run_dir / RECIPE_FILE
+    if RECIPE_FILE not in ours:
         checkpoints = list_checkpoints(run_dir)
         recorded = checkpoints[-1] / "recipe.toml" if checkpoints else recorded
     if not recorded.exists():
@@ -101,6 +128,45 @@ def check_run_dir(resolved: ResolvedRecipe, run_dir: Path, fresh: bool = False) 
             f"{run_dir} holds a run of a different recipe ({'; '.join(differences[:3])}{more}): "
             "re-run with --fresh to start over there, or choose another -o"
         )
+
+
+def run_entries(run_dir: Path) -> list[str]:
+    """The entries of ``run_dir`` objkit can prove it wrote: those its manifest names, a folder
+    objkit wrote whole (its own manifest), and in a run directory from before manifests (objkit
+    checkpoints only under ``checkpoints/``) the run's entries, ``recipe.toml`` only when it is a
+    checkpoint's recipe word for word."""
+    present = [name for name in (*RUN_FILES, "recipe.toml") if os.path.lexists(run_dir / name)]
+    ours = [name for name in present if ownership.is_owned(run_dir / name)]
+    if "checkpoints" in present and "checkpoints" not in ours and _only_checkpoints(run_dir / "checkpoints"):
+        recipes = {c / "recipe.toml" for c in list_checkpoints(run_dir)}
+        ours = [name for name in present if name != "recipe.toml" or name in ours or _same_text(run_dir / name, recipes)]
+    return ours
+
+
+def _only_checkpoints(root: Path) -> bool:
+    """``root`` holds objkit checkpoints and nothing else (leftover ``.tmp``/``.old`` writes included)."""
+    if root.is_symlink() or not root.is_dir():
+        return False
+    entries = list(root.iterdir())
+    for entry in entries:
+        if not (entry.is_dir() and not entry.is_symlink() and STEP_DIR.match(entry.name.removesuffix(".tmp")
+                                                                              .removesuffix(".old"))):
+            return False
+        if entry.suffix not in (".tmp", ".old"):
+            try:
+                if "format" not in json.loads((entry / "trainer.json").read_text(encoding="utf-8")):
+                    return False
+            except (OSError, ValueError):
+                return False
+    return bool(entries)
+
+
+def _same_text(path: Path, others: set[Path]) -> bool:
+    try:
+        text = path.read_bytes()
+        return any(o.is_file() and o.read_bytes() == text for o in others)
+    except OSError:
+        return False
 
 
 def check_data(resolved: ResolvedRecipe) -> None:
@@ -157,6 +223,7 @@ def run_recipe(
     # rank 0 (or the single process) holds the directory for the whole run, and only it
     # compares or (--fresh) clears what is there: the other ranks wait for it in the rendezvous
     lock = RunLock(run_dir) if env_world().is_main else None
+    checked = False
     try:
         if lock is not None:
             try:
@@ -164,14 +231,23 @@ def run_recipe(
             except OSError as exc:  # read-only, not ours: as for a directory that cannot be created
                 raise UserError(f"-o {run_dir}: cannot write in the run directory: {exc.strerror or exc}") from None
             check_run_dir(resolved, run_dir, fresh)
-            from objkit.export import check_export_target
-
-            check_export_target(run_dir)  # export/ holding files objkit did not write: refused now, not after training
+            checked = True
+            # recorded before they are written (the trainer opens them first thing; the temporary
+            # folders are objkit's names), so that a killed run's entries are still objkit's;
+            # checkpoints are recorded as they are made, the rest when the run ends
+            opened = ["metrics.jsonl", *(["tensorboard"] if "tensorboard" in resolved.recipe.train.report_to else [])]
+            ownership.claim(run_dir, [LOCK_FILE, *opened, "export.tmp", "export.old", "eval-transfer.tmp"], WRITER)
         return _train(resolved, run_dir, registry, progress, evaluate, resume_command)
     except OSError as exc:  # an unwritable directory, a full disk: one line, what is intact
         raise write_error(exc, "", intact(run_dir)) from None
     finally:
         if lock is not None:
+            if checked:  # every entry of the run there now is objkit's: nothing else stood in its way
+                written = [name for name in RUN_FILES if os.path.lexists(run_dir / name)]
+                try:
+                    ownership.claim(run_dir, written, WRITER)
+                except OSError:
+                    pass
             lock.release()
 
 
@@ -189,9 +265,9 @@ def _train(resolved: ResolvedRecipe, run_dir: Path, registry: Registry, progress
     with process_group(training_device(train.device, env_world().rank), train.collective_timeout) as world:
         trainer = Trainer(resolved, run_dir, registry, progress=progress, world=world)
         if trainer.world.is_main:
-            atomic_write_text(run_dir / "recipe.toml", resolved.to_toml())
+            ownership.write_file(run_dir / RECIPE_FILE, resolved.to_toml(), WRITER, "-o")
             versions = {"objkit": _version(), "plugins": registry.versions(), "threads": thread_counts()}
-            atomic_write_text(run_dir / "versions.json", json.dumps(versions, indent=1) + "\n")
+            ownership.write_file(run_dir / "versions.json", json.dumps(versions, indent=1) + "\n", WRITER, "-o")
             click.echo(f"resolved recipe and plugin versions written to {run_dir}", err=True)
         trainer.fit([EvalCallback(evaluate, trainer)] if evaluate is not None else [])
         if trainer.stopped_by is not None:

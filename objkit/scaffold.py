@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from objkit.errors import UserError
+from objkit.ownership import check_replaceable, write_file
 
 PYPROJECT = '''\
 [build-system]
@@ -185,7 +186,8 @@ def camel(name: str) -> str:
 
 
 def write_plugin(name: str, directory: Path, distribution: str | None = None, package: str | None = None) -> list[Path]:
-    """Write the skeleton into ``directory`` (which must not exist or be empty)."""
+    """Write the skeleton into ``directory``: beside the user's files, never over one (or over a
+    skeleton file the user edited); an untouched file of an earlier ``new-plugin`` is replaced."""
     from objkit import __version__
     from objkit.hookspecs import PLUGIN_API_VERSION
 
@@ -205,8 +207,8 @@ def write_plugin(name: str, directory: Path, distribution: str | None = None, pa
         raise UserError(
             f'new-plugin: plugin name "{name}" is taken by {taken.distribution} {taken.version}; choose another NAME'
         )
-    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
-        raise UserError(f"new-plugin: {directory} exists and is not an empty directory")
+    if directory.exists() and not directory.is_dir():
+        raise UserError(f"new-plugin: {directory} exists and is not a directory")
     values = {
         "name": name,
         "dist": dist,
@@ -222,12 +224,17 @@ def write_plugin(name: str, directory: Path, distribution: str | None = None, pa
         f"{package}/objective.py": OBJECTIVE,
         f"tests/test_{name}_conformance.py": CONFORMANCE_TEST,
     }
+    # a file of the user's (or one objkit wrote and the user edited) is never replaced: all are
+    # checked before any is written; an untouched file of an earlier new-plugin is replaced
+    for relative in files:
+        for parent in reversed((directory / relative).relative_to(directory).parents[:-1]):
+            if (directory / parent).exists() and not (directory / parent).is_dir():
+                raise UserError(f"new-plugin: {directory / parent} exists and is not a directory")
+        check_replaceable(directory / relative, "-o")
     written = []
     for relative, template in files.items():
-        path = directory / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(template.format(**values), encoding="utf-8")
-        written.append(path)
+        written.append(write_file(directory / relative, template.format(**values), "objkit new-plugin", "-o",
+                                  digest=True))
     return written
 
 

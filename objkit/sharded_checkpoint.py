@@ -52,6 +52,7 @@ import torch
 from torch import nn
 
 from objkit.checkpoint import (
+    _claim_checkpoints,
     FORMAT,
     MANIFEST,
     _sha256,
@@ -64,6 +65,7 @@ from objkit.checkpoint import (
 )
 from objkit.distributed import all_gather_objects, barrier
 from objkit.faults import pause_for_test
+from objkit.ownership import follow_umask
 from objkit.interfaces import WorldInfo
 
 SHARDS = "shards"
@@ -212,6 +214,7 @@ def _begin(run_dir: Path, step: int, world: WorldInfo) -> Path:
     failed = None
     if world.is_main:
         root.mkdir(parents=True, exist_ok=True)
+        _claim_checkpoints(run_dir)
         for stale in root.iterdir():  # leftovers of writes that were killed
             if stale.is_dir() and stale.name.startswith("step_") and stale.suffix in (".tmp", ".old"):
                 shutil.rmtree(stale, ignore_errors=True)
@@ -255,6 +258,7 @@ def _finish(run_dir: Path, step: int, *, world: WorldInfo, objective_values: dic
                 files[key] = {"bytes": (tmp / key).stat().st_size, "sha256": _sha256(tmp / key)}
         for rank_files in digests:
             files.update(rank_files)
+        follow_umask(tmp)  # safetensors writes 0600 whatever the umask
         _write_json(tmp / MANIFEST, {"format": FORMAT, "step": step, "files": dict(sorted(files.items()))})
         fsync_tree(tmp)
         old = root / f"step_{step:07d}.old"

@@ -296,6 +296,13 @@ def train_command(files: tuple[str, ...], output: str, vocab_size: int, characte
     source = TextSource.model_validate(
         {"type": "text", "files": [{"path": p, "lang": "und", "field": field} for p in files]})
     texts = iter_source_texts(source, max_sentences, name="FILES")
-    tokenizer = train_tokenizer(texts, Path(output), vocab_size=vocab_size, character_coverage=character_coverage,
-                                max_sentences=max_sentences, seed=seed, progress=not no_progress)
+    from objkit.ownership import write_folder
+
+    trained: list[Any] = []
+    # a private temporary folder renamed into place: a non-empty DIR objkit did not write is refused
+    # before training, one objkit wrote is replaced whole, a failed training leaves DIR as it was
+    write_folder(Path(output), lambda tmp: trained.append(train_tokenizer(
+        texts, tmp, vocab_size=vocab_size, character_coverage=character_coverage, max_sentences=max_sentences,
+        seed=seed, progress=not no_progress)), "objkit tokenizer train", "-o")
+    tokenizer = trained[0]
     click.echo(f"wrote tokenizer with {len(tokenizer)} ids ({type(tokenizer).__name__}) to {output}")

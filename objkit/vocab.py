@@ -17,12 +17,14 @@ Gee et al., 2022 and "Fast Vocabulary Transfer"), the mean of every row where th
 from __future__ import annotations
 
 import itertools
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from objkit.errors import UserError
+from objkit.ownership import check_replaceable, write_folder
 from objkit.tokenizer import SPM_FILE, _spm_train
 
 if TYPE_CHECKING:
@@ -56,6 +58,16 @@ def _base_model(base: str) -> bytes:
     return Path(vocab_file).read_bytes()
 
 
+def check_not_base(base: str, output: Path) -> None:
+    """Refuse ``-o`` that is BASE, inside it or holds it (BASE a directory): one line, exit 2."""
+    if not Path(base).is_dir():
+        return
+    base_path, out = Path(base).resolve(), Path(output).resolve()
+    if out == base_path or base_path in out.parents or out in base_path.parents:
+        where = "is" if out == base_path else "is inside" if base_path in out.parents else "contains"
+        raise UserError(f"-o {output}: {where} BASE {base}; write the extended tokenizer to a directory of its own")
+
+
 def extend_tokenizer(base: str, texts: list[str], out_dir: Path, *, add: int, seed: int = 0,
                      character_coverage: float = 0.9995) -> tuple[Any, list[str]]:
     """Write the extended tokenizer to ``out_dir``; return it (loaded) and the pieces added."""
@@ -85,8 +97,13 @@ def extend_tokenizer(base: str, texts: list[str], out_dir: Path, *, add: int, se
         added.append(piece.piece)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / SPM_FILE).write_bytes(base_proto.SerializeToString())
-    XLMRobertaTokenizer.from_pretrained(str(out_dir)).save_pretrained(str(out_dir))
+    model = base_proto.SerializeToString()
+    # the HF tokenizer is built from the new model alone (in a folder of its own: a tokenizer.json
+    # already in out_dir would be loaded instead), then written beside it
+    with tempfile.TemporaryDirectory() as scratch:
+        (Path(scratch) / SPM_FILE).write_bytes(model)
+        XLMRobertaTokenizer.from_pretrained(scratch).save_pretrained(str(out_dir))
+    (out_dir / SPM_FILE).write_bytes(model)
     return AutoTokenizer.from_pretrained(str(out_dir)), added
 
 
@@ -119,10 +136,19 @@ def extend_command(base: str, files: tuple[str, ...], output: str, add: int, lan
         expand(pattern, "FILES", None)
     source = TextSource.model_validate(
         {"type": "text", "files": [{"path": p, "lang": lang or "und", "field": field} for p in files]})
+    check_not_base(base, Path(output))
+    check_replaceable(Path(output), "-o")  # before training
     texts = list(iter_source_texts(source, max_sentences, name="FILES"))
-    tokenizer, added = extend_tokenizer(base, texts, Path(output), add=add, seed=seed)
-    (Path(output) / EXTENSION_RECORD).write_text(json.dumps(
-        {"base": base, "lang": lang, "added": len(added), "files": list(files)}, indent=1) + "\n")
+    result: list[Any] = []
+
+    def build(tmp: Path) -> None:
+        result.extend(extend_tokenizer(base, texts, tmp, add=add, seed=seed))
+        (tmp / EXTENSION_RECORD).write_text(json.dumps(
+            {"base": base, "lang": lang, "added": len(result[1]), "files": list(files)}, indent=1) + "\n")
+
+    # a private temporary folder renamed into place: every file of DIR from this extension
+    write_folder(Path(output), build, "objkit tokenizer extend", "-o")
+    tokenizer, added = result
     click.echo(f"appended {len(added)} pieces to {base}: {len(tokenizer)} ids -> {output}")
 
 

@@ -75,7 +75,7 @@ def test_a_third_party_callback_is_listed_and_fires_in_order(callback_site, tmp_
     assert events[0]["layers"] == 2 and not events[-1]["error"]
     assert "mlm/loss" in events[2]["keys"] and events[4]["path"].endswith("step_0000002")
     # the recipe's callbacks are recorded with the run, and may change on resume (they only observe)
-    assert "[callbacks.record_events]" in (tmp_path / "run" / "recipe.toml").read_text()
+    assert "[callbacks.record_events]" in (tmp_path / "run" / "run-recipe.toml").read_text()
 
 
 def test_a_callback_table_is_validated_by_its_plugin(callback_site, tmp_path):

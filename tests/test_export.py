@@ -249,10 +249,23 @@ def test_a_run_whose_export_folder_holds_a_users_file_is_refused_before_training
     (out / "export" / "my_model.bin").write_text("x\n")
     code, err = objkit("run", str(recipe_path), "-o", str(out), "--no-progress")
     assert code == 2
-    assert err == (f"{out}/export: exists and objkit did not write it; objkit replaces only what it wrote "
-                   "(move it away or choose another -o)\n")
+    assert err == (f"{out}/export: exists and objkit did not write it; objkit run writes its export there and "
+                   "replaces only what it wrote (move it away or choose another -o)\n")
     assert (out / "export" / "my_model.bin").read_text() == "x\n"
     assert not (out / "checkpoints").exists() and not (out / "metrics.jsonl").exists()  # nothing trained
+
+
+def test_rerunning_a_run_whose_export_got_a_users_file_is_refused_before_resuming(recipe_path, finished, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    (run / "export" / "notes.txt").write_text("mine")
+    before = _tree(run)
+    code, err = objkit("run", str(recipe_path), "-o", str(run), "--no-progress")
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"{run}/export: exists and objkit did not write it (notes.txt not written by objkit)")
+    assert _tree(run) == before  # nothing resumed, nothing written
+    code, err = objkit("run", str(recipe_path), "-o", str(run), "--no-progress", "--fresh")
+    assert code == 2 and (run / "export" / "notes.txt").read_text() == "mine"  # --fresh does not remove it either
 
 
 def test_the_trainers_export_refuses_a_users_file_in_export(recipe_path, finished, tmp_path):

@@ -411,7 +411,7 @@ def test_a_different_recipe_is_refused_unless_fresh(recipe_path, tmp_path):
     assert "--fresh" in message and len(message.splitlines()) == 1
     _run(recipe_path, out, *short, "train.log_every=5", "train.keep_checkpoints=1")  # neutral keys: resumes
     _run(recipe_path, out, *short, "train.lr=1e-3", fresh=True)
-    assert "lr = 0.001" in (out / "recipe.toml").read_text()
+    assert "lr = 0.001" in (out / "run-recipe.toml").read_text()
     assert [m["lr"] for m in read_metrics(out / "metrics.jsonl")][-1] == 0.0
     assert len(read_metrics(out / "metrics.jsonl")) == 2  # the old run's metrics went with --fresh
 

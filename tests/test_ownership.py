@@ -71,3 +71,16 @@ def test_written_files_follow_the_umask(tmp_path):
         os.umask(old)
     assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "out" / MANIFEST).stat().st_mode & 0o777 == 0o644
+
+
+def test_a_file_a_library_wrote_0600_gets_the_umask_mode(tmp_path):
+    def build(folder):
+        (folder / "model.safetensors").write_bytes(b"x")
+        os.chmod(folder / "model.safetensors", 0o600)  # as safetensors' save_file leaves it
+
+    old = os.umask(0o022)
+    try:
+        write_folder(tmp_path / "export", build, "objkit export")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "export" / "model.safetensors").stat().st_mode & 0o777 == 0o644

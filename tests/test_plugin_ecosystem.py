@@ -174,8 +174,9 @@ def test_new_plugin_scaffold_installs_and_passes_its_tests(tmp_path, capsys):
     # masks from each example's sample_seed (rank invariance), not from the per-rank generator
     assert "example_seeds(examples, generator)" in generated and "seeds=seeds)" in generated
     assert "from objkit." not in generated and "import objkit." not in generated
+    (plugin / "README.md").write_text("my own notes\n")  # a file the user changed is never replaced
     code, _, err = main(capsys, "new-plugin", "scaffold_demo", "-o", str(plugin))
-    assert code == 2 and "is not an empty directory" in err
+    assert code == 2 and "README.md: changed since objkit wrote it" in err
     code, _, err = main(capsys, "new-plugin", "mlm", "-o", str(tmp_path / "x"))
     assert code == 2 and 'plugin name "mlm" is taken by objkit' in err
     code, _, err = main(capsys, "new-plugin", "Bad-Name", "-o", str(tmp_path / "y"))

@@ -60,7 +60,7 @@ def test_tiny_run_writes_metrics_checkpoints_and_a_loadable_export(recipe_path, 
     tokenizer = AutoTokenizer.from_pretrained(export)
     out = model(**tokenizer(["Deutschland", "Germany"], return_tensors="pt", padding=True))
     assert out.last_hidden_state.shape[-1] == 32
-    assert (tmp_path / "run" / "recipe.toml").exists()
+    assert (tmp_path / "run" / "run-recipe.toml").exists()
     versions = json.loads((tmp_path / "run" / "versions.json").read_text())
     assert "mlm" in versions["plugins"]
     steps = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())

@@ -200,12 +200,9 @@ def _int_list(text: str) -> list[int]:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    from objkit.checkpoint import atomic_write_text
+    from objkit.ownership import write_report
 
-    try:
-        atomic_write_text(path, text)
-    except OSError as exc:
-        raise UserError(f"--markdown {path}: cannot write ({exc.strerror or exc})") from None
+    write_report(path, text, "objkit eval", "--markdown")
 
 
 @eval_group.command("transfer", epilog="""\b
@@ -290,6 +287,10 @@ def transfer_command(
                                 weight_decay=weight_decay, eval_every=eval_every, select=select,  # type: ignore[arg-type]
                                 frozen=frozen, dropout=dropout)
     specs = _models(models)
+    if markdown is not None:  # before fine-tuning: a file of the user's there is never replaced
+        from objkit.ownership import check_replaceable
+
+        check_replaceable(markdown, "--markdown")
     result = evaluate_transfer(specs, data, settings, seed_list, setting=setting, device=device, log=stderr_log)
     if markdown is not None:
         _write_atomic(markdown, format_table(result, std=True, markdown=True))
