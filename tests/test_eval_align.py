@@ -19,6 +19,7 @@ from objkit.eval.align import (
     extract,
     itermax_links,
     match_links,
+    gold_notes,
     parse_layers,
     read_corpus,
     read_gold,
@@ -200,10 +201,14 @@ def test_read_gold_sid_format(tmp_path):
     assert gold[1].sure == {(0, 1)} and gold[1].possible == {(0, 1)}
 
 
-def test_links_to_null_are_skipped(tmp_path):
+def test_links_to_null_are_kept_unhittable(tmp_path):
+    """As XLM-Align's scorer (and SimAlign's) keeps every gold link: the NULL link counts in |S|."""
     g = write(tmp_path / "g.txt", "5 1 1 S\n5 2 -99 S\n6 1 1\n")
     gold, _ = read_gold(g, 2)
-    assert gold[0].sure == {(0, 0)} and gold[0].null_links == 1 and gold[1].null_links == 0
+    assert gold[0].sure == {(0, 0), (1, -100)} and gold[0].null_links == 1 and gold[1].null_links == 0
+    # a perfect prediction of the real links still misses the NULL link: AER = 1 - 4/5
+    s = score_alignments([{(0, 0)}, {(0, 0)}], [(g_.sure, g_.possible) for g_ in gold])
+    assert s["aer"] == pytest.approx(100 / 5) and s["recall"] == pytest.approx(200 / 3)
 
 
 def test_read_gold_pharaoh(tmp_path):
@@ -232,8 +237,6 @@ def test_read_corpus(corpus):
     "case, message",
     [
         ("counts", "line counts differ"),
-        ("outside", "outside sentence 2"),
-        ("outside_pharaoh", "outside sentence 1"),
         ("format", "unknown gold alignment format"),
         ("empty_src", "empty file"),
         ("empty_gold", "empty gold file"),
@@ -248,10 +251,6 @@ def test_bad_input_is_one_line(tmp_path, corpus, case, message):
     src, tgt, gold = corpus
     if case == "counts":
         write(tgt, "cat the sat\n")
-    elif case == "outside":
-        write(gold, "1 1 2 S\n2 3 1 S\n")
-    elif case == "outside_pharaoh":
-        write(gold, "0-3\n0-0\n")
     elif case == "format":
         write(gold, "sentence one: the cat\n")
     elif case == "empty_src":
@@ -271,6 +270,23 @@ def test_bad_input_is_one_line(tmp_path, corpus, case, message):
     with pytest.raises(UserError, match=message) as err:
         read_corpus(src, tgt, gold)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("text, lines", [("1 1 2 S\n2 3 1 S\n2 1 2 P\n", [2]), ("0-3\n0-0 5p0\n", [1, 2])])
+def test_links_past_the_end_are_kept_and_counted(corpus, text, lines):
+    """The en-hi set's line 678 case: the reference keeps such a link in S (or P), where no
+    alignment can hit it; objkit does the same and reports the gold file lines."""
+    src, tgt, gold = corpus
+    write(gold, text)
+    _, _, sentences, _ = read_corpus(src, tgt, gold)
+    assert sorted(line for s in sentences for line in s.out_of_range) == lines
+    if text.startswith("1"):
+        assert (2, 0) in sentences[1].sure  # kept as a sure link
+        # |A| = 2, |A∩S| = 1, |A∩P| = 2, |S| = 2 (the unhittable link counted) -> AER = 1 - 3/4
+        pred = [{(0, 1)}, {(0, 1)}]
+        assert score_alignments(pred, [(s.sure, s.possible) for s in sentences])["aer"] == pytest.approx(25.0)
+    notes = gold_notes(gold, sentences)
+    assert len(notes) == 1 and f"{len(lines)} gold link(s) past the end" in notes[0]
 
 
 def test_parse_layers():
@@ -346,7 +362,7 @@ def test_cli_align_errors_exit_2_without_traceback(tmp_path, saved, corpus):
     from objkit.cli import main
 
     src, tgt, gold = corpus
-    write(gold, "1 1 2 S\n2 9 1 S\n")
+    write(gold, "1 1 2 S\n2 1 1 S\n2 1 1 X\n")
     import subprocess
     import sys
 
@@ -357,7 +373,7 @@ def test_cli_align_errors_exit_2_without_traceback(tmp_path, saved, corpus):
     )  # fmt: skip
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1 and "outside sentence 2" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "line 3: expected 'SENT I J [S|P]'" in proc.stderr
     assert main is not None
 
 
