@@ -320,7 +320,7 @@ def test_word_vectors_are_means_of_subwords(enc):
     words = ["the big red house", "a dog sat on the mat"]
     split = [s.split() for s in words]
     gold = read_gold_from_links([{(i, i) for i in range(len(s))} for s in split])
-    res = align_corpus(model, tok, split, split, gold, layers=[0, 1], method="argmax", batch_size=1)
+    res = align_corpus(model, tok, split, split, gold, layers=[0, 1], method="argmax", unit="word", batch_size=1)
     assert res["layers"][0]["aer"] == 0.0 and res["n"] == 2
     assert word_pieces(tok, [["dog", "zebra"]]) == [[[tok.convert_tokens_to_ids("dog")], [tok.unk_token_id]]]
 
@@ -353,6 +353,7 @@ def test_cli_align_json_and_text(tmp_path, saved, corpus):
         assert 0.0 <= s["aer"] <= 100.0 and set(s) == {"precision", "recall", "f1", "aer", "links"}
     best = out["layers"][str(out["best_layer"])]["aer"]
     assert best == min(s["aer"] for s in out["layers"].values())
+    assert out["unit"] == "subword" and out["out_of_range_links"] == 0 and out["null_links"] == 0
     text = CliRunner().invoke(eval_group, [*args, "--method", "itermax", "--layer", "2"])
     assert text.exit_code == 0, text.output
     assert "AER" in text.output and "method: itermax" in text.output
@@ -377,9 +378,39 @@ def test_cli_align_errors_exit_2_without_traceback(tmp_path, saved, corpus):
     assert main is not None
 
 
+def test_cli_align_past_the_end_link_warns_counts_and_exits_0(saved, corpus):
+    """Before: exit 2 on such a gold file (the en-hi set's line 678). Now: one warning line,
+    the count in the JSON, the link kept in |S|; the same for --method xlmalign."""
+    import subprocess
+    import sys
+
+    src, tgt, gold = corpus
+    write(gold, "1 1 2 S\n1 2 1 S\n2 1 2 S\n2 3 9 S\n")
+    for method in ("argmax", "xlmalign"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "objkit", "eval", "align", str(saved), "--src", str(src), "--tgt", str(tgt),
+             "--gold", str(gold), "--layer", "1", "--method", method, "--json"],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        warnings = [line for line in proc.stderr.splitlines() if "past the end" in line]
+        assert len(warnings) == 1 and "1 gold link(s)" in warnings[0] and "line 4" in warnings[0]
+        out = json.loads(proc.stdout)
+        assert out["out_of_range_links"] == 1 and out["method"] == method
+        assert out["layers"]["1"]["recall"] <= 75.0  # 4 sure links, one unreachable
+
+
+def test_cli_xlmalign_refuses_word_unit(saved, corpus):
+    src, tgt, gold = corpus
+    args = ["align", str(saved), "--src", str(src), "--tgt", str(tgt), "--gold", str(gold)]
+    result = CliRunner().invoke(eval_group, [*args, "--method", "xlmalign", "--unit", "word"])
+    assert isinstance(result.exception, UserError) and "xlmalign aligns subwords" in str(result.exception)
+
+
 def test_cli_align_help_has_examples():
     result = CliRunner().invoke(eval_group, ["align", "--help"])
     assert result.exit_code == 0 and "Examples:" in result.output and "SimAlign" in result.output
+    assert "--unit" in result.output and "xlmalign" in result.output and "Sinkhorn" in result.output
 
 
 def test_counts_add_is_incremental():
@@ -388,3 +419,127 @@ def test_counts_add_is_incremental():
     c.add({(1, 1)}, {(0, 0)}, set())
     assert (c.predicted, c.hit_sure, c.hit_possible, c.sure) == (2, 1, 1, 2)
     assert torch.tensor(c.scores()["aer"]).isfinite()
+
+
+# ----------------------------------------------------------------------------- against the references' code
+def _pair_corpus(n: int = 12, seed: int = 0) -> tuple[list[list[str]], list[list[str]], list]:
+    """Sentence pairs over made-up words long enough to split into several SentencePiece pieces,
+    with random gold links (sure and possible) and one link past the end of a sentence."""
+    from objkit.eval.align import GoldSentence
+
+    rng = random.Random(seed)
+    stems = ["hausboot", "strandkorb", "maison", "bateau", "lumiere", "fenster", "garten", "ordinateur",
+             "schreibtisch", "papillon", "wasserfall", "montagne", "kirsche", "voiture", "regenschirm"]  # fmt: skip
+    src, tgt, gold = [], [], []
+    for _ in range(n):
+        s = [rng.choice(stems) + rng.choice(["", "n", "en", "chen", "ier"]) for _ in range(rng.randint(2, 9))]
+        t = [rng.choice(stems) + rng.choice(["", "s", "e", "es", "ette"]) for _ in range(rng.randint(2, 9))]
+        links = {(rng.randrange(len(s)), rng.randrange(len(t))) for _ in range(len(s))}
+        sure = {link for link in links if rng.random() < 0.7}
+        src.append(s), tgt.append(t)
+        gold.append(GoldSentence(sure=sure, possible=set(links), lines={link: 1 for link in links}))
+    gold[0].sure.add((len(src[0]), 0))  # past the end: kept, never hit
+    gold[0].possible.add((len(src[0]), 0))
+    return src, tgt, gold
+
+
+@pytest.fixture(scope="module")
+def sp_model(tmp_path_factory) -> Path:
+    """A random 4-layer XLM-R with a SentencePiece tokenizer trained on the corpus' words,
+    saved with save_pretrained (what SimAlign's SentenceAligner loads by path)."""
+    from transformers import XLMRobertaConfig, XLMRobertaModel
+
+    from objkit.tokenizer import train_tokenizer
+
+    d = tmp_path_factory.mktemp("tiny-sp-xlmr")
+    src, tgt, _ = _pair_corpus(40, seed=1)
+    tok = train_tokenizer([" ".join(s) for s in src + tgt] * 3, d, vocab_size=60)
+    torch.manual_seed(0)
+    cfg = XLMRobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                           intermediate_size=64, max_position_embeddings=130, pad_token_id=tok.pad_token_id,
+                           bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, type_vocab_size=1)  # fmt: skip
+    XLMRobertaModel(cfg).eval().save_pretrained(d)
+    return d
+
+
+def _scores_of(links_per_sentence, gold):
+    return score_alignments(links_per_sentence, [(g.sure, g.possible) for g in gold])
+
+
+@pytest.mark.parametrize("token_type, unit", [("bpe", "subword"), ("word", "word")])
+def test_agrees_with_simalign_package(sp_model, token_type, unit):
+    """SimAlign's published SentenceAligner and objkit's evaluator, the same model and pairs:
+    the same links, so the same precision, recall and AER (argmax and itermax)."""
+    simalign = pytest.importorskip("simalign")
+    from transformers import AutoModel, AutoTokenizer
+
+    src, tgt, gold = _pair_corpus()
+    tok = AutoTokenizer.from_pretrained(sp_model)
+    assert any(len(tok.tokenize(w)) > 1 for s in src for w in s)  # subwords really differ from words
+    model = AutoModel.from_pretrained(sp_model).eval()
+    for layer in (2, 4):
+        aligner = simalign.SentenceAligner(model=str(sp_model), token_type=token_type, matching_methods="ai",
+                                           device="cpu", layer=layer)  # fmt: skip
+        theirs = [aligner.get_word_aligns(s, t) for s, t in zip(src, tgt)]
+        for method, key in (("argmax", "inter"), ("itermax", "itermax")):
+            expected = _scores_of([set(map(tuple, out[key])) for out in theirs], gold)
+            ours = align_corpus(model, tok, src, tgt, gold, layers=[layer], method=method, unit=unit, batch_size=5)
+            assert ours["layers"][layer] == pytest.approx(expected), (layer, method)
+
+
+def _xlmalign_by_hand(model, tok, s_words, t_words, layer, rounds=2):
+    """XLM-Align's aligner written out from its description, one pair at a time: the pair as
+    one sequence <s> src </s> tgt </s>, raw dot products, column- then row-normalisation twice,
+    a link where the target is its row's argmax of the row-normalised plan and the source its
+    column's argmax of the column-normalised plan; subword links mapped to words."""
+    s_ids, s_gid, t_ids, t_gid = [], [], [], []
+    for g, w in enumerate(s_words):
+        ids = tok.convert_tokens_to_ids(tok.tokenize(w))
+        s_ids += ids
+        s_gid += [g] * len(ids)
+    for g, w in enumerate(t_words):
+        ids = tok.convert_tokens_to_ids(tok.tokenize(w))
+        t_ids += ids
+        t_gid += [g] * len(ids)
+    seq = [tok.bos_token_id, *s_ids, tok.eos_token_id, *t_ids, tok.eos_token_id]
+    with torch.no_grad():
+        h = model(input_ids=torch.tensor([seq]), output_hidden_states=True).hidden_states[layer][0]
+    a = h[1 : 1 + len(s_ids)]
+    b = h[2 + len(s_ids) : 2 + len(s_ids) + len(t_ids)]
+    plan = a @ b.T
+    for _ in range(rounds):
+        col = plan / plan.sum(0)
+        plan = col / col.sum(1, keepdim=True)
+    links = set()
+    for i in range(len(s_ids)):
+        j = int(plan[i].argmax())
+        if int(col[:, j].argmax()) == i:
+            links.add((s_gid[i], t_gid[j]))
+    return links
+
+
+def test_xlmalign_agrees_with_a_transcription_of_its_aligner(sp_model):
+    from transformers import AutoModel, AutoTokenizer
+
+    src, tgt, gold = _pair_corpus()
+    tok = AutoTokenizer.from_pretrained(sp_model)
+    model = AutoModel.from_pretrained(sp_model).eval()
+    for layer in (0, 3):
+        expected = _scores_of([_xlmalign_by_hand(model, tok, s, t, layer) for s, t in zip(src, tgt)], gold)
+        ours = align_corpus(model, tok, src, tgt, gold, layers=[layer], method="xlmalign", batch_size=4)
+        assert ours["layers"][layer] == pytest.approx(expected, rel=1e-9)
+        assert ours["out_of_range_links"] == 0  # GoldSentence built by hand: check_gold not run
+    with pytest.raises(UserError, match="xlmalign aligns subwords"):
+        align_corpus(model, tok, src, tgt, gold, layers=[1], method="xlmalign", unit="word")
+
+
+def test_units_differ_on_a_subword_model(sp_model):
+    """With words of several pieces, the subword and the word unit give different links."""
+    from transformers import AutoModel, AutoTokenizer
+
+    src, tgt, gold = _pair_corpus()
+    tok = AutoTokenizer.from_pretrained(sp_model)
+    model = AutoModel.from_pretrained(sp_model).eval()
+    sub = align_corpus(model, tok, src, tgt, gold, layers=[2], unit="subword")["layers"][2]
+    word = align_corpus(model, tok, src, tgt, gold, layers=[2], unit="word")["layers"][2]
+    assert sub["links"] != word["links"]

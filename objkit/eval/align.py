@@ -31,8 +31,9 @@ Three protocols, each following its published code (``--method`` and ``--unit``)
   ``xlmalign`` (subword unit only):
 
   - The pair is encoded jointly as one sequence, ``<s> src </s> tgt </s>`` for XLM-R (each
-    word tokenised on its own, as above); the hidden states at the layer are used as they are
-    (not normalised).
+    word cut on its own by the tokenizer's SentencePiece model when it has the file, as the
+    reference's ``spm.encode(word)``; else by the tokenizer); the hidden states at the layer
+    are used as they are (not normalised).
   - Scores are the raw dot products between every source and every target subword (specials
     excluded); two rounds of Sinkhorn normalisation without exponential (``--sinkhorn_iter
     2``: divide by the column sums giving ``xi``, then by the row sums giving ``pi``); a link
@@ -292,7 +293,8 @@ def align_corpus(
     specials = len(layout[0]) + len(layout[1]) * (2 if method == "xlmalign" else 1)
     budget = max(1, max_length - specials)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    src_pieces, tgt_pieces = word_pieces(tokenizer, src), word_pieces(tokenizer, tgt)
+    spm = method == "xlmalign"  # XLM-Align cuts words with the SentencePiece model itself
+    src_pieces, tgt_pieces = word_pieces(tokenizer, src, sentencepiece=spm), word_pieces(tokenizer, tgt, sentencepiece=spm)
     counts = {layer: Counts() for layer in layers}
     order = sorted(range(len(src)), key=lambda k: -sum(map(len, src_pieces[k])) - sum(map(len, tgt_pieces[k])))
     truncated = 0

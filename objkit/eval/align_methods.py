@@ -15,6 +15,7 @@ protocol in words):
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -193,12 +194,23 @@ def special_layout(tokenizer: Any) -> tuple[list[int], list[int]]:
     raise UserError("cannot tell where the tokenizer puts its special tokens (probe words vanished)")
 
 
-def word_pieces(tokenizer: Any, sentences: Sequence[list[str]]) -> list[list[list[int]]]:
+def word_pieces(tokenizer: Any, sentences: Sequence[list[str]], *, sentencepiece: bool = False) -> list[list[list[int]]]:
     """Per sentence, per word, its subword ids (each word tokenised on its own, no specials;
-    a word that yields no piece gets ``<unk>``)."""
+    a word that yields no piece gets ``<unk>``). ``sentencepiece``: cut words with the
+    tokenizer's own SentencePiece model (``vocab_file``, e.g. ``sentencepiece.bpe.model``) and
+    map the pieces to ids, as XLM-Align's aligner does (``spm.encode(word)``), when the file
+    is there: the tokenizers library's unigram can break a tie differently (``20,000``)."""
     vocab = sorted({w for s in sentences for w in s})
-    ids = tokenizer(vocab, add_special_tokens=False)["input_ids"] if vocab else []
     unk = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else 0
+    spm_file = getattr(tokenizer, "vocab_file", None)
+    if sentencepiece and spm_file and str(spm_file).endswith(".model") and Path(spm_file).is_file():
+        import sentencepiece as spm
+
+        proc = spm.SentencePieceProcessor(model_file=str(spm_file))
+        pieces = [proc.encode(w, out_type=str) for w in vocab]
+        ids: list[list[int]] = [[i if i is not None else unk for i in tokenizer.convert_tokens_to_ids(p)] for p in pieces]
+    else:
+        ids = tokenizer(vocab, add_special_tokens=False)["input_ids"] if vocab else []
     table = {w: (list(p) or [unk]) for w, p in zip(vocab, ids, strict=True)}
     return [[table[w] for w in s] for s in sentences]
 
