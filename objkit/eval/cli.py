@@ -287,7 +287,9 @@ def align_command(
     match: maximum-weight matching.
     XLM-Align's aligner (xlmalign; its xlmalign-ot-aligner.py): the pair encoded as one
     sequence <s> src </s> tgt </s>, raw dot products between subwords, 2 Sinkhorn rounds
-    (no exponential), mutual argmax of the two transport plans (no itermax).
+    (no exponential), mutual argmax of the two transport plans (no itermax). XLM-Align's
+    published table is this aligner (XLM-R base, layer 8: de-en 19.11, en-fr 6.83,
+    en-hi 33.73, ro-en 28.73), not SimAlign's argmax.
 
     Subword links link their words. Precision (against possible links), recall (against sure
     links), F1 and AER = 1 - (|A&S| + |A&P|) / (|A| + |S|) are summed over the corpus, in
