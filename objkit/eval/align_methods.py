@@ -168,17 +168,18 @@ def pair_links(
     two words are linked when any of their subwords are."""
     if len(src_owner) == 0 or len(tgt_owner) == 0:
         return set()
-    if method == "xlmalign":
-        mat = xlmalign_links(src @ tgt.T)
-    elif unit == "word":
+    if unit == "word" and method != "xlmalign":
         n_s, n_t = max(src_owner) + 1, max(tgt_owner) + 1
         s = nn.functional.normalize(word_means(src, src_owner, n_s), dim=-1)
         t = nn.functional.normalize(word_means(tgt, tgt_owner, n_t), dim=-1)
         return extract(similarity(s, t), method)
+    if method == "xlmalign":
+        mat = xlmalign_links(src @ tgt.T)
+        links = {(int(i), int(j)) for i, j in zip(*np.nonzero(mat), strict=True)}
     else:
         s, t = nn.functional.normalize(src, dim=-1), nn.functional.normalize(tgt, dim=-1)
-        return {(src_owner[i], tgt_owner[j]) for i, j in extract(similarity(s, t), method)}
-    return {(src_owner[int(i)], tgt_owner[int(j)]) for i, j in zip(*np.nonzero(mat), strict=True)}
+        links = extract(similarity(s, t), method)
+    return {(src_owner[i], tgt_owner[j]) for i, j in links}
 
 
 # ----------------------------------------------------------------------------- encoding
