@@ -19,6 +19,7 @@ from objkit.eval.align import (
     extract,
     itermax_links,
     match_links,
+    gold_notes,
     parse_layers,
     read_corpus,
     read_gold,
@@ -200,10 +201,14 @@ def test_read_gold_sid_format(tmp_path):
     assert gold[1].sure == {(0, 1)} and gold[1].possible == {(0, 1)}
 
 
-def test_links_to_null_are_skipped(tmp_path):
+def test_links_to_null_are_kept_unhittable(tmp_path):
+    """As XLM-Align's scorer (and SimAlign's) keeps every gold link: the NULL link counts in |S|."""
     g = write(tmp_path / "g.txt", "5 1 1 S\n5 2 -99 S\n6 1 1\n")
     gold, _ = read_gold(g, 2)
-    assert gold[0].sure == {(0, 0)} and gold[0].null_links == 1 and gold[1].null_links == 0
+    assert gold[0].sure == {(0, 0), (1, -100)} and gold[0].null_links == 1 and gold[1].null_links == 0
+    # a perfect prediction of the real links still misses the NULL link: AER = 1 - 4/5
+    s = score_alignments([{(0, 0)}, {(0, 0)}], [(g_.sure, g_.possible) for g_ in gold])
+    assert s["aer"] == pytest.approx(100 / 5) and s["recall"] == pytest.approx(200 / 3)
 
 
 def test_read_gold_pharaoh(tmp_path):
@@ -232,8 +237,6 @@ def test_read_corpus(corpus):
     "case, message",
     [
         ("counts", "line counts differ"),
-        ("outside", "outside sentence 2"),
-        ("outside_pharaoh", "outside sentence 1"),
         ("format", "unknown gold alignment format"),
         ("empty_src", "empty file"),
         ("empty_gold", "empty gold file"),
@@ -248,10 +251,6 @@ def test_bad_input_is_one_line(tmp_path, corpus, case, message):
     src, tgt, gold = corpus
     if case == "counts":
         write(tgt, "cat the sat\n")
-    elif case == "outside":
-        write(gold, "1 1 2 S\n2 3 1 S\n")
-    elif case == "outside_pharaoh":
-        write(gold, "0-3\n0-0\n")
     elif case == "format":
         write(gold, "sentence one: the cat\n")
     elif case == "empty_src":
@@ -271,6 +270,23 @@ def test_bad_input_is_one_line(tmp_path, corpus, case, message):
     with pytest.raises(UserError, match=message) as err:
         read_corpus(src, tgt, gold)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("text, lines", [("1 1 2 S\n2 3 1 S\n2 1 2 P\n", [2]), ("0-3\n0-0 5p0\n", [1, 2])])
+def test_links_past_the_end_are_kept_and_counted(corpus, text, lines):
+    """The en-hi set's line 678 case: the reference keeps such a link in S (or P), where no
+    alignment can hit it; objkit does the same and reports the gold file lines."""
+    src, tgt, gold = corpus
+    write(gold, text)
+    _, _, sentences, _ = read_corpus(src, tgt, gold)
+    assert sorted(line for s in sentences for line in s.out_of_range) == lines
+    if text.startswith("1"):
+        assert (2, 0) in sentences[1].sure  # kept as a sure link
+        # |A| = 2, |A∩S| = 1, |A∩P| = 2, |S| = 2 (the unhittable link counted) -> AER = 1 - 3/4
+        pred = [{(0, 1)}, {(0, 1)}]
+        assert score_alignments(pred, [(s.sure, s.possible) for s in sentences])["aer"] == pytest.approx(25.0)
+    notes = gold_notes(gold, sentences)
+    assert len(notes) == 1 and f"{len(lines)} gold link(s) past the end" in notes[0]
 
 
 def test_parse_layers():
@@ -304,7 +320,7 @@ def test_word_vectors_are_means_of_subwords(enc):
     words = ["the big red house", "a dog sat on the mat"]
     split = [s.split() for s in words]
     gold = read_gold_from_links([{(i, i) for i in range(len(s))} for s in split])
-    res = align_corpus(model, tok, split, split, gold, layers=[0, 1], method="argmax", batch_size=1)
+    res = align_corpus(model, tok, split, split, gold, layers=[0, 1], method="argmax", unit="word", batch_size=1)
     assert res["layers"][0]["aer"] == 0.0 and res["n"] == 2
     assert word_pieces(tok, [["dog", "zebra"]]) == [[[tok.convert_tokens_to_ids("dog")], [tok.unk_token_id]]]
 
@@ -337,6 +353,7 @@ def test_cli_align_json_and_text(tmp_path, saved, corpus):
         assert 0.0 <= s["aer"] <= 100.0 and set(s) == {"precision", "recall", "f1", "aer", "links"}
     best = out["layers"][str(out["best_layer"])]["aer"]
     assert best == min(s["aer"] for s in out["layers"].values())
+    assert out["unit"] == "subword" and out["out_of_range_links"] == 0 and out["null_links"] == 0
     text = CliRunner().invoke(eval_group, [*args, "--method", "itermax", "--layer", "2"])
     assert text.exit_code == 0, text.output
     assert "AER" in text.output and "method: itermax" in text.output
@@ -346,7 +363,7 @@ def test_cli_align_errors_exit_2_without_traceback(tmp_path, saved, corpus):
     from objkit.cli import main
 
     src, tgt, gold = corpus
-    write(gold, "1 1 2 S\n2 9 1 S\n")
+    write(gold, "1 1 2 S\n2 1 1 S\n2 1 1 X\n")
     import subprocess
     import sys
 
@@ -357,13 +374,43 @@ def test_cli_align_errors_exit_2_without_traceback(tmp_path, saved, corpus):
     )  # fmt: skip
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1 and "outside sentence 2" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "line 3: expected 'SENT I J [S|P]'" in proc.stderr
     assert main is not None
+
+
+def test_cli_align_past_the_end_link_warns_counts_and_exits_0(saved, corpus):
+    """Before: exit 2 on such a gold file (the en-hi set's line 678). Now: one warning line,
+    the count in the JSON, the link kept in |S|; the same for --method xlmalign."""
+    import subprocess
+    import sys
+
+    src, tgt, gold = corpus
+    write(gold, "1 1 2 S\n1 2 1 S\n2 1 2 S\n2 3 9 S\n")
+    for method in ("argmax", "xlmalign"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "objkit", "eval", "align", str(saved), "--src", str(src), "--tgt", str(tgt),
+             "--gold", str(gold), "--layer", "1", "--method", method, "--json"],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        warnings = [line for line in proc.stderr.splitlines() if "past the end" in line]
+        assert len(warnings) == 1 and "1 gold link(s)" in warnings[0] and "line 4" in warnings[0]
+        out = json.loads(proc.stdout)
+        assert out["out_of_range_links"] == 1 and out["method"] == method
+        assert out["layers"]["1"]["recall"] <= 75.0  # 4 sure links, one unreachable
+
+
+def test_cli_xlmalign_refuses_word_unit(saved, corpus):
+    src, tgt, gold = corpus
+    args = ["align", str(saved), "--src", str(src), "--tgt", str(tgt), "--gold", str(gold)]
+    result = CliRunner().invoke(eval_group, [*args, "--method", "xlmalign", "--unit", "word"])
+    assert isinstance(result.exception, UserError) and "xlmalign aligns subwords" in str(result.exception)
 
 
 def test_cli_align_help_has_examples():
     result = CliRunner().invoke(eval_group, ["align", "--help"])
     assert result.exit_code == 0 and "Examples:" in result.output and "SimAlign" in result.output
+    assert "--unit" in result.output and "xlmalign" in result.output and "Sinkhorn" in result.output
 
 
 def test_counts_add_is_incremental():
@@ -372,3 +419,127 @@ def test_counts_add_is_incremental():
     c.add({(1, 1)}, {(0, 0)}, set())
     assert (c.predicted, c.hit_sure, c.hit_possible, c.sure) == (2, 1, 1, 2)
     assert torch.tensor(c.scores()["aer"]).isfinite()
+
+
+# ----------------------------------------------------------------------------- against the references' code
+def _pair_corpus(n: int = 12, seed: int = 0) -> tuple[list[list[str]], list[list[str]], list]:
+    """Sentence pairs over made-up words long enough to split into several SentencePiece pieces,
+    with random gold links (sure and possible) and one link past the end of a sentence."""
+    from objkit.eval.align import GoldSentence
+
+    rng = random.Random(seed)
+    stems = ["hausboot", "strandkorb", "maison", "bateau", "lumiere", "fenster", "garten", "ordinateur",
+             "schreibtisch", "papillon", "wasserfall", "montagne", "kirsche", "voiture", "regenschirm"]  # fmt: skip
+    src, tgt, gold = [], [], []
+    for _ in range(n):
+        s = [rng.choice(stems) + rng.choice(["", "n", "en", "chen", "ier"]) for _ in range(rng.randint(2, 9))]
+        t = [rng.choice(stems) + rng.choice(["", "s", "e", "es", "ette"]) for _ in range(rng.randint(2, 9))]
+        links = {(rng.randrange(len(s)), rng.randrange(len(t))) for _ in range(len(s))}
+        sure = {link for link in links if rng.random() < 0.7}
+        src.append(s), tgt.append(t)
+        gold.append(GoldSentence(sure=sure, possible=set(links), lines={link: 1 for link in links}))
+    gold[0].sure.add((len(src[0]), 0))  # past the end: kept, never hit
+    gold[0].possible.add((len(src[0]), 0))
+    return src, tgt, gold
+
+
+@pytest.fixture(scope="module")
+def sp_model(tmp_path_factory) -> Path:
+    """A random 4-layer XLM-R with a SentencePiece tokenizer trained on the corpus' words,
+    saved with save_pretrained (what SimAlign's SentenceAligner loads by path)."""
+    from transformers import XLMRobertaConfig, XLMRobertaModel
+
+    from objkit.tokenizer import train_tokenizer
+
+    d = tmp_path_factory.mktemp("tiny-sp-xlmr")
+    src, tgt, _ = _pair_corpus(40, seed=1)
+    tok = train_tokenizer([" ".join(s) for s in src + tgt] * 3, d, vocab_size=60)
+    torch.manual_seed(0)
+    cfg = XLMRobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                           intermediate_size=64, max_position_embeddings=130, pad_token_id=tok.pad_token_id,
+                           bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, type_vocab_size=1)  # fmt: skip
+    XLMRobertaModel(cfg).eval().save_pretrained(d)
+    return d
+
+
+def _scores_of(links_per_sentence, gold):
+    return score_alignments(links_per_sentence, [(g.sure, g.possible) for g in gold])
+
+
+@pytest.mark.parametrize("token_type, unit", [("bpe", "subword"), ("word", "word")])
+def test_agrees_with_simalign_package(sp_model, token_type, unit):
+    """SimAlign's published SentenceAligner and objkit's evaluator, the same model and pairs:
+    the same links, so the same precision, recall and AER (argmax and itermax)."""
+    simalign = pytest.importorskip("simalign")
+    from transformers import AutoModel, AutoTokenizer
+
+    src, tgt, gold = _pair_corpus()
+    tok = AutoTokenizer.from_pretrained(sp_model)
+    assert any(len(tok.tokenize(w)) > 1 for s in src for w in s)  # subwords really differ from words
+    model = AutoModel.from_pretrained(sp_model).eval()
+    for layer in (2, 4):
+        aligner = simalign.SentenceAligner(model=str(sp_model), token_type=token_type, matching_methods="ai",
+                                           device="cpu", layer=layer)  # fmt: skip
+        theirs = [aligner.get_word_aligns(s, t) for s, t in zip(src, tgt)]
+        for method, key in (("argmax", "inter"), ("itermax", "itermax")):
+            expected = _scores_of([set(map(tuple, out[key])) for out in theirs], gold)
+            ours = align_corpus(model, tok, src, tgt, gold, layers=[layer], method=method, unit=unit, batch_size=5)
+            assert ours["layers"][layer] == pytest.approx(expected), (layer, method)
+
+
+def _xlmalign_by_hand(model, tok, s_words, t_words, layer, rounds=2):
+    """XLM-Align's aligner written out from its description, one pair at a time: the pair as
+    one sequence <s> src </s> tgt </s>, raw dot products, column- then row-normalisation twice,
+    a link where the target is its row's argmax of the row-normalised plan and the source its
+    column's argmax of the column-normalised plan; subword links mapped to words."""
+    s_ids, s_gid, t_ids, t_gid = [], [], [], []
+    for g, w in enumerate(s_words):
+        ids = tok.convert_tokens_to_ids(tok.tokenize(w))
+        s_ids += ids
+        s_gid += [g] * len(ids)
+    for g, w in enumerate(t_words):
+        ids = tok.convert_tokens_to_ids(tok.tokenize(w))
+        t_ids += ids
+        t_gid += [g] * len(ids)
+    seq = [tok.bos_token_id, *s_ids, tok.eos_token_id, *t_ids, tok.eos_token_id]
+    with torch.no_grad():
+        h = model(input_ids=torch.tensor([seq]), output_hidden_states=True).hidden_states[layer][0]
+    a = h[1 : 1 + len(s_ids)]
+    b = h[2 + len(s_ids) : 2 + len(s_ids) + len(t_ids)]
+    plan = a @ b.T
+    for _ in range(rounds):
+        col = plan / plan.sum(0)
+        plan = col / col.sum(1, keepdim=True)
+    links = set()
+    for i in range(len(s_ids)):
+        j = int(plan[i].argmax())
+        if int(col[:, j].argmax()) == i:
+            links.add((s_gid[i], t_gid[j]))
+    return links
+
+
+def test_xlmalign_agrees_with_a_transcription_of_its_aligner(sp_model):
+    from transformers import AutoModel, AutoTokenizer
+
+    src, tgt, gold = _pair_corpus()
+    tok = AutoTokenizer.from_pretrained(sp_model)
+    model = AutoModel.from_pretrained(sp_model).eval()
+    for layer in (0, 3):
+        expected = _scores_of([_xlmalign_by_hand(model, tok, s, t, layer) for s, t in zip(src, tgt)], gold)
+        ours = align_corpus(model, tok, src, tgt, gold, layers=[layer], method="xlmalign", batch_size=4)
+        assert ours["layers"][layer] == pytest.approx(expected, rel=1e-9)
+        assert ours["out_of_range_links"] == 0  # GoldSentence built by hand: check_gold not run
+    with pytest.raises(UserError, match="xlmalign aligns subwords"):
+        align_corpus(model, tok, src, tgt, gold, layers=[1], method="xlmalign", unit="word")
+
+
+def test_units_differ_on_a_subword_model(sp_model):
+    """With words of several pieces, the subword and the word unit give different links."""
+    from transformers import AutoModel, AutoTokenizer
+
+    src, tgt, gold = _pair_corpus()
+    tok = AutoTokenizer.from_pretrained(sp_model)
+    model = AutoModel.from_pretrained(sp_model).eval()
+    sub = align_corpus(model, tok, src, tgt, gold, layers=[2], unit="subword")["layers"][2]
+    word = align_corpus(model, tok, src, tgt, gold, layers=[2], unit="word")["layers"][2]
+    assert sub["links"] != word["links"]

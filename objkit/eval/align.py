@@ -1,40 +1,66 @@
 """Word alignment from an encoder's embeddings, scored by alignment error rate (AER).
 
-The protocol is SimAlign's (Jalili Sabet et al., Findings of EMNLP 2020), the one XLM-Align
-(Chi et al., ACL 2021) and later work report word alignment with:
+Three protocols, each following its published code (``--method`` and ``--unit``):
 
-* Sentences are whitespace-tokenised words. Each word is tokenised on its own (for
-  SentencePiece models that gives every word its leading ``▁``, as SimAlign does), the
-  pieces are concatenated between the model's special tokens, and each side of a pair is
-  encoded on its own (no cross-attention between the two sentences).
-* A word's vector is the mean of its subword vectors at one hidden layer (0 = embeddings,
-  i = output of block i; default 8 for a 12-layer model, as in SimAlign and XLM-Align).
-* Similarity is SimAlign's rescaled cosine ``(cos + 1) / 2`` between every source and target
-  word, and links are extracted from that matrix with
+* **SimAlign** (Jalili Sabet et al., Findings of EMNLP 2020; the ``simalign`` package's
+  ``SentenceAligner``), methods ``argmax`` (the default), ``itermax`` and ``match``:
 
-  - ``argmax``: the intersection of row-wise and column-wise argmaxes (SimAlign's *ArgMax*);
-  - ``itermax``: SimAlign's *IterMax*: argmax, then up to ``max_count - 1`` more rounds in
-    which only words left unaligned compete: similarities are scaled by 1 when both words are
-    free and by α = 0.9 when one of them is, and the intersection of argmaxes among pairs with
-    at least one free word is added (sentences of at most two words keep the argmax links);
-  - ``match``: a maximum-weight bipartite matching (SimAlign's *Match*; here the Hungarian
-    algorithm, ``scipy.optimize.linear_sum_assignment``, which yields the same
-    maximum-cardinality maximum-weight matching as SimAlign's networkx call).
+  - Sentences are whitespace-tokenised words. Each word is tokenised on its own (for
+    SentencePiece models every word gets its leading ``▁``, as SimAlign does), the pieces are
+    concatenated between the model's special tokens, and each side of a pair is encoded on
+    its own (no attention between the two sentences).
+  - Vectors are read at one hidden layer (0 = embeddings, i = output of block i; default 8
+    for a 12-layer model, SimAlign's default).
+  - ``--unit subword`` (the default; SimAlign's ``token_type="bpe"``, its default): every
+    subword is a unit; links are extracted between subwords and two words are linked when
+    any of their subwords are. ``--unit word`` (``token_type="word"``): a word's vector is
+    the mean of its subword vectors and links are extracted between words.
+  - Similarity is ``(cos + 1) / 2`` between every source and target unit, and links come from
+    that matrix with ``argmax`` (the intersection of row-wise and column-wise argmaxes,
+    SimAlign's *ArgMax*, its ``inter``); ``itermax`` (SimAlign's *IterMax*: argmax, then up to
+    one more round (``max_count = 2``) in which only units left unaligned compete: similarities
+    are scaled by 1 when both units are free and by α = 0.9 when one of them is, and the
+    intersection of argmaxes among pairs with at least one free unit is added; matrices with a
+    side of at most two units keep the argmax links); or ``match`` (a maximum-weight bipartite
+    matching, SimAlign's *Match* / ``mwmf``; here the Hungarian algorithm,
+    ``scipy.optimize.linear_sum_assignment``, which yields the same maximum-cardinality
+    maximum-weight matching as SimAlign's networkx call up to ties).
+
+* **XLM-Align's optimal-transport aligner** (Chi et al., ACL 2021; ``xlmalign-ot-aligner.py``
+  in the XLM-Align repository, the code behind its word-alignment table), method
+  ``xlmalign`` (subword unit only):
+
+  - The pair is encoded jointly as one sequence, ``<s> src </s> tgt </s>`` for XLM-R (each
+    word cut on its own by the tokenizer's SentencePiece model when it has the file, as the
+    reference's ``spm.encode(word)``; else by the tokenizer); the hidden states at the layer
+    are used as they are (not normalised).
+  - Scores are the raw dot products between every source and every target subword (specials
+    excluded); two rounds of Sinkhorn normalisation without exponential (``--sinkhorn_iter
+    2``: divide by the column sums giving ``xi``, then by the row sums giving ``pi``); a link
+    is a subword pair where the target is the argmax of ``pi``'s row and the source the argmax
+    of ``xi``'s column. No itermax in this aligner (XLM-Align's *training* labels add itermax,
+    ``--wa_max_count 2``; see the ``xlm_align`` plugin). Two words are linked when any of
+    their subwords are. The reference prints all 13 layers of a base model; its table reads
+    layer 8 for XLM-R (de-en 19.11, en-fr 6.83, en-hi 33.73, ro-en 28.73) and layer 9 for
+    XLM-Align (17.42, 6.71, 31.93, 26.50).
+
+Published numbers are not interchangeable: SimAlign's paper reports its own protocol (its
+XLM-R argmax row, as the XLM-Align aligner's README quotes it: de-en 19, en-fr 7, en-hi 39,
+ro-en 29), and the figures above are XLM-Align's aligner, not SimAlign's argmax.
 
 Scores are summed over the corpus, with the sure links S a subset of the possible links P:
 precision ``|A∩P| / |A|``, recall ``|A∩S| / |S|``, F1, and AER
-``1 − (|A∩S| + |A∩P|) / (|A| + |S|)`` (Och & Ney 2003), all in percent.
-
-SimAlign's default extracts on subwords and maps links back to words; objkit extracts on
-word vectors (SimAlign's ``token_type="word"``), as the issue that introduced this asks.
+``1 − (|A∩S| + |A∩P|) / (|A| + |S|)`` (Och & Ney 2003), all in percent. Every gold link
+counts, as in both references' scorers: a link to NULL (a negative index) or past the end of
+its sentence (line 678 of the WPT en-hi set) stays in S (or P) and no alignment can hit it;
+both are counted and reported (``null_links``, ``out_of_range_links``).
 
 Gold formats (detected from the file):
 
 * ``SENT I J [S|P]`` -- one link a line, I and J 1-based word indices into ``--src`` and
   ``--tgt``; ``S`` (default) is sure, ``P`` possible. SENT is an id, not a line number: the
   k-th distinct id in file order is line k (the WPT / Europarl test sets). A negative index
-  marks a link to NULL (one such line in the Europarl de-en set): it is not a link and is
-  skipped (counted as ``null_links``).
+  marks a link to NULL (one such line in the Europarl de-en set).
 * Pharaoh -- line k holds the links of sentence k, ``i-j`` sure and ``ipj`` possible,
   0-based (``i-j`` and ``ipj`` may be mixed; an empty line is a sentence without links).
 """
@@ -52,97 +78,30 @@ import numpy as np
 import torch
 from torch import nn
 
-from objkit.errors import UserError
 from objkit.device import resolve_device
+from objkit.errors import UserError
+from objkit.eval.align_methods import (
+    METHODS,
+    UNITS,
+    argmax_links,
+    encode_pairs,
+    encode_sides,
+    extract,
+    itermax_links,
+    match_links,
+    pair_links,
+    similarity,
+    special_layout,
+    word_pieces,
+)
 from objkit.eval.retrieval import _blocks_run, check_layer, model_max_tokens, read_lines
 
-Method = Literal["argmax", "itermax", "match"]
-METHODS: tuple[str, ...] = ("argmax", "itermax", "match")
+Method = Literal["argmax", "itermax", "match", "xlmalign"]
+Unit = Literal["subword", "word"]
 Link = tuple[int, int]
 
 _PHARAOH = re.compile(r"^\d+[-p]\d+$")
 _SIGNED = re.compile(r"^-?\d+$")
-
-
-# ----------------------------------------------------------------------------- extraction
-def argmax_links(sim: np.ndarray) -> np.ndarray:
-    """Boolean ``[m, n]``: (i, j) is linked when j is row i's argmax and i is column j's
-    argmax (ties go to the lowest index)."""
-    sim = np.asarray(sim)
-    m, n = sim.shape
-    out = np.zeros((m, n), dtype=bool)
-    if m == 0 or n == 0:
-        return out
-    rows = sim.argmax(axis=1)
-    cols = sim.argmax(axis=0)
-    mutual = cols[rows] == np.arange(m)
-    out[np.arange(m)[mutual], rows[mutual]] = True
-    return out
-
-
-def itermax_links(sim: np.ndarray, max_count: int = 2, alpha: float = 0.9) -> np.ndarray:
-    """SimAlign's IterMax on a similarity matrix with entries in ``[0, 1]``.
-
-    Round 1 is :func:`argmax_links`. Each further round (up to ``max_count`` rounds in all)
-    looks only at pairs where the source or the target word is still unaligned: their
-    similarity is kept when both are free and multiplied by ``alpha`` when one is, all other
-    pairs count as 0, and the mutual argmaxes among the eligible pairs are added. It stops
-    early when a round adds nothing or one side has no free word left. Matrices with a side
-    of at most two words get the argmax links only.
-    """
-    sim = np.asarray(sim, dtype=np.float64)
-    links = argmax_links(sim)
-    m, n = sim.shape
-    if min(m, n) <= 2:
-        return links
-    for _ in range(max_count - 1):
-        row_free = ~links.any(axis=1)
-        col_free = ~links.any(axis=0)
-        if not row_free.any() or not col_free.any():
-            break
-        both = row_free[:, None] & col_free[None, :]
-        either = row_free[:, None] | col_free[None, :]
-        scale = np.where(both, 1.0, np.where(either, alpha, 0.0))
-        scaled = sim * scale
-        fwd = np.zeros((m, n), dtype=bool)
-        fwd[np.arange(m), scaled.argmax(axis=1)] = True
-        bwd = np.zeros((m, n), dtype=bool)
-        bwd[scaled.argmax(axis=0), np.arange(n)] = True
-        new = fwd & bwd & either
-        if not new.any():
-            break
-        links |= new
-    return links
-
-
-def match_links(sim: np.ndarray) -> np.ndarray:
-    """Maximum-weight matching of ``min(m, n)`` links (Hungarian algorithm, scipy)."""
-    try:
-        from scipy.optimize import linear_sum_assignment
-    except ImportError:
-        raise UserError(
-            "--method match needs scipy (pip install scipy, or pip install 'objkit[align]'); "
-            "argmax and itermax do not"
-        ) from None
-    sim = np.asarray(sim, dtype=np.float64)
-    out = np.zeros(sim.shape, dtype=bool)
-    if sim.size:
-        rows, cols = linear_sum_assignment(sim, maximize=True)
-        out[rows, cols] = True
-    return out
-
-
-def extract(sim: np.ndarray, method: str) -> set[Link]:
-    """Links ``{(i, j)}`` (0-based) extracted from a similarity matrix with ``method``."""
-    if method == "argmax":
-        mat = argmax_links(sim)
-    elif method == "itermax":
-        mat = itermax_links(sim)
-    elif method == "match":
-        mat = match_links(sim)
-    else:
-        raise UserError(f"--method {method}: expected one of {', '.join(METHODS)}")
-    return {(int(i), int(j)) for i, j in zip(*np.nonzero(mat), strict=True)}
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -191,7 +150,8 @@ class GoldSentence:
     sure: set[Link] = field(default_factory=set)
     possible: set[Link] = field(default_factory=set)  # includes the sure links
     lines: dict[Link, int] = field(default_factory=dict)  # link -> gold file line (for errors)
-    null_links: int = 0  # links to a negative index (NULL) in the gold file, skipped
+    null_links: int = 0  # links to a negative index (NULL): kept in S/P, no alignment hits them
+    out_of_range: list[int] = field(default_factory=list)  # gold file lines of links past the sentence's end
 
 
 def _detect_format(path: Path, lines: list[str]) -> str:
@@ -248,10 +208,9 @@ def read_gold(path: str | Path, num_sentences: int) -> tuple[list[GoldSentence],
         if fields[0] not in ids:
             ids[fields[0]] = len(ids)
             gold.append(GoldSentence())
-        if i < 0 or j < 0:  # a link to NULL (e.g. '178 22 -99 S' in the Europarl de-en set): no link
+        if i < 0 or j < 0:  # a link to NULL ('178 22 -99 S' in the Europarl de-en set): kept, unhittable
             gold[ids[fields[0]]].null_links += 1
-            continue
-        if i < 1 or j < 1:
+        elif i < 1 or j < 1:
             raise UserError(f"{p}: line {number}: word indices are 1-based in this format (got {i} {j})")
         _add(gold[ids[fields[0]]], (i - 1, j - 1), len(fields) == 3 or fields[3] == "S", number)
     if len(gold) != num_sentences:
@@ -267,88 +226,30 @@ def _add(sentence: GoldSentence, link: Link, sure: bool, line: int) -> None:
     sentence.lines.setdefault(link, line)
 
 
-def check_gold(gold: Sequence[GoldSentence], src: Sequence[list[str]], tgt: Sequence[list[str]], path: str | Path,
-               base: int) -> None:  # fmt: skip
-    """UserError for the first gold link that points past its sentence's words."""
-    for k, (sentence, s, t) in enumerate(zip(gold, src, tgt, strict=True)):
-        for (i, j), line in sorted(sentence.lines.items(), key=lambda kv: kv[1]):
-            if i >= len(s) or j >= len(t):
-                raise UserError(
-                    f"{path}: line {line}: link {i + base} {j + base} is outside sentence {k + 1} "
-                    f"({len(s)} source words, {len(t)} target words; indices are {base}-based)"
-                )
+def check_gold(gold: Sequence[GoldSentence], src: Sequence[list[str]], tgt: Sequence[list[str]]) -> int:
+    """Mark the gold links that point past the end of their sentence (their gold file lines go
+    to :attr:`GoldSentence.out_of_range`) and return how many. They stay in S (or P), as
+    XLM-Align's and SimAlign's scorers keep them: no alignment can hit them, and the AER
+    compares with theirs."""
+    total = 0
+    for sentence, s, t in zip(gold, src, tgt, strict=True):
+        sentence.out_of_range = sorted(line for (i, j), line in sentence.lines.items() if i >= len(s) or j >= len(t))
+        total += len(sentence.out_of_range)
+    return total
 
 
-# ----------------------------------------------------------------------------- encoding
-def _special_layout(tokenizer: Any) -> tuple[list[int], list[int]]:
-    """The special ids a single sequence starts and ends with (``<s>`` / ``</s>`` for XLM-R),
-    found by tokenising a probe word with and without special tokens."""
-    for probe in ("a", "the", "x", "0"):
-        full = list(tokenizer(probe, add_special_tokens=True)["input_ids"])
-        core = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
-        for at in range(len(full) - len(core) + 1):
-            if core and full[at : at + len(core)] == core:
-                return full[:at], full[at + len(core) :]
-    raise UserError("cannot tell where the tokenizer puts its special tokens (probe words vanished)")
-
-
-def word_pieces(tokenizer: Any, sentences: Sequence[list[str]]) -> list[list[list[int]]]:
-    """Per sentence, per word, its subword ids (each word tokenised on its own, no specials;
-    a word that yields no piece gets ``<unk>``)."""
-    vocab = sorted({w for s in sentences for w in s})
-    ids = tokenizer(vocab, add_special_tokens=False)["input_ids"] if vocab else []
-    unk = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else 0
-    table = {w: (list(p) or [unk]) for w, p in zip(vocab, ids, strict=True)}
-    return [[table[w] for w in s] for s in sentences]
-
-
-def _encode_side(
-    model: nn.Module, pieces: list[list[list[int]]], layers: list[int], layout: tuple[list[int], list[int]],
-    budget: int, pad_id: int, dev: torch.device,
-) -> tuple[list[list[torch.Tensor]], int]:  # fmt: skip
-    """Word vectors (L2-normalised, float32, CPU) per requested layer per sentence, and how
-    many sentences were truncated. Words past the token budget get no vector."""
-    prefix, suffix = layout
-    rows, word_of, truncated = [], [], 0
-    for words in pieces:
-        flat: list[int] = []
-        owner: list[int] = []
-        for w, p in enumerate(words):
-            if len(flat) + len(p) > budget:
-                truncated += 1
-                break
-            flat += p
-            owner += [w] * len(p)
-        rows.append(prefix + flat + suffix)
-        word_of.append([-1] * len(prefix) + owner + [-1] * len(suffix))
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, row in enumerate(rows):
-        ids[r, : len(row)] = torch.tensor(row)
-        mask[r, : len(row)] = 1
-    states = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), output_hidden_states=True).hidden_states
-    out: list[list[torch.Tensor]] = []
-    for layer in layers:
-        if not 0 <= layer < len(states):
-            check_layer(layer, len(states) - 1)
-        hidden = states[layer].float().cpu()
-        per_sentence = []
-        for r, owners in enumerate(word_of):
-            n_words = max(owners) + 1 if owners else 0
-            own = torch.tensor(owners)
-            keep = own >= 0
-            vec = torch.zeros(n_words, hidden.shape[-1])
-            vec.index_add_(0, own[keep], hidden[r, : len(owners)][keep])
-            counts = torch.bincount(own[keep], minlength=n_words).clamp_min(1).unsqueeze(1)
-            per_sentence.append(torch.nn.functional.normalize(vec / counts, dim=-1))
-        out.append(per_sentence)
-    return out, truncated
-
-
-def similarity(src_vecs: torch.Tensor, tgt_vecs: torch.Tensor) -> np.ndarray:
-    """SimAlign's ``(cos + 1) / 2`` between L2-normalised word vectors, as float64 numpy."""
-    return ((src_vecs @ tgt_vecs.T + 1.0) / 2.0).double().numpy()
+def gold_notes(path: str | Path, gold: Sequence[GoldSentence]) -> list[str]:
+    """The lines ``objkit eval align`` prints (stderr) about gold links no alignment can hit."""
+    notes = []
+    nulls = sum(sentence.null_links for sentence in gold)
+    if nulls:
+        notes.append(f"note: {path}: {nulls} gold link(s) to a negative index (NULL), kept: no alignment can hit them")
+    lines = sorted(line for sentence in gold for line in sentence.out_of_range)
+    if lines:
+        shown = ", ".join(map(str, lines[:5])) + (", ..." if len(lines) > 5 else "")
+        notes.append(f"warning: {path}: {len(lines)} gold link(s) past the end of their sentence (line {shown}), "
+                     "kept as the reference scorers keep them: no alignment can hit them")  # fmt: skip
+    return notes
 
 
 def align_corpus(
@@ -360,18 +261,26 @@ def align_corpus(
     *,
     layers: Sequence[int],
     method: str = "argmax",
+    unit: str = "subword",
     batch_size: int = 32,
     max_length: int = 512,
     device: str | torch.device | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Align every pair at every layer in ``layers`` and score against ``gold``.
+    """Align every pair at every layer in ``layers`` with ``method`` on ``unit`` (see the
+    module docstring) and score against ``gold``.
 
-    Returns ``{"layers": {layer: scores}, "best_layer", "n", "truncated"}`` where scores are
-    :meth:`Counts.scores` (percent) and ``best_layer`` has the lowest AER (ties: lowest layer).
+    Returns ``{"layers": {layer: scores}, "best_layer", "n", "truncated", "max_tokens",
+    "out_of_range_links", "null_links"}`` where scores are :meth:`Counts.scores` (percent) and
+    ``best_layer`` has the lowest AER (ties: lowest layer).
     """
     if method not in METHODS:
         raise UserError(f"--method {method}: expected one of {', '.join(METHODS)}")
+    if unit not in UNITS:
+        raise UserError(f"--unit {unit}: expected one of {', '.join(UNITS)}")
+    if method == "xlmalign" and unit != "subword":
+        raise UserError("--method xlmalign aligns subwords (XLM-Align's aligner); --unit word is SimAlign's "
+                        "word averaging: use it with argmax, itermax or match")  # fmt: skip
     if method == "match":
         match_links(np.zeros((1, 1)))  # fail before encoding when scipy is missing
     dev = resolve_device(device) if device is not None else next(model.parameters()).device
@@ -379,14 +288,17 @@ def align_corpus(
     if n_layers is not None:
         for layer in layers:
             check_layer(layer, n_layers)
-    layout = _special_layout(tokenizer)
+    layout = special_layout(tokenizer)
     max_length = min(max_length, model_max_tokens(model) or max_length)
-    budget = max(1, max_length - len(layout[0]) - len(layout[1]))
+    specials = len(layout[0]) + len(layout[1]) * (2 if method == "xlmalign" else 1)
+    budget = max(1, max_length - specials)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    src_pieces, tgt_pieces = word_pieces(tokenizer, src), word_pieces(tokenizer, tgt)
+    spm = method == "xlmalign"  # XLM-Align cuts words with the SentencePiece model itself
+    src_pieces, tgt_pieces = word_pieces(tokenizer, src, sentencepiece=spm), word_pieces(tokenizer, tgt, sentencepiece=spm)
     counts = {layer: Counts() for layer in layers}
     order = sorted(range(len(src)), key=lambda k: -sum(map(len, src_pieces[k])) - sum(map(len, tgt_pieces[k])))
     truncated = 0
+    layer_list = list(layers)
 
     from tqdm.auto import tqdm
 
@@ -398,12 +310,17 @@ def align_corpus(
         with torch.inference_mode(), blocks_ctx:
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
-                s_vecs, s_cut = _encode_side(model, [src_pieces[k] for k in idx], list(layers), layout, budget, pad_id, dev)
-                t_vecs, t_cut = _encode_side(model, [tgt_pieces[k] for k in idx], list(layers), layout, budget, pad_id, dev)
+                s_batch, t_batch = [src_pieces[k] for k in idx], [tgt_pieces[k] for k in idx]
+                if method == "xlmalign":
+                    (s_vecs, s_own, s_cut), (t_vecs, t_own, t_cut) = encode_pairs(
+                        model, s_batch, t_batch, layer_list, layout, budget, pad_id, dev)  # fmt: skip
+                else:
+                    s_vecs, s_own, s_cut = encode_sides(model, s_batch, layer_list, layout, budget, pad_id, dev)
+                    t_vecs, t_own, t_cut = encode_sides(model, t_batch, layer_list, layout, budget, pad_id, dev)
                 truncated += s_cut + t_cut
-                for li, layer in enumerate(layers):
+                for li, layer in enumerate(layer_list):
                     for r, k in enumerate(idx):
-                        links = extract(similarity(s_vecs[li][r], t_vecs[li][r]), method)
+                        links = pair_links(method, unit, s_vecs[li][r], t_vecs[li][r], s_own[r], t_own[r])
                         counts[layer].add(links, gold[k].sure, gold[k].possible)
                 bar.update(len(idx))
     finally:
@@ -411,7 +328,9 @@ def align_corpus(
         model.train(was_training)
     scores = {layer: c.scores() for layer, c in counts.items()}
     best = min(layers, key=lambda layer: (scores[layer]["aer"], layer))
-    return {"layers": scores, "best_layer": best, "n": len(src), "truncated": truncated, "max_tokens": max_length}
+    return {"layers": scores, "best_layer": best, "n": len(src), "truncated": truncated, "max_tokens": max_length,
+            "out_of_range_links": sum(len(g.out_of_range) for g in gold),
+            "null_links": sum(g.null_links for g in gold)}  # fmt: skip
 
 
 def read_corpus(src: str | Path, tgt: str | Path, gold: str | Path) -> tuple[list[list[str]], list[list[str]], list[GoldSentence], str]:
@@ -429,7 +348,7 @@ def read_corpus(src: str | Path, tgt: str | Path, gold: str | Path) -> tuple[lis
         if empty is not None:
             raise UserError(f"{path}: line {empty + 1} is empty (every sentence needs a word)")
     sentences, fmt = read_gold(gold, len(a))
-    check_gold(sentences, src_words, tgt_words, gold, base=1 if fmt == "sid" else 0)
+    check_gold(sentences, src_words, tgt_words)
     return src_words, tgt_words, sentences, fmt
 
 
@@ -461,18 +380,23 @@ def format_table(res: dict[str, Any]) -> str:
 
 __all__ = [
     "METHODS",
+    "UNITS",
     "Counts",
     "GoldSentence",
     "align_corpus",
     "argmax_links",
+    "check_gold",
     "extract",
     "format_table",
+    "gold_notes",
     "itermax_links",
     "match_links",
     "parse_layers",
     "read_corpus",
     "read_gold",
     "score_alignments",
+    "pair_links",
     "similarity",
+    "special_layout",
     "word_pieces",
 ]
