@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from objkit.errors import UserError
+from objkit.ownership import claim
 from objkit.recipe import load_recipe
 from objkit.registry import Registry
 from test_plugin_ecosystem import TINY_RECIPE, fake_distribution, objkit
@@ -130,6 +131,7 @@ def test_nproc_passes_the_plugin_selection_to_the_workers_and_fresh_clears_once(
     out = tmp_path / "run"
     (out / "checkpoints" / "step_0000009").mkdir(parents=True)  # a previous run's leftovers
     (out / "metrics.jsonl").write_text('{"step": 9}\n')
+    claim(out, ["checkpoints", "metrics.jsonl"], "objkit run")  # objkit's (--fresh removes only what it wrote)
     env = {"OBJKIT_DISABLE_PLUGIN_AUTOLOAD": "1", "OMP_NUM_THREADS": "1"}
     refused = objkit("run", str(recipe), "-o", str(out), "--nproc", "2", site=callback_site, env=env)
     assert refused.returncode == 2 and "record_events" in refused.stderr and "disabled" in refused.stderr
