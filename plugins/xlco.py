@@ -13,6 +13,21 @@ normalisation, in-batch negatives (``negatives.in_batch``, alone or with the que
 symmetric loss (both sides act as query), an additive margin on the positive, a learnable
 temperature, and every momentum schedule of :mod:`objkit.momentum`.
 
+Additive margin (``margin = m``, LaBSE: Feng et al., ACL 2022, eq. 4, after Yang et al., IJCAI
+2019): the positive's logit is ``(cos(q, k⁺) − m) / τ``, the negatives' ``cos(q, n) / τ``. As in
+LaBSE, ``m`` is subtracted from the positive *cosine*, before the temperature, not from the
+logit: then m = 0.3 means "a translation must beat every non-translation by 0.3 in cosine",
+whatever τ, and the same margin keeps its meaning when τ (or a learnable τ) changes. A margin
+is only meaningful on unit vectors, so ``check`` refuses ``margin > 0`` without ``normalize =
+true`` (a dot product of unnormalised vectors has no fixed range to put a margin in). Only the
+positive moves: queue and in-batch negatives are unchanged, and the in-batch copy of a query's
+own positive is excluded, so it appears once, with the margin. ``accuracy`` ignores the margin
+(the ranking retrieval sees). Where XLCO departs from LaBSE's loss: LaBSE writes no scale (here
+1/τ); its two sides come from one trained encoder, here the key side is the momentum encoder
+(no gradient); ``symmetric = true`` gives LaBSE's bidirectional ranking, averaged over both
+directions where LaBSE sums them (half the weight); negatives may include the queue.
+``margin = 0`` (the default) is the reference loss bit for bit.
+
 Where we differ from the reference, on purpose: the momentum encoder, its projection and the
 queue are fp32 under bf16/fp16 autocast (the reference's fp16 EMA with m = 0.9999 rounds to
 no update, see :mod:`objkit.momentum`); before ``enable_step`` the key encoder is copied
@@ -113,7 +128,10 @@ class XlcoConfig(PluginConfig):
         default_factory=dict, description="augmentations by plugin name (e.g. mixup), applied in order"
     )
     symmetric: bool = Field(False, description="also contrast the other direction (both sides as query)")
-    margin: float = Field(0.0, ge=0, description="additive margin subtracted from the positive similarity")
+    margin: float = Field(
+        0.0, ge=0, description="LaBSE's additive margin m: the positive's logit is (cos − m)/τ (needs normalize = true; "
+        "LaBSE: 0.3)"
+    )
     mask_inputs: bool = Field(True, description="mask XLCO inputs like MLM (reference: yes)")
     masking: MaskingConfig = Field(default_factory=MaskingConfig)
     truncate_passes: bool = Field(
@@ -151,6 +169,11 @@ class CrossLingualContrast(Objective):
     @classmethod
     def check(cls, config: XlcoConfig, registry: Any) -> list[str]:
         problems: list[str] = []
+        if config.margin > 0 and not config.normalize:
+            problems.append(
+                f"margin: an additive margin is subtracted from the positive's cosine; set normalize = true "
+                f"(got margin = {config.margin} with normalize = false)"
+            )
         if not config.negatives:
             problems.append("negatives: give at least one negative store, e.g. negatives = { momentum_queue = {} }")
         for key, kind in (("negatives", "negative_store"), ("augment", "augmentation")):

@@ -162,7 +162,8 @@ def test_queue_fills_before_loss_then_trains(registry):
 
 def test_in_batch_and_symmetric_options(registry):
     encoder = tiny_encoder()
-    obj = build(registry, encoder, negatives={"in_batch": {}}, symmetric=True, learnable_temperature=True, margin=0.1)
+    obj = build(registry, encoder, negatives={"in_batch": {}}, symmetric=True, learnable_temperature=True, margin=0.1,
+                normalize=True)  # a margin needs unit vectors
     out = train_step(obj, encoder, 0)
     assert out.sample_size == 8 and out.loss.requires_grad
     assert set(obj.trainable_modules()) == {"projection", "temperature"}
