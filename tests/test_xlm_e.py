@@ -1,0 +1,105 @@
+"""XLM-E's replaced-token detection (``mrtd``, ``trtd``): conformance, labels, shared embeddings,
+and a quickstart run that logs the discriminator's accuracy on replaced and original tokens."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from objkit import StepContext
+from objkit.testing import Case, ObjectiveConformance
+from objkit.testing._common import build_context, registry_with, tiny_encoder
+from objkit_plugins.xlm_e import MultilingualRTD, RTDConfig, TranslationRTD
+
+
+class TestMRTD(ObjectiveConformance):
+    plugin = "mrtd"
+    distribution = "objkit"
+    configs = [{}, Case({"generator_depth": 0.5, "generator_width": 0.5, "disc_weight": 10.0, "mask_specials": True})]
+    bad_configs = [{"disc_weight": 0.0}, {"generator_depth": 0.0}, {"generator_width": 1.5}, {"temperature": -1.0}]
+
+
+class TestTRTD(ObjectiveConformance):
+    plugin = "trtd"
+    distribution = "objkit"
+    configs = [{}, {"generator_depth": 0.25, "mask_prob": 0.3}]
+    bad_configs = [{"generator_dropout": 1.0}, {"mask_prob": 0.0}]
+
+
+def build(cls=MultilingualRTD, **config):
+    torch.manual_seed(0)
+    encoder = tiny_encoder(seed=0)
+    return cls(RTDConfig(**config), build_context(encoder, registry=registry_with(cls))), encoder
+
+
+def test_generator_shares_the_discriminator_token_embeddings():
+    objective, encoder = build()
+    table = encoder.body().get_input_embeddings()
+    assert objective.embedding is table
+    assert objective.embedding.weight is table.weight  # one tensor, not a copy
+    own = {id(p) for p in objective.generator.parameters()}
+    assert id(table.weight) not in own  # not optimised twice, not saved twice
+    # the generator's MLM loss reaches the shared table
+    batch = objective.collate([{"input_ids": [0, 5, 6, 7, 8, 9, 10, 11, 2]}] * 2, torch.Generator().manual_seed(0))
+    out = objective.compute(batch, StepContext(step=0, encoder=encoder, device=torch.device("cpu")))
+    out.loss.backward()
+    assert table.weight.grad is not None and table.weight.grad.abs().sum() > 0
+    assert objective.generator.body.encoder.layer[0].attention.self.query.weight.grad is not None
+    assert len(objective.generator.body.encoder.layer) == round(encoder.num_layers / 3)
+
+
+def test_replaced_tokens_are_labelled_replaced_and_equal_samples_original():
+    original = torch.tensor([[0, 10, 11, 12, 13, 2]])
+    corrupted = torch.tensor([[0, 10, 40, 12, 13, 2]])  # position 2 replaced; position 3 "sampled" = original
+    labels = MultilingualRTD.replaced_labels(original, corrupted)
+    assert labels.tolist() == [[0.0, 0.0, 1.0, 0.0, 0.0, 0.0]]
+
+
+def test_sampling_labels_in_compute_follow_the_sample():
+    """Through the real compute: a generator whose softmax puts all mass on the original token
+    produces no replaced token; one that puts it on another token replaces every masked one."""
+    objective, encoder = build(mask_prob=0.5)
+    examples = [{"input_ids": [0, *range(10, 20), 2]} for _ in range(3)]
+    batch = objective.collate(examples, torch.Generator().manual_seed(1))
+    selected = batch["labels"] != -100
+    targets = batch["labels"][selected]
+    vocab = encoder.vocab_size
+    certain = torch.full((int(selected.sum()), vocab), -1e4)
+    certain[torch.arange(len(targets)), targets] = 0.0
+    samples = objective.sample(certain, batch["uniforms"][selected])
+    assert torch.equal(samples, targets)
+    corrupted = batch["original_ids"].clone()
+    corrupted[selected] = samples
+    assert objective.replaced_labels(batch["original_ids"], corrupted).sum() == 0
+    other = torch.full_like(certain, -1e4)
+    other[:, 4] = 0.0
+    samples = objective.sample(other, batch["uniforms"][selected])
+    corrupted[selected] = samples
+    replaced = objective.replaced_labels(batch["original_ids"], corrupted)
+    assert torch.equal(replaced.bool(), selected)
+
+
+def test_trtd_lays_a_pair_out_like_tlm():
+    objective, _ = build(TranslationRTD)
+    row = objective._layout({"src_ids": [10, 11, 12], "tgt_ids": [20, 21]})
+    assert row["input_ids"] == [0, 10, 11, 12, 2, 20, 21, 2]
+
+
+@pytest.mark.slow
+def test_quickstart_run_logs_discriminator_accuracy(tmp_path, monkeypatch):
+    from objkit.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as done:
+        main(["run", "quickstart_xlm_e", "-o", str(run), "--set", "train.steps=20", "--set", "train.log_every=10",
+              "--set", "train.checkpoint_every=20"])
+    assert done.value.code in (0, None)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    logged = [r for r in records if "mrtd/acc_replaced" in r]
+    assert logged, f"no accuracy metrics in {records[:2]}"
+    for key in ("mrtd/acc_replaced", "mrtd/acc_original", "trtd/acc_replaced", "trtd/acc_original"):
+        assert 0.0 <= logged[-1][key] <= 1.0
+    assert (run / "export" / "config.json").exists() or any(run.rglob("config.json"))
