@@ -139,3 +139,25 @@ def test_run_logs_discriminator_accuracy_and_checkpoints_the_generator(tmp_path,
     assert shapes["mrtd/generator/body.embeddings.word_embeddings.weight"] == (1, 32)
     model = AutoModel.from_pretrained(run / "export")
     assert model.config.num_hidden_layers == 2  # the discriminator, not a generator
+
+
+def test_discriminator_learns_replacements_it_can_see():
+    """End to end through compute: on sequences of one repeated token, every replacement is
+    visible from the token alone, and the discriminator learns to flag it (a misaligned label,
+    a head on the wrong positions or a loss that does not reach the encoder would not)."""
+    torch.manual_seed(0)
+    encoder = tiny_encoder(seed=0, num_layers=2, hidden_size=32)
+    objective = MultilingualRTD(RTDConfig(generator_depth=0.5),
+                                build_context(encoder, registry=registry_with(MultilingualRTD)))
+    objective.generator.requires_grad_(False)  # a fixed random generator: its samples are ~random tokens
+    params = [p for m in (encoder, objective.head) for p in m.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=1e-3)
+    generator = torch.Generator().manual_seed(0)
+    for step in range(30):
+        examples = [{"input_ids": [0, *[10] * 12, 2], "sample_seed": step * 100 + r} for r in range(8)]
+        out = objective.compute(objective.collate(examples, generator),
+                                StepContext(step=step, encoder=encoder, device=torch.device("cpu")))
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert float(out.metrics["acc_replaced"]) > 0.9 and float(out.metrics["acc_original"]) > 0.95
