@@ -23,8 +23,8 @@ position holds the generator's sample.
 Card -- where this departs from the paper, and what it costs:
 
 * **Generator size.** XLM-E reduces the generator's depth, not its width (base: a 4-layer
-  generator for the 12-layer discriminator, hidden 768, as we read the paper; ELECTRA-base
-  instead shrinks the width to 1/3). ``generator_depth`` (fraction of the discriminator's
+  generator for the 12-layer discriminator, hidden 768, as we recall the paper -- its text was
+  not at hand to check when this was written; ELECTRA-base instead shrinks the width to 1/3). ``generator_depth`` (fraction of the discriminator's
   blocks, default 1/3) and ``generator_width`` (fraction of its hidden size, default 1) set
   it; heads keep the discriminator's head size and the feed-forward is 4× the width. The
   generator is a transformers ``ElectraModel`` whose embeddings are projected to its width
