@@ -160,6 +160,9 @@ class CrossAttentionMLM(Objective):
     def sample_size(self, batch: dict[str, torch.Tensor]) -> int:
         return masked_units(batch)
 
+    def plan(self) -> dict[str, int | float | str]:
+        return {"attention mask bytes per sequence": self.max_length**2}  # [L, L] bool
+
     def compute(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> ObjectiveOutput:
         return camlm_output(ctx.encoder, batch)
 
@@ -212,6 +215,10 @@ class BackTranslationMLM(Objective):
 
     def sample_size(self, batch: dict[str, torch.Tensor]) -> int:
         return masked_units(batch)
+
+    def plan(self) -> dict[str, int | float | str]:
+        return {"attention mask bytes per sequence": self.max_length**2,
+                "encoder passes per micro-batch": "2 (pass 1 without gradient: no activations kept)"}
 
     def pseudo_translation(self, encoder: Encoder, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Pass 1 (no gradient): the placeholders read the clean sentence only (the sentence only
