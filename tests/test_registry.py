@@ -157,7 +157,7 @@ def test_api_mismatch_names_plugin_distribution_and_both_versions():
 
 
 def test_undeclared_or_malformed_api_version_is_an_error():
-    with pytest.raises(PluginError, match=r'declares no plugin API version; add plugin_api = "1\.4"'):
+    with pytest.raises(PluginError, match=r'declares no plugin API version; add plugin_api = "1\.5"'):
         Registry().add(_objective("silent", api=None), distribution="d", version="1")
     with pytest.raises(PluginError, match="must be \"MAJOR.MINOR\""):
         Registry().add(_objective("odd", api="v1"), distribution="d", version="1")
