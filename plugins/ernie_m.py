@@ -168,8 +168,8 @@ class CrossAttentionMLM(Objective):
 
 
 class BTMLMConfig(MaskingConfig):
-    placeholder_ratio: float = Field(1.0, gt=0.0, le=4.0,
-                                     description="placeholders appended per sentence token (k = round(ratio × n), at least 1)")
+    placeholder_ratio: float = Field(
+        1.0, gt=0.0, le=4.0, description="placeholders appended per sentence token (k = round(ratio × n), at least 1)")
     second_pass: Literal["camlm", "mlm"] = Field(
         "camlm", description="pass 2: the sentence reads only the pseudo-translation (camlm) or everything (mlm)")
 
@@ -185,7 +185,6 @@ class BackTranslationMLM(Objective):
         self.config: BTMLMConfig = config
         self.vocab = ctx.vocab
         self.max_length = ctx.max_length
-        self.first_pass_calls = 0  # how many pseudo-translations were filled (tests read it)
 
     def prepare(self, dataset: datasets.Dataset) -> datasets.Dataset:
         kwargs = {"desc": "btmlm sentences"} if isinstance(dataset, datasets.Dataset) else {}
@@ -234,7 +233,6 @@ class BackTranslationMLM(Objective):
             logits[:, specials[specials < logits.shape[1]]] = torch.finfo(logits.dtype).min
             filled = batch["input_ids"].clone()
             filled[slots] = logits.argmax(dim=-1)
-        self.first_pass_calls += 1
         return filled
 
     def compute(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> ObjectiveOutput:

@@ -111,6 +111,10 @@ def test_a_full_pairwise_mask_equals_the_padding_mask():
         a = encoder(IDS, PAD)[-1][0, :10]
         b = encoder(IDS, pairwise)[-1][0, :10]
     assert torch.allclose(a, b, atol=1e-5)
+    cross = cross_attention_mask(PAD, SIDES, torch.tensor([-1]))
+    copy = encoder.momentum_copy()  # a momentum copy honours the pairwise mask as forward does
+    with torch.no_grad():
+        assert torch.allclose(copy(IDS, cross)[-1], encoder(IDS, cross)[-1], atol=1e-5)
 
 
 def examples(rows):
@@ -130,7 +134,8 @@ def test_camlm_strict_masks_one_side_only():
 def test_btmlm_first_pass_has_no_gradient():
     encoder = xlmr().train()
     objective = BackTranslationMLM(BTMLMConfig(mask_prob=0.5), Ctx())
-    rows = [objective._layout({"input_ids": sentence}) for sentence in ([5, 6, 7, 8], [9, 10, 11], [12, 13, 14, 15, 16])]
+    sentences = ([5, 6, 7, 8], [9, 10, 11], [12, 13, 14, 15, 16])
+    rows = [objective._layout({"input_ids": sentence}) for sentence in sentences]
     assert rows[0]["input_ids"] == [0, 5, 6, 7, 8, 2, 4, 4, 4, 4, 2]  # k = the sentence's length
     batch = objective.collate(examples(rows), torch.Generator().manual_seed(0))
     assert not (batch["labels"][batch["side_ids"] == 1] != IGNORE_INDEX).any()  # placeholders never predicted
