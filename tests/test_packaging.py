@@ -74,6 +74,9 @@ def test_version_moves_with_the_plugin_api():
 
     major, minor = (int(x) for x in PLUGIN_API_VERSION.split("."))
     version = PYPROJECT["project"]["version"]
+    import objkit
+
+    assert objkit.__version__ == version  # what a model card and versions.json record
     assert major == 1 and version.split(".")[:2] == ["0", str(minor + 1)], (version, PLUGIN_API_VERSION)
     changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
     assert f"## [{version}]" in changelog
