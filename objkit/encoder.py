@@ -380,6 +380,17 @@ def _install_capture_hooks(body: nn.Module) -> None:
     maybe_install_capturing_hooks(body)
 
 
+def pairwise_mask(body: nn.Module, attention_mask: torch.Tensor) -> torch.Tensor:
+    """A ``[B, Lq, Lk]`` mask as the 4-D mask transformers 5 passes to attention unchanged:
+    boolean ``[B, 1, Lq, Lk]`` (True = attend) for SDPA, additive float for eager attention."""
+    allowed = attention_mask.bool()[:, None]
+    if getattr(body.config, "_attn_implementation", "sdpa") == "eager":
+        dtype = next(body.parameters()).dtype
+        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
+            ~allowed, torch.finfo(dtype).min)
+    return allowed
+
+
 def run_body(
     body: nn.Module,
     input_ids: torch.Tensor,
@@ -388,8 +399,13 @@ def run_body(
     position_ids: torch.Tensor | None = None,
     token_type_ids: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
-    """Hidden states ``[h_0 .. h_L]`` of a BERT-layout body, running only ``L`` blocks."""
+    """Hidden states ``[h_0 .. h_L]`` of a BERT-layout body, running only ``L`` blocks.
+
+    ``attention_mask`` is ``[B, L]`` (1 = a real token) or (API 1.5) ``[B, L, L]`` (query row
+    ``q`` may attend key ``k`` where nonzero), passed on as transformers' prepared 4-D mask."""
     depth = len(body.encoder.layer) if up_to_layer is None else up_to_layer
+    if attention_mask.dim() == 3:
+        attention_mask = pairwise_mask(body, attention_mask)
     if depth == 0:  # no block runs, so no hidden states are captured: the embeddings alone
         return [body.embeddings(input_ids=input_ids, position_ids=position_ids, token_type_ids=token_type_ids)]
     kwargs = {"position_ids": position_ids, "token_type_ids": token_type_ids}

@@ -217,6 +217,8 @@ class Encoder(Plugin, nn.Module, ABC):
       token_type_ids=None)`` returns the hidden states ``[h_0, h_1, ..., h_L]`` where ``h_0``
       is the embedding output and ``L = up_to_layer`` (default: all layers). Blocks past
       ``up_to_layer`` are not run, so a caller that needs layer 8 pays for 8 blocks.
+      ``attention_mask`` is ``[B, L]`` padding (1 = a real token) or (API 1.5) ``[B, L, L]``:
+      nonzero where query ``q`` may attend key ``k`` (ERNIE-M's cross-attention mask).
     * ``lm_logits(hidden)`` applies the LM head to hidden vectors of selected positions
       (``[N, d] -> [N, vocab]``); callers gather masked positions first and never ask for
       full ``[batch, length, vocab]`` logits.

@@ -219,6 +219,9 @@ class HFMaskedLMEncoder(Encoder):
     ) -> list[torch.Tensor]:
         """Hidden states ``[h_0 .. h_L]`` of ``body`` (this encoder's or a copy of it), running ``L`` blocks."""
         depth = len(self._blocks(body)) if up_to_layer is None else up_to_layer
+        if attention_mask.dim() != 2:  # API 1.5's [B, L, L] masks: each family reads masks its own way
+            raise UserError("model.encoder: hf_mlm takes only a [batch, length] padding mask; a pairwise "
+                            "attention mask (camlm, btmlm) needs the xlmr or bert encoder")
         kwargs: dict[str, torch.Tensor] = {}
         if position_ids is not None:
             if not self.takes_positions:

@@ -31,7 +31,7 @@ def test_list_plugins_json(capsys):
         assert plugins[name]["distribution"] == "objkit"
         assert plugins[name]["version"]
         assert plugins[name]["module"] == f"objkit_plugins.{name}"
-        assert plugins[name]["plugin_api"] == "1.4" and plugins[name]["status"] == "ok"
+        assert plugins[name]["plugin_api"] == "1.5" and plugins[name]["status"] == "ok"
 
 
 def test_plugin_option_disables_and_resets(capsys):

@@ -167,3 +167,14 @@ def test_hf_mlm_on_cuda_under_bf16_autocast(family):
         logits = encoder.lm_logits(full[-1][mask.bool()])
     torch.testing.assert_close(cut[2].float(), full[2].float(), rtol=2e-2, atol=2e-2)
     assert logits.shape == (int(mask.sum()), encoder.vocab_size) and torch.isfinite(logits.float()).all()
+
+
+def test_a_pairwise_attention_mask_is_refused_in_one_line():
+    """hf_mlm does not promise API 1.5's [B, L, L] masks (camlm, btmlm): a UserError, not a wrong answer."""
+    from objkit.testing.encoders import build_encoder
+
+    encoder = build_encoder(_hf_mlm(), FAMILIES["distilbert"])
+    ids = torch.tensor([[2, 5, 6, 3]])
+    with pytest.raises(UserError, match=r"^model.encoder: hf_mlm takes only a \[batch, length\] padding mask"):
+        encoder(ids, torch.ones(1, 4, 4, dtype=torch.bool))
+
