@@ -90,7 +90,7 @@ HARNESSES = {
     cls.plugin: cls for cls in (TestMLM, TestTLM, TestXLCO, TestXlmAlign, TestMomentumQueue, TestInBatch, TestMixup)
 }
 # built-ins whose harness lives in their own test module (beside their other tests)
-HARNESS_MODULES = {"mrtd": "test_xlm_e.py", "trtd": "test_xlm_e.py"}
+HARNESS_MODULES = {"mrtd": "test_xlm_e.py", "trtd": "test_xlm_e.py", "camlm": "test_ernie_m.py", "btmlm": "test_ernie_m.py"}
 
 
 def test_every_builtin_plugin_has_a_harness():
