@@ -71,3 +71,24 @@ def meant_as_local_path(spec: str) -> bool:
     except HFValidationError:
         return True
     return False
+
+
+class hub_offline:
+    """Cache-only loading while the hub is unreachable (no minute of retries)."""
+
+    def __init__(self, offline: bool) -> None:
+        self.offline = offline
+
+    def __enter__(self) -> None:
+        import datasets
+        import huggingface_hub.constants as hub
+
+        self.before = (datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE)
+        if self.offline:
+            datasets.config.HF_HUB_OFFLINE = hub.HF_HUB_OFFLINE = True
+
+    def __exit__(self, *exc: object) -> None:
+        import datasets
+        import huggingface_hub.constants as hub
+
+        datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE = self.before

@@ -306,9 +306,7 @@ def load_hub_task(spec: TaskSpec, hub_id: str, langs: list[str] | None, train_la
     ``--data-dir xnli`` with ``--langs``. One line when it is neither reachable nor cached."""
     import datasets
 
-    from objkit.hub import hub_unreachable_reason
-
-    from objkit.hub import meant_as_local_path
+    from objkit.hub import hub_offline, hub_unreachable_reason, meant_as_local_path
 
     if meant_as_local_path(hub_id):
         raise UserError(f"--data-dir {hub_id}: no such directory")
@@ -325,7 +323,7 @@ def load_hub_task(spec: TaskSpec, hub_id: str, langs: list[str] | None, train_la
     for split, lang in [("train", x) for x in train] + [(s, x) for x in languages for s in ("dev", "test")]:
         where = f"{hub_id}[{config.format(lang=lang)}/{names[split]}]"
         try:
-            with _hub_offline(offline is not None):
+            with hub_offline(offline is not None):
                 data = datasets.load_dataset(hub_id, config.format(lang=lang), split=names[split])
         except Exception as err:  # datasets raises many kinds; each is one line here
             why = f"the hub is unreachable ({offline}) and it is not cached" if offline else first_line(err)[:200]
@@ -334,27 +332,6 @@ def load_hub_task(spec: TaskSpec, hub_id: str, langs: list[str] | None, train_la
             data = data.select(range(min(train_limit, len(data))))
         splits[(split, lang)] = split_from_dataset(data, where, texts, label, spec.level)
     return _checked(spec, languages, train, splits)
-
-
-class _hub_offline:
-    """Cache-only loading while the hub is unreachable (no minute of retries)."""
-
-    def __init__(self, offline: bool) -> None:
-        self.offline = offline
-
-    def __enter__(self) -> None:
-        import datasets
-        import huggingface_hub.constants as hub
-
-        self.before = (datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE)
-        if self.offline:
-            datasets.config.HF_HUB_OFFLINE = hub.HF_HUB_OFFLINE = True
-
-    def __exit__(self, *exc: object) -> None:
-        import datasets
-        import huggingface_hub.constants as hub
-
-        datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE = self.before
 
 
 @dataclass

@@ -190,11 +190,11 @@ def load_hub_splits(spec: Spec, lang: str, source: Path | None) -> dict[str, Any
             raise UserError(f"--from {where}: cannot load a saved dataset ({first_line(err)[:200]}); expected "
                             f"DatasetDict.save_to_disk output of {spec.hub_id} configuration {config!r}") from None
     else:
-        from objkit.hub import hub_unreachable_reason
+        from objkit.hub import hub_offline, hub_unreachable_reason
 
         offline = hub_unreachable_reason()
         try:
-            with _offline(offline is not None):
+            with hub_offline(offline is not None):
                 loaded = datasets.load_dataset(spec.hub_id, config)
         except Exception as err:  # noqa: BLE001 - datasets raises many kinds; each is one line here
             why = f"the hub is unreachable ({offline}) and it is not cached" if offline else first_line(err)[:200]
@@ -208,27 +208,6 @@ def load_hub_splits(spec: Spec, lang: str, source: Path | None) -> dict[str, Any
     if not isinstance(loaded, datasets.DatasetDict):
         raise UserError(f"{where}: expected a DatasetDict with splits {', '.join(spec.splits.values())}")
     return {ours: loaded[theirs] for ours, theirs in spec.splits.items() if theirs in loaded}
-
-
-class _offline:
-    """Cache-only loading while the hub is unreachable (no minute of retries)."""
-
-    def __init__(self, offline: bool) -> None:
-        self.offline = offline
-
-    def __enter__(self) -> None:
-        import datasets
-        import huggingface_hub.constants as hub
-
-        self.before = (datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE)
-        if self.offline:
-            datasets.config.HF_HUB_OFFLINE = hub.HF_HUB_OFFLINE = True
-
-    def __exit__(self, *exc: object) -> None:
-        import datasets
-        import huggingface_hub.constants as hub
-
-        datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE = self.before
 
 
 def build_hub(spec: Spec, langs: tuple[str, ...], out: Path, source: Path | None, translate_train: bool) -> list[str]:
