@@ -57,6 +57,9 @@ if TYPE_CHECKING:
         make_momentum_copy,
     )
     from objkit.seeding import SAMPLE_SEED, derive_seed, example_seeds, sample_generator, sample_uniform
+    from objkit.schema import SourceConfig
+    from objkit.source import AlignedFilesPart, BitextFilePart, RowsPart, Source, SourceContext, TextFilePart
+    from objkit.hub import hub_unreachable_reason
 
 # Imported on first use (PEP 562), so that ``objkit`` starts -- and answers Ctrl-C -- before
 # torch is loaded: the command line imports only what a command needs.
@@ -85,6 +88,11 @@ _LAZY = {
     # plugin API 1.3: length bucketing keys and padding that objectives declare
     **dict.fromkeys(["length_groups", "padding_counts"], "objkit.masking"),
     "side_lengths": "objkit.data.bucketing",
+    # plugin API 1.6: the source plugin kind (docs/plugin-api.md section 7)
+    "SourceConfig": "objkit.schema",
+    **dict.fromkeys(["AlignedFilesPart", "BitextFilePart", "RowsPart", "Source", "SourceContext", "TextFilePart"],
+                    "objkit.source"),
+    "hub_unreachable_reason": "objkit.hub",
 }
 
 
@@ -106,8 +114,10 @@ __all__ = [
     "IGNORE_INDEX",
     "PLUGIN_API_VERSION",
     "SAMPLE_SEED",
+    "AlignedFilesPart",
     "AllGather",
     "Augmentation",
+    "BitextFilePart",
     "BuildContext",
     "Callback",
     "ConstantMomentum",
@@ -132,8 +142,13 @@ __all__ = [
     "Plugin",
     "PluginConfig",
     "PluginError",
+    "RowsPart",
     "Schedule",
+    "Source",
+    "SourceConfig",
+    "SourceContext",
     "StepContext",
+    "TextFilePart",
     "TokenizerTraining",
     "UserError",
     "VocabInfo",
@@ -144,6 +159,7 @@ __all__ = [
     "dist_all_gather",
     "example_seeds",
     "gather_rows",
+    "hub_unreachable_reason",
     "hookimpl",
     "info_nce",
     "length_groups",

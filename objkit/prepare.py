@@ -27,7 +27,7 @@ from objkit.data.bucketing import BucketedStream
 from objkit.data.sources import locate_stream_error, source_files
 from objkit.interfaces import WorldInfo
 from objkit.recipe import ResolvedRecipe
-from objkit.schema import source_kind
+from objkit.source import source_plugin
 from objkit.registry import Registry
 from objkit.build import BuiltObjective
 from objkit.seeding import derive_seed
@@ -71,7 +71,7 @@ def _tokenize(resolved: ResolvedRecipe, built: BuiltObjective, tokenizer: Any, t
     if built.data not in tokenized:
         tokenized[built.data] = load_source(built.data, source, tokenizer, num_proc=num_proc,
                                             max_tokens=resolved.recipe.model.max_length - 2)
-    assert source_kind(source) == built.objective.data_kind
+    assert source_plugin(source).data_kind(source) == built.objective.data_kind
     return built.objective.prepare(tokenized[built.data])
 
 

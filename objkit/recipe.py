@@ -21,17 +21,13 @@ from objkit.errors import UserError, one_line
 from objkit.interfaces import EncoderConfig
 from objkit.recipe_files import RecipeError, deep_merge, read_toml as _read_toml, resolve_recipe
 from objkit.registry import Registry, did_you_mean
+from objkit.recipe_sources import validate_sources
 from objkit.schema import (
-    CldrSource,
-    HfSource,
     ModelConfig,
     ObjectiveEntry,
-    ParallelSource,
     Recipe,
     UNSET,
     RequiredDistribution,
-    TextSource,
-    source_languages,
 )
 
 
@@ -199,6 +195,7 @@ def validate_recipe(raw: dict[str, Any], registry: Registry, source: str = "reci
     objectives = raw.get("objectives") if isinstance(raw.get("objectives"), dict) else {}
     core = set(ObjectiveEntry.model_fields)
     data_tables = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    sources = validate_sources(data_tables, registry, problems, _describe, _unknown_key_hint)
     for name, table in objectives.items():
         if not isinstance(table, dict):
             continue
@@ -220,14 +217,16 @@ def validate_recipe(raw: dict[str, Any], registry: Registry, source: str = "reci
                 problems.append(problem)
         data_name = table.get("data")
         if isinstance(data_name, str):
-            problem = _data_reference_problem(data_tables, data_name, info.cls.data_kind, str(plugin))
+            problem = _data_reference_problem(data_tables, sources, data_name, info.cls.data_kind, str(plugin))
             if problem:
                 problems.append(f"objectives.{name}.data: {problem}")
     if recipe is not None:
+        recipe.data.update({name: config for name, (_, config) in sources.items()})  # the plugins' configs
         for name, entry in recipe.enabled_objectives().items():
-            if name in objective_configs and entry.data in recipe.data:
+            if name in objective_configs and entry.data in sources:
                 cls = registry.get(entry.plugin, kind="objective").cls
-                langs = source_languages(recipe.data[entry.data])
+                source_cls, source_config = sources[entry.data]
+                langs = source_cls.languages(source_config)
                 problems.extend(f"objectives.{name}.{p}" for p in cls.check_languages(
                     objective_configs[name], entry.data, langs))
         if not recipe.enabled_objectives():
@@ -330,15 +329,14 @@ def _validate_encoder_table(cls: type, table: dict[str, Any], problems: list[str
     return config
 
 
-def _data_reference_problem(data_tables: dict[str, Any], data_name: str, wanted: str, plugin: str) -> str | None:
+def _data_reference_problem(data_tables: dict[str, Any], sources: dict[str, Any], data_name: str, wanted: str,
+                            plugin: str) -> str | None:
     if data_name not in data_tables:
         return f"no data source named {data_name!r}; {did_you_mean(data_name, list(data_tables))}"
-    table = data_tables[data_name]
-    kind = table.get("type") if isinstance(table, dict) else None
-    if kind == "cldr":
-        kind = table.get("kind", "parallel")
-    elif kind == "hf":
-        kind = "text" if table.get("text_column") is not None else "parallel"
+    if data_name not in sources:
+        return None  # the source's own problem is reported
+    source_cls, config = sources[data_name]
+    kind = source_cls.data_kind(config)
     if kind in ("text", "parallel") and kind != wanted:
         return f"plugin {plugin!r} consumes {wanted} data, source {data_name!r} is {kind}"
     return None
@@ -353,8 +351,6 @@ def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
             if field is None:
                 continue
             model = _inner_model(field.annotation)
-        elif isinstance(part, str) and part in {"text", "parallel", "cldr", "hf"}:
-            model = {"text": TextSource, "parallel": ParallelSource, "cldr": CldrSource, "hf": HfSource}[part]
     if isinstance(model, type) and issubclass(model, BaseModel):
         return list(model.model_fields)
     return []

@@ -7,10 +7,10 @@ files, ``extends``, overrides, plugin tables validated against the registry, err
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_validator
 
 from objkit.interfaces import EncoderKeys, TokenizerTraining
 
@@ -27,150 +27,40 @@ class Strict(BaseModel):
 
 
 # ----------------------------------------------------------------------------- data sources
-class TextFile(Strict):
-    path: str = Field(description="file or glob; .txt (one sentence a line), .jsonl or .parquet")
-    lang: str
-    field: str = Field("text", description="column holding the text in jsonl/parquet files")
+class SourceConfig(Strict):
+    """Base of every source plugin's ``Config`` (``[data.NAME]``): ``type`` names the source
+    plugin (:class:`objkit.Source`); the other keys here are the core's, the rest the plugin's."""
 
-
-class ParallelPair(Strict):
-    """One entry of ``pairs``: line-aligned ``src``/``tgt`` files, or one bitext file ``path``
-    (``.tsv``: ``src<TAB>tgt[<TAB>score]``, the CCMatrix/NLLB/WikiMatrix layout; ``.tmx``: OPUS)."""
-
-    src: str | None = Field(None, description="file or glob, line-aligned with tgt")
-    tgt: str | None = None
-    path: str | None = Field(None, description="a .tsv or .tmx bitext file or glob (maybe .gz/.xz/.bz2)")
-    src_lang: str
-    tgt_lang: str
-    src_field: str = "text"
-    tgt_field: str = "text"
-    min_score: float | None = Field(None, description=".tsv: keep pairs whose score column is at least this")
-    columns: list[Literal["src", "tgt", "score", "-"]] | None = Field(
-        None, description=".tsv: what each tab-separated column holds ('-' skips one); default src, tgt[, score]",
-    )
-
-    @model_validator(mode="after")
-    def _files_or_path(self) -> ParallelPair:
-        if self.path is None and (self.src is None or self.tgt is None):
-            raise ValueError("give src and tgt (line-aligned files) or path (a .tsv or .tmx bitext)")
-        if self.path is not None and (self.src is not None or self.tgt is not None):
-            raise ValueError("give either path (a bitext file) or src and tgt, not both")
-        if self.columns is not None:
-            if sorted(c for c in self.columns if c != "-") not in (["src", "tgt"], ["score", "src", "tgt"]):
-                raise ValueError(f"columns must name src and tgt once each, score at most once (got {self.columns})")
-            if self.min_score is not None and "score" not in self.columns:
-                raise ValueError("min_score needs a score column in columns")
-        if self.path is None and (self.columns is not None or self.min_score is not None):
-            raise ValueError("columns and min_score apply to a .tsv path, not to src/tgt files")
-        return self
-
-
-class SourceCommon(Strict):
     sampling_alpha: float = Field(
         1.0, gt=0, le=1, description="q_i ∝ n_i^α over languages (text) or language pairs (parallel)"
     )
     streaming: bool = Field(False, description="stream files instead of caching them (huge corpora)")
     max_lines: int | None = Field(None, gt=0, description="read at most this many lines per file")
+    type: str = Field(description="the source plugin: text, parallel, cldr, hf (built in) or another")
 
 
-class TextSource(SourceCommon):
-    type: Literal["text"]
-    files: list[TextFile] = Field(min_length=1)
+SourceCommon = SourceConfig  # the name before plugin API 1.6
 
 
-class ParallelSource(SourceCommon):
-    type: Literal["parallel"]
-    pairs: list[ParallelPair] = Field(min_length=1)
+class SourceEntry(SourceConfig):
+    """``[data.NAME]`` as the core reads it before the registry: the core keys; the source
+    plugin's ``Config`` validates the whole table (:func:`objkit.recipe.validate_recipe`)."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
 
-class CldrSource(SourceCommon):
-    """Unicode CLDR display names shipped in `babel`: languages, territories, currencies in many
-    locales, aligned by key. Needs no download."""
-
-    type: Literal["cldr"]
-    kind: Literal["text", "parallel"] = "parallel"
-    locales: list[str] = Field(
-        default_factory=lambda: ["en", "de", "fr", "es", "it", "ru", "zh", "ar", "ja", "cs", "pt", "nl"]
-    )
-    pivot: str | None = Field("en", description="parallel: pair every locale with this one (None: all pairs)")
-    categories: list[Literal["languages", "territories", "currencies", "scripts", "months", "days"]] = Field(
-        default_factory=lambda: ["languages", "territories", "currencies", "scripts", "months", "days"],
-        description="months/days: stand-alone wide month and weekday names (babel.dates)",
-    )
+# The built-in sources' configs live with their plugins (objkit_plugins.source_*) since plugin
+# API 1.6; these names still import from here (deprecated; removed in plugin API 2.0).
+_MOVED_TO_PLUGINS = {"TextFile": "text", "TextSource": "text", "ParallelPair": "parallel",
+                     "ParallelSource": "parallel", "CldrSource": "cldr", "HfSource": "hf"}
 
 
-class HfSource(SourceCommon):
-    """Anything ``datasets.load_dataset`` reads (a hub id, a local script or folder of data files)
-    or a ``save_to_disk`` directory (``datasets.load_from_disk``). Text rows name ``text_column``
-    and ``lang`` or ``lang_column``; parallel rows name ``src_column``/``tgt_column``, or a
-    ``translation_column`` of ``{lang: text}`` dicts, with ``src_lang``/``tgt_lang``."""
+def __getattr__(name: str) -> Any:
+    if name in _MOVED_TO_PLUGINS:
+        import importlib
 
-    type: Literal["hf"]
-    path: str = Field(description="hub id, local dataset script or folder, or a save_to_disk directory")
-    name: str | None = Field(None, description="the dataset's configuration (load_dataset's name)")
-    split: str = "train"
-    revision: str | None = None
-    data_files: str | list[str] | dict[str, str | list[str]] | None = None
-    text_column: str | None = None
-    lang: str | None = None
-    lang_column: str | None = None
-    src_column: str | None = None
-    tgt_column: str | None = None
-    translation_column: str | None = None
-    src_lang: str | None = None
-    tgt_lang: str | None = None
-
-    @property
-    def kind(self) -> Literal["text", "parallel"]:
-        return "text" if self.text_column is not None else "parallel"
-
-    @model_validator(mode="after")
-    def _columns(self) -> HfSource:
-        parallel = [k for k in ("src_column", "tgt_column", "translation_column") if getattr(self, k) is not None]
-        if self.text_column is not None:
-            if parallel:
-                raise ValueError(f"give text_column (text) or {' / '.join(parallel)} (parallel), not both")
-            if (self.lang is None) == (self.lang_column is None):
-                raise ValueError("a text source needs exactly one of lang (every row) or lang_column")
-            if self.lang_column is not None and self.streaming:
-                raise ValueError("lang_column needs streaming = false (a stream's languages are not known up front); "
-                                 "use lang")
-            return self
-        if not parallel:
-            raise ValueError("give text_column (text rows) or src_column + tgt_column / translation_column "
-                             "(parallel rows)")
-        if self.translation_column is not None and (self.src_column or self.tgt_column):
-            raise ValueError("give translation_column or src_column + tgt_column, not both")
-        if self.translation_column is None and (self.src_column is None or self.tgt_column is None):
-            raise ValueError("a parallel source needs both src_column and tgt_column")
-        if self.src_lang is None or self.tgt_lang is None:
-            raise ValueError("a parallel source needs src_lang and tgt_lang")
-        return self
-
-
-DataSource = Annotated[TextSource | ParallelSource | CldrSource | HfSource, Field(discriminator="type")]
-AnySource = TextSource | ParallelSource | CldrSource | HfSource
-
-
-def source_languages(source: AnySource) -> list[str]:
-    """The language codes a source's rows carry, from the recipe alone (first appearance order;
-    an ``hf`` source with ``lang_column`` contributes none: they are known once it is read)."""
-    if isinstance(source, HfSource):
-        codes = [source.lang] if source.kind == "text" else [source.src_lang, source.tgt_lang]
-        return [c for c in codes if c is not None]
-    if isinstance(source, TextSource):
-        codes = [f.lang for f in source.files]
-    elif isinstance(source, ParallelSource):
-        codes = [code for p in source.pairs for code in (p.src_lang, p.tgt_lang)]
-    else:
-        codes = list(source.locales) + ([source.pivot] if source.pivot and source.kind == "parallel" else [])
-    return list(dict.fromkeys(codes))
-
-
-def source_kind(source: AnySource) -> str:
-    if isinstance(source, (CldrSource, HfSource)):
-        return source.kind
-    return source.type
+        return getattr(importlib.import_module(f"objkit_plugins.source_{_MOVED_TO_PLUGINS[name]}"), name)
+    raise AttributeError(f"module 'objkit.schema' has no attribute {name!r}")
 
 
 # ----------------------------------------------------------------------------- model
@@ -367,7 +257,7 @@ class Recipe(Strict):
         "{ distribution, version, install } tables; a missing one is a one-line error saying how to install it",
     )
     model: ModelConfig
-    data: dict[str, DataSource] = Field(min_length=1)
+    data: dict[str, SerializeAsAny[SourceEntry]] = Field(min_length=1)
     objectives: dict[str, ObjectiveEntry] = Field(min_length=1)
     train: TrainConfig
     eval: EvalConfig | None = None
@@ -403,29 +293,21 @@ class Recipe(Strict):
 
 
 __all__ = [
-    "AnySource",
     "CallbackEntry",
-    "CldrSource",
-    "DataSource",
     "EvalConfig",
     "EvalSet",
-    "HfSource",
     "MAX_STEPS",
     "ModelConfig",
     "ObjectiveEntry",
     "OptimizerConfig",
-    "ParallelPair",
-    "ParallelSource",
     "Recipe",
     "RequiredDistribution",
     "SourceCommon",
+    "SourceConfig",
+    "SourceEntry",
     "Strict",
-    "TextFile",
-    "TextSource",
     "TokenizerTraining",
     "TrainConfig",
     "TransferEvalSet",
     "UNSET",
-    "source_kind",
-    "source_languages",
 ]

@@ -18,11 +18,11 @@ from __future__ import annotations
 import lzma
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from xml.parsers import expat
 
 from objkit.data.files import COMPRESSION, open_binary, utf8_problem
 from objkit.errors import UserError
-from objkit.schema import ParallelPair
 
 _XML_LANG = "http://www.w3.org/XML/1998/namespace lang"
 _CHUNK = 1 << 20
@@ -37,7 +37,7 @@ def bitext_format(path: Path) -> str | None:
     return {".tsv": "tsv", ".tmx": "tmx"}.get(ext)
 
 
-def iter_bitext(path: Path, pair: ParallelPair, key: str) -> Iterator[tuple[str, str]]:
+def iter_bitext(path: Path, pair: Any, key: str) -> Iterator[tuple[str, str]]:
     """(src, tgt) texts of a ``.tsv`` or ``.tmx`` file, in file order (filtered by ``min_score``)."""
     fmt = bitext_format(path)
     if fmt == "tsv":
@@ -48,12 +48,12 @@ def iter_bitext(path: Path, pair: ParallelPair, key: str) -> Iterator[tuple[str,
                     "line-aligned files go in src and tgt)")
 
 
-def count_bitext(path: Path, pair: ParallelPair, key: str) -> int:
+def count_bitext(path: Path, pair: Any, key: str) -> int:
     """Read the whole file once, raising the first problem; the number of pairs kept."""
     return sum(1 for _ in iter_bitext(path, pair, key))
 
 
-def _iter_tsv(path: Path, pair: ParallelPair, key: str) -> Iterator[tuple[str, str]]:
+def _iter_tsv(path: Path, pair: Any, key: str) -> Iterator[tuple[str, str]]:
     columns = list(pair.columns) if pair.columns is not None else None
     try:
         with open_binary(path) as handle:
@@ -100,7 +100,7 @@ def _lang_matches(code: str, wanted: str) -> bool:
 class _TmxReader:
     """Expat handlers collecting ``<seg>`` texts per ``<tuv>`` language of each ``<tu>``."""
 
-    def __init__(self, pair: ParallelPair, key: str, path: Path) -> None:
+    def __init__(self, pair: Any, key: str, path: Path) -> None:
         self.pair, self.key, self.path = pair, key, path
         self.parser = expat.ParserCreate(namespace_separator=" ")
         self.parser.StartElementHandler = self.start
@@ -146,7 +146,7 @@ class _TmxReader:
             self.unit = None
 
 
-def _iter_tmx(path: Path, pair: ParallelPair, key: str) -> Iterator[tuple[str, str]]:
+def _iter_tmx(path: Path, pair: Any, key: str) -> Iterator[tuple[str, str]]:
     reader = _TmxReader(pair, key, path)
     try:
         with open_binary(path) as handle:
