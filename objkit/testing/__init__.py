@@ -23,6 +23,9 @@ determinism under a fixed seed, and rank invariance (the real ``CompositeLoss`` 
 :class:`AugmentationConformance` do the same for the other kinds, and :class:`EncoderConformance`
 checks an encoder against the contract objectives rely on (layer truncation, the LM head at
 selected positions, the momentum copy, FSDP units, export through ``AutoModel``).
+:class:`SourceConformance` reads a source plugin's tables through the core (input checks,
+columns, declared groups, determinism, cache inputs, streamed = map-style rows) and samples
+them on 1 and 2 ranks (the same global batches).
 
 The same checks are plain functions (``check_objective(cls, config)`` and friends) for use
 outside pytest. The tiny encoder is objkit's XLM-R encoder (8 layers, hidden 32, no dropout)
@@ -71,7 +74,8 @@ from objkit.testing.encoders import (
     check_encoder_token_types,
     check_encoder_truncation,
 )
-from objkit.testing.harness import AugmentationConformance, EncoderConformance, NegativeStoreConformance, ObjectiveConformance, harness_for
+from objkit.testing.harness import AugmentationConformance, EncoderConformance, NegativeStoreConformance, ObjectiveConformance, SourceConformance, harness_for
+from objkit.testing.sources import check_source, check_source_ranks, check_source_recipe, word_tokenizer
 
 __all__ = [
     "AugmentationConformance",
@@ -79,6 +83,7 @@ __all__ = [
     "EncoderConformance",
     "NegativeStoreConformance",
     "ObjectiveConformance",
+    "SourceConformance",
     "assert_same_state",
     "build_context",
     "check_augmentation",
@@ -94,6 +99,9 @@ __all__ = [
     "check_recipe_validation",
     "check_registration",
     "check_rejects",
+    "check_source",
+    "check_source_ranks",
+    "check_source_recipe",
     "check_encoder",
     "check_encoder_build",
     "check_encoder_export",
@@ -111,4 +119,5 @@ __all__ = [
     "seed_everything",
     "tiny_encoder",
     "tiny_vocab",
+    "word_tokenizer",
 ]

@@ -25,6 +25,7 @@ from objkit.testing.encoders import (
     check_encoder_truncation,
 )
 from objkit.testing.stores import check_augmentation, check_negative_store
+from objkit.testing.sources import check_source, check_source_ranks, check_source_recipe
 
 
 # ----------------------------------------------------------------------------- pytest harnesses
@@ -162,9 +163,37 @@ def harness_for(plugin: str, **attributes: Any) -> type:
     a registry: ``TestX = harness_for("xlco", configs=[...])``."""
     kind = installed_registry().get(plugin).kind
     base = {"objective": ObjectiveConformance, "negative_store": NegativeStoreConformance,
-            "augmentation": AugmentationConformance, "encoder": EncoderConformance}.get(kind)
+            "augmentation": AugmentationConformance, "encoder": EncoderConformance,
+            "source": SourceConformance}.get(kind)
     if base is None:
         raise ValueError(f'no conformance harness for {kind} plugins ("{plugin}")')
     return type(f"Test_{plugin}", (base,), {"plugin": plugin, "__test__": True, **attributes})
 
 
+
+
+class SourceConformance(_Harness):
+    """pytest harness for a source plugin (kind ``source``): ``files`` (relative path -> text)
+    are written to a temporary folder that each table of ``configs`` reads from (relative
+    paths); every table is read through the core (:func:`objkit.testing.check_source`) and
+    sampled on 1 and 2 ranks (:func:`objkit.testing.check_source_ranks`)."""
+
+    kind = "source"
+    files: ClassVar[dict[str, str]] = {}
+
+    def _base(self, tmp_path: Path) -> Path:
+        for rel, text in self.files.items():
+            path = tmp_path / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+        return tmp_path
+
+    def test_config_round_trip(self, case: Case) -> None:
+        check_config(self.cls, case.config)
+        check_source_recipe(self.cls, case.config)
+
+    def test_reads_deterministically(self, case: Case, tmp_path: Path) -> None:
+        check_source(self.cls, case.config, self._base(tmp_path))
+
+    def test_rank_invariant_sampling(self, case: Case, tmp_path: Path) -> None:
+        check_source_ranks(check_source(self.cls, case.config, self._base(tmp_path)))
