@@ -1,5 +1,7 @@
-"""objkit-translation-ranking: LaBSE's translation ranking loss as an objkit objective plugin."""
+"""objkit-translation-ranking: LaBSE's translation ranking loss as an objkit objective plugin, and
+a Moses/OPUS corpus reader as a source plugin (``type = "moses"``)."""
 
+from objkit_translation_ranking.moses import MosesConfig, MosesCorpus
 from objkit_translation_ranking.objective import (
     TranslationRanking,
     TranslationRankingConfig,
@@ -8,4 +10,4 @@ from objkit_translation_ranking.objective import (
 
 __version__ = "0.1.0"
 
-__all__ = ["TranslationRanking", "TranslationRankingConfig", "ranking_loss", "__version__"]
+__all__ = ["MosesConfig", "MosesCorpus", "TranslationRanking", "TranslationRankingConfig", "ranking_loss", "__version__"]
