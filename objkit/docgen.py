@@ -244,6 +244,17 @@ def builtin_plugins() -> dict[str, list[Any]]:
     return by_kind
 
 
+def builtin_sources() -> list[Any]:
+    """The Config models of objkit's own source plugins, in the reference's order."""
+    from objkit.recipe_sources import BUILTIN_ORDER
+    from objkit.registry import PluginSelection, Registry
+
+    registry = Registry.from_entry_points(selection=PluginSelection.parse((), environ={}))
+    infos = [i for i in registry.infos() if i.kind == "source" and i.distribution == "objkit"]
+    infos.sort(key=lambda i: (BUILTIN_ORDER.index(i.name) if i.name in BUILTIN_ORDER else len(BUILTIN_ORDER), i.name))
+    return [i.cls.Config for i in infos]
+
+
 def render() -> str:
     s = schema
     out = [
@@ -295,7 +306,9 @@ def render() -> str:
         f"| `cache_dir` | string | unset | {_cell(s.Recipe.model_fields['data_cache_dir'].description or '')} |",
         "",
     ]
-    for source in (s.TextSource, s.ParallelSource, s.CldrSource, s.HfSource):
+    out += ["`type` names a source plugin (plugin kind `source`): objkit's own, below, or one a third-party "
+            "distribution installs (`objkit list-plugins` lists them; each documents its own keys).", ""]
+    for source in builtin_sources():
         kind = source.model_fields["type"].annotation
         out += [f"### `[data.NAME]` with `type = {json.dumps(get_args(kind)[0])}`", ""]
         if (doc := _doc(source)):

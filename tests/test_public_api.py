@@ -35,6 +35,8 @@ NEW_IN_1_1 = [
 ]  # fmt: skip
 NEW_IN_1_2 = ["LMHeadLoss", "lm_head_loss"]
 NEW_IN_1_3 = ["length_groups", "padding_counts", "side_lengths"]
+NEW_IN_1_6 = ["Source", "SourceConfig", "SourceContext", "TextFilePart", "AlignedFilesPart", "BitextFilePart",
+              "RowsPart", "hub_unreachable_reason"]  # the source plugin kind
 
 
 def objkit_imports(path: Path) -> list[tuple[int, str]]:
@@ -62,7 +64,8 @@ def objkit_imports(path: Path) -> list[tuple[int, str]]:
 def test_there_are_modules_to_check():
     names = {p.stem for p in PLUGIN_MODULES}
     assert {"mlm", "tlm", "xlco", "xlm_align", "xlm_e", "momentum_queue", "in_batch", "mixup"} <= names
-    assert any(p.name == "objective.py" for p in EXAMPLE_MODULES)
+    assert {"source_text", "source_parallel", "source_cldr", "source_hf"} <= names
+    assert any(p.name == "objective.py" for p in EXAMPLE_MODULES) and any(p.name == "moses.py" for p in EXAMPLE_MODULES)
 
 
 @pytest.mark.parametrize("path", PLUGIN_MODULES + EXAMPLE_MODULES, ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -91,7 +94,7 @@ def test_the_checker_catches_private_imports(tmp_path: Path):
 
 
 def test_every_public_name_resolves_and_the_new_ones_are_exported():
-    assert set(NEW_IN_1_1 + NEW_IN_1_2 + NEW_IN_1_3) <= set(objkit.__all__)
+    assert set(NEW_IN_1_1 + NEW_IN_1_2 + NEW_IN_1_3 + NEW_IN_1_6) <= set(objkit.__all__)
     for name in objkit.__all__:
         assert getattr(objkit, name) is not None, name
     assert set(objkit.__all__) <= set(dir(objkit))

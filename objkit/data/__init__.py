@@ -1,13 +1,14 @@
 """The data layer: read recipe data sources into tokenized rows, pack them, sample them.
 
-* :func:`load_source` / :func:`load_source_groups`: files (or the embedded CLDR corpus) ->
-  tokenized ``datasets`` rows with a ``group`` column.
+* :func:`load_source` / :func:`load_source_groups`: a source plugin's parts (files, or rows
+  the plugin makes) -> tokenized ``datasets`` rows with a ``group`` column.
 * :func:`iter_source_texts`: raw sentences, for tokenizer training.
 * :func:`pack_sentences`: fairseq "complete" blocks ``<s> a </s> b </s>``.
 * :func:`sampling_probabilities`, :class:`ExampleStream`: α-sampling over groups, resumable.
 """
 
-from objkit.data.cldr import cldr_dataset, language_pairs
+from typing import Any
+
 from objkit.data.packing import pack_batch, pack_sentences
 from objkit.data.sampling import ExampleStream, sampling_probabilities
 from objkit.data.sources import (
@@ -18,6 +19,17 @@ from objkit.data.sources import (
     source_group_sizes,
     source_groups,
 )
+
+
+
+def __getattr__(name: str) -> Any:
+    """``cldr_dataset`` and ``language_pairs``: the ``cldr`` source plugin's (``objkit_plugins.source_cldr``)."""
+    if name in ("cldr_dataset", "language_pairs"):
+        import importlib
+
+        return getattr(importlib.import_module("objkit_plugins.source_cldr"), name)
+    raise AttributeError(f"module 'objkit.data' has no attribute {name!r}")
+
 
 __all__ = [
     "ExampleStream",
