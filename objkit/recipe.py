@@ -123,10 +123,13 @@ def _fill_plugin_defaults(raw: dict[str, Any]) -> None:
 
 
 def _recipe_choices(raw: dict[str, Any]) -> set[str]:
-    """Plugin names the recipe chooses a distribution for (``plugin = "DIST:NAME"``, ``model.encoder``)."""
+    """Plugin names the recipe chooses a distribution for (``plugin = "DIST:NAME"``, ``model.encoder``,
+    a source's ``type``)."""
     tables = raw.get("objectives") if isinstance(raw.get("objectives"), dict) else {}
     refs = [t.get("plugin") for t in tables.values() if isinstance(t, dict)]
     refs.append(raw["model"].get("encoder") if isinstance(raw.get("model"), dict) else None)
+    sources = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    refs += [t.get("type") for t in sources.values() if isinstance(t, dict)]
     return {ref.rpartition(":")[2] for ref in refs if isinstance(ref, str) and ":" in ref}
 
 

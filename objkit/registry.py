@@ -46,7 +46,7 @@ from objkit.interfaces import PLUGIN_KINDS as MODEL_KINDS
 from objkit.interfaces import Plugin
 from objkit.optim import Optimizer, Schedule
 from objkit.schema import SourceConfig
-from objkit.source import Source
+from objkit.source import Source, plugin_of_config
 
 PLUGIN_KINDS: dict[str, type[Plugin]] = {**MODEL_KINDS, "callback": Callback, "optimizer": Optimizer, "schedule": Schedule,
                                          "source": Source}
@@ -429,6 +429,10 @@ def _check_source(cls: Any, name: str, where: str) -> None:
     if not cls.modes or not set(cls.modes) <= {"map", "streaming"}:
         raise PluginError(f'source plugin "{name}" ({where}): modes must name "map" and/or "streaming" '
                           f"(got {cls.modes!r})")
+    owner = plugin_of_config(cls.Config)
+    if owner is not cls:
+        raise PluginError(f'source plugin "{name}" ({where}): Config must be its own model (it is '
+                          f"{getattr(owner, '__qualname__', owner)}'s), so that a validated table names its reader")
     if cls.parts.__func__ is Source.parts.__func__:
         raise PluginError(f'source plugin "{name}" ({where}): parts(config, ctx) is not implemented')
 

@@ -207,6 +207,11 @@ class Source(Plugin):
         return None
 
 
+def plugin_of_config(config_cls: type) -> type[Source] | None:
+    """The source plugin class that declared ``config_cls`` as its ``Config`` (first declared)."""
+    return _PLUGIN_OF.get(config_cls)
+
+
 def source_plugin(config: Any) -> type[Source]:
     """The source plugin whose ``Config`` ``config`` is (its class or a base's)."""
     for klass in type(config).__mro__:
@@ -226,5 +231,6 @@ __all__ = [
     "SourceMode",
     "SourcePart",
     "TextFilePart",
+    "plugin_of_config",
     "source_plugin",
 ]

@@ -243,6 +243,17 @@ def test_the_registry_refuses_a_source_without_what_it_yields():
         Registry().add(Vague, distribution="demo", version="0")
 
 
+def test_a_source_config_belongs_to_one_plugin_and_type_may_name_the_distribution(tmp_path):
+    class Borrowing(Lines):
+        name: ClassVar[str] = "borrowing"
+
+    with pytest.raises(PluginError, match='source plugin "borrowing" .* Config must be its own model'):
+        Registry().add(Borrowing, distribution="demo", version="0")
+    resolved = validate_recipe(_recipe({"type": "objkit-demo-sources:lines", "path": "x.txt", "lang": "en"}),
+                               _registry(Lines))
+    assert resolved.recipe.data["d"].type == "lines"
+
+
 def test_list_plugins_lists_the_builtin_sources(capsys):
     with pytest.raises(SystemExit) as info:
         main(["list-plugins", "--json"])
