@@ -45,8 +45,7 @@ from objkit.events import Callback
 from objkit.interfaces import PLUGIN_KINDS as MODEL_KINDS
 from objkit.interfaces import Plugin
 from objkit.optim import Optimizer, Schedule
-from objkit.schema import SourceConfig
-from objkit.source import Source, plugin_of_config
+from objkit.source import Source, check_source_class
 
 PLUGIN_KINDS: dict[str, type[Plugin]] = {**MODEL_KINDS, "callback": Callback, "optimizer": Optimizer, "schedule": Schedule,
                                          "source": Source}
@@ -340,7 +339,7 @@ class Registry:
         if kind in ("objective", "augmentation") and getattr(cls, "data_kind", None) not in ("text", "parallel"):
             raise PluginError(f'plugin "{name}" ({where}): data_kind must be "text" or "parallel"')
         if kind == "source":
-            _check_source(cls, name, where)
+            check_source_class(cls, name, where)
         if inspect.isabstract(cls):
             missing = ", ".join(sorted(getattr(cls, "__abstractmethods__", ())))
             raise PluginError(f'plugin "{name}" ({where}): abstract methods not implemented: {missing}')
@@ -417,24 +416,6 @@ class Registry:
             for i in infos:
                 out[name if len(infos) == 1 else f"{i.distribution}:{name}"] = f"{i.distribution} {i.version}".strip()
         return dict(sorted(out.items()))
-
-
-def _check_source(cls: Any, name: str, where: str) -> None:
-    """What the core needs to read a source plugin (:class:`objkit.Source`)."""
-    if not issubclass(cls.Config, SourceConfig):
-        raise PluginError(f'source plugin "{name}" ({where}): Config must derive from objkit.SourceConfig')
-    if cls.yields not in ("text", "parallel") and cls.data_kind.__func__ is Source.data_kind.__func__:
-        raise PluginError(f'source plugin "{name}" ({where}): yields must be "text" or "parallel" '
-                          "(or override data_kind)")
-    if not cls.modes or not set(cls.modes) <= {"map", "streaming"}:
-        raise PluginError(f'source plugin "{name}" ({where}): modes must name "map" and/or "streaming" '
-                          f"(got {cls.modes!r})")
-    owner = plugin_of_config(cls.Config)
-    if owner is not cls:
-        raise PluginError(f'source plugin "{name}" ({where}): Config must be its own model (it is '
-                          f"{getattr(owner, '__qualname__', owner)}'s), so that a validated table names its reader")
-    if cls.parts.__func__ is Source.parts.__func__:
-        raise PluginError(f'source plugin "{name}" ({where}): parts(config, ctx) is not implemented')
 
 
 def _one_line(exc: BaseException) -> str:

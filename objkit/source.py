@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from objkit.errors import UserError
+from objkit.errors import PluginError, UserError
 from objkit.interfaces import DataKind, Plugin
 from objkit.schema import SourceConfig
 
@@ -221,6 +221,24 @@ def source_plugin(config: Any) -> type[Source]:
                     "of a registered source plugin)")
 
 
+def check_source_class(cls: Any, name: str, where: str) -> None:
+    """What the core needs to read a source plugin (the registry's check of kind ``source``)."""
+    if not issubclass(cls.Config, SourceConfig):
+        raise PluginError(f'source plugin "{name}" ({where}): Config must derive from objkit.SourceConfig')
+    if cls.yields not in ("text", "parallel") and cls.data_kind.__func__ is Source.data_kind.__func__:
+        raise PluginError(f'source plugin "{name}" ({where}): yields must be "text" or "parallel" '
+                          "(or override data_kind)")
+    if not cls.modes or not set(cls.modes) <= {"map", "streaming"}:
+        raise PluginError(f'source plugin "{name}" ({where}): modes must name "map" and/or "streaming" '
+                          f"(got {cls.modes!r})")
+    owner = plugin_of_config(cls.Config)
+    if owner is not cls:
+        raise PluginError(f'source plugin "{name}" ({where}): Config must be its own model (it is '
+                          f"{getattr(owner, '__qualname__', owner)}'s), so that a validated table names its reader")
+    if cls.parts.__func__ is Source.parts.__func__:
+        raise PluginError(f'source plugin "{name}" ({where}): parts(config, ctx) is not implemented')
+
+
 __all__ = [
     "AlignedFilesPart",
     "BitextFilePart",
@@ -231,6 +249,7 @@ __all__ = [
     "SourceMode",
     "SourcePart",
     "TextFilePart",
+    "check_source_class",
     "plugin_of_config",
     "source_plugin",
 ]
