@@ -1,7 +1,8 @@
 """objkit-translation-ranking: LaBSE's translation ranking loss as an objkit objective plugin, and
-a Moses/OPUS corpus reader as a source plugin (``type = "moses"``)."""
+a Moses/OPUS corpus reader as a source plugin (``type = "moses"``, module
+``objkit_translation_ranking.moses``: not imported here, so that the objective loads on an objkit
+without source plugins)."""
 
-from objkit_translation_ranking.moses import MosesConfig, MosesCorpus
 from objkit_translation_ranking.objective import (
     TranslationRanking,
     TranslationRankingConfig,
@@ -10,4 +11,4 @@ from objkit_translation_ranking.objective import (
 
 __version__ = "0.1.0"
 
-__all__ = ["MosesConfig", "MosesCorpus", "TranslationRanking", "TranslationRankingConfig", "ranking_loss", "__version__"]
+__all__ = ["TranslationRanking", "TranslationRankingConfig", "ranking_loss", "__version__"]
