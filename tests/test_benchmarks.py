@@ -122,7 +122,8 @@ def test_update_readme_replaces_only_the_marked_table(run, tmp_path):
 
 def test_transfer_table_markdown_has_the_papers_layout(monkeypatch):
     """benchmarks/transfer_table.py renders a row per pretrained model, a column per language,
-    the zero-shot average over the non-English languages and the majority-class row."""
+    the zero-shot average over the non-English languages, the steps each row reached in its time
+    budget and the majority-class row; then Tatoeba per language in both directions."""
     monkeypatch.syspath_prepend(str(RUN.parent))
     spec = importlib.util.spec_from_file_location("objkit_bench_transfer", RUN.parent / "transfer_table.py")
     table = importlib.util.module_from_spec(spec)
@@ -130,25 +131,60 @@ def test_transfer_table_markdown_has_the_papers_layout(monkeypatch):
     langs = ["eng_Latn", "deu_Latn"]
     model = {"name": "quickstart_infoxlm", "mean": {"eng_Latn": 45.0, "deu_Latn": 33.0},
              "std": {"eng_Latn": 1.0, "deu_Latn": 2.0}, "avg": {"mean": 33.0, "std": 2.0}}
+    tatoeba = {"languages": {"deu": {"n": 1000, "xx2en": 12.0, "en2xx": 13.0, "mean": 12.5}},
+               "average": {"xx2en": 12.0, "en2xx": 13.0, "mean": 12.5}}
+    record = {"step": 812, "total_steps": 100000, "time_budget": 600.0, "time_budget_clock": "process",
+              "train_seconds": 601.2, "ended_by": "train.time_budget"}
     results = {
         "command": "python benchmarks/transfer_table.py ...",
-        "args": {"steps": 1200, "pairs_dir": "newstest", "pivot": "en", "langs": ["de"]},
+        "args": {"steps": 100000, "pairs_dir": ["data/newstest"], "multiway_dir": ["data/ntrex"], "pivot": "en",
+                 "langs": ["de"], "time_budget": 600.0, "budget_clock": "process"},
         "machine": {"processor": "x86_64", "cpu_count": 2, "gpu": None, "torch": "2.13.0", "python": "3.11",
                     "objkit": "0.1.0", "objkit_commit": "abc", "loadavg_at_start": [0.5]},
-        "runs": {"quickstart_infoxlm": {"train_seconds": 500.0, "tatoeba": {"average": {"mean": 12.5}}}},
+        "runs": {"quickstart_infoxlm": {"train_seconds": 500.0, "export_record": record, "tatoeba": tatoeba}},
         "transfer": {"languages": langs, "models": [model], "majority": {"eng_Latn": 14.2, "deu_Latn": 14.2},
                      "seconds": 99.0, "settings": {"train_langs": ["eng_Latn"], "task": "sib200", "seeds": [1, 2, 3],
                                                    "lr": 5e-4, "epochs": 10, "batch_size": 32, "max_length": 128}},
     }
     md = table.markdown(results)
-    assert md.startswith("Zero-shot transfer on sib200 (accuracy %, mean ± std over seeds 1,2,3;")
-    assert "| model | eng_Latn | deu_Latn | zero-shot avg | Tatoeba xx↔en | train time |" in md
-    assert "| InfoXLM (MLM + TLM + XLCO) | 45.0 ± 1.0 | 33.0 ± 2.0 | **33.0** ± 2.0 | 12.5 | 500 s |" in md
+    assert md.startswith("Zero-shot transfer on sib200 (accuracy %, mean over seeds 1,2,3;")
+    assert "| model | en | de | avg (1) | steps | budget used |" in md
+    assert "| InfoXLM (MLM + TLM + XLCO) | 45.0 | 33.0 | **33.0** ± 2.0 | 812 | 601 CPU s |" in md
     assert "| majority class | 14.2 | 14.2 | 14.2 | | |" in md
+    assert "| model | deu | xx→en | en→xx | mean |" in md
+    assert "| InfoXLM (MLM + TLM + XLCO) | 12.5 | 12.0 | 13.0 | **12.5** |" in md
+    assert "the same budget for every row, 600 CPU seconds of each row's process" in md
+    assert "on `data/newstest`, `data/ntrex` pairs en–{de}" in md
     assert "for all models and seeds." in md
     results["transfer"]["reused"] = ["quickstart_infoxlm"]
     assert ("99 s for all models and seeds (InfoXLM (MLM + TLM + XLCO): evaluated in an earlier run with the "
             "same settings).") in table.markdown(results)
+
+
+def test_transfer_table_reads_pairs_from_bitext_and_multiway_folders(monkeypatch, tmp_path):
+    """Every language gets its pairs from each folder that has them (WMT layout and NTREX's
+    15-way layout); mono lists every file once; a language without parallel text stops the script."""
+    import argparse
+
+    monkeypatch.syspath_prepend(str(RUN.parent))
+    spec = importlib.util.spec_from_file_location("objkit_bench_transfer", RUN.parent / "transfer_table.py")
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    wmt, ntrex = tmp_path / "newstest", tmp_path / "ntrex"
+    wmt.mkdir()
+    ntrex.mkdir()
+    for side in ("en", "de"):
+        (wmt / f"train.en-de.{side}").write_text("x\n")
+    for lang in ("en", "de", "zh"):
+        (ntrex / f"ntrex.{lang}").write_text("x\n")
+    args = argparse.Namespace(pivot="en", langs=["de", "zh"], pairs_dir=[wmt], multiway_dir=[ntrex])
+    pairs, mono = table.corpus_files(args)
+    assert [(Path(a).name, Path(b).name, x) for a, b, x in pairs] == [
+        ("train.en-de.en", "train.en-de.de", "de"), ("ntrex.en", "ntrex.de", "de"), ("ntrex.en", "ntrex.zh", "zh")]
+    assert [(Path(f).name, lang) for f, lang in mono] == [
+        ("train.en-de.en", "en"), ("ntrex.en", "en"), ("train.en-de.de", "de"), ("ntrex.de", "de"), ("ntrex.zh", "zh")]
+    with pytest.raises(SystemExit, match="no parallel text for en-sw"):
+        table.corpus_files(argparse.Namespace(pivot="en", langs=["sw"], pairs_dir=[wmt], multiway_dir=[ntrex]))
 
 
 def test_transfer_table_keeps_only_evaluations_that_still_stand(monkeypatch, tmp_path):
