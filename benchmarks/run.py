@@ -44,9 +44,10 @@ repetitions, 4 layers for the MLM-head benchmark (full vocabulary and hidden siz
 12-layer model of hidden 256 with the quickstart vocabulary for the XLCO step. Everything runs
 on CPU with torch's default thread count (``--threads N`` to change it).
 
-Inputs are built here and need no download: the quickstart recipe's embedded CLDR corpus, a
-synthetic corpus of single-token words from the quickstart tokenizer (so every sequence has
-exactly L tokens), and that tokenizer padded with never-matching pieces to XLM-R's 250,002 ids.
+Inputs are built by the suite (``suite/common.py``) and need no download: the quickstart
+recipe's embedded CLDR corpus, a synthetic corpus of single-token words from the quickstart
+tokenizer (so every sequence has exactly L tokens), and that tokenizer padded with
+never-matching pieces to XLM-R's 250,002 ids.
 
 The suite is the package ``benchmarks/suite/``: ``settings`` (sizes), ``common`` (timing, the
 workspace of inputs), ``registry`` (what a row is; the row modules), the row modules
