@@ -95,6 +95,58 @@ def test_gpu_peak_table_and_rows(run, monkeypatch):
     assert run.describe("gpu_mfu", row) == "400 TFLOP/s of 989.0 on NVIDIA H100 80GB HBM3; 100 ms per step, B×L 8×512"
 
 
+def test_rows_come_from_the_row_modules_in_order(run):
+    """Every row is declared by a row module of ``ROW_MODULES`` (``ROWS``), in that order; the
+    goals, the CPU/GPU split and the table text all come from the rows."""
+    import importlib
+
+    declared = [row.key for name in run.ROW_MODULES for row in importlib.import_module(name).ROWS]
+    assert declared == list(run.ROWS) == list(run.GOALS)
+    assert list(run.BENCHMARKS) == [k for k in declared if k != "gpu_mfu"] and list(run.GPU_BENCHMARKS) == ["gpu_mfu"]
+    assert run.GOALS["mlm_head_speedup"] == (">=", 1.7, "HF full-vocab MLM step / objkit masked-only MLM step")
+    assert run.CUDA_ROWS == ("checkpointing_step_ratio", "chunked_head_time_ratio", "compile_speedup", "gpu_mfu")
+    enqueue = {"median_us_per_enqueue": {"size_131072": 12.0, "size_1024": 10.0}, "keys_per_enqueue": 128}
+    assert run.describe("enqueue_ratio", enqueue) == "12 µs vs 10 µs per enqueue of 128 keys"
+    with pytest.raises(ValueError, match="direction"):
+        run.Row("x", lambda ws: {}, "==", 1.0, "x")
+
+
+def test_a_row_module_added_to_the_registry_runs_in_the_suite(run, tmp_path, monkeypatch):
+    """A new row module beside run.py (as benchmarks/README.md, "Adding a row", describes) is
+    loaded from ROW_MODULES, run by the runner and written into the JSON and the table."""
+    import suite.registry
+    import suite.runner
+
+    (tmp_path / "extra_rows.py").write_text(
+        "from suite.common import alternate, median_ratio, summary\n"
+        "from suite.registry import Row\n"
+        "def bench(ws):\n"
+        "    times = alternate({'a': lambda: sum(range(1000)), 'b': lambda: sum(range(1000))}, reps=3)\n"
+        "    return {'value': median_ratio(times['a'], times['b']), 'times': {k: summary(v) for k, v in times.items()}}\n"
+        "ROWS = [Row('extra_ratio', bench, '<=', 1e9, 'a / b', lambda d: 'extra details')]\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "no_rows.py").write_text("X = 1\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rows = suite.registry.load_rows((*run.ROW_MODULES, "extra_rows"))
+    assert list(rows)[-1] == "extra_ratio" and list(rows)[:-1] == list(run.ROWS)
+    with pytest.raises(RuntimeError, match="defines no ROWS"):
+        suite.registry.load_rows(("no_rows",))
+    with pytest.raises(RuntimeError, match="extra_ratio is defined twice"):
+        suite.registry.load_rows(("extra_rows", "extra_rows"))
+    monkeypatch.setattr(suite.runner, "ROWS", rows)
+    doc = run.run_suite(run.Settings.toy(), only=["extra_ratio"], workdir=tmp_path / "work")
+    assert doc["extra_ratio"] > 0 and doc["goals"]["extra_ratio"]["goal"] == "<= 1000000000.0"
+    assert doc["all_pass"] and doc["details"]["extra_ratio"]["times"]["a"]["n"] == 3
+    assert "| `extra_ratio` |" in run.markdown(doc, "python benchmarks/run.py") and "extra details" in run.markdown(doc, "x")
+
+
+def test_no_benchmark_module_is_over_500_lines():
+    for path in sorted(RUN.parent.rglob("*.py")):
+        lines = len(path.read_text(encoding="utf-8").splitlines())
+        assert lines <= 500, f"{path.relative_to(RUN.parent)}: {lines} lines"
+
+
 def test_alternate_interleaves_and_median_ratio(run):
     calls = []
     times = run.alternate({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, reps=3, warmup=1)
