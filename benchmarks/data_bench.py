@@ -1,4 +1,4 @@
-"""Data-path benchmarks of the performance suite (registered in benchmarks/run.py):
+"""Data-path rows of the performance suite (``ROWS`` at the end; benchmarks/suite/registry.py):
 
 * ``tokenizer_throughput``: tokens/s per core of objkit's tokenization (``load_source``: read
   the file, tokenize on ``num_proc`` = the cores, write Arrow rows) / tokens/s of
@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from suite.registry import Row
 
 
 def _sentences(ws: Any, n: int) -> list[str]:
@@ -150,3 +152,12 @@ def describe(key: str, d: dict[str, Any]) -> str:
     return ""
 
 
+ROWS = [
+    Row("tokenizer_throughput", bench_tokenizer_throughput, ">=", 0.8,
+        "objkit tokenization tokens/s per core / SentencePiece encode tokens/s",
+        lambda d: describe("tokenizer_throughput", d)),
+    Row("cache_startup_speedup", bench_cache_startup, ">=", 2.0,
+        "trainer start-up on a cold data.cache_dir / on the warm one", lambda d: describe("cache_startup_speedup", d)),
+    Row("sampler_bytes_per_row", bench_sampler, "<=", 0.1, "bytes the α-sampler holds per row (10^8 simulated rows)",
+        lambda d: describe("sampler_bytes_per_row", d)),
+]

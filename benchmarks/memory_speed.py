@@ -2,9 +2,10 @@
 chunked LM head, torch.compile, the peak memory of an ``infoxlm_large`` step against its
 analytic sum and the dry-run estimate, and the MFU of an XLM-R-base step on a GPU.
 
-Every function takes the suite's ``Workspace`` and ``bench`` (the ``run.py`` module, for its
-helpers: ``alternate``, ``median_ratio``, ``summary``, ``xlmr_mlm_recipe``, ...) and returns the
-row's details with the gated number under ``"value"``. ``--device cuda`` runs the trainer-based
+Every function takes the suite's ``Workspace`` and ``bench`` (the suite's helpers,
+``suite.common``: ``alternate``, ``median_ratio``, ``summary``, ``xlmr_mlm_recipe``, ...) and
+returns the row's details with the gated number under ``"value"``; ``ROWS`` at the end declares
+the rows (benchmarks/suite/registry.py). ``--device cuda`` runs the trainer-based
 rows on the GPU (bf16 autocast there); the memory row is CPU-only (peak RSS of a child process).
 """
 
@@ -23,6 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from suite import common
+from suite.registry import Row
 
 GiB = 2**30
 
@@ -278,7 +282,7 @@ def large_peak_vs_analytic(ws: Any, bench: Any) -> dict[str, Any]:
 def _memory_child_run(ws: Any, bench: Any, variant: str) -> dict[str, Any]:
     payload = json.dumps(asdict(ws.settings))
     target = ws.root / f"lean-memory-{variant}.json"
-    cmd = [sys.executable, str(Path(bench.__file__).resolve()), "--lean-memory-child", variant, "--settings", payload,
+    cmd = [sys.executable, str(common.RUN_PY), "--lean-memory-child", variant, "--settings", payload,
            "--json", str(target), "--workdir", str(ws.root / f"lean-memory-{variant}"),
            "--threads", str(torch.get_num_threads())]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -419,3 +423,22 @@ def describe(key: str, d: dict[str, Any]) -> str:
         return (f"{d['achieved_tflops']:.0f} TFLOP/s of {d['peak_bf16_tflops'] or '?'} on {d['device_name']}; "
                 f"{d['step_s'] * 1000:.0f} ms per step, B×L {d['model']['batch'].replace(' x ', '×')}")
     return ""
+
+
+def _row(key: str, direction: str, goal: float, what: str, devices: tuple[str, ...] = ("cpu",)) -> Row:
+    """The row ``key``: this module's function of that name, given the suite's helpers."""
+    function = globals()[key]
+    return Row(key, lambda ws: function(ws, common), direction, goal, what, lambda d: describe(key, d), devices)
+
+
+ROWS = [
+    _row("large_peak_vs_analytic", "<=", 1.15,
+         "peak RSS of an infoxlm_large step (checkpointing + chunked head) / analytic sum"),
+    _row("checkpointing_step_ratio", "<=", 1.4, "MLM step with activation checkpointing / without (base shape)",
+         ("cpu", "cuda")),
+    _row("chunked_head_time_ratio", "<=", 1.1, "MLM step with the chunked LM head / head in one piece (base shape)",
+         ("cpu", "cuda")),
+    _row("compile_speedup", ">=", 1.0, "eager MLM step / train.compile step (base shape)", ("cpu", "cuda")),
+    _row("gpu_mfu", ">=", 0.40, "model FLOP/s of an XLM-R-base MLM step (L=512, bf16) / the card's peak bf16",
+         ("cuda",)),
+]

@@ -10,6 +10,8 @@ counted over the micro-batches of ``padding_steps`` steps of each (collation onl
 pass); the gated value is the worse of the two pair objectives with bucketing (goal ≤ 0.10).
 The step-time ratio (unbucketed / bucketed ``Trainer.train_step``, alternating) is reported
 beside it, not gated.
+
+Its row is declared at the end (``ROWS``, see suite/registry.py).
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ import os
 import statistics
 from pathlib import Path
 from typing import Any
+
+from suite import common
+from suite.registry import Row
 
 POOL = 8
 PAIR_OBJECTIVES = ("tlm", "xlco")
@@ -79,3 +84,11 @@ def describe(d: dict[str, Any]) -> str:
     pairs = ", ".join(f"{k} {d['before'][k]:.1%} → {d['after'][k]:.1%}" for k in PAIR_OBJECTIVES if k in d["after"])
     return (f"padded slots {pairs} with a pool of {d['pool_steps']} steps of {d['batch_size']}; "
             f"unbucketed/bucketed step {d['step_time_ratio']:.2f}×; {d['data']}")
+
+
+ROWS = [
+    Row("padding_fraction",
+        lambda ws: measure(ws, alternate=common.alternate, median_ratio=common.median_ratio, summary=common.summary,
+                           root=common.ROOT),
+        "<=", 0.10, "padded token slots of TLM/XLCO with length bucketing (Multi30k pairs)", describe),
+]

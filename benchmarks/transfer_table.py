@@ -1,44 +1,53 @@
-"""InfoXLM's comparison table at quickstart scale: zero-shot cross-lingual transfer beside retrieval.
+"""The seed's table, 15 languages: zero-shot cross-lingual transfer and retrieval per objective.
 
-Pretrains one row per recipe on the same general-domain parallel corpus, then judges every export
-the way InfoXLM's results table does, with objkit's own evaluators:
+Pretrains one row per recipe on the same text for the same **time budget** (``train.time_budget``:
+not the same number of steps, since objectives differ in cost per step and replaced-token detection
+is claimed to learn more per unit of compute), then judges every export the way InfoXLM's results
+table does, with objkit's own evaluators:
 
-* **zero-shot cross-lingual transfer** (``objkit eval transfer``): fine-tune on the English
-  training split of a classification task (SIB-200 by default), select the epoch on English dev,
-  test on every language, mean ± std over seeds; the majority-class baseline beside it;
-* **sentence retrieval** (``objkit eval tatoeba``) on the Tatoeba pairs of the same languages.
+* **zero-shot cross-lingual transfer** (``objkit eval transfer``, the XTREME protocol): fine-tune
+  on the English training split of a classification task (SIB-200 by default: 7 topics, the 15
+  XNLI languages), select the epoch on English dev, test in every language; mean ± std over
+  fine-tuning seeds; a column per language, the average over the 14 non-English ones, and the
+  majority-class baseline;
+* **sentence retrieval** (``objkit eval tatoeba``, XTREME's Tatoeba protocol) in both directions
+  (xx→en, en→xx) for the 14 languages, in a second table.
 
-Rows (default): ``quickstart_mlm`` (MLM only: the XLM-R row), ``quickstart_infoxlm`` (MLM + TLM +
-XLCO), ``quickstart_no_xlco`` (InfoXLM without XLCO: the paper's ablation, everything else
-equal) and ``quickstart_mbert_mlm`` (the mBERT row: MLM only on the ``bert`` encoder with its own
-WordPiece vocabulary). At this scale MLM + TLM (the XLM / Unicoder objective set) *is* InfoXLM
-without XLCO, so one row stands for both; ``--recipes`` picks others (e.g. ``quickstart``: MLM + TLM
-with the original quickstart's dropout and learning rate).
-Data: ``data.parallel`` = the pairs ``train.PIVOT-XX.{PIVOT,XX}`` in ``--pairs-dir`` (the WMT
-newstest layout); ``data.mono`` = every side of every pair as monolingual text; each row's tokenizer
-is trained on ``mono`` by its recipe's ``[model.tokenizer]`` (SentencePiece for the XLM-R rows, so
-they share one; WordPiece for the mBERT row). Every export carries its own tokenizer: the Tatoeba
-evaluation runs per export, and ``objkit eval transfer`` tokenizes each split once per distinct
-tokenizer. Run::
+Rows (default): MLM (``quickstart_mlm``: XLM-R's objective), MLM on BERT/WordPiece
+(``quickstart_mbert_mlm``: mBERT's), MLM + TLM (``quickstart_no_xlco``: XLM's = Unicoder's =
+InfoXLM without XLCO), InfoXLM (``quickstart_infoxlm``), XLM-Align (``quickstart_xlm_align``),
+XLM-E (``quickstart_xlm_e``), ERNIE-M (``quickstart_ernie_m``) and InfoXLM with LaBSE's margin
+(``quickstart_infoxlm_margin``). ``--set`` options apply to every row, so model size, batch,
+learning rate and schedule are the same everywhere; only the objectives differ.
 
-    python benchmarks/transfer_table.py --pairs-dir data/newstest --langs de,fr,es,ru \
-        --task-dir data/sib200 --tatoeba-dir data/tatoeba -o bench-out/transfer
+Data: ``data.parallel`` = every pair PIVOT–XX found in the ``--pairs-dir`` folders (the WMT newstest
+layout ``train.PIVOT-XX.{PIVOT,XX}``) and the ``--multiway-dir`` folders (``NAME.LANG`` files that
+translate ``NAME.PIVOT`` line for line: NTREX-128's layout); ``data.mono`` = every one of those
+files once, as monolingual text. The tokenizer is trained by each row's recipe on ``mono``, read
+round-robin with ``--tokenizer-lines-per-file`` lines per file (so a language with 2,000 sentences
+weighs as much in it as one with 30,000), ``character_coverage`` 1.0 and ``--vocab-size`` pieces
+(``benchmarks/tokenizer_size.py`` measures the size from the data). Run::
 
-A row whose run directory holds an export is not trained again (its train time is then the one
-recorded, or the wall time between the run's ``recipe.toml`` and its export); ``--fresh``
-retrains. Nor is it evaluated again when OUT/results.json already holds its Tatoeba and transfer
-results from the same evaluation (data directories, languages, task, seeds and fine-tuning
-options) and its export is not newer than that file: only new rows are fine-tuned, and the
-table says which rows come from the earlier run; ``--reevaluate`` evaluates every row again. Rows may be trained beforehand, also concurrently, with the logged ``objkit run``
-commands. Writes OUT/results.json, OUT/results.md, OUT/transfer.json
-(every seed), OUT/runs/NAME/ and OUT/logs/.
+    python benchmarks/transfer_table.py --pairs-dir data/newstest --multiway-dir data/ntrex \
+        --langs de,fr,es,ru,ar,bg,el,hi,sw,th,tr,ur,vi,zh --task-dir data/sib200 \
+        --tatoeba-dir data/tatoeba -o bench-out/table15 --time-budget 600 --jobs 2
+
+Rows are cached and resumable: a row whose run directory holds an export is not trained again
+(``--fresh`` retrains), an interrupted row resumes from its checkpoint with its budget counted
+across resumes, and a row already evaluated with the same evaluation arguments keeps its results
+(``--reevaluate`` evaluates again). ``--jobs N`` trains N rows at once, each with ``--threads``
+torch threads; with ``--budget-clock process`` (the default) the budget is CPU time of each
+row's process, so rows trained side by side, or beside other jobs, get the same compute. Writes
+OUT/results.json, OUT/results.md, OUT/transfer.json (every seed), OUT/runs/NAME/ and OUT/logs/.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -46,7 +55,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from xlco_ablation import (  # noqa: E402
-    OBJKIT, die, machine_info, machine_line, recipe_path, run_json, toml_str, train)
+    OBJKIT, die, machine_info, machine_line, recipe_path, run_json, tail_metrics, toml_str)
 
 # ISO 639-1 (corpus file suffixes) -> the task's and Tatoeba's language codes.
 SIB = {"en": "eng_Latn", "de": "deu_Latn", "fr": "fra_Latn", "es": "spa_Latn", "ru": "rus_Cyrl",
@@ -58,23 +67,61 @@ TATOEBA = {"de": "deu", "fr": "fra", "es": "spa", "ru": "rus", "cs": "ces", "ar"
 ROOT = Path(__file__).resolve().parents[1]
 README_BEGIN = "<!-- transfer:begin (generated by benchmarks/transfer_table.py --update-readme) -->"
 README_END = "<!-- transfer:end -->"
-ROWS = {"quickstart_mlm": "MLM (XLM-R's objective)", "quickstart_infoxlm": "InfoXLM (MLM + TLM + XLCO)",
-        "quickstart_no_xlco": "InfoXLM − XLCO (= MLM + TLM, XLM's objectives)",
-        "quickstart": "MLM + TLM (quickstart.toml settings)",
-        "quickstart_mbert_mlm": "MLM on BERT/WordPiece (mBERT's recipe)"}
+ROWS = {"quickstart_mlm": "MLM (XLM-R's objective)",
+        "quickstart_mbert_mlm": "MLM on BERT/WordPiece (mBERT's)",
+        "quickstart_no_xlco": "MLM + TLM (XLM's = InfoXLM − XLCO)",
+        "quickstart_infoxlm": "InfoXLM (MLM + TLM + XLCO)",
+        "quickstart_xlm_align": "XLM-Align (MLM + TLM + DWA)",
+        "quickstart_xlm_e": "XLM-E (MRTD + TRTD)",
+        "quickstart_ernie_m": "ERNIE-M (MLM + CAMLM + BTMLM)",
+        "quickstart_infoxlm_margin": "InfoXLM + LaBSE's margin",
+        "quickstart": "MLM + TLM (quickstart.toml settings)"}
+DEFAULT_ROWS = ",".join(k for k in ROWS if k != "quickstart")
+LANG_SHORT = {v: k for k, v in SIB.items()}
 
 
-def data_overrides(args: argparse.Namespace, steps: int) -> list[str]:
-    d, p = args.pairs_dir.resolve(), args.pivot
-    pairs = ",".join(
-        f"{{src={toml_str(str(d / f'train.{p}-{x}.{p}'))},tgt={toml_str(str(d / f'train.{p}-{x}.{x}'))},"
-        f"src_lang={toml_str(p)},tgt_lang={toml_str(x)}}}" for x in args.langs)
-    files = ",".join(f"{{path={toml_str(str(d / f'train.{p}-{x}.{side}'))},lang={toml_str(side)}}}"
-                     for x in args.langs for side in (p, x))
-    return [f'data.parallel={{type="parallel",pairs=[{pairs}],sampling_alpha=0.7}}',
-            f'data.mono={{type="text",files=[{files}],sampling_alpha=0.7}}',
-            'model.tokenizer.sources=["mono"]', f"train.steps={steps}", "train.checkpoint_every=400",
-            *args.set]
+def corpus_files(args: argparse.Namespace) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:
+    """``(pairs, mono)``: the translation pairs ``(src_file, tgt_file, lang)`` for every language,
+    from every folder that has them, and every file once with its language."""
+    p, pairs, mono = args.pivot, [], {}
+    for x in args.langs:
+        found = []
+        for d in args.pairs_dir:
+            a, b = d.resolve() / f"train.{p}-{x}.{p}", d.resolve() / f"train.{p}-{x}.{x}"
+            if a.is_file() and b.is_file():
+                found.append((str(a), str(b), x))
+        for d in args.multiway_dir:
+            for a in sorted(d.resolve().glob(f"*.{p}")):
+                b = a.with_suffix(f".{x}")
+                if b.is_file():
+                    found.append((str(a), str(b), x))
+        if not found:
+            die(f"no parallel text for {p}-{x}: expected train.{p}-{x}.{{{p},{x}}} in a --pairs-dir or "
+                f"NAME.{{{p},{x}}} in a --multiway-dir")
+        pairs += found
+        for a, b, _ in found:
+            mono.setdefault(a, p)
+            mono.setdefault(b, x)
+    return pairs, sorted(mono.items(), key=lambda kv: (kv[1] != p, kv[1], kv[0]))
+
+
+def data_overrides(args: argparse.Namespace) -> list[str]:
+    p = args.pivot
+    pairs, mono = corpus_files(args)
+    pair_toml = ",".join(f"{{src={toml_str(a)},tgt={toml_str(b)},src_lang={toml_str(p)},tgt_lang={toml_str(x)}}}"
+                         for a, b, x in pairs)
+    file_toml = ",".join(f"{{path={toml_str(f)},lang={toml_str(lang)}}}" for f, lang in mono)
+    alpha = args.sampling_alpha
+    out = [f'data.parallel={{type="parallel",pairs=[{pair_toml}],sampling_alpha={alpha}}}',
+           f'data.mono={{type="text",files=[{file_toml}],sampling_alpha={alpha}}}',
+           'model.tokenizer.sources=["mono"]', "model.tokenizer.character_coverage=1.0",
+           f"model.tokenizer.max_sentences={args.tokenizer_lines_per_file * len(mono)}",
+           f"train.steps={args.steps}", f"train.checkpoint_every={args.checkpoint_every}"]
+    if args.vocab_size:
+        out.append(f"model.tokenizer.vocab_size={args.vocab_size}")
+    if args.time_budget:
+        out += [f"train.time_budget={args.time_budget}", f'train.time_budget_clock="{args.budget_clock}"']
+    return [*out, *args.set]
 
 
 TATOEBA_ARGS = ("tatoeba_dir", "pivot", "langs")
@@ -90,52 +137,129 @@ def reusable(previous: dict[str, Any], args: dict[str, Any], keys: tuple[str, ..
             and export.stat().st_mtime <= results_file.stat().st_mtime)
 
 
+def _short(lang: str) -> str:
+    return LANG_SHORT.get(lang, lang)
+
+
+def _budget(run: dict[str, Any]) -> str:
+    record = run.get("export_record") or {}
+    if "train_seconds" in record:
+        clock = "CPU s" if record.get("time_budget_clock") == "process" else "s"
+        return f"{record['train_seconds']:.0f} {clock}"
+    return f"{run['train_seconds']:.0f} s" if run.get("train_seconds") else "n/a"
+
+
 def markdown(results: dict[str, Any]) -> str:
     tr, a, m = results["transfer"], results["args"], results["machine"]
     langs, train_langs = tr["languages"], tr["settings"]["train_langs"]
     zero = [x for x in langs if x not in train_langs]
-    head = [*langs, "zero-shot avg", "Tatoeba xx↔en", "train time"]
+    head = [*(_short(x) for x in langs), f"avg ({len(zero)})", "steps", "budget used"]
     lines = ["| model | " + " | ".join(head) + " |", "|---" + "|---:" * len(head) + "|"]
     for model in tr["models"]:
-        cells = [f"{model['mean'][x]:.1f} ± {model['std'][x]:.1f}" for x in langs]
-        cells.append(f"**{model['avg']['mean']:.1f}** ± {model['avg']['std']:.1f}")
         run = results["runs"][model["name"]]
-        cells.append(f"{run['tatoeba']['average']['mean']:.1f}")
-        cells.append(f"{run['train_seconds']:.0f} s" if run.get("train_seconds") else "n/a")
+        cells = [f"{model['mean'][x]:.1f}" for x in langs]
+        cells.append(f"**{model['avg']['mean']:.1f}** ± {model['avg']['std']:.1f}")
+        cells.append(str((run.get("export_record") or {}).get("step", "n/a")))
+        cells.append(_budget(run))
         lines.append(f"| {ROWS.get(model['name'], model['name'])} | " + " | ".join(cells) + " |")
     maj = tr["majority"]
     lines.append("| majority class | " + " | ".join(f"{maj[x]:.1f}" for x in langs)
                  + f" | {sum(maj[x] for x in zero) / len(zero):.1f} | | |")
+    # Tatoeba: the mean of both directions per language; the two directions' averages
+    tat_langs = next((list(r["tatoeba"]["languages"]) for r in results["runs"].values() if r.get("tatoeba")), [])
+    tat = ["| model | " + " | ".join([*tat_langs, "xx→en", "en→xx", "mean"]) + " |",
+           "|---" + "|---:" * (len(tat_langs) + 3) + "|"]
+    for model in tr["models"]:
+        t = results["runs"][model["name"]]["tatoeba"]
+        cells = [f"{t['languages'][x]['mean']:.1f}" for x in tat_langs]
+        cells += [f"{t['average']['xx2en']:.1f}", f"{t['average']['en2xx']:.1f}", f"**{t['average']['mean']:.1f}**"]
+        tat.append(f"| {ROWS.get(model['name'], model['name'])} | " + " | ".join(cells) + " |")
     s = tr["settings"]
     reused = [ROWS.get(x, x) for x in tr.get("reused", [])]
     earlier = f" ({', '.join(reused)}: evaluated in an earlier run with the same settings)" if reused else ""
+    if a.get("time_budget"):
+        clock = "CPU seconds of each row's process" if a.get("budget_clock") == "process" else "seconds of wall time"
+        budget = (f"the same budget for every row, {a['time_budget']:g} {clock} (`train.time_budget`; "
+                  f"steps: what each row reached in it, at most {a['steps']})")
+    else:
+        budget = f"{a['steps']} steps"
+    sources = ", ".join(f"`{d}`" for d in [*a.get("pairs_dir", []), *a.get("multiway_dir", [])])
     return "\n".join([
-        f"Zero-shot transfer on {s['task']} (accuracy %, mean ± std over seeds "
-        f"{','.join(map(str, s['seeds']))}; fine-tuned on {', '.join(train_langs)}, epoch selected on "
-        f"{' + '.join(train_langs)} dev):", "", *lines, "",
-        f"Pretraining: {a['steps']} steps on `{a['pairs_dir']}` pairs {a['pivot']}–{{{','.join(a['langs'])}}}. "
-        f"Fine-tuning: lr {s['lr']}, {s['epochs']} epochs, batch {s['batch_size']}, max length "
+        f"Zero-shot transfer on {s['task']} (accuracy %, mean over seeds "
+        f"{','.join(map(str, s['seeds']))}; avg: mean ± std over seeds of the {len(zero)}-language average; "
+        f"fine-tuned on {', '.join(train_langs)}, epoch selected on {' + '.join(train_langs)} dev):", "",
+        *lines, "",
+        f"Tatoeba retrieval (top-1 accuracy %, mean of xx→en and en→xx per language; XTREME's protocol):", "",
+        *tat, "",
+        f"Pretraining: {budget}, on {sources} pairs {a['pivot']}–{{{','.join(a['langs'])}}} (and every side as "
+        f"monolingual text). Fine-tuning: lr {s['lr']}, {s['epochs']} epochs, batch {s['batch_size']}, max length "
         f"{s['max_length']}; {tr['seconds']:.0f} s for all models and seeds{earlier}.",
         "", "```", results["command"], "```", "",
         machine_line(m), ""])
 
 
+def train_rows(rows: list[tuple[str, list[str], Path, Path]], jobs: int, threads: int) -> dict[str, dict[str, Any]]:
+    """Run ``objkit run`` for each row, ``jobs`` at a time with ``threads`` torch threads each,
+    printing the latest logged step of each; dies on the first failure."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    pending, running, timings = list(rows), {}, {}
+    while pending or running:
+        while pending and len(running) < jobs:
+            name, cmd, run_dir, log = pending.pop(0)
+            print(f"[{name}] training: {shlex.join(cmd)}\n[{name}] log: {log}", file=sys.stderr)
+            fh = log.open("w")
+            running[name] = (subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env), fh,
+                             time.perf_counter(), run_dir, log, "")
+        time.sleep(5)
+        for name, (proc, fh, started, run_dir, log, last) in list(running.items()):
+            line = tail_metrics(run_dir / "metrics.jsonl")
+            if line and line != last:
+                print(f"[{name}] {time.perf_counter() - started:6.0f}s  {line}", file=sys.stderr)
+                running[name] = (proc, fh, started, run_dir, log, line)
+            if proc.poll() is None:
+                continue
+            fh.close()
+            del running[name]
+            if proc.returncode != 0:
+                for other in running.values():
+                    other[0].terminate()
+                lines = log.read_text(errors="replace").splitlines()
+                die(f"[{name}] objkit run failed (exit {proc.returncode}): {lines[-1] if lines else ''} (see {log})")
+            seconds = time.perf_counter() - started
+            print(f"[{name}] done in {seconds:.0f}s", file=sys.stderr)
+            timings[name] = {"train_seconds": seconds,
+                             "loadavg_after_train": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+    return timings
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--pairs-dir", type=Path, required=True, help="holds train.PIVOT-XX.{PIVOT,XX}")
+    p.add_argument("--pairs-dir", type=Path, action="append", default=[], help="holds train.PIVOT-XX.{PIVOT,XX}")
+    p.add_argument("--multiway-dir", type=Path, action="append", default=[],
+                   help="holds NAME.LANG files translating NAME.PIVOT line for line (NTREX-128)")
     p.add_argument("--pivot", default="en")
-    p.add_argument("--langs", type=lambda s: [x for x in s.split(",") if x], required=True, help="de,fr,es,ru")
+    p.add_argument("--langs", type=lambda s: [x for x in s.split(",") if x], required=True,
+                   help="de,fr,es,ru,ar,bg,el,hi,sw,th,tr,ur,vi,zh")
     p.add_argument("--task", default="sib200")
     p.add_argument("--task-dir", type=Path, required=True, help="the task's data (SIB-200 layout by default)")
     p.add_argument("--tatoeba-dir", type=Path, required=True)
     p.add_argument("-o", "--output", type=Path, required=True)
-    p.add_argument("--recipes", default="quickstart_mlm,quickstart_infoxlm,quickstart_no_xlco,quickstart_mbert_mlm", help="comma-separated recipe names or .toml paths")
-    p.add_argument("--steps", type=int, default=1200)
+    p.add_argument("--recipes", default=DEFAULT_ROWS, help="comma-separated recipe names or .toml paths")
+    p.add_argument("--time-budget", type=float, help="train.time_budget of every row (seconds of --budget-clock)")
+    p.add_argument("--budget-clock", choices=["wall", "process"], default="process")
+    p.add_argument("--steps", type=int, default=1200, help="train.steps (with --time-budget: the upper bound)")
+    p.add_argument("--checkpoint-every", type=int, default=200)
+    p.add_argument("--vocab-size", type=int, help="model.tokenizer.vocab_size of every row")
+    p.add_argument("--tokenizer-lines-per-file", type=int, default=2000)
+    p.add_argument("--sampling-alpha", type=float, default=0.3, help="α of both sources (XLM-R: 0.3)")
+    p.add_argument("--jobs", type=int, default=1, help="rows trained at once")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per training row")
     p.add_argument("--seeds", default="1,2,3")
     p.add_argument("--finetune", default="--lr 5e-4 --epochs 10 --batch-size 32",
                    help="options passed to objkit eval transfer (quickstart-size models)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed to every run")
     p.add_argument("--fresh", action="store_true", help="retrain rows that already finished")
+    p.add_argument("--train-only", action="store_true", help="train the rows, evaluate nothing")
     p.add_argument("--reevaluate", action="store_true",
                    help="evaluate every row again (default: rows evaluated in OUT/results.json with the same "
                         "settings keep their results)")
@@ -154,38 +278,42 @@ def main(argv: list[str] | None = None) -> None:
             publish(markdown(results), README_BEGIN, README_END)
         return
 
-    for x in args.langs:
-        for side in (args.pivot, x):
-            if not (args.pairs_dir / f"train.{args.pivot}-{x}.{side}").is_file():
-                die(f"missing {args.pairs_dir / f'train.{args.pivot}-{x}.{side}'}")
+    overrides = data_overrides(args)  # dies on a language without parallel text
     out: Path = args.output
     (out / "logs").mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {
         "command": "python " + shlex.join(sys.argv if argv is None else [sys.argv[0], *argv]),
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "args": {k: [str(x) for x in v] if isinstance(v, list) and v and isinstance(v[0], Path)
+                 else str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "machine": machine_info(), "runs": {}}
     results_file = out / "results.json"
     previous = json.loads(results_file.read_text()) if results_file.is_file() and not args.reevaluate else {}
     earlier = {**previous.get("transfer_rows", {}),
                **{m["name"]: m for m in previous.get("transfer", {}).get("models", [])}}
-    exports: list[str] = []
-    kept: dict[str, dict[str, Any]] = {}  # transfer rows that stand
-    for spec in [s.strip() for s in args.recipes.split(",") if s.strip()]:
-        path = recipe_path(spec)
+    specs = [(s, recipe_path(s)) for s in (x.strip() for x in args.recipes.split(",")) if s]
+    to_train, commands = [], {}
+    for _, path in specs:
         name, run_dir = path.stem, out / "runs" / path.stem
         cmd = [*OBJKIT, "run", str(path), "-o", str(run_dir), "--no-progress"]
-        cmd += [x for s in data_overrides(args, args.steps) for x in ("--set", s)]
+        cmd += [x for s in overrides for x in ("--set", s)]
         if args.fresh:
             cmd.append("--fresh")
-        old = previous.get("runs", {}).get(name, {})
-        export = run_dir / "export" / "config.json"
-        if export.is_file() and not args.fresh:
-            timing = {k: old.get(k) for k in ("train_seconds", "first_log_seconds", "loadavg_after_train")}
-            if not timing["train_seconds"]:
-                timing["train_seconds"] = export.stat().st_mtime - (run_dir / "recipe.toml").stat().st_mtime
+        commands[name] = cmd
+        if (run_dir / "export" / "config.json").is_file() and not args.fresh:
             print(f"[{name}] trained already ({run_dir}); --fresh retrains", file=sys.stderr)
         else:
-            timing = train(name, cmd, run_dir, out / "logs" / f"{name}.train.log", args.steps)
+            to_train.append((name, cmd, run_dir, out / "logs" / f"{name}.train.log"))
+    timings = train_rows(to_train, args.jobs, args.threads)
+    if args.train_only:
+        return
+    exports: list[str] = []
+    kept: dict[str, dict[str, Any]] = {}  # transfer rows that stand
+    for _, path in specs:
+        name, run_dir = path.stem, out / "runs" / path.stem
+        old = previous.get("runs", {}).get(name, {})
+        export = run_dir / "export" / "config.json"
+        timing = timings.get(name) or {k: old.get(k) for k in ("train_seconds", "loadavg_after_train")}
+        record = json.loads((run_dir / "export" / "objkit.json").read_text())
         langs = [TATOEBA[x] for x in args.langs if x in TATOEBA]
         tcmd = [*OBJKIT, "eval", "tatoeba", str(run_dir / "export"), "--data-dir", str(args.tatoeba_dir),
                 "--langs", ",".join(langs), "--json"]
@@ -195,7 +323,8 @@ def main(argv: list[str] | None = None) -> None:
             tatoeba = old["tatoeba"]
         else:
             tatoeba = run_json(tcmd, out / "logs" / f"{name}.eval.log")
-        results["runs"][name] = {"recipe": str(path), "command": shlex.join(cmd), **timing, "tatoeba": tatoeba}
+        results["runs"][name] = {"recipe": str(path), "command": shlex.join(commands[name]), **timing,
+                                 "export_record": record, "tatoeba": tatoeba}
         exports.append(f"{name}={run_dir / 'export'}")
         row = earlier.get(name)
         if (not args.fresh and row is not None and row.get("model") == str(run_dir / "export")

@@ -44,6 +44,8 @@ NEUTRAL_KEYS = {
     ("train", "log_every"), ("train", "checkpoint_every"), ("train", "keep_checkpoints"),
     ("train", "report_to"), ("train", "max_bad_steps"), ("train", "collective_timeout"), ("data", "cache_dir"),
     ("train", "checkpoint_format"), ("train", "checkpoint_async"),
+    # where a budgeted run ends, not what its steps compute: a spent budget may be raised to train on
+    ("train", "time_budget"), ("train", "time_budget_clock"),
     # memory and speed: the same losses up to float rounding (tested), so a run may resume with them changed
     ("train", "activation_checkpointing"), ("train", "lm_head_chunk_rows"), ("train", "compile"),
 }
@@ -287,7 +289,10 @@ def _train(resolved: ResolvedRecipe, run_dir: Path, registry: Registry, progress
             export = trainer.export()
             if trainer.world.is_main:
                 ranks = f" on {trainer.world.world_size} ranks" if trainer.world.world_size > 1 else ""
-                click.echo(f"done: {trainer.step} steps{ranks} in {time.perf_counter() - started:.0f}s; "
+                budget = trainer.budget_record()
+                spent = (f" (train.time_budget reached: {budget['train_seconds']:.0f} s of "
+                         f"{budget['time_budget_clock']} time)" if trainer.budget_spent else "")
+                click.echo(f"done: {trainer.step} steps{ranks}{spent} in {time.perf_counter() - started:.0f}s; "
                            f"export at {export}", err=True)
             return export
     raise stopped

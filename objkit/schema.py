@@ -127,6 +127,16 @@ class TrainConfig(Strict):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = Field(1, ge=0, le=2**63 - 1, description="0 to 2**63 - 1 (a TOML integer)")
+    time_budget: float | None = Field(
+        None, gt=0, description="seconds of training after which the run ends as if it had reached train.steps "
+        "(checkpoint, export): the first step that begins with the budget spent is the last; counted across "
+        "resumes; train.steps is then an upper bound (and still sets the schedule)"
+    )
+    time_budget_clock: Literal["wall", "process"] = Field(
+        "wall", description="how train.time_budget is counted: wall (elapsed time in the training loop) or process "
+        "(CPU seconds of each rank's process, all threads: a budget of compute that other jobs on a shared machine "
+        "do not eat into)"
+    )
     log_every: int = Field(10, gt=0)
     checkpoint_every: int = Field(1000, gt=0)
     keep_checkpoints: int = Field(2, ge=1)

@@ -123,6 +123,9 @@ class Trainer:
         self.step = 0
         self.bad_steps = faults.BadSteps(self.train_cfg.max_bad_steps)
         self.stopped_by: str | None = None  # the signal that ended fit() early, if any
+        self.train_seconds = 0.0  # train.time_budget's clock, summed over the segments of a resumed run
+        self.budget_spent = False  # the run ended at train.time_budget, before train.steps
+        self._segment_start: float | None = None  # the clock when this process began training
         self.aborted: faults.RunAborted | None = None  # train.max_bad_steps reached in the step just taken
         self.prefetcher: StepPrefetcher | None = None  # collates the next step during fit()
         self.stop_agreed = False  # a stop request agreed by every rank at the last step
@@ -165,6 +168,7 @@ class Trainer:
             "parallelism": self.strategy.mode,
             "bad_steps": self.bad_steps.state_dict(),
             "threads": thread_counts(),
+            "train_seconds": self._train_seconds(),
         }
 
     def _versions(self) -> dict[str, Any]:
@@ -305,6 +309,7 @@ class Trainer:
             self.streams[name].load_state_dict(state)
         self.bad_steps.load_state_dict(trainer_state.get("bad_steps", {}))
         self.step = int(trainer_state["step"])
+        self.train_seconds = float(trainer_state.get("train_seconds", 0.0))
         saved_threads, threads = trainer_state.get("threads"), thread_counts()
         if saved_threads and saved_threads != threads and self.device.type == "cpu" and self.world.is_main:
             tqdm.write(f"warning: {data.path} was written with {saved_threads['torch']} torch CPU thread(s) per rank, "
@@ -347,11 +352,26 @@ class Trainer:
             tqdm.write(f"resumed from {data.path} (step {self.step})", file=sys.stderr)
 
     # ------------------------------------------------------------------ loop
-    def train_step(self, collated: CollatedStep | None = None, stop_requested: bool = False) -> StepStats:
+    def _clock(self) -> float:
+        return time.process_time() if self.train_cfg.time_budget_clock == "process" else time.perf_counter()
+
+    def _train_seconds(self) -> float:
+        """``train.time_budget``'s clock so far: earlier segments (from the checkpoint) plus this one."""
+        started = self._segment_start
+        return self.train_seconds + (self._clock() - started if started is not None else 0.0)
+
+    def _budget_spent(self) -> bool:
+        budget = self.train_cfg.time_budget
+        return budget is not None and self._train_seconds() >= budget
+
+    def train_step(self, collated: CollatedStep | None = None, stop_requested: bool = False,
+                   budget_spent: bool = False) -> StepStats:
         """One optimizer step; gradients are normalised and synchronised by the composite.
         ``collated``: the step's batches if collated ahead. ``stop_requested`` (a signal on this
         rank) is agreed over ranks in the same all-reduce as the non-finite check, into
-        :attr:`stop_agreed`. One host synchronisation: whether the step is finite."""
+        :attr:`stop_agreed`; so is ``budget_spent`` (``train.time_budget`` spent when the step
+        began, on any rank), into :attr:`budget_spent`. One host synchronisation: whether the step
+        is finite."""
         self.encoder.train()
         ctx = StepContext(step=self.step, encoder=self.encoder, device=self.device, world=self.world)
         stats = self.composite.accumulate(ctx, collated)
@@ -360,7 +380,7 @@ class Trainer:
         if self.train_cfg.clip_norm is not None:
             stats.values["grad_norm"] = grad_norm_t
         reason = self._nonfinite(stats, grad_norm_t)
-        bad, self.stop_agreed = self.strategy.agree(reason is not None, stop_requested)
+        bad, self.stop_agreed, self.budget_spent = self.strategy.agree(reason is not None, stop_requested, budget_spent)
         if bad:  # skip the update: optimizer and momentum encoders stay; step and schedule move on
             try:
                 message = self.bad_steps.record(self.step, reason or "loss or gradients on another rank")
@@ -398,7 +418,8 @@ class Trainer:
         return faults.nonfinite_reason(to_host(checked), float(grad_norm))
 
     def fit(self, callbacks: Sequence[Callback] = ()) -> None:
-        """Train to ``train.steps``, resuming from the newest intact checkpoint in ``run_dir``.
+        """Train to ``train.steps`` (or ``train.time_budget``, whichever comes first), resuming from
+        the newest intact checkpoint in ``run_dir``.
 
         Events go to objkit's progress bar and metrics report, then to the recipe's
         ``[callbacks]``, then to ``callbacks`` (periodic evaluation; see :mod:`objkit.events`).
@@ -406,6 +427,9 @@ class Trainer:
         ``self.stopped_by`` then names the signal.
         """
         self._resume_newest()
+        self._segment_start = self._clock()
+        # a run resumed with its budget spent (checkpoint values: the same on every rank) is finished
+        self.budget_spent = self.train_cfg.time_budget is not None and self.train_seconds >= self.train_cfg.time_budget
         state = FitState(run_dir=self.run_dir, total_steps=self.train_cfg.steps, world=self.world,
                          encoder=self.encoder, tokenizer=self.tokenizer, step=self.step)
         builtin = [ProgressBar(self.progress), MetricsReport(self.train_cfg.report_to)]
@@ -420,13 +444,13 @@ class Trainer:
             events.fit_start()
             window_start = time.perf_counter()
             with faults.StopRequest(announce=self.world.is_main and not quiet_rank()) as stop:
-                while self.step < self.train_cfg.steps:
+                while self.step < self.train_cfg.steps and not self.budget_spent:
                     faults.pause_for_test("step", self.step + 1)
-                    stats = self.train_step(self.prefetcher.get(self.step), stop.requested)
+                    stats = self.train_step(self.prefetcher.get(self.step), stop.requested, self._budget_spent())
                     state.step = self.step
                     window.append(stats)
-                    if (self.step % self.train_cfg.log_every == 0 or self.step == self.train_cfg.steps
-                            or self.aborted is not None):  # the steps an abort names are in metrics.jsonl
+                    last = self.step == self.train_cfg.steps or self.budget_spent
+                    if self.step % self.train_cfg.log_every == 0 or last or self.aborted is not None:  # the steps an abort names are in metrics.jsonl
                         elapsed = time.perf_counter() - window_start
                         events.log(self._summarise(window, elapsed))
                         window, window_start = [], time.perf_counter()
@@ -436,12 +460,12 @@ class Trainer:
                         raise faults.RunAborted(f"{self.aborted}; " + (f"the last checkpoint, {last}, is intact"
                                                                        if last else "no checkpoint was written"))
                     saved = False
-                    if self.step % self.train_cfg.checkpoint_every == 0 or self.step == self.train_cfg.steps:
+                    if self.step % self.train_cfg.checkpoint_every == 0 or last:
                         self._checkpoint(events)
                         saved = True
                     # several ranks: agreed with the step's non-finite check (no collective of its own)
                     stop_now = self.stop_agreed or (self.world.world_size == 1 and stop.requested)
-                    if stop_now and self.step < self.train_cfg.steps:
+                    if stop_now and not last:
                         if not saved:
                             self._checkpoint(events)
                         self.stopped_by = state.stopped_by = stop.signal_name or "a signal to another rank"
@@ -478,6 +502,14 @@ class Trainer:
             record["skipped_steps"] = self.bad_steps.total
         return record
 
+    def budget_record(self) -> dict[str, Any]:
+        """What ``train.time_budget`` did (empty without one): for the export's ``objkit.json``."""
+        if self.train_cfg.time_budget is None:
+            return {}
+        return {"time_budget": self.train_cfg.time_budget, "time_budget_clock": self.train_cfg.time_budget_clock,
+                "train_seconds": round(self._train_seconds(), 3),
+                "ended_by": "train.time_budget" if self.budget_spent else "train.steps"}
+
     # ------------------------------------------------------------------ export
     def export(self) -> Path | None:
         """``run_dir/export``: encoder + tokenizer loadable by AutoModel / AutoTokenizer, a model
@@ -497,7 +529,8 @@ class Trainer:
         card = CardInfo(recipe=tomllib.loads(recipe_toml), step=self.step, total_steps=self.train_cfg.steps,
                         run_dir=self.run_dir, objkit_version=objkit_version())
         final = write_export(self.run_dir / "export", model, self.tokenizer, card=card,
-                             record=export_record(self.step, self.train_cfg.steps, self.resolved.source),
+                             record={**export_record(self.step, self.train_cfg.steps, self.resolved.source),
+                                     **self.budget_record()},
                              recipe_toml=recipe_toml, writer="objkit run",
                              hint="checkpoints already written are intact")
         distributed.barrier(self.world)

@@ -95,6 +95,58 @@ def test_gpu_peak_table_and_rows(run, monkeypatch):
     assert run.describe("gpu_mfu", row) == "400 TFLOP/s of 989.0 on NVIDIA H100 80GB HBM3; 100 ms per step, B×L 8×512"
 
 
+def test_rows_come_from_the_row_modules_in_order(run):
+    """Every row is declared by a row module of ``ROW_MODULES`` (``ROWS``), in that order; the
+    goals, the CPU/GPU split and the table text all come from the rows."""
+    import importlib
+
+    declared = [row.key for name in run.ROW_MODULES for row in importlib.import_module(name).ROWS]
+    assert declared == list(run.ROWS) == list(run.GOALS)
+    assert list(run.BENCHMARKS) == [k for k in declared if k != "gpu_mfu"] and list(run.GPU_BENCHMARKS) == ["gpu_mfu"]
+    assert run.GOALS["mlm_head_speedup"] == (">=", 1.7, "HF full-vocab MLM step / objkit masked-only MLM step")
+    assert run.CUDA_ROWS == ("checkpointing_step_ratio", "chunked_head_time_ratio", "compile_speedup", "gpu_mfu")
+    enqueue = {"median_us_per_enqueue": {"size_131072": 12.0, "size_1024": 10.0}, "keys_per_enqueue": 128}
+    assert run.describe("enqueue_ratio", enqueue) == "12 µs vs 10 µs per enqueue of 128 keys"
+    with pytest.raises(ValueError, match="direction"):
+        run.Row("x", lambda ws: {}, "==", 1.0, "x")
+
+
+def test_a_row_module_added_to_the_registry_runs_in_the_suite(run, tmp_path, monkeypatch):
+    """A new row module beside run.py (as benchmarks/README.md, "Adding a row", describes) is
+    loaded from ROW_MODULES, run by the runner and written into the JSON and the table."""
+    import suite.registry
+    import suite.runner
+
+    (tmp_path / "extra_rows.py").write_text(
+        "from suite.common import alternate, median_ratio, summary\n"
+        "from suite.registry import Row\n"
+        "def bench(ws):\n"
+        "    times = alternate({'a': lambda: sum(range(1000)), 'b': lambda: sum(range(1000))}, reps=3)\n"
+        "    return {'value': median_ratio(times['a'], times['b']), 'times': {k: summary(v) for k, v in times.items()}}\n"
+        "ROWS = [Row('extra_ratio', bench, '<=', 1e9, 'a / b', lambda d: 'extra details')]\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "no_rows.py").write_text("X = 1\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rows = suite.registry.load_rows((*run.ROW_MODULES, "extra_rows"))
+    assert list(rows)[-1] == "extra_ratio" and list(rows)[:-1] == list(run.ROWS)
+    with pytest.raises(RuntimeError, match="defines no ROWS"):
+        suite.registry.load_rows(("no_rows",))
+    with pytest.raises(RuntimeError, match="extra_ratio is defined twice"):
+        suite.registry.load_rows(("extra_rows", "extra_rows"))
+    monkeypatch.setattr(suite.runner, "ROWS", rows)
+    doc = run.run_suite(run.Settings.toy(), only=["extra_ratio"], workdir=tmp_path / "work")
+    assert doc["extra_ratio"] > 0 and doc["goals"]["extra_ratio"]["goal"] == "<= 1000000000.0"
+    assert doc["all_pass"] and doc["details"]["extra_ratio"]["times"]["a"]["n"] == 3
+    assert "| `extra_ratio` |" in run.markdown(doc, "python benchmarks/run.py") and "extra details" in run.markdown(doc, "x")
+
+
+def test_no_benchmark_module_is_over_500_lines():
+    for path in sorted(RUN.parent.rglob("*.py")):
+        lines = len(path.read_text(encoding="utf-8").splitlines())
+        assert lines <= 500, f"{path.relative_to(RUN.parent)}: {lines} lines"
+
+
 def test_alternate_interleaves_and_median_ratio(run):
     calls = []
     times = run.alternate({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, reps=3, warmup=1)
@@ -122,7 +174,8 @@ def test_update_readme_replaces_only_the_marked_table(run, tmp_path):
 
 def test_transfer_table_markdown_has_the_papers_layout(monkeypatch):
     """benchmarks/transfer_table.py renders a row per pretrained model, a column per language,
-    the zero-shot average over the non-English languages and the majority-class row."""
+    the zero-shot average over the non-English languages, the steps each row reached in its time
+    budget and the majority-class row; then Tatoeba per language in both directions."""
     monkeypatch.syspath_prepend(str(RUN.parent))
     spec = importlib.util.spec_from_file_location("objkit_bench_transfer", RUN.parent / "transfer_table.py")
     table = importlib.util.module_from_spec(spec)
@@ -130,25 +183,60 @@ def test_transfer_table_markdown_has_the_papers_layout(monkeypatch):
     langs = ["eng_Latn", "deu_Latn"]
     model = {"name": "quickstart_infoxlm", "mean": {"eng_Latn": 45.0, "deu_Latn": 33.0},
              "std": {"eng_Latn": 1.0, "deu_Latn": 2.0}, "avg": {"mean": 33.0, "std": 2.0}}
+    tatoeba = {"languages": {"deu": {"n": 1000, "xx2en": 12.0, "en2xx": 13.0, "mean": 12.5}},
+               "average": {"xx2en": 12.0, "en2xx": 13.0, "mean": 12.5}}
+    record = {"step": 812, "total_steps": 100000, "time_budget": 600.0, "time_budget_clock": "process",
+              "train_seconds": 601.2, "ended_by": "train.time_budget"}
     results = {
         "command": "python benchmarks/transfer_table.py ...",
-        "args": {"steps": 1200, "pairs_dir": "newstest", "pivot": "en", "langs": ["de"]},
+        "args": {"steps": 100000, "pairs_dir": ["data/newstest"], "multiway_dir": ["data/ntrex"], "pivot": "en",
+                 "langs": ["de"], "time_budget": 600.0, "budget_clock": "process"},
         "machine": {"processor": "x86_64", "cpu_count": 2, "gpu": None, "torch": "2.13.0", "python": "3.11",
                     "objkit": "0.1.0", "objkit_commit": "abc", "loadavg_at_start": [0.5]},
-        "runs": {"quickstart_infoxlm": {"train_seconds": 500.0, "tatoeba": {"average": {"mean": 12.5}}}},
+        "runs": {"quickstart_infoxlm": {"train_seconds": 500.0, "export_record": record, "tatoeba": tatoeba}},
         "transfer": {"languages": langs, "models": [model], "majority": {"eng_Latn": 14.2, "deu_Latn": 14.2},
                      "seconds": 99.0, "settings": {"train_langs": ["eng_Latn"], "task": "sib200", "seeds": [1, 2, 3],
                                                    "lr": 5e-4, "epochs": 10, "batch_size": 32, "max_length": 128}},
     }
     md = table.markdown(results)
-    assert md.startswith("Zero-shot transfer on sib200 (accuracy %, mean ± std over seeds 1,2,3;")
-    assert "| model | eng_Latn | deu_Latn | zero-shot avg | Tatoeba xx↔en | train time |" in md
-    assert "| InfoXLM (MLM + TLM + XLCO) | 45.0 ± 1.0 | 33.0 ± 2.0 | **33.0** ± 2.0 | 12.5 | 500 s |" in md
+    assert md.startswith("Zero-shot transfer on sib200 (accuracy %, mean over seeds 1,2,3;")
+    assert "| model | en | de | avg (1) | steps | budget used |" in md
+    assert "| InfoXLM (MLM + TLM + XLCO) | 45.0 | 33.0 | **33.0** ± 2.0 | 812 | 601 CPU s |" in md
     assert "| majority class | 14.2 | 14.2 | 14.2 | | |" in md
+    assert "| model | deu | xx→en | en→xx | mean |" in md
+    assert "| InfoXLM (MLM + TLM + XLCO) | 12.5 | 12.0 | 13.0 | **12.5** |" in md
+    assert "the same budget for every row, 600 CPU seconds of each row's process" in md
+    assert "on `data/newstest`, `data/ntrex` pairs en–{de}" in md
     assert "for all models and seeds." in md
     results["transfer"]["reused"] = ["quickstart_infoxlm"]
     assert ("99 s for all models and seeds (InfoXLM (MLM + TLM + XLCO): evaluated in an earlier run with the "
             "same settings).") in table.markdown(results)
+
+
+def test_transfer_table_reads_pairs_from_bitext_and_multiway_folders(monkeypatch, tmp_path):
+    """Every language gets its pairs from each folder that has them (WMT layout and NTREX's
+    15-way layout); mono lists every file once; a language without parallel text stops the script."""
+    import argparse
+
+    monkeypatch.syspath_prepend(str(RUN.parent))
+    spec = importlib.util.spec_from_file_location("objkit_bench_transfer", RUN.parent / "transfer_table.py")
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    wmt, ntrex = tmp_path / "newstest", tmp_path / "ntrex"
+    wmt.mkdir()
+    ntrex.mkdir()
+    for side in ("en", "de"):
+        (wmt / f"train.en-de.{side}").write_text("x\n")
+    for lang in ("en", "de", "zh"):
+        (ntrex / f"ntrex.{lang}").write_text("x\n")
+    args = argparse.Namespace(pivot="en", langs=["de", "zh"], pairs_dir=[wmt], multiway_dir=[ntrex])
+    pairs, mono = table.corpus_files(args)
+    assert [(Path(a).name, Path(b).name, x) for a, b, x in pairs] == [
+        ("train.en-de.en", "train.en-de.de", "de"), ("ntrex.en", "ntrex.de", "de"), ("ntrex.en", "ntrex.zh", "zh")]
+    assert [(Path(f).name, lang) for f, lang in mono] == [
+        ("train.en-de.en", "en"), ("ntrex.en", "en"), ("train.en-de.de", "de"), ("ntrex.de", "de"), ("ntrex.zh", "zh")]
+    with pytest.raises(SystemExit, match="no parallel text for en-sw"):
+        table.corpus_files(argparse.Namespace(pivot="en", langs=["sw"], pairs_dir=[wmt], multiway_dir=[ntrex]))
 
 
 def test_transfer_table_keeps_only_evaluations_that_still_stand(monkeypatch, tmp_path):

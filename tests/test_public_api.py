@@ -63,7 +63,7 @@ def objkit_imports(path: Path) -> list[tuple[int, str]]:
 
 def test_there_are_modules_to_check():
     names = {p.stem for p in PLUGIN_MODULES}
-    assert {"mlm", "tlm", "xlco", "xlm_align", "xlm_e", "momentum_queue", "in_batch", "mixup"} <= names
+    assert {"mlm", "tlm", "xlco", "xlm_align", "xlm_e", "momentum_queue", "in_batch", "mixup", "adamw", "schedules"} <= names
     assert {"source_text", "source_parallel", "source_cldr", "source_hf"} <= names
     assert any(p.name == "objective.py" for p in EXAMPLE_MODULES) and any(p.name == "moses.py" for p in EXAMPLE_MODULES)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata as md
+import inspect
 import re
 import sys
 import types
@@ -11,6 +12,7 @@ from typing import ClassVar
 import pytest
 import torch
 
+import objkit
 from objkit import Objective, ObjectiveOutput, PluginConfig, hookimpl
 from objkit.errors import PluginError
 from objkit.hookspecs import PLUGIN_API_VERSION, api_compatible
@@ -53,6 +55,25 @@ def test_builtins_come_from_entry_points():
     assert (mlm.kind, mlm.distribution, mlm.module) == ("objective", "objkit", "objkit_plugins.mlm")
     assert mlm.version == md.version("objkit")
     assert registry.get("xlmr").kind == "encoder"
+    builtins = [("adamw", "optimizer", "objkit_plugins.adamw"), ("linear", "schedule", "objkit_plugins.schedules"),
+                ("constant", "schedule", "objkit_plugins.schedules"), ("cosine", "schedule", "objkit_plugins.schedules")]
+    for name, kind, module in builtins:
+        info = registry.get(name, kind=kind)  # the optimizer and the schedules are plugins like mlm
+        assert (info.distribution, info.module, info.plugin_api) == ("objkit", module, PLUGIN_API_VERSION), name
+
+
+def test_the_registry_holds_the_kinds_and_no_builtin():
+    """objkit's registry and kind modules define the kinds; every built-in plugin class lives in
+    objkit_plugins (plugins/), loaded through the entry points."""
+    from objkit import optim, registry as registry_module
+
+    assert registry_module.PLUGIN_KINDS["optimizer"] is objkit.Optimizer is optim.Optimizer
+    assert registry_module.PLUGIN_KINDS["schedule"] is objkit.Schedule is optim.Schedule
+    for module in (optim, registry_module):
+        defined = [v for v in vars(module).values() if isinstance(v, type) and v.__module__ == module.__name__]
+        assert not [c for c in defined if issubclass(c, objkit.Plugin) and not inspect.isabstract(c)], module
+    assert {i.module for i in Registry.from_entry_points().infos() if i.kind in ("optimizer", "schedule")} == {
+        "objkit_plugins.adamw", "objkit_plugins.schedules"}
 
 
 def test_duplicate_name_names_both_distributions():

@@ -167,3 +167,41 @@ def test_xlco_run_logs_loss_and_rising_accuracy(tmp_path):
     wb = load_file(str(resumed / "export" / "model.safetensors"))
     for key in wa:
         torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=0)
+
+
+def _export_record(run: Path) -> dict:
+    return json.loads((run / "export" / "objkit.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("clock", ["wall", "process"])
+def test_time_budget_ends_the_run_like_its_last_step_and_a_rerun_trains_no_further(recipe_path, tmp_path, clock):
+    run = tmp_path / "run"
+    budget = ["train.time_budget=1e-6", f'train.time_budget_clock="{clock}"']
+    _run(recipe_path, run, *budget)  # spent before the first step ends: that step is the last
+    assert [m["step"] for m in read_metrics(run / "metrics.jsonl")] == [1]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_0000001"]
+    record = _export_record(run)
+    assert record["step"] == 1 and record["total_steps"] == 6
+    assert record["ended_by"] == "train.time_budget" and record["time_budget_clock"] == clock
+    assert record["train_seconds"] > 0
+    before = (run / "export" / "model.safetensors").read_bytes()
+    _run(recipe_path, run, *budget)  # resumed with the budget spent: finished, no step taken
+    assert [m["step"] for m in read_metrics(run / "metrics.jsonl")] == [1]
+    assert (run / "export" / "model.safetensors").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_time_budget_counts_across_resumes_and_may_be_raised(recipe_path, tmp_path):
+    run = tmp_path / "run"
+    _run(recipe_path, run, "train.time_budget=1e6")  # never spent: train.steps ends it
+    assert _export_record(run)["ended_by"] == "train.steps"
+    spent = [json.loads((run / "checkpoints" / f"step_000000{k}" / "trainer.json").read_text())["train_seconds"]
+             for k in (3, 6)]
+    assert 0 < spent[0] < spent[1]
+    # back to step 3 with a budget that its checkpoint has already spent: nothing more is trained
+    shutil.rmtree(run / "checkpoints" / "step_0000006")
+    _run(recipe_path, run, f"train.time_budget={spent[0]}")
+    assert _export_record(run)["step"] == 3 and _export_record(run)["ended_by"] == "train.time_budget"
+    _run(recipe_path, run, "train.time_budget=1e6")  # raised: the run goes on to train.steps
+    assert _export_record(run)["step"] == 6
