@@ -229,7 +229,10 @@ def validate_recipe(raw: dict[str, Any], registry: Registry, source: str = "reci
             if name in objective_configs and entry.data in sources:
                 cls = registry.get(entry.plugin, kind="objective").cls
                 source_cls, source_config = sources[entry.data]
-                langs = source_cls.languages(source_config)
+                try:
+                    langs = source_cls.languages(source_config)
+                except UserError:  # a source that finds its languages in its files: checked before a run
+                    langs = []
                 problems.extend(f"objectives.{name}.{p}" for p in cls.check_languages(
                     objective_configs[name], entry.data, langs))
         if not recipe.enabled_objectives():

@@ -186,7 +186,8 @@ class Source(Plugin):
     @classmethod
     def groups(cls, config: Any) -> list[str]:
         """The ``group`` values of the rows, from the recipe alone, in first-appearance order
-        (``["*"]`` when only the rows know). Default: those of :meth:`parts` with no base dir."""
+        (``["*"]`` when only the rows know). Default: those of :meth:`parts` (relative paths from
+        the working directory; the core asks :meth:`parts` with the run's base dir instead)."""
         return list(dict.fromkeys(p.group or "*" for p in cls.parts(config, SourceContext("source"))))
 
     @classmethod

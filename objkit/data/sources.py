@@ -50,6 +50,7 @@ from objkit.source import (
     AlignedFilesPart,
     BitextFilePart,
     RowsPart,
+    Source,
     SourceContext,
     SourcePart,
     TextFilePart,
@@ -203,7 +204,7 @@ def load_source_groups(name: str, source: Any, tokenizer: Any, *, max_tokens: in
     carried = [ds for group, ds in parts if group is None]
     if carried:
         ds = carried[0] if len(carried) == 1 else datasets.concatenate_datasets(carried)
-        groups = [g for g in plugin.groups(source) if g not in grouped]
+        groups = [g for g in source_groups(source, name, base_dir) if g not in grouped]
         if groups == ["*"] or (len(groups) == 1 and not grouped):
             grouped[groups[0]] = [ds]
         for g in groups if len(groups) > 1 or grouped else []:
@@ -233,10 +234,14 @@ def load_source(name: str, source: Any, tokenizer: Any, *, max_tokens: int, num_
     return groups[0] if len(groups) == 1 else datasets.concatenate_datasets(groups)
 
 
-def source_groups(source: Any) -> list[str]:
+def source_groups(source: Any, name: str = "source", base_dir: Path | None = None) -> list[str]:
     """The ``group`` values a source yields, known from the recipe alone (``["*"]`` when its rows
-    carry their own, e.g. an ``hf`` source with ``lang_column``)."""
-    return source_plugin(source).groups(source)
+    carry their own, e.g. an ``hf`` source with ``lang_column``); a plugin that does not say finds
+    them in its parts (its files, relative to ``base_dir``)."""
+    plugin = source_plugin(source)
+    if plugin.groups.__func__ is not Source.groups.__func__:
+        return plugin.groups(source)
+    return list(dict.fromkeys(p.group or "*" for p in _parts(name, source, base_dir)))
 
 
 def source_group_sizes(name: str, source: Any, base_dir: Path | None = None) -> dict[str, int]:
@@ -247,7 +252,7 @@ def source_group_sizes(name: str, source: Any, base_dir: Path | None = None) -> 
     sizes = plugin.group_sizes(source, SourceContext(name, base_dir))
     if sizes is not None:
         return sizes
-    sizes = dict.fromkeys(plugin.groups(source), 0)
+    sizes = dict.fromkeys(source_groups(source, name, base_dir), 0)
     for part in _parts(name, source, base_dir):
         group = part.group or "*"
         files = _files(part)

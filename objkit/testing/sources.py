@@ -63,7 +63,7 @@ def check_source(cls: type[Source], table: dict[str, Any], base_dir: str | Path,
     texts = list(iter_source_texts(config, 200, name=name, base_dir=base_dir))
     assert texts and all(isinstance(t, str) and t.strip() for t in texts), f"{cls.name}: no sentences for a tokenizer"
     tokenizer = tokenizer or word_tokenizer(texts)
-    groups = source_groups(config)
+    groups = source_groups(config, name, base_dir)
     assert groups and all(isinstance(g, str) for g in groups), f"{cls.name}: groups() must list the groups"
 
     def read() -> datasets.Dataset:

@@ -254,6 +254,30 @@ def test_a_source_config_belongs_to_one_plugin_and_type_may_name_the_distributio
     assert resolved.recipe.data["d"].type == "lines"
 
 
+def test_a_recipe_validates_before_the_files_of_a_source_exist(tmp_path):
+    """groups() by default comes from parts(), which needs the files: validation does not."""
+
+    class GlobConfig(SourceConfig):
+        type: Literal["globbed"]
+        path: str
+
+    class Globbed(Source):
+        name: ClassVar[str] = "globbed"
+        plugin_api: ClassVar[str] = PLUGIN_API_VERSION
+        Config = GlobConfig
+        yields = "text"
+
+        @classmethod
+        def parts(cls, config: Any, ctx: Any) -> list[Any]:
+            return [TextFilePart(p, ctx.key("path"), p.suffix.lstrip(".")) for p in ctx.expand(config.path, ctx.key("path"))]
+
+    raw = _recipe({"type": "globbed", "path": str(tmp_path / "corpus.*")})
+    validate_recipe(raw, _registry(Globbed))  # no file yet: the data check before a run names it
+    (tmp_path / "corpus.en").write_text("\n".join(EN) + "\n")
+    assert Globbed.groups(GlobConfig(type="globbed", path=str(tmp_path / "corpus.*"))) == ["en"]
+    assert len(check_source(Globbed, {"type": "globbed", "path": "corpus.*"}, tmp_path)) == len(EN)
+
+
 def test_list_plugins_lists_the_builtin_sources(capsys):
     with pytest.raises(SystemExit) as info:
         main(["list-plugins", "--json"])
