@@ -413,3 +413,53 @@ def test_dry_run_counts_the_tied_gradient_copies_of_the_backward():
     assert [copies(16, fused_head=False, **one_process), copies(0, **one_process)] == [2, 1]
     chunked = estimate_memory(shape, 8, 128, "fp32", static, checkpointing=True, chunk_rows=16, fused_head=False)
     assert chunked.total == 10 + chunked.activations + chunked.lm_head + chunked.tied_gradient
+
+
+def test_run_options_are_declared_at_build_and_an_encoder_that_drops_one_is_refused(recipe_path):
+    """The run's options reach the encoder in ``EncoderContext.options`` (kept as ``run_options``);
+    the in-place gradients follow the parallel layout; an encoder written before API 1.6, whose
+    ``build`` ignores ``ctx.options``, is given them; one that dropped an option the recipe sets
+    is refused in one line naming the key."""
+    from objkit.build import build_encoder
+    from objkit.distributed import ParallelStrategy
+    from objkit.interfaces import WorldInfo
+    from objkit.memory import apply_train_options, encoder_run_options
+    from objkit.registry import Registry
+
+    resolved = load_recipe(recipe_path, ["train.lm_head_chunk_rows=7", "train.activation_checkpointing=['mlm']"])
+    train = resolved.recipe.train
+    options = encoder_run_options(train, ["mlm", "tlm"], 1, "fp32")
+    assert options == EncoderRunOptions(activation_checkpointing=frozenset({"mlm"}), lm_head_chunk_rows=7,
+                                        lm_head_grad_in_place=True, embedding_grad_in_place=True)
+    ddp = encoder_run_options(train, ["mlm"], 2)
+    assert ddp.lm_head_grad_in_place and not ddp.embedding_grad_in_place
+    fsdp = encoder_run_options(load_recipe(recipe_path, ["train.parallelism=fsdp"]).recipe.train, ["mlm"], 2)
+    assert not fsdp.lm_head_grad_in_place and not fsdp.embedding_grad_in_place
+
+    encoder = build_encoder(resolved, default_registry(), vocab_size=300, options=options)
+    assert encoder.run_options is options
+
+    class Older(XLMREncoder):  # build() as written to API 1.5: ctx.options unknown to it
+        @classmethod
+        def build(cls, config, ctx=None):
+            return cls.from_hf_config(architecture(config, ctx.vocab_size))
+
+    registry = Registry.from_entry_points()
+    registry._plugins.pop("xlmr")
+    registry.add(Older, distribution="<test>", version="")
+    older = build_encoder(resolved, registry, vocab_size=300, options=options)
+    assert type(older) is Older and older.run_options is options
+
+    from types import SimpleNamespace
+
+    objectives = [SimpleNamespace(instance_name="mlm"), SimpleNamespace(instance_name="tlm")]
+    strategy = ParallelStrategy(encoder, [], WorldInfo())
+    encoder.run_options = replace(options, lm_head_chunk_rows=0)
+    with pytest.raises(UserError, match=r"^train.lm_head_chunk_rows: encoder 'xlmr' does not honour it"):
+        apply_train_options(encoder, strategy, objectives, train, torch.device("cpu"))
+    encoder.run_options = replace(options, embedding_grad_in_place=False)  # may be kept off: memory only
+    apply_train_options(encoder, strategy, objectives, train, torch.device("cpu"))
+    assert type(encoder.mlm.get_input_embeddings()) is torch.nn.Embedding
+    assert all(block.gradient_checkpointing for block in encoder.body().encoder.layer)
+    strategy.module.before_compute(objectives[1])  # only mlm recomputes: switched off before tlm's pass
+    assert not any(block.gradient_checkpointing for block in encoder.body().encoder.layer)
