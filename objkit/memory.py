@@ -144,12 +144,12 @@ class FusedChunkedLMHead(MemoryMethod):
 
     *Costs*: one more forward of the decoder matmul per step (4/3 of the head's matmuls):
     ``chunked_head_time_ratio`` 0.958 on CPU (2339 vs 2636 ms per step, 76 rows, chunks of 32); the
-    head alone 1.2× its unchunked time (XLM-R base's 768 × 250,002 decoder).
+    head alone 1.2× its unchunked time (XLM-R base's 768 × 250,002 decoder; :mod:`objkit.lm_head`).
 
     *Saves*: the head holds ``chunk_rows × vocab`` logits instead of ``rows × vocab``: 146 → 31 MiB
     of head memory in that benchmark; the dry run estimates 3.43 → 0.72 GiB of logits for an
     ``infoxlm_large`` micro-batch (1,229 masked rows, chunks of 256). The backward holds 2.2
-    decoder-sized tensors instead of 3.0 (measured on a 50,000 × 1,024 vocabulary).
+    decoder-sized tensors instead of 3.0 (measured on a 50,000 × 1,024 vocabulary; :mod:`objkit.lm_head`).
 
     Installed by nothing: :func:`objkit.lm_head_loss` reads ``encoder.run_options`` on each call."""
 
