@@ -29,6 +29,16 @@ if TYPE_CHECKING:
         WorldInfo,
     )
     from objkit.interfaces import EncoderConfig, EncoderContext, MomentumCopy, TokenizerTraining
+    from objkit.interfaces import EncoderRunOptions
+    from objkit.encoder import (
+        PRESETS,
+        MaskedLMEncoder,
+        PresetEncoderConfig,
+        find_block_list,
+        preset_dims,
+        run_truncated,
+        truncated_blocks,
+    )
     from objkit.events import Callback, FitState
     from objkit.optim import Optimizer, Schedule
     from objkit.contrastive import ContrastiveResult, info_nce
@@ -85,6 +95,11 @@ _LAZY = {
     # plugin API 1.3: length bucketing keys and padding that objectives declare
     **dict.fromkeys(["length_groups", "padding_counts"], "objkit.masking"),
     "side_lengths": "objkit.data.bucketing",
+    # plugin API 1.6: the run options an encoder honours, and the building blocks the built-in
+    # encoders (plugins/xlmr.py, plugins/bert.py) are written on
+    "EncoderRunOptions": "objkit.interfaces",
+    **dict.fromkeys(["PRESETS", "MaskedLMEncoder", "PresetEncoderConfig", "find_block_list", "preset_dims",
+                     "run_truncated", "truncated_blocks"], "objkit.encoder"),
 }
 
 
@@ -105,6 +120,7 @@ __version__ = "0.6.0"  # = pyproject.toml's version (tests/test_packaging.py che
 __all__ = [
     "IGNORE_INDEX",
     "PLUGIN_API_VERSION",
+    "PRESETS",
     "SAMPLE_SEED",
     "AllGather",
     "Augmentation",
@@ -117,10 +133,12 @@ __all__ = [
     "Encoder",
     "EncoderConfig",
     "EncoderContext",
+    "EncoderRunOptions",
     "ExponentialMomentum",
     "FitState",
     "LMHeadLoss",
     "LinearMomentum",
+    "MaskedLMEncoder",
     "MaskingConfig",
     "MomentumSchedule",
     "MomentumCopy",
@@ -132,6 +150,7 @@ __all__ = [
     "Plugin",
     "PluginConfig",
     "PluginError",
+    "PresetEncoderConfig",
     "Schedule",
     "StepContext",
     "TokenizerTraining",
@@ -143,6 +162,7 @@ __all__ = [
     "derive_seed",
     "dist_all_gather",
     "example_seeds",
+    "find_block_list",
     "gather_rows",
     "hookimpl",
     "info_nce",
@@ -155,7 +175,10 @@ __all__ = [
     "pack_sentences",
     "pad_sequences",
     "padding_counts",
+    "preset_dims",
+    "run_truncated",
     "sample_generator",
     "sample_uniform",
     "side_lengths",
+    "truncated_blocks",
 ]
