@@ -29,6 +29,16 @@ if TYPE_CHECKING:
         WorldInfo,
     )
     from objkit.interfaces import EncoderConfig, EncoderContext, MomentumCopy, TokenizerTraining
+    from objkit.interfaces import EncoderRunOptions
+    from objkit.encoder import (
+        PRESETS,
+        MaskedLMEncoder,
+        PresetEncoderConfig,
+        find_block_list,
+        preset_dims,
+        run_truncated,
+        truncated_blocks,
+    )
     from objkit.events import Callback, FitState
     from objkit.optim import Optimizer, Schedule
     from objkit.contrastive import ContrastiveResult, info_nce
@@ -88,6 +98,11 @@ _LAZY = {
     # plugin API 1.3: length bucketing keys and padding that objectives declare
     **dict.fromkeys(["length_groups", "padding_counts"], "objkit.masking"),
     "side_lengths": "objkit.data.bucketing",
+    # plugin API 1.6: the run options an encoder honours, and the building blocks the built-in
+    # encoders (plugins/xlmr.py, plugins/bert.py) are written on
+    "EncoderRunOptions": "objkit.interfaces",
+    **dict.fromkeys(["PRESETS", "MaskedLMEncoder", "PresetEncoderConfig", "find_block_list", "preset_dims",
+                     "run_truncated", "truncated_blocks"], "objkit.encoder"),
     # plugin API 1.6: the source plugin kind (docs/plugin-api.md section 7)
     "SourceConfig": "objkit.schema",
     **dict.fromkeys(["AlignedFilesPart", "BitextFilePart", "RowsPart", "Source", "SourceContext", "TextFilePart"],
@@ -113,6 +128,7 @@ __version__ = "0.6.0"  # = pyproject.toml's version (tests/test_packaging.py che
 __all__ = [
     "IGNORE_INDEX",
     "PLUGIN_API_VERSION",
+    "PRESETS",
     "SAMPLE_SEED",
     "AlignedFilesPart",
     "AllGather",
@@ -127,10 +143,12 @@ __all__ = [
     "Encoder",
     "EncoderConfig",
     "EncoderContext",
+    "EncoderRunOptions",
     "ExponentialMomentum",
     "FitState",
     "LMHeadLoss",
     "LinearMomentum",
+    "MaskedLMEncoder",
     "MaskingConfig",
     "MomentumSchedule",
     "MomentumCopy",
@@ -142,6 +160,7 @@ __all__ = [
     "Plugin",
     "PluginConfig",
     "PluginError",
+    "PresetEncoderConfig",
     "RowsPart",
     "Schedule",
     "Source",
@@ -158,6 +177,7 @@ __all__ = [
     "derive_seed",
     "dist_all_gather",
     "example_seeds",
+    "find_block_list",
     "gather_rows",
     "hub_unreachable_reason",
     "hookimpl",
@@ -171,7 +191,10 @@ __all__ = [
     "pack_sentences",
     "pad_sequences",
     "padding_counts",
+    "preset_dims",
+    "run_truncated",
     "sample_generator",
     "sample_uniform",
     "side_lengths",
+    "truncated_blocks",
 ]

@@ -1,81 +1,22 @@
-"""The ``bert`` encoder: the BERT family (``BertForMaskedLM``), e.g. multilingual BERT.
+"""Deprecated: the ``bert`` encoder moved to the ``bert`` plugin (``objkit_plugins.bert``) in 0.7.0.
 
-Follows Devlin et al. (2019) as released in ``bert-base-multilingual-cased`` (mBERT): a BERT
-body (absolute positions from 0, two token types) and BERT's LM head (dense + GELU +
-LayerNorm + the decoder tied to the word embeddings), a cased WordPiece tokenizer with
-``[CLS] a [SEP] b [SEP]`` sequences. Departures: objkit trains it with the recipe's objectives
-(MLM on "complete" sentence blocks, no next-sentence prediction, as RoBERTa/XLM-R do), and a
-from-scratch run trains its own WordPiece vocabulary on the recipe's data
-(``[model.tokenizer]`` table; the algorithm defaults to ``wordpiece`` for this encoder).
-Everything else (truncated passes, momentum copies, FSDP units, export) is
-:class:`objkit.encoder.MaskedLMEncoder`'s.
+``objkit.bert.BertEncoder`` (and ``BertEncoderConfig``, ``bert_architecture``,
+``MBERT_VOCAB_SIZE``) keep working with a ``DeprecationWarning`` until objkit 1.0
+(docs/plugin-api.md, "Deprecated names"). Nothing in objkit imports this module.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, ClassVar
+import importlib
+import warnings
+from typing import Any
 
-import torch
-from pydantic import model_validator
-from transformers import BertConfig, BertForMaskedLM, PretrainedConfig
-from torch import nn
-
-from objkit.encoder import MaskedLMEncoder, PresetEncoderConfig, preset_dims
-from objkit.hookspecs import PLUGIN_API_VERSION, hookimpl
-from objkit.interfaces import TokenizerTraining
-
-MBERT_VOCAB_SIZE = 119_547
+_NAMES = ("BertEncoder", "BertEncoderConfig", "bert_architecture", "MBERT_VOCAB_SIZE")
 
 
-class BertEncoderConfig(PresetEncoderConfig):
-    """``[model]`` with ``encoder = "bert"``: a trained tokenizer defaults to WordPiece."""
-
-    encoder: str = "bert"
-
-    @model_validator(mode="after")
-    def _wordpiece_by_default(self) -> BertEncoderConfig:
-        if isinstance(self.tokenizer, TokenizerTraining) and self.tokenizer.algorithm is None:
-            self.tokenizer = self.tokenizer.model_copy(update={"algorithm": "wordpiece"})
-        return self
-
-
-def bert_architecture(config: PresetEncoderConfig, vocab_size: int, pad_token_id: int = 0) -> BertConfig:
-    """A BERT config from a preset and/or explicit dims (for fresh models and dry runs)."""
-    dropout = 0.1 if config.dropout is None else config.dropout
-    return BertConfig(
-        vocab_size=vocab_size,
-        max_position_embeddings=config.max_length,
-        pad_token_id=pad_token_id,
-        hidden_dropout_prob=dropout,
-        attention_probs_dropout_prob=dropout,
-        type_vocab_size=2,
-        **preset_dims(config),
-    )
-
-
-class BertEncoder(MaskedLMEncoder):
-    """BERT body + BERT's LM head (``BertForMaskedLM``). ``forward`` returns hidden states ``[h_0 .. h_L]``."""
-
-    name: ClassVar[str] = "bert"
-    plugin_api: ClassVar[str] = PLUGIN_API_VERSION  # built-in: always the current API
-    Config: ClassVar[type[BertEncoderConfig]] = BertEncoderConfig
-    tokenizer_algorithm: ClassVar[str] = "wordpiece"
-    model_class = BertForMaskedLM
-    default_vocab_size = MBERT_VOCAB_SIZE
-
-    @classmethod
-    def fresh_config(cls, config: Any, vocab_size: int) -> PretrainedConfig:
-        return bert_architecture(config, vocab_size)
-
-    def head(self) -> nn.Module:
-        return self.mlm.cls
-
-    def lm_head_parts(self) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor, torch.Tensor | None]:
-        predictions = self.mlm.cls.predictions  # BertLMPredictionHead: transform, then the decoder
-        return predictions.transform, predictions.decoder.weight, predictions.decoder.bias
-
-
-@hookimpl
-def objkit_plugins() -> list[type]:
-    return [BertEncoder]
+def __getattr__(name: str) -> Any:
+    if name in _NAMES:
+        warnings.warn(f"objkit.bert.{name} moved to objkit_plugins.bert.{name} (the bert encoder plugin); "
+                      "the old name goes in objkit 1.0", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module("objkit_plugins.bert"), name)
+    raise AttributeError(f"module 'objkit.bert' has no attribute {name!r}")

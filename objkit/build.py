@@ -13,7 +13,7 @@ import torch
 from objkit.distributed import barrier
 from objkit.errors import UserError
 from objkit.hub import hub_unreachable_reason, offline_unless_reachable
-from objkit.interfaces import BuildContext, Encoder, EncoderContext, Objective, VocabInfo, WorldInfo
+from objkit.interfaces import BuildContext, Encoder, EncoderContext, EncoderRunOptions, Objective, VocabInfo, WorldInfo
 from objkit.recipe import ResolvedRecipe
 from objkit.schema import TokenizerTraining, TrainConfig
 from objkit.registry import Registry
@@ -66,17 +66,25 @@ def load_tokenizer(
 
 
 def build_encoder(resolved: ResolvedRecipe, registry: Registry, vocab_size: int | None,
-                  load_weights: bool = True) -> Encoder:
+                  load_weights: bool = True, options: EncoderRunOptions | None = None) -> Encoder:
     """The recipe's encoder plugin, built with ``build(config, ctx)`` from its validated
-    ``[model]`` Config (an encoder written to plugin API 1.1's documented ``build(config)``
-    gets just its config, and builds with its weights)."""
+    ``[model]`` Config and the run ``options`` it is to honour (``ctx.options``; default: none on).
+    An encoder written to plugin API 1.1's documented ``build(config)`` gets just its config, and
+    builds with its weights; one written before API 1.6, which does not keep ``ctx.options`` in
+    ``run_options``, is given them there."""
     import inspect
 
     cls = registry.get(resolved.recipe.model.encoder, kind="encoder").cls
     config = resolved.encoder_config
+    ctx = EncoderContext(vocab_size=vocab_size, load_weights=load_weights,
+                         options=options if options is not None else EncoderRunOptions())
     if len(inspect.signature(cls.build).parameters) < 2:
-        return cls.build(config)
-    return cls.build(config, EncoderContext(vocab_size=vocab_size, load_weights=load_weights))
+        encoder = cls.build(config)
+    else:
+        encoder = cls.build(config, ctx)
+    if encoder.run_options is Encoder.run_options:  # the class default: the encoder did not take them
+        encoder.run_options = ctx.options
+    return encoder
 
 
 @dataclass

@@ -1,31 +1,39 @@
-"""The built-in encoders: transformers masked LMs (``*ForMaskedLM``: body + LM head), SDPA attention.
+"""Building blocks for encoder plugins on transformers masked LMs (public: exported from ``objkit``).
 
-:class:`MaskedLMEncoder` is what every BERT-layout masked LM of transformers shares (a body with
-``embeddings`` and ``encoder.layer`` blocks, an LM head); :class:`XLMREncoder` (``xlmr``, the
-default) is XLM-R (Conneau et al., 2020) on it; the ``bert`` encoder (mBERT, Devlin et al.,
-2019) is in :mod:`objkit.bert`. Nothing outside these modules knows a body's layout: objectives
-and evaluators use the :class:`~objkit.interfaces.Encoder` interface.
+Nothing here knows a model family. The ``xlmr`` (XLM-R) and ``bert`` (mBERT) encoders are plugins
+(``plugins/xlmr.py``, ``plugins/bert.py``, registered through the ``objkit`` entry points like any
+third party's) written on these blocks:
 
-The LM head is applied to gathered positions only (``lm_logits(hidden[masked])``): with
-XLM-R's 250,002-token vocabulary, full ``[batch, length, vocab]`` logits would be most of
-the step's compute and memory.
+* :class:`MaskedLMEncoder`: the :class:`~objkit.interfaces.Encoder` contract for a transformers
+  ``*ForMaskedLM`` with a BERT-layout body (``embeddings``, ``encoder.layer`` blocks): truncated
+  passes, momentum copies, FSDP units, token-type growth, vocabulary resizing, activation
+  checkpointing, compiled blocks and the export. A subclass names the transformers class, its LM
+  head and a fresh architecture.
+* :data:`PRESETS`, :class:`PresetEncoderConfig`, :func:`preset_dims`: the ``[model]`` presets
+  (tiny/small/base/large) and explicit dims.
+* The truncated run (:func:`find_block_list`, :func:`truncated_blocks`, :func:`run_truncated`):
+  run a body's first ``k`` transformer blocks only (XLCO's passes, the evaluators' layer).
+
+The LM head is applied to gathered positions only (``lm_logits(hidden[masked])``): with a
+250,002-token vocabulary, full ``[batch, length, vocab]`` logits would be most of the step's
+compute and memory.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+import importlib
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator
 from torch import nn
-from transformers import AutoConfig, PretrainedConfig, PreTrainedModel, XLMRobertaConfig, XLMRobertaForMaskedLM
-from transformers.activations import gelu
+from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 
 from objkit.errors import UserError
-from objkit.hookspecs import PLUGIN_API_VERSION, hookimpl
 from objkit.hub import hub_unreachable_reason, offline_unless_reachable
 from objkit.interfaces import Encoder, EncoderConfig, EncoderContext, MomentumCopy
 from objkit.momentum import make_momentum_copy
@@ -37,7 +45,8 @@ PRESETS: dict[str, dict[str, int]] = {
     "base": {"num_hidden_layers": 12, "hidden_size": 768, "num_attention_heads": 12, "intermediate_size": 3072},
     "large": {"num_hidden_layers": 24, "hidden_size": 1024, "num_attention_heads": 16, "intermediate_size": 4096},
 }
-XLMR_VOCAB_SIZE = 250_002
+"""``model.preset``: transformers config dims (layers, hidden size, heads, FFN size) of the
+XLM-R / BERT sizes (``base`` and ``large`` are XLM-R's and BERT's base and large)."""
 
 
 class PresetEncoderConfig(EncoderConfig):
@@ -56,10 +65,6 @@ class PresetEncoderConfig(EncoderConfig):
         if self.init is None and self.preset is None and self.hidden_size is None:
             raise ValueError("give model.init (checkpoint) or model.preset / explicit dims for a fresh model")
         return self
-
-
-# Kept under its old name: ``objkit.schema.ModelConfig`` is now the core's generic part.
-XLMRConfig = PresetEncoderConfig
 
 
 def preset_dims(config: PresetEncoderConfig) -> dict[str, int]:
@@ -86,31 +91,21 @@ def dropout_of(config: EncoderConfig) -> dict[str, float]:
     return {"hidden_dropout_prob": config.dropout, "attention_probs_dropout_prob": config.dropout}
 
 
-def architecture(config: PresetEncoderConfig, vocab_size: int, pad_token_id: int = 1) -> XLMRobertaConfig:
-    """An XLM-R config from a preset and/or explicit dims (for fresh models and dry runs)."""
-    dropout = 0.1 if config.dropout is None else config.dropout
-    return XLMRobertaConfig(
-        vocab_size=vocab_size,
-        max_position_embeddings=config.max_length + pad_token_id + 1,
-        pad_token_id=pad_token_id,
-        bos_token_id=0,
-        eos_token_id=2,
-        hidden_dropout_prob=dropout,
-        attention_probs_dropout_prob=dropout,
-        type_vocab_size=1,
-        **preset_dims(config),
-    )
-
-
 class MaskedLMEncoder(Encoder):
     """A transformers ``*ForMaskedLM`` with a BERT-layout body (``embeddings``, ``encoder.layer``).
+    (public, API 1.6)
 
-    Subclasses name the transformers class (``model_class``), its LM head (:meth:`head`) and a
-    fresh architecture (:meth:`fresh_config`); the rest -- truncated forward passes, momentum
-    copies, FSDP units, token-type growth, export -- is common."""
+    Subclasses name the transformers class (``model_class``), the vocabulary size of a fresh model
+    built without the run's tokenizer (``default_vocab_size``), its LM head (:meth:`head`; and
+    :meth:`lm_head_parts` for the fused chunked head) and a fresh architecture
+    (:meth:`fresh_config`); the rest -- truncated forward passes, momentum copies, FSDP units,
+    token-type growth, vocabulary resizing, activation checkpointing, compiled blocks, export -- is
+    common. :meth:`build` keeps ``ctx.options`` in :attr:`run_options` (it honours them all)."""
 
     model_class: ClassVar[type[PreTrainedModel]]
-    default_vocab_size: ClassVar[int] = XLMR_VOCAB_SIZE
+    default_vocab_size: ClassVar[int]
+    blocks_path: ClassVar[str] = "encoder.layer"
+    """Where the body keeps its transformer blocks (an ``nn.ModuleList``)."""
 
     def __init__(self, mlm: PreTrainedModel) -> None:
         nn.Module.__init__(self)
@@ -120,8 +115,6 @@ class MaskedLMEncoder(Encoder):
         self.num_layers = cfg.num_hidden_layers
         self.num_heads = cfg.num_attention_heads
         self.vocab_size = cfg.vocab_size
-        self.lm_head_chunk_rows = 0  # objkit.lm_head_loss: LM-head rows per chunk (0: one piece)
-        self.lm_head_grad_in_place = False  # objkit.lm_head_loss: decoder gradient straight into .grad
         self._checkpointing_ready = False
         self._compile_options: dict[str, Any] | None = None
         self.intermediate_size = cfg.intermediate_size
@@ -153,6 +146,12 @@ class MaskedLMEncoder(Encoder):
         used), else from the recipe's preset/dims (``--dry-run``).
         """
         ctx = ctx or EncoderContext()
+        encoder = cls._build(config, ctx)
+        encoder.run_options = ctx.options
+        return encoder
+
+    @classmethod
+    def _build(cls, config: Any, ctx: EncoderContext) -> MaskedLMEncoder:
         vocab_size = ctx.vocab_size or cls.default_vocab_size
         if config.init is not None and ctx.load_weights:
             offline = offline_unless_reachable(config.init)
@@ -196,7 +195,8 @@ class MaskedLMEncoder(Encoder):
         position_ids: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
-        return run_body(self.body(), input_ids, attention_mask, up_to_layer, position_ids, token_type_ids)
+        return run_truncated(self.body(), input_ids, attention_mask, up_to_layer, position_ids, token_type_ids,
+                             path=self.blocks_path)
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.head()(hidden)
@@ -206,7 +206,7 @@ class MaskedLMEncoder(Encoder):
         body = self.body()
         if up_to_layer is None:
             return make_momentum_copy(body)
-        with truncated_layers(body, up_to_layer):
+        with truncated_blocks(body, up_to_layer, self.blocks_path):
             return make_momentum_copy(body)
 
     def run_copy(
@@ -219,8 +219,9 @@ class MaskedLMEncoder(Encoder):
         token_type_ids: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
         if self._compile_options is not None:
-            _compile_layers(body, self._compile_options)
-        return run_body(body, input_ids, attention_mask, up_to_layer, position_ids, token_type_ids)
+            _compile_layers(body.get_submodule(self.blocks_path), self._compile_options)
+        return run_truncated(body, input_ids, attention_mask, up_to_layer, position_ids, token_type_ids,
+                             path=self.blocks_path)
 
     # ------------------------------------------------------------------ memory and speed
     def set_activation_checkpointing(self, enabled: bool) -> None:
@@ -247,14 +248,14 @@ class MaskedLMEncoder(Encoder):
         blocks of momentum copies are compiled on their first :meth:`run_copy`. The modules, their
         parameter names and the export are unchanged (no ``_orig_mod.`` prefix)."""
         self._compile_options = dict(options)
-        _compile_layers(self.body(), self._compile_options)
+        _compile_layers(self.body().get_submodule(self.blocks_path), self._compile_options)
 
     def momentum_copy(self, depth: int | None = None) -> MomentumCopy:
         body = self.copy_body(depth)
-        return MomentumCopy(body, self.run_copy, units=list(blocks_of(body)))  # compiled with train.compile
+        return MomentumCopy(body, self.run_copy, units=list(body.get_submodule(self.blocks_path)))  # compiled with train.compile
 
     def shard_units(self) -> list[nn.Module]:
-        return list(blocks_of(self.body()))
+        return list(self.body().get_submodule(self.blocks_path))
 
     def resize_token_types(self, count: int) -> None:
         embeddings = self.body().embeddings
@@ -297,36 +298,6 @@ class MaskedLMEncoder(Encoder):
         self.mlm.save_pretrained(str(path), safe_serialization=True)
 
 
-class XLMREncoder(MaskedLMEncoder):
-    """XLM-R body + LM head (``XLMRobertaForMaskedLM``). ``forward`` returns hidden states ``[h_0 .. h_L]``."""
-
-    name: ClassVar[str] = "xlmr"
-    plugin_api: ClassVar[str] = PLUGIN_API_VERSION  # built-in: always the current API
-    Config: ClassVar[type[PresetEncoderConfig]] = PresetEncoderConfig
-    model_class = XLMRobertaForMaskedLM
-    default_vocab_size = XLMR_VOCAB_SIZE
-
-    @classmethod
-    def fresh_config(cls, config: Any, vocab_size: int) -> PretrainedConfig:
-        return architecture(config, vocab_size)
-
-    @staticmethod
-    def position_layout(hf_config: PretrainedConfig) -> tuple[int, int]:
-        pad = hf_config.pad_token_id if hf_config.pad_token_id is not None else 1
-        return pad + 1, pad  # fairseq: positions count from padding_idx + 1; padding sits at padding_idx
-
-    def head(self) -> nn.Module:
-        return self.mlm.lm_head
-
-    def lm_head_parts(self) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor, torch.Tensor | None]:
-        head = self.mlm.lm_head  # XLMRobertaLMHead: dense, GELU, layer norm, then the decoder
-
-        def transform(hidden: torch.Tensor) -> torch.Tensor:
-            return head.layer_norm(gelu(head.dense(hidden)))
-
-        return transform, head.decoder.weight, head.decoder.bias
-
-
 def mean_of_rows(table: torch.Tensor, row_sources: Sequence[Sequence[int]]) -> torch.Tensor:
     """``[len(row_sources), *table.shape[1:]]``: row ``i`` the mean of ``table``'s rows
     ``row_sources[i]`` (exactly the row for one source), the mean of all rows for none. One
@@ -343,31 +314,58 @@ def mean_of_rows(table: torch.Tensor, row_sources: Sequence[Sequence[int]]) -> t
     return out.reshape(len(row_sources), *table.shape[1:]).to(table.dtype)
 
 
-def blocks_of(body: nn.Module) -> nn.ModuleList:
-    """The transformer blocks of a BERT-layout body (``body.encoder.layer``)."""
-    return body.encoder.layer
-
-
-def _compile_layers(body: nn.Module, options: dict[str, Any]) -> None:
+def _compile_layers(blocks: nn.ModuleList, options: dict[str, Any]) -> None:
     """Replace each block's ``forward`` by its ``torch.compile``d version, once per block."""
-    for layer in blocks_of(body):
+    for layer in blocks:
         if not getattr(layer, "_objkit_compiled", False):
             layer.forward = torch.compile(layer.forward, **options)
             layer._objkit_compiled = True
 
 
+# ---------------------------------------------------------------------- the truncated run (public, API 1.6)
+def find_block_list(body: nn.Module, count: int | None = None) -> str:
+    """Where ``body`` keeps its transformer blocks: the path of the one ``nn.ModuleList`` in it
+    holding ``count`` distinct modules (default ``body.config.num_hidden_layers``), found through
+    the module tree, not a family's layout (BERT / XLM-R ``encoder.layer``, DistilBERT
+    ``transformer.layer``, ELECTRA ``encoder.layer``). A ``ValueError`` saying what was found
+    when there is not exactly one (ALBERT shares one block across its layers: none)."""
+    if count is None:
+        count = getattr(getattr(body, "config", None), "num_hidden_layers", None)
+    if not isinstance(count, int) or count < 1:
+        raise ValueError(f"{type(body).__name__} does not say how many transformer blocks it has (config.num_hidden_layers)")
+    found = [name for name, module in body.named_modules()
+             if isinstance(module, nn.ModuleList) and len(module) == count
+             and len({id(m) for m in module}) == count]
+    if len(found) != 1:
+        why = "none" if not found else f"{len(found)} ({', '.join(found)})"
+        raise ValueError(f"it needs one list of num_hidden_layers = {count} distinct transformer blocks in the base "
+                         f"model, found {why}")
+    return found[0]
+
+
 @contextlib.contextmanager
-def truncated_layers(body: nn.Module, up_to_layer: int) -> Iterator[None]:
-    """Temporarily keep only the first ``up_to_layer`` transformer blocks (shared, not copied)."""
-    layers = body.encoder.layer
+def truncated_blocks(body: nn.Module, depth: int, path: str = "encoder.layer") -> Iterator[nn.ModuleList]:
+    """Temporarily keep only the first ``depth`` transformer blocks of ``body`` (the
+    ``nn.ModuleList`` at ``path``; :func:`find_block_list` finds it for any family): inside, a
+    call of ``body`` runs those blocks only, and a ``copy.deepcopy(body)`` holds only them. The
+    blocks are shared, not copied; the full list (yielded) is put back on exit. transformers 5's
+    hidden-state capture hooks are installed on every block first."""
+    blocks = body.get_submodule(path)
     _install_capture_hooks(body)
-    if not 0 <= up_to_layer <= len(layers):
-        raise ValueError(f"up_to_layer must be in [0, {len(layers)}] (got {up_to_layer})")
-    body.encoder.layer = layers[:up_to_layer]
+    if not 0 <= depth <= len(blocks):
+        raise ValueError(f"up_to_layer must be in [0, {len(blocks)}] (got {depth})")
+    parent_path, _, attr = path.rpartition(".")
+    parent = body.get_submodule(parent_path)
+    setattr(parent, attr, blocks[:depth])
     try:
-        yield
+        yield blocks
     finally:
-        body.encoder.layer = layers
+        setattr(parent, attr, blocks)
+
+
+def truncated_layers(body: nn.Module, up_to_layer: int) -> contextlib.AbstractContextManager[nn.ModuleList]:
+    """:func:`truncated_blocks` of a BERT-layout body (``encoder.layer``)."""
+    return truncated_blocks(body, up_to_layer, "encoder.layer")
 
 
 def _install_capture_hooks(body: nn.Module) -> None:
@@ -391,29 +389,49 @@ def pairwise_mask(body: nn.Module, attention_mask: torch.Tensor) -> torch.Tensor
     return allowed
 
 
-def run_body(
+def run_truncated(
     body: nn.Module,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     up_to_layer: int | None = None,
     position_ids: torch.Tensor | None = None,
     token_type_ids: torch.Tensor | None = None,
+    *,
+    path: str = "encoder.layer",
 ) -> list[torch.Tensor]:
-    """Hidden states ``[h_0 .. h_L]`` of a BERT-layout body, running only ``L`` blocks.
+    """Hidden states ``[h_0 .. h_L]`` of a BERT-layout body (``embeddings`` and the blocks at
+    ``path``), running only ``L = up_to_layer`` blocks (default: all); blocks past ``L`` are not
+    run, so a caller that needs layer 8 pays for 8 blocks. Under the caller's grad and train/eval
+    modes.
 
     ``attention_mask`` is ``[B, L]`` (1 = a real token) or (API 1.5) ``[B, L, L]`` (query row
     ``q`` may attend key ``k`` where nonzero), passed on as transformers' prepared 4-D mask."""
-    depth = len(body.encoder.layer) if up_to_layer is None else up_to_layer
+    depth = len(body.get_submodule(path)) if up_to_layer is None else up_to_layer
     if attention_mask.dim() == 3:
         attention_mask = pairwise_mask(body, attention_mask)
     if depth == 0:  # no block runs, so no hidden states are captured: the embeddings alone
         return [body.embeddings(input_ids=input_ids, position_ids=position_ids, token_type_ids=token_type_ids)]
     kwargs = {"position_ids": position_ids, "token_type_ids": token_type_ids}
-    with truncated_layers(body, depth):
+    with truncated_blocks(body, depth, path):
         out = body(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, **kwargs)
     return list(out.hidden_states)
 
 
-@hookimpl
-def objkit_plugins() -> list[type]:
-    return [XLMREncoder]
+run_body = run_truncated  # its name before API 1.6
+
+
+# ---------------------------------------------------------------------- deprecated names (docs/plugin-api.md)
+_MOVED = {
+    "XLMREncoder": "objkit_plugins.xlmr", "XLMRConfig": "objkit_plugins.xlmr", "architecture": "objkit_plugins.xlmr",
+    "XLMR_VOCAB_SIZE": "objkit_plugins.xlmr",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """``objkit.encoder.XLMREncoder`` and friends moved to the ``xlmr`` plugin (``objkit_plugins.xlmr``)
+    in 0.7.0; the old names keep working with a ``DeprecationWarning`` until objkit 1.0."""
+    if name in _MOVED:
+        warnings.warn(f"objkit.encoder.{name} moved to {_MOVED[name]}.{name} (the xlmr encoder plugin); "
+                      "the old name goes in objkit 1.0", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module 'objkit.encoder' has no attribute {name!r}")

@@ -145,15 +145,49 @@ class EncoderConfig(PluginConfig, EncoderKeys):
 
 
 @dataclass(frozen=True)
+class EncoderRunOptions:
+    """The run options an encoder honours, declared (API 1.6): objkit passes them to
+    :meth:`Encoder.build` in :attr:`EncoderContext.options`, the encoder keeps what it honours in
+    :attr:`Encoder.run_options`, and the memory methods of docs/guides/memory.md read them there.
+
+    * ``activation_checkpointing``: the objective instances whose encoder passes recompute their
+      activations in the backward pass (``train.activation_checkpointing``; empty: none). Needs
+      ``set_activation_checkpointing(enabled)``.
+    * ``lm_head_chunk_rows``: :func:`objkit.lm_head_loss` computes the head in chunks of this many
+      rows, recomputed in the backward (``train.lm_head_chunk_rows``; 0: one piece).
+    * ``lm_head_grad_in_place``: the fused chunked head adds the decoder weight's gradient straight
+      into its ``.grad`` (one process and DDP; not FSDP2).
+    * ``embedding_grad_in_place``: the encoder's ``nn.Embedding`` lookups add their gradient rows
+      straight into ``.grad`` (:class:`objkit.memory.GradIntoEmbedding`; one process only).
+    * ``compile``: ``torch.compile`` the transformer blocks (``train.compile``). Needs
+      ``compile_blocks(**options)``.
+    * ``precision``: the autocast precision the step runs the encoder under (``fp32``, ``bf16``,
+      ``fp16``; resolved for the device). The step applies it; an encoder may read it (e.g. to pick
+      an attention kernel) but need not do anything.
+
+    An encoder that cannot honour ``lm_head_grad_in_place`` or ``embedding_grad_in_place`` keeps a
+    copy with them off (``dataclasses.replace``): they only save memory, the results are the same."""
+
+    activation_checkpointing: frozenset[str] = frozenset()
+    lm_head_chunk_rows: int = 0
+    lm_head_grad_in_place: bool = False
+    embedding_grad_in_place: bool = False
+    compile: bool = False
+    precision: str = "fp32"
+
+
+@dataclass(frozen=True)
 class EncoderContext:
     """What :meth:`Encoder.build` gets beside its config. (API 1.2)
 
     ``vocab_size``: ids of the run's tokenizer (None in a dry run without it: use the init
     checkpoint's or the encoder's default). ``load_weights=False`` (``--dry-run``, under
-    ``torch.device("meta")``): build the architecture only, without touching the network."""
+    ``torch.device("meta")``): build the architecture only, without touching the network.
+    ``options`` (API 1.6): the run options the encoder is to honour (:class:`EncoderRunOptions`)."""
 
     vocab_size: int | None = None
     load_weights: bool = True
+    options: EncoderRunOptions = field(default_factory=EncoderRunOptions)
 
 
 @dataclass
@@ -229,7 +263,8 @@ class Encoder(Plugin, nn.Module, ABC):
 
     Attributes: ``hidden_size``, ``num_layers``, ``num_heads``, ``vocab_size``, ``max_tokens``;
     ``first_position_id`` / ``pad_position_id``: the position id of a sequence's first token and
-    of padding (XLM-R counts positions from ``pad_token_id + 1``; BERT from 0).
+    of padding (XLM-R counts positions from ``pad_token_id + 1``; BERT from 0); ``run_options``
+    (API 1.6): the :class:`EncoderRunOptions` it honours, from ``ctx.options`` at build.
     """
 
     Config: ClassVar[type[PluginConfig]] = EncoderConfig
@@ -244,6 +279,10 @@ class Encoder(Plugin, nn.Module, ABC):
     pad_position_id: int = 0
     max_tokens: int | None = None
     """Tokens per sequence its position table allows (None: no limit known)."""
+    run_options: EncoderRunOptions = EncoderRunOptions()
+    """(API 1.6) The run options this encoder honours: ``build`` keeps ``ctx.options`` here, less
+    what it cannot honour. Encoders written to API 1.5 or earlier, which do not, are given
+    ``ctx.options`` here by objkit right after ``build``. Nothing else sets it."""
 
     @classmethod
     @abstractmethod

@@ -6,8 +6,8 @@ of the predicted positions only (``encoder.lm_logits(hidden[selected])``), which
 1,229 rows, × 250,002 × 4 bytes = 1.2 GB of fp32 logits per micro-batch, and the
 cross-entropy's backward holds a second tensor of that size.
 
-With ``train.lm_head_chunk_rows = C`` (:attr:`Encoder.lm_head_chunk_rows`, set by the trainer)
-the rows are split in chunks of ``C``; each chunk's logits, cross-entropy sum and top-1 hits
+With ``train.lm_head_chunk_rows = C`` (``encoder.run_options.lm_head_chunk_rows``: the
+:class:`~objkit.EncoderRunOptions` the encoder was built with) the rows are split in chunks of ``C``; each chunk's logits, cross-entropy sum and top-1 hits
 run under ``torch.utils.checkpoint`` (non-reentrant), so its logits are freed after the forward
 and recomputed, one chunk at a time, in the backward: the head's peak memory is bounded by
 ``C × vocab`` logits (and their gradient) instead of ``rows × vocab``. The loss and gradients
@@ -36,8 +36,8 @@ gradient is summed once every path to it has run, the embedding lookup last), an
 embedding's own gradient, added into it at the end (measured on a 50,000 × 1,024 vocabulary:
 3.0 → 2.2 decoder-sized tensors above what the backward started with).
 
-Where the run allows it (``encoder.lm_head_grad_in_place``, set by the trainer for one process
-and DDP, not FSDP2), the buffer is the decoder weight's ``.grad`` itself, as Megatron-LM's
+Where the run allows it (``encoder.run_options.lm_head_grad_in_place``: one process and DDP, not
+FSDP2), the buffer is the decoder weight's ``.grad`` itself, as Megatron-LM's
 ``gradient_accumulation_fusion`` writes a weight gradient straight into ``main_grad``: the
 backward adds into ``.grad`` (creating it on a step's first backward) and hands autograd no
 decoder gradient, so no decoder-sized tensor lives through the encoder backward; the tied
@@ -58,7 +58,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from objkit.interfaces import Encoder
+from objkit.interfaces import Encoder, EncoderRunOptions
+
+_DEFAULTS = EncoderRunOptions()
 
 IGNORE_INDEX = -100
 """A label that is not predicted (``F.cross_entropy``'s default ``ignore_index``)."""
@@ -189,16 +191,17 @@ def lm_head_loss(
     chunk_rows: int | None = None,
 ) -> LMHeadLoss:
     """Cross-entropy of ``encoder.lm_logits(hidden)`` (``hidden [N, d]``, ``targets [N]``), with
-    top-1 hits. ``chunk_rows`` defaults to ``encoder.lm_head_chunk_rows`` (the run's
-    ``train.lm_head_chunk_rows``; 0 or absent: one piece, no recomputation). Chunks are
+    top-1 hits. ``chunk_rows`` defaults to ``encoder.run_options.lm_head_chunk_rows`` (the run's
+    ``train.lm_head_chunk_rows``; 0: one piece, no recomputation). Chunks are
     checkpointed only when gradients are recorded; without them each chunk simply runs and is
     freed."""
     rows = int(targets.shape[0])
-    chunk = getattr(encoder, "lm_head_chunk_rows", 0) if chunk_rows is None else chunk_rows
+    options = getattr(encoder, "run_options", _DEFAULTS)  # declared by Encoder; a duck-typed module: defaults
+    chunk = options.lm_head_chunk_rows if chunk_rows is None else chunk_rows
     parts = getattr(encoder, "lm_head_parts", lambda: None)() if chunk and rows > chunk else None
     if parts is not None:
         transform, weight, bias = parts
-        into_grad = bool(getattr(encoder, "lm_head_grad_in_place", False)) and weight.is_leaf and weight.requires_grad
+        into_grad = options.lm_head_grad_in_place and weight.is_leaf and weight.requires_grad
         width = vocab_slice_width(rows, chunk, weight.shape[0])
         total, correct = _LinearCrossEntropy.apply(transform(hidden), weight, bias, targets, width, into_grad)
     elif not chunk or rows <= chunk:

@@ -32,7 +32,7 @@ from objkit.errors import UserError
 from objkit.interfaces import StepContext, WorldInfo
 from objkit.prefetch import StepPrefetcher
 from objkit.processes import quiet_rank  # objkit run --nproc: its launcher says what ends the run
-from objkit.memory import apply_train_options
+from objkit.memory import apply_train_options, encoder_run_options
 from objkit.recipe import ResolvedRecipe
 from objkit.registry import Registry
 from objkit.events import Callback, Events, FitState
@@ -86,7 +86,9 @@ class Trainer:
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.tokenizer = load_tokenizer(resolved, world=self.world)
-        encoder = build_encoder(resolved, registry, vocab_size=len(self.tokenizer))
+        options = encoder_run_options(self.train_cfg, list(self.recipe.enabled_objectives()), self.world.world_size,
+                                      self.precision)  # what the encoder honours (docs/guides/memory.md)
+        encoder = build_encoder(resolved, registry, vocab_size=len(self.tokenizer), options=options)
         fit_vocabulary(resolved, encoder, self.tokenizer)  # an extended tokenizer: new rows before the optimizer
         self.encoder = encoder.to(self.device)
         self.objectives = build_objectives(

@@ -24,9 +24,7 @@ shared blocks, a body without a block list, a model without an LM head) is refus
 
 from __future__ import annotations
 
-import contextlib
 import inspect
-from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -40,8 +38,10 @@ from objkit import (
     EncoderContext,
     MomentumCopy,
     UserError,
+    find_block_list,
     hookimpl,
     make_momentum_copy,
+    truncated_blocks,
 )
 
 DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
@@ -109,15 +109,11 @@ def _set_dropout(hf: Any, dropout: float | None) -> None:
 
 
 def _block_list_path(body: nn.Module, count: int) -> str:
-    """Where ``body`` keeps its ``count`` transformer blocks: the one ModuleList of that length."""
-    found = [name for name, module in body.named_modules()
-             if isinstance(module, nn.ModuleList) and len(module) == count and count > 0
-             and len({id(m) for m in module}) == count]
-    if len(found) != 1:
-        why = "none" if not found else f"{len(found)} ({', '.join(found)})"
-        raise UserError(f"model.encoder: hf_mlm cannot truncate {type(body).__name__}: it needs one list of "
-                        f"num_hidden_layers = {count} distinct transformer blocks in the base model, found {why}")
-    return found[0]
+    """Where ``body`` keeps its ``count`` transformer blocks (:func:`objkit.find_block_list`)."""
+    try:
+        return find_block_list(body, count)
+    except ValueError as exc:
+        raise UserError(f"model.encoder: hf_mlm cannot truncate {type(body).__name__}: {exc}") from None
 
 
 def _embedding_with_rows(body: nn.Module, rows: Any,
@@ -129,16 +125,6 @@ def _embedding_with_rows(body: nn.Module, rows: Any,
         if isinstance(module, nn.Embedding) and module.num_embeddings == rows and not any(module is s for s in skip):
             return name, module
     return None
-
-
-def _install_capture_hooks(body: nn.Module) -> None:
-    """transformers 5 collects hidden states with hooks installed on the blocks present at the
-    first call: install them on all blocks before any truncated call (no-op on 4.x)."""
-    try:
-        from transformers.utils.output_capturing import maybe_install_capturing_hooks
-    except ImportError:
-        return
-    maybe_install_capturing_hooks(body)
 
 
 class HFMaskedLMEncoder(Encoder):
@@ -161,8 +147,6 @@ class HFMaskedLMEncoder(Encoder):
         self.hidden_size = int(cfg.hidden_size)
         self.num_heads = int(getattr(cfg, "num_attention_heads", 0) or 0)
         self.vocab_size = int(cfg.vocab_size)
-        self.lm_head_chunk_rows = 0  # objkit.lm_head_loss: LM-head rows per chunk (0: one piece)
-        self.lm_head_grad_in_place = False  # objkit.lm_head_loss: decoder gradient straight into .grad
         words = body.get_input_embeddings()
         positions = _embedding_with_rows(body, getattr(cfg, "max_position_embeddings", None), (words,))
         pad = positions[1].padding_idx if positions is not None else None
@@ -176,7 +160,8 @@ class HFMaskedLMEncoder(Encoder):
     @classmethod
     def build(cls, config: HFMaskedLMConfig, ctx: EncoderContext | None = None) -> HFMaskedLMEncoder:
         """From ``config.init`` (weights) or fresh from ``config.family``; ``ctx.load_weights=False``
-        (``--dry-run``, meta device) builds the architecture from the local config only."""
+        (``--dry-run``, meta device) builds the architecture from the local config only. Keeps
+        ``ctx.options`` (it honours them all but ``compile``, which the run then refuses in one line)."""
         from transformers import AutoModelForMaskedLM
 
         ctx = ctx or EncoderContext()
@@ -192,7 +177,9 @@ class HFMaskedLMEncoder(Encoder):
         except ValueError as exc:  # a config class without a masked-LM model
             raise UserError(f"model.encoder: hf_mlm: {type(hf).__name__} has no AutoModelForMaskedLM class "
                             f"({str(exc).splitlines()[0][:120]})") from None
-        return cls(mlm)
+        encoder = cls(mlm)
+        encoder.run_options = ctx.options
+        return encoder
 
     # ------------------------------------------------------------------ Encoder API
     def body(self) -> nn.Module:
@@ -231,7 +218,7 @@ class HFMaskedLMEncoder(Encoder):
             if not self.takes_token_types:
                 raise UserError(f"model.encoder: hf_mlm: {type(body).__name__} has no token types")
             kwargs["token_type_ids"] = token_type_ids
-        with self._truncated(body, depth):
+        with truncated_blocks(body, depth, self.blocks_path):
             out = body(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
                        return_dict=True, **kwargs)
         if depth == 0:  # no block ran: the embeddings' output passed through
@@ -258,7 +245,7 @@ class HFMaskedLMEncoder(Encoder):
         body = self.body()
         if up_to_layer is None:
             return make_momentum_copy(body)
-        with self._truncated(body, up_to_layer):
+        with truncated_blocks(body, up_to_layer, self.blocks_path):
             return make_momentum_copy(body)
 
     def momentum_copy(self, depth: int | None = None) -> MomentumCopy:
@@ -309,21 +296,6 @@ class HFMaskedLMEncoder(Encoder):
     # ------------------------------------------------------------------ blocks
     def _blocks(self, body: nn.Module) -> nn.ModuleList:
         return body.get_submodule(self.blocks_path)
-
-    @contextlib.contextmanager
-    def _truncated(self, body: nn.Module, depth: int) -> Iterator[None]:
-        """Temporarily keep only the first ``depth`` blocks of ``body`` (shared, not copied)."""
-        blocks = self._blocks(body)
-        if not 0 <= depth <= len(blocks):
-            raise ValueError(f"up_to_layer must be in [0, {len(blocks)}] (got {depth})")
-        _install_capture_hooks(body)
-        parent_path, _, attr = self.blocks_path.rpartition(".")
-        parent = body.get_submodule(parent_path)
-        setattr(parent, attr, blocks[:depth])
-        try:
-            yield
-        finally:
-            setattr(parent, attr, blocks)
 
 
 @hookimpl

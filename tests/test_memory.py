@@ -9,6 +9,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,13 +17,14 @@ import torch
 from safetensors.torch import load_file
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from objkit.encoder import PresetEncoderConfig, XLMREncoder, architecture
+from objkit import EncoderRunOptions, PresetEncoderConfig
 from objkit.errors import UserError
 from objkit.lm_head import lm_head_loss
 from objkit.memory import GradIntoEmbedding, set_embedding_grad_in_place
 from objkit.recipe import load_recipe
 from objkit.registry import default_registry
 from objkit.trainer import Trainer
+from objkit_plugins.xlmr import XLMREncoder, architecture
 from tiny_recipes import tiny_recipe
 
 # MLM + TLM + XLCO (truncated at layer 1 of 2, queue and in-batch negatives); dropout on, so the
@@ -88,8 +90,11 @@ def test_activation_checkpointing_and_chunked_head_keep_losses_and_weights(recip
     _assert_same_run(plain, memory)
     blocks = memory[1].encoder.body().encoder.layer
     assert all(block.gradient_checkpointing for block in blocks)
-    assert memory[1].encoder.lm_head_chunk_rows == 5
-    assert memory[1].encoder.lm_head_grad_in_place  # one process: the decoder gradient goes into .grad
+    # the run's options reach the encoder declared, at build (EncoderContext.options -> run_options)
+    assert memory[1].encoder.run_options == EncoderRunOptions(
+        activation_checkpointing=frozenset({"mlm", "tlm", "xlco"}), lm_head_chunk_rows=5,
+        lm_head_grad_in_place=True, embedding_grad_in_place=True)  # one process: both gradients into .grad
+    assert plain[1].encoder.run_options == EncoderRunOptions(lm_head_grad_in_place=True, embedding_grad_in_place=True)
     # ... and so do the embeddings' (every run on one process, plain included)
     assert type(memory[1].encoder.mlm.get_input_embeddings()) is GradIntoEmbedding
     # the export is the same model: same config, same tensor names
@@ -214,7 +219,7 @@ def test_decoder_gradient_in_place_equals_autograds_and_is_in_grad_before_the_em
     words = encoder.mlm.get_input_embeddings()
     for in_place in (False, True):
         encoder.zero_grad(set_to_none=True)
-        encoder.lm_head_grad_in_place = in_place
+        encoder.run_options = EncoderRunOptions(lm_head_grad_in_place=in_place)
         seen[in_place] = []
         def watch(module, args, output, flag=in_place):  # their output's gradient is ready: their backward is next
             output.register_hook(lambda grad: seen[flag].append(weight.grad is not None))
@@ -240,7 +245,7 @@ def test_embedding_gradients_into_grad_equal_autograds_and_make_no_vocab_sized_t
     gradient of the lookup (``embedding_dense_backward``)."""
     encoder = _tiny_encoder()
     encoder.eval()
-    encoder.lm_head_grad_in_place = True
+    encoder.run_options = EncoderRunOptions(lm_head_grad_in_place=True)
     words = encoder.mlm.get_input_embeddings()
     pad = words.padding_idx
     assert pad is not None
@@ -296,7 +301,7 @@ def test_chunked_head_without_gradients_and_the_encoder_default():
     encoder = _tiny_encoder()
     hidden, targets = torch.randn(10, 16), torch.randint(0, 300, (10,))
     whole = lm_head_loss(encoder, hidden, targets)
-    encoder.lm_head_chunk_rows = 3  # what train.lm_head_chunk_rows sets
+    encoder.run_options = replace(encoder.run_options, lm_head_chunk_rows=3)  # what train.lm_head_chunk_rows gives
     with torch.no_grad():
         chunked = lm_head_loss(encoder, hidden, targets)
     torch.testing.assert_close(chunked.loss, whole.loss.detach(), rtol=1e-5, atol=1e-6)
@@ -408,3 +413,53 @@ def test_dry_run_counts_the_tied_gradient_copies_of_the_backward():
     assert [copies(16, fused_head=False, **one_process), copies(0, **one_process)] == [2, 1]
     chunked = estimate_memory(shape, 8, 128, "fp32", static, checkpointing=True, chunk_rows=16, fused_head=False)
     assert chunked.total == 10 + chunked.activations + chunked.lm_head + chunked.tied_gradient
+
+
+def test_run_options_are_declared_at_build_and_an_encoder_that_drops_one_is_refused(recipe_path):
+    """The run's options reach the encoder in ``EncoderContext.options`` (kept as ``run_options``);
+    the in-place gradients follow the parallel layout; an encoder written before API 1.6, whose
+    ``build`` ignores ``ctx.options``, is given them; one that dropped an option the recipe sets
+    is refused in one line naming the key."""
+    from objkit.build import build_encoder
+    from objkit.distributed import ParallelStrategy
+    from objkit.interfaces import WorldInfo
+    from objkit.memory import apply_train_options, encoder_run_options
+    from objkit.registry import Registry
+
+    resolved = load_recipe(recipe_path, ["train.lm_head_chunk_rows=7", "train.activation_checkpointing=['mlm']"])
+    train = resolved.recipe.train
+    options = encoder_run_options(train, ["mlm", "tlm"], 1, "fp32")
+    assert options == EncoderRunOptions(activation_checkpointing=frozenset({"mlm"}), lm_head_chunk_rows=7,
+                                        lm_head_grad_in_place=True, embedding_grad_in_place=True)
+    ddp = encoder_run_options(train, ["mlm"], 2)
+    assert ddp.lm_head_grad_in_place and not ddp.embedding_grad_in_place
+    fsdp = encoder_run_options(load_recipe(recipe_path, ["train.parallelism=fsdp"]).recipe.train, ["mlm"], 2)
+    assert not fsdp.lm_head_grad_in_place and not fsdp.embedding_grad_in_place
+
+    encoder = build_encoder(resolved, default_registry(), vocab_size=300, options=options)
+    assert encoder.run_options is options
+
+    class Older(XLMREncoder):  # build() as written to API 1.5: ctx.options unknown to it
+        @classmethod
+        def build(cls, config, ctx=None):
+            return cls.from_hf_config(architecture(config, ctx.vocab_size))
+
+    registry = Registry.from_entry_points()
+    registry._plugins.pop("xlmr")
+    registry.add(Older, distribution="<test>", version="")
+    older = build_encoder(resolved, registry, vocab_size=300, options=options)
+    assert type(older) is Older and older.run_options is options
+
+    from types import SimpleNamespace
+
+    objectives = [SimpleNamespace(instance_name="mlm"), SimpleNamespace(instance_name="tlm")]
+    strategy = ParallelStrategy(encoder, [], WorldInfo())
+    encoder.run_options = replace(options, lm_head_chunk_rows=0)
+    with pytest.raises(UserError, match=r"^train.lm_head_chunk_rows: encoder 'xlmr' does not honour it"):
+        apply_train_options(encoder, strategy, objectives, train, torch.device("cpu"))
+    encoder.run_options = replace(options, embedding_grad_in_place=False)  # may be kept off: memory only
+    apply_train_options(encoder, strategy, objectives, train, torch.device("cpu"))
+    assert type(encoder.mlm.get_input_embeddings()) is torch.nn.Embedding
+    assert all(block.gradient_checkpointing for block in encoder.body().encoder.layer)
+    strategy.module.before_compute(objectives[1])  # only mlm recomputes: switched off before tlm's pass
+    assert not any(block.gradient_checkpointing for block in encoder.body().encoder.layer)

@@ -35,7 +35,9 @@ NEW_IN_1_1 = [
 ]  # fmt: skip
 NEW_IN_1_2 = ["LMHeadLoss", "lm_head_loss"]
 NEW_IN_1_3 = ["length_groups", "padding_counts", "side_lengths"]
-NEW_IN_1_6 = ["Source", "SourceConfig", "SourceContext", "TextFilePart", "AlignedFilesPart", "BitextFilePart",
+NEW_IN_1_6 = ["EncoderRunOptions", "MaskedLMEncoder", "PresetEncoderConfig", "PRESETS", "preset_dims",
+              "find_block_list", "truncated_blocks", "run_truncated"]  # what the encoder plugins are written on
+NEW_IN_1_6_SOURCES = ["Source", "SourceConfig", "SourceContext", "TextFilePart", "AlignedFilesPart", "BitextFilePart",
               "RowsPart", "hub_unreachable_reason"]  # the source plugin kind
 
 
@@ -64,6 +66,7 @@ def objkit_imports(path: Path) -> list[tuple[int, str]]:
 def test_there_are_modules_to_check():
     names = {p.stem for p in PLUGIN_MODULES}
     assert {"mlm", "tlm", "xlco", "xlm_align", "xlm_e", "momentum_queue", "in_batch", "mixup", "adamw", "schedules"} <= names
+    assert {"xlmr", "bert", "hf_mlm"} <= names  # the encoders too (issue 27)
     assert {"source_text", "source_parallel", "source_cldr", "source_hf"} <= names
     assert any(p.name == "objective.py" for p in EXAMPLE_MODULES) and any(p.name == "moses.py" for p in EXAMPLE_MODULES)
 
@@ -94,7 +97,7 @@ def test_the_checker_catches_private_imports(tmp_path: Path):
 
 
 def test_every_public_name_resolves_and_the_new_ones_are_exported():
-    assert set(NEW_IN_1_1 + NEW_IN_1_2 + NEW_IN_1_3 + NEW_IN_1_6) <= set(objkit.__all__)
+    assert set(NEW_IN_1_1 + NEW_IN_1_2 + NEW_IN_1_3 + NEW_IN_1_6 + NEW_IN_1_6_SOURCES) <= set(objkit.__all__)
     for name in objkit.__all__:
         assert getattr(objkit, name) is not None, name
     assert set(objkit.__all__) <= set(dir(objkit))
@@ -139,7 +142,7 @@ def test_encoder_copy_body_runs_like_the_encoder_up_to_a_layer():
     from transformers import XLMRobertaConfig
 
     from objkit import MomentumTracker
-    from objkit.encoder import XLMREncoder
+    from objkit_plugins.xlmr import XLMREncoder
 
     torch.manual_seed(0)
     cfg = XLMRobertaConfig(
@@ -159,3 +162,42 @@ def test_encoder_copy_body_runs_like_the_encoder_up_to_a_layer():
         got = encoder.run_copy(copy.eval(), ids, mask, up_to_layer=2)
     assert len(got) == 3
     torch.testing.assert_close(got[2], want[2])
+
+
+def test_every_builtin_plugin_is_registered_from_objkit_plugins():
+    """Every built-in encoder (and objective, store, augmentation) comes from a module of plugins/
+    (``objkit_plugins``), registered through the ``objkit`` entry points like a third party's."""
+    from importlib.metadata import distribution
+
+    points = {ep.name: ep.value for ep in distribution("objkit").entry_points if ep.group == "objkit"}
+    for name in ("xlmr", "bert", "hf_mlm"):
+        assert points[name] == f"objkit_plugins.{name}", (name, points[name])
+    from objkit.registry import Registry
+
+    registry = Registry.from_entry_points()
+    for name in ("xlmr", "bert", "hf_mlm"):
+        assert registry.get(name, kind="encoder").cls.__module__ == f"objkit_plugins.{name}"
+
+
+def test_the_moved_encoder_names_keep_working_with_a_deprecation_warning():
+    import objkit.bert
+    import objkit.encoder
+    from objkit_plugins.bert import BertEncoder
+    from objkit_plugins.xlmr import XLMREncoder, architecture
+
+    with pytest.warns(DeprecationWarning, match=r"objkit.encoder.XLMREncoder moved to objkit_plugins.xlmr"):
+        assert objkit.encoder.XLMREncoder is XLMREncoder
+    with pytest.warns(DeprecationWarning):
+        assert objkit.encoder.architecture is architecture
+    with pytest.warns(DeprecationWarning, match=r"objkit.bert.BertEncoder moved to objkit_plugins.bert"):
+        assert objkit.bert.BertEncoder is BertEncoder
+    with pytest.raises(AttributeError):
+        objkit.encoder.NoSuchName  # noqa: B018
+
+
+def test_the_core_encoder_module_knows_no_model_family():
+    """objkit/encoder.py keeps the generic pieces: no transformers class of a family is imported there."""
+    tree = ast.parse((ROOT / "objkit" / "encoder.py").read_text(encoding="utf-8"))
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                and (node.module or "").startswith("transformers") for alias in node.names}
+    assert imported and not {n for n in imported if n.startswith(("XLMRoberta", "Bert", "DistilBert", "Electra"))}

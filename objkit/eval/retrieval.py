@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from objkit.device import resolve_device
-from objkit.encoder import truncated_layers
+from objkit.encoder import find_block_list, truncated_blocks
 from objkit.errors import UserError, first_line
 from objkit.interfaces import Encoder
 from objkit.tokenizer import model_max_tokens
@@ -56,12 +56,17 @@ def _num_layers(model: nn.Module) -> int | None:
     return getattr(config, "num_hidden_layers", None)
 
 
-def _blocks_run(model: nn.Module, layer: int) -> tuple[contextlib.AbstractContextManager[None], int | None]:
-    """(context, blocks that run): blocks ``1..layer`` only, on an XLM-R-like body
-    (``model.encoder.layer``); otherwise the whole model (its config's depth, if known)."""
-    blocks = getattr(getattr(model, "encoder", None), "layer", None)
-    if isinstance(blocks, nn.ModuleList) and 1 <= layer < len(blocks):
-        return truncated_layers(model, layer), layer  # type: ignore[arg-type]
+def _blocks_run(model: nn.Module, layer: int) -> tuple[contextlib.AbstractContextManager[Any], int | None]:
+    """(context, blocks that run) for a transformers model: blocks ``1..layer`` only where the
+    model has one list of its ``num_hidden_layers`` blocks (:func:`objkit.find_block_list`: BERT,
+    XLM-R, DistilBERT, ELECTRA, ...), through :func:`objkit.truncated_blocks`; otherwise the whole
+    model (its config's depth, if known)."""
+    try:
+        path = find_block_list(model)
+    except ValueError:
+        return contextlib.nullcontext(), _num_layers(model)
+    if 1 <= layer < len(model.get_submodule(path)):
+        return truncated_blocks(model, layer, path), layer
     return contextlib.nullcontext(), _num_layers(model)
 
 
@@ -81,13 +86,15 @@ def encode_sentences(
     """Encode ``sentences`` into L2-normalised float32 vectors ``[N, d]`` (on CPU).
 
     ``model`` is any transformers encoder returning ``.hidden_states`` when called with
-    ``output_hidden_states=True``, or an objkit :class:`~objkit.interfaces.Encoder` (its
-    ``forward(..., up_to_layer=layer)``); ``layer`` indexes them (0 = embeddings, i = block i).
+    ``output_hidden_states=True``, or any objkit :class:`~objkit.interfaces.Encoder` (through the
+    contract: its ``forward(..., up_to_layer=layer)``, ``num_layers``, ``hidden_size``,
+    ``max_tokens``); ``layer`` indexes them (0 = embeddings, i = block i).
     ``pooling="mean"`` averages the non-padding positions (specials included unless
     ``exclude_special``; a sentence with no other token keeps its specials); ``"cls"``
     takes position 0. Batches are sorted by length (original order restored), run under
-    ``torch.inference_mode()`` in eval mode; the model's training flag is restored. On an
-    XLM-R body (``model.encoder.layer``) the blocks above ``layer`` are skipped.
+    ``torch.inference_mode()`` in eval mode; the model's training flag is restored. The blocks
+    above ``layer`` are skipped: by an objkit encoder's truncated forward, or on a transformers
+    model with a list of blocks by :func:`objkit.truncated_blocks`.
     ``max_length`` is clipped to what the model's position table allows.
     ``device=None`` uses the model's own device. ``progress`` (True or a description)
     shows a tqdm bar on stderr.

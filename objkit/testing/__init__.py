@@ -28,9 +28,11 @@ columns, declared groups, determinism, cache inputs, streamed = map-style rows) 
 them on 1 and 2 ranks (the same global batches).
 
 The same checks are plain functions (``check_objective(cls, config)`` and friends) for use
-outside pytest. The tiny encoder is objkit's XLM-R encoder (8 layers, hidden 32, no dropout)
-over a synthetic vocabulary in XLM-R's layout (:meth:`objkit.VocabInfo.xlmr`); the dummy
-data is random token ids in four languages. Nothing is downloaded; a harness runs in
+outside pytest. The objective checks train any encoder through the Encoder contract
+(:class:`TinyEncoder`: an encoder plugin and a ``[model]`` table, set as the harness's
+``encoder``); by default the installed ``xlmr`` encoder plugin, tiny (8 layers, hidden 32, no
+dropout), over a synthetic vocabulary in XLM-R's layout (:meth:`objkit.VocabInfo.xlmr`); the
+dummy data is random token ids in four languages. Nothing is downloaded; a harness runs in
 seconds on a CPU.
 
 This module is part of the public plugin API (docs/plugin-api.md) and needs pytest only
@@ -43,6 +45,7 @@ from __future__ import annotations
 from objkit.seeding import seed_everything
 from objkit.testing._common import (
     Case,
+    TinyEncoder,
     assert_same_state,
     build_context,
     checkpoint_round_trip,
@@ -84,6 +87,7 @@ __all__ = [
     "NegativeStoreConformance",
     "ObjectiveConformance",
     "SourceConformance",
+    "TinyEncoder",
     "assert_same_state",
     "build_context",
     "check_augmentation",

@@ -65,27 +65,51 @@ def tiny_encoder(
     max_length: int = TINY_MAX_LENGTH,
     seed: int = 0,
 ) -> Encoder:
-    """objkit's XLM-R encoder, tiny and without dropout, initialised from ``seed``."""
-    from transformers import XLMRobertaConfig
+    """The installed ``xlmr`` encoder plugin, tiny and without dropout, initialised from ``seed``:
+    built through the Encoder contract (``build(config, ctx)``) from a ``[model]`` table (position
+    table of ``max_length + 8`` rows, feed-forward ``2 × hidden_size``)."""
+    table = {"num_layers": num_layers, "hidden_size": hidden_size, "num_heads": num_heads,
+             "intermediate_size": 2 * hidden_size, "max_length": max_length + 6, "dropout": 0.0, "tokenizer": "unused"}
+    return TinyEncoder("xlmr", table, vocab_size=vocab_size).build(seed)
 
-    from objkit.encoder import XLMREncoder
 
-    torch.manual_seed(seed)
-    config = XLMRobertaConfig(
-        vocab_size=vocab_size,
-        hidden_size=hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        intermediate_size=2 * hidden_size,
-        max_position_embeddings=max_length + 8,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        pad_token_id=1,
-        bos_token_id=0,
-        eos_token_id=2,
-        type_vocab_size=1,
-    )
-    return XLMREncoder.from_hf_config(config)
+@dataclass
+class TinyEncoder:
+    """The encoder the objective checks train (API 1.6): an encoder ``plugin`` (registry name or
+    class) and the ``[model]`` table of a tiny fresh model, built through the plugin's own
+    ``build(config, EncoderContext(vocab_size))`` -- the contract, nothing family-specific -- with
+    weights from the check's seed. ``vocab``: the token ids the objective gets (default: XLM-R's
+    special-token layout over ``vocab_size`` ids, :func:`tiny_vocab`). Default: the ``xlmr``
+    encoder of :func:`tiny_encoder`. E.g. an objective's checks on a DistilBERT::
+
+        TinyEncoder("hf_mlm", {"family": "distilbert", "hf_config": {"n_layers": 3, "dim": 32,
+                    "n_heads": 4, "hidden_dim": 64}, "tokenizer": "unused", "max_length": 32, "dropout": 0.0})
+    """
+
+    plugin: str | type = "xlmr"
+    table: dict[str, Any] | None = None
+    vocab_size: int = TINY_VOCAB_SIZE
+    vocab: VocabInfo | None = None
+
+    def build(self, seed: int = 0) -> Encoder:
+        from objkit.interfaces import EncoderContext
+
+        if self.table is None:
+            return tiny_encoder(self.vocab_size, seed=seed)
+        cls = resolve_plugin(self.plugin, "encoder")
+        config = cls.Config.model_validate(json.loads(json.dumps(self.table)))
+        torch.manual_seed(seed)
+        encoder = cls.build(config, EncoderContext(vocab_size=self.vocab_size))
+        assert isinstance(encoder, Encoder), f"{cls.name}.build returned {type(encoder).__name__}, not an Encoder"
+        return encoder
+
+    def token_ids(self) -> VocabInfo:
+        return self.vocab or tiny_vocab(self.vocab_size)
+
+    @property
+    def key(self) -> str:
+        name = self.plugin if isinstance(self.plugin, str) else f"{self.plugin.__module__}.{self.plugin.__qualname__}"
+        return json.dumps([name, self.table, self.vocab_size, repr(self.vocab)], sort_keys=True, default=str)
 
 
 def dummy_source(data_kind: str, vocab: VocabInfo | None = None, rows: int = 48, seed: int = 0) -> datasets.Dataset:

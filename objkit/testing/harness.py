@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from objkit.interfaces import Augmentation, NegativeStore, Objective, PluginConfig
 
-from objkit.testing._common import Case, as_case, installed_registry, resolve_plugin
+from objkit.testing._common import Case, TinyEncoder, as_case, installed_registry, resolve_plugin
 from objkit.testing.registration import check_config, check_recipe_validation, check_registration, check_rejects
 from objkit.testing.objectives import check_objective_compute, check_objective_data, check_objective_determinism, check_objective_meta, check_objective_ranks, check_objective_state
 from objkit.testing.encoders import (
@@ -76,36 +76,43 @@ class ObjectiveConformance(_Harness):
     """Training steps per check."""
     batch_size: ClassVar[int] = 8
     seed: ClassVar[int] = 0
+    encoder: ClassVar[TinyEncoder | None] = None
+    """(API 1.6) The encoder the checks train, through the Encoder contract (default: the tiny
+    ``xlmr`` of :func:`objkit.testing.tiny_encoder`); e.g. ``TinyEncoder("hf_mlm", {...})``."""
 
     def _config(self, case: Case) -> PluginConfig:
         return self.cls.Config.model_validate(copy.deepcopy(case.config))
 
     def test_meta_device(self, case: Case) -> None:
-        check_objective_meta(self.cls, self._config(case))
+        check_objective_meta(self.cls, self._config(case), encoder=self.encoder)
 
     def test_prepare_and_collate(self, case: Case) -> None:
-        check_objective_data(self.cls, self._config(case), batch_size=self.batch_size, seed=self.seed)
+        check_objective_data(self.cls, self._config(case), batch_size=self.batch_size, seed=self.seed,
+                             encoder=self.encoder)
 
     def test_compute_and_gradients(self, case: Case) -> None:
         check_objective_compute(
             self.cls, self._config(case), steps=self.steps, seed=self.seed, batch_size=self.batch_size,
-            expect_gradients=case.expect_gradients,
+            expect_gradients=case.expect_gradients, encoder=self.encoder,
         )
 
     def test_state_round_trip(self, case: Case, tmp_path: Path) -> None:
         check_objective_state(
-            self.cls, self._config(case), steps=self.steps, seed=self.seed, batch_size=self.batch_size, directory=tmp_path
+            self.cls, self._config(case), steps=self.steps, seed=self.seed, batch_size=self.batch_size, directory=tmp_path,
+            encoder=self.encoder,
         )
 
     def test_determinism(self, case: Case) -> None:
-        check_objective_determinism(self.cls, self._config(case), steps=self.steps, seed=self.seed, batch_size=self.batch_size)
+        check_objective_determinism(self.cls, self._config(case), steps=self.steps, seed=self.seed,
+                                    batch_size=self.batch_size, encoder=self.encoder)
 
     def test_rank_invariance(self, case: Case) -> None:
         if not case.rank_invariant:
             import pytest
 
             pytest.skip("this configuration depends on the number of ranks by design (Case.rank_invariant=False)")
-        check_objective_ranks(self.cls, self._config(case), steps=self.steps, seed=self.seed, batch_size=self.batch_size)
+        check_objective_ranks(self.cls, self._config(case), steps=self.steps, seed=self.seed, batch_size=self.batch_size,
+                              encoder=self.encoder)
 
 
 class NegativeStoreConformance(_Harness):

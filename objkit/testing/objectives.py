@@ -15,7 +15,17 @@ import torch
 from objkit.interfaces import Encoder, Objective, PluginConfig, StepContext, WorldInfo
 
 from objkit.seeding import seed_everything
-from objkit.testing._common import CPU, Case, _assert_same_batch, assert_same_state, build_context, checkpoint_round_trip, dummy_source, registry_with, tiny_encoder
+from objkit.testing._common import (
+    CPU,
+    Case,
+    TinyEncoder,
+    _assert_same_batch,
+    assert_same_state,
+    build_context,
+    checkpoint_round_trip,
+    dummy_source,
+    registry_with,
+)
 from objkit.testing.registration import check_config, check_recipe_validation
 
 
@@ -30,9 +40,11 @@ class _Trained:
     gradient_steps: int
 
 
-def objective_examples(objective: Objective, count: int = 8, seed: int = 0) -> list[dict[str, Any]]:
+def objective_examples(objective: Objective, count: int = 8, seed: int = 0,
+                       encoder: TinyEncoder | None = None) -> list[dict[str, Any]]:
     """``prepare`` on a dummy source of the objective's data kind; the first ``count`` rows."""
-    prepared = objective.prepare(dummy_source(type(objective).data_kind, seed=seed))
+    vocab = (encoder or TinyEncoder()).token_ids()
+    prepared = objective.prepare(dummy_source(type(objective).data_kind, vocab, seed=seed))
     assert "group" in prepared.column_names, f"{type(objective).name}: prepare() dropped the group column"
     assert len(prepared) > 0, f"{type(objective).name}: prepare() returned no examples"
     return [prepared[i] for i in range(min(count, len(prepared)))]
@@ -45,13 +57,18 @@ def _parameters(encoder: Encoder, objective: Objective) -> list[torch.nn.Paramet
     return params
 
 
-def _train(cls: type, config: PluginConfig, *, steps: int, seed: int, batch_size: int) -> _Trained:
+def _context(cls: type, encoder: Encoder, spec: TinyEncoder | None, **kwargs: Any) -> Any:
+    return build_context(encoder, registry=registry_with(cls), vocab=(spec or TinyEncoder()).token_ids(), **kwargs)
+
+
+def _train(cls: type, config: PluginConfig, *, steps: int, seed: int, batch_size: int,
+           encoder_spec: TinyEncoder | None = None) -> _Trained:
     """Build from ``seed`` and run ``steps`` SGD steps the way the trainer does."""
     seed_everything(seed)
-    encoder = tiny_encoder(seed=seed)
+    encoder = (encoder_spec or TinyEncoder()).build(seed)
     encoder.train()
-    objective = cls(config, build_context(encoder, registry=registry_with(cls), seed=seed))
-    examples = objective_examples(objective, batch_size, seed=seed)
+    objective = cls(config, _context(cls, encoder, encoder_spec, seed=seed))
+    examples = objective_examples(objective, batch_size, seed=seed, encoder=encoder_spec)
     params = _parameters(encoder, objective)
     optimizer = torch.optim.SGD(params, lr=0.1)
     losses: list[float] = []
@@ -108,37 +125,39 @@ def _train(cls: type, config: PluginConfig, *, steps: int, seed: int, batch_size
 _TRAINED: dict[tuple[Any, ...], _Trained] = {}
 
 
-def _trained(cls: type, config: PluginConfig, *, steps: int, seed: int, batch_size: int) -> _Trained:
-    """:func:`_train`, remembered per (class, config, steps, seed, batch size) so that the
-    checks of one case share one run; callers get a deep copy to change as they like."""
-    key = (cls, config.model_dump_json(), steps, seed, batch_size)
+def _trained(cls: type, config: PluginConfig, *, steps: int, seed: int, batch_size: int,
+             encoder_spec: TinyEncoder | None = None) -> _Trained:
+    """:func:`_train`, remembered per (class, config, steps, seed, batch size, encoder) so that
+    the checks of one case share one run; callers get a deep copy to change as they like."""
+    key = (cls, config.model_dump_json(), steps, seed, batch_size, (encoder_spec or TinyEncoder()).key)
     if key not in _TRAINED:
         while len(_TRAINED) >= 8:  # tiny models; a harness's cases fit
             _TRAINED.pop(next(iter(_TRAINED)))
-        _TRAINED[key] = _train(cls, config, steps=steps, seed=seed, batch_size=batch_size)
+        _TRAINED[key] = _train(cls, config, steps=steps, seed=seed, batch_size=batch_size, encoder_spec=encoder_spec)
     try:
         return copy.deepcopy(_TRAINED[key])
     except Exception:  # a plugin holding something that cannot be copied: train again
-        return _train(cls, config, steps=steps, seed=seed, batch_size=batch_size)
+        return _train(cls, config, steps=steps, seed=seed, batch_size=batch_size, encoder_spec=encoder_spec)
 
 
-def check_objective_meta(cls: type, config: PluginConfig) -> None:
+def check_objective_meta(cls: type, config: PluginConfig, *, encoder: TinyEncoder | None = None) -> None:
     """Constructible on the meta device (what ``objkit run --dry-run`` does); ``plan()``
     returns numbers and strings."""
     meta = torch.device("meta")
     with meta:
-        encoder = tiny_encoder()
-        objective = cls(config, build_context(encoder, registry=registry_with(cls), device=meta))
+        built = (encoder or TinyEncoder()).build()
+        objective = cls(config, _context(cls, built, encoder, device=meta))
     plan = objective.plan()
     assert all(isinstance(v, (int, float, str)) for v in plan.values()), f"{cls.name}: plan() values {plan!r}"
 
 
-def check_objective_data(cls: type, config: PluginConfig, *, batch_size: int = 8, seed: int = 0) -> None:
+def check_objective_data(cls: type, config: PluginConfig, *, batch_size: int = 8, seed: int = 0,
+                         encoder: TinyEncoder | None = None) -> None:
     """``prepare`` keeps ``group``; ``collate`` gives tensors and takes all its randomness
     from the generator (equal batches for equal seeds, whatever the global RNG state)."""
-    encoder = tiny_encoder(seed=seed)
-    objective = cls(config, build_context(encoder, registry=registry_with(cls), seed=seed))
-    examples = objective_examples(objective, batch_size, seed=seed)
+    spec = encoder
+    objective = cls(config, _context(cls, (spec or TinyEncoder()).build(seed), spec, seed=seed))
+    examples = objective_examples(objective, batch_size, seed=seed, encoder=spec)
     torch.manual_seed(1234)
     random.seed(1234)
     first = objective.collate(copy.deepcopy(examples), torch.Generator().manual_seed(11))
@@ -150,13 +169,15 @@ def check_objective_data(cls: type, config: PluginConfig, *, batch_size: int = 8
 
 
 def check_objective_compute(
-    cls: type, config: PluginConfig, *, steps: int = 3, seed: int = 0, batch_size: int = 8, expect_gradients: bool = True
+    cls: type, config: PluginConfig, *, steps: int = 3, seed: int = 0, batch_size: int = 8, expect_gradients: bool = True,
+    encoder: TinyEncoder | None = None,
 ) -> list[float]:
     """``steps`` training steps on a dummy batch with a tiny encoder: finite scalar losses
     and metrics; whenever an output counts (``sample_size > 0`` and ``loss_weight > 0``) it
     is differentiable and its gradients are finite and reach the parameters; with
-    ``expect_gradients`` at least one step trains."""
-    trained = _trained(cls, config, steps=steps, seed=seed, batch_size=batch_size)
+    ``expect_gradients`` at least one step trains. ``encoder``: which encoder (default
+    :func:`tiny_encoder`'s), as in every objective check."""
+    trained = _trained(cls, config, steps=steps, seed=seed, batch_size=batch_size, encoder_spec=encoder)
     if expect_gradients:
         assert trained.gradient_steps > 0, (
             f"{cls.name}: no step out of {steps} trained (sample_size 0 or loss_weight 0 throughout); "
@@ -166,15 +187,17 @@ def check_objective_compute(
 
 
 def check_objective_state(
-    cls: type, config: PluginConfig, *, steps: int = 3, seed: int = 0, batch_size: int = 8, directory: Path | None = None
+    cls: type, config: PluginConfig, *, steps: int = 3, seed: int = 0, batch_size: int = 8, directory: Path | None = None,
+    encoder: TinyEncoder | None = None,
 ) -> None:
     """After training, ``state_dict`` survives a checkpoint round trip and a fresh instance
     that loads it (with the same encoder weights) has the same state and computes the same
     loss and metrics on the same batch."""
-    trained = _trained(cls, config, steps=steps, seed=seed, batch_size=batch_size)
+    spec = encoder
+    trained = _trained(cls, config, steps=steps, seed=seed, batch_size=batch_size, encoder_spec=spec)
     restored = checkpoint_round_trip(trained.objective.state_dict(), directory)
-    encoder = tiny_encoder(seed=seed + 1)  # different initial weights, then the trained ones
-    clone = cls(config, build_context(encoder, registry=registry_with(cls), seed=seed))
+    encoder = (spec or TinyEncoder()).build(seed + 1)  # different initial weights, then the trained ones
+    clone = cls(config, _context(cls, encoder, spec, seed=seed))
     encoder.load_state_dict(trained.encoder.state_dict())
     clone.load_state_dict(restored)
     assert_same_state(trained.objective.state_dict(), clone.state_dict())
@@ -188,12 +211,13 @@ def check_objective_state(
     assert a.metrics == b.metrics, f"{cls.name}: restored metrics {b.metrics} != {a.metrics}"
 
 
-def check_objective_determinism(cls: type, config: PluginConfig, *, steps: int = 3, seed: int = 0, batch_size: int = 8) -> None:
+def check_objective_determinism(cls: type, config: PluginConfig, *, steps: int = 3, seed: int = 0, batch_size: int = 8,
+                                encoder: TinyEncoder | None = None) -> None:
     """Two runs from the same seed give bit-identical losses, metrics and final state."""
-    first = _trained(cls, config, steps=steps, seed=seed, batch_size=batch_size)
+    first = _trained(cls, config, steps=steps, seed=seed, batch_size=batch_size, encoder_spec=encoder)
     torch.manual_seed(seed + 12345)  # disturb the global RNG between the runs
     random.seed(seed + 12345)
-    second = _train(cls, config, steps=steps, seed=seed, batch_size=batch_size)
+    second = _train(cls, config, steps=steps, seed=seed, batch_size=batch_size, encoder_spec=encoder)
     assert first.losses == second.losses, f"{cls.name}: losses differ between equal-seed runs: {first.losses} vs {second.losses}"
     assert first.metrics == second.metrics, f"{cls.name}: metrics differ between equal-seed runs"
     assert_same_state(first.objective.state_dict(), second.objective.state_dict())
@@ -203,7 +227,7 @@ def check_objective_determinism(cls: type, config: PluginConfig, *, steps: int =
 
 def check_objective_ranks(
     cls: type, config: PluginConfig, *, steps: int = 3, seed: int = 0, batch_size: int = 8, world_size: int = 2,
-    rel_tol: float = 1e-4, abs_tol: float = 1e-5,
+    rel_tol: float = 1e-4, abs_tol: float = 1e-5, encoder: TinyEncoder | None = None,
 ) -> list[float | None]:
     """Rank invariance through the real step: the same global batch of ``batch_size``
     examples, trained ``steps`` steps by objkit's ``CompositeLoss`` (which gives each example
@@ -214,15 +238,17 @@ def check_objective_ranks(
     instead of ``sample_seed`` (docs/plugin-api.md, section 5). Returns the 1-rank losses."""
     from objkit._ranks import run_ranks
 
+    spec = encoder or TinyEncoder()
+
     def build(world: WorldInfo) -> tuple[Encoder, Objective, list[torch.nn.Parameter]]:
         seed_everything(seed)
-        encoder = tiny_encoder(seed=seed)
-        encoder.train()
-        objective = cls(config, build_context(encoder, registry=registry_with(cls), seed=seed, world=world))
-        return encoder, objective, _parameters(encoder, objective)
+        built = spec.build(seed)
+        built.train()
+        objective = cls(config, _context(cls, built, spec, seed=seed, world=world))
+        return built, objective, _parameters(built, objective)
 
-    probe = cls(config, build_context(tiny_encoder(seed=seed), registry=registry_with(cls), seed=seed))
-    examples = objective_examples(probe, batch_size, seed=seed)
+    probe = cls(config, _context(cls, spec.build(seed), spec, seed=seed))
+    examples = objective_examples(probe, batch_size, seed=seed, encoder=spec)
     assert len(examples) == batch_size, f"{cls.name}: prepare() gave {len(examples)} < {batch_size} examples"
     one = run_ranks(build, examples, world_size=1, steps=steps, seed=seed)
     many = run_ranks(build, examples, world_size=world_size, steps=steps, seed=seed)
@@ -245,16 +271,18 @@ def check_objective_ranks(
     return out
 
 
-def check_objective(cls: type, table: dict[str, Any] | None = None, *, steps: int = 3, expect_gradients: bool = True) -> None:
-    """Every objective check for one configuration table (outside pytest)."""
+def check_objective(cls: type, table: dict[str, Any] | None = None, *, steps: int = 3, expect_gradients: bool = True,
+                    encoder: TinyEncoder | None = None) -> None:
+    """Every objective check for one configuration table (outside pytest), on ``encoder``
+    (default: :func:`tiny_encoder`'s ``xlmr``)."""
     table = table or {}
     config = check_config(cls, table)
     check_recipe_validation(cls, table)
-    check_objective_meta(cls, config)
-    check_objective_data(cls, config)
-    check_objective_compute(cls, config, steps=steps, expect_gradients=expect_gradients)
-    check_objective_state(cls, config, steps=steps)
-    check_objective_determinism(cls, config, steps=steps)
-    check_objective_ranks(cls, config, steps=steps)
+    check_objective_meta(cls, config, encoder=encoder)
+    check_objective_data(cls, config, encoder=encoder)
+    check_objective_compute(cls, config, steps=steps, expect_gradients=expect_gradients, encoder=encoder)
+    check_objective_state(cls, config, steps=steps, encoder=encoder)
+    check_objective_determinism(cls, config, steps=steps, encoder=encoder)
+    check_objective_ranks(cls, config, steps=steps, encoder=encoder)
 
 
