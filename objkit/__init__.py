@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     )
     from objkit.interfaces import EncoderConfig, EncoderContext, MomentumCopy, TokenizerTraining
     from objkit.events import Callback, FitState
+    from objkit.evaluator import EvalContext, Evaluator
     from objkit.optim import Optimizer, Schedule
     from objkit.contrastive import ContrastiveResult, info_nce
     from objkit.data import pack_sentences
@@ -85,6 +86,8 @@ _LAZY = {
     # plugin API 1.3: length bucketing keys and padding that objectives declare
     **dict.fromkeys(["length_groups", "padding_counts"], "objkit.masking"),
     "side_lengths": "objkit.data.bucketing",
+    # plugin API 1.6: the evaluator plugin kind (objkit eval NAME, [eval.NAME] in recipes)
+    **dict.fromkeys(["EvalContext", "Evaluator"], "objkit.evaluator"),
 }
 
 
@@ -114,6 +117,8 @@ __all__ = [
     "ConstantWithRefresh",
     "ContrastiveResult",
     "DataKind",
+    "EvalContext",
+    "Evaluator",
     "Encoder",
     "EncoderConfig",
     "EncoderContext",

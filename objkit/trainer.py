@@ -407,7 +407,8 @@ class Trainer:
         """
         self._resume_newest()
         state = FitState(run_dir=self.run_dir, total_steps=self.train_cfg.steps, world=self.world,
-                         encoder=self.encoder, tokenizer=self.tokenizer, step=self.step)
+                         encoder=self.encoder, tokenizer=self.tokenizer, step=self.step, device=self.device)
+        state._full_weights = self.strategy.full_weights
         builtin = [ProgressBar(self.progress), MetricsReport(self.train_cfg.report_to)]
         events = Events([*builtin, *self.callbacks, *callbacks], state)
         window: list[StepStats] = []
