@@ -19,7 +19,7 @@ _LAZY = {
     **dict.fromkeys(["INFOXLM14", "XTREME36", "discover_languages", "evaluate_tatoeba", "format_table",
                      "select_languages"], "objkit.eval.tatoeba"),
     # plugin API 1.6: what the built-in evaluator plugins are made of
-    **dict.fromkeys(["POOLINGS", "check_layer"], "objkit.eval.retrieval"),
+    **dict.fromkeys(["POOLINGS", "check_layer", "read_lines"], "objkit.eval.retrieval"),
     **dict.fromkeys(["align_corpus", "parse_layers", "read_corpus"], "objkit.eval.align"),
     "TransferDuringTraining": "objkit.eval.transfer",
     **dict.fromkeys(["align_command", "retrieval_command", "tatoeba_command", "transfer_command"], "objkit.eval.cli"),
@@ -51,6 +51,7 @@ __all__ = [
     "model_specs",
     "parse_layers",
     "read_corpus",
+    "read_lines",
     "retrieval_command",
     "run_evaluator",
     "tatoeba_command",
