@@ -7,6 +7,7 @@ files, ``extends``, overrides, plugin tables validated against the registry, err
 
 from __future__ import annotations
 
+import difflib
 from typing import Annotated, Any, Literal
 
 import tomli_w
@@ -330,10 +331,8 @@ class EvalEntry(BaseModel):
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     plugin: str = Field(description="evaluator plugin name (default: the table's NAME)")
-    every: int | None = Field(
-        None, gt=0, description="run every N steps and at the end; default [eval] every, or the end only for "
-        "an evaluator that says so (transfer)",
-    )
+    every: int | None = Field(None, gt=0, description="run every N steps and at the end; default [eval] every, or "
+                              "the end only for an evaluator that says so (transfer)")
 
     @property
     def plugin_keys(self) -> dict[str, Any]:
@@ -342,11 +341,6 @@ class EvalEntry(BaseModel):
 
 EVAL_KEYS = ("every", "layer", "pooling", "batch_size", "sets", "transfer")
 """The keys of ``[eval]`` itself; any other key is an ``[eval.NAME]`` evaluator table."""
-
-
-def _old_transfer_form(value: Any) -> bool:
-    """``[eval.transfer.NAME]`` tables (deprecated form) rather than one ``[eval.transfer]`` evaluator table."""
-    return isinstance(value, dict) and all(isinstance(v, dict) for v in value.values())
 
 
 class EvalConfig(Strict):
@@ -358,61 +352,52 @@ class EvalConfig(Strict):
     layer: int | None = Field(None, ge=0, description="[eval.sets]: default 8 for 12 layers, else round(2/3 depth)")
     pooling: Literal["mean", "cls"] = "mean"
     batch_size: int = Field(64, gt=0)
-    sets: dict[str, EvalSet] = Field(default_factory=dict, description="deprecated: [eval.NAME] with "
-                                     'plugin = "retrieval"')
-    transfer: dict[str, TransferEvalSet] = Field(default_factory=dict, description="deprecated: [eval.NAME] "
-                                                 'with plugin = "transfer"')
+    sets: dict[str, EvalSet] = Field(default_factory=dict, description='deprecated: [eval.NAME], plugin = "retrieval"')
+    transfer: dict[str, TransferEvalSet] = Field(default_factory=dict,
+                                                 description='deprecated: [eval.NAME], plugin = "transfer"')
     evaluators: dict[str, EvalEntry] = Field(default_factory=dict, description="the [eval.NAME] tables, in order")
 
     @model_validator(mode="before")
     @classmethod
     def _split_evaluators(cls, raw: Any) -> Any:
-        """``[eval.NAME]`` tables sit beside ``[eval]``'s own keys: gather them into ``evaluators``."""
+        """``[eval.NAME]`` tables sit beside ``[eval]``'s own keys: gather them into ``evaluators``
+        (a ``[eval.transfer]`` table of keys, not of tables, is the ``transfer`` evaluator's)."""
         if not isinstance(raw, dict):
             return raw
         own = {k: v for k, v in raw.items() if k in EVAL_KEYS}
         tables = {k: v for k, v in raw.items() if k not in EVAL_KEYS}
         for key, value in tables.items():
             if not isinstance(value, dict):
-                import difflib
-
                 close = difflib.get_close_matches(key, EVAL_KEYS, n=1)
                 hint = f'did you mean "{close[0]}"? ' if close else ""
-                raise ValueError(f"{key}: unknown key; {hint}[eval] has {', '.join(EVAL_KEYS)} and [eval.NAME] "
-                                 "evaluator tables")
-        if "transfer" in own and not _old_transfer_form(own["transfer"]):
+                raise ValueError(f"{key}: unknown key; {hint}[eval] has {', '.join(EVAL_KEYS)} and [eval.NAME] tables")
+        old = own.get("transfer")
+        if "transfer" in own and not (isinstance(old, dict) and all(isinstance(v, dict) for v in old.values())):
             tables = {"transfer": own.pop("transfer"), **tables}
-        for name, table in tables.items():
-            if isinstance(table, dict):
-                tables[name] = {"plugin": name, **table}
+        tables = {name: {"plugin": name, **t} if isinstance(t, dict) else t for name, t in tables.items()}
         return {**own, "evaluators": tables}
 
     @model_validator(mode="after")
     def _unique_names(self) -> EvalConfig:
-        for name in self.evaluators:
-            for old in ("sets", "transfer"):
-                if name in getattr(self, old):
-                    raise ValueError(f"{name!r} names both [eval.{name}] and [eval.{old}.{name}] (their metrics "
-                                     f"would collide as eval/{name}/...); rename one")
-        both = set(self.sets) & set(self.transfer)
-        if both:
-            raise ValueError(f"{sorted(both)[0]!r} names both an [eval.sets] and an [eval.transfer] table; rename one")
+        seen: dict[str, str] = {}
+        for key, names in (("eval.transfer", self.transfer), ("eval.sets", self.sets), ("eval", self.evaluators)):
+            for name in names:
+                if name in seen:
+                    raise ValueError(f"{name!r} names both [{seen[name]}.{name}] and [{key}.{name}] (their metrics "
+                                     "would collide); rename one")
+                seen[name] = key
         return self
 
     def entries(self) -> dict[str, tuple[str, EvalEntry]]:
-        """``{NAME: (recipe key, entry)}`` for every evaluator, the deprecated tables as the evaluators
-        they stand for (``eval.transfer.NAME`` first, then ``eval.sets.NAME``, then ``eval.NAME``: the
-        order results were logged in before)."""
-        out: dict[str, tuple[str, EvalEntry]] = {}
-        for name, t in self.transfer.items():
-            keys = t.model_dump(exclude={"every"})
-            out[name] = (f"eval.transfer.{name}", EvalEntry(plugin="transfer", every=t.every, **keys))
-        for name, s in self.sets.items():
-            keys = {**s.model_dump(), "layer": self.layer, "pooling": self.pooling, "batch_size": self.batch_size}
+        """``{NAME: (recipe key, entry)}``, the deprecated tables as the evaluators they stand for, in
+        the order results were logged before: ``eval.transfer.NAME``, ``eval.sets.NAME``, ``eval.NAME``."""
+        out = {name: (f"eval.transfer.{name}", EvalEntry(plugin="transfer", every=t.every,
+                                                        **t.model_dump(exclude={"every"})))
+               for name, t in self.transfer.items()}
+        for name, e in self.sets.items():
+            keys = {**e.model_dump(), "layer": self.layer, "pooling": self.pooling, "batch_size": self.batch_size}
             out[name] = (f"eval.sets.{name}", EvalEntry(plugin="retrieval", **keys))
-        for name, entry in self.evaluators.items():
-            out[name] = (f"eval.{name}", entry)
-        return out
+        return out | {name: (f"eval.{name}", entry) for name, entry in self.evaluators.items()}
 
     @model_serializer(mode="wrap")
     def _flatten(self, handler: Any) -> Any:
@@ -420,10 +405,7 @@ class EvalConfig(Strict):
         data = handler(self)
         if isinstance(data, dict):
             tables = data.pop("evaluators", None) or {}
-            for key in ("sets", "transfer"):
-                if key in data and not data[key]:
-                    data.pop(key)
-            data.update(tables)
+            data = {k: v for k, v in data.items() if k not in ("sets", "transfer") or v} | tables
         return data
 
 

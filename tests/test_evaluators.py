@@ -71,7 +71,7 @@ def test_eval_tables_validate_through_the_plugins(tmp_path):
     ('[eval.x]\nplugin = "align"\nsrc = "a"\ntgt = "b"\ngold = "g"\n', "eval.x: evaluator 'align' runs only as objkit eval"),
     ('[eval]\nevry = 3\n', 'eval: evry: unknown key; did you mean "every"?'),
     ('[eval.sets.x]\nsrc = "a"\ntgt = "b"\n[eval.x]\nplugin = "retrieval"\nsrc = "a"\ntgt = "b"\n',
-     "'x' names both [eval.x] and [eval.sets.x]"),
+     "'x' names both [eval.sets.x] and [eval.x]"),
 ])
 def test_bad_eval_tables_are_one_line_naming_the_key(tmp_path, table, problem):
     with pytest.raises(RecipeError) as err:
