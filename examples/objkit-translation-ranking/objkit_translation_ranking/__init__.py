@@ -1,5 +1,7 @@
-"""objkit-translation-ranking: LaBSE's translation ranking loss as an objkit objective plugin."""
+"""objkit-translation-ranking: LaBSE's translation ranking loss as an objkit objective plugin, and
+bitext mining F1 (BUCC protocol) as an evaluator plugin."""
 
+from objkit_translation_ranking.mining import BitextMining, BitextMiningConfig
 from objkit_translation_ranking.objective import (
     TranslationRanking,
     TranslationRankingConfig,
@@ -8,4 +10,4 @@ from objkit_translation_ranking.objective import (
 
 __version__ = "0.1.0"
 
-__all__ = ["TranslationRanking", "TranslationRankingConfig", "ranking_loss", "__version__"]
+__all__ = ["BitextMining", "BitextMiningConfig", "TranslationRanking", "TranslationRankingConfig", "ranking_loss", "__version__"]
