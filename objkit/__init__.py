@@ -40,6 +40,7 @@ if TYPE_CHECKING:
         truncated_blocks,
     )
     from objkit.events import Callback, FitState
+    from objkit.evaluator import EvalContext, Evaluator
     from objkit.optim import Optimizer, Schedule
     from objkit.contrastive import ContrastiveResult, info_nce
     from objkit.data import pack_sentences
@@ -103,6 +104,8 @@ _LAZY = {
     "EncoderRunOptions": "objkit.interfaces",
     **dict.fromkeys(["PRESETS", "MaskedLMEncoder", "PresetEncoderConfig", "find_block_list", "preset_dims",
                      "run_truncated", "truncated_blocks"], "objkit.encoder"),
+    # plugin API 1.6: the evaluator plugin kind (objkit eval NAME, [eval.NAME] in recipes)
+    **dict.fromkeys(["EvalContext", "Evaluator"], "objkit.evaluator"),
     # plugin API 1.6: the source plugin kind (docs/plugin-api.md section 7)
     "SourceConfig": "objkit.schema",
     **dict.fromkeys(["AlignedFilesPart", "BitextFilePart", "RowsPart", "Source", "SourceContext", "TextFilePart"],
@@ -140,6 +143,8 @@ __all__ = [
     "ConstantWithRefresh",
     "ContrastiveResult",
     "DataKind",
+    "EvalContext",
+    "Evaluator",
     "Encoder",
     "EncoderConfig",
     "EncoderContext",

@@ -36,6 +36,7 @@ _KINDS = {  # plugin kind -> (title, where its table sits in a recipe)
     "optimizer": ("Optimizers", "[train.optimizer] with name = \"{name}\""),
     "schedule": ("Schedules", "train.schedule = \"{name}\""),
     "callback": ("Callbacks", "[callbacks.NAME] with plugin = \"{name}\""),
+    "evaluator": ("Evaluators", "[eval.NAME] with plugin = \"{name}\" (NAME defaults the plugin); objkit eval {name}"),
 }
 _NAMES = {int: "integer", float: "float", str: "string", bool: "boolean", type(None): "none"}
 # What a key means where its model declares no description (``Class.field``, looked up along
@@ -325,12 +326,21 @@ def render() -> str:
     out += ["### `[train.optimizer]`", "",
             "`name` picks an optimizer plugin; its other keys belong to that plugin's config "
             "([optimizers](#optimizers) below).", "", *key_table(s.OptimizerConfig)]
-    out += ["## `[eval]`", "", *key_table(s.EvalConfig, skip=("sets", "transfer"), extra_rows=[
-        ("`sets`", "table of tables", "`{}`", "[eval.sets.NAME]: line-aligned files to score retrieval on"),
-        ("`transfer`", "table of tables", "`{}`", "[eval.transfer.NAME]: zero-shot transfer runs"),
-    ])]
-    out += ["### `[eval.sets.NAME]`", "", *key_table(s.EvalSet)]
-    out += ["### `[eval.transfer.NAME]`", "", _doc(s.TransferEvalSet), "", *key_table(s.TransferEvalSet)]
+    out += ["## `[eval]`", "", _doc(s.EvalConfig), "",
+            *key_table(s.EvalConfig, skip=("sets", "transfer", "evaluators"), extra_rows=[
+                ("`NAME`", "table", "unset", "[eval.NAME]: an evaluator plugin run during training (below)"),
+                ("`sets`", "table of tables", "`{}`", "deprecated: [eval.sets.NAME], line-aligned files to score "
+                 "retrieval on; write [eval.NAME] with plugin = \"retrieval\""),
+                ("`transfer`", "table of tables", "`{}`", "deprecated: [eval.transfer.NAME], zero-shot transfer "
+                 "runs; write [eval.NAME] with plugin = \"transfer\""),
+            ])]
+    out += ["### `[eval.NAME]`", "", _doc(s.EvalEntry), "", *key_table(s.EvalEntry),
+            "The evaluator's own keys: [evaluators](#evaluators) below, or the plugin's documentation.", ""]
+    out += ["### `[eval.sets.NAME]` (deprecated)", "",
+            "As `[eval.NAME]` with `plugin = \"retrieval\"`, its `layer`, `pooling` and `batch_size` taken from "
+            "`[eval]`.", "", *key_table(s.EvalSet)]
+    out += ["### `[eval.transfer.NAME]` (deprecated)", "", _doc(s.TransferEvalSet),
+            "As `[eval.NAME]` with `plugin = \"transfer\"`.", "", *key_table(s.TransferEvalSet)]
     out += ["## `[callbacks.NAME]`", "", _doc(s.CallbackEntry), "", *key_table(s.CallbackEntry)]
     out += ["## Built-in plugins", "",
             "The keys of objkit's own plugins' config tables (a third-party plugin documents its own; "
@@ -342,7 +352,10 @@ def render() -> str:
         out += [f"### {title}", ""]
         for info in infos:
             config = info.cls.Config
-            out += [f"#### `{info.name}`", "", f"In a recipe: `{where.format(name=info.name)}`.", ""]
+            place = f"In a recipe: `{where.format(name=info.name)}`."
+            if kind == "evaluator" and not info.cls.during_training:
+                place = f"`objkit eval {info.name}` only (not during training)."
+            out += [f"#### `{info.name}`", "", place, ""]
             if (doc := _doc(info.cls)):
                 out += [doc, ""]
             skip = tuple(EncoderKeys.model_fields) if kind == "encoder" else ()

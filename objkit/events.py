@@ -23,10 +23,11 @@ resumption.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -48,7 +49,23 @@ class FitState:
     """The signal that ended the run early, once known."""
     error: BaseException | None = None
     """Set for ``on_fit_end`` when training failed."""
+    device: torch.device | None = None
+    """The device the encoder trains on. (API 1.6)"""
     _report_eval: Callable[[dict[str, float]], None] | None = field(default=None, repr=False)
+    _full_weights: Callable[[str], contextlib.AbstractContextManager[Any]] | None = field(default=None, repr=False)
+
+    def full_weights(self, on: Literal["every_rank", "main"] = "every_rank") -> contextlib.AbstractContextManager[Any]:
+        """The encoder with its full weights, under any parallel strategy: a context every rank
+        must enter together (a collective under FSDP), e.g. from ``on_step_end``. (API 1.6)
+
+        ``"every_rank"``: the training encoder itself, on every rank, its FSDP shards gathered for
+        the block (resharded after); ``"main"``: a full copy on rank 0 (the training encoder itself
+        without FSDP), None on the other ranks, which wait at the block's end until rank 0 is done.
+        Read-only either way: evaluate, save, copy; never train it. Run under
+        ``torch.inference_mode()`` or ``no_grad`` for what needs no gradients."""
+        if self._full_weights is None:
+            return contextlib.nullcontext(self.encoder if on == "every_rank" or self.world.is_main else None)
+        return self._full_weights(on)
 
     def report_eval(self, results: dict[str, float]) -> None:
         """Send evaluation results to every callback's ``on_eval`` (and so to the metrics)."""

@@ -89,6 +89,8 @@ def _show_key(part: Any) -> str:
 
 
 def _describe(error: dict[str, Any], raw: Any, prefix: str = "") -> str:
+    if tuple(error["loc"][:2]) == ("eval", "evaluators"):  # [eval.NAME] tables sit in [eval] itself
+        error = {**error, "loc": ("eval", *error["loc"][2:])}
     loc = _fmt_loc(error["loc"], raw)
     dotted = f"{prefix}.{loc}" if prefix and loc != "(top level)" else (prefix or loc)
     msg = error["msg"]
@@ -258,6 +260,7 @@ def validate_recipe(raw: dict[str, Any], registry: Registry, source: str = "reci
         recipe.model.tokenizer = encoder_config.tokenizer  # the encoder may choose the tokenizer algorithm
     callback_configs = _validate_plugin_tables(raw, "callbacks", "callback", {"plugin"}, registry, problems)
     optimizer_config = _validate_optimizer(raw, registry, problems)
+    eval_configs = _validate_evaluators(recipe, registry, problems) if recipe is not None and recipe.eval else {}
     train = raw.get("train") if isinstance(raw.get("train"), dict) else {}
     if isinstance(train.get("schedule", "linear"), str):
         try:
@@ -271,6 +274,7 @@ def validate_recipe(raw: dict[str, Any], registry: Registry, source: str = "reci
     resolved = ResolvedRecipe(recipe=recipe, objective_configs=objective_configs, source=source,
                               encoder_config=encoder_config, callback_configs=callback_configs,
                               optimizer_config=optimizer_config)
+    resolved.eval_configs = eval_configs
     resolved.unset = unset_keys(raw)
     return resolved
 
@@ -299,6 +303,34 @@ def _validate_plugin_tables(raw: dict[str, Any], section: str, kind: str, core: 
                 problems.append(problem)
             continue
         problems.extend(f"{section}.{name}.{p}" for p in info.cls.check(configs[name], registry))
+    return configs
+
+
+def _validate_evaluators(recipe: Recipe, registry: Registry, problems: list[str]) -> dict[str, Any]:
+    """Each ``[eval.NAME]`` table (and deprecated ``[eval.sets.NAME]`` / ``[eval.transfer.NAME]``)
+    through its evaluator plugin's Config: ``{NAME: validated config}``."""
+    assert recipe.eval is not None
+    configs: dict[str, Any] = {}
+    for name, (key, entry) in recipe.eval.entries().items():
+        try:
+            cls = registry.get(entry.plugin, kind="evaluator").cls
+        except UserError as exc:
+            problems.append(f"{key}{'.plugin' if key == f'eval.{name}' else ''}: {exc}")
+            continue
+        if not cls.during_training:
+            problems.append(f"{key}: evaluator {entry.plugin!r} runs only as objkit eval {entry.plugin}, not during "
+                            "training")
+            continue
+        try:
+            configs[name] = cls.Config.model_validate(entry.plugin_keys)
+        except ValidationError as exc:
+            for err in exc.errors():
+                problem = _describe(err, entry.plugin_keys, prefix=key)
+                if err["type"] == "extra_forbidden":
+                    problem = _unknown_key_hint(problem, sorted({"plugin", "every", *cls.Config.model_fields}))
+                problems.append(problem)
+            continue
+        problems.extend(f"{key}.{p}" for p in cls.check(configs[name], registry))
     return configs
 
 
@@ -388,6 +420,8 @@ class ResolvedRecipe:
         """The encoder plugin's validated ``Config`` of ``[model]`` (what ``Encoder.build`` gets)."""
         self.callback_configs = callback_configs or {}
         self.optimizer_config = optimizer_config
+        self.eval_configs: dict[str, Any] = {}
+        """Each evaluator's validated ``Config`` by ``[eval]`` NAME (:meth:`EvalConfig.entries`)."""
         self.unset: list[str] = []
         """Keys still holding the ``UNSET`` marker (``\"???\"``), for the user to fill in."""
         self.packaged = False
@@ -417,6 +451,11 @@ class ResolvedRecipe:
                                        **cfg.model_dump(mode="json", exclude_none=True)}
         if not data.get("callbacks"):
             data.pop("callbacks", None)  # recipes without callbacks record what they did before
+        for name, cfg in self.eval_configs.items():
+            if self.recipe.eval is not None and name in self.recipe.eval.evaluators:
+                entry = data["eval"][name]
+                core = {k: entry[k] for k in ("plugin", "every") if k in entry}
+                data["eval"][name] = core | cfg.model_dump(mode="json", exclude_none=True)
         for name, cfg in self.objective_configs.items():
             entry = data["objectives"][name]
             core = {k: entry[k] for k in ObjectiveEntry.model_fields if k in entry}

@@ -41,6 +41,7 @@ from pydantic import BaseModel
 from objkit import hookspecs
 from objkit.errors import PluginError
 from objkit.hookspecs import PLUGIN_API_VERSION, api_compatible, parse_api_version
+from objkit.evaluator import Evaluator
 from objkit.events import Callback
 from objkit.interfaces import PLUGIN_KINDS as MODEL_KINDS
 from objkit.interfaces import Plugin
@@ -48,9 +49,10 @@ from objkit.optim import Optimizer, Schedule
 from objkit.source import Source, check_source_class
 
 PLUGIN_KINDS: dict[str, type[Plugin]] = {**MODEL_KINDS, "callback": Callback, "optimizer": Optimizer, "schedule": Schedule,
-                                         "source": Source}
+                                         "source": Source, "evaluator": Evaluator}
 """Every plugin kind: the model's (objective, negative_store, augmentation, encoder), the
-trainer's (callback, optimizer, schedule; plugin API 1.2) and the data's (source; plugin API 1.6)."""
+trainer's (callback, optimizer, schedule; plugin API 1.2), the data's (source) and evaluators
+(plugin API 1.6)."""
 
 AUTOLOAD_ENV = "OBJKIT_DISABLE_PLUGIN_AUTOLOAD"
 BUILTIN_DISTRIBUTION = "objkit"

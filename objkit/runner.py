@@ -33,7 +33,7 @@ from objkit.device import thread_counts, training_device
 from objkit.distributed import env_world, process_group
 from objkit.errors import UserError
 from objkit.faults import RunStopped, write_error
-from objkit.eval.periodic import EvalCallback, PeriodicEval
+from objkit.eval.periodic import EvalCallback, build_evaluators
 from objkit.recipe import ResolvedRecipe
 from objkit.registry import Registry
 from objkit.runlock import LOCK_FILE, RunLock
@@ -216,7 +216,10 @@ def run_recipe(
         raise UserError(f"-o {run_dir}: exists and is not a directory")
     if env_world().is_main:  # once: the other ranks wait for rank 0 in the rendezvous
         check_before_training(resolved)
-    evaluate = PeriodicEval(resolved.recipe.eval, resolved.recipe.model.max_length) if resolved.recipe.eval else None
+    evaluate = None
+    if resolved.recipe.eval:  # built (their data read and checked) before training starts
+        evaluators = build_evaluators(resolved.recipe.eval, resolved.eval_configs, registry)
+        evaluate = EvalCallback(evaluators, resolved.recipe.model.max_length) if evaluators else None
     try:
         if env_world().is_main:  # the other ranks find it once they join rank 0 in the process group
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -259,7 +262,7 @@ def intact(run_dir: Path) -> str:
 
 
 def _train(resolved: ResolvedRecipe, run_dir: Path, registry: Registry, progress: bool,
-           evaluate: PeriodicEval | None, resume_command: str | None = None) -> Path | None:
+           evaluate: EvalCallback | None, resume_command: str | None = None) -> Path | None:
     from objkit.trainer import Trainer
 
     started = time.perf_counter()
@@ -271,7 +274,7 @@ def _train(resolved: ResolvedRecipe, run_dir: Path, registry: Registry, progress
             versions = {"objkit": _version(), "plugins": registry.versions(), "threads": thread_counts()}
             ownership.write_file(run_dir / "versions.json", json.dumps(versions, indent=1) + "\n", WRITER, "-o")
             click.echo(f"resolved recipe and plugin versions written to {run_dir}", err=True)
-        trainer.fit([EvalCallback(evaluate, trainer)] if evaluate is not None else [])
+        trainer.fit([evaluate] if evaluate is not None else [])
         if trainer.stopped_by is not None:
             message = ""
             if trainer.world.is_main:

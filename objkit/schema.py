@@ -7,10 +7,11 @@ files, ``extends``, overrides, plugin tables validated against the registry, err
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_serializer, model_validator
 
 from objkit.interfaces import EncoderKeys, TokenizerTraining
 
@@ -223,13 +224,89 @@ class TransferEvalSet(Strict):
     every: int | None = Field(None, gt=0, description="every N pretraining steps (default: at the end only)")
 
 
+class EvalEntry(BaseModel):
+    """``[eval.NAME]``: an evaluator plugin (``plugin``, default NAME) run during training, logged as
+    ``eval/NAME/METRIC``; every key but ``plugin`` and ``every`` belongs to the evaluator's ``Config``."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    plugin: str = Field(description="evaluator plugin name (default: the table's NAME)")
+    every: int | None = Field(None, gt=0, description="run every N steps and at the end; default [eval] every, or "
+                              "the end only for an evaluator that says so (transfer)")
+
+    @property
+    def plugin_keys(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+EVAL_KEYS = ("every", "layer", "pooling", "batch_size", "sets", "transfer")
+"""The keys of ``[eval]`` itself; any other key is an ``[eval.NAME]`` evaluator table."""
+
+
 class EvalConfig(Strict):
+    """``[eval]``: evaluation during training. ``[eval.NAME]`` tables name evaluator plugins
+    (``objkit list-plugins``: kind evaluator); the deprecated ``[eval.sets.NAME]`` and
+    ``[eval.transfer.NAME]`` tables still work (as ``retrieval`` and ``transfer`` evaluators)."""
+
     every: int = Field(500, gt=0, description="run every N steps (and at the end)")
-    layer: int | None = Field(None, ge=0, description="default: 8 for 12 layers, else round(2/3 depth)")
+    layer: int | None = Field(None, ge=0, description="[eval.sets]: default 8 for 12 layers, else round(2/3 depth)")
     pooling: Literal["mean", "cls"] = "mean"
     batch_size: int = Field(64, gt=0)
-    sets: dict[str, EvalSet] = Field(default_factory=dict)
-    transfer: dict[str, TransferEvalSet] = Field(default_factory=dict)
+    sets: dict[str, EvalSet] = Field(default_factory=dict, description='deprecated: [eval.NAME], plugin = "retrieval"')
+    transfer: dict[str, TransferEvalSet] = Field(default_factory=dict,
+                                                 description='deprecated: [eval.NAME], plugin = "transfer"')
+    evaluators: dict[str, EvalEntry] = Field(default_factory=dict, description="the [eval.NAME] tables, in order")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_evaluators(cls, raw: Any) -> Any:
+        """``[eval.NAME]`` tables sit beside ``[eval]``'s own keys: gather them into ``evaluators``
+        (a ``[eval.transfer]`` table of keys, not of tables, is the ``transfer`` evaluator's)."""
+        if not isinstance(raw, dict):
+            return raw
+        own = {k: v for k, v in raw.items() if k in EVAL_KEYS}
+        tables = {k: v for k, v in raw.items() if k not in EVAL_KEYS}
+        for key, value in tables.items():
+            if not isinstance(value, dict):
+                close = difflib.get_close_matches(key, EVAL_KEYS, n=1)
+                hint = f'did you mean "{close[0]}"? ' if close else ""
+                raise ValueError(f"{key}: unknown key; {hint}[eval] has {', '.join(EVAL_KEYS)} and [eval.NAME] tables")
+        old = own.get("transfer")
+        if "transfer" in own and not (isinstance(old, dict) and all(isinstance(v, dict) for v in old.values())):
+            tables = {"transfer": own.pop("transfer"), **tables}
+        tables = {name: {"plugin": name, **t} if isinstance(t, dict) else t for name, t in tables.items()}
+        return {**own, "evaluators": tables}
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> EvalConfig:
+        seen: dict[str, str] = {}
+        for key, names in (("eval.transfer", self.transfer), ("eval.sets", self.sets), ("eval", self.evaluators)):
+            for name in names:
+                if name in seen:
+                    raise ValueError(f"{name!r} names both [{seen[name]}.{name}] and [{key}.{name}] (their metrics "
+                                     "would collide); rename one")
+                seen[name] = key
+        return self
+
+    def entries(self) -> dict[str, tuple[str, EvalEntry]]:
+        """``{NAME: (recipe key, entry)}``, the deprecated tables as the evaluators they stand for, in
+        the order results were logged before: ``eval.transfer.NAME``, ``eval.sets.NAME``, ``eval.NAME``."""
+        out = {name: (f"eval.transfer.{name}", EvalEntry(plugin="transfer", every=t.every,
+                                                        **t.model_dump(exclude={"every"})))
+               for name, t in self.transfer.items()}
+        for name, e in self.sets.items():
+            keys = {**e.model_dump(), "layer": self.layer, "pooling": self.pooling, "batch_size": self.batch_size}
+            out[name] = (f"eval.sets.{name}", EvalEntry(plugin="retrieval", **keys))
+        return out | {name: (f"eval.{name}", entry) for name, entry in self.evaluators.items()}
+
+    @model_serializer(mode="wrap")
+    def _flatten(self, handler: Any) -> Any:
+        """Dumped as written: the evaluator tables beside ``[eval]``'s own keys."""
+        data = handler(self)
+        if isinstance(data, dict):
+            tables = data.pop("evaluators", None) or {}
+            data = {k: v for k, v in data.items() if k not in ("sets", "transfer") or v} | tables
+        return data
 
 
 class RequiredDistribution(Strict):
@@ -304,7 +381,9 @@ class Recipe(Strict):
 
 __all__ = [
     "CallbackEntry",
+    "EVAL_KEYS",
     "EvalConfig",
+    "EvalEntry",
     "EvalSet",
     "MAX_STEPS",
     "ModelConfig",

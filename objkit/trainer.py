@@ -433,7 +433,8 @@ class Trainer:
         # a run resumed with its budget spent (checkpoint values: the same on every rank) is finished
         self.budget_spent = self.train_cfg.time_budget is not None and self.train_seconds >= self.train_cfg.time_budget
         state = FitState(run_dir=self.run_dir, total_steps=self.train_cfg.steps, world=self.world,
-                         encoder=self.encoder, tokenizer=self.tokenizer, step=self.step)
+                         encoder=self.encoder, tokenizer=self.tokenizer, step=self.step, device=self.device)
+        state._full_weights = self.strategy.full_weights
         builtin = [ProgressBar(self.progress), MetricsReport(self.train_cfg.report_to)]
         events = Events([*builtin, *self.callbacks, *callbacks], state)
         window: list[StepStats] = []

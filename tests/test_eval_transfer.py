@@ -340,7 +340,8 @@ def test_transfer_during_training_is_logged_and_leaves_training_unchanged(tmp_pa
 
 def test_transfer_eval_in_a_recipe_is_checked_before_training(tmp_path):
     from objkit.recipe import load_recipe
-    from objkit.eval.periodic import PeriodicEval
+    from objkit.eval.periodic import build_evaluators
+    from objkit.registry import default_registry
 
     recipe = tmp_path / "r.toml"
     recipe.write_text(
@@ -348,7 +349,7 @@ def test_transfer_eval_in_a_recipe_is_checked_before_training(tmp_path):
         f'[objectives.mlm]\ndata = "mono"\n[train]\nsteps = 1\nbatch_size = 2\nlr = 1e-3\n[eval.transfer.x]\ntask = "sib200"\ndata_dir = "{tmp_path / "none"}"\n')
     resolved = load_recipe(recipe)
     with pytest.raises(UserError, match=r"^eval.transfer.x: --data-dir .*none: not a directory$"):
-        PeriodicEval(resolved.recipe.eval, 32)
+        build_evaluators(resolved.recipe.eval, resolved.eval_configs, default_registry())
 
 
 def test_hub_rows_become_splits_with_label_names():

@@ -18,12 +18,13 @@ import pytest
 import torch
 
 import objkit
+import objkit.eval
 from objkit.hookspecs import PLUGIN_API_VERSION, api_compatible
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_MODULES = sorted((ROOT / "plugins").glob("*.py"))
 EXAMPLE_MODULES = sorted((ROOT / "examples" / "objkit-translation-ranking" / "objkit_translation_ranking").glob("*.py"))
-PUBLIC_MODULES = {"objkit"}  # a plugin module imports from here only
+PUBLIC_MODULES = {"objkit": objkit.__all__, "objkit.eval": objkit.eval.__all__}  # a plugin module imports from here only
 
 NEW_IN_1_1 = [
     "SAMPLE_SEED", "derive_seed", "example_seeds", "sample_generator", "sample_uniform",
@@ -36,14 +37,16 @@ NEW_IN_1_1 = [
 NEW_IN_1_2 = ["LMHeadLoss", "lm_head_loss"]
 NEW_IN_1_3 = ["length_groups", "padding_counts", "side_lengths"]
 NEW_IN_1_6 = ["EncoderRunOptions", "MaskedLMEncoder", "PresetEncoderConfig", "PRESETS", "preset_dims",
-              "find_block_list", "truncated_blocks", "run_truncated"]  # what the encoder plugins are written on
+              "find_block_list", "truncated_blocks", "run_truncated",  # what the encoder plugins are written on
+              "EvalContext", "Evaluator"]  # and objkit.eval's building blocks (a public module of its own)
 NEW_IN_1_6_SOURCES = ["Source", "SourceConfig", "SourceContext", "TextFilePart", "AlignedFilesPart", "BitextFilePart",
               "RowsPart", "hub_unreachable_reason"]  # the source plugin kind
 
 
 def objkit_imports(path: Path) -> list[tuple[int, str]]:
-    """``(line, what)`` for every import of an objkit module other than ``objkit`` itself, and
-    every ``from objkit import NAME`` whose NAME is not in ``objkit.__all__``."""
+    """``(line, what)`` for every import of an objkit module other than ``objkit`` itself and
+    ``objkit.eval`` (the evaluators' building blocks), and every ``from objkit import NAME`` /
+    ``from objkit.eval import NAME`` whose NAME is not in that module's ``__all__``."""
     bad = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
         if isinstance(node, ast.Import):
@@ -58,8 +61,8 @@ def objkit_imports(path: Path) -> list[tuple[int, str]]:
                 bad.append((node.lineno, f"from {node.module} import ..."))
                 continue
             for alias in node.names:
-                if alias.name not in objkit.__all__:
-                    bad.append((node.lineno, f"from objkit import {alias.name} (not in objkit.__all__)"))
+                if alias.name not in PUBLIC_MODULES[node.module]:
+                    bad.append((node.lineno, f"from {node.module} import {alias.name} (not in {node.module}.__all__)"))
     return bad
 
 
@@ -67,8 +70,9 @@ def test_there_are_modules_to_check():
     names = {p.stem for p in PLUGIN_MODULES}
     assert {"mlm", "tlm", "xlco", "xlm_align", "xlm_e", "momentum_queue", "in_batch", "mixup", "adamw", "schedules"} <= names
     assert {"xlmr", "bert", "hf_mlm"} <= names  # the encoders too (issue 27)
-    assert {"source_text", "source_parallel", "source_cldr", "source_hf"} <= names
-    assert any(p.name == "objective.py" for p in EXAMPLE_MODULES) and any(p.name == "moses.py" for p in EXAMPLE_MODULES)
+    assert {"retrieval", "tatoeba", "transfer", "align"} <= names  # the evaluators (plugin API 1.6)
+    assert {"source_text", "source_parallel", "source_cldr", "source_hf"} <= names  # the sources (1.6)
+    assert {"objective.py", "mining.py", "moses.py"} <= {p.name for p in EXAMPLE_MODULES}
 
 
 @pytest.mark.parametrize("path", PLUGIN_MODULES + EXAMPLE_MODULES, ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -84,7 +88,8 @@ def test_the_checker_catches_private_imports(tmp_path: Path):
     module.write_text(
         "import objkit\nfrom objkit import hookimpl\nfrom objkit.seeding import derive_seed\n"
         "import objkit.momentum\nfrom objkit import registry\n"
-        "def f():\n    from objkit.encoder import run_body\n",
+        "def f():\n    from objkit.encoder import run_body\n"
+        "from objkit.eval import encode_sentences\nfrom objkit.eval import load_task\n",
         encoding="utf-8",
     )
     found = sorted(what for _, what in objkit_imports(module))
@@ -93,6 +98,7 @@ def test_the_checker_catches_private_imports(tmp_path: Path):
         "import objkit.momentum",
         "from objkit import registry (not in objkit.__all__)",
         "from objkit.encoder import ...",
+        "from objkit.eval import load_task (not in objkit.eval.__all__)",
     ])  # fmt: skip
 
 
@@ -100,6 +106,8 @@ def test_every_public_name_resolves_and_the_new_ones_are_exported():
     assert set(NEW_IN_1_1 + NEW_IN_1_2 + NEW_IN_1_3 + NEW_IN_1_6 + NEW_IN_1_6_SOURCES) <= set(objkit.__all__)
     for name in objkit.__all__:
         assert getattr(objkit, name) is not None, name
+    for name in objkit.eval.__all__:
+        assert getattr(objkit.eval, name) is not None, name
     assert set(objkit.__all__) <= set(dir(objkit))
 
 

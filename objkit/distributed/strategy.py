@@ -55,13 +55,14 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from objkit.distributed.collectives import agree, all_reduce_sum
+from objkit.distributed.group import barrier
 from objkit.errors import UserError
 from objkit.interfaces import Encoder, Objective, ObjectiveOutput, StepContext, WorldInfo
 
@@ -159,6 +160,23 @@ class ParallelStrategy:
     def full_parameters(self) -> contextlib.AbstractContextManager[Any]:
         """Context in which ``encoder.body()`` can be called directly (evaluation); every rank enters it."""
         return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def full_weights(self, on: str = "every_rank") -> Iterator[Any]:
+        """:meth:`objkit.events.FitState.full_weights` (every rank enters it): ``every_rank``: the
+        encoder within :meth:`full_parameters`; ``main``: :meth:`model_for_save`'s full copy on
+        rank 0 (None elsewhere), every rank waiting for rank 0 on the way out."""
+        if on == "every_rank":
+            with self.full_parameters():
+                yield self.encoder
+            return
+        if on != "main":
+            raise ValueError(f"full_weights: on must be 'every_rank' or 'main' (got {on!r})")
+        model = self.model_for_save()
+        try:
+            yield model
+        finally:
+            barrier(self.world)
 
     # ----------------------------------------------------------------- checkpoints (every rank calls these)
     def model_for_save(self) -> nn.Module | None:

@@ -1,8 +1,11 @@
-"""Evaluation: cross-lingual sentence retrieval (XTREME/InfoXLM protocol, exported here), zero-shot
+"""Evaluation: cross-lingual sentence retrieval (XTREME/InfoXLM protocol), Tatoeba, zero-shot
 cross-lingual transfer (:mod:`objkit.eval.transfer`, XTREME's fine-tuning protocol) and word
 alignment (:mod:`objkit.eval.align`, SimAlign's protocol).
 
-The ``objkit eval`` click group lives in :mod:`objkit.eval.cli` (imported on demand).
+The names in ``__all__`` are public building blocks for evaluator plugins (plugin API 1.6,
+docs/plugin-api.md): a plugin may import them ``from objkit.eval import ...``, as the built-in
+evaluator plugins do. The ``objkit eval`` click group lives in :mod:`objkit.eval.cli` (imported on
+demand).
 """
 
 import importlib
@@ -15,6 +18,12 @@ _LAZY = {
                      "retrieval_scores", "top1_accuracy"], "objkit.eval.retrieval"),
     **dict.fromkeys(["INFOXLM14", "XTREME36", "discover_languages", "evaluate_tatoeba", "format_table",
                      "select_languages"], "objkit.eval.tatoeba"),
+    # plugin API 1.6: what the built-in evaluator plugins are made of
+    **dict.fromkeys(["POOLINGS", "check_layer", "read_lines"], "objkit.eval.retrieval"),
+    **dict.fromkeys(["align_corpus", "parse_layers", "read_corpus"], "objkit.eval.align"),
+    "TransferDuringTraining": "objkit.eval.transfer",
+    **dict.fromkeys(["align_command", "retrieval_command", "tatoeba_command", "transfer_command"], "objkit.eval.cli"),
+    **dict.fromkeys(["markdown_table", "model_specs", "run_evaluator"], "objkit.eval.generic"),
 }
 
 
@@ -32,7 +41,21 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "INFOXLM14",
+    "POOLINGS",
+    "TransferDuringTraining",
     "XTREME36",
+    "align_command",
+    "align_corpus",
+    "check_layer",
+    "markdown_table",
+    "model_specs",
+    "parse_layers",
+    "read_corpus",
+    "read_lines",
+    "retrieval_command",
+    "run_evaluator",
+    "tatoeba_command",
+    "transfer_command",
     "default_layer",
     "discover_languages",
     "encode_sentences",

@@ -16,16 +16,48 @@ from typing import Any
 import click
 
 from objkit.errors import UserError
+from objkit.eval.generic import markdown_table, model_specs, write_markdown
 from objkit.eval.tasks import TASKS
 
 POOLINGS = ("mean", "cls")  # objkit.eval.retrieval.POOLINGS (not imported here: it loads torch)
 
-eval_group = click.Group(
+# The built-in evaluator plugins' commands (objkit_plugins.retrieval ... return these): resolved
+# without loading the registry, so that their --help stays fast; any other NAME is looked up.
+BUILTIN = ("retrieval", "tatoeba", "transfer", "align")
+
+
+class EvalGroup(click.Group):
+    """``objkit eval NAME``: NAME is an evaluator plugin (plugin kind ``evaluator``): its own
+    command (:meth:`objkit.Evaluator.command`) or one built from its ``Config``."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*BUILTIN, *super().list_commands(ctx)})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.commands:
+            return self.commands[cmd_name]
+        if cmd_name in BUILTIN:
+            return {"retrieval": retrieval_command, "tatoeba": tatoeba_command, "transfer": transfer_command,
+                    "align": align_command}[cmd_name]
+        from objkit.eval.generic import config_command
+        from objkit.registry import default_registry
+
+        cls = default_registry().get(cmd_name, kind="evaluator").cls  # unknown: one line naming the valid ones
+        return cls.command() or config_command(cls)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_commands(ctx, formatter)
+        with formatter.section("Evaluator plugins"):
+            formatter.write_text("Every evaluator plugin installed is a command too: objkit list-plugins lists "
+                                 "them (kind evaluator); objkit eval NAME --help shows its options.")
+
+
+eval_group = EvalGroup(
     "eval",
     help="Evaluate encoders: sentence retrieval (top-1 accuracy, percent), zero-shot cross-lingual "
-         "transfer (fine-tune in one language, test in many) and word alignment (AER, percent). "
-         "Each command takes one or more MODEL (a directory or hub id, as PATH or NAME=PATH), "
-         "--json (to stdout), --markdown FILE (a row per model) and --device.",
+         "transfer (fine-tune in one language, test in many), word alignment (AER, percent) and any "
+         "evaluator plugin. Each command takes one or more MODEL (a directory or hub id, as PATH or "
+         "NAME=PATH), --json (to stdout), --markdown FILE (a row per model) and --device.",
     epilog="""\b
 Examples:
   objkit eval retrieval runs/qi/export xlmr=xlm-roberta-base --src val.de --tgt val.en --markdown ret.md
@@ -58,22 +90,8 @@ def _encoder_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-def _models(models: tuple[str, ...]) -> list[Any]:
-    """MODEL arguments as :class:`~objkit.eval.transfer.ModelSpec` (PATH or NAME=PATH), names unique."""
-    from objkit.eval.transfer import ModelSpec
-
-    specs = [ModelSpec.parse(m) for m in models]
-    names = [m.name for m in specs]
-    if len(set(names)) != len(names):
-        raise UserError(f"two models are named {next(n for n in names if names.count(n) > 1)!r}: "
-                        "name them with NAME=PATH")
-    return specs
-
-
-def _markdown(head: list[str], rows: list[list[str]]) -> str:
-    rule = "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|"
-    lines = ["| " + " | ".join(head) + " |", rule]
-    return "\n".join([*lines, *("| " + " | ".join(row) + " |" for row in rows)]) + "\n"
+_models = model_specs
+_markdown = markdown_table
 
 
 def _load(model_dir: str, layer: int | None, device: str) -> tuple[Any, Any, int]:
@@ -90,7 +108,7 @@ def _progress() -> bool:
     return sys.stderr.isatty()
 
 
-@eval_group.command("retrieval", epilog="""\b
+@click.command("retrieval", epilog="""\b
 Examples:
   objkit eval retrieval runs/xlco/export --src val.de --tgt val.en
   objkit eval retrieval runs/xlco/export --src val.de --tgt val.en --layer 12 --pooling cls
@@ -141,7 +159,7 @@ def retrieval_command(
         _write_atomic(markdown, _markdown(head, rows))
 
 
-@eval_group.command("tatoeba", epilog="""\b
+@click.command("tatoeba", epilog="""\b
 Examples:
   objkit eval tatoeba runs/xlco/export --data-dir data/tatoeba
   objkit eval tatoeba runs/xlco/export --data-dir data/tatoeba --langs xtreme36
@@ -199,13 +217,10 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    from objkit.ownership import write_report
-
-    write_report(path, text, "objkit eval", "--markdown")
+_write_atomic = write_markdown
 
 
-@eval_group.command("transfer", epilog="""\b
+@click.command("transfer", epilog="""\b
 Examples:
   objkit eval transfer runs/qi/export runs/qn/export --task sib200 --data-dir data/sib200 \\
       --train-langs eng_Latn --seeds 1,2,3 --lr 5e-4 --epochs 10 --std
@@ -300,7 +315,7 @@ def transfer_command(
     click.echo(format_table(result, std=show_std))
 
 
-@eval_group.command("align", epilog="""\b
+@click.command("align", epilog="""\b
 Examples:
   objkit eval align runs/qi/export --src de-en/test.de --tgt de-en/test.en --gold de-en/alignv2.txt
   objkit eval align xlm-roberta-base --src test.en --tgt test.fr --gold alignv2.txt --layer all

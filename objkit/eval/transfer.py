@@ -201,50 +201,43 @@ def stderr_log(message: str) -> None:
 
 
 class TransferDuringTraining:
-    """``[eval.transfer.NAME]`` of a recipe: the task is read and checked when the run starts; at
-    evaluation time the encoder is saved (as the export would be) to ``RUN_DIR/eval-transfer.tmp``,
-    fine-tuned on a copy, and removed. The run's RNG states are restored afterwards, so a run with
-    transfer evaluation trains exactly as one without. Every rank calls it; rank 0 fine-tunes while
-    the others wait (keep ``max_steps`` small for long runs: they wait in a barrier)."""
+    """The ``transfer`` evaluator's work during training (``[eval.NAME]`` with ``plugin =
+    "transfer"``, or the deprecated ``[eval.transfer.NAME]``): the task is read and checked when
+    the run starts; at evaluation time the encoder is saved (as the export would be) to
+    ``RUN_DIR/eval-transfer.tmp``, fine-tuned on a copy, and removed. The run's RNG states are
+    restored afterwards, so a run with transfer evaluation trains exactly as one without. It runs
+    on rank 0 with the full copy (``weights = "main"``) while the other ranks wait (keep
+    ``max_steps`` small for long runs: they wait in a barrier)."""
 
-    def __init__(self, key: str, config: Any) -> None:
+    def __init__(self, config: Any) -> None:
         from objkit.eval.tasks import TASKS, Columns, load_task
 
-        self.key, self.config = key, config
+        self.config = config
         cols = Columns.parse(config.columns) if config.columns else None
-        try:
-            self.data = load_task(TASKS[config.task], Path(config.data_dir), config.langs, config.train_langs,
-                                  config.setting, cols, config.max_train)
-        except UserError as exc:
-            raise UserError(f"{key}: {exc}") from None
+        self.data = load_task(TASKS[config.task], Path(config.data_dir), config.langs, config.train_langs,
+                              config.setting, cols, config.max_train)
         self.settings = FinetuneSettings(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
                                          max_length=config.max_length, warmup=config.warmup,
                                          select=config.select, max_steps=config.max_steps)
 
-    def __call__(self, trainer: Any, name: str) -> dict[str, float]:
+    def __call__(self, ctx: Any) -> dict[str, float]:
+        """``{LANG: score, "avg": average}`` of the model of ``ctx`` (an :class:`objkit.EvalContext`)."""
         import shutil
+        import tempfile
 
-        from objkit import distributed
-        from objkit.tokenizer import save_tokenizer_for
-
-        model = trainer.strategy.model_for_save()  # every rank: FSDP gathers the weights
-        results: dict[str, float] = {}
-        if model is not None:
-            tmp = trainer.run_dir / "eval-transfer.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            try:
-                model.save_pretrained(str(tmp))
-                save_tokenizer_for(model, trainer.tokenizer, tmp)
-                with _preserved_rng():
-                    out = evaluate_transfer([ModelSpec(name, str(tmp))], self.data, self.settings,
-                                            list(self.config.seeds), setting=self.config.setting,
-                                            device=str(trainer.device))
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-            row = out["models"][0]
-            results = {f"eval/{name}/{lang}": value for lang, value in row["mean"].items()}
-            results[f"eval/{name}/avg"] = row["avg"]["mean"]
-        distributed.barrier(trainer.world)
+        scratch = None if ctx.run_dir is not None else tempfile.mkdtemp(prefix="objkit-eval-transfer-")
+        tmp = Path(ctx.run_dir) / "eval-transfer.tmp" if ctx.run_dir is not None else Path(scratch) / "model"
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            ctx.save_pretrained(tmp)
+            with _preserved_rng():
+                out = evaluate_transfer([ModelSpec(ctx.name, str(tmp))], self.data, self.settings,
+                                        list(self.config.seeds), setting=self.config.setting, device=str(ctx.device))
+        finally:
+            shutil.rmtree(scratch or tmp, ignore_errors=True)
+        row = out["models"][0]
+        results = {lang: value for lang, value in row["mean"].items()}
+        results["avg"] = row["avg"]["mean"]
         return results
 
 
