@@ -78,6 +78,7 @@ import torch
 
 # the row modules beside this file (run.py runs as a script, not as a package): imported one way
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cpu_step  # noqa: E402
 import data_bench  # noqa: E402
 import memory_speed  # noqa: E402
 import padding_fraction  # noqa: E402
@@ -106,6 +107,7 @@ GOALS: dict[str, tuple[str, float, str]] = {
     "tokenizer_throughput": (">=", 0.8, "objkit tokenization tokens/s per core / SentencePiece encode tokens/s"),
     "cache_startup_speedup": (">=", 2.0, "trainer start-up on a cold data.cache_dir / on the warm one"),
     "sampler_bytes_per_row": ("<=", 0.1, "bytes the α-sampler holds per row (10^8 simulated rows)"),
+    "cpu_step_speedup": cpu_step.GOAL,  # benchmarks/cpu_step.py
 }
 
 
@@ -987,6 +989,7 @@ BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {
     "tokenizer_throughput": data_bench.bench_tokenizer_throughput,
     "cache_startup_speedup": data_bench.bench_cache_startup,
     "sampler_bytes_per_row": data_bench.bench_sampler,
+    "cpu_step_speedup": lambda ws: cpu_step.cpu_step_speedup(ws, sys.modules[__name__]),
 }
 DATA_ROWS = ("tokenizer_throughput", "cache_startup_speedup", "sampler_bytes_per_row")
 # rows that need a GPU: run with --device cuda only
@@ -1201,6 +1204,8 @@ def describe(key: str, d: dict[str, Any]) -> str:
         return padding_fraction.describe(d)
     if key in DATA_ROWS:
         return data_bench.describe(key, d)
+    if key == "cpu_step_speedup":
+        return cpu_step.describe(d)
     return memory_speed.describe(key, d)
 
 

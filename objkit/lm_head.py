@@ -58,6 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from objkit.grad_pool import grad_into  # objkit.memory imports it from here too
 from objkit.interfaces import Encoder
 
 IGNORE_INDEX = -100
@@ -86,15 +87,6 @@ def _chunk_loss(encoder: Encoder, hidden: torch.Tensor, targets: torch.Tensor) -
     loss = F.cross_entropy(logits, targets, reduction="sum")
     correct = (logits.detach().argmax(dim=-1) == targets).sum()
     return loss, correct
-
-
-def grad_into(param: torch.Tensor) -> torch.Tensor:
-    """``param.grad``, created as zeros on a step's first backward: the buffer a backward that
-    writes a leaf's gradient in place (the fused head's decoder, :class:`objkit.memory.GradIntoEmbedding`)
-    adds into instead of handing autograd a gradient."""
-    if param.grad is None:
-        param.grad = torch.zeros_like(param)
-    return param.grad
 
 
 def vocab_slice_width(rows: int, chunk_rows: int, vocab: int) -> int:
