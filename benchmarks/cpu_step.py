@@ -1,17 +1,21 @@
 """``cpu_step_speedup`` (issue 29): the CPU training step with the storage of in-place gradients
-kept from step to step (:mod:`objkit.grad_pool`) against the old free-every-step behaviour.
+kept from step to step (:mod:`objkit.grad_pool`) and the tied decoder's gradient of the head in
+one piece written into ``.grad``, against the old step that made fresh gradient buffers.
 
 Two trainers of ``recipes/xlmr_mlm.toml`` at the suite's base shape (``head_*`` settings:
 12 layers, hidden 768, vocabulary 250,002, B = 4, L = 128, random weights, the synthetic corpus),
-built alike (same seed: same weights, same batches), in one process. ``old`` sets
-``Trainer.keep_grad_storage = False``: every step's ``.grad`` of the tied embedding is a fresh
-250,002 × 768 fp32 buffer (768 MB of new pages, faulted in and zeroed) freed after the
-optimizer step, as ``optimizer.zero_grad(set_to_none=True)`` did; ``new`` is the trainer as it
-is. Their ``Trainer.train_step`` runs in alternating repetitions (``bench.alternate``); the
-value is the median of the per-repetition ratios old / new. Both compute the same step: the
-row checks that their losses are bit-identical at every step.
+built alike (same seed: same weights, same batches), in one process. ``old`` is the step as it
+was: ``Trainer.keep_grad_storage = False`` (every ``.grad`` freed after the optimizer step, as
+``optimizer.zero_grad(set_to_none=True)`` did) and ``encoder.lm_head_grad_in_place = False``
+(the head in one piece hands autograd its decoder gradient), so each step makes two fresh
+250,002 × 768 fp32 tensors (768 MB of new pages each, faulted in and zeroed by the kernel): the
+decoder's gradient and the tied embedding's ``.grad``. ``new`` is the trainer as it is. Their
+``Trainer.train_step`` runs in alternating repetitions (``bench.alternate``); the value is the
+median of the per-repetition ratios old / new. The first step's loss is bit-identical (same
+weights, same batch); later ones differ in the last bits (the decoder gradient's matmul is
+another kernel), which the row reports.
 
-    python benchmarks/cpu_step.py [--quick | --toy] [--threads N] [--json OUT.json]
+    python benchmarks/cpu_step.py [--quick | --toy] [--threads N] [--reps N] [--json OUT.json]
 
 runs the row alone (the suite, ``benchmarks/run.py --only cpu_step_speedup``, runs it too).
 """
@@ -26,7 +30,7 @@ from typing import Any
 
 import torch
 
-GOAL = (">=", 1.2, "CPU MLM step keeping in-place gradient storage / freeing it every step (base shape)")
+GOAL = (">=", 1.2, "CPU MLM step making fresh gradient buffers / keeping them (base shape)")
 
 
 def _mlm_trainer(ws: Any, bench: Any) -> Any:
@@ -45,6 +49,7 @@ def cpu_step_speedup(ws: Any, bench: Any) -> dict[str, Any]:
     old = _mlm_trainer(ws, bench)
     new = _mlm_trainer(ws, bench)
     old.keep_grad_storage = False
+    old.encoder.lm_head_grad_in_place = False
     losses: dict[str, list[float]] = {"old": [], "new": []}
 
     def step(name: str, trainer: Any) -> None:
@@ -58,12 +63,13 @@ def cpu_step_speedup(ws: Any, bench: Any) -> dict[str, Any]:
                   "parameters": sum(p.numel() for p in new.params)},
         "batch": f"{s.head_batch} x {s.head_length}",
         "kept_bytes_between_steps": {"old": spare_grad_bytes(old.params), "new": spare_grad_bytes(new.params)},
-        "losses_identical": losses["old"] == losses["new"],
+        "first_loss_identical": losses["old"][0] == losses["new"][0],
+        "max_relative_loss_difference": max(abs(a - b) / abs(a) for a, b in zip(losses["old"], losses["new"])),
         "torch_threads": torch.get_num_threads(),
         "load_average": os.getloadavg(),
         "times": {k: bench.summary(v) for k, v in times.items()},
     }
-    if not result["losses_identical"]:
+    if not result["first_loss_identical"] or result["max_relative_loss_difference"] > 1e-4:
         raise AssertionError(f"the old and new steps computed different losses: {losses}")
     del old, new
     gc.collect()
@@ -76,7 +82,7 @@ def describe(d: dict[str, Any]) -> str:
     kept = d["kept_bytes_between_steps"]["new"] / 2**20
     return (f"{t['old']['median_s']:.2f} s vs {t['new']['median_s']:.2f} s per step; MLM, {m['layers']} layers, "
             f"vocab {m['vocab']:,}, B×L {d['batch'].replace(' x ', '×')}; {kept:,.0f} MiB kept between steps, "
-            f"losses bit-identical")
+            f"losses within {d['max_relative_loss_difference']:.0e}")
 
 
 def main(argv: list[str] | None = None) -> int:
