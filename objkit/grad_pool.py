@@ -24,7 +24,9 @@ itself (every other parameter) are not kept: autograd allocates a parameter's gr
 backward kernel whether or not ``.grad`` exists, and would only add it into a kept buffer.
 
 Memory: the kept buffers are the size of the gradients they were, alive between steps (the
-dry run's static "gradients" already counts them); :func:`drop_spare_grads` frees them.
+dry run's static "gradients" already counts them); :func:`drop_spare_grads` frees them. Code
+that keeps a reference to such a ``.grad`` past the optimizer step (a callback logging it)
+must keep a copy: the tensor is written again by the next step.
 """
 
 from __future__ import annotations
