@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import gc
 import os
+import resource
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -51,9 +53,12 @@ def cpu_step_speedup(ws: Any, bench: Any) -> dict[str, Any]:
     old.keep_grad_storage = False
     old.encoder.lm_head_grad_in_place = False
     losses: dict[str, list[float]] = {"old": [], "new": []}
+    faults: dict[str, list[int]] = {"old": [], "new": []}  # minor page faults per step: load-independent
 
     def step(name: str, trainer: Any) -> None:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         stats = trainer.train_step()
+        faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
         losses[name].append(float(stats.sums["mlm/loss"]))
 
     times = bench.alternate({"old": lambda: step("old", old), "new": lambda: step("new", new)}, s.head_reps)
@@ -65,6 +70,7 @@ def cpu_step_speedup(ws: Any, bench: Any) -> dict[str, Any]:
         "kept_bytes_between_steps": {"old": spare_grad_bytes(old.params), "new": spare_grad_bytes(new.params)},
         "first_loss_identical": losses["old"][0] == losses["new"][0],
         "max_relative_loss_difference": max(abs(a - b) / abs(a) for a, b in zip(losses["old"], losses["new"])),
+        "minor_page_faults_per_step": {k: statistics.median(v[1:] or v) for k, v in faults.items()},
         "torch_threads": torch.get_num_threads(),
         "load_average": os.getloadavg(),
         "times": {k: bench.summary(v) for k, v in times.items()},
@@ -80,7 +86,9 @@ def describe(d: dict[str, Any]) -> str:
     """The details column of the performance table."""
     t, m = d["times"], d["model"]
     kept = d["kept_bytes_between_steps"]["new"] / 2**20
-    return (f"{t['old']['median_s']:.2f} s vs {t['new']['median_s']:.2f} s per step; MLM, {m['layers']} layers, "
+    pf = d["minor_page_faults_per_step"]
+    return (f"{t['old']['median_s']:.2f} s vs {t['new']['median_s']:.2f} s per step ({pf['old']:,.0f} vs "
+            f"{pf['new']:,.0f} page faults); MLM, {m['layers']} layers, "
             f"vocab {m['vocab']:,}, B×L {d['batch'].replace(' x ', '×')}; {kept:,.0f} MiB kept between steps, "
             f"losses within {d['max_relative_loss_difference']:.0e}")
 
