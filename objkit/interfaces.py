@@ -155,8 +155,8 @@ class EncoderRunOptions:
       ``set_activation_checkpointing(enabled)``.
     * ``lm_head_chunk_rows``: :func:`objkit.lm_head_loss` computes the head in chunks of this many
       rows, recomputed in the backward (``train.lm_head_chunk_rows``; 0: one piece).
-    * ``lm_head_grad_in_place``: the fused chunked head adds the decoder weight's gradient straight
-      into its ``.grad`` (one process and DDP; not FSDP2).
+    * ``lm_head_grad_in_place``: :func:`objkit.lm_head_loss` (chunked, or in one piece) adds the
+      decoder weight's gradient straight into its ``.grad`` (one process and DDP; not FSDP2).
     * ``embedding_grad_in_place``: the encoder's ``nn.Embedding`` lookups add their gradient rows
       straight into ``.grad`` (:class:`objkit.memory.GradIntoEmbedding`; one process only).
     * ``compile``: ``torch.compile`` the transformer blocks (``train.compile``). Needs

@@ -45,8 +45,12 @@ embedding lookup's own dense gradient is the one left, added into ``.grad`` by a
 end (on one process not even that: :class:`objkit.memory.GradIntoEmbedding` adds its rows into
 ``.grad`` too). The sum in ``.grad`` is the same; under DDP the weight's gradient hook still
 fires (from the embedding path, after the head's backward, which precedes it), so the
-all-reduce sees the whole sum. Off by default: ``torch.autograd.grad`` with the weight as an
-input would miss the decoder's part.
+all-reduce sees the whole sum. The head in one piece does the same there (its decoder through
+one autograd function, the logits and cross-entropy as before): autograd's decoder gradient was
+a fresh decoder-sized tensor every backward, added into ``.grad`` and freed, whose new pages cost
+a CPU step more than the matmul that wrote them; the buffer is kept from step to step
+(:mod:`objkit.grad_pool`). Off by default: ``torch.autograd.grad`` with the weight as an input
+would miss the decoder's part.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from objkit.grad_pool import grad_into  # objkit.memory imports it from here too
 from objkit.interfaces import Encoder, EncoderRunOptions
 
 _DEFAULTS = EncoderRunOptions()
@@ -84,19 +89,43 @@ class LMHeadLoss:
 
 
 def _chunk_loss(encoder: Encoder, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = encoder.lm_logits(hidden).float()
+    return _logits_loss(encoder.lm_logits(hidden), targets)
+
+
+def _logits_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = logits.float()
     loss = F.cross_entropy(logits, targets, reduction="sum")
     correct = (logits.detach().argmax(dim=-1) == targets).sum()
     return loss, correct
 
 
-def grad_into(param: torch.Tensor) -> torch.Tensor:
-    """``param.grad``, created as zeros on a step's first backward: the buffer a backward that
-    writes a leaf's gradient in place (the fused head's decoder, :class:`objkit.memory.GradIntoEmbedding`)
-    adds into instead of handing autograd a gradient."""
-    if param.grad is None:
-        param.grad = torch.zeros_like(param)
-    return param.grad
+class _DecoderIntoGrad(torch.autograd.Function):
+    """``F.linear(features, weight, bias)``, the decoder of a head in one piece, whose backward adds
+    the weight's gradient into ``weight.grad`` (:func:`grad_into`) and returns none for it: the
+    whole head's counterpart of :class:`_LinearCrossEntropy`'s ``into_grad`` (no decoder-sized
+    gradient from autograd, whose fresh pages cost a CPU step more than the matmul writing them:
+    ``benchmarks/cpu_step.py``). ``weight`` must be a leaf."""
+
+    @staticmethod
+    def forward(ctx: Any, features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(features, weight)
+        ctx.has_bias = bias is not None
+        return F.linear(features, weight, bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, None, Any]:
+        features, weight = ctx.saved_tensors
+        grad_features = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_features = (grad_out @ weight.to(grad_out.dtype)).to(features.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad_out.sum(dim=0)
+        grad = grad_into(weight)
+        if grad_out.dtype == grad.dtype:
+            grad.addmm_(grad_out.t(), features.to(grad.dtype))
+        else:  # autocast: the product in its dtype, as autograd's, then added
+            grad.add_((grad_out.t() @ features.to(grad_out.dtype)).to(grad.dtype))
+        return grad_features, None, grad_bias
 
 
 def vocab_slice_width(rows: int, chunk_rows: int, vocab: int) -> int:
@@ -198,13 +227,18 @@ def lm_head_loss(
     rows = int(targets.shape[0])
     options = getattr(encoder, "run_options", _DEFAULTS)  # declared by Encoder; a duck-typed module: defaults
     chunk = options.lm_head_chunk_rows if chunk_rows is None else chunk_rows
-    parts = getattr(encoder, "lm_head_parts", lambda: None)() if chunk and rows > chunk else None
-    if parts is not None:
+    chunked = bool(chunk) and rows > chunk
+    in_place = bool(options.lm_head_grad_in_place) and torch.is_grad_enabled()
+    parts = getattr(encoder, "lm_head_parts", lambda: None)() if chunked or in_place else None
+    into_grad = parts is not None and in_place and parts[1].is_leaf and parts[1].requires_grad
+    if parts is not None and chunked:
         transform, weight, bias = parts
-        into_grad = options.lm_head_grad_in_place and weight.is_leaf and weight.requires_grad
         width = vocab_slice_width(rows, chunk, weight.shape[0])
         total, correct = _LinearCrossEntropy.apply(transform(hidden), weight, bias, targets, width, into_grad)
-    elif not chunk or rows <= chunk:
+    elif not chunked and into_grad:  # the head in one piece, its decoder gradient into .grad
+        transform, weight, bias = parts
+        total, correct = _logits_loss(_DecoderIntoGrad.apply(transform(hidden), weight, bias), targets)
+    elif not chunked:
         total, correct = _chunk_loss(encoder, hidden, targets)
     else:
         total = hidden.new_zeros((), dtype=torch.float32)

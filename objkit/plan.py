@@ -58,9 +58,10 @@ class MemoryEstimate:
     adds them out of place, their sum -- three copies with the head in one piece or
     checkpointed per chunk. The head chunked through :meth:`Encoder.lm_head_parts` accumulates
     the decoder gradient in one buffer that takes the embedding's in place: two; one where that
-    buffer is ``.grad`` itself (``lm_head_grad_in_place``: one process or DDP); none where the
-    embedding lookup adds into ``.grad`` too (:class:`objkit.memory.GradIntoEmbedding`: one
-    process). With the lookup into ``.grad`` and autograd's decoder gradient, that gradient
+    buffer is ``.grad`` itself (``lm_head_grad_in_place``: one process or DDP, the head chunked
+    or in one piece); none where the embedding lookup adds into ``.grad`` too
+    (:class:`objkit.memory.GradIntoEmbedding`: one process). With the lookup into ``.grad`` and
+    autograd's decoder gradient (an encoder without ``lm_head_parts``), that gradient
     waits for the lookup's backward: one copy (head in one piece), two (checkpointed chunks: the
     sum and a chunk's). Measured with ``benchmarks/memory_phases.py`` on ``infoxlm_large``
     shapes (chunked, one process): the peak of a step is a backward pass, with one block's
@@ -121,8 +122,10 @@ def estimate_memory(
     live = min(chunk_rows, rows) if chunk_rows else rows
     lm_head = graphs * 3 * 4 * live * shape.vocab
     chunked = bool(chunk_rows) and rows > chunk_rows
-    if chunked and fused_head:
-        tied_copies = (0 if embedding_grad_in_place else 1) if grad_in_place else 2
+    if fused_head and grad_in_place:  # the decoder's gradient into .grad, chunked or in one piece
+        tied_copies = 0 if embedding_grad_in_place else 1
+    elif chunked and fused_head:
+        tied_copies = 2
     elif embedding_grad_in_place:
         tied_copies = 2 if chunked else 1
     else:

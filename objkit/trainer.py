@@ -36,6 +36,7 @@ from objkit.memory import apply_train_options, encoder_run_options
 from objkit.recipe import ResolvedRecipe
 from objkit.registry import Registry
 from objkit.events import Callback, Events, FitState
+from objkit.grad_pool import release_grads
 from objkit.reporting import MetricsReport, ProgressBar
 from objkit.build import (
     accumulation_steps,
@@ -123,6 +124,8 @@ class Trainer:
             strategy=self.strategy,
         )
         self.step = 0
+        # the storage of gradients written in place is reused by the next step (objkit.grad_pool)
+        self.keep_grad_storage = True
         self.bad_steps = faults.BadSteps(self.train_cfg.max_bad_steps)
         self.stopped_by: str | None = None  # the signal that ended fit() early, if any
         self.train_seconds = 0.0  # train.time_budget's clock, summed over the segments of a resumed run
@@ -400,7 +403,8 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        # optimizer.zero_grad(set_to_none=True), keeping the storage of gradients written in place
+        release_grads((p for group in self.optimizer.param_groups for p in group["params"]), self.keep_grad_storage)
         if not bad:
             for built in self.objectives:
                 built.objective.after_optimizer_step(ctx)

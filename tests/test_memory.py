@@ -202,8 +202,9 @@ def test_chunked_head_equals_the_whole_head_and_saves_no_logits(reduction, fused
     assert not [shape for shape in shapes[4] if len(shape) == 2 and shape[-1] == 300]
 
 
-def test_decoder_gradient_in_place_equals_autograds_and_is_in_grad_before_the_embedding_backward():
-    """With ``lm_head_grad_in_place`` the fused head adds the tied decoder's gradient into
+@pytest.mark.parametrize("chunk_rows", [5, 0], ids=["fused_chunked_head", "whole_head"])
+def test_decoder_gradient_in_place_equals_autograds_and_is_in_grad_before_the_embedding_backward(chunk_rows):
+    """With ``lm_head_grad_in_place`` the head (fused chunked, or in one piece) adds the tied decoder's gradient into
     ``.grad`` during its own backward (autograd gets none for it), so no decoder-sized buffer
     waits through the encoder backward: ``.grad`` already holds it when the backward reaches the
     embeddings. Every parameter's gradient equals autograd's path, over two accumulated
@@ -227,7 +228,7 @@ def test_decoder_gradient_in_place_equals_autograds_and_is_in_grad_before_the_em
         handle = words.register_forward_hook(watch)
         for _ in range(2):
             hidden = encoder(ids, mask)[-1]
-            lm_head_loss(encoder, hidden.reshape(36, -1), targets, chunk_rows=5).loss.backward()
+            lm_head_loss(encoder, hidden.reshape(36, -1), targets, chunk_rows=chunk_rows).loss.backward()
         handle.remove()
         grads[in_place] = {name: p.grad.clone() for name, p in encoder.named_parameters() if p.grad is not None}
     assert grads[True].keys() == grads[False].keys()
@@ -392,9 +393,9 @@ def test_cpu_runs_return_freed_host_memory_and_the_environment_can_turn_it_off(m
 def test_dry_run_counts_the_tied_gradient_copies_of_the_backward():
     """Three copies of the word-embedding gradient (the decoder's, the lookup's, their sum) with
     the head in one piece or checkpointed chunks; two chunked through lm_head_parts (one buffer
-    that takes the lookup's in place), one where that buffer is .grad (DDP), none where the
-    lookup adds into .grad too (one process); with the lookup into .grad and autograd's decoder
-    gradient, one (whole head) or two (checkpointed chunks); in the total."""
+    that takes the lookup's in place), one where that buffer is .grad (DDP, chunked or whole
+    head), none where the lookup adds into .grad too (one process); with the lookup into .grad
+    and autograd's decoder gradient, one (whole head) or two (checkpointed chunks); in the total."""
     from objkit.plan import ModelShape, estimate_memory
 
     shape = ModelShape(layers=2, hidden=64, heads=2, ffn=128, vocab=1000)
@@ -410,7 +411,9 @@ def test_dry_run_counts_the_tied_gradient_copies_of_the_backward():
     fsdp = {"grad_in_place": False, "embedding_grad_in_place": False}
     assert [copies(16, **one_process), copies(16, **ddp), copies(16, **fsdp)] == [0, 1, 2]
     assert [copies(16, fused_head=False, **fsdp), copies(0, fused_head=False, **fsdp)] == [3, 3]
-    assert [copies(16, fused_head=False, **one_process), copies(0, **one_process)] == [2, 1]
+    assert [copies(16, fused_head=False, **one_process), copies(0, fused_head=False, **one_process)] == [2, 1]
+    # the head in one piece through lm_head_parts: its decoder gradient goes into .grad too
+    assert [copies(0, **one_process), copies(0, **ddp), copies(0, **fsdp)] == [0, 1, 3]
     chunked = estimate_memory(shape, 8, 128, "fp32", static, checkpointing=True, chunk_rows=16, fused_head=False)
     assert chunked.total == 10 + chunked.activations + chunked.lm_head + chunked.tied_gradient
 

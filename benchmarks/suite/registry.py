@@ -24,6 +24,7 @@ ROW_MODULES: tuple[str, ...] = (
     "padding_fraction",  # padding_fraction
     "memory_speed",  # large_peak_vs_analytic, checkpointing_step_ratio, chunked_head_time_ratio, compile_speedup, gpu_mfu
     "data_bench",  # tokenizer_throughput, cache_startup_speedup, sampler_bytes_per_row
+    "cpu_step",  # cpu_step_speedup
 )
 """Row modules, in the order their rows run and are reported."""
 
