@@ -126,7 +126,7 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
-__version__ = "0.6.0"  # = pyproject.toml's version (tests/test_packaging.py checks)
+__version__ = "0.7.0"  # = pyproject.toml's version (tests/test_packaging.py checks)
 
 __all__ = [
     "IGNORE_INDEX",

@@ -159,9 +159,9 @@ def _with_dist(ep: md.EntryPoint, dist: object) -> md.EntryPoint:
 
 # ----------------------------------------------------------------------------- plugin API version
 def test_api_compatibility_rule():
-    assert PLUGIN_API_VERSION == "1.5"
-    assert api_compatible("1.0", "1.0") and api_compatible("1.0", "1.5")
-    assert not api_compatible("1.6", "1.5")  # needs a newer minor
+    assert PLUGIN_API_VERSION == "1.6"
+    assert api_compatible("1.0", "1.0") and api_compatible("1.0", "1.6")
+    assert not api_compatible("1.7", "1.6")  # needs a newer minor
     assert not api_compatible("2.0", "1.0") and not api_compatible("0.9", "1.0")  # other majors
     assert not api_compatible("1", "1.0") and not api_compatible("one", "1.0")
 
@@ -178,7 +178,7 @@ def test_api_mismatch_names_plugin_distribution_and_both_versions():
 
 
 def test_undeclared_or_malformed_api_version_is_an_error():
-    with pytest.raises(PluginError, match=r'declares no plugin API version; add plugin_api = "1\.5"'):
+    with pytest.raises(PluginError, match=r'declares no plugin API version; add plugin_api = "1\.6"'):
         Registry().add(_objective("silent", api=None), distribution="d", version="1")
     with pytest.raises(PluginError, match="must be \"MAJOR.MINOR\""):
         Registry().add(_objective("odd", api="v1"), distribution="d", version="1")

@@ -121,7 +121,7 @@ class BitextMining(Evaluator):
     """Parallel sentence mining F1 among distractors (BUCC protocol, LASER's ratio margin)."""
 
     name: ClassVar[str] = "bitext_mining"
-    plugin_api: ClassVar[str] = "1.5"
+    plugin_api: ClassVar[str] = "1.6"  # the evaluator plugin kind (plugin API 1.6)
     Config = BitextMiningConfig
     weights: ClassVar[Literal["every_rank", "main"]] = "every_rank"
 

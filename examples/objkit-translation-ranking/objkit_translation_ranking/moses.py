@@ -65,7 +65,7 @@ class MosesCorpus(Source):
     """Line-aligned Moses/OPUS file pairs; one group per language pair (``src-tgt``)."""
 
     name: ClassVar[str] = "moses"
-    plugin_api: ClassVar[str] = "1.5"  # the source plugin kind: objkit's next plugin API (1.6)
+    plugin_api: ClassVar[str] = "1.6"  # the source plugin kind (plugin API 1.6)
     Config = MosesConfig
     yields = "parallel"
     modes = ("map", "streaming")
