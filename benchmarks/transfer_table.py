@@ -137,6 +137,15 @@ def reusable(previous: dict[str, Any], args: dict[str, Any], keys: tuple[str, ..
             and export.stat().st_mtime <= results_file.stat().st_mtime)
 
 
+def budget_raised(run_dir: Path, args: argparse.Namespace) -> bool:
+    """Whether a finished row ended at a smaller ``train.time_budget`` than ``--time-budget``: it
+    trains on (``train.time_budget`` may change when a run resumes; the budget is counted across
+    resumes, so the row gets exactly the new budget in all)."""
+    record = json.loads((run_dir / "export" / "objkit.json").read_text())
+    return (args.time_budget is not None and record.get("ended_by") == "train.time_budget"
+            and float(record.get("time_budget", 0.0)) < args.time_budget)
+
+
 def _short(lang: str) -> str:
     return LANG_SHORT.get(lang, lang)
 
@@ -299,9 +308,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.fresh:
             cmd.append("--fresh")
         commands[name] = cmd
-        if (run_dir / "export" / "config.json").is_file() and not args.fresh:
+        if (run_dir / "export" / "config.json").is_file() and not args.fresh and not budget_raised(run_dir, args):
             print(f"[{name}] trained already ({run_dir}); --fresh retrains", file=sys.stderr)
-        else:
+        else:  # a new row, or one whose budget was raised: objkit run resumes it from its last checkpoint
             to_train.append((name, cmd, run_dir, out / "logs" / f"{name}.train.log"))
     timings = train_rows(to_train, args.jobs, args.threads)
     if args.train_only:

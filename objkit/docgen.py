@@ -103,7 +103,7 @@ _MEANING = {
     "CallbackEntry.plugin": "callback plugin name (default: the table's NAME)",
     "TokenizerTraining.vocab_size": "ids of the trained tokenizer",
     "TokenizerTraining.max_sentences": "sentences read to train it, round-robin over the sources",
-    "TokenizerTraining.character_coverage": "SentencePiece's character_coverage",
+    "TokenizerTraining.character_coverage": "SentencePiece's character_coverage; for wordpiece, the alphabet kept",
     "PresetEncoderConfig.num_layers": "fresh model: transformer blocks (over the preset's)",
     "PresetEncoderConfig.hidden_size": "fresh model: hidden size (over the preset's)",
     "PresetEncoderConfig.num_heads": "fresh model: attention heads (over the preset's)",

@@ -112,7 +112,9 @@ class TokenizerTraining(BaseModel):
     vocab_size: int = Field(8000, ge=100)
     sources: list[str] | None = Field(None, description="data source names to train on (default: all)")
     max_sentences: int = Field(200_000, gt=0)
-    character_coverage: float = Field(0.9995, gt=0, le=1)
+    character_coverage: float = Field(0.9995, gt=0, le=1, description=(
+        "the share of the text's characters the vocabulary must cover (SentencePiece's "
+        "character_coverage; for wordpiece: the alphabet kept)"))
     algorithm: Literal["unigram", "wordpiece"] | None = Field(
         None, description="unigram (SentencePiece, XLM-R layout) or wordpiece (BERT layout); default: the encoder's")
 

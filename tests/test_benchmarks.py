@@ -319,3 +319,25 @@ def test_vocab_extension_runs_at_toy_size(tmp_path):
             assert math.isfinite(row[when]["mlm_loss"]) and row[when]["bits_per_char"] > 0
     md = (out / "results.md").read_text()
     assert md.startswith("Vocabulary extension for `cs`") and "| extended (+20 pieces) |" in md
+
+
+def test_transfer_table_trains_on_a_row_whose_budget_was_raised(monkeypatch, tmp_path):
+    """A row that ended at a smaller train.time_budget than --time-budget trains on (objkit run
+    resumes it); one that ended at the same budget, or at train.steps, stands."""
+    import argparse
+
+    monkeypatch.syspath_prepend(str(RUN.parent))
+    spec = importlib.util.spec_from_file_location("objkit_bench_transfer", RUN.parent / "transfer_table.py")
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    (tmp_path / "export").mkdir()
+
+    def raised(record: dict, budget: float | None) -> bool:
+        (tmp_path / "export" / "objkit.json").write_text(json.dumps(record))
+        return table.budget_raised(tmp_path, argparse.Namespace(time_budget=budget))
+
+    spent = {"step": 222, "time_budget": 300.0, "ended_by": "train.time_budget"}
+    assert raised(spent, 1200.0)
+    assert not raised(spent, 300.0) and not raised(spent, None)
+    assert not raised({**spent, "ended_by": "train.steps"}, 1200.0)
+    assert not raised({"step": 600, "total_steps": 600}, 1200.0)  # trained without a budget
