@@ -3,8 +3,8 @@ bucketing (``train.length_bucketing``), and the step time it buys. A row of ``be
 
 Two ``quickstart_infoxlm`` trainers (MLM + TLM + XLCO), identical but for
 ``train.length_bucketing`` (0 against ``POOL`` steps), on Multi30k's en-de, en-fr and en-cs
-training pairs when ``OBJKIT_MULTI30K`` (default ``../shared/data/multi30k`` beside the
-repository) holds them, else (and always at ``--toy``) on the embedded CLDR pairs. The padded
+training pairs when ``OBJKIT_MULTI30K`` (default ``data/multi30k`` under the working directory:
+Multi30k's ``train.{en,de,fr,cs}``, github.com/multi30k/dataset) holds them, else (and always at ``--toy``) on the embedded CLDR pairs. The padded
 fraction of TLM's and XLCO's token slots (``<objective>/padding``, what the trainer logs) is
 counted over the micro-batches of ``padding_steps`` steps of each (collation only, no forward
 pass); the gated value is the worse of the two pair objectives with bucketing (goal ≤ 0.10).
@@ -29,7 +29,7 @@ PAIR_OBJECTIVES = ("tlm", "xlco")
 
 
 def multi30k_dir(root: Path) -> Path | None:
-    path = Path(os.environ.get("OBJKIT_MULTI30K", root.parent / "shared" / "data" / "multi30k"))
+    path = Path(os.environ.get("OBJKIT_MULTI30K", Path("data") / "multi30k"))
     return path if all((path / f"train.{x}").is_file() for x in ("en", "de", "fr", "cs")) else None
 
 
