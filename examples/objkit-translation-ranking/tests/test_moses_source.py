@@ -4,12 +4,14 @@ one-line errors, and a short ``objkit run`` that trains this distribution's obje
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
 import pytest
 
-from objkit.cli import main
 from objkit.testing import SourceConformance, word_tokenizer
 
 EN = [f"the {c} cat number {i} sat on the mat" for i, c in enumerate(["red", "big", "old", "small"] * 6)]
@@ -74,13 +76,13 @@ checkpoint_every = 3
 """
 
 
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as done:
-        code = int(done.code or 0)
-    return code, capsys.readouterr().err
+def run(argv: list[str]) -> tuple[int, str]:
+    """``objkit ARGV`` as a user runs it (the installed command, not objkit's internals), in the
+    working directory; its exit code and stderr."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run([sys.executable, "-m", "objkit", *argv], capture_output=True, text=True, env=env,
+                          timeout=300)
+    return done.returncode, done.stderr
 
 
 @pytest.fixture
@@ -92,8 +94,8 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def test_objkit_run_trains_on_a_moses_corpus(workdir: Path, capsys: pytest.CaptureFixture[str]):
-    code, err = run(["run", "opus.toml", "-o", "run", "--no-progress"], capsys)
+def test_objkit_run_trains_on_a_moses_corpus(workdir: Path):
+    code, err = run(["run", "opus.toml", "-o", "run", "--no-progress"])
     assert code == 0, err
     records = [json.loads(line) for line in (workdir / "run" / "metrics.jsonl").read_text().splitlines() if line.strip()]
     losses = [r["translation_ranking/loss"] for r in records if "translation_ranking/loss" in r]
@@ -112,10 +114,10 @@ def test_objkit_run_trains_on_a_moses_corpus(workdir: Path, capsys: pytest.Captu
      "data.opus.pairs[0]: "),
     ({}, "data.opus.pairs=[\"en\"]", 'data.opus.pairs: Value error, expected "src-tgt"'),
 ])
-def test_bad_input_is_one_line_naming_the_key(workdir, capsys, files, override, expected):
+def test_bad_input_is_one_line_naming_the_key(workdir, files, override, expected):
     write(workdir, files)
     argv = ["run", "opus.toml", "-o", "run", "--no-progress"] + (["--set", override] if override else [])
-    code, err = run(argv, capsys)
+    code, err = run(argv)
     assert code == 2, err
     assert "Traceback" not in err
     message = err.strip().splitlines()[-1]
