@@ -28,7 +28,7 @@ from suite.registry import Row
 def _sentences(ws: Any, n: int) -> list[str]:
     """``n`` sentences of 6-20 CLDR names (every script the quickstart covers), seeded."""
     from objkit.data import iter_source_texts
-    from objkit.schema import CldrSource
+    from objkit_plugins.source_cldr import CldrSource
 
     names = list(iter_source_texts(CldrSource(type="cldr", kind="text"), 50_000))
     rng = random.Random(0)
@@ -43,7 +43,7 @@ def bench_tokenizer_throughput(ws: Any) -> dict[str, Any]:
     from objkit.data import load_source
     from objkit.data.cache import cores
     from objkit.data.encode import gc_paused
-    from objkit.schema import TextSource
+    from objkit_plugins.source_text import TextSource
     from objkit.tokenizer import SPM_FILE
 
     lines = _sentences(ws, ws.settings.tokenizer_lines)

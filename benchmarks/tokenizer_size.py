@@ -40,7 +40,7 @@ def training_sample(files: list[Path], lines_per_file: int) -> list[str]:
     """What ``objkit run`` trains the tokenizer on for ``data.mono`` = these files and
     ``model.tokenizer.max_sentences = lines_per_file * len(files)``: the files read round-robin."""
     from objkit.data.sources import iter_source_texts
-    from objkit.schema import TextSource
+    from objkit_plugins.source_text import TextSource
 
     source = TextSource.model_validate({"type": "text", "files": [{"path": str(f), "lang": f.suffix.lstrip(".")} for f in files]})
     return list(iter_source_texts(source, lines_per_file * len(files), name="mono"))

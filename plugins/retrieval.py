@@ -6,24 +6,18 @@ percent). ``objkit eval retrieval MODEL --src A --tgt B``; ``[eval.NAME]`` with 
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from pydantic import Field
 
-from objkit import PLUGIN_API_VERSION, EvalContext, Evaluator, PluginConfig, UserError, hookimpl
+from objkit import PLUGIN_API_VERSION, EvalContext, Evaluator, UserError, hookimpl
+from objkit.eval import SentenceEmbeddingConfig
 
 
-class RetrievalConfig(PluginConfig):
+class RetrievalConfig(SentenceEmbeddingConfig):
     src: str = Field(description="sentences, one a line")
     tgt: str = Field(description="their translations, line-aligned with src")
     max_lines: int | None = Field(None, gt=0, description="use the first N lines")
-    layer: int | None = Field(None, ge=0, description="hidden layer to pool (0 = embeddings); default 8 for 12 "
-                              "layers, else round(2/3 depth)")
-    pooling: Literal["mean", "cls"] = Field("mean", description="mean: the tokens' mean (specials included); "
-                                            "cls: the first token")
-    batch_size: int = Field(64, gt=0, description="sentences per encoder batch")
-    max_length: int | None = Field(None, ge=2, description="tokens per sentence, specials included; default: the "
-                                   "run's [model] max_length (objkit eval: 128)")
 
 
 class Retrieval(Evaluator):
@@ -45,13 +39,9 @@ class Retrieval(Evaluator):
         self.src, self.tgt = src[: config.max_lines], tgt[: config.max_lines]
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
-        from objkit.eval import default_layer, evaluate_pair
+        from objkit.eval import evaluate_pair
 
-        cfg = self.config
-        layer = cfg.layer if cfg.layer is not None else default_layer(ctx.num_layers)
-        scores = evaluate_pair(ctx.model, ctx.tokenizer, self.src, self.tgt, layer=layer, pooling=cfg.pooling,
-                               batch_size=cfg.batch_size, max_length=cfg.max_length or ctx.max_length or 128,
-                               device=ctx.device)
+        scores = evaluate_pair(ctx.model, ctx.tokenizer, self.src, self.tgt, **self.config.embedding_options(ctx))
         return {"acc": scores["mean"], "src2tgt": scores["src2tgt"], "tgt2src": scores["tgt2src"]}
 
     @classmethod

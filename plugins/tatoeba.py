@@ -5,23 +5,17 @@ en→xx top-1 accuracy per language, averaged unweighted over languages. ``objki
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from pydantic import Field
 
-from objkit import PLUGIN_API_VERSION, EvalContext, Evaluator, PluginConfig, hookimpl
+from objkit import PLUGIN_API_VERSION, EvalContext, Evaluator, hookimpl
+from objkit.eval import SentenceEmbeddingConfig
 
 
-class TatoebaConfig(PluginConfig):
+class TatoebaConfig(SentenceEmbeddingConfig):
     data_dir: str = Field(description="folder with the LASER files tatoeba.XXX-eng.XXX and tatoeba.XXX-eng.eng")
     langs: str = Field("infoxlm14", description="infoxlm14 (the 14 XNLI languages), xtreme36, all, or codes: deu,fra")
-    layer: int | None = Field(None, ge=0, description="hidden layer to pool (0 = embeddings); default 8 for 12 "
-                              "layers, else round(2/3 depth)")
-    pooling: Literal["mean", "cls"] = Field("mean", description="mean: the tokens' mean (specials included); "
-                                            "cls: the first token")
-    batch_size: int = Field(64, gt=0, description="sentences per encoder batch")
-    max_length: int | None = Field(None, ge=2, description="tokens per sentence, specials included; default: the "
-                                   "run's [model] max_length (objkit eval: 128)")
 
 
 class Tatoeba(Evaluator):
@@ -39,13 +33,10 @@ class Tatoeba(Evaluator):
         self.langs = select_languages(config.langs, discover_languages(config.data_dir))
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
-        from objkit.eval import default_layer, evaluate_tatoeba
+        from objkit.eval import evaluate_tatoeba
 
-        cfg = self.config
-        layer = cfg.layer if cfg.layer is not None else default_layer(ctx.num_layers)
-        res = evaluate_tatoeba(ctx.model, ctx.tokenizer, cfg.data_dir, self.langs, layer=layer, pooling=cfg.pooling,
-                               batch_size=cfg.batch_size, max_length=cfg.max_length or ctx.max_length or 128,
-                               device=ctx.device)
+        res = evaluate_tatoeba(ctx.model, ctx.tokenizer, self.config.data_dir, self.langs,
+                               **self.config.embedding_options(ctx))
         out = {lang: float(r["mean"]) for lang, r in res["languages"].items()}
         out["avg"] = float(res["average"]["mean"])
         return out

@@ -22,6 +22,8 @@ _LAZY = {
     **dict.fromkeys(["POOLINGS", "check_layer", "read_lines"], "objkit.eval.retrieval"),
     **dict.fromkeys(["align_corpus", "parse_layers", "read_corpus"], "objkit.eval.align"),
     "TransferDuringTraining": "objkit.eval.transfer",
+    # plugin API 1.7: the options sentence-embedding evaluators share
+    "SentenceEmbeddingConfig": "objkit.eval.embedding",
     **dict.fromkeys(["align_command", "retrieval_command", "tatoeba_command", "transfer_command"], "objkit.eval.cli"),
     **dict.fromkeys(["markdown_table", "model_specs", "run_evaluator"], "objkit.eval.generic"),
 }
@@ -42,6 +44,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "INFOXLM14",
     "POOLINGS",
+    "SentenceEmbeddingConfig",
     "TransferDuringTraining",
     "XTREME36",
     "align_command",
