@@ -244,3 +244,27 @@ def test_varlen_where_it_cannot_run_is_refused_naming_the_key(recipe_path, tmp_p
         Trainer(load_recipe(recipe_path, ["train.packed_attention=varlen", "objectives.mlm.packing=documents"]),
                 tmp_path / "run", default_registry(), progress=False)
     assert "\n" not in str(info.value)
+
+
+def test_varlen_is_refused_for_an_encoder_without_a_kernel_of_its_own(recipe_path):
+    """An encoder that keeps the default forward_documents (the block-diagonal mask) honours
+    ``mask`` and ``auto`` but not ``varlen``: one line naming the key, not a silent mask."""
+    from objkit.distributed import ParallelStrategy
+    from objkit.interfaces import Encoder, WorldInfo
+    from objkit.memory import apply_train_options, encoder_run_options
+    from objkit_plugins.xlmr import XLMREncoder, architecture
+
+    class MaskOnly(XLMREncoder):
+        forward_documents = Encoder.forward_documents
+
+    resolved = load_recipe(recipe_path, ["train.packed_attention=mask"])
+    encoder = MaskOnly.from_hf_config(architecture(resolved.encoder_config, 300))
+    strategy = ParallelStrategy(encoder, [], WorldInfo())
+    for setting in ("mask", "auto"):
+        train = load_recipe(recipe_path, [f"train.packed_attention={setting}"]).recipe.train
+        encoder.run_options = encoder_run_options(train, [], 1, "fp32")
+        apply_train_options(encoder, strategy, [], train, torch.device("cpu"))
+    train = load_recipe(recipe_path, ["train.packed_attention=varlen"]).recipe.train
+    encoder.run_options = encoder_run_options(train, [], 1, "fp32")
+    with pytest.raises(UserError, match=r"^train\.packed_attention: encoder 'xlmr' does not honour 'varlen'"):
+        apply_train_options(encoder, strategy, [], train, torch.device("cpu"))
