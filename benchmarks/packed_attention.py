@@ -12,6 +12,9 @@ loss (tests/test_packed_attention.py); the row times them alternating, and the v
 median of the per-repetition ratios padded / packed step time, which is the ratio of effective
 tokens/s. On a CPU the gain is the padded slots no longer computed (linear layers, attention over
 shorter rows); a GPU's varlen kernel saves the same slots and the block-diagonal mask's work too.
+The row runs on the CPU (``devices=("cpu",)``); with ``Settings.device = "cuda"`` its trainers would
+run on the GPU (precision auto: bf16), packed rows through FlashAttention-2's varlen kernel where
+flash-attn is installed (``details.kernel`` says which) -- not run yet.
 
 Data: WMT newstest (``train.en-XX.{en,XX}``, XX in de fr cs es ru, those present) from the folder
 ``OBJKIT_NEWSTEST`` names (default ``data/newstest`` under the working directory; the WMT news test
@@ -95,6 +98,7 @@ seed = 1
 log_every = 1000000
 checkpoint_every = 1000000
 packed_attention = "auto"
+device = "{s.device}"
 """
 
 
@@ -117,6 +121,10 @@ def measure(ws: Any) -> dict[str, Any]:
 
     def step(name: str) -> None:
         stats = trainers[name].train_step()
+        if s.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()  # the wall time holds the whole step
         tokens[name].append(stats.tokens)
         slots = [float(stats.sums[k]) / stats.units[k] for k in stats.sums if k.endswith("/padding") and stats.units[k]]
         padding[name].append(statistics.mean(slots) if slots else 0.0)
@@ -134,18 +142,27 @@ def measure(ws: Any) -> dict[str, Any]:
         "documents_per_step": trainers["padded"].train_cfg.batch_size,
         "model": "small (6 layers, hidden 256)" if s.name != "toy" else "1 layer, hidden 32",
         "max_length": 128,
-        "kernel": trainers["packed"].encoder.run_options.packed_attention,
+        "kernel": kernel(trainers["packed"]),
+        "device": s.device,
         "data": data,
         "times": {name: common.summary(v) for name, v in times.items()},
         "load_average": {"start": load_start, "end": os.getloadavg()[0]},
     }
 
 
+def kernel(trainer: Any) -> str:
+    """The kernel the packed trainer's rows ran with (``train.packed_attention = "auto"`` resolved)."""
+    from objkit.packed import flash_varlen_available
+
+    options = trainer.encoder.run_options
+    return "varlen" if trainer.device.type == "cuda" and flash_varlen_available(options) else "mask"
+
+
 def describe(d: dict[str, Any]) -> str:
     rate, pad = d["effective_tokens_per_s"], d["padded_slot_fraction"]
     return (f"{rate['packed']:,.0f} vs {rate['padded']:,.0f} effective tokens/s (MLM + TLM, "
             f"{d['documents_per_step']} sentences and pairs a step; padded slots {pad['padded']:.0%} → "
-            f"{pad['packed']:.0%}); {d['data']}")
+            f"{pad['packed']:.0%}; {d['kernel']} kernel, {d['device']}); {d['data']}")
 
 
 ROWS = [
