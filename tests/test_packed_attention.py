@@ -268,3 +268,15 @@ def test_varlen_is_refused_for_an_encoder_without_a_kernel_of_its_own(recipe_pat
     encoder.run_options = encoder_run_options(train, [], 1, "fp32")
     with pytest.raises(UserError, match=r"^train\.packed_attention: encoder 'xlmr' does not honour 'varlen'"):
         apply_train_options(encoder, strategy, [], train, torch.device("cpu"))
+
+
+def test_sentence_rows_one_sentence_a_row_truncated_empty_dropped():
+    import datasets
+
+    from objkit import sentence_rows
+
+    rows = datasets.Dataset.from_dict({"input_ids": [[5, 6, 7], [], [8] * 10], "group": ["en", "en", "de"]})
+    want = [[0, 5, 6, 7, 2], [0, 8, 8, 8, 8, 2]]
+    assert sentence_rows(rows, 6, 0, 2)["input_ids"] == want
+    assert [r["input_ids"] for r in sentence_rows(rows.to_iterable_dataset(), 6, 0, 2)] == want
+    assert sentence_rows(rows, 6, 0, 2)["group"] == ["en", "de"]
