@@ -43,7 +43,8 @@ if TYPE_CHECKING:
     from objkit.evaluator import EvalContext, Evaluator
     from objkit.optim import Optimizer, Schedule
     from objkit.contrastive import ContrastiveResult, info_nce
-    from objkit.data import pack_sentences
+    from objkit.data import pack_sentences, sentence_rows
+    from objkit.packed import document_attention_mask, pack_documents
     from objkit.distributed import AllGather, dist_all_gather, gather_rows
     from objkit.lm_head import LMHeadLoss, lm_head_loss
     from objkit.masking import (
@@ -111,6 +112,9 @@ _LAZY = {
     **dict.fromkeys(["AlignedFilesPart", "BitextFilePart", "RowsPart", "Source", "SourceContext", "TextFilePart"],
                     "objkit.source"),
     "hub_unreachable_reason": "objkit.hub",
+    # plugin API 1.6: packed rows with per-document attention (objectives' packing = "documents")
+    **dict.fromkeys(["document_attention_mask", "pack_documents"], "objkit.packed"),
+    "sentence_rows": "objkit.data",
 }
 
 
@@ -181,6 +185,7 @@ __all__ = [
     "coerce_schedule",
     "derive_seed",
     "dist_all_gather",
+    "document_attention_mask",
     "example_seeds",
     "find_block_list",
     "gather_rows",
@@ -193,6 +198,7 @@ __all__ = [
     "mask_tokens",
     "masked_lm_output",
     "masked_units",
+    "pack_documents",
     "pack_sentences",
     "pad_sequences",
     "padding_counts",
@@ -200,6 +206,7 @@ __all__ = [
     "run_truncated",
     "sample_generator",
     "sample_uniform",
+    "sentence_rows",
     "side_lengths",
     "truncated_blocks",
 ]

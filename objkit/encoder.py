@@ -37,6 +37,7 @@ from objkit.errors import UserError
 from objkit.hub import hub_unreachable_reason, offline_unless_reachable
 from objkit.interfaces import Encoder, EncoderConfig, EncoderContext, MomentumCopy
 from objkit.momentum import make_momentum_copy
+from objkit.packed import attention_implementation, document_lengths, flash_varlen_available
 from objkit.tokenizer import model_max_tokens
 
 PRESETS: dict[str, dict[str, int]] = {
@@ -116,6 +117,7 @@ class MaskedLMEncoder(Encoder):
         self.num_heads = cfg.num_attention_heads
         self.vocab_size = cfg.vocab_size
         self._checkpointing_ready = False
+        self._varlen_kwargs: dict[str, Any] | None = None
         self._compile_options: dict[str, Any] | None = None
         self.intermediate_size = cfg.intermediate_size
         self.first_position_id, self.pad_position_id = self.position_layout(cfg)
@@ -146,6 +148,10 @@ class MaskedLMEncoder(Encoder):
         used), else from the recipe's preset/dims (``--dry-run``).
         """
         ctx = ctx or EncoderContext()
+        if ctx.options.packed_attention == "varlen" and ctx.load_weights and not flash_varlen_available(ctx.options):
+            raise UserError("train.packed_attention: varlen needs CUDA, the flash-attn package (FlashAttention-2) and "
+                            f"precision bf16 or fp16 (precision is {ctx.options.precision}); set it to \"auto\" "
+                            "or \"mask\"")
         encoder = cls._build(config, ctx)
         encoder.run_options = ctx.options
         return encoder
@@ -195,8 +201,48 @@ class MaskedLMEncoder(Encoder):
         position_ids: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
+        if self._varlen_kwargs is not None:  # inside forward_documents' varlen call: one flattened row
+            with attention_implementation(self.body(), "flash_attention_2"):
+                return run_truncated(self.body(), input_ids, attention_mask, up_to_layer, position_ids,
+                                     token_type_ids, path=self.blocks_path, **self._varlen_kwargs)
         return run_truncated(self.body(), input_ids, attention_mask, up_to_layer, position_ids, token_type_ids,
                              path=self.blocks_path)
+
+    def forward_documents(
+        self,
+        input_ids: torch.Tensor,
+        document_ids: torch.Tensor,
+        up_to_layer: int | None = None,
+        position_ids: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> list[torch.Tensor]:
+        """Packed rows (see :meth:`objkit.Encoder.forward_documents`). With ``train.packed_attention``
+        ``varlen`` or ``auto`` on CUDA where FlashAttention-2 runs (:func:`flash_varlen_available`),
+        the real tokens are flattened into one row and the blocks run transformers'
+        ``flash_attention_2`` with the documents' ``cu_seq_lens`` (the padding-free path of
+        ``DataCollatorWithFlattening``): no padded slot is computed and no mask is built; the hidden
+        states are scattered back to ``[B, L, d]`` (zeros at padding). Elsewhere: the block-diagonal
+        mask through SDPA. The varlen path is not exercised by objkit's CPU tests."""
+        options = self.run_options
+        if (options.packed_attention == "mask" or position_ids is None or not input_ids.is_cuda
+                or not flash_varlen_available(options)):
+            return super().forward_documents(input_ids, document_ids, up_to_layer, position_ids, token_type_ids)
+        real = document_ids > 0
+        lengths = document_lengths(document_ids)
+        cu_seq_lens = torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
+        longest = int(lengths.max())  # one host sync per packed forward (flash-attn takes an int)
+        self._varlen_kwargs = {"cu_seq_lens_q": cu_seq_lens, "cu_seq_lens_k": cu_seq_lens,
+                               "max_length_q": longest, "max_length_k": longest}
+        flat_ids = input_ids[real][None]
+        try:
+            states = self(flat_ids, torch.ones_like(flat_ids), up_to_layer, position_ids[real][None],
+                          None if token_type_ids is None else token_type_ids[real][None])
+        finally:
+            self._varlen_kwargs = None
+        index = real.reshape(-1).nonzero().squeeze(1)
+        rows, width = input_ids.shape
+        return [h.new_zeros(rows * width, h.shape[-1]).index_copy(0, index, h[0]).view(rows, width, -1)
+                for h in states]
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.head()(hidden)
@@ -398,6 +444,7 @@ def run_truncated(
     token_type_ids: torch.Tensor | None = None,
     *,
     path: str = "encoder.layer",
+    **attention_kwargs: Any,
 ) -> list[torch.Tensor]:
     """Hidden states ``[h_0 .. h_L]`` of a BERT-layout body (``embeddings`` and the blocks at
     ``path``), running only ``L = up_to_layer`` blocks (default: all); blocks past ``L`` are not
@@ -405,13 +452,14 @@ def run_truncated(
     modes.
 
     ``attention_mask`` is ``[B, L]`` (1 = a real token) or (API 1.5) ``[B, L, L]`` (query row
-    ``q`` may attend key ``k`` where nonzero), passed on as transformers' prepared 4-D mask."""
+    ``q`` may attend key ``k`` where nonzero), passed on as transformers' prepared 4-D mask.
+    ``attention_kwargs`` go to the attention kernels (e.g. FlashAttention's ``cu_seq_lens_q``)."""
     depth = len(body.get_submodule(path)) if up_to_layer is None else up_to_layer
     if attention_mask.dim() == 3:
         attention_mask = pairwise_mask(body, attention_mask)
     if depth == 0:  # no block runs, so no hidden states are captured: the embeddings alone
         return [body.embeddings(input_ids=input_ids, position_ids=position_ids, token_type_ids=token_type_ids)]
-    kwargs = {"position_ids": position_ids, "token_type_ids": token_type_ids}
+    kwargs = {"position_ids": position_ids, "token_type_ids": token_type_ids, **attention_kwargs}
     with truncated_blocks(body, depth, path):
         out = body(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, **kwargs)
     return list(out.hidden_states)

@@ -116,6 +116,11 @@ class EncoderRunOptions:
       straight into ``.grad`` (:class:`objkit.memory.GradIntoEmbedding`; one process only).
     * ``compile``: ``torch.compile`` the transformer blocks (``train.compile``). Needs
       ``compile_blocks(**options)``.
+    * ``packed_attention``: the kernel :meth:`Encoder.forward_documents` runs packed rows with
+      (``train.packed_attention``): ``mask`` (a block-diagonal mask through SDPA, any device),
+      ``varlen`` (a variable-length kernel, e.g. FlashAttention-2's, on CUDA) or ``auto`` (the
+      encoder picks; it keeps ``mask`` or ``varlen`` here). Only read for packed rows (an objective's
+      ``packing = "documents"``).
     * ``precision``: the autocast precision the step runs the encoder under (``fp32``, ``bf16``,
       ``fp16``; resolved for the device). The step applies it; an encoder may read it (e.g. to pick
       an attention kernel) but need not do anything.
@@ -129,6 +134,7 @@ class EncoderRunOptions:
     embedding_grad_in_place: bool = False
     compile: bool = False
     precision: str = "fp32"
+    packed_attention: str = "auto"
 
 
 @dataclass(frozen=True)

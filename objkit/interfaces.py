@@ -135,6 +135,9 @@ class Encoder(Plugin, nn.Module, ABC):
       ``up_to_layer`` are not run, so a caller that needs layer 8 pays for 8 blocks.
       ``attention_mask`` is ``[B, L]`` padding (1 = a real token) or (API 1.5) ``[B, L, L]``:
       nonzero where query ``q`` may attend key ``k`` (ERNIE-M's cross-attention mask).
+    * ``forward_documents(input_ids, document_ids, up_to_layer=None, position_ids=None,
+      token_type_ids=None)`` (API 1.6) runs packed rows, each document attending only within itself
+      (default: :meth:`forward` with a block-diagonal ``[B, L, L]`` mask).
     * ``lm_logits(hidden)`` applies the LM head to hidden vectors of selected positions
       (``[N, d] -> [N, vocab]``); callers gather masked positions first and never ask for
       full ``[batch, length, vocab]`` logits.
@@ -180,6 +183,25 @@ class Encoder(Plugin, nn.Module, ABC):
         position_ids: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
     ) -> list[torch.Tensor]: ...
+
+    def forward_documents(
+        self,
+        input_ids: torch.Tensor,
+        document_ids: torch.Tensor,
+        up_to_layer: int | None = None,
+        position_ids: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> list[torch.Tensor]:
+        """Hidden states ``[h_0 .. h_L]`` of packed rows (API 1.6): several documents per row,
+        ``document_ids`` ``[B, L]`` numbering them (1, 2, ...; 0: padding), each attending only
+        within itself, with ``position_ids`` restarting per document (:func:`objkit.pack_documents`
+        builds such rows). Every token's hidden state is the one it has in a row of its own.
+        Default: :meth:`forward` with the block-diagonal ``[B, L, L]`` mask of
+        :func:`objkit.document_attention_mask` (API 1.5 masks). An encoder with a varlen kernel
+        overrides it (:class:`objkit.MaskedLMEncoder` under ``train.packed_attention``)."""
+        from objkit.packed import document_attention_mask
+
+        return self(input_ids, document_attention_mask(document_ids), up_to_layer, position_ids, token_type_ids)
 
     @abstractmethod
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor: ...

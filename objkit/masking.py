@@ -173,14 +173,23 @@ def masked_lm_output(
     through :func:`objkit.lm_head_loss` (chunked when ``train.lm_head_chunk_rows`` is set).
 
     ``batch`` holds ``input_ids``, ``attention_mask``, ``labels`` (``-100`` = not predicted) and
-    optionally ``position_ids`` / ``token_type_ids``.
+    optionally ``position_ids`` / ``token_type_ids``; packed rows (:func:`objkit.pack_documents`)
+    also ``document_ids``, and run through :meth:`~objkit.Encoder.forward_documents` (API 1.6).
     """
-    hidden = encoder(
-        batch["input_ids"],
-        batch["attention_mask"],
-        position_ids=batch.get("position_ids"),
-        token_type_ids=batch.get("token_type_ids"),
-    )[-1]
+    if "document_ids" in batch:
+        hidden = encoder.forward_documents(
+            batch["input_ids"],
+            batch["document_ids"],
+            position_ids=batch.get("position_ids"),
+            token_type_ids=batch.get("token_type_ids"),
+        )[-1]
+    else:
+        hidden = encoder(
+            batch["input_ids"],
+            batch["attention_mask"],
+            position_ids=batch.get("position_ids"),
+            token_type_ids=batch.get("token_type_ids"),
+        )[-1]
     labels = batch["labels"]
     selected = labels != IGNORE_INDEX
     head = lm_head_loss(encoder, hidden[selected], labels[selected])  # in chunks if the run asks for it

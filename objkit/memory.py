@@ -71,6 +71,7 @@ def encoder_run_options(train: TrainConfig, objectives: Sequence[str], world_siz
         embedding_grad_in_place=mode == "single",
         compile=bool(train.compile),
         precision=precision,
+        packed_attention=train.packed_attention,
     )
 
 
@@ -251,6 +252,12 @@ def apply_train_options(
         if getattr(options, key) != value:
             raise UserError(f"train.{key}: encoder {encoder.name!r} does not honour it (its run options have "
                             f"{getattr(options, key)!r}, the run asks for {value!r}); change the setting")
+    own_kernel = type(encoder).forward_documents is not Encoder.forward_documents
+    if asked.packed_attention != "auto" and (options.packed_attention != asked.packed_attention
+                                             or (asked.packed_attention == "varlen" and not own_kernel)):
+        raise UserError(f"train.packed_attention: encoder {encoder.name!r} does not honour "
+                        f"{asked.packed_attention!r} (no varlen kernel of its own: packed rows go through the "
+                        "block-diagonal mask); set it to \"auto\" or \"mask\"")
     for method in MEMORY_METHODS:
         if method.applies(options):
             method.install(encoder, strategy, objectives, device)

@@ -172,6 +172,11 @@ class TrainConfig(Strict):
         False, description="sharded checkpoints: write the shards in the background (dcp.async_save) while "
         "training goes on; the checkpoint counts once written (needs checkpoint_format = \"sharded\")"
     )
+    packed_attention: Literal["auto", "mask", "varlen"] = Field(
+        "auto", description="the attention kernel of packed rows (an objective's packing = \"documents\": mlm, "
+        "tlm): mask (a block-diagonal mask through SDPA, any device), varlen (FlashAttention-2's variable-length "
+        "kernel: CUDA, the flash-attn package, bf16 or fp16), auto (varlen where it runs, else mask)"
+    )
     length_bucketing: int = Field(
         0, ge=0, le=100_000, description="pair objectives: pool this many steps' draws, sort them by length, cut "
         "them into steps and shuffle the steps (0: off; objkit/data/bucketing.py)"

@@ -208,7 +208,7 @@ class HFMaskedLMEncoder(Encoder):
         depth = len(self._blocks(body)) if up_to_layer is None else up_to_layer
         if attention_mask.dim() != 2:  # API 1.5's [B, L, L] masks: each family reads masks its own way
             raise UserError("model.encoder: hf_mlm takes only a [batch, length] padding mask; a pairwise "
-                            "attention mask (camlm, btmlm) needs the xlmr or bert encoder")
+                            "attention mask (camlm, btmlm, packing = \"documents\") needs the xlmr or bert encoder")
         kwargs: dict[str, torch.Tensor] = {}
         if position_ids is not None:
             if not self.takes_positions:

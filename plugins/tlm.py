@@ -18,11 +18,16 @@ Layout differences from the reference, stated: objkit packs ``<s> src </s> tgt <
 one joint budget of ``max_length`` (the longer side trimmed first); the reference's TLM
 sequences are ``<s> <s> src </s> <s> tgt </s>`` with 254 tokens per side. Masking is a
 Bernoulli draw per token (see :mod:`objkit.masking`), not an exact count.
+
+``packing = "documents"``: the pairs of a micro-batch, laid out and masked exactly as above, are
+packed into rows of ``max_length`` tokens; each pair is one document (its two sides see each
+other, no pair sees another) with its own positions and token types (:func:`objkit.pack_documents`):
+the loss of one pair a row without the padding. Default ``none``: one pair a row.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import datasets
 import torch
@@ -41,6 +46,7 @@ from objkit import (
     mask_tokens,
     masked_lm_output,
     masked_units,
+    pack_documents,
     pad_sequences,
     sample_uniform,
 )
@@ -52,6 +58,10 @@ class TLMConfig(MaskingConfig):
     languages: list[str] = Field(default_factory=list, description="language ids for language_embeddings")
     random_order: bool = Field(
         False, description="a seeded per-example bit puts the target side first (reference: both orders)"
+    )
+    packing: Literal["none", "documents"] = Field(
+        "none", description="none: one pair a row, padded; documents: the pairs packed into rows of max_length, each "
+        "attending only within itself (the loss of none without the padding; kernel: train.packed_attention)"
     )
 
     @model_validator(mode="after")
@@ -149,6 +159,9 @@ class TranslationLM(Objective):
             src_lang = torch.tensor([self.language_ids[e["src_lang"]] for e in examples])[:, None]
             tgt_lang = torch.tensor([self.language_ids[e["tgt_lang"]] for e in examples])[:, None]
             batch["token_type_ids"] = torch.where(src_part, src_lang, tgt_lang) * attention_mask
+        if self.config.packing == "documents":
+            batch = pack_documents(batch, self.max_length, pad_id=self.vocab.pad_id, first_position=self.first_position,
+                                   pad_position=self.pad_position)
         return batch
 
     def sample_size(self, batch: dict[str, torch.Tensor]) -> int:

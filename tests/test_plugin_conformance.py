@@ -22,8 +22,10 @@ from objkit.testing import (
 class TestMLM(ObjectiveConformance):
     plugin = "mlm"
     distribution = "objkit"
-    configs = [{}, {"mask_prob": 0.3, "replace_prob": 1.0, "random_prob": 0.0}, {"mask_specials": True}]
-    bad_configs = [{"mask_prob": 0.0}, {"mask_prob": 1.5}, {"replace_prob": "often"}, {"mask_specials": "yes please"}]
+    configs = [{}, {"mask_prob": 0.3, "replace_prob": 1.0, "random_prob": 0.0}, {"mask_specials": True},
+               {"packing": "none"}, {"packing": "documents", "mask_prob": 0.3}]
+    bad_configs = [{"mask_prob": 0.0}, {"mask_prob": 1.5}, {"replace_prob": "often"}, {"mask_specials": "yes please"},
+                   {"packing": "packed"}]
 
 
 class TestTLM(ObjectiveConformance):
@@ -33,8 +35,10 @@ class TestTLM(ObjectiveConformance):
         {},
         {"reset_positions": True, "language_embeddings": True, "languages": ["en", "de", "fr", "cs"]},
         {"random_order": True, "mask_specials": True, "language_embeddings": True, "languages": ["en", "de", "fr", "cs"]},
+        {"packing": "documents", "reset_positions": True, "random_order": True},
     ]
-    bad_configs = [{"language_embeddings": True}, {"mask_prob": -0.1}, {"random_order": "sometimes"}]
+    bad_configs = [{"language_embeddings": True}, {"mask_prob": -0.1}, {"random_order": "sometimes"},
+                   {"packing": "complete"}]
 
 
 class TestXLCO(ObjectiveConformance):

@@ -22,6 +22,7 @@ ROW_MODULES: tuple[str, ...] = (
     "suite.infoxlm",  # xlco_step_ratio, ema_foreach_speedup, enqueue_ratio
     "suite.throughput",  # data_pipeline_margin, vs_hf_trainer
     "padding_fraction",  # padding_fraction
+    "packed_attention",  # packed_tokens_per_s_ratio
     "memory_speed",  # large_peak_vs_analytic, checkpointing_step_ratio, chunked_head_time_ratio, compile_speedup, gpu_mfu
     "data_bench",  # tokenizer_throughput, cache_startup_speedup, sampler_bytes_per_row
     "cpu_step",  # cpu_step_speedup

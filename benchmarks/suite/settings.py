@@ -88,6 +88,11 @@ class Settings:
     cache_reps: int = 3
     sampler_rows: int = 10**8
     sampler_draws: int = 1_000_000
+    # packed_tokens_per_s_ratio (benchmarks/packed_attention.py)
+    packed_lines: int = 10_000
+    packed_vocab: int = 8000
+    packed_batch: int = 64
+    packed_reps: int = 7
 
     @classmethod
     def full(cls) -> Settings:
@@ -98,7 +103,7 @@ class Settings:
         return cls(
             name="quick", head_layers=4, head_reps=5, overhead_reps=30, hf_reps=30,
             xlco_hidden=256, xlco_heads=4, xlco_ffn=1024, xlco_vocab=0, xlco_batch=16, xlco_reps=8,
-            ema_reps=5, queue_reps=11, pipeline_reps=3, pipeline_steps=300, compile_reps=3,
+            ema_reps=5, queue_reps=11, pipeline_reps=3, pipeline_steps=300, compile_reps=3, packed_reps=5,
             tokenizer_lines=200_000, tokenizer_reps=3, cache_lines=50_000, cache_reps=2, sampler_draws=200_000,
         )
 
@@ -124,7 +129,7 @@ class Settings:
             chunk_rows=4, head_chunk_rows=0, compile_warmup=2, compile_reps=1, mfu_reps=2, lean_batch=2, lean_length=16,
             matmul_size=128, corpus_lines=24,
             tokenizer_lines=200, tokenizer_reps=1, cache_lines=100, cache_reps=1, sampler_rows=10**6,
-            sampler_draws=8192,
+            sampler_draws=8192, packed_lines=200, packed_vocab=300, packed_batch=8, packed_reps=1,
             quickstart_sets=["data.mono.max_lines=40", "data.parallel.max_lines=20",
                              "model.tokenizer.vocab_size=400", "train.batch_size=4"],
         )

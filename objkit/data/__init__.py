@@ -3,13 +3,14 @@
 * :func:`load_source` / :func:`load_source_groups`: a source plugin's parts (files, or rows
   the plugin makes) -> tokenized ``datasets`` rows with a ``group`` column.
 * :func:`iter_source_texts`: raw sentences, for tokenizer training.
-* :func:`pack_sentences`: fairseq "complete" blocks ``<s> a </s> b </s>``.
+* :func:`pack_sentences`: fairseq "complete" blocks ``<s> a </s> b </s>``; :func:`sentence_rows`:
+  one sentence a row, ``<s> a </s>`` (fairseq's ``eos`` break mode).
 * :func:`sampling_probabilities`, :class:`ExampleStream`: α-sampling over groups, resumable.
 """
 
 from typing import Any
 
-from objkit.data.packing import pack_batch, pack_sentences
+from objkit.data.packing import pack_batch, pack_sentences, sentence_rows
 from objkit.data.sampling import ExampleStream, sampling_probabilities
 from objkit.data.sources import (
     expand,

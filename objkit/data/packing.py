@@ -2,7 +2,9 @@
 
 A block is ``<s> s1 </s> s2 </s> ... sk </s>``: whole sentences only, at most ``max_length``
 tokens, one group (language) per block. A sentence longer than ``max_length - 2`` tokens is
-truncated and becomes a block of its own.
+truncated and becomes a block of its own. :func:`sentence_rows` is fairseq's ``eos`` mode instead:
+one sentence a row, ``<s> s </s>`` (what packed rows with per-document attention are made of,
+:mod:`objkit.packed`).
 """
 
 from __future__ import annotations
@@ -73,3 +75,27 @@ def pack_sentences(dataset: datasets.Dataset | datasets.IterableDataset, max_len
                            remove_columns=remove, features=BLOCK_FEATURES)
     return dataset.map(pack_batch, batched=True, batch_size=batch_size, fn_kwargs=kwargs, remove_columns=remove,
                        features=BLOCK_FEATURES, num_proc=num_proc, desc="packing sentences")
+
+
+def _sentence_batch(batch: dict[str, list[Any]], *, max_length: int, bos_id: int, eos_id: int) -> dict[str, list[Any]]:
+    rows = [(ids, group) for ids, group in zip(batch["input_ids"], batch["group"]) if len(ids)]
+    return {"input_ids": [[bos_id, *list(ids)[: max_length - 2], eos_id] for ids, _ in rows],
+            "group": [group for _, group in rows]}
+
+
+def sentence_rows(dataset: datasets.Dataset | datasets.IterableDataset, max_length: int, bos_id: int, eos_id: int,
+                  *, num_proc: int | None = None) -> datasets.Dataset | datasets.IterableDataset:
+    """Rows ``{"input_ids", "group", ...}`` (sentences, no special tokens) -> one sentence a row
+    ``{"input_ids": <s> s </s>, "group"}``, a sentence longer than ``max_length - 2`` tokens
+    truncated, empty ones dropped (fairseq's ``--sample-break-mode eos``)."""
+    if max_length < 3:
+        raise ValueError(f"max_length must be at least 3 (got {max_length})")
+    kwargs = {"max_length": max_length, "bos_id": bos_id, "eos_id": eos_id}
+    remove = dataset.column_names
+    if isinstance(dataset, datasets.IterableDataset):
+        if remove is None:
+            remove = list(next(iter(dataset.take(1)), {}).keys())
+        return dataset.map(_sentence_batch, batched=True, fn_kwargs=kwargs, remove_columns=remove,
+                           features=BLOCK_FEATURES)
+    return dataset.map(_sentence_batch, batched=True, fn_kwargs=kwargs, remove_columns=remove,
+                       features=BLOCK_FEATURES, num_proc=num_proc, desc="sentences")
