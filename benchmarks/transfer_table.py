@@ -128,13 +128,16 @@ TATOEBA_ARGS = ("tatoeba_dir", "pivot", "langs")
 TRANSFER_ARGS = ("task", "task_dir", "pivot", "langs", "seeds", "finetune")
 
 
-def reusable(previous: dict[str, Any], args: dict[str, Any], keys: tuple[str, ...], export: Path,
-             results_file: Path) -> bool:
-    """Whether an earlier evaluation of ``export`` recorded in ``results_file`` stands: the same
-    evaluation arguments (``keys``) and an export not rewritten since."""
+def reusable(previous: dict[str, Any], args: dict[str, Any], keys: tuple[str, ...],
+             evaluated: dict[str, Any] | None, record: dict[str, Any]) -> bool:
+    """Whether an earlier evaluation recorded in ``previous`` stands: the same evaluation
+    arguments (``keys``) and the same export -- ``evaluated``, the export's ``objkit.json`` as it
+    was when it was evaluated, equals ``record``, the one there now (a row that trained on was
+    exported again: its step and train time differ). Content, not file times: results.json is
+    rewritten while rows are evaluated."""
     old = previous.get("args", {})
-    return (bool(previous) and all(old.get(k) == args.get(k) for k in keys) and export.is_file()
-            and export.stat().st_mtime <= results_file.stat().st_mtime)
+    return (bool(previous) and all(old.get(k) == args.get(k) for k in keys) and evaluated is not None
+            and evaluated == record)
 
 
 def budget_raised(run_dir: Path, args: argparse.Namespace) -> bool:
@@ -317,27 +320,28 @@ def main(argv: list[str] | None = None) -> None:
         return
     exports: list[str] = []
     kept: dict[str, dict[str, Any]] = {}  # transfer rows that stand
+    records: dict[str, dict[str, Any]] = {}  # each row's export record (objkit.json) now
     for _, path in specs:
         name, run_dir = path.stem, out / "runs" / path.stem
         old = previous.get("runs", {}).get(name, {})
-        export = run_dir / "export" / "config.json"
         timing = timings.get(name) or {k: old.get(k) for k in ("train_seconds", "loadavg_after_train")}
         record = json.loads((run_dir / "export" / "objkit.json").read_text())
         langs = [TATOEBA[x] for x in args.langs if x in TATOEBA]
         tcmd = [*OBJKIT, "eval", "tatoeba", str(run_dir / "export"), "--data-dir", str(args.tatoeba_dir),
                 "--langs", ",".join(langs), "--json"]
         stands = not args.fresh and bool(old.get("tatoeba"))
-        if stands and reusable(previous, results["args"], TATOEBA_ARGS, export, results_file):
+        if stands and reusable(previous, results["args"], TATOEBA_ARGS, old.get("tatoeba_export"), record):
             print(f"[{name}] Tatoeba: as evaluated before ({results_file})", file=sys.stderr)
             tatoeba = old["tatoeba"]
         else:
             tatoeba = run_json(tcmd, out / "logs" / f"{name}.eval.log")
         results["runs"][name] = {"recipe": str(path), "command": shlex.join(commands[name]), **timing,
-                                 "export_record": record, "tatoeba": tatoeba}
+                                 "export_record": record, "tatoeba": tatoeba, "tatoeba_export": record}
         exports.append(f"{name}={run_dir / 'export'}")
         row = earlier.get(name)
+        records[name] = record
         if (not args.fresh and row is not None and row.get("model") == str(run_dir / "export")
-                and reusable(previous, results["args"], TRANSFER_ARGS, export, results_file)):
+                and reusable(previous, results["args"], TRANSFER_ARGS, row.get("export_record"), record)):
             kept[name] = row
         (out / "results.json").write_text(json.dumps({**previous, **results, "runs": {
             **previous.get("runs", {}), **results["runs"]}}, indent=2) + "\n")  # a later call skips this row
@@ -362,6 +366,8 @@ def main(argv: list[str] | None = None) -> None:
         transfer["seconds"] += sum(m["seconds_per_seed"] * len(m["seeds"]) for m in kept.values())
         transfer["reused"] = list(kept)
     results["transfer"] = transfer
+    for m in transfer["models"]:  # what each row's transfer figures were measured on
+        m.setdefault("export_record", records[m["name"]])
     results["transfer_rows"] = {**earlier, **{m["name"]: m for m in transfer["models"]}}
     (out / "transfer.json").write_text(json.dumps(results["transfer"], indent=2) + "\n")
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

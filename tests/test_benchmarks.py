@@ -239,32 +239,28 @@ def test_transfer_table_reads_pairs_from_bitext_and_multiway_folders(monkeypatch
         table.corpus_files(argparse.Namespace(pivot="en", langs=["sw"], pairs_dir=[wmt], multiway_dir=[ntrex]))
 
 
-def test_transfer_table_keeps_only_evaluations_that_still_stand(monkeypatch, tmp_path):
+def test_transfer_table_keeps_only_evaluations_that_still_stand(monkeypatch):
     """A row evaluated before keeps its results when the evaluation's arguments are the same and
-    its export was not rewritten since results.json; Tatoeba does not depend on the fine-tuning
-    seeds, transfer does."""
-    import os
-
+    its export is the one evaluated (its objkit.json then); Tatoeba does not depend on the
+    fine-tuning seeds, transfer does. Content, not file times: results.json is rewritten while
+    rows are evaluated, so a row retrained in the same call must not pass as evaluated."""
     monkeypatch.syspath_prepend(str(RUN.parent))
     spec = importlib.util.spec_from_file_location("objkit_bench_transfer", RUN.parent / "transfer_table.py")
     table = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(table)
-    export, results_file = tmp_path / "export" / "config.json", tmp_path / "results.json"
-    export.parent.mkdir()
-    export.write_text("{}")
-    results_file.write_text("{}")
-    os.utime(export, (1_000_000, 1_000_000))
+    record = {"step": 1035, "train_seconds": 1201.6, "ended_by": "train.time_budget"}
     args = {"tatoeba_dir": "t", "task": "sib200", "task_dir": "d", "pivot": "en", "langs": ["de", "fr"],
             "seeds": "1,2,3", "finetune": "--lr 5e-4", "steps": 1200}
     previous = {"args": args}
-    assert table.reusable(previous, {**args, "steps": 10}, table.TRANSFER_ARGS, export, results_file)
-    assert not table.reusable(previous, {**args, "seeds": "1"}, table.TRANSFER_ARGS, export, results_file)
-    assert table.reusable(previous, {**args, "seeds": "1"}, table.TATOEBA_ARGS, export, results_file)
-    assert not table.reusable(previous, {**args, "langs": ["de"]}, table.TATOEBA_ARGS, export, results_file)
-    assert not table.reusable({}, args, table.TATOEBA_ARGS, export, results_file)
-    later = results_file.stat().st_mtime + 60
-    os.utime(export, (later, later))  # retrained since: evaluated again
-    assert not table.reusable(previous, args, table.TRANSFER_ARGS, export, results_file)
+    assert table.reusable(previous, {**args, "steps": 10}, table.TRANSFER_ARGS, record, dict(record))
+    assert not table.reusable(previous, {**args, "seeds": "1"}, table.TRANSFER_ARGS, record, record)
+    assert table.reusable(previous, {**args, "seeds": "1"}, table.TATOEBA_ARGS, record, record)
+    assert not table.reusable(previous, {**args, "langs": ["de"]}, table.TATOEBA_ARGS, record, record)
+    assert not table.reusable({}, args, table.TATOEBA_ARGS, record, record)
+    assert not table.reusable(previous, args, table.TATOEBA_ARGS, None, record)  # evaluated by an older script
+    trained_on = {**record, "step": 1400, "train_seconds": 1600.2}
+    assert not table.reusable(previous, args, table.TRANSFER_ARGS, record, trained_on)
+    assert not table.reusable(previous, args, table.TATOEBA_ARGS, record, trained_on)
 
 
 def test_ablation_alignment_table_reads_the_evaluation_layer(monkeypatch):
