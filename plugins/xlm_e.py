@@ -54,7 +54,8 @@ Card -- where this departs from the paper, and what it costs:
 
 Metrics: ``gen_loss`` and ``gen_accuracy`` (the generator's MLM on the masked tokens),
 ``disc_loss``, ``acc_replaced`` and ``acc_original`` (the discriminator's accuracy on the
-tokens that were replaced and on the rest), ``replaced`` (the fraction of tokens replaced).
+tokens that were replaced and on the rest), ``disc_auc`` (ELECTRA's: the chance that a replaced
+token scores above an original one; 0.5 is chance), ``replaced`` (the fraction of tokens replaced).
 """
 
 from __future__ import annotations
@@ -222,6 +223,22 @@ class ReplacedTokenDetection(Objective):
         original token counts as original, ELECTRA), else 0.0."""
         return (corrupted != original).float()
 
+    @staticmethod
+    def ranking_auc(scores: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        """ROC AUC of ``scores`` for ``truth`` (1.0 = replaced): the chance that a replaced token
+        scores above an original one (Mann-Whitney U / (n₊·n₋); ties in arbitrary order), 0.5
+        when either class is absent. ELECTRA's ``disc_auc``: unlike ``acc_replaced``, which stays
+        0.0 until a replaced token's probability passes 1/2, it leaves 0.5 as soon as the
+        discriminator ranks replaced tokens above original ones at all."""
+        n = truth.numel()
+        positives = truth.sum()
+        negatives = n - positives
+        ranks = torch.empty(n, dtype=torch.float32, device=scores.device)
+        ranks[scores.argsort()] = torch.arange(1, n + 1, dtype=torch.float32, device=scores.device)
+        u = (ranks * truth).sum() - positives * (positives + 1) / 2
+        auc = u / (positives * negatives).clamp(min=1)
+        return torch.where((positives > 0) & (negatives > 0), auc, auc.new_tensor(0.5))
+
     def compute(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> ObjectiveOutput:
         encoder = ctx.encoder
         self.generator.train(bool(getattr(encoder, "training", True)))
@@ -256,6 +273,7 @@ class ReplacedTokenDetection(Objective):
                 "acc_replaced": (hits * truth).sum() / n_replaced.clamp(min=1),
                 "acc_original": (hits * (1 - truth)).sum() / n_original.clamp(min=1),
                 "replaced": n_replaced / n_units.clamp(min=1),
+                "disc_auc": self.ranking_auc(disc_logits, truth),
             }
         return ObjectiveOutput(loss, sample_size=int(n_units), metrics=metrics)
 

@@ -82,6 +82,23 @@ def test_sampling_labels_in_compute_follow_the_sample():
     assert torch.equal(replaced.bool(), selected)
 
 
+def test_disc_auc_is_the_pairwise_ranking_probability():
+    """``disc_auc`` (ELECTRA's metric) against its definition, the fraction of (replaced,
+    original) pairs where the replaced token scores higher; 0.5 when a class is missing."""
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randn(300, generator=generator)
+    truth = (torch.rand(300, generator=generator) < 0.15).float()
+    scores = scores + 0.8 * truth  # partly separated: neither 0.5 nor 1.0
+    pos, neg = scores[truth == 1], scores[truth == 0]
+    pairwise = (pos[:, None] > neg[None, :]).float().mean()
+    auc = MultilingualRTD.ranking_auc(scores, truth)
+    assert auc.shape == () and abs(float(auc) - float(pairwise)) < 1e-6
+    assert 0.6 < float(auc) < 0.95
+    assert float(MultilingualRTD.ranking_auc(truth * 5.0, truth)) == 1.0
+    assert float(MultilingualRTD.ranking_auc(-truth, truth)) == 0.0
+    assert float(MultilingualRTD.ranking_auc(scores, torch.zeros(300))) == 0.5
+
+
 def test_trtd_lays_a_pair_out_like_tlm():
     objective, _ = build(TranslationRTD)
     row = objective._layout({"src_ids": [10, 11, 12], "tgt_ids": [20, 21]})
@@ -126,7 +143,8 @@ def test_run_logs_discriminator_accuracy_and_checkpoints_the_generator(tmp_path,
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     assert [r["step"] for r in records if "mrtd/acc_replaced" in r] == [2, 4]
     for record in records:
-        for key in ("mrtd/acc_replaced", "mrtd/acc_original", "trtd/acc_replaced", "trtd/acc_original"):
+        for key in ("mrtd/acc_replaced", "mrtd/acc_original", "trtd/acc_replaced", "trtd/acc_original",
+                    "mrtd/disc_auc", "trtd/disc_auc"):
             assert 0.0 <= record[key] <= 1.0
         assert 0.0 < record["mrtd/replaced"] < 1.0
     checkpoint = run / "checkpoints" / "step_0000004"
@@ -161,3 +179,4 @@ def test_discriminator_learns_replacements_it_can_see():
         optimizer.step()
         optimizer.zero_grad()
     assert float(out.metrics["acc_replaced"]) > 0.9 and float(out.metrics["acc_original"]) > 0.95
+    assert float(out.metrics["disc_auc"]) > 0.95
