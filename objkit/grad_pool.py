@@ -4,8 +4,8 @@ in place.
 Two backwards write a leaf's gradient straight into ``.grad`` instead of handing autograd a
 tensor: the fused chunked LM head's decoder (:mod:`objkit.lm_head`, one process and DDP) and the
 embedding lookups (:class:`objkit.memory.GradIntoEmbedding`, one process). Both call
-:func:`grad_into`, which makes ``.grad`` on a step's first backward. The trainer frees every
-``.grad`` after the optimizer step (``set_to_none``: a parameter that gets no gradient in a step
+:func:`grad_into`, which makes ``.grad`` on a step's first backward. The step frees every
+``.grad`` after the optimizer step (:class:`GradPool`, point 9 of :mod:`objkit.step`) (``set_to_none``: a parameter that gets no gradient in a step
 keeps ``.grad = None``, so AdamW leaves it, its moments and its weight decay alone that step).
 For XLM-R's 250,002 × 768 tied embedding, a fresh ``.grad`` is 768 MB of new pages every step:
 on CPU (where objkit mmaps blocks from 1 MiB, :func:`objkit.device.return_freed_host_memory`)
@@ -77,6 +77,19 @@ def release_grads(params: Iterable[torch.Tensor], keep: bool = True) -> int:
     return kept
 
 
+class GradPool:
+    """The step's gradient release (:class:`objkit.step.TrainStep`, point 9): every ``.grad``
+    becomes ``None``, the storage of those written in place kept for the next step (``keep``;
+    ``keep = False`` frees it as ``optimizer.zero_grad(set_to_none=True)`` does)."""
+
+    def __init__(self, keep: bool = True) -> None:
+        self.keep = keep
+
+    def release(self, params: Iterable[torch.Tensor]) -> int:
+        """:func:`release_grads` of ``params``: the bytes kept."""
+        return release_grads(params, self.keep)
+
+
 def drop_spare_grads(params: Iterable[torch.Tensor] | None = None) -> None:
     """Free the kept gradient storage of ``params`` (default: of every parameter)."""
     if params is None:
@@ -91,4 +104,4 @@ def spare_grad_bytes(params: Iterable[torch.Tensor]) -> int:
     return sum(s.numel() * s.element_size() for p in params if (s := _spare.get(p)) is not None)
 
 
-__all__ = ["drop_spare_grads", "grad_into", "release_grads", "spare_grad_bytes"]
+__all__ = ["GradPool", "drop_spare_grads", "grad_into", "release_grads", "spare_grad_bytes"]

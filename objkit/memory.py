@@ -6,12 +6,16 @@ The run's options reach the encoder declared, not as attributes set from outside
 :meth:`Encoder.build` in ``EncoderContext.options``; the encoder keeps what it honours in
 ``encoder.run_options``. :func:`apply_train_options` then installs each method the encoder's
 ``run_options`` ask for, once, after the objectives are built (their momentum copies are taken from
-the plain encoder) and the model is wrapped for DDP / FSDP2:
+the plain encoder) and the model is wrapped for DDP / FSDP2; a method that acts during each step
+returns the :class:`~objkit.step.StepHook` the step calls at the named point it declares
+(:mod:`objkit.step`):
 
 ====================================  =====================================  ==========================
 method (unit)                         option                                 installed through
 ====================================  =====================================  ==========================
-:class:`ActivationCheckpointing`      ``activation_checkpointing``           ``set_activation_checkpointing``
+:class:`ActivationCheckpointing`      ``activation_checkpointing``           ``set_activation_checkpointing``;
+                                                                             some objectives only: the
+                                                                             step's ``before_compute``
 :class:`FusedChunkedLMHead`           ``lm_head_chunk_rows``,                :func:`objkit.lm_head_loss`
                                       ``lm_head_grad_in_place``              reads ``run_options``
 :class:`EmbeddingGradInPlace`         ``embedding_grad_in_place``            :class:`GradIntoEmbedding`
@@ -38,6 +42,7 @@ from objkit.errors import UserError, first_line
 from objkit.interfaces import Encoder, EncoderRunOptions, Objective
 from objkit.lm_head import grad_into
 from objkit.schema import TrainConfig
+from objkit.step import StepHook, StepPoint, StepState
 
 
 def checkpointed_objectives(train: TrainConfig, objectives: Sequence[str]) -> set[str]:
@@ -77,7 +82,8 @@ def encoder_run_options(train: TrainConfig, objectives: Sequence[str], world_siz
 
 class MemoryMethod:
     """One memory or speed method: ``applies(options)`` says whether the run asks for it,
-    ``install(encoder, strategy, objectives, device)`` puts it in place (once per run)."""
+    ``install(encoder, strategy, objectives, device)`` puts it in place (once per run) and returns
+    the :class:`~objkit.step.StepHook` it plugs into every step, if any."""
 
     option: ClassVar[str]
     """The ``[train]`` key that turns it on."""
@@ -88,7 +94,7 @@ class MemoryMethod:
 
     @staticmethod
     def install(encoder: Encoder, strategy: ParallelStrategy, objectives: Sequence[Objective],
-                device: torch.device) -> None:
+                device: torch.device) -> StepHook | None:
         raise NotImplementedError
 
 
@@ -121,7 +127,7 @@ class ActivationCheckpointing(MemoryMethod):
 
     @staticmethod
     def install(encoder: Encoder, strategy: ParallelStrategy, objectives: Sequence[Objective],
-                device: torch.device) -> None:
+                device: torch.device) -> StepHook | None:
         toggle = getattr(encoder, "set_activation_checkpointing", None)  # optional in the contract
         if toggle is None:
             raise UserError(
@@ -131,7 +137,23 @@ class ActivationCheckpointing(MemoryMethod):
         checkpointed = encoder.run_options.activation_checkpointing
         toggle(True)
         if checkpointed != {o.instance_name for o in objectives}:  # only some: switch before each one's forward
-            strategy.module.before_compute = lambda objective: toggle(objective.instance_name in checkpointed)
+            return CheckpointSomeObjectives(toggle, checkpointed)
+        return None
+
+
+class CheckpointSomeObjectives(StepHook):
+    """:class:`ActivationCheckpointing` of the objectives ``checkpointed`` only: at the step's
+    ``before_compute`` point, inside the strategy's wrapped forward, checkpointing is switched on
+    for an objective it names and off for the others."""
+
+    points = frozenset({StepPoint.BEFORE_COMPUTE})
+
+    def __init__(self, toggle: Any, checkpointed: frozenset[str]) -> None:
+        self.toggle, self.checkpointed = toggle, checkpointed
+
+    def at(self, point: StepPoint, state: StepState) -> None:
+        assert state.objective is not None
+        self.toggle(state.objective.instance_name in self.checkpointed)
 
 
 class FusedChunkedLMHead(MemoryMethod):
@@ -162,8 +184,8 @@ class FusedChunkedLMHead(MemoryMethod):
 
     @staticmethod
     def install(encoder: Encoder, strategy: ParallelStrategy, objectives: Sequence[Objective],
-                device: torch.device) -> None:
-        pass
+                device: torch.device) -> StepHook | None:
+        return None
 
 
 class EmbeddingGradInPlace(MemoryMethod):
@@ -195,8 +217,9 @@ class EmbeddingGradInPlace(MemoryMethod):
 
     @staticmethod
     def install(encoder: Encoder, strategy: ParallelStrategy, objectives: Sequence[Objective],
-                device: torch.device) -> None:
+                device: torch.device) -> StepHook | None:
         set_embedding_grad_in_place(encoder, True)
+        return None
 
 
 class CompiledBlocks(MemoryMethod):
@@ -223,13 +246,14 @@ class CompiledBlocks(MemoryMethod):
 
     @staticmethod
     def install(encoder: Encoder, strategy: ParallelStrategy, objectives: Sequence[Objective],
-                device: torch.device) -> None:
+                device: torch.device) -> StepHook | None:
         compile_blocks = getattr(encoder, "compile_blocks", None)  # optional in the contract
         if compile_blocks is None:
             raise UserError(f"train.compile: encoder {encoder.name!r} cannot compile its blocks (no compile_blocks); "
                             "set it to false")
         check_compile_backend(device)
         compile_blocks()
+        return None
 
 
 MEMORY_METHODS: tuple[type[MemoryMethod], ...] = (
@@ -239,8 +263,9 @@ MEMORY_METHODS: tuple[type[MemoryMethod], ...] = (
 
 def apply_train_options(
     encoder: Encoder, strategy: ParallelStrategy, objectives: Sequence[Objective], train: TrainConfig, device: torch.device
-) -> None:
-    """Install every method ``encoder.run_options`` asks for (:data:`MEMORY_METHODS`). The options
+) -> list[StepHook]:
+    """Install every method ``encoder.run_options`` asks for (:data:`MEMORY_METHODS`); the
+    :class:`~objkit.step.StepHook` objects they plug into each step, for the step. The options
     were given to the encoder at build (:func:`encoder_run_options`); an encoder may keep the
     in-place gradients off (they only save memory), but one that dropped an option the recipe
     sets is refused in one line naming the key (rather than training without it)."""
@@ -258,9 +283,11 @@ def apply_train_options(
         raise UserError(f"train.packed_attention: encoder {encoder.name!r} does not honour "
                         f"{asked.packed_attention!r} (no varlen kernel of its own: packed rows go through the "
                         "block-diagonal mask); set it to \"auto\" or \"mask\"")
+    hooks = []
     for method in MEMORY_METHODS:
-        if method.applies(options):
-            method.install(encoder, strategy, objectives, device)
+        if method.applies(options) and (hook := method.install(encoder, strategy, objectives, device)) is not None:
+            hooks.append(hook)
+    return hooks
 
 
 class _EmbeddingIntoGrad(torch.autograd.Function):

@@ -1,8 +1,11 @@
-"""The training loop: the recipe's optimizer and schedule (:mod:`objkit.optim`), accumulation,
-clipping, events (:mod:`objkit.events`: logging, evaluation, callbacks), checkpoints, resumption,
-export. The step engine (collation, loss composition) lives in :mod:`objkit.step`, the parallel
-strategy in :mod:`objkit.distributed`; what
-happens on signals, non-finite steps and failed writes in :mod:`objkit.faults`."""
+"""The training loop around the step: builds a run (the recipe's encoder, objectives, optimizer and
+schedule, :mod:`objkit.optim`), then steps it with events (:mod:`objkit.events`: logging,
+evaluation, callbacks), checkpoints, resumption, the time budget and the export. One optimizer
+step, top to bottom (collate, forward, loss normalisation, backward, gradient sync, clip, skip on
+non-finite, optimizer and schedule, after-step hooks) is :class:`objkit.step.TrainStep`, with the
+parallel strategy (:mod:`objkit.distributed`) and the memory methods (:mod:`objkit.memory`)
+plugged in at its named points; what happens on signals, non-finite steps and failed writes is in
+:mod:`objkit.faults`."""
 
 from __future__ import annotations
 
@@ -13,7 +16,6 @@ import os
 import shutil
 import sys
 import time
-import warnings
 from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
@@ -35,7 +37,7 @@ from objkit.memory import apply_train_options, encoder_run_options
 from objkit.recipe import ResolvedRecipe
 from objkit.registry import Registry
 from objkit.events import Callback, Events, FitState
-from objkit.grad_pool import release_grads
+from objkit.grad_pool import GradPool
 from objkit.reporting import MetricsReport, ProgressBar
 from objkit.build import (
     accumulation_steps,
@@ -54,7 +56,7 @@ from objkit.device import (
     training_device,
 )
 from objkit.seeding import derive_seed, seed_everything
-from objkit.step import CollatedStep, CompositeLoss, ObjectiveSlot
+from objkit.step import CollatedStep, CompositeLoss, ObjectiveSlot, StepHook, TrainStep
 from objkit.tokenizer import save_tokenizer_for
 from objkit.trainer_resume import ResumeFromCheckpoint
 from objkit.vocab import fit_vocabulary
@@ -64,10 +66,11 @@ class Trainer(ResumeFromCheckpoint):
     """Builds everything a recipe describes and trains it into ``run_dir``."""
 
     def __init__(self, resolved: ResolvedRecipe, run_dir: Path, registry: Registry, progress: bool = True,
-                 world: WorldInfo | None = None) -> None:
+                 world: WorldInfo | None = None, step_hooks: Sequence[StepHook] = ()) -> None:
         """``world``: the process group the caller joined (:func:`objkit.distributed.process_group`,
         as ``objkit run`` does). Without it the trainer joins torchrun's group itself and the caller
-        leaves it (:func:`objkit.distributed.shutdown_distributed`)."""
+        leaves it (:func:`objkit.distributed.shutdown_distributed`). ``step_hooks``: more
+        :class:`~objkit.step.StepHook` objects plugged into every step, after the memory methods'."""
         self.resolved = resolved
         self.recipe = resolved.recipe
         self.train_cfg = self.recipe.train
@@ -100,8 +103,8 @@ class Trainer(ResumeFromCheckpoint):
             self.encoder, [b.objective for b in self.objectives], self.world, self.device,
             self.train_cfg.parallelism, self.precision,
         )
-        apply_train_options(self.encoder, self.strategy, [b.objective for b in self.objectives], self.train_cfg,
-                            self.device)
+        memory_hooks = apply_train_options(self.encoder, self.strategy, [b.objective for b in self.objectives],
+                                           self.train_cfg, self.device)
         params = self.params = self.strategy.parameters()
         if self.world.world_size > 1:  # same initial weights everywhere (above); own dropout masks per rank
             torch.manual_seed(derive_seed(self.train_cfg.seed, "rank", self.world.rank))
@@ -124,9 +127,13 @@ class Trainer(ResumeFromCheckpoint):
             strategy=self.strategy,
         )
         self.step = 0
-        # the storage of gradients written in place is reused by the next step (objkit.grad_pool)
-        self.keep_grad_storage = True
         self.bad_steps = faults.BadSteps(self.train_cfg.max_bad_steps)
+        # one optimizer step, top to bottom, with the strategy and memory methods at its named points
+        self.run_step = TrainStep(
+            self.composite, self.strategy, self.optimizer, self.scheduler, self.scaler, params,
+            [b.objective for b in self.objectives], self.bad_steps, clip_norm=self.train_cfg.clip_norm,
+            grad_pool=GradPool(keep=True), hooks=[*memory_hooks, *step_hooks],
+        )
         self.stopped_by: str | None = None  # the signal that ended fit() early, if any
         self.train_seconds = 0.0  # train.time_budget's clock, summed over the segments of a resumed run
         self.budget_spent = False  # the run ended at train.time_budget, before train.steps
@@ -286,59 +293,32 @@ class Trainer(ResumeFromCheckpoint):
         budget = self.train_cfg.time_budget
         return budget is not None and self._train_seconds() >= budget
 
+    @property
+    def keep_grad_storage(self) -> bool:
+        """Whether the storage of gradients written in place is reused by the next step
+        (:class:`objkit.grad_pool.GradPool`; on by default)."""
+        return self.run_step.grad_pool.keep
+
+    @keep_grad_storage.setter
+    def keep_grad_storage(self, keep: bool) -> None:
+        self.run_step.grad_pool.keep = keep
+
     def train_step(self, collated: CollatedStep | None = None, stop_requested: bool = False,
                    budget_spent: bool = False) -> StepStats:
-        """One optimizer step; gradients are normalised and synchronised by the composite.
-        ``collated``: the step's batches if collated ahead. ``stop_requested`` (a signal on this
-        rank) is agreed over ranks in the same all-reduce as the non-finite check, into
-        :attr:`stop_agreed`; so is ``budget_spent`` (``train.time_budget`` spent when the step
-        began, on any rank), into :attr:`budget_spent`. One host synchronisation: whether the step
-        is finite."""
-        self.encoder.train()
+        """One optimizer step (:class:`objkit.step.TrainStep`) at :attr:`step`, then the step
+        counter moves on. ``collated``: the step's batches if collated ahead. ``stop_requested``
+        (a signal on this rank) is agreed over ranks in the same all-reduce as the non-finite
+        check, into :attr:`stop_agreed`; so is ``budget_spent`` (``train.time_budget`` spent when
+        the step began, on any rank), into :attr:`budget_spent`."""
         ctx = StepContext(step=self.step, encoder=self.encoder, device=self.device, world=self.world)
-        stats = self.composite.accumulate(ctx, collated)
-        self.scaler.unscale_(self.optimizer)
-        grad_norm_t = self.strategy.grad_norm(self.params, self.train_cfg.clip_norm)
-        if self.train_cfg.clip_norm is not None:
-            stats.values["grad_norm"] = grad_norm_t
-        reason = self._nonfinite(stats, grad_norm_t)
-        bad, self.stop_agreed, self.budget_spent = self.strategy.agree(reason is not None, stop_requested, budget_spent)
-        if bad:  # skip the update: optimizer and momentum encoders stay; step and schedule move on
-            try:
-                message = self.bad_steps.record(self.step, reason or "loss or gradients on another rank")
-            except faults.RunAborted as exc:  # raised by fit() once this step is counted and logged
-                message, self.aborted = None, exc
-            stats.values["skipped"] = 1.0
-            if self.world.is_main and message:
-                tqdm.write(message, file=sys.stderr)
-            self.scaler.update()  # fp16: back the loss scale off
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # "scheduler.step() before optimizer.step()"
-                self.scheduler.step()
-        else:
-            self.bad_steps.record(self.step, None)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
-        # optimizer.zero_grad(set_to_none=True), keeping the storage of gradients written in place
-        release_grads((p for group in self.optimizer.param_groups for p in group["params"]), self.keep_grad_storage)
-        if not bad:
-            for built in self.objectives:
-                built.objective.after_optimizer_step(ctx)
+        out = self.run_step(ctx, collated, stop_requested, budget_spent)
+        self.stop_agreed, self.budget_spent = out.stop_agreed, out.budget_spent
+        if out.aborted is not None:  # raised by fit() once this step is counted and logged
+            self.aborted = out.aborted
+        if self.world.is_main and out.message:
+            tqdm.write(out.message, file=sys.stderr)
         self.step += 1
-        return stats
-
-    def _nonfinite(self, stats: StepStats, grad_norm: torch.Tensor) -> str | None:
-        """:func:`faults.nonfinite_reason` of the step's losses and gradient norm, reading one
-        boolean back from the device (the values themselves only when something is not finite)."""
-        checked = {key: value for key, value in {**stats.sums, **stats.values}.items() if key.endswith("loss")}
-        tensors = [v.detach().float().reshape(()).to(grad_norm.device) for v in checked.values()
-                   if isinstance(v, torch.Tensor)]
-        floats = [v for v in checked.values() if not isinstance(v, torch.Tensor)]
-        finite = bool(torch.isfinite(torch.stack([grad_norm.detach().float().reshape(()), *tensors])).all())
-        if finite and all(math.isfinite(v) for v in floats):
-            return None
-        return faults.nonfinite_reason(to_host(checked), float(grad_norm))
+        return out.stats
 
     def fit(self, callbacks: Sequence[Callback] = ()) -> None:
         """Train to ``train.steps`` (or ``train.time_budget``, whichever comes first), resuming from

@@ -461,8 +461,15 @@ def test_run_options_are_declared_at_build_and_an_encoder_that_drops_one_is_refu
     with pytest.raises(UserError, match=r"^train.lm_head_chunk_rows: encoder 'xlmr' does not honour it"):
         apply_train_options(encoder, strategy, objectives, train, torch.device("cpu"))
     encoder.run_options = replace(options, embedding_grad_in_place=False)  # may be kept off: memory only
-    apply_train_options(encoder, strategy, objectives, train, torch.device("cpu"))
+    hooks = apply_train_options(encoder, strategy, objectives, train, torch.device("cpu"))
     assert type(encoder.mlm.get_input_embeddings()) is torch.nn.Embedding
     assert all(block.gradient_checkpointing for block in encoder.body().encoder.layer)
-    strategy.module.before_compute(objectives[1])  # only mlm recomputes: switched off before tlm's pass
+    # only mlm recomputes: a step hook switches it off at the step's before_compute point of tlm's pass
+    from objkit.step import StepPoint, StepState
+
+    [hook] = hooks
+    assert hook.points == {StepPoint.BEFORE_COMPUTE}
+    hook.at(StepPoint.BEFORE_COMPUTE, StepState(ctx=None, objective=objectives[1]))  # type: ignore[arg-type]
     assert not any(block.gradient_checkpointing for block in encoder.body().encoder.layer)
+    hook.at(StepPoint.BEFORE_COMPUTE, StepState(ctx=None, objective=objectives[0]))  # type: ignore[arg-type]
+    assert all(block.gradient_checkpointing for block in encoder.body().encoder.layer)

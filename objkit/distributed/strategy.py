@@ -8,8 +8,8 @@ batch. With one process nothing here touches ``torch.distributed``.
 A :class:`ParallelStrategy` owns everything that differs between these layouts: the forward
 pass through the wrapped module, gradient synchronisation, the gradient norm, agreement
 between ranks on flags (a non-finite step, a stop request), full weights for evaluation, and
-the gather / load of checkpoints. The trainer and the step engine (:mod:`objkit.step`) call
-only it.
+the gather / load of checkpoints. The step (:mod:`objkit.step`, which names the points it is
+called at) and the trainer call only it.
 
 **One module, one forward per objective.** DDP and FSDP only see what happens inside the
 wrapped module's ``forward``: DDP's reducer learns there which parameters a backward pass
@@ -81,19 +81,19 @@ class StepModule(nn.Module):
             for key, module in objective.trainable_modules().items()
         }
         self.heads = nn.ModuleDict(heads)
-        # called with each objective before its compute (objkit.memory: per-objective activation
-        # checkpointing, train.activation_checkpointing = [names])
-        self.before_compute: Callable[[Objective], None] | None = None
 
     def forward(
-        self, tasks: Sequence[tuple[Objective, dict[str, torch.Tensor]]], ctx: StepContext
+        self, tasks: Sequence[tuple[Objective, dict[str, torch.Tensor]]], ctx: StepContext,
+        before_compute: Callable[[Objective], None] | None = None,
     ) -> list[tuple[torch.Tensor, int, dict[str, float]]]:
+        """``before_compute``: called with each objective before its ``compute``, inside the
+        wrapped forward (the step's ``before_compute`` point, :mod:`objkit.step`)."""
         # plain tuples: DDP finds the loss tensors in them (it does not look into dataclasses
         # when it wraps outputs for unused-parameter detection)
         outputs = []
         for objective, batch in tasks:
-            if self.before_compute is not None:
-                self.before_compute(objective)
+            if before_compute is not None:
+                before_compute(objective)
             out = objective.compute(batch, ctx)
             outputs.append((out.loss, out.sample_size, out.metrics))
         return outputs
@@ -129,8 +129,11 @@ class ParallelStrategy:
         """What the optimizer updates: the encoder's parameters, then the objectives' trainable ones."""
         return [p for p in self.module.parameters() if p.requires_grad]
 
-    def forward(self, tasks: Sequence[tuple[Objective, dict[str, torch.Tensor]]], ctx: StepContext) -> list[ObjectiveOutput]:
-        return [ObjectiveOutput(loss, size, metrics) for loss, size, metrics in self.wrapped(tasks, ctx)]
+    def forward(self, tasks: Sequence[tuple[Objective, dict[str, torch.Tensor]]], ctx: StepContext,
+                before_compute: Callable[[Objective], None] | None = None) -> list[ObjectiveOutput]:
+        """The step's forward (point 3 of :mod:`objkit.step`): every task through :attr:`wrapped`."""
+        args = (tasks, ctx) if before_compute is None else (tasks, ctx, before_compute)
+        return [ObjectiveOutput(loss, size, metrics) for loss, size, metrics in self.wrapped(*args)]
 
     def gradient_sync(self, enabled: bool) -> contextlib.AbstractContextManager[Any]:
         """Context for a forward + backward: ``enabled=False`` accumulates gradients locally."""
