@@ -5,14 +5,14 @@ vocabulary 250,002) with its AdamW state.
 
     python benchmarks/checkpoint_io.py [--layers 12] [--hidden 768] [--reps 3] [--dir DIR] [--json OUT] [--toy]
 
-The asynchronous save (``objkit.sharded_checkpoint.start_async_save``) reports two times: what
+The asynchronous save (``objkit.train.sharded_checkpoint.start_async_save``) reports two times: what
 the step loop waits for (``async_save``: the copy of the tensors to host memory and the start
 of the writer thread) and the time until the checkpoint is complete (``async_complete``:
 written, hashed, renamed; here with nothing training meanwhile). ``--toy``: a one-layer model,
 one repetition (the smoke test; numbers mean nothing).
 
-Both go through objkit's own writers and readers (``objkit.checkpoint.save_checkpoint`` /
-``read_checkpoint`` + ``load_state_dict``; ``objkit.sharded_checkpoint.save_sharded`` /
+Both go through objkit's own writers and readers (``objkit.train.checkpoint.save_checkpoint`` /
+``read_checkpoint`` + ``load_state_dict``; ``objkit.train.sharded_checkpoint.save_sharded`` /
 ``load_sharded``), alternating, and report medians. One process measures the format's own cost
 (serialisation, hashing, fsync); the sharded layout's point -- N ranks writing N shards in
 parallel instead of rank 0 gathering and writing everything -- needs several ranks and is not
@@ -33,9 +33,9 @@ from pathlib import Path
 import torch
 from transformers import XLMRobertaConfig, XLMRobertaForMaskedLM
 
-from objkit import checkpoint as ckpt
-from objkit import sharded_checkpoint as sharded
-from objkit.interfaces import WorldInfo
+from objkit.train import checkpoint as ckpt
+from objkit.train import sharded_checkpoint as sharded
+from objkit.contract.interfaces import WorldInfo
 
 
 def build(layers: int, hidden: int, vocab: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:

@@ -1,5 +1,5 @@
 """``cpu_step_speedup`` (issue 29): the CPU training step with the storage of in-place gradients
-kept from step to step (:mod:`objkit.grad_pool`) and the tied decoder's gradient of the head in
+kept from step to step (:mod:`objkit.blocks.grad_pool`) and the tied decoder's gradient of the head in
 one piece written into ``.grad``, against the old step that made fresh gradient buffers.
 
 Two trainers of ``recipes/xlmr_mlm.toml`` at the suite's base shape (``head_*`` settings:
@@ -46,7 +46,7 @@ def _mlm_trainer(ws: Any, bench: Any) -> Any:
 def cpu_step_speedup(ws: Any, bench: Any) -> dict[str, Any]:
     """The row: ``bench`` is ``benchmarks/run.py`` (``alternate``, ``median_ratio``, ``summary``,
     ``xlmr_mlm_recipe``); ``ws`` its ``Workspace``."""
-    from objkit.grad_pool import spare_grad_bytes
+    from objkit.blocks.grad_pool import spare_grad_bytes
 
     s = ws.settings
     old = _mlm_trainer(ws, bench)

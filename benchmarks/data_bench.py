@@ -44,7 +44,7 @@ def bench_tokenizer_throughput(ws: Any) -> dict[str, Any]:
     from objkit.data.cache import cores
     from objkit.data.encode import gc_paused
     from objkit_plugins.source_text import TextSource
-    from objkit.tokenizer import SPM_FILE
+    from objkit.data.tokenizer import SPM_FILE
 
     lines = _sentences(ws, ws.settings.tokenizer_lines)
     corpus = ws.root / "tokenizer-corpus.txt"

@@ -73,7 +73,7 @@ print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch
 if torch.cuda.is_available():
     print("device", torch.cuda.get_device_name(0), "bf16", torch.cuda.is_bf16_supported())
 print("transformers", transformers.__version__)
-from objkit.registry import default_registry
+from objkit.contract.registry import default_registry
 names = default_registry().names()
 print("plugins", sorted(names))
 assert {"mlm", "tlm", "xlco"} <= set(names), "the built-in plugins did not register (entry points)"

@@ -34,7 +34,7 @@ def build(batch, length, sets):
         for k, v in sets.items():
             sec, key = k.split(".", 1)
             raw[sec][key] = v
-        from objkit.recipe import validate_recipe
+        from objkit.recipe.loader import validate_recipe
         r = validate_recipe(raw, ws.registry, source="mfu")
     return ws.trainer(r)
 

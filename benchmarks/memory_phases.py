@@ -15,7 +15,7 @@ are resident, plus the recomputed block's activations and the head's chunk; on o
 copy of the tied word embedding's gradient beside ``.grad``, since the decoder's and the
 lookup's gradients go straight into it (while autograd made the lookup's dense gradient, the
 third objective's backward peaked at 13.16 GiB, now 12.10), see
-:attr:`objkit.plan.MemoryEstimate.tied_gradient`. ``OBJKIT_MMAP_THRESHOLD=0`` shows what
+:attr:`objkit.train.plan.MemoryEstimate.tied_gradient`. ``OBJKIT_MMAP_THRESHOLD=0`` shows what
 glibc's own allocation threshold costs.
 """
 

@@ -72,7 +72,7 @@ def _mlm_trainer(ws: Any, bench: Any, *sets: str, layers: int | None = None) -> 
                                      ffn=s.head_ffn, vocab=s.head_vocab, batch=s.head_batch, length=s.head_length)
     raw = resolved.to_dict()
     raw["train"]["device"] = s.device
-    from objkit.recipe import apply_overrides, validate_recipe
+    from objkit.recipe.loader import apply_overrides, validate_recipe
 
     raw = apply_overrides(raw, list(sets))
     return ws.trainer(validate_recipe(raw, ws.registry, source="xlmr_mlm.toml (benchmark)"))
@@ -143,7 +143,7 @@ def head_peak_bytes(encoder: Any, settings: Any, chunk: int) -> int:
     """Bytes of the tensors the LM head holds at once for one micro-batch's masked rows: on CUDA
     the peak allocated above the start during a forward + backward of :func:`objkit.lm_head_loss`;
     on CPU the tensors it saves for its backward plus the live ``rows × vocab`` logits."""
-    from objkit.lm_head import lm_head_loss
+    from objkit.blocks.lm_head import lm_head_loss
 
     rows = masked_rows(settings)
     device = next(encoder.parameters()).device
@@ -302,8 +302,8 @@ def memory_available() -> int:
 def lean_memory_child(settings: Any, root: Path, variant: str, bench: Any) -> dict[str, Any]:
     """In a fresh process: build the step, compare the dry-run estimate with the memory available,
     run ``lean_steps`` steps (the first allocates AdamW's moments), report the peak RSS."""
-    from objkit.plan import activation_elements, plan_with_memory  # noqa: F401 (import cost in the baseline)
-    from objkit.trainer import Trainer  # noqa: F401
+    from objkit.train.plan import activation_elements, plan_with_memory  # noqa: F401 (import cost in the baseline)
+    from objkit.train.trainer import Trainer  # noqa: F401
 
     s = settings
     ws = bench.Workspace(s, root)

@@ -103,7 +103,7 @@ device = "{s.device}"
 
 
 def measure(ws: Any) -> dict[str, Any]:
-    from objkit.recipe import load_recipe
+    from objkit.recipe.loader import load_recipe
 
     s = ws.settings
     corpus = None if s.name == "toy" else newstest_dir()
@@ -152,7 +152,7 @@ def measure(ws: Any) -> dict[str, Any]:
 
 def kernel(trainer: Any) -> str:
     """The kernel the packed trainer's rows ran with (``train.packed_attention = "auto"`` resolved)."""
-    from objkit.packed import flash_varlen_available
+    from objkit.blocks.packed import flash_varlen_available
 
     options = trainer.encoder.run_options
     return "varlen" if trainer.device.type == "cuda" and flash_varlen_available(options) else "mask"

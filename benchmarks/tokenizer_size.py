@@ -8,7 +8,7 @@ cost, and whether every script is covered at all. This script measures it instea
    the mono files read round-robin, at most ``--lines-per-file`` lines each, so a language with
    2,000 sentences weighs as much as one with 30,000);
 2. for every candidate size it trains the recipe's SentencePiece unigram model
-   (``objkit.tokenizer.train_tokenizer``, the same call ``objkit run`` makes) and tokenizes every
+   (``objkit.data.tokenizer.train_tokenizer``, the same call ``objkit run`` makes) and tokenizes every
    language's *dev* sentences (SIB-200 dev: selection on dev, never test), recording pieces per
    sentence and the share of ``<unk>`` pieces;
 3. the chosen size is the smallest whose pieces per sentence are, in every language, within
@@ -55,7 +55,7 @@ def dev_sentences(dev_dir: Path, langs: list[str]) -> dict[str, list[str]]:
 
 
 def measure(sample: list[str], dev: dict[str, list[str]], size: int, coverage: float) -> dict[str, Any]:
-    from objkit.tokenizer import train_tokenizer
+    from objkit.data.tokenizer import train_tokenizer
 
     with tempfile.TemporaryDirectory(prefix="objkit-tokenizer-size.") as tmp:
         tok = train_tokenizer(sample, Path(tmp), vocab_size=size, character_coverage=coverage,

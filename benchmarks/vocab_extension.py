@@ -108,8 +108,8 @@ def resized_base(base_export: Path, extended: Any) -> Any:
     """The base export with its vocabulary grown for ``extended`` as a run would (step 0)."""
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    from objkit.encoder import XLMREncoder
-    from objkit.vocab import row_sources
+    from objkit.blocks.encoder import XLMREncoder
+    from objkit.data.vocab import row_sources
 
     encoder = XLMREncoder(AutoModelForMaskedLM.from_pretrained(base_export))
     encoder.resize_vocab(row_sources(AutoTokenizer.from_pretrained(base_export), extended, encoder.vocab_size))

@@ -102,7 +102,7 @@ def check_inputs(args: argparse.Namespace) -> None:
                     f"in --corpus-dir)")
     for pair in args.align_pairs if args.align_dir else []:
         align_files(args.align_dir, pair)  # dies on a missing file
-    from objkit.errors import UserError
+    from objkit.contract.errors import UserError
     from objkit.eval.tatoeba import discover_languages, select_languages
 
     try:
@@ -337,8 +337,8 @@ def main(argv: list[str] | None = None) -> None:
                         "page holding them (README.md or docs/: align and align-infoxlm are in docs/results/dwa.md)")
     args = p.parse_args(argv)
 
-    from objkit.errors import UserError
-    from objkit.recipe import load_recipe
+    from objkit.contract.errors import UserError
+    from objkit.recipe.loader import load_recipe
 
     out: Path = args.output
     if args.from_results:

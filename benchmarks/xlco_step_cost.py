@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from objkit.recipe import load_recipe
-from objkit.registry import default_registry
-from objkit.trainer import Trainer
+from objkit.recipe.loader import load_recipe
+from objkit.contract.registry import default_registry
+from objkit.train.trainer import Trainer
 
 REFERENCE_SHAPED = [
     "objectives.xlco.symmetric=false", 'objectives.xlco.pooling="cls"', "objectives.xlco.projection=true",

@@ -10,11 +10,14 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from objkit.errors import PluginError, UserError
+from objkit.contract.errors import PluginError, UserError
+from objkit import _aliases
+
+_aliases.install()  # old module paths (before 0.7.0's layers) import with a DeprecationWarning
 
 if TYPE_CHECKING:
-    from objkit.hookspecs import PLUGIN_API_VERSION, hookimpl
-    from objkit.interfaces import (
+    from objkit.contract.hookspecs import PLUGIN_API_VERSION, hookimpl
+    from objkit.contract.interfaces import (
         Augmentation,
         BuildContext,
         DataKind,
@@ -28,9 +31,9 @@ if TYPE_CHECKING:
         VocabInfo,
         WorldInfo,
     )
-    from objkit.interfaces import EncoderConfig, EncoderContext, MomentumCopy, TokenizerTraining
-    from objkit.interfaces import EncoderRunOptions
-    from objkit.encoder import (
+    from objkit.contract.interfaces import EncoderConfig, EncoderContext, MomentumCopy, TokenizerTraining
+    from objkit.contract.interfaces import EncoderRunOptions
+    from objkit.blocks.encoder import (
         PRESETS,
         MaskedLMEncoder,
         PresetEncoderConfig,
@@ -39,15 +42,15 @@ if TYPE_CHECKING:
         run_truncated,
         truncated_blocks,
     )
-    from objkit.events import Callback, FitState
-    from objkit.evaluator import EvalContext, Evaluator
-    from objkit.optim import Optimizer, Schedule
-    from objkit.contrastive import ContrastiveResult, info_nce
+    from objkit.contract.events import Callback, FitState
+    from objkit.contract.evaluator import EvalContext, Evaluator
+    from objkit.contract.optim import Optimizer, Schedule
+    from objkit.blocks.contrastive import ContrastiveResult, info_nce
     from objkit.data import pack_sentences, sentence_rows
-    from objkit.packed import document_attention_mask, pack_documents
+    from objkit.blocks.packed import document_attention_mask, pack_documents
     from objkit.distributed import AllGather, dist_all_gather, gather_rows
-    from objkit.lm_head import LMHeadLoss, lm_head_loss
-    from objkit.masking import (
+    from objkit.blocks.lm_head import LMHeadLoss, lm_head_loss
+    from objkit.blocks.masking import (
         IGNORE_INDEX,
         MaskingConfig,
         length_groups,
@@ -58,7 +61,7 @@ if TYPE_CHECKING:
         padding_counts,
     )
     from objkit.data.bucketing import side_lengths
-    from objkit.momentum import (
+    from objkit.blocks.momentum import (
         ConstantMomentum,
         ConstantWithRefresh,
         ExponentialMomentum,
@@ -68,52 +71,52 @@ if TYPE_CHECKING:
         coerce_schedule,
         make_momentum_copy,
     )
-    from objkit.seeding import SAMPLE_SEED, derive_seed, example_seeds, sample_generator, sample_uniform
-    from objkit.schema import SourceConfig
-    from objkit.source import AlignedFilesPart, BitextFilePart, RowsPart, Source, SourceContext, TextFilePart
-    from objkit.hub import hub_unreachable_reason
+    from objkit.blocks.seeding import SAMPLE_SEED, derive_seed, example_seeds, sample_generator, sample_uniform
+    from objkit.recipe.schema import SourceConfig
+    from objkit.contract.source import AlignedFilesPart, BitextFilePart, RowsPart, Source, SourceContext, TextFilePart
+    from objkit.blocks.hub import hub_unreachable_reason
 
 # Imported on first use (PEP 562), so that ``objkit`` starts -- and answers Ctrl-C -- before
 # torch is loaded: the command line imports only what a command needs.
 _LAZY = {
-    "PLUGIN_API_VERSION": "objkit.hookspecs", "hookimpl": "objkit.hookspecs",
+    "PLUGIN_API_VERSION": "objkit.contract.hookspecs", "hookimpl": "objkit.contract.hookspecs",
     **dict.fromkeys(["Augmentation", "BuildContext", "DataKind", "Encoder", "NegativeStore", "Objective",
                      "ObjectiveOutput", "Plugin", "PluginConfig", "StepContext", "VocabInfo", "WorldInfo"],
-                    "objkit.interfaces"),
+                    "objkit.contract.interfaces"),
     **dict.fromkeys(["IGNORE_INDEX", "MaskingConfig", "mask_tokens", "masked_lm_output", "masked_units",
-                     "pad_sequences"], "objkit.masking"),
+                     "pad_sequences"], "objkit.blocks.masking"),
     # plugin API 1.1: what the built-ins need to be rank-invariant and correct (docs/plugin-api.md §3)
     **dict.fromkeys(["SAMPLE_SEED", "derive_seed", "example_seeds", "sample_generator", "sample_uniform"],
-                    "objkit.seeding"),
+                    "objkit.blocks.seeding"),
     **dict.fromkeys(["ConstantMomentum", "ConstantWithRefresh", "ExponentialMomentum", "LinearMomentum",
                      "MomentumSchedule", "MomentumTracker", "coerce_schedule", "make_momentum_copy"],
-                    "objkit.momentum"),
-    **dict.fromkeys(["ContrastiveResult", "info_nce"], "objkit.contrastive"),
+                    "objkit.blocks.momentum"),
+    **dict.fromkeys(["ContrastiveResult", "info_nce"], "objkit.blocks.contrastive"),
     **dict.fromkeys(["AllGather", "dist_all_gather", "gather_rows"], "objkit.distributed"),
     "pack_sentences": "objkit.data",
     # plugin API 1.2: the LM-head loss, chunked when the run asks (train.lm_head_chunk_rows)
-    **dict.fromkeys(["LMHeadLoss", "lm_head_loss"], "objkit.lm_head"),
+    **dict.fromkeys(["LMHeadLoss", "lm_head_loss"], "objkit.blocks.lm_head"),
     # plugin API 1.2: the encoder contract, trainer events, optimizer and schedule plugins
-    **dict.fromkeys(["EncoderConfig", "EncoderContext", "MomentumCopy", "TokenizerTraining"], "objkit.interfaces"),
-    **dict.fromkeys(["Callback", "FitState"], "objkit.events"),
-    **dict.fromkeys(["Optimizer", "Schedule"], "objkit.optim"),
+    **dict.fromkeys(["EncoderConfig", "EncoderContext", "MomentumCopy", "TokenizerTraining"], "objkit.contract.interfaces"),
+    **dict.fromkeys(["Callback", "FitState"], "objkit.contract.events"),
+    **dict.fromkeys(["Optimizer", "Schedule"], "objkit.contract.optim"),
     # plugin API 1.3: length bucketing keys and padding that objectives declare
-    **dict.fromkeys(["length_groups", "padding_counts"], "objkit.masking"),
+    **dict.fromkeys(["length_groups", "padding_counts"], "objkit.blocks.masking"),
     "side_lengths": "objkit.data.bucketing",
     # plugin API 1.6: the run options an encoder honours, and the building blocks the built-in
     # encoders (plugins/xlmr.py, plugins/bert.py) are written on
-    "EncoderRunOptions": "objkit.interfaces",
+    "EncoderRunOptions": "objkit.contract.interfaces",
     **dict.fromkeys(["PRESETS", "MaskedLMEncoder", "PresetEncoderConfig", "find_block_list", "preset_dims",
-                     "run_truncated", "truncated_blocks"], "objkit.encoder"),
+                     "run_truncated", "truncated_blocks"], "objkit.blocks.encoder"),
     # plugin API 1.6: the evaluator plugin kind (objkit eval NAME, [eval.NAME] in recipes)
-    **dict.fromkeys(["EvalContext", "Evaluator"], "objkit.evaluator"),
+    **dict.fromkeys(["EvalContext", "Evaluator"], "objkit.contract.evaluator"),
     # plugin API 1.6: the source plugin kind (docs/plugin-api.md section 7)
-    "SourceConfig": "objkit.schema",
+    "SourceConfig": "objkit.recipe.schema",
     **dict.fromkeys(["AlignedFilesPart", "BitextFilePart", "RowsPart", "Source", "SourceContext", "TextFilePart"],
-                    "objkit.source"),
-    "hub_unreachable_reason": "objkit.hub",
+                    "objkit.contract.source"),
+    "hub_unreachable_reason": "objkit.blocks.hub",
     # plugin API 1.6: packed rows with per-document attention (objectives' packing = "documents")
-    **dict.fromkeys(["document_attention_mask", "pack_documents"], "objkit.packed"),
+    **dict.fromkeys(["document_attention_mask", "pack_documents"], "objkit.blocks.packed"),
     "sentence_rows": "objkit.data",
 }
 

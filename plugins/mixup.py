@@ -25,7 +25,7 @@ Partners (``partner``):
   number of ranks and the micro-batch size (drawn from the micro-batch ``generator``).
 
 ``prob`` is the fraction of examples mixed (reference: 1.0). Whether an example is mixed and
-its three bits are functions of its ``sample_seed`` (:mod:`objkit.seeding`), so they do not
+its three bits are functions of its ``sample_seed`` (:mod:`objkit.blocks.seeding`), so they do not
 depend on the rank or micro-batch that collates it. Each mixed side is trimmed,
 longer sentence first, to fit ``max_length`` with its three special tokens. A deviation
 worth knowing: the reference's ``tools/para2bin4xlco.py`` strips only ``</s>`` from

@@ -4,7 +4,7 @@
 folder of data files or a hub id (``datasets.load_dataset`` with ``name``, ``split``,
 ``revision``, ``data_files``). Loading scripts are refused: ``datasets`` 4 and later no longer
 run them, and a recipe never imports code. When the hub cannot be reached (decided once,
-quickly, as for models: :mod:`objkit.hub`), only the local ``datasets`` cache is tried and a
+quickly, as for models: :mod:`objkit.blocks.hub`), only the local ``datasets`` cache is tried and a
 dataset that is not in it is one line at once instead of minutes of retries.
 
 The rows handed on hold ``text`` (+ ``lang``) or ``src_text``/``tgt_text``: a

@@ -17,7 +17,7 @@ pair's own order); the InfoXLM and XLM-Align paper recipes turn it on.
 Layout differences from the reference, stated: objkit packs ``<s> src </s> tgt </s>`` with
 one joint budget of ``max_length`` (the longer side trimmed first); the reference's TLM
 sequences are ``<s> <s> src </s> <s> tgt </s>`` with 254 tokens per side. Masking is a
-Bernoulli draw per token (see :mod:`objkit.masking`), not an exact count.
+Bernoulli draw per token (see :mod:`objkit.blocks.masking`), not an exact count.
 
 ``packing = "documents"``: the pairs of a micro-batch, laid out and masked exactly as above, are
 packed into rows of ``max_length`` tokens; each pair is one document (its two sides see each

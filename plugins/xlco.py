@@ -11,7 +11,7 @@ MLM, the query side a seeded random bit per example, momentum 0.9999 (base), a 1
 queue filled before the loss starts. Options beyond the reference: mean pooling, L2
 normalisation, in-batch negatives (``negatives.in_batch``, alone or with the queue), a
 symmetric loss (both sides act as query), an additive margin on the positive, a learnable
-temperature, and every momentum schedule of :mod:`objkit.momentum`.
+temperature, and every momentum schedule of :mod:`objkit.blocks.momentum`.
 
 Additive margin (``margin = m``, LaBSE: Feng et al., ACL 2022, eq. 4, after Yang et al., IJCAI
 2019): the positive's logit is ``(cos(q, k⁺) − m) / τ``, the negatives' ``cos(q, n) / τ``. As in
@@ -30,7 +30,7 @@ directions where LaBSE sums them (half the weight); negatives may include the qu
 
 Where we differ from the reference, on purpose: the momentum encoder, its projection and the
 queue are fp32 under bf16/fp16 autocast (the reference's fp16 EMA with m = 0.9999 rounds to
-no update, see :mod:`objkit.momentum`); before ``enable_step`` the key encoder is copied
+no update, see :mod:`objkit.blocks.momentum`); before ``enable_step`` the key encoder is copied
 from the query encoder after every update (the reference copies only in the last 5 steps,
 so the keys it enqueues meanwhile come from stale weights); the queue is filled by the first
 training steps (XLCO returns a detached zero loss meanwhile, MLM/TLM train) instead of by

@@ -1,3 +1,3 @@
 """objkit's packaged recipes, installed as ``objkit_recipes``: one TOML file per recipe, found
 by name (``objkit run infoxlm_base``, ``objkit recipes``, ``extends = "infoxlm_base"``) through
-:mod:`objkit.recipe_files`. Nothing here to import."""
+:mod:`objkit.recipe.files`. Nothing here to import."""

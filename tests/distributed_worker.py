@@ -15,14 +15,14 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from objkit import checkpoint as ckpt
+from objkit.train import checkpoint as ckpt
 from objkit import distributed
-from objkit import sharded_checkpoint as sharded
-from objkit.checkpoint import flatten_state
-from objkit.device import training_device
-from objkit.recipe import load_recipe
-from objkit.registry import default_registry
-from objkit.trainer import Trainer
+from objkit.train import sharded_checkpoint as sharded
+from objkit.train.checkpoint import flatten_state
+from objkit.distributed.device import training_device
+from objkit.recipe.loader import load_recipe
+from objkit.contract.registry import default_registry
+from objkit.train.trainer import Trainer
 
 
 def main() -> None:

@@ -12,8 +12,8 @@ import pytest
 
 from objkit.cli import main
 from objkit.data.sources import check_source_files, iter_source_texts, load_source
-from objkit.errors import UserError
-from objkit.schema import ParallelSource, TextSource
+from objkit.contract.errors import UserError
+from objkit.recipe.schema import ParallelSource, TextSource
 
 ROOT = Path(__file__).parent.parent
 QUICKSTART = ROOT / "recipes" / "quickstart.toml"
@@ -118,7 +118,7 @@ def test_streamed_non_utf8_is_located_when_read(files):
 def test_over_long_lines_are_truncated_and_counted(tmp_path, caplog):
     from transformers import AutoTokenizer
 
-    from objkit.tokenizer import train_tokenizer
+    from objkit.data.tokenizer import train_tokenizer
 
     tok_dir = tmp_path / "tok"
     train_tokenizer(["short line", "another short one", "words and more words"] * 20, tok_dir, vocab_size=60)

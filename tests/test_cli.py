@@ -89,7 +89,7 @@ def test_missing_checkpoint_is_one_line_error(capsys, tmp_path):
 
 def test_unreachable_hub_id_fails_fast_in_one_line(capsys, tmp_path, monkeypatch):
     """A hub id that is not cached, with the hub unreachable: one line at once, no retries."""
-    from objkit import hub
+    from objkit.blocks import hub
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     hub.hub_unreachable_reason.cache_clear()
@@ -175,7 +175,7 @@ def test_python_dash_m_objkit():
 
 def test_run_nproc_launches_the_ranks_with_the_same_arguments(capsys, monkeypatch, tmp_path):
     """The worker command line and the resume command (the real launch: test_distributed)."""
-    from objkit.processes import RankFailure
+    from objkit.distributed.processes import RankFailure
 
     launches: list[tuple[int, list[str], str]] = []
 
@@ -184,7 +184,7 @@ def test_run_nproc_launches_the_ranks_with_the_same_arguments(capsys, monkeypatc
         return RankFailure(0, 75, "stopped by SIGTERM at step 1 of 3: ...")
 
     monkeypatch.delenv("LOCAL_RANK", raising=False)
-    monkeypatch.setattr("objkit.processes.launch_ranks", record_launch)
+    monkeypatch.setattr("objkit.distributed.processes.launch_ranks", record_launch)
     recipe, out = str(ROOT / "recipes/quickstart.toml"), str(tmp_path / "r")
     code, _, err = run_main(capsys, "run", recipe, "-o", out, "--set", "train.steps=3", "--nproc", "2", "--no-progress")
     assert code == 75 and err.strip().splitlines()[-1] == "stopped by SIGTERM at step 1 of 3: ..."

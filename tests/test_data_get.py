@@ -19,8 +19,8 @@ import pytest
 from click.testing import CliRunner
 
 from objkit.cli import main
-from objkit.fetch.cli import data_group
-from objkit.fetch.tatoeba_sha256 import TATOEBA_SHA256
+from objkit.data.fetch.cli import data_group
+from objkit.data.fetch.tatoeba_sha256 import TATOEBA_SHA256
 
 
 def run_main(capsys, *argv: str) -> tuple[int, str, str]:
@@ -335,7 +335,7 @@ def test_hub_unreachable_and_not_cached_is_one_line(capsys, tmp_path, monkeypatc
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # and an empty cache: nothing to load
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-datasets")
     monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hf-hub"))
-    from objkit.hub import hub_unreachable_reason
+    from objkit.blocks.hub import hub_unreachable_reason
 
     forget = getattr(hub_unreachable_reason, "cache_clear", lambda: None)  # decided once per process
     forget()

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModel
 
-from objkit.reporting import read_metrics
+from objkit.train.reporting import read_metrics
 from tiny_recipes import tiny_recipe
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
@@ -248,17 +248,17 @@ STREAMED = RECIPE.split("[objectives.xlco]")[0].replace(
 def test_resuming_streamed_data_on_another_number_of_ranks_is_refused(tmp_path):
     """Streamed sources are read per rank (split_dataset_by_node); their positions cannot move
     to another number of ranks, and the message says what to do."""
-    from objkit.errors import UserError
-    from objkit.recipe import load_recipe
-    from objkit.registry import default_registry
-    from objkit.runner import run_recipe
+    from objkit.contract.errors import UserError
+    from objkit.recipe.loader import load_recipe
+    from objkit.contract.registry import default_registry
+    from objkit.train.runner import run_recipe
 
     recipe = tmp_path / "streamed.toml"
     recipe.write_text(STREAMED)
     run_recipe(load_recipe(recipe), tmp_path / "run", default_registry(), progress=False)
-    from objkit.checkpoint import read_checkpoint
+    from objkit.train.checkpoint import read_checkpoint
     from objkit.distributed import check_resumable
-    from objkit.interfaces import WorldInfo
+    from objkit.contract.interfaces import WorldInfo
 
     data = read_checkpoint(tmp_path / "run" / "checkpoints" / "step_0000002")
     assert data.trainer["world_size"] == 1 and data.trainer["rank_streams"][0].keys() == {"tlm"}
@@ -352,8 +352,8 @@ def test_nproc_sigterm_exits_75_and_a_killed_rank_is_one_line(recipe, tmp_path):
 
 
 def test_the_launcher_reports_the_failure_that_came_first():
-    """:func:`objkit.processes.first_failure` on what torchelastic and the ranks' error files say."""
-    from objkit.processes import first_failure
+    """:func:`objkit.distributed.processes.first_failure` on what torchelastic and the ranks' error files say."""
+    from objkit.distributed.processes import first_failure
 
     def record(line: str, code: int, t: float, internal: bool = False) -> dict:
         return {"line": line, "exit_code": code, "internal": internal, "stack": "Traceback ..." if internal else "",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from objkit import docgen
+from objkit.recipe import docgen
 
 ROOT = Path(__file__).resolve().parents[1]
 # A path of a development machine (/work/..., /root/..., /home/...) or the data folder beside
@@ -77,11 +77,11 @@ def test_every_page_is_in_the_nav():
 def test_recipe_reference_is_current():
     page = ROOT / docgen.PAGE
     assert page.read_text(encoding="utf-8") == docgen.render(), (
-        f"{docgen.PAGE} is stale: run `python -m objkit.docgen` and commit the page")
+        f"{docgen.PAGE} is stale: run `python -m objkit.recipe.docgen` and commit the page")
 
 
 def test_recipe_reference_covers_every_schema_key():
-    from objkit import schema
+    from objkit.recipe import schema
 
     text = (ROOT / docgen.PAGE).read_text(encoding="utf-8")
     for model in (schema.TrainConfig, schema.EvalConfig, schema.TransferEvalSet, schema.ParallelPair,
@@ -99,7 +99,7 @@ def test_docgen_check_reports_a_stale_page(tmp_path, capsys):
     assert docgen.main(["--check", "-o", str(page)]) == 0
     page.write_text(page.read_text(encoding="utf-8").replace("| `steps` |", "| `stepz` |"), encoding="utf-8")
     assert docgen.main(["--check", "-o", str(page)]) == 1
-    assert "is stale: run python -m objkit.docgen" in capsys.readouterr().err
+    assert "is stale: run python -m objkit.recipe.docgen" in capsys.readouterr().err
     assert not list(tmp_path.glob(".*.tmp"))
 
 
@@ -149,7 +149,7 @@ def test_publish_writes_every_page_holding_the_markers(run, tmp_path):
         run.publish("x", "<!-- nowhere:begin -->", "<!-- nowhere:end -->", root=tmp_path)
 
 
-@pytest.mark.parametrize("group", ["objkit.eval.cli:eval_group", "objkit.tokenizer:tokenizer_group"])
+@pytest.mark.parametrize("group", ["objkit.eval.cli:eval_group", "objkit.data.tokenizer:tokenizer_group"])
 def test_command_groups_help_ends_with_examples(group):
     """`objkit eval --help` and `objkit tokenizer --help` end with examples, like every command."""
     import importlib

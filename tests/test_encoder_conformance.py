@@ -46,8 +46,8 @@ def test_the_harness_catches_an_encoder_whose_truncated_pass_differs():
 
 def test_the_harness_catches_a_momentum_copy_sharing_weights():
     from objkit.bert import BertEncoder
-    from objkit.interfaces import MomentumCopy
-    from objkit.encoder import run_body
+    from objkit.contract.interfaces import MomentumCopy
+    from objkit.blocks.encoder import run_body
     from objkit.testing import check_encoder_momentum_copy
 
     class Shared(BertEncoder):
@@ -70,7 +70,7 @@ def test_encoders_on_cuda_under_bf16_autocast(name):
     and the LM head at positions gives the vocabulary's logits (SDPA's CUDA kernels)."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    from objkit.registry import Registry
+    from objkit.contract.registry import Registry
     from objkit.testing.encoders import build_encoder, encoder_batch
 
     cls = Registry.from_entry_points().get(name, kind="encoder").cls
@@ -85,7 +85,7 @@ def test_encoders_on_cuda_under_bf16_autocast(name):
 
 
 def _bert_layout_vocab():
-    from objkit.interfaces import VocabInfo
+    from objkit.contract.interfaces import VocabInfo
 
     return VocabInfo(bos_id=2, eos_id=3, mask_id=4, pad_id=0, vocab_size=96, special_ids=(0, 1, 2, 3, 4))
 
@@ -101,7 +101,7 @@ def test_builtin_objectives_train_the_bert_encoder_unchanged(plugin, table):
     table) and XLCO (momentum copy of BERT's first blocks) build on a tiny bert encoder in BERT's
     token layout and put finite gradients on it."""
     from objkit.bert import BertEncoder
-    from objkit.interfaces import StepContext
+    from objkit.contract.interfaces import StepContext
     from objkit.testing import build_context, dummy_source, installed_registry
     from objkit.testing.encoders import build_encoder
 

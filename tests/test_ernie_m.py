@@ -10,10 +10,10 @@ import torch
 from transformers import BertConfig, XLMRobertaConfig
 
 from objkit.bert import BertEncoder
-from objkit.encoder import XLMREncoder
-from objkit.interfaces import StepContext, VocabInfo
-from objkit.masking import IGNORE_INDEX
-from objkit.seeding import SAMPLE_SEED
+from objkit.blocks.encoder import XLMREncoder
+from objkit.contract.interfaces import StepContext, VocabInfo
+from objkit.blocks.masking import IGNORE_INDEX
+from objkit.blocks.seeding import SAMPLE_SEED
 from objkit.testing import ObjectiveConformance
 from objkit_plugins.ernie_m import (
     BackTranslationMLM,

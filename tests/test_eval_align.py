@@ -11,7 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from objkit.errors import UserError
+from objkit.contract.errors import UserError
 from objkit.eval.align import (
     Counts,
     align_corpus,
@@ -449,7 +449,7 @@ def sp_model(tmp_path_factory) -> Path:
     saved with save_pretrained (what SimAlign's SentenceAligner loads by path)."""
     from transformers import XLMRobertaConfig, XLMRobertaModel
 
-    from objkit.tokenizer import train_tokenizer
+    from objkit.data.tokenizer import train_tokenizer
 
     d = tmp_path_factory.mktemp("tiny-sp-xlmr")
     src, tgt, _ = _pair_corpus(40, seed=1)

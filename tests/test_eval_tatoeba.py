@@ -9,7 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from objkit.errors import UserError
+from objkit.contract.errors import UserError
 from objkit.eval.cli import eval_group
 from objkit.eval.tatoeba import (
     INFOXLM14,

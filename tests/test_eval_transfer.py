@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from objkit.errors import UserError
+from objkit.contract.errors import UserError
 from objkit.eval.cli import eval_group
 from objkit.eval.finetune import FinetuneSettings, encode_split, entity_f1
 from objkit.eval.tasks import TASKS, Columns, load_task, match_languages, read_sentence_split
@@ -311,10 +311,10 @@ def test_transfer_during_training_is_logged_and_leaves_training_unchanged(tmp_pa
     import torch
     from safetensors.torch import load_file
 
-    from objkit.recipe import load_recipe
-    from objkit.registry import default_registry
-    from objkit.reporting import read_metrics
-    from objkit.runner import run_recipe
+    from objkit.recipe.loader import load_recipe
+    from objkit.contract.registry import default_registry
+    from objkit.train.reporting import read_metrics
+    from objkit.train.runner import run_recipe
     from tiny_recipes import tiny_recipe
 
     root = write_sib(tmp_path / "sib", sizes=(16, 6, 6))
@@ -339,9 +339,9 @@ def test_transfer_during_training_is_logged_and_leaves_training_unchanged(tmp_pa
 
 
 def test_transfer_eval_in_a_recipe_is_checked_before_training(tmp_path):
-    from objkit.recipe import load_recipe
+    from objkit.recipe.loader import load_recipe
     from objkit.eval.periodic import build_evaluators
-    from objkit.registry import default_registry
+    from objkit.contract.registry import default_registry
 
     recipe = tmp_path / "r.toml"
     recipe.write_text(
@@ -371,9 +371,9 @@ def test_hub_rows_become_splits_with_label_names():
 
 
 def test_an_unreachable_uncached_hub_dataset_is_one_line_at_once(tmp_path, capsys, monkeypatch, model_dir):
-    import objkit.hub
+    import objkit.blocks.hub
 
-    monkeypatch.setattr(objkit.hub, "hub_unreachable_reason", lambda timeout=3.0: "no network here")
+    monkeypatch.setattr(objkit.blocks.hub, "hub_unreachable_reason", lambda timeout=3.0: "no network here")
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
     code, err = run_main(capsys, str(model_dir), "--task", "xnli", "--data-dir", "objkit-test/no-such-xnli",
                          "--langs", "en,de", "--seeds", "1")

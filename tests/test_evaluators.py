@@ -11,8 +11,8 @@ import pytest
 
 from objkit import EvalContext, Evaluator, FitState, WorldInfo
 from objkit.cli import main
-from objkit.recipe import RecipeError, load_recipe
-from objkit.registry import default_registry
+from objkit.recipe.loader import RecipeError, load_recipe
+from objkit.contract.registry import default_registry
 from tiny_recipes import tiny_recipe
 
 PAIRS = [("Die Katze schläft.", "The cat sleeps."), ("Ich trinke Kaffee.", "I drink coffee."),
@@ -130,8 +130,8 @@ def test_old_and_new_tables_log_the_same_numbers(tmp_path):
     the same steps, the same weights as a run without evaluation."""
     from safetensors.torch import load_file
 
-    from objkit.reporting import read_metrics
-    from objkit.runner import run_recipe
+    from objkit.train.reporting import read_metrics
+    from objkit.train.runner import run_recipe
 
     src, tgt = _files(tmp_path)
     old = _recipe(tmp_path, f'[eval]\nevery = 2\nlayer = 1\n[eval.sets.de_en]\nsrc = "{src}"\ntgt = "{tgt}"\n', "old.toml")

@@ -1,4 +1,4 @@
-"""Trainer events (objkit.events): a third party's callback installed from a distribution fires
+"""Trainer events (objkit.contract.events): a third party's callback installed from a distribution fires
 in a real run; optimizers and schedules are registry entries a recipe names."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from objkit.errors import UserError
-from objkit.ownership import claim
-from objkit.recipe import load_recipe
-from objkit.registry import Registry
+from objkit.contract.errors import UserError
+from objkit.data.ownership import claim
+from objkit.recipe.loader import load_recipe
+from objkit.contract.registry import Registry
 from test_plugin_ecosystem import TINY_RECIPE, fake_distribution, objkit
 
 CALLBACK_MODULE = """
@@ -95,7 +95,7 @@ def tiny(tmp_path, extra: str = "") -> str:
 
 
 def test_the_recipe_names_the_optimizer_and_schedule_from_the_registry(tmp_path):
-    from objkit.build import build_optimizer, build_schedule
+    from objkit.train.build import build_optimizer, build_schedule
 
     registry = Registry.from_entry_points()
     assert {"adamw"} <= set(registry.names("optimizer"))

@@ -21,11 +21,11 @@ import torch
 from safetensors.torch import load_file
 
 from objkit.cli import main
-from objkit.errors import UserError
-from objkit.ownership import MANIFEST
-from objkit.recipe import load_recipe
-from objkit.registry import default_registry
-from objkit.runner import run_recipe
+from objkit.contract.errors import UserError
+from objkit.data.ownership import MANIFEST
+from objkit.recipe.loader import load_recipe
+from objkit.contract.registry import default_registry
+from objkit.train.runner import run_recipe
 from tiny_recipes import tiny_recipe
 
 pytestmark = pytest.mark.slow
@@ -269,7 +269,7 @@ def test_rerunning_a_run_whose_export_got_a_users_file_is_refused_before_resumin
 
 
 def test_the_trainers_export_refuses_a_users_file_in_export(recipe_path, finished, tmp_path):
-    from objkit.trainer import Trainer
+    from objkit.train.trainer import Trainer
 
     run = tmp_path / "run"
     shutil.copytree(finished, run)
@@ -325,7 +325,7 @@ def test_bad_run_directories_and_checkpoints_are_one_line(finished, tmp_path):
 
 def test_the_card_reports_the_evaluations_of_the_run_directory(tmp_path):
     """Without training: metrics.jsonl records and results saved as eval*.json in the run directory."""
-    from objkit.model_card import CardInfo, SentenceSpec, model_card
+    from objkit.train.model_card import CardInfo, SentenceSpec, model_card
 
     records = [{"step": 2, "mlm/loss": 5.0}, {"step": 2, "eval/pairs/acc": 40.0},
                {"step": 4, "eval/pairs/acc": 55.5, "eval/xnli/avg": 61.25}, {"step": 6, "eval/pairs/acc": 70.0}]

@@ -5,7 +5,7 @@ a failed checkpoint write is a clear error that leaves the previous checkpoint v
 directory refuses a different recipe unless --fresh.
 
 The kills are real (``Popen.kill()`` sends SIGKILL to an ``objkit run`` subprocess). They are
-made deterministic by the ``OBJKIT_TEST_PAUSE`` hook (:func:`objkit.faults.pause_for_test`),
+made deterministic by the ``OBJKIT_TEST_PAUSE`` hook (:func:`objkit.distributed.faults.pause_for_test`),
 which parks the process at a named point and touches a marker file.
 """
 
@@ -25,16 +25,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from objkit import checkpoint as ckpt
+from objkit.train import checkpoint as ckpt
 from objkit.cli import main
-from objkit.errors import UserError
-from objkit.faults import EXIT_STOPPED, BadSteps, RunAborted, StopRequest
-from objkit.interfaces import ObjectiveOutput
-from objkit.recipe import load_recipe
-from objkit.registry import default_registry
-from objkit.reporting import read_metrics
-from objkit.runner import run_recipe
-from objkit.trainer import Trainer
+from objkit.contract.errors import UserError
+from objkit.distributed.faults import EXIT_STOPPED, BadSteps, RunAborted, StopRequest
+from objkit.contract.interfaces import ObjectiveOutput
+from objkit.recipe.loader import load_recipe
+from objkit.contract.registry import default_registry
+from objkit.train.reporting import read_metrics
+from objkit.train.runner import run_recipe
+from objkit.train.trainer import Trainer
 from tiny_recipes import tiny_recipe
 
 # The tiny model of test_trainer.py with every kind of state: dropout (torch RNG), MLM/TLM
@@ -174,7 +174,7 @@ def processes_running(text: str) -> list[int]:
 
 def test_a_rank_dies_with_its_launcher(tmp_path):
     """die_with_launcher (PR_SET_PDEATHSIG): the child of a SIGKILLed parent goes with it."""
-    child = ("from objkit.processes import die_with_launcher; die_with_launcher(); "
+    child = ("from objkit.distributed.processes import die_with_launcher; die_with_launcher(); "
              "import time; print('armed', flush=True); time.sleep(600)")
     parent = ("import subprocess, sys, time; "
               f"p = subprocess.Popen([sys.executable, '-c', {child!r}], start_new_session=True); "
@@ -466,7 +466,7 @@ def test_two_ranks_sigkill_resume_is_bit_identical(recipe_path, tmp_path):
 def test_a_locked_run_directory_is_refused_naming_the_holder(recipe_path, tmp_path):
     import socket
 
-    from objkit.runlock import RunLock
+    from objkit.data.runlock import RunLock
 
     out = tmp_path / "run"
     (out / "checkpoints" / "step_0000002").mkdir(parents=True)
@@ -550,7 +550,7 @@ def test_an_unwritable_run_directory_is_one_line_exit_2_new_or_existing(recipe_p
 
 
 def test_non_finite_metrics_are_written_as_null(tmp_path):
-    from objkit.reporting import MetricsWriter
+    from objkit.train.reporting import MetricsWriter
 
     writer = MetricsWriter(tmp_path, ["jsonl"])
     writer.write({"step": 3, "mlm/loss": float("nan"), "grad_norm": float("inf"), "lr": 0.5, "skipped_steps": 1})

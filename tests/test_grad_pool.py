@@ -1,4 +1,4 @@
-"""objkit.grad_pool: the storage of gradients written in place (embedding lookups, the fused LM
+"""objkit.blocks.grad_pool: the storage of gradients written in place (embedding lookups, the fused LM
 head) is kept from one optimizer step to the next, while ``.grad`` keeps zero_grad's ``None``
 semantics (a parameter without a gradient in a step is not moved by AdamW), and training
 computes the same bits as when the storage is freed every step."""
@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from objkit.grad_pool import drop_spare_grads, grad_into, release_grads, spare_grad_bytes
-from objkit.memory import set_embedding_grad_in_place
-from objkit.recipe import load_recipe
-from objkit.registry import default_registry
-from objkit.trainer import Trainer
+from objkit.blocks.grad_pool import drop_spare_grads, grad_into, release_grads, spare_grad_bytes
+from objkit.train.memory import set_embedding_grad_in_place
+from objkit.recipe.loader import load_recipe
+from objkit.contract.registry import default_registry
+from objkit.train.trainer import Trainer
 from tiny_recipes import tiny_recipe
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from objkit.errors import UserError
+from objkit.contract.errors import UserError
 from objkit.testing import EncoderConformance
 
 COMMON = {"encoder": "hf_mlm", "tokenizer": "unused", "max_length": 32, "dropout": 0.0}
@@ -47,7 +47,7 @@ def test_hf_mlm_on_a_builtin_encoders_checkpoint_computes_what_it_computes(built
     ``hf_mlm`` finds the same position layout (XLM-R from pad + 1, BERT from 0), the same
     maximum length, and gives the same hidden states at every truncation depth and the same LM
     logits at selected positions."""
-    from objkit.registry import Registry
+    from objkit.contract.registry import Registry
     from objkit.testing.encoders import build_encoder, encoder_batch
 
     table = {"num_layers": 3, "hidden_size": 32, "num_heads": 4, "intermediate_size": 64, "tokenizer": "unused",
@@ -73,7 +73,7 @@ def test_objectives_train_a_distilbert_through_hf_mlm():
     """MLM, TLM (position resets; DistilBERT has no token types, so no language embeddings) and
     XLCO (momentum copy of the first blocks) put finite gradients on a DistilBERT; asking it for
     language embeddings is a one-line UserError."""
-    from objkit.interfaces import StepContext, VocabInfo
+    from objkit.contract.interfaces import StepContext, VocabInfo
     from objkit.testing import build_context, dummy_source, installed_registry
     from objkit.testing.encoders import build_encoder
 

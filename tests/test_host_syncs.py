@@ -29,9 +29,9 @@ from unittest import mock
 import pytest
 import torch
 
-from objkit.recipe import load_recipe
-from objkit.registry import default_registry
-from objkit.trainer import Trainer
+from objkit.recipe.loader import load_recipe
+from objkit.contract.registry import default_registry
+from objkit.train.trainer import Trainer
 from tiny_recipes import tiny_recipe
 
 SYNCS = ("item", "tolist", "__float__", "__int__", "__bool__", "cpu", "numpy")
@@ -140,8 +140,8 @@ def test_collated_ahead_equals_collated_in_step(tmp_path):
 
 
 def test_xlco_gathers_each_micro_batch_keys_once_for_both_stores():
-    from objkit import _ranks
-    from objkit.registry import default_registry as registry
+    from objkit.testing import _ranks
+    from objkit.contract.registry import default_registry as registry
     from objkit.testing import check_objective_ranks
 
     xlco = registry().get("xlco").cls

@@ -65,7 +65,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _reason(env: dict[str, str]) -> str:
-    code = "from objkit.hub import hub_unreachable_reason as r; print(repr(r(timeout=10)))"
+    code = "from objkit.blocks.hub import hub_unreachable_reason as r; print(repr(r(timeout=10)))"
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return result.stdout.strip()
 

@@ -77,18 +77,18 @@ def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
 
 def test_module_level_imports_form_no_cycle():
     graph = _module_level_imports()
-    assert "objkit.step" in graph and "objkit.distributed.strategy" in graph
+    assert "objkit.train.step" in graph and "objkit.distributed.strategy" in graph
     cycle = _cycle({m: deps - {"objkit"} for m, deps in graph.items()})  # the root re-exports the API
     assert cycle is None, " -> ".join(cycle or [])
 
 
 def test_the_pure_layers_do_not_reach_up():
     graph = _module_level_imports()
-    upper = {"objkit.recipe", "objkit.registry", "objkit.build", "objkit.step", "objkit.trainer", "objkit.runner"}
-    for module in ("objkit.schema", "objkit.data.sources", "objkit.data.hf", "objkit.data.bitext", "objkit.encoder",
-                   "objkit.bert", "objkit.distributed.strategy", "objkit.distributed.fsdp", "objkit.metrics"):
+    upper = {"objkit.recipe.loader", "objkit.contract.registry", "objkit.train.build", "objkit.train.step", "objkit.train.trainer", "objkit.train.runner"}
+    for module in ("objkit.recipe.schema", "objkit.data.sources", "objkit.data.hf", "objkit.data.bitext", "objkit.blocks.encoder",
+                   "objkit.bert", "objkit.distributed.strategy", "objkit.distributed.fsdp", "objkit.train.metrics"):
         assert not _reachable(graph, module) & upper, (module, sorted(_reachable(graph, module) & upper))
-    assert _reachable(graph, "objkit.schema") <= {"objkit.interfaces", "objkit.encoder_contract", "objkit.errors"}
+    assert _reachable(graph, "objkit.recipe.schema") <= {"objkit.contract.interfaces", "objkit.contract.encoder", "objkit.contract.errors"}
 
 
 def test_the_cycle_finder_finds_a_cycle():

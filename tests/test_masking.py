@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from transformers import XLMRobertaConfig
 
-from objkit.encoder import XLMREncoder
-from objkit.interfaces import VocabInfo
-from objkit.masking import IGNORE_INDEX, MaskingConfig, mask_tokens, masked_lm_output, pad_sequences
+from objkit.blocks.encoder import XLMREncoder
+from objkit.contract.interfaces import VocabInfo
+from objkit.blocks.masking import IGNORE_INDEX, MaskingConfig, mask_tokens, masked_lm_output, pad_sequences
 
 VOCAB = VocabInfo(bos_id=0, eos_id=2, mask_id=99, pad_id=1, vocab_size=100, special_ids=(0, 1, 2, 3, 99))
 

@@ -18,12 +18,12 @@ from safetensors.torch import load_file
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from objkit import EncoderRunOptions, PresetEncoderConfig
-from objkit.errors import UserError
-from objkit.lm_head import lm_head_loss
-from objkit.memory import GradIntoEmbedding, set_embedding_grad_in_place
-from objkit.recipe import load_recipe
-from objkit.registry import default_registry
-from objkit.trainer import Trainer
+from objkit.contract.errors import UserError
+from objkit.blocks.lm_head import lm_head_loss
+from objkit.train.memory import GradIntoEmbedding, set_embedding_grad_in_place
+from objkit.recipe.loader import load_recipe
+from objkit.contract.registry import default_registry
+from objkit.train.trainer import Trainer
 from objkit_plugins.xlmr import XLMREncoder, architecture
 from tiny_recipes import tiny_recipe
 
@@ -336,11 +336,11 @@ def test_compiled_blocks_train_like_eager(recipe_path, tmp_path, inductor_in_pro
 @pytest.mark.slow
 def test_compile_without_a_backend_is_one_line(tmp_path):
     """No C++ compiler for inductor's CPU kernels: train.compile fails before training, in one line."""
-    code = ("import torch\nfrom objkit.memory import check_compile_backend\n"
+    code = ("import torch\nfrom objkit.train.memory import check_compile_backend\n"
             "check_compile_backend(torch.device('cpu'))\n")
     env = dict(os.environ, CXX=str(tmp_path / "no-such-c++"), TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"),
                TORCHINDUCTOR_FORCE_DISABLE_CACHES="1")
-    script = f"from objkit.errors import UserError\ntry:\n" + "".join(f"    {line}\n" for line in code.splitlines()) + (
+    script = f"from objkit.contract.errors import UserError\ntry:\n" + "".join(f"    {line}\n" for line in code.splitlines()) + (
         "except UserError as exc:\n    print(exc)\n    raise SystemExit(2)\n")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 2, out.stderr[-2000:]
@@ -351,8 +351,8 @@ def test_compile_without_a_backend_is_one_line(tmp_path):
 
 
 def test_dry_run_reports_memory_with_and_without_the_options():
-    from objkit.plan import activation_elements, plan_with_memory
-    from objkit.plan import ModelShape
+    from objkit.train.plan import activation_elements, plan_with_memory
+    from objkit.train.plan import ModelShape
 
     root = Path(__file__).resolve().parents[1]
     resolved = load_recipe(root / "recipes" / "infoxlm_large.toml", ["train.lm_head_chunk_rows=128"])
@@ -377,7 +377,7 @@ def test_cpu_runs_return_freed_host_memory_and_the_environment_can_turn_it_off(m
 
     import torch
 
-    from objkit.device import HOST_MMAP_THRESHOLD, return_freed_host_memory
+    from objkit.distributed.device import HOST_MMAP_THRESHOLD, return_freed_host_memory
 
     if ctypes.util.find_library("c") is None or not hasattr(ctypes.CDLL("libc.so.6"), "mallopt"):
         pytest.skip("not glibc")
@@ -396,7 +396,7 @@ def test_dry_run_counts_the_tied_gradient_copies_of_the_backward():
     that takes the lookup's in place), one where that buffer is .grad (DDP, chunked or whole
     head), none where the lookup adds into .grad too (one process); with the lookup into .grad
     and autograd's decoder gradient, one (whole head) or two (checkpointed chunks); in the total."""
-    from objkit.plan import ModelShape, estimate_memory
+    from objkit.train.plan import ModelShape, estimate_memory
 
     shape = ModelShape(layers=2, hidden=64, heads=2, ffn=128, vocab=1000)
     static = {"weights": 10}
@@ -423,11 +423,11 @@ def test_run_options_are_declared_at_build_and_an_encoder_that_drops_one_is_refu
     the in-place gradients follow the parallel layout; an encoder written before API 1.6, whose
     ``build`` ignores ``ctx.options``, is given them; one that dropped an option the recipe sets
     is refused in one line naming the key."""
-    from objkit.build import build_encoder
+    from objkit.train.build import build_encoder
     from objkit.distributed import ParallelStrategy
-    from objkit.interfaces import WorldInfo
-    from objkit.memory import apply_train_options, encoder_run_options
-    from objkit.registry import Registry
+    from objkit.contract.interfaces import WorldInfo
+    from objkit.train.memory import apply_train_options, encoder_run_options
+    from objkit.contract.registry import Registry
 
     resolved = load_recipe(recipe_path, ["train.lm_head_chunk_rows=7", "train.activation_checkpointing=['mlm']"])
     train = resolved.recipe.train
@@ -465,7 +465,7 @@ def test_run_options_are_declared_at_build_and_an_encoder_that_drops_one_is_refu
     assert type(encoder.mlm.get_input_embeddings()) is torch.nn.Embedding
     assert all(block.gradient_checkpointing for block in encoder.body().encoder.layer)
     # only mlm recomputes: a step hook switches it off at the step's before_compute point of tlm's pass
-    from objkit.step import StepPoint, StepState
+    from objkit.train.step import StepPoint, StepState
 
     [hook] = hooks
     assert hook.points == {StepPoint.BEFORE_COMPUTE}

@@ -1,4 +1,4 @@
-"""objkit.momentum: schedule formulas (as in the reference's get_xlco_momentum), fused EMA
+"""objkit.blocks.momentum: schedule formulas (as in the reference's get_xlco_momentum), fused EMA
 math, exact copies, enable_step, fp32 copies, and why fp16 EMA (the reference's) stalls."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import torch
 from pydantic import BaseModel, ValidationError, field_validator
 from torch import nn
 
-from objkit.momentum import (
+from objkit.blocks.momentum import (
     ConstantMomentum,
     ConstantWithRefresh,
     ExponentialMomentum,

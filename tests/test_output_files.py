@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from objkit.errors import UserError
-from objkit.ownership import MANIFEST, owned_entries, write_report
+from objkit.contract.errors import UserError
+from objkit.data.ownership import MANIFEST, owned_entries, write_report
 from tests.test_eval_transfer import model_dir, run_main, write_sib  # noqa: F401  (the fixture)
 
 

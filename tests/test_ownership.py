@@ -1,4 +1,4 @@
-"""objkit.ownership: objkit removes or replaces only what its manifests say it wrote."""
+"""objkit.data.ownership: objkit removes or replaces only what its manifests say it wrote."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from objkit.errors import UserError
-from objkit.ownership import MANIFEST, check_replaceable, claim, foreign_entries, is_owned, owned_entries, write_folder
+from objkit.contract.errors import UserError
+from objkit.data.ownership import MANIFEST, check_replaceable, claim, foreign_entries, is_owned, owned_entries, write_folder
 
 
 def test_claim_records_entries_and_refuses_names_outside_the_folder(tmp_path):

@@ -51,7 +51,7 @@ def test_discovery_finds_every_package_folder():
 
 
 def test_every_recipe_is_package_data_and_read_through_the_package():
-    from objkit.recipe_files import packaged_names, recipes_dir
+    from objkit.recipe.files import packaged_names, recipes_dir
 
     patterns = PYPROJECT["tool"]["setuptools"]["package-data"]["objkit_recipes"]
     recipes = sorted((ROOT / "recipes").glob("*.toml"))

@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from objkit.errors import UserError
-from objkit.masking import IGNORE_INDEX, masked_lm_output
-from objkit.packed import document_attention_mask, document_lengths, pack_documents
-from objkit.recipe import load_recipe
-from objkit.registry import default_registry
-from objkit.seeding import SAMPLE_SEED, sample_seed
+from objkit.contract.errors import UserError
+from objkit.blocks.masking import IGNORE_INDEX, masked_lm_output
+from objkit.blocks.packed import document_attention_mask, document_lengths, pack_documents
+from objkit.recipe.loader import load_recipe
+from objkit.contract.registry import default_registry
+from objkit.blocks.seeding import SAMPLE_SEED, sample_seed
 from objkit.testing import build_context, tiny_encoder
 from objkit_plugins.mlm import MaskedLM, MLMConfig
 from objkit_plugins.tlm import TLMConfig, TranslationLM
@@ -201,7 +201,7 @@ def recipe_path(tmp_path_factory) -> Path:
 def test_training_steps_packed_equal_padded(recipe_path, tmp_path):
     """Through the trainer: two optimizer steps of MLM + TLM give the same losses and weights
     padded and packed (the same sentences and pairs are drawn: batch_size counts documents)."""
-    from objkit.trainer import Trainer
+    from objkit.train.trainer import Trainer
 
     runs = {}
     for packing in ("none", "documents"):
@@ -236,7 +236,7 @@ def test_bad_packing_values_are_one_line_errors_naming_the_key(recipe_path, sett
 
 
 def test_varlen_where_it_cannot_run_is_refused_naming_the_key(recipe_path, tmp_path):
-    from objkit.trainer import Trainer
+    from objkit.train.trainer import Trainer
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA machine may run varlen")
@@ -250,8 +250,8 @@ def test_varlen_is_refused_for_an_encoder_without_a_kernel_of_its_own(recipe_pat
     """An encoder that keeps the default forward_documents (the block-diagonal mask) honours
     ``mask`` and ``auto`` but not ``varlen``: one line naming the key, not a silent mask."""
     from objkit.distributed import ParallelStrategy
-    from objkit.interfaces import Encoder, WorldInfo
-    from objkit.memory import apply_train_options, encoder_run_options
+    from objkit.contract.interfaces import Encoder, WorldInfo
+    from objkit.train.memory import apply_train_options, encoder_run_options
     from objkit_plugins.xlmr import XLMREncoder, architecture
 
     class MaskOnly(XLMREncoder):

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from objkit.errors import UserError
-from objkit.plot import plot_command, plot_runs, read_metrics
+from objkit.contract.errors import UserError
+from objkit.cli.plot import plot_command, plot_runs, read_metrics
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

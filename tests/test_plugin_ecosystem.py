@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from objkit.hookspecs import PLUGIN_API_VERSION
+from objkit.contract.hookspecs import PLUGIN_API_VERSION
 from tiny_recipes import tiny_recipe
 
 ROOT = Path(__file__).parent.parent
@@ -115,7 +115,7 @@ def test_run_works_beside_a_broken_plugin(broken_site, tmp_path):
 # the same installed site, in this process (sys.path), for the cheaper variations
 @pytest.fixture
 def on_path(broken_site, monkeypatch):
-    from objkit.registry import load_registry
+    from objkit.contract.registry import load_registry
 
     monkeypatch.syspath_prepend(str(broken_site))
     load_registry.cache_clear()
@@ -223,7 +223,7 @@ def test_example_plugin_is_listed_with_its_distribution(capsys):
 def impostor_site(tmp_path, monkeypatch):
     """An installed distribution whose objective also calls itself "mlm" (its entry point sorts
     before the built-in's, as in the report: it used to win silently)."""
-    from objkit.registry import load_registry
+    from objkit.contract.registry import load_registry
 
     site = tmp_path / "site"
     fake_distribution(
@@ -280,7 +280,7 @@ def test_two_distributions_with_one_plugin_name_are_an_error_unless_one_is_chose
     recipe.write_text(TINY_RECIPE.replace('[objectives.mlm]\n', '[objectives.mlm]\nplugin = "objkit:mlm"\n'))
     code, out, err = main(capsys, "validate", str(recipe))  # chosen in the recipe
     assert code == 0 and 'plugin = "objkit:mlm"' in out, err
-    from objkit.registry import default_registry
+    from objkit.contract.registry import default_registry
 
     assert default_registry().get("objkit:mlm", kind="objective").module == "objkit_plugins.mlm"
     assert default_registry().get("objkit-impostor:mlm").module == "objkit_impostor"

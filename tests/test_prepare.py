@@ -77,12 +77,12 @@ def test_prepare_then_runs_use_the_cache_and_refuse_a_stale_one(capsys, workdir,
     assert key["max_length"] == 32 and key["prepare"]["plugin"] == "mlm" and key["files"][0][1] > 0
     assert (workdir / "cache" / "tlm" / "rows").is_dir()
 
-    import objkit.prepare
+    import objkit.train.prepare
 
     def no_tokenizing(*args, **kwargs):
         raise AssertionError("a run with a valid cache tokenized its data")
 
-    monkeypatch.setattr(objkit.prepare, "_tokenize", no_tokenizing)
+    monkeypatch.setattr(objkit.train.prepare, "_tokenize", no_tokenizing)
     code, lines = run_cli(capsys, "run", "r.toml", "-o", "run1", "--cache-dir", "cache", "--no-progress")
     assert code == 0 and lines[-1].startswith("done: 2 steps")
 
@@ -117,7 +117,7 @@ def test_runs_from_bitext_files(capsys, workdir, parallel):
 
 
 def test_a_late_bad_byte_in_a_stream_ends_the_run_in_one_line(capsys, workdir):
-    from objkit import checkpoint as ckpt
+    from objkit.train import checkpoint as ckpt
 
     Path("a.txt").write_text("\n".join(sentences(1000)) + "\n")  # one map batch: read before b.txt
     Path("b.txt").write_bytes(b"the cat\nthe dog\nthe caf\xe9 sat\n")

@@ -19,7 +19,7 @@ import torch
 
 import objkit
 import objkit.eval
-from objkit.hookspecs import PLUGIN_API_VERSION, api_compatible
+from objkit.contract.hookspecs import PLUGIN_API_VERSION, api_compatible
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_MODULES = sorted((ROOT / "plugins").glob("*.py"))
@@ -86,18 +86,18 @@ def test_plugin_modules_import_only_public_names(path: Path):
 def test_the_checker_catches_private_imports(tmp_path: Path):
     module = tmp_path / "m.py"
     module.write_text(
-        "import objkit\nfrom objkit import hookimpl\nfrom objkit.seeding import derive_seed\n"
-        "import objkit.momentum\nfrom objkit import registry\n"
-        "def f():\n    from objkit.encoder import run_body\n"
+        "import objkit\nfrom objkit import hookimpl\nfrom objkit.blocks.seeding import derive_seed\n"
+        "import objkit.blocks.momentum\nfrom objkit import registry\n"
+        "def f():\n    from objkit.blocks.encoder import run_body\n"
         "from objkit.eval import encode_sentences\nfrom objkit.eval import load_task\n",
         encoding="utf-8",
     )
     found = sorted(what for _, what in objkit_imports(module))
     assert found == sorted([
-        "from objkit.seeding import ...",
-        "import objkit.momentum",
+        "from objkit.blocks.seeding import ...",
+        "import objkit.blocks.momentum",
         "from objkit import registry (not in objkit.__all__)",
-        "from objkit.encoder import ...",
+        "from objkit.blocks.encoder import ...",
         "from objkit.eval import load_task (not in objkit.eval.__all__)",
     ])  # fmt: skip
 
@@ -180,7 +180,7 @@ def test_every_builtin_plugin_is_registered_from_objkit_plugins():
     points = {ep.name: ep.value for ep in distribution("objkit").entry_points if ep.group == "objkit"}
     for name in ("xlmr", "bert", "hf_mlm"):
         assert points[name] == f"objkit_plugins.{name}", (name, points[name])
-    from objkit.registry import Registry
+    from objkit.contract.registry import Registry
 
     registry = Registry.from_entry_points()
     for name in ("xlmr", "bert", "hf_mlm"):
@@ -189,23 +189,23 @@ def test_every_builtin_plugin_is_registered_from_objkit_plugins():
 
 def test_the_moved_encoder_names_keep_working_with_a_deprecation_warning():
     import objkit.bert
-    import objkit.encoder
+    import objkit.blocks.encoder
     from objkit_plugins.bert import BertEncoder
     from objkit_plugins.xlmr import XLMREncoder, architecture
 
-    with pytest.warns(DeprecationWarning, match=r"objkit.encoder.XLMREncoder moved to objkit_plugins.xlmr"):
-        assert objkit.encoder.XLMREncoder is XLMREncoder
+    with pytest.warns(DeprecationWarning, match=r"objkit.blocks.encoder.XLMREncoder moved to objkit_plugins.xlmr"):
+        assert objkit.blocks.encoder.XLMREncoder is XLMREncoder
     with pytest.warns(DeprecationWarning):
-        assert objkit.encoder.architecture is architecture
+        assert objkit.blocks.encoder.architecture is architecture
     with pytest.warns(DeprecationWarning, match=r"objkit.bert.BertEncoder moved to objkit_plugins.bert"):
         assert objkit.bert.BertEncoder is BertEncoder
     with pytest.raises(AttributeError):
-        objkit.encoder.NoSuchName  # noqa: B018
+        objkit.blocks.encoder.NoSuchName  # noqa: B018
 
 
 def test_the_core_encoder_module_knows_no_model_family():
-    """objkit/encoder.py keeps the generic pieces: no transformers class of a family is imported there."""
-    tree = ast.parse((ROOT / "objkit" / "encoder.py").read_text(encoding="utf-8"))
+    """objkit/blocks/encoder.py keeps the generic pieces: no transformers class of a family is imported there."""
+    tree = ast.parse((ROOT / "objkit" / "blocks" / "encoder.py").read_text(encoding="utf-8"))
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
                 and (node.module or "").startswith("transformers") for alias in node.names}
     assert imported and not {n for n in imported if n.startswith(("XLMRoberta", "Bert", "DistilBert", "Electra"))}

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from objkit.errors import UserError
-from objkit.recipe import RecipeError, _read_toml, apply_overrides, load_recipe, parse_override, requirement_problems
+from objkit.contract.errors import UserError
+from objkit.recipe.loader import RecipeError, _read_toml, apply_overrides, load_recipe, parse_override, requirement_problems
 
 RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.toml"))
 
@@ -184,7 +184,7 @@ def test_paper_recipes_use_the_reference_masking_and_order():
     """The InfoXLM paper recipes mask specials like the reference and show both pair orders;
     the plugin defaults (documented in docs/guides/objectives.md) do neither, and XLCO's mixup is a recipe
     setting, not a default."""
-    from objkit.masking import MaskingConfig
+    from objkit.blocks.masking import MaskingConfig
     from objkit_plugins.tlm import TLMConfig
     from objkit_plugins.xlco import XlcoConfig
 

@@ -18,9 +18,9 @@ import tomli_w
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from objkit.errors import UserError
-from objkit.recipe import ResolvedRecipe, load_recipe
-from objkit.registry import default_registry
+from objkit.contract.errors import UserError
+from objkit.recipe.loader import ResolvedRecipe, load_recipe
+from objkit.contract.registry import default_registry
 
 ROOT = Path(__file__).parent.parent
 BASES = {

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from objkit.cli import main
-from objkit.recipe import load_recipe
-from objkit.recipe_files import packaged_names
+from objkit.recipe.loader import load_recipe
+from objkit.recipe.files import packaged_names
 
 ROOT = Path(__file__).parent.parent
 RECIPES = ROOT / "recipes"
@@ -58,8 +58,8 @@ def test_recipes_json_and_every_recipe_has_a_reference_and_description(capsys):
 
 
 def test_preset_sizes_match_the_encoder():
-    from objkit.encoder import PRESETS
-    from objkit.recipes_cmd import PRESET_LAYERS
+    from objkit.blocks.encoder import PRESETS
+    from objkit.cli.recipes import PRESET_LAYERS
 
     assert PRESET_LAYERS == {k: v["num_hidden_layers"] for k, v in PRESETS.items()}
 

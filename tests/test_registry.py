@@ -14,9 +14,9 @@ import torch
 
 import objkit
 from objkit import Objective, ObjectiveOutput, PluginConfig, hookimpl
-from objkit.errors import PluginError
-from objkit.hookspecs import PLUGIN_API_VERSION, api_compatible
-from objkit.registry import PluginSelection, Registry
+from objkit.contract.errors import PluginError
+from objkit.contract.hookspecs import PLUGIN_API_VERSION, api_compatible
+from objkit.contract.registry import PluginSelection, Registry
 
 
 def _objective(name: str, config: type[PluginConfig] = PluginConfig, api: str | None = "1.0") -> type[Objective]:
@@ -65,7 +65,8 @@ def test_builtins_come_from_entry_points():
 def test_the_registry_holds_the_kinds_and_no_builtin():
     """objkit's registry and kind modules define the kinds; every built-in plugin class lives in
     objkit_plugins (plugins/), loaded through the entry points."""
-    from objkit import optim, registry as registry_module
+    from objkit.contract import optim
+    from objkit.contract import registry as registry_module
 
     assert registry_module.PLUGIN_KINDS["optimizer"] is objkit.Optimizer is optim.Optimizer
     assert registry_module.PLUGIN_KINDS["schedule"] is objkit.Schedule is optim.Schedule

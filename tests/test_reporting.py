@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from objkit.cli import main
-from objkit.errors import UserError
-from objkit.reporting import MetricsWriter, read_metrics
+from objkit.contract.errors import UserError
+from objkit.train.reporting import MetricsWriter, read_metrics
 
 ROOT = Path(__file__).parent.parent
 RECORDS = [{"step": 1, "mlm/loss": 2.5, "lr": 1e-4, "skipped_steps": 0},
@@ -73,7 +73,7 @@ def test_mlflow_that_cannot_start_is_one_line(tmp_path, monkeypatch):
 WANDB_SCRIPT = """
 import sys
 from pathlib import Path
-from objkit.reporting import MetricsWriter
+from objkit.train.reporting import MetricsWriter
 writer = MetricsWriter(Path(sys.argv[1]), ["jsonl", "wandb"], config={"train.lr": 0.0001})
 writer.write({"step": 1, "mlm/loss": 2.5})
 writer.write({"step": 2, "mlm/loss": 2.25})
@@ -121,7 +121,7 @@ def test_an_unknown_name_is_one_line_naming_the_key(capsys):
 def test_a_missing_library_is_one_line_naming_the_extra(tmp_path, name, module):
     """The library made unimportable in a child process (as when its extra is not installed)."""
     code = (f"import sys; sys.modules[{module!r}] = None\n"
-            "from pathlib import Path\nfrom objkit.errors import UserError\nfrom objkit.reporting import MetricsWriter\n"
+            "from pathlib import Path\nfrom objkit.contract.errors import UserError\nfrom objkit.train.reporting import MetricsWriter\n"
             f"try:\n    MetricsWriter(Path(sys.argv[1]), ['jsonl', {name!r}])\n"
             "except UserError as exc:\n    print(exc)\n")
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)

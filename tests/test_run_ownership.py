@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from objkit.cli import main
-from objkit.ownership import MANIFEST, owned_entries
+from objkit.data.ownership import MANIFEST, owned_entries
 from tests.tiny_models import WORDS, tiny_encoder
 
 USER_RECIPE = """# my own recipe, with my comments

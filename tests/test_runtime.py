@@ -7,10 +7,10 @@ import contextlib
 import pytest
 import torch
 
-from objkit.interfaces import VocabInfo, WorldInfo
-from objkit.recipe import load_recipe
-from objkit.registry import default_registry
-from objkit.build import build_encoder, build_objectives
+from objkit.contract.interfaces import VocabInfo, WorldInfo
+from objkit.recipe.loader import load_recipe
+from objkit.contract.registry import default_registry
+from objkit.train.build import build_encoder, build_objectives
 
 RECIPE = """
 name = "order"
@@ -65,7 +65,7 @@ def test_collective_timeout_reaches_the_process_group(monkeypatch):
     import torch.distributed as dist
 
     from objkit.distributed import group as distributed
-    from objkit.schema import TrainConfig
+    from objkit.recipe.schema import TrainConfig
 
     assert TrainConfig(steps=1, batch_size=1, lr=1).collective_timeout == 1800  # gloo's own default is 30 min
     with pytest.raises(ValueError, match="less than or equal to 86400"):

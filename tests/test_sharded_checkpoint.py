@@ -1,4 +1,4 @@
-"""train.checkpoint_format = "sharded" (objkit/sharded_checkpoint.py) in one process: the
+"""train.checkpoint_format = "sharded" (objkit/train/sharded_checkpoint.py) in one process: the
 checkpoint holds a DCP shard directory covered by the manifest, a resumed run ends bit for bit
 where an uninterrupted one ends, a damaged shard is detected and the previous checkpoint used,
 and a sharded checkpoint refuses another number of ranks. ``train.checkpoint_async``: training
@@ -19,13 +19,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from objkit import checkpoint as ckpt
-from objkit.errors import UserError
-from objkit.interfaces import WorldInfo
-from objkit.recipe import load_recipe
-from objkit.registry import default_registry
-from objkit.runner import run_recipe
-from objkit.trainer import Trainer
+from objkit.train import checkpoint as ckpt
+from objkit.contract.errors import UserError
+from objkit.contract.interfaces import WorldInfo
+from objkit.recipe.loader import load_recipe
+from objkit.contract.registry import default_registry
+from objkit.train.runner import run_recipe
+from objkit.train.trainer import Trainer
 from tiny_recipes import tiny_recipe
 
 RECIPE = tiny_recipe("sharded", dropout=0.0) + """

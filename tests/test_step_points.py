@@ -1,4 +1,4 @@
-"""The step's named points (:mod:`objkit.step`): a hook plugged into a real step of the tiny model
+"""The step's named points (:mod:`objkit.train.step`): a hook plugged into a real step of the tiny model
 sees every point in the order the module documents, after the memory methods' hooks, with the
 state each point promises; a non-finite gradient is skipped at ``agreed`` with the same points."""
 
@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import torch
 
-from objkit.recipe import load_recipe
-from objkit.registry import default_registry
-from objkit.step import StepHook, StepPoint, StepState
-from objkit.trainer import Trainer
+from objkit.recipe.loader import load_recipe
+from objkit.contract.registry import default_registry
+from objkit.train.step import StepHook, StepPoint, StepState
+from objkit.train.trainer import Trainer
 from tiny_recipes import tiny_recipe
 
 RECIPE = tiny_recipe("points", dropout=0.0) + """

@@ -6,9 +6,9 @@ from types import SimpleNamespace
 
 import torch
 
-from objkit.interfaces import VocabInfo
-from objkit.masking import IGNORE_INDEX
-from objkit.seeding import SAMPLE_SEED, sample_seed, sample_uniform
+from objkit.contract.interfaces import VocabInfo
+from objkit.blocks.masking import IGNORE_INDEX
+from objkit.blocks.seeding import SAMPLE_SEED, sample_seed, sample_uniform
 from objkit_plugins.tlm import TLMConfig, TranslationLM
 
 VOCAB = VocabInfo(bos_id=0, eos_id=2, mask_id=99, pad_id=1, vocab_size=100, special_ids=(0, 1, 2, 3, 99))

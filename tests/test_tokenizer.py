@@ -10,11 +10,11 @@ import pytest
 from click.testing import CliRunner
 from transformers import AutoTokenizer
 
-import objkit.tokenizer as tokmod
+import objkit.data.tokenizer as tokmod
 from objkit.data import iter_source_texts
-from objkit.errors import UserError
-from objkit.schema import CldrSource, TextSource, TokenizerTraining
-from objkit.tokenizer import ensure_tokenizer, tokenizer_group, train_tokenizer
+from objkit.contract.errors import UserError
+from objkit.recipe.schema import CldrSource, TextSource, TokenizerTraining
+from objkit.data.tokenizer import ensure_tokenizer, tokenizer_group, train_tokenizer
 
 SAMPLES = ["Grüße aus Österreich", "Россия и Германия", "日本 中国", "Deutsch Französisch"]
 CLDR = CldrSource(type="cldr", kind="text", locales=["en", "de", "ru", "zh", "ja"])
@@ -57,7 +57,7 @@ def test_deterministic(trained, tmp_path):
 
 
 def test_small_corpus_does_not_crash(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="objkit.tokenizer"):
+    with caplog.at_level(logging.WARNING, logger="objkit.data.tokenizer"):
         tok = train_tokenizer(["hallo welt", "guten tag", "hello world"] * 5, tmp_path, vocab_size=8000)
     assert "soft vocabulary limit" in caplog.text
     assert 5 < len(tok) < 100
@@ -114,7 +114,7 @@ def test_wordpiece_training_gives_a_cased_bert_tokenizer(tmp_path):
     the requested size in BERT's layout, loadable with AutoTokenizer, continuation pieces marked ##."""
     from transformers import AutoTokenizer
 
-    from objkit.tokenizer import train_wordpiece
+    from objkit.data.tokenizer import train_wordpiece
 
     texts = [f"Wörterbuch Straße Haus {i} maison été Übersetzung" for i in range(200)] + ["日本語 テスト"] * 20
     train_wordpiece(texts, tmp_path / "wp", vocab_size=120)
@@ -134,7 +134,7 @@ def test_wordpiece_alphabet_covers_every_character_of_a_han_text(tmp_path):
     SIB-200's Chinese dev pieces [UNK] for a 24,000-piece vocabulary (objkit 0.6)."""
     from transformers import AutoTokenizer
 
-    from objkit.tokenizer import train_wordpiece, wordpiece_alphabet
+    from objkit.data.tokenizer import train_wordpiece, wordpiece_alphabet
 
     han = [chr(0x4E00 + i) for i in range(1500)]
     texts = ["".join(han[(i * 7 + k) % 1500] for k in range(12)) + " Haus" for i in range(400)]

@@ -13,7 +13,7 @@ import sentencepiece as spm
 from transformers import AutoTokenizer
 
 from objkit.cli import main
-from objkit.ownership import MANIFEST
+from objkit.data.ownership import MANIFEST
 from tests.test_vocab import CZECH, ENGLISH
 
 

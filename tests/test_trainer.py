@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoTokenizer
 
-from objkit.recipe import load_recipe
-from objkit.registry import default_registry
-from objkit.reporting import read_metrics
-from objkit.runner import run_recipe
+from objkit.recipe.loader import load_recipe
+from objkit.contract.registry import default_registry
+from objkit.train.reporting import read_metrics
+from objkit.train.runner import run_recipe
 from tiny_recipes import tiny_recipe
 
 TINY = tiny_recipe("tiny-test") + """

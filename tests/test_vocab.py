@@ -7,7 +7,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from objkit.cli import main
-from objkit.tokenizer import train_tokenizer
+from objkit.data.tokenizer import train_tokenizer
 
 ENGLISH = ["the house is red and the cat sleeps", "good morning to all of you", "we like green tea in the garden"]
 CZECH = ["dům je červený a kočka spí", "dobré ráno všem", "rádi pijeme zelený čaj v zahradě",
@@ -48,7 +48,7 @@ def _tiny_checkpoint(tokenizer, out):
     """A random 2-layer XLM-R masked LM with ``tokenizer``'s vocabulary, saved with it to ``out``."""
     import torch
 
-    from objkit.tokenizer import save_tokenizer_for
+    from objkit.data.tokenizer import save_tokenizer_for
     from transformers import XLMRobertaConfig, XLMRobertaForMaskedLM
 
     torch.manual_seed(0)
@@ -101,9 +101,9 @@ checkpoint_every = {steps}
 def test_init_with_an_extended_tokenizer_grows_the_rows_from_the_base_pieces(extended, tmp_path):
     import torch
 
-    from objkit.recipe import load_recipe
-    from objkit.registry import default_registry
-    from objkit.trainer import Trainer
+    from objkit.recipe.loader import load_recipe
+    from objkit.contract.registry import default_registry
+    from objkit.train.trainer import Trainer
 
     ckpt, base_model, ext_dir, corpus = extended
     base, ext = AutoTokenizer.from_pretrained(ckpt), AutoTokenizer.from_pretrained(ext_dir)
@@ -178,7 +178,7 @@ def test_both_encoders_resize_their_vocabulary_through_the_interface(tmp_path):
     from transformers import AutoModelForMaskedLM, BertConfig, XLMRobertaConfig
 
     from objkit.bert import BertEncoder
-    from objkit.encoder import XLMREncoder
+    from objkit.blocks.encoder import XLMREncoder
 
     dims = dict(vocab_size=10, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
     for cls, config in [(XLMREncoder, XLMRobertaConfig(**dims, tie_word_embeddings=False)), (BertEncoder, BertConfig(**dims))]:

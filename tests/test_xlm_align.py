@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from objkit.eval.align import itermax_links
-from objkit.interfaces import StepContext, VocabInfo
-from objkit.masking import IGNORE_INDEX
-from objkit.seeding import SAMPLE_SEED, sample_seed
+from objkit.contract.interfaces import StepContext, VocabInfo
+from objkit.blocks.masking import IGNORE_INDEX
+from objkit.blocks.seeding import SAMPLE_SEED, sample_seed
 from objkit_plugins.xlm_align import DenoisingWordAlignment, XlmAlignConfig, itermax, sinkhorn
 
 VOCAB = VocabInfo(bos_id=0, eos_id=2, mask_id=63, pad_id=1, vocab_size=64, special_ids=(0, 1, 2, 3, 63))
@@ -137,7 +137,7 @@ def test_pointer_scores_only_the_other_span():
 
 
 def test_wa_layer_deeper_than_the_encoder_is_a_user_error():
-    from objkit.errors import UserError
+    from objkit.contract.errors import UserError
 
     with pytest.raises(UserError, match="wa_layer"):
         build(wa_layer=4)

@@ -71,7 +71,7 @@ class Workspace:
     """Temporary files shared by the benchmarks: tokenizers, the synthetic corpus, run dirs."""
 
     def __init__(self, settings: Settings, root: Path | None = None) -> None:
-        from objkit.registry import default_registry
+        from objkit.contract.registry import default_registry
 
         self.settings = settings
         self.owned = root is None  # a temporary directory of our own: removed by close()
@@ -91,7 +91,7 @@ class Workspace:
     # ------------------------------------------------------------------ recipes
     def recipe(self, name: str, sets: list[str] | None = None, edit: Callable[[dict], None] | None = None) -> Any:
         """A shipped recipe, fully resolved, with ``--set`` overrides and an optional edit of its dict."""
-        from objkit.recipe import load_recipe, validate_recipe
+        from objkit.recipe.loader import load_recipe, validate_recipe
 
         resolved = load_recipe(RECIPES / f"{name}.toml", sets or [], self.registry)
         if edit is None:
@@ -109,7 +109,7 @@ class Workspace:
         return self.shared("quickstart_mlm", lambda: self.trainer(self.quickstart(["objectives.tlm.enabled=false"])))
 
     def trainer(self, resolved: Any) -> Any:
-        from objkit.trainer import Trainer
+        from objkit.train.trainer import Trainer
 
         with quiet():
             return Trainer(resolved, self.run_dir(), self.registry, progress=False)
@@ -130,7 +130,7 @@ class Workspace:
     def tokenizer_dir(self) -> Path:
         """The quickstart recipe's trained tokenizer (trained once, cached by objkit)."""
         if self._tokenizer_dir is None:
-            from objkit.build import load_tokenizer
+            from objkit.train.build import load_tokenizer
 
             with quiet():
                 tokenizer = load_tokenizer(self.quickstart())
@@ -146,7 +146,7 @@ class Workspace:
         from sentencepiece import sentencepiece_model_pb2 as pb
         from transformers import XLMRobertaTokenizer
 
-        from objkit.tokenizer import SPM_FILE
+        from objkit.data.tokenizer import SPM_FILE
 
         model = pb.ModelProto()
         model.ParseFromString((self.tokenizer_dir() / SPM_FILE).read_bytes())

@@ -25,8 +25,8 @@ __all__ = ["bench_memory", "matmul_peak", "memory_child", "mfu"]
 def memory_child(settings: Settings, root: Path) -> dict[str, Any]:
     """One ``infoxlm_large`` step at batch 1 (random weights, the queue pre-filled so XLCO runs):
     peak RSS and its analytic estimate. Runs in a fresh process (``--memory-child``)."""
-    from objkit.masking import IGNORE_INDEX  # noqa: F401  (import cost counted in the baseline)
-    from objkit.trainer import Trainer  # noqa: F401
+    from objkit.blocks.masking import IGNORE_INDEX  # noqa: F401  (import cost counted in the baseline)
+    from objkit.train.trainer import Trainer  # noqa: F401
 
     s = settings
     ws = Workspace(s, root)
@@ -117,7 +117,7 @@ def mfu(results: dict[str, Any], peak_gflops: float, ws: Workspace) -> dict[str,
     if overhead:
         resolved = ws.quickstart()
         cfg = resolved.encoder_config  # [model] as the encoder plugin validated it
-        from objkit.encoder import PRESETS
+        from objkit.blocks.encoder import PRESETS
 
         dims = PRESETS[cfg.preset or "tiny"]
         tokens = overhead["tokens_per_step"]

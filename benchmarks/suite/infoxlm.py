@@ -90,8 +90,8 @@ def bench_ema(ws: Workspace) -> dict[str, Any]:
     """The reference's EMA update -- ``for k, q in pairs: k.copy_(k * m + q * (1 - m))``, a Python
     loop with three full-size temporaries per tensor -- against ``MomentumTracker.update(m)``
     (one ``torch._foreach_lerp_`` in place), over a base-size XLM-R body and its momentum copy."""
-    from objkit.encoder import PresetEncoderConfig, XLMREncoder, architecture
-    from objkit.momentum import MomentumTracker, make_momentum_copy
+    from objkit.blocks.encoder import PresetEncoderConfig, XLMREncoder, architecture
+    from objkit.blocks.momentum import MomentumTracker, make_momentum_copy
 
     s = ws.settings
     config = PresetEncoderConfig(**model_dims(s.ema_layers, s.ema_hidden, s.ema_heads, s.ema_ffn), max_length=512,
@@ -129,7 +129,7 @@ def bench_enqueue(ws: Workspace) -> dict[str, Any]:
     size alone. Single enqueues are paired (big, small, small, big, ...); ``queue_keys`` keys
     per enqueue (128: the paper's 16 per GPU gathered from 8 GPUs); ``details.sweep`` repeats
     it for other key counts."""
-    from objkit.interfaces import WorldInfo
+    from objkit.contract.interfaces import WorldInfo
     from objkit_plugins.momentum_queue import MomentumQueue, MomentumQueueConfig
 
     s = ws.settings

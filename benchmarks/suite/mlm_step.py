@@ -32,7 +32,7 @@ def bench_mlm_head(ws: Workspace) -> dict[str, Any]:
     LM head runs on the masked positions only. The HF arm is the very same module
     (``trainer.encoder.mlm``) with its own AdamW of the trainer's configuration; both clip
     gradients; both get the same batches (a twin of the trainer's stream, the same masking seeds)."""
-    from objkit.step import micro_batch_seed
+    from objkit.train.step import micro_batch_seed
 
     s = ws.settings
     resolved = xlmr_mlm_recipe(ws, layers=s.head_layers, hidden=s.head_hidden, heads=s.head_heads, ffn=s.head_ffn,
@@ -88,8 +88,8 @@ def bench_framework_overhead(ws: Workspace, trainer: Any | None = None) -> dict[
     masking seeds, forward, masked-position LM head, cross-entropy, backward, clip, step, zero."""
     import torch.nn.functional as F
 
-    from objkit.step import micro_batch_seed
-    from objkit.masking import IGNORE_INDEX
+    from objkit.train.step import micro_batch_seed
+    from objkit.blocks.masking import IGNORE_INDEX
 
     s = ws.settings
     trainer = trainer or ws.trainer(ws.quickstart(["objectives.tlm.enabled=false"]))

@@ -22,7 +22,7 @@ def bench_data_pipeline(ws: Workspace, trainer: Any | None = None) -> dict[str, 
     blocks and lay out TLM pairs (``Trainer._build_streams``), then α-sample and collate (mask,
     pad) the MLM and TLM micro-batches of ``pipeline_steps`` steps -- against tokens/s the
     quickstart ``Trainer.train_step`` consumes (MLM + TLM), alternating."""
-    from objkit.step import micro_batch_seed
+    from objkit.train.step import micro_batch_seed
 
     s = ws.settings
     trainer = trainer or ws.trainer(ws.quickstart())

@@ -22,7 +22,7 @@ from typing import Any
 from xml.parsers import expat
 
 from objkit.data.files import COMPRESSION, open_binary, utf8_problem
-from objkit.errors import UserError
+from objkit.contract.errors import UserError
 
 _XML_LANG = "http://www.w3.org/XML/1998/namespace lang"
 _CHUNK = 1 << 20

@@ -13,7 +13,7 @@ last hashed (``CACHE_DIR/.objkit-hashes.json``): an edit that restores size and 
 
 An entry is built holding ``CACHE_DIR/.NAME.lock`` (a second ``objkit prepare`` or run waits,
 saying who holds it, then finds the entry built) in a private temporary folder renamed into
-place (:func:`objkit.ownership.write_folder`), so a killed build leaves no half-written entry,
+place (:func:`objkit.data.ownership.write_folder`), so a killed build leaves no half-written entry,
 and an existing ``NAME`` folder is replaced only when objkit wrote it.
 
 Streamed sources are not cached: they are read as they are trained on.
@@ -31,9 +31,9 @@ from typing import Any
 
 import datasets
 
-from objkit import ownership
-from objkit.errors import UserError
-from objkit.runlock import hold_lock
+from objkit.data import ownership
+from objkit.contract.errors import UserError
+from objkit.data.runlock import hold_lock
 
 CACHE_FORMAT = 2  # 2: files keyed by content (SHA-256), not mtime
 KEY_FILE = "key.json"

@@ -19,7 +19,7 @@ from typing import IO, TypeAlias
 
 import datasets
 
-from objkit.errors import UserError, first_line
+from objkit.contract.errors import UserError, first_line
 
 AnyDataset: TypeAlias = datasets.Dataset | datasets.IterableDataset
 

@@ -4,7 +4,7 @@ A block is ``<s> s1 </s> s2 </s> ... sk </s>``: whole sentences only, at most ``
 tokens, one group (language) per block. A sentence longer than ``max_length - 2`` tokens is
 truncated and becomes a block of its own. :func:`sentence_rows` is fairseq's ``eos`` mode instead:
 one sentence a row, ``<s> s </s>`` (what packed rows with per-document attention are made of,
-:mod:`objkit.packed`).
+:mod:`objkit.blocks.packed`).
 """
 
 from __future__ import annotations

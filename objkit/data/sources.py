@@ -1,7 +1,7 @@
-"""Read a recipe's data sources into tokenized ``datasets`` rows (see :data:`objkit.interfaces.DataKind`).
+"""Read a recipe's data sources into tokenized ``datasets`` rows (see :data:`objkit.contract.interfaces.DataKind`).
 
 A source is a plugin (:class:`objkit.Source`, kind ``source``; ``type = NAME`` in the recipe):
-its config says what to read as *parts* (:mod:`objkit.source`), and this module reads them, the
+its config says what to read as *parts* (:mod:`objkit.contract.source`), and this module reads them, the
 same way for every source: local files (:mod:`objkit.data.files`: .txt, Moses-style .en/.de,
 .jsonl, .parquet, maybe compressed), bitext files (:mod:`objkit.data.bitext`: .tsv, .tmx) and
 rows the plugin produces itself (the ``hf`` and ``cldr`` built-ins). They are tokenized
@@ -45,8 +45,8 @@ from objkit.data.tokenize import (
     tokenize_text,
     tokenize_text_file,
 )
-from objkit.errors import UserError, first_line
-from objkit.source import (
+from objkit.contract.errors import UserError, first_line
+from objkit.contract.source import (
     AlignedFilesPart,
     BitextFilePart,
     RowsPart,

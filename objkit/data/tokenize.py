@@ -29,7 +29,7 @@ from datasets.fingerprint import Hasher, get_temporary_cache_files_directory
 
 from objkit.data.encode import TextEncoder, gc_paused, list_array
 from objkit.data.files import AnyDataset, open_binary, read_error
-from objkit.errors import UserError
+from objkit.contract.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from objkit.interfaces import WorldInfo
+from objkit.contract.interfaces import WorldInfo
 
 AllGather = Callable[[torch.Tensor], list[torch.Tensor]]
 """``all_gather(local)`` -> the same-shaped tensor from every rank, in rank order."""

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from objkit.distributed.strategy import ParallelStrategy
-from objkit.interfaces import Encoder, Objective, WorldInfo
+from objkit.contract.interfaces import Encoder, Objective, WorldInfo
 
 
 def _fully_shard() -> Callable[..., Any]:

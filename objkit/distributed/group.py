@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from objkit.interfaces import WorldInfo
-from objkit.processes import die_with_launcher
+from objkit.contract.interfaces import WorldInfo
+from objkit.distributed.processes import die_with_launcher
 
 
 def env_world() -> WorldInfo:
@@ -21,7 +21,7 @@ def env_world() -> WorldInfo:
 def init_distributed(device: torch.device | None = None, timeout: float | None = None) -> WorldInfo:
     """Join the torchrun process group when ``WORLD_SIZE > 1``: NCCL for a CUDA ``device``, else
     gloo; a collective waits at most ``timeout`` seconds (``train.collective_timeout``). The
-    process dies with its launcher (:func:`objkit.processes.die_with_launcher`)."""
+    process dies with its launcher (:func:`objkit.distributed.processes.die_with_launcher`)."""
     world = env_world()
     if world.world_size <= 1:
         return WorldInfo()

@@ -8,7 +8,7 @@ batch. With one process nothing here touches ``torch.distributed``.
 A :class:`ParallelStrategy` owns everything that differs between these layouts: the forward
 pass through the wrapped module, gradient synchronisation, the gradient norm, agreement
 between ranks on flags (a non-finite step, a stop request), full weights for evaluation, and
-the gather / load of checkpoints. The step (:mod:`objkit.step`, which names the points it is
+the gather / load of checkpoints. The step (:mod:`objkit.train.step`, which names the points it is
 called at) and the trainer call only it.
 
 **One module, one forward per objective.** DDP and FSDP only see what happens inside the
@@ -63,8 +63,8 @@ from torch import nn
 
 from objkit.distributed.collectives import agree, all_reduce_sum
 from objkit.distributed.group import barrier
-from objkit.errors import UserError
-from objkit.interfaces import Encoder, Objective, ObjectiveOutput, StepContext, WorldInfo
+from objkit.contract.errors import UserError
+from objkit.contract.interfaces import Encoder, Objective, ObjectiveOutput, StepContext, WorldInfo
 
 
 class StepModule(nn.Module):
@@ -87,7 +87,7 @@ class StepModule(nn.Module):
         before_compute: Callable[[Objective], None] | None = None,
     ) -> list[tuple[torch.Tensor, int, dict[str, float]]]:
         """``before_compute``: called with each objective before its ``compute``, inside the
-        wrapped forward (the step's ``before_compute`` point, :mod:`objkit.step`)."""
+        wrapped forward (the step's ``before_compute`` point, :mod:`objkit.train.step`)."""
         # plain tuples: DDP finds the loss tensors in them (it does not look into dataclasses
         # when it wraps outputs for unused-parameter detection)
         outputs = []
@@ -131,7 +131,7 @@ class ParallelStrategy:
 
     def forward(self, tasks: Sequence[tuple[Objective, dict[str, torch.Tensor]]], ctx: StepContext,
                 before_compute: Callable[[Objective], None] | None = None) -> list[ObjectiveOutput]:
-        """The step's forward (point 3 of :mod:`objkit.step`): every task through :attr:`wrapped`."""
+        """The step's forward (point 3 of :mod:`objkit.train.step`): every task through :attr:`wrapped`."""
         args = (tasks, ctx) if before_compute is None else (tasks, ctx, before_compute)
         return [ObjectiveOutput(loss, size, metrics) for loss, size, metrics in self.wrapped(*args)]
 
@@ -166,7 +166,7 @@ class ParallelStrategy:
 
     @contextlib.contextmanager
     def full_weights(self, on: str = "every_rank") -> Iterator[Any]:
-        """:meth:`objkit.events.FitState.full_weights` (every rank enters it): ``every_rank``: the
+        """:meth:`objkit.contract.events.FitState.full_weights` (every rank enters it): ``every_rank``: the
         encoder within :meth:`full_parameters`; ``main``: :meth:`model_for_save`'s full copy on
         rank 0 (None elsewhere), every rank waiting for rank 0 on the way out."""
         if on == "every_rank":

@@ -78,8 +78,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from objkit.device import resolve_device
-from objkit.errors import UserError
+from objkit.distributed.device import resolve_device
+from objkit.contract.errors import UserError
 from objkit.eval.align_methods import (
     METHODS,
     UNITS,

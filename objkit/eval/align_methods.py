@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from objkit.errors import UserError
+from objkit.contract.errors import UserError
 from objkit.eval.retrieval import check_layer
 
 METHODS: tuple[str, ...] = ("argmax", "itermax", "match", "xlmalign")

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from objkit.errors import UserError
+from objkit.contract.errors import UserError
 from objkit.eval.generic import markdown_table, model_specs, write_markdown
 from objkit.eval.tasks import TASKS
 
@@ -40,7 +40,7 @@ class EvalGroup(click.Group):
             return {"retrieval": retrieval_command, "tatoeba": tatoeba_command, "transfer": transfer_command,
                     "align": align_command}[cmd_name]
         from objkit.eval.generic import config_command
-        from objkit.registry import default_registry
+        from objkit.contract.registry import default_registry
 
         cls = default_registry().get(cmd_name, kind="evaluator").cls  # unknown: one line naming the valid ones
         return cls.command() or config_command(cls)
@@ -303,7 +303,7 @@ def transfer_command(
                                 frozen=frozen, dropout=dropout)
     specs = _models(models)
     if markdown is not None:  # before fine-tuning: a file of the user's there is never replaced
-        from objkit.ownership import check_replaceable
+        from objkit.data.ownership import check_replaceable
 
         check_replaceable(markdown, "--markdown")
     result = evaluate_transfer(specs, data, settings, seed_list, setting=setting, device=device, log=stderr_log)
@@ -387,7 +387,7 @@ def align_command(
         raise UserError("--method xlmalign aligns subwords (XLM-Align's aligner); --unit word goes with "
                         "argmax, itermax or match")  # fmt: skip
     if markdown is not None:  # before encoding: a file of the user's there is never replaced
-        from objkit.ownership import check_replaceable
+        from objkit.data.ownership import check_replaceable
 
         check_replaceable(markdown, "--markdown")
     for note in gold_notes(gold, sentences):

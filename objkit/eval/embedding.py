@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from objkit.encoder_contract import PluginConfig
+from objkit.contract.encoder import PluginConfig
 
 if TYPE_CHECKING:
-    from objkit.evaluator import EvalContext
+    from objkit.contract.evaluator import EvalContext
 
 
 class SentenceEmbeddingConfig(PluginConfig):

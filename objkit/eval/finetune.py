@@ -22,7 +22,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from objkit.errors import UserError
+from objkit.contract.errors import UserError
 from objkit.eval.tasks import Split, TaskData
 
 IGNORE = -100

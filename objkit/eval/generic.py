@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from objkit.errors import UserError
+from objkit.contract.errors import UserError
 
 
 def _option_name(field: str) -> str:
@@ -89,7 +89,7 @@ def markdown_table(head: list[str], rows: list[list[str]]) -> str:
 
 def write_markdown(path: Path, text: str) -> None:
     """``--markdown FILE``: written whole, never over a file objkit did not write."""
-    from objkit.ownership import write_report
+    from objkit.data.ownership import write_report
 
     write_report(path, text, "objkit eval", "--markdown")
 
@@ -126,13 +126,13 @@ def config_command(cls: Any) -> click.Command:
 
 def run_evaluator(evaluator: Any, models: tuple[str, ...], device: str, as_json: bool, markdown: Path | None) -> None:
     """Score every MODEL with ``evaluator`` and print (or ``--json``) / ``--markdown`` the results."""
-    from objkit.device import resolve_device
+    from objkit.distributed.device import resolve_device
     from objkit.eval.retrieval import load_encoder
-    from objkit.evaluator import EvalContext
+    from objkit.contract.evaluator import EvalContext
 
     specs = model_specs(models)
     if markdown is not None:  # before evaluating: a file of the user's there is never replaced
-        from objkit.ownership import check_replaceable
+        from objkit.data.ownership import check_replaceable
 
         check_replaceable(markdown, "--markdown")
     head: list[str] = []

@@ -1,6 +1,6 @@
 """Evaluation during training: the recipe's ``[eval.NAME]`` evaluator plugins (and the deprecated
 ``[eval.sets.NAME]`` / ``[eval.transfer.NAME]`` tables, as the ``retrieval`` / ``transfer``
-evaluators), run as a trainer callback (:mod:`objkit.events`) through the fit state only: the full
+evaluators), run as a trainer callback (:mod:`objkit.contract.events`) through the fit state only: the full
 weights come from :meth:`objkit.FitState.full_weights`, as they would for a third party's callback."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from objkit.errors import UserError
-from objkit.evaluator import EvalContext, Evaluator
-from objkit.events import Callback, FitState
-from objkit.schema import EvalConfig
+from objkit.contract.errors import UserError
+from objkit.contract.evaluator import EvalContext, Evaluator
+from objkit.contract.events import Callback, FitState
+from objkit.recipe.schema import EvalConfig
 
 
 @dataclass
@@ -29,7 +29,7 @@ class ScheduledEvaluator:
 
 def build_evaluators(config: EvalConfig, configs: dict[str, Any], registry: Any) -> list[ScheduledEvaluator]:
     """The recipe's evaluators, built (their data read and checked) before training starts;
-    ``configs`` are the validated plugin configs (:attr:`objkit.recipe.ResolvedRecipe.eval_configs`)."""
+    ``configs`` are the validated plugin configs (:attr:`objkit.recipe.loader.ResolvedRecipe.eval_configs`)."""
     out = []
     for name, (key, entry) in config.entries().items():
         cls = registry.get(entry.plugin, kind="evaluator").cls

@@ -18,11 +18,11 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from objkit.device import resolve_device
-from objkit.encoder import find_block_list, truncated_blocks
-from objkit.errors import UserError, first_line
-from objkit.interfaces import Encoder
-from objkit.tokenizer import model_max_tokens
+from objkit.distributed.device import resolve_device
+from objkit.blocks.encoder import find_block_list, truncated_blocks
+from objkit.contract.errors import UserError, first_line
+from objkit.contract.interfaces import Encoder
+from objkit.data.tokenizer import model_max_tokens
 
 Pooling = Literal["mean", "cls"]
 POOLINGS: tuple[str, ...] = ("mean", "cls")
@@ -86,7 +86,7 @@ def encode_sentences(
     """Encode ``sentences`` into L2-normalised float32 vectors ``[N, d]`` (on CPU).
 
     ``model`` is any transformers encoder returning ``.hidden_states`` when called with
-    ``output_hidden_states=True``, or any objkit :class:`~objkit.interfaces.Encoder` (through the
+    ``output_hidden_states=True``, or any objkit :class:`~objkit.contract.interfaces.Encoder` (through the
     contract: its ``forward(..., up_to_layer=layer)``, ``num_layers``, ``hidden_size``,
     ``max_tokens``); ``layer`` indexes them (0 = embeddings, i = block i).
     ``pooling="mean"`` averages the non-padding positions (specials included unless

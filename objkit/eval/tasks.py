@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from objkit.errors import UserError, first_line, one_line
+from objkit.contract.errors import UserError, first_line, one_line
 
 SPLITS = ("train", "dev", "test")
 Level = Literal["sentence", "token"]
@@ -306,7 +306,7 @@ def load_hub_task(spec: TaskSpec, hub_id: str, langs: list[str] | None, train_la
     ``--data-dir xnli`` with ``--langs``. One line when it is neither reachable nor cached."""
     import datasets
 
-    from objkit.hub import hub_offline, hub_unreachable_reason, meant_as_local_path
+    from objkit.blocks.hub import hub_offline, hub_unreachable_reason, meant_as_local_path
 
     if meant_as_local_path(hub_id):
         raise UserError(f"--data-dir {hub_id}: no such directory")

@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from objkit.errors import UserError
+from objkit.contract.errors import UserError
 from objkit.eval.retrieval import Pooling, encode_sentences, read_aligned, retrieval_scores
-from objkit.registry import did_you_mean
+from objkit.contract.registry import did_you_mean
 
 #: XTREME's 36 Tatoeba languages: ISO 639-1 (as XTREME names them) -> LASER ISO 639-3 code.
 XTREME36_ISO: dict[str, str] = {

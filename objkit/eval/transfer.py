@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from objkit.errors import UserError, first_line
+from objkit.contract.errors import UserError, first_line
 from objkit.eval.finetune import (
     Encoded,
     FinetuneSettings,
@@ -36,7 +36,7 @@ from objkit.eval.retrieval import (
     tokenizer_load_error,
 )
 from objkit.eval.tasks import TaskData
-from objkit.tokenizer import model_max_tokens
+from objkit.data.tokenizer import model_max_tokens
 
 PROTOCOL = {
     "train-dev": "XTREME (run_classify.py / run_tag.py): fine-tune the whole model, keep the checkpoint "
@@ -66,7 +66,7 @@ def check_model(spec: ModelSpec) -> tuple[Any, Any]:
     before any is fine-tuned."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from objkit.hub import meant_as_local_path, offline_unless_reachable
+    from objkit.blocks.hub import meant_as_local_path, offline_unless_reachable
 
     if meant_as_local_path(spec.path):
         raise UserError(f"{spec.path}: no such model directory (expected an objkit export, a transformers "
@@ -110,7 +110,7 @@ def evaluate_transfer(
     import torch
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
-    from objkit.device import resolve_device
+    from objkit.distributed.device import resolve_device
 
     dev = resolve_device(device)
     checked = [(m, *check_model(m)) for m in models]  # fail fast, before any training

@@ -42,7 +42,7 @@ for the harness classes.
 
 from __future__ import annotations
 
-from objkit.seeding import seed_everything
+from objkit.blocks.seeding import seed_everything
 from objkit.testing._common import (
     Case,
     TinyEncoder,

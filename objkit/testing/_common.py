@@ -12,7 +12,7 @@ from typing import Any
 import datasets
 import torch
 
-from objkit.interfaces import BuildContext, Encoder, VocabInfo, WorldInfo
+from objkit.contract.interfaces import BuildContext, Encoder, VocabInfo, WorldInfo
 
 CPU = torch.device("cpu")
 TINY_VOCAB_SIZE = 96
@@ -92,7 +92,7 @@ class TinyEncoder:
     vocab: VocabInfo | None = None
 
     def build(self, seed: int = 0) -> Encoder:
-        from objkit.interfaces import EncoderContext
+        from objkit.contract.interfaces import EncoderContext
 
         if self.table is None:
             return tiny_encoder(self.vocab_size, seed=seed)
@@ -144,7 +144,7 @@ def dummy_source(data_kind: str, vocab: VocabInfo | None = None, rows: int = 48,
 @functools.lru_cache(maxsize=1)
 def installed_registry() -> Any:
     """Every installed plugin (autoload on, no ``--plugin`` filter), loaded once."""
-    from objkit.registry import PluginSelection, Registry
+    from objkit.contract.registry import PluginSelection, Registry
 
     return Registry.from_entry_points(selection=PluginSelection(autoload=True))
 
@@ -165,7 +165,7 @@ def registry_with(cls: type) -> Any:
             return registry
     except Exception:
         pass
-    from objkit.registry import Registry
+    from objkit.contract.registry import Registry
 
     fresh = Registry.from_entry_points()
     if cls.name in fresh.names():
@@ -204,7 +204,7 @@ def checkpoint_round_trip(state: dict[str, Any], directory: str | Path | None = 
     """``state`` written and read back the way objkit checkpoints are (safetensors + JSON)."""
     from safetensors.torch import load_file, save_file
 
-    from objkit.checkpoint import flatten_state, unflatten_state
+    from objkit.train.checkpoint import flatten_state, unflatten_state
 
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(directory or scratch)
@@ -222,7 +222,7 @@ def checkpoint_round_trip(state: dict[str, Any], directory: str | Path | None = 
 
 def assert_same_state(a: dict[str, Any], b: dict[str, Any]) -> None:
     """Equal keys, equal JSON values, bit-identical tensors."""
-    from objkit.checkpoint import flatten_state
+    from objkit.train.checkpoint import flatten_state
 
     ta, va = flatten_state(a)
     tb, vb = flatten_state(b)

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from objkit.interfaces import Encoder, EncoderContext
+from objkit.contract.interfaces import Encoder, EncoderContext
 
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}
 
@@ -102,7 +102,7 @@ def check_encoder_lm_head(cls: type, table: dict[str, Any], directory: str | Pat
 def check_encoder_momentum_copy(cls: type, table: dict[str, Any]) -> None:
     """``momentum_copy(N)`` is frozen fp32, holds the first ``N`` blocks only, runs like
     ``forward(..., up_to_layer=N)``, pairs with ``body()`` by parameter name, and is a copy."""
-    from objkit.momentum import MomentumTracker
+    from objkit.blocks.momentum import MomentumTracker
 
     encoder = build_encoder(cls, table)
     ids, mask = encoder_batch(encoder)
@@ -162,7 +162,7 @@ def check_encoder_export(cls: type, table: dict[str, Any], directory: str | Path
 def check_encoder_token_types(cls: type, table: dict[str, Any]) -> None:
     """``resize_token_types(n)`` keeps what the encoder computed for token type 0 and accepts
     ids up to ``n - 1`` (skipped for encoders without a token-type table)."""
-    from objkit.errors import UserError
+    from objkit.contract.errors import UserError
 
     encoder = build_encoder(cls, table)
     ids, mask = encoder_batch(encoder)

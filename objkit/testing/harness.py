@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 
-from objkit.interfaces import Augmentation, NegativeStore, Objective, PluginConfig
+from objkit.contract.interfaces import Augmentation, NegativeStore, Objective, PluginConfig
 
 from objkit.testing._common import Case, TinyEncoder, as_case, installed_registry, resolve_plugin
 from objkit.testing.registration import check_config, check_recipe_validation, check_registration, check_rejects

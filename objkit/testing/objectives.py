@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from objkit.interfaces import Encoder, Objective, PluginConfig, StepContext, WorldInfo
+from objkit.contract.interfaces import Encoder, Objective, PluginConfig, StepContext, WorldInfo
 
-from objkit.seeding import seed_everything
+from objkit.blocks.seeding import seed_everything
 from objkit.testing._common import (
     CPU,
     Case,
@@ -236,7 +236,7 @@ def check_objective_ranks(
     does, ``torch.distributed`` gathers served in-process), gives the same per-unit loss at
     every step. Fails for a plugin that draws per-example randomness from ``generator``
     instead of ``sample_seed`` (docs/plugin-api.md, section 5). Returns the 1-rank losses."""
-    from objkit._ranks import run_ranks
+    from objkit.testing._ranks import run_ranks
 
     spec = encoder or TinyEncoder()
 

@@ -11,7 +11,7 @@ from typing import Any
 import tomli_w
 from pydantic import BaseModel, ValidationError
 
-from objkit.interfaces import Encoder, Objective, PluginConfig
+from objkit.contract.interfaces import Encoder, Objective, PluginConfig
 from objkit.testing._common import installed_registry, registry_with
 
 
@@ -19,8 +19,8 @@ from objkit.testing._common import installed_registry, registry_with
 def check_registration(plugin: str | type, *, distribution: str | None = None, kind: str | None = None) -> Any:
     """The plugin is registered through the installed entry points (from ``distribution``)
     and passes the registry's checks (name, Config forbidding extra keys, data kind,
-    abstract methods, plugin API version). Returns its :class:`~objkit.registry.PluginInfo`."""
-    from objkit.registry import Registry
+    abstract methods, plugin API version). Returns its :class:`~objkit.contract.registry.PluginInfo`."""
+    from objkit.contract.registry import Registry
 
     registry = installed_registry()
     name = plugin if isinstance(plugin, str) else getattr(plugin, "name", None)
@@ -77,7 +77,7 @@ def check_rejects(cls: type, table: dict[str, Any], registry: Any = None) -> Non
 
 def check_recipe_validation(cls: type, table: dict[str, Any]) -> None:
     """A minimal recipe using the plugin with ``table`` validates (objectives and encoders)."""
-    from objkit.recipe import validate_recipe
+    from objkit.recipe.loader import validate_recipe
 
     if issubclass(cls, Encoder):
         raw = {

@@ -18,7 +18,7 @@ from typing import Any
 
 import datasets
 
-from objkit.source import Source
+from objkit.contract.source import Source
 
 _COLUMNS = {"text": {"input_ids", "lang", "group"}, "parallel": {"src_ids", "tgt_ids", "src_lang", "tgt_lang", "group"}}
 
@@ -104,7 +104,7 @@ def check_source_ranks(rows: datasets.Dataset, *, batch: int = 8, steps: int = 4
 
 def check_source_recipe(cls: type[Source], table: dict[str, Any], registry: Any = None) -> None:
     """A recipe naming the source (``type = NAME``) with an objective of its data kind validates."""
-    from objkit.recipe import validate_recipe
+    from objkit.recipe.loader import validate_recipe
     from objkit.testing._common import registry_with
 
     config = cls.Config.model_validate(copy.deepcopy(table))

@@ -7,7 +7,7 @@ import copy
 
 import torch
 
-from objkit.interfaces import Augmentation, NegativeStore, PluginConfig, WorldInfo
+from objkit.contract.interfaces import Augmentation, NegativeStore, PluginConfig, WorldInfo
 
 from objkit.testing._common import CPU, assert_same_state, build_context, checkpoint_round_trip, dummy_source, registry_with, tiny_encoder
 

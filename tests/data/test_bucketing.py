@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from objkit.masking import padding_counts
+from objkit.blocks.masking import padding_counts
 from objkit.data import ExampleStream
 from objkit.data.bucketing import BucketedStream, example_lengths
-from objkit.masking import pad_sequences
+from objkit.blocks.masking import pad_sequences
 
 STEP, POOL = 24, 4
 
@@ -154,7 +154,7 @@ def test_length_groups_is_the_partition_with_fewest_slots():
     (small batches): always that many groups, so every rank runs as many encoder passes."""
     import itertools
 
-    from objkit.masking import length_groups
+    from objkit.blocks.masking import length_groups
 
     rng = np.random.default_rng(3)
     for _ in range(40):

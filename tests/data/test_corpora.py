@@ -13,8 +13,8 @@ import pytest
 
 from objkit.data import ExampleStream, load_source
 from objkit.data.sources import check_source_files, iter_source_texts, locate_stream_error
-from objkit.errors import UserError
-from objkit.schema import HfSource, ParallelSource, TextSource
+from objkit.contract.errors import UserError
+from objkit.recipe.schema import HfSource, ParallelSource, TextSource
 from tests.tiny_models import tiny_encoder
 
 PAIRS = [("the cat sat", "die Katze sass"), ("a big dog", "ein grosser Hund"), ("the red house", "das rote Haus")]
@@ -81,7 +81,7 @@ def test_loading_scripts_are_refused_and_an_unreachable_hub_is_one_line(tmp_path
     with pytest.raises(UserError, match=r"^data.mono.path: .*my_corpus.py is a dataset loading script; datasets "
                                         r".* no longer runs them"):
         check_source_files("mono", hf(path=str(script), text_column="text", lang="en"))
-    from objkit.hub import hub_unreachable_reason
+    from objkit.blocks.hub import hub_unreachable_reason
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     hub_unreachable_reason.cache_clear()
@@ -213,7 +213,7 @@ def test_sentencepiece_fast_path_gives_the_hf_tokenizers_ids(tmp_path, monkeypat
     from transformers import AutoTokenizer
 
     from objkit.data.encode import TextEncoder
-    from objkit.tokenizer import train_tokenizer
+    from objkit.data.tokenizer import train_tokenizer
 
     texts = ["Germany and France", "Deutschland und Frankreich", "Россия", "日本語のテキスト", "x  y   z", "café"]
     train_tokenizer(texts * 30, tmp_path / "tok", vocab_size=80)
@@ -237,7 +237,7 @@ def test_text_encoder_takes_a_wordpiece_tokenizer_as_it_is(tmp_path):
     from transformers import AutoTokenizer
 
     from objkit.data.encode import TextEncoder
-    from objkit.tokenizer import train_wordpiece
+    from objkit.data.tokenizer import train_wordpiece
 
     texts = ["Germany and France", "Deutschland und Frankreich", "Россия", "café au lait"]
     train_wordpiece(texts * 30, tmp_path / "wp", vocab_size=120)

@@ -16,8 +16,8 @@ from pydantic import Field
 
 from objkit import PLUGIN_API_VERSION, PluginError, RowsPart, Source, SourceConfig, TextFilePart
 from objkit.cli import main
-from objkit.recipe import RecipeError, validate_recipe
-from objkit.registry import Registry
+from objkit.recipe.loader import RecipeError, validate_recipe
+from objkit.contract.registry import Registry
 from objkit.testing import SourceConformance, check_source, check_source_ranks, installed_registry
 
 EN = [f"the cat number {i} sat on the mat" for i in range(24)]
@@ -83,7 +83,7 @@ RECIPE_DATA = {
                        {"path": "b.tsv", "src_lang": "en", "tgt_lang": "de", "min_score": 0.6}]},
     "names": {"type": "cldr", "locales": ["en", "de", "fr"], "categories": ["days", "months"]},
 }
-# What objkit 0.6.0 (sources a closed union in objkit.schema) put in the cache key for these tables
+# What objkit 0.6.0 (sources a closed union in objkit.recipe.schema) put in the cache key for these tables
 # (the definition with every default; sampling_alpha left out: it does not change the rows)
 OLD_KEY_SOURCES = {
     "mono": {"type": "text", "streaming": False, "max_lines": None,
@@ -103,7 +103,7 @@ OLD_KEY_FILES = {"mono": ["mono_en.txt", "mono_de.jsonl.gz"], "para": ["a.en", "
 def test_builtin_sources_keep_their_cache_keys(tmp_path, monkeypatch):
     import babel
 
-    from objkit.prepare import entry_key
+    from objkit.train.prepare import entry_key
 
     _write(tmp_path)
     monkeypatch.chdir(tmp_path)

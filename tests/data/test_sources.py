@@ -11,9 +11,9 @@ import pytest
 
 from objkit.data import iter_source_texts, load_source, load_source_groups, source_group_sizes, source_groups
 from objkit.data.cldr import cldr_dataset
-from objkit.errors import UserError
-from objkit.schema import CldrSource, ParallelSource, TextSource
-from objkit.tokenizer import train_tokenizer
+from objkit.contract.errors import UserError
+from objkit.recipe.schema import CldrSource, ParallelSource, TextSource
+from objkit.data.tokenizer import train_tokenizer
 
 LOCALES = ["en", "de", "fr", "ru", "zh"]
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from objkit import BuildContext
-from objkit.interfaces import VocabInfo
-from objkit.registry import Registry
-from objkit.seeding import derive_seed
+from objkit.contract.interfaces import VocabInfo
+from objkit.contract.registry import Registry
+from objkit.blocks.seeding import derive_seed
 
 VOCAB = VocabInfo(bos_id=0, eos_id=2, mask_id=49, pad_id=1, vocab_size=50, special_ids=(0, 1, 2, 3, 49))
 BOS, EOS = 0, 2
@@ -62,7 +62,7 @@ def test_layout_matches_reference_for_every_bit_pattern(registry, mode):
 def test_xlco_collate_uses_mixup_query_side(registry):
     from transformers import XLMRobertaConfig
 
-    from objkit.encoder import XLMREncoder
+    from objkit.blocks.encoder import XLMREncoder
 
     cfg = XLMRobertaConfig(
         vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from objkit import WorldInfo
-from objkit.registry import Registry
+from objkit.contract.registry import Registry
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,13 @@ from safetensors.torch import load_file, save_file
 from transformers import XLMRobertaConfig
 
 from objkit import BuildContext, StepContext
-from objkit.checkpoint import flatten_state, unflatten_state
-from objkit.contrastive import info_nce
-from objkit.encoder import XLMREncoder
-from objkit.errors import UserError
-from objkit.interfaces import VocabInfo
-from objkit.registry import Registry
-from objkit.seeding import derive_seed
+from objkit.train.checkpoint import flatten_state, unflatten_state
+from objkit.blocks.contrastive import info_nce
+from objkit.blocks.encoder import XLMREncoder
+from objkit.contract.errors import UserError
+from objkit.contract.interfaces import VocabInfo
+from objkit.contract.registry import Registry
+from objkit.blocks.seeding import derive_seed
 
 VOCAB = VocabInfo(bos_id=0, eos_id=2, mask_id=49, pad_id=1, vocab_size=50, special_ids=(0, 1, 2, 3, 49))
 
@@ -175,7 +175,7 @@ def test_length_groups_run_fewer_slots_with_the_same_loss_and_gradients(registry
     padded to their own longest row (fewer padded slots), and the loss, the gradients and the
     keys enqueued equal one padded batch per side (length_groups = 1) to float tolerance,
     whatever the query side of each row; symmetric, masked inputs, in-batch + queue negatives."""
-    from objkit.masking import padding_counts
+    from objkit.blocks.masking import padding_counts
 
     encoder = tiny_encoder().eval()  # no dropout: the groups must not change the vectors
     rows = []
@@ -310,7 +310,7 @@ def test_two_ranks_with_gathered_in_batch_keys_compute_the_loss_of_one(registry)
     """Rank r of 2 collates pairs [4r, 4r + 4) of the global micro-batch of 8 exactly as one rank
     collates them (per-sample seeds), contrasts against all 8 gathered keys, and masks its own
     positives at its offset: the unit-weighted mean of the two ranks' losses is the 1-rank loss."""
-    from objkit.interfaces import WorldInfo
+    from objkit.contract.interfaces import WorldInfo
 
     encoder = tiny_encoder()
     rows = [{**row, "sample_seed": 40 + i} for i, row in enumerate(pairs(8, 5))]

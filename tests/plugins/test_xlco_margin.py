@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from objkit import StepContext
-from objkit.contrastive import info_nce
-from objkit.recipe import load_recipe
-from objkit.registry import Registry
+from objkit.blocks.contrastive import info_nce
+from objkit.recipe.loader import load_recipe
+from objkit.contract.registry import Registry
 from tests.plugins.test_xlco import build, pairs, tiny_encoder
 
 RECIPES = Path(__file__).parent.parent.parent / "recipes"
