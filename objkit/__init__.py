@@ -72,7 +72,7 @@ if TYPE_CHECKING:
         make_momentum_copy,
     )
     from objkit.blocks.seeding import SAMPLE_SEED, derive_seed, example_seeds, sample_generator, sample_uniform
-    from objkit.recipe.schema import SourceConfig
+    from objkit.contract.source import SourceConfig
     from objkit.contract.source import AlignedFilesPart, BitextFilePart, RowsPart, Source, SourceContext, TextFilePart
     from objkit.blocks.hub import hub_unreachable_reason
 
@@ -111,7 +111,7 @@ _LAZY = {
     # plugin API 1.6: the evaluator plugin kind (objkit eval NAME, [eval.NAME] in recipes)
     **dict.fromkeys(["EvalContext", "Evaluator"], "objkit.contract.evaluator"),
     # plugin API 1.6: the source plugin kind (docs/plugin-api.md section 7)
-    "SourceConfig": "objkit.recipe.schema",
+    "SourceConfig": "objkit.contract.source",
     **dict.fromkeys(["AlignedFilesPart", "BitextFilePart", "RowsPart", "Source", "SourceContext", "TextFilePart"],
                     "objkit.contract.source"),
     "hub_unreachable_reason": "objkit.blocks.hub",

@@ -26,11 +26,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from objkit.contract.errors import PluginError, UserError
 from objkit.contract.interfaces import DataKind, Plugin
-from objkit.recipe.schema import SourceConfig
 
 SourceMode = Literal["map", "streaming"]
+
+
+class SourceConfig(BaseModel):
+    """Base of every source plugin's ``Config`` (``[data.NAME]``): ``type`` names the source
+    plugin (:class:`objkit.Source`); the other keys here are the core's, the rest the plugin's."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # as every recipe table (schema.Strict)
+
+    sampling_alpha: float = Field(
+        1.0, gt=0, le=1, description="q_i ∝ n_i^α over languages (text) or language pairs (parallel)"
+    )
+    streaming: bool = Field(False, description="stream files instead of caching them (huge corpora)")
+    max_lines: int | None = Field(None, gt=0, description="read at most this many lines per file")
+    type: str = Field(description="the source plugin: text, parallel, cldr, hf (built in) or another")
 
 
 # ----------------------------------------------------------------------------- parts

@@ -14,6 +14,7 @@ import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_serializer, model_validator
 
 from objkit.contract.interfaces import EncoderKeys, TokenizerTraining
+from objkit.contract.source import SourceConfig
 
 
 UNSET = "???"
@@ -28,18 +29,7 @@ class Strict(BaseModel):
 
 
 # ----------------------------------------------------------------------------- data sources
-class SourceConfig(Strict):
-    """Base of every source plugin's ``Config`` (``[data.NAME]``): ``type`` names the source
-    plugin (:class:`objkit.Source`); the other keys here are the core's, the rest the plugin's."""
-
-    sampling_alpha: float = Field(
-        1.0, gt=0, le=1, description="q_i ∝ n_i^α over languages (text) or language pairs (parallel)"
-    )
-    streaming: bool = Field(False, description="stream files instead of caching them (huge corpora)")
-    max_lines: int | None = Field(None, gt=0, description="read at most this many lines per file")
-    type: str = Field(description="the source plugin: text, parallel, cldr, hf (built in) or another")
-
-
+# SourceConfig is the source plugin kind's (objkit.contract.source: the contract imports no recipe module)
 SourceCommon = SourceConfig  # the name before plugin API 1.6
 
 
