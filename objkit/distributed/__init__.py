@@ -3,7 +3,7 @@
 * :mod:`objkit.distributed.group`: the process group (join, leave, barriers);
 * :mod:`objkit.distributed.collectives`: gathers, sums and agreement, no-ops with one process;
 * :mod:`objkit.distributed.strategy`: :class:`ParallelStrategy` (one process, DDP) and the
-  wrapped :class:`StepModule`; :mod:`objkit.distributed.fsdp`: FSDP2.
+  wrapped :class:`StepModule`; :mod:`objkit.distributed.fsdp`: FSDP2; :mod:`objkit.distributed.choose`: which one a run uses.
 """
 
 from objkit.distributed.collectives import (
@@ -29,8 +29,8 @@ from objkit.distributed.strategy import (
     StepModule,
     check_resumable,
     needs_find_unused,
-    parallelize,
 )
+from objkit.distributed.choose import parallelize
 
 __all__ = [
     "AllGather", "DDPStrategy", "ParallelStrategy", "StepModule", "agree", "all_gather_objects", "all_reduce_sum",

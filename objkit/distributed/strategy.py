@@ -260,22 +260,4 @@ def check_resumable(
         )
 
 
-def parallelize(
-    encoder: Encoder, objectives: Sequence[Objective], world: WorldInfo, device: torch.device, mode: str, precision: str
-) -> ParallelStrategy:
-    """The run's :class:`ParallelStrategy`: one process, else DDP or FSDP (``train.parallelism``)."""
-    if world.world_size <= 1:
-        return ParallelStrategy(encoder, objectives, world)
-    if mode == "fsdp":
-        if precision == "fp16":
-            raise UserError(
-                "train.precision: fp16 (with a gradient scaler) is not supported with parallelism = 'fsdp'; "
-                "use bf16 (got 'fp16')"
-            )
-        from objkit.distributed.fsdp import FSDPStrategy
-
-        return FSDPStrategy(encoder, objectives, world, device)
-    return DDPStrategy(encoder, objectives, world, device)
-
-
-__all__ = ["DDPStrategy", "ParallelStrategy", "StepModule", "check_resumable", "needs_find_unused", "parallelize"]
+__all__ = ["DDPStrategy", "ParallelStrategy", "StepModule", "check_resumable", "needs_find_unused"]
