@@ -149,7 +149,7 @@ def test_publish_writes_every_page_holding_the_markers(run, tmp_path):
         run.publish("x", "<!-- nowhere:begin -->", "<!-- nowhere:end -->", root=tmp_path)
 
 
-@pytest.mark.parametrize("group", ["objkit.eval.cli:eval_group", "objkit.data.tokenizer:tokenizer_group"])
+@pytest.mark.parametrize("group", ["objkit.eval.cli:eval_group", "objkit.cli.tokenizer:tokenizer_group"])
 def test_command_groups_help_ends_with_examples(group):
     """`objkit eval --help` and `objkit tokenizer --help` end with examples, like every command."""
     import importlib

@@ -14,7 +14,8 @@ import objkit.data.tokenizer as tokmod
 from objkit.data import iter_source_texts
 from objkit.contract.errors import UserError
 from objkit.recipe.schema import CldrSource, TextSource, TokenizerTraining
-from objkit.data.tokenizer import ensure_tokenizer, tokenizer_group, train_tokenizer
+from objkit.cli.tokenizer import tokenizer_group
+from objkit.data.tokenizer import ensure_tokenizer, train_tokenizer
 
 SAMPLES = ["Grüße aus Österreich", "Россия и Германия", "日本 中国", "Deutsch Französisch"]
 CLDR = CldrSource(type="cldr", kind="text", locales=["en", "de", "ru", "zh", "ja"])

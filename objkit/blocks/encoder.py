@@ -38,7 +38,7 @@ from objkit.blocks.hub import hub_unreachable_reason, offline_unless_reachable
 from objkit.contract.interfaces import Encoder, EncoderConfig, EncoderContext, MomentumCopy
 from objkit.blocks.momentum import make_momentum_copy
 from objkit.blocks.packed import attention_implementation, document_lengths, flash_varlen_available
-from objkit.data.tokenizer import model_max_tokens
+from objkit.contract.defaults import model_max_tokens
 
 PRESETS: dict[str, dict[str, int]] = {
     "tiny": {"num_hidden_layers": 4, "hidden_size": 128, "num_attention_heads": 4, "intermediate_size": 512},

@@ -28,7 +28,6 @@ copies are always fp32 (``make_momentum_copy``), whatever autocast does to the f
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable
 from typing import Annotated, Literal
 
@@ -36,6 +35,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
+from objkit.contract.defaults import make_momentum_copy  # public here (objkit.make_momentum_copy)
 from objkit.contract.interfaces import PluginConfig
 
 Unit = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -117,13 +117,6 @@ def _local(tensor: torch.Tensor) -> torch.Tensor:
     """This rank's shard of a DTensor (a view: in-place updates reach the DTensor), else the tensor."""
     to_local = getattr(tensor, "to_local", None)
     return to_local() if to_local is not None else tensor
-
-
-def make_momentum_copy(module: nn.Module) -> nn.Module:
-    """A frozen fp32 deep copy of ``module`` (equal weights; ``requires_grad=False``)."""
-    twin = copy.deepcopy(module)
-    twin.requires_grad_(False)
-    return twin.float()
 
 
 class MomentumTracker:

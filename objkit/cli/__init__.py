@@ -28,7 +28,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "plot": ("objkit.cli.plot:plot_command", "Plot the metrics of one or more runs into an image."),
     "prepare": ("objkit.cli.prepare:prepare_command", "Tokenize a recipe's data once, into a cache runs start from."),
     "recipes": ("objkit.cli.recipes:recipes_group", "List the packaged recipes, or copy one to edit (ls, cp)."),
-    "tokenizer": ("objkit.data.tokenizer:tokenizer_group", "Train a tokenizer, or extend one with new pieces."),
+    "tokenizer": ("objkit.cli.tokenizer:tokenizer_group", "Train a tokenizer, or extend one with new pieces."),
 }
 
 

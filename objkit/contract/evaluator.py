@@ -78,7 +78,7 @@ class EvalContext:
     def save_pretrained(self, directory: str | Path) -> None:
         """Write the model and its tokenizer as a transformers model directory (what ``objkit
         export`` writes during training; ``AutoModel.from_pretrained`` reads it back)."""
-        from objkit.data.tokenizer import save_tokenizer_for
+        from objkit.contract.defaults import save_tokenizer_for
 
         self.model.save_pretrained(str(directory))  # type: ignore[operator]
         save_tokenizer_for(self.model, self.tokenizer, Path(directory))

@@ -232,7 +232,7 @@ class Encoder(Plugin, nn.Module, ABC):
         the body's, so ``objkit.MomentumTracker.between(encoder.body(), copy)`` pairs them.
         Default: a full-depth :func:`objkit.make_momentum_copy` of the body. (API 1.1; 1.2's
         :meth:`momentum_copy` wraps it)"""
-        from objkit.blocks.momentum import make_momentum_copy
+        from objkit.contract.defaults import make_momentum_copy
 
         return make_momentum_copy(self.body())
 
@@ -385,7 +385,7 @@ class Objective(Plugin, ABC):
         or ``[N, k]`` keys compared column by column (the first decides, the next break ties).
         Default: the row's longest token list. An objective that pads several sequences of a row
         on their own (each side of a pair) may sort on all of them."""
-        from objkit.data.bucketing import example_lengths
+        from objkit.contract.defaults import example_lengths
 
         return example_lengths(dataset)
 

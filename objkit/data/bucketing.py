@@ -37,44 +37,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import datasets
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
+from objkit.contract.defaults import example_lengths, side_lengths  # the sort keys (re-exported here)
 from objkit.data.sampling import ExampleStream, _MapStream
-
-
-def _list_lengths(dataset: datasets.Dataset) -> list[np.ndarray]:
-    """The length of every row in each list column (token ids) of ``dataset``, as ``int64``."""
-    table = dataset.with_format("arrow")[:]
-    columns = []
-    for name in table.column_names:
-        column = table.column(name)
-        if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)):
-            continue
-        lengths = pc.fill_null(pc.list_value_length(column), 0)
-        chunks = lengths.chunks if isinstance(lengths, pa.ChunkedArray) else [lengths]
-        columns.append(np.concatenate([c.to_numpy(zero_copy_only=False) for c in chunks]).astype(np.int64)
-                       if chunks else np.zeros(len(dataset), dtype=np.int64))
-    return columns
-
-
-def example_lengths(dataset: datasets.Dataset) -> np.ndarray:
-    """Per row, the length of its longest list column (token ids), as ``int64``."""
-    columns = _list_lengths(dataset)
-    return np.max(columns, axis=0) if columns else np.zeros(len(dataset), dtype=np.int64)
-
-
-def side_lengths(dataset: datasets.Dataset) -> np.ndarray:
-    """Per row ``[longest, shortest]`` of its token lists (``int64``, ``[N, 2]``): the bucketing
-    key of an objective that pads each sequence of a row on its own (XLCO's two sides), so
-    that rows whose longer sides tie are ordered by their shorter sides too."""
-    columns = _list_lengths(dataset)
-    if not columns:
-        return np.zeros((len(dataset), 2), dtype=np.int64)
-    stacked = np.stack(columns, axis=1)
-    return np.stack([stacked.max(axis=1), stacked.min(axis=1)], axis=1)
 
 
 class BucketedStream:

@@ -25,10 +25,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import click
-
+from objkit.contract.defaults import model_max_tokens, save_tokenizer_for  # re-exported here
 from objkit.contract.errors import UserError
-from objkit.cli.lazygroup import LazyGroup
 
 if TYPE_CHECKING:  # imported where used: `objkit tokenizer --help` loads neither torch nor pydantic models
     from objkit.contract.interfaces import TokenizerTraining
@@ -158,42 +156,6 @@ def train_wordpiece(texts: Iterable[str], out_dir: Path, *, vocab_size: int = 80
     return tokenizer
 
 
-def model_max_tokens(model: Any) -> int | None:
-    """Tokens per sequence the position table of ``model`` (a transformers model or its config)
-    allows (XLM-R offsets positions by ``pad_token_id + 1``), or None when the config does not say."""
-    config = getattr(model, "config", model)
-    positions = getattr(config, "max_position_embeddings", None)
-    if not isinstance(positions, int):
-        return None
-    offset = (getattr(config, "pad_token_id", None) or 0) + 1 if "roberta" in str(getattr(config, "model_type", "")) else 0
-    return max(2, positions - offset)
-
-
-def save_tokenizer_for(model: Any, tokenizer: Any, out_dir: str | Path) -> None:
-    """``tokenizer.save_pretrained(out_dir)`` with ``model_max_length`` no larger than the position
-    table of ``model`` (an objkit encoder, a transformers model or its config) allows, so
-    ``tokenizer(..., truncation=True)`` in any fine-tuning script (HF ``run_glue`` / ``run_xnli``
-    take ``min(max_seq_length, tokenizer.model_max_length)``) never overruns it. The tokenizer
-    object itself is left as it was."""
-    body = model.body() if hasattr(model, "body") else model
-    limit = model_max_tokens(body)
-    before = tokenizer.model_max_length
-    if limit is None:
-        log.warning("tokenizer: the model config has no max_position_embeddings; model_max_length left as is")
-    elif before is None or before > limit:
-        tokenizer.model_max_length = limit
-    try:
-        tokenizer.save_pretrained(str(out_dir))
-    finally:
-        tokenizer.model_max_length = before
-    # transformers 5 writes tokenizer.json only: keep the SentencePiece model beside it, which
-    # `objkit tokenizer extend` (and the slow tokenizer) need
-    for attribute, name in getattr(tokenizer, "vocab_files_names", {}).items():
-        source = getattr(tokenizer, attribute, None)
-        if isinstance(source, str) and Path(source).is_file() and not (Path(out_dir) / name).exists():
-            shutil.copyfile(source, Path(out_dir) / name)
-
-
 # ----------------------------------------------------------------------------- recipe cache
 def _config_json(config: TokenizerTraining) -> dict[str, Any]:
     """The training config as cached; ``algorithm`` only when set (keys of unigram tokenizers trained
@@ -279,55 +241,3 @@ def ensure_tokenizer(config: TokenizerTraining, sources: Mapping[str, Any], cach
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-# ----------------------------------------------------------------------------- CLI
-@click.group("tokenizer", cls=LazyGroup, lazy_subcommands={
-    "extend": ("objkit.data.vocab:extend_command", "Add pieces learned from new text to an existing tokenizer."),
-}, epilog="""\b
-Examples:
-  objkit tokenizer train corpus/*.txt -o tok/ --vocab-size 8000
-  objkit tokenizer extend xlm-roberta-base sw/*.txt -o tok-sw --add 20000 --lang sw
-""")
-def tokenizer_group() -> None:
-    """Train a SentencePiece tokenizer, or extend an existing one with new pieces."""
-
-
-@tokenizer_group.command("train", epilog="""\b
-Examples:
-  objkit tokenizer train corpus/*.txt -o tok/ --vocab-size 8000
-  objkit tokenizer train en.jsonl de.jsonl -o tok/ --field sentence --max-sentences 50000
-""")
-@click.argument("files", nargs=-1, required=True)
-@click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False),
-              help="directory to write (loadable with transformers.AutoTokenizer)")
-@click.option("--vocab-size", default=8000, show_default=True, type=click.IntRange(min=100),
-              help="SentencePiece pieces (the tokenizer adds <pad> and <mask>)")
-@click.option("--character-coverage", default=0.9995, show_default=True, type=click.FloatRange(0, 1, min_open=True))
-@click.option("--max-sentences", default=200_000, show_default=True, type=click.IntRange(min=1),
-              help="train on at most this many sentences, read round-robin over FILES")
-@click.option("--field", default="text", show_default=True, help="text column of .jsonl/.parquet files")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--no-progress", is_flag=True, help="Disable the progress bar.")
-def train_command(files: tuple[str, ...], output: str, vocab_size: int, character_coverage: float,
-                  max_sentences: int, field: str, seed: int, no_progress: bool = False) -> None:
-    """Train an XLM-R-style unigram tokenizer on FILES (.txt, .jsonl, .parquet; globs allowed).
-    """
-    from objkit.data.sources import expand, iter_source_texts
-    from objkit.recipe.schema import TextSource
-
-    for pattern in files:
-        expand(pattern, "FILES", None)
-    source = TextSource.model_validate(
-        {"type": "text", "files": [{"path": p, "lang": "und", "field": field} for p in files]})
-    texts = iter_source_texts(source, max_sentences, name="FILES")
-    from objkit.data.ownership import write_folder
-
-    trained: list[Any] = []
-    # a private temporary folder renamed into place: a non-empty DIR objkit did not write is refused
-    # before training, one objkit wrote is replaced whole, a failed training leaves DIR as it was
-    write_folder(Path(output), lambda tmp: trained.append(train_tokenizer(
-        texts, tmp, vocab_size=vocab_size, character_coverage=character_coverage, max_sentences=max_sentences,
-        seed=seed, progress=not no_progress)), "objkit tokenizer train", "-o")
-    tokenizer = trained[0]
-    click.echo(f"wrote tokenizer with {len(tokenizer)} ids ({type(tokenizer).__name__}) to {output}")
