@@ -70,13 +70,25 @@ def _import_nodes(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
     return found
 
 
-def import_graph(root: Path = PACKAGE, lazy: dict[str, str] | None = None) -> dict[str, list[Import]]:
+def lazy_tables(packages: list[str]) -> dict[str, dict[str, str]]:
+    """The names each package imports on first use (PEP 562: its ``_LAZY`` table)."""
+    tables = {}
+    for name in packages:
+        table = getattr(importlib.import_module(name), "_LAZY", None)
+        if table:
+            tables[name] = table
+    return tables
+
+
+def import_graph(root: Path = PACKAGE, lazy: dict[str, dict[str, str]] | None = None) -> dict[str, list[Import]]:
     """module -> the objkit modules it imports (``root`` is the package folder). ``from PKG import
     NAME`` counts as an import of ``PKG.NAME`` when that is a module, else of the module that
-    defines NAME for the facade's lazy names (``lazy``), else of ``PKG``."""
-    lazy = objkit._LAZY if lazy is None else lazy
+    defines NAME when PKG imports its names lazily (``lazy``: the facade, objkit.data, ...), else
+    of ``PKG``."""
     top = root.name
     paths = {module_name(p, root): p for p in sorted(root.rglob("*.py"))}
+    if lazy is None:
+        lazy = lazy_tables([name for name, path in paths.items() if path.name == "__init__.py"])
     graph: dict[str, list[Import]] = {}
     for name, path in paths.items():
         source = path.read_text(encoding="utf-8")
@@ -98,8 +110,8 @@ def import_graph(root: Path = PACKAGE, lazy: dict[str, str] | None = None) -> di
                     full = f"{base}.{alias.name}"
                     if full in paths:
                         targets.append(full)
-                    elif base == top and alias.name in lazy:
-                        targets.append(lazy[alias.name])
+                    elif alias.name in lazy.get(base, {}):
+                        targets.append(lazy[base][alias.name])
                     else:
                         targets.append(base)
             for target in targets:
@@ -224,10 +236,10 @@ def test_the_cycle_check_finds_a_cycle_through_a_function_level_import(tmp_path)
     assert find_cycle(import_graph(root, lazy={})) is None
 
 
-def test_facade_names_count_as_imports_of_their_defining_module(tmp_path):
+def test_lazy_package_names_count_as_imports_of_their_defining_module(tmp_path):
     root = _fake_package(tmp_path, {"__init__.py": "", "contract/__init__.py": "", "train/__init__.py": "",
                                     "train/trainer.py": "", "contract/x.py": "from objkit import Trainer\n"})
-    [imp] = import_graph(root, lazy={"Trainer": "objkit.train.trainer"})["objkit.contract.x"]
+    [imp] = import_graph(root, lazy={"objkit": {"Trainer": "objkit.train.trainer"}})["objkit.contract.x"]
     assert imp.target == "objkit.train.trainer"
 
 

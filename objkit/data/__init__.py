@@ -8,28 +8,32 @@
 * :func:`sampling_probabilities`, :class:`ExampleStream`: α-sampling over groups, resumable.
 """
 
+import importlib
 from typing import Any
 
-from objkit.data.packing import pack_batch, pack_sentences, sentence_rows
-from objkit.data.sampling import ExampleStream, sampling_probabilities
-from objkit.data.sources import (
-    expand,
-    iter_source_texts,
-    load_source,
-    load_source_groups,
-    source_group_sizes,
-    source_groups,
-)
-
+# Imported on first use (PEP 562), as objkit and objkit.eval do: a module of this layer that
+# needs no torch (objkit data, objkit tokenizer --help, ownership, runlock) does not load it.
+_LAZY = {
+    **dict.fromkeys(["pack_batch", "pack_sentences", "sentence_rows"], "objkit.data.packing"),
+    **dict.fromkeys(["ExampleStream", "sampling_probabilities"], "objkit.data.sampling"),
+    **dict.fromkeys(["expand", "iter_source_texts", "load_source", "load_source_groups", "source_group_sizes",
+                     "source_groups"], "objkit.data.sources"),
+    # the ``cldr`` source plugin's (objkit_plugins.source_cldr) since plugin API 1.6
+    **dict.fromkeys(["cldr_dataset", "language_pairs"], "objkit_plugins.source_cldr"),
+}
 
 
 def __getattr__(name: str) -> Any:
-    """``cldr_dataset`` and ``language_pairs``: the ``cldr`` source plugin's (``objkit_plugins.source_cldr``)."""
-    if name in ("cldr_dataset", "language_pairs"):
-        import importlib
-
-        return getattr(importlib.import_module("objkit_plugins.source_cldr"), name)
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        if not _LAZY[name].startswith("objkit_plugins"):
+            globals()[name] = value
+        return value
     raise AttributeError(f"module 'objkit.data' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = [
@@ -42,6 +46,7 @@ __all__ = [
     "load_source_groups",
     "pack_batch",
     "pack_sentences",
+    "sentence_rows",
     "sampling_probabilities",
     "source_group_sizes",
     "source_groups",

@@ -6,31 +6,33 @@
   wrapped :class:`StepModule`; :mod:`objkit.distributed.fsdp`: FSDP2; :mod:`objkit.distributed.choose`: which one a run uses.
 """
 
-from objkit.distributed.collectives import (
-    AllGather,
-    agree,
-    all_gather_objects,
-    all_reduce_sum,
-    broadcast_from_main,
-    dist_all_gather,
-    gather_rows,
-)
-from objkit.distributed.group import (
-    barrier,
-    env_world,
-    init_distributed,
-    main_process_first,
-    process_group,
-    shutdown_distributed,
-)
-from objkit.distributed.strategy import (
-    DDPStrategy,
-    ParallelStrategy,
-    StepModule,
-    check_resumable,
-    needs_find_unused,
-)
-from objkit.distributed.choose import parallelize
+import importlib
+from typing import Any
+
+# Imported on first use (PEP 562), as objkit and objkit.eval do: processes, faults and device
+# are imported by commands that must start without torch.
+_LAZY = {
+    **dict.fromkeys(["AllGather", "agree", "all_gather_objects", "all_reduce_sum", "broadcast_from_main",
+                     "dist_all_gather", "gather_rows"], "objkit.distributed.collectives"),
+    **dict.fromkeys(["barrier", "env_world", "init_distributed", "main_process_first", "process_group",
+                     "shutdown_distributed"], "objkit.distributed.group"),
+    **dict.fromkeys(["DDPStrategy", "ParallelStrategy", "StepModule", "check_resumable", "needs_find_unused"],
+                    "objkit.distributed.strategy"),
+    "parallelize": "objkit.distributed.choose",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'objkit.distributed' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "AllGather", "DDPStrategy", "ParallelStrategy", "StepModule", "agree", "all_gather_objects", "all_reduce_sum",
