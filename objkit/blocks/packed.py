@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from objkit.contract.defaults import document_attention_mask
+
 if TYPE_CHECKING:
     from objkit.contract.encoder import EncoderRunOptions
 
@@ -80,13 +82,6 @@ def pack_documents(batch: dict[str, torch.Tensor], capacity: int, *, pad_id: int
         packed[dst_row, dst_col] = value[doc, col]
         out[key] = packed
     return out
-
-
-def document_attention_mask(document_ids: torch.Tensor) -> torch.Tensor:
-    """``[B, L, L]`` boolean, True where query ``q`` may attend key ``k``: both in the same
-    document of the row. Padding (id 0) attends padding only, so no query row is empty (an
-    all-masked row would make SDPA's softmax NaN) and no real token sees a padded slot."""
-    return document_ids[:, :, None] == document_ids[:, None, :]
 
 
 def document_lengths(document_ids: torch.Tensor) -> torch.Tensor:

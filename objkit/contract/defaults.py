@@ -1,9 +1,10 @@
 """What the contract's default methods call, kept in the contract so that it imports nothing above
 it: the frozen copy of a momentum encoder (:meth:`objkit.Encoder.copy_body`), the bucketing sort
 keys of prepared rows (:meth:`objkit.Objective.bucket_lengths`), and the tokenizer saved beside a
-model (:meth:`objkit.EvalContext.save_pretrained`). Their public homes are unchanged:
-:mod:`objkit.blocks.momentum`, :mod:`objkit.data.bucketing` and :mod:`objkit.data.tokenizer`
-import them from here (and ``objkit.make_momentum_copy``, ``objkit.side_lengths``)."""
+model (:meth:`objkit.EvalContext.save_pretrained`), the per-document attention mask of packed rows
+(:meth:`objkit.Encoder.forward_documents`). Their public homes are unchanged:
+:mod:`objkit.blocks.momentum`, :mod:`objkit.data.bucketing`, :mod:`objkit.data.tokenizer` and
+:mod:`objkit.blocks.packed` import them from here (and ``objkit.make_momentum_copy``, ``objkit.side_lengths``)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     import datasets
+    import torch
     from torch import nn
 
 log = logging.getLogger("objkit.data.tokenizer")  # where these warnings were logged from before
@@ -100,4 +102,11 @@ def save_tokenizer_for(model: Any, tokenizer: Any, out_dir: str | Path) -> None:
             shutil.copyfile(source, Path(out_dir) / name)
 
 
-__all__ = ["example_lengths", "make_momentum_copy", "model_max_tokens", "save_tokenizer_for", "side_lengths"]
+__all__ = ["document_attention_mask", "example_lengths", "make_momentum_copy", "model_max_tokens", "save_tokenizer_for", "side_lengths"]
+
+
+def document_attention_mask(document_ids: torch.Tensor) -> torch.Tensor:
+    """``[B, L, L]`` boolean, True where query ``q`` may attend key ``k``: both in the same
+    document of the row. Padding (id 0) attends padding only, so no query row is empty (an
+    all-masked row would make SDPA's softmax NaN) and no real token sees a padded slot."""
+    return document_ids[:, :, None] == document_ids[:, None, :]

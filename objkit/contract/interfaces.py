@@ -199,7 +199,7 @@ class Encoder(Plugin, nn.Module, ABC):
         Default: :meth:`forward` with the block-diagonal ``[B, L, L]`` mask of
         :func:`objkit.document_attention_mask` (API 1.5 masks). An encoder with a varlen kernel
         overrides it (:class:`objkit.MaskedLMEncoder` under ``train.packed_attention``)."""
-        from objkit.blocks.packed import document_attention_mask
+        from objkit.contract.defaults import document_attention_mask
 
         return self(input_ids, document_attention_mask(document_ids), up_to_layer, position_ids, token_type_ids)
 
