@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from objkit.contract.errors import PluginError, UserError
 from objkit import _aliases
 
-_aliases.install()  # old module paths (before 0.7.0's layers) import with a DeprecationWarning
+_aliases.install()  # old module paths (before 0.8.0's layers) import with a DeprecationWarning
 
 if TYPE_CHECKING:
     from objkit.contract.hookspecs import PLUGIN_API_VERSION, hookimpl
@@ -133,7 +133,7 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
-__version__ = "0.7.0"  # = pyproject.toml's version (tests/test_packaging.py checks)
+__version__ = "0.8.0"  # = pyproject.toml's version (tests/test_packaging.py checks)
 
 __all__ = [
     "IGNORE_INDEX",

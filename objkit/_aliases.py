@@ -1,4 +1,4 @@
-"""Old module paths (before objkit/ was split into layers in 0.7.0) keep importing for one
+"""Old module paths (before objkit/ was split into layers in 0.8.0) keep importing for one
 deprecation period: ``import objkit.trainer`` gives :mod:`objkit.train.trainer` with a
 ``DeprecationWarning`` naming the new path; they go in objkit 1.0 (docs/plugin-api.md,
 "Deprecated names"). Generated with the move; MOVED is the one table old -> new."""
@@ -90,7 +90,7 @@ def _warn(old: str, new: str) -> None:
         if frame is not None and not ("importlib" in frame.f_code.co_filename
                                       and "_bootstrap" in frame.f_code.co_filename):
             level += 1
-    warnings.warn(f"{old} moved to {new} in objkit 0.7.0; the old path goes in objkit 1.0",
+    warnings.warn(f"{old} moved to {new} in objkit 0.8.0; the old path goes in objkit 1.0",
                   DeprecationWarning, stacklevel=level)
 
 
@@ -136,7 +136,7 @@ def moved_attribute(package: str, name: str) -> Any:
     module = importlib.import_module(new) if new and not name.startswith("__") else None
     if module is None or not hasattr(module, name):
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
-    warnings.warn(f"{package}.{name} moved to {new}.{name} in objkit 0.7.0; the old path goes in objkit 1.0",
+    warnings.warn(f"{package}.{name} moved to {new}.{name} in objkit 0.8.0; the old path goes in objkit 1.0",
                   DeprecationWarning, stacklevel=3)
     return getattr(module, name)
 

@@ -31,7 +31,7 @@ def test_list_plugins_json(capsys):
         assert plugins[name]["distribution"] == "objkit"
         assert plugins[name]["version"]
         assert plugins[name]["module"] == f"objkit_plugins.{name}"
-        assert plugins[name]["plugin_api"] == "1.6" and plugins[name]["status"] == "ok"
+        assert plugins[name]["plugin_api"] == "1.7" and plugins[name]["status"] == "ok"
     for name, kind, module in [("adamw", "optimizer", "adamw"), ("linear", "schedule", "schedules"),
                                ("constant", "schedule", "schedules"), ("cosine", "schedule", "schedules")]:
         assert (plugins[name]["kind"], plugins[name]["distribution"]) == (kind, "objkit")

@@ -160,9 +160,9 @@ def _with_dist(ep: md.EntryPoint, dist: object) -> md.EntryPoint:
 
 # ----------------------------------------------------------------------------- plugin API version
 def test_api_compatibility_rule():
-    assert PLUGIN_API_VERSION == "1.6"
+    assert PLUGIN_API_VERSION == "1.7"
     assert api_compatible("1.0", "1.0") and api_compatible("1.0", "1.6")
-    assert not api_compatible("1.7", "1.6")  # needs a newer minor
+    assert not api_compatible("1.8", "1.7")  # needs a newer minor
     assert not api_compatible("2.0", "1.0") and not api_compatible("0.9", "1.0")  # other majors
     assert not api_compatible("1", "1.0") and not api_compatible("one", "1.0")
 

@@ -39,7 +39,7 @@ import pluggy
 PROJECT = "objkit"
 ENTRY_POINT_GROUP = "objkit"
 
-PLUGIN_API_VERSION = "1.6"
+PLUGIN_API_VERSION = "1.7"
 """The plugin API this objkit provides, ``MAJOR.MINOR``.
 
 A plugin declares the version it is written against (class attribute ``plugin_api``). It

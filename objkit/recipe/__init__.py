@@ -1,7 +1,7 @@
 """Recipes: the schema (every table as a pydantic model), reading TOML files, validating a
 recipe against the plugin registry, and the recipe reference generator.
 
-Before 0.7.0 this package was one module, now :mod:`objkit.recipe.loader`; that module's names
+Before 0.8.0 this package was one module, now :mod:`objkit.recipe.loader`; that module's names
 still import from here with a ``DeprecationWarning`` until objkit 1.0 (docs/plugin-api.md)."""
 
 from __future__ import annotations
