@@ -211,6 +211,15 @@ def test_transfer_table_markdown_has_the_papers_layout(monkeypatch):
     results["transfer"]["reused"] = ["quickstart_infoxlm"]
     assert ("99 s for all models and seeds (InfoXLM (MLM + TLM + XLCO): evaluated in an earlier run with the "
             "same settings).") in table.markdown(results)
+    assert "Every seed's scores, each row's steps and budget: `docs/results/transfer-seeds.json`" in md
+    model["seeds"] = [{"seed": 1, "test": {"eng_Latn": 44.0, "deu_Latn": 31.0}, "dev": {"eng_Latn": 46.0}},
+                      {"seed": 2, "test": {"eng_Latn": 46.0, "deu_Latn": 35.0}, "dev": {"eng_Latn": 47.0}}]
+    record["recipe"] = "/home/someone/objkit/recipes/quickstart_infoxlm.toml"  # a path of this machine: not kept
+    seeds = table.seed_record(results)
+    row = seeds["rows"][0]
+    assert row["label"] == "InfoXLM (MLM + TLM + XLCO)" and row["steps"] == 812 and row["train_seconds"] == 601.2
+    assert [x["test"]["deu_Latn"] for x in row["transfer_seeds"]] == [31.0, 35.0] and row["tatoeba"] == {"deu": 12.5}
+    assert "/home/" not in json.dumps(seeds) and seeds["command"] == results["command"]
 
 
 def test_transfer_table_reads_pairs_from_bitext_and_multiway_folders(monkeypatch, tmp_path):
