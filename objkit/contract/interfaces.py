@@ -192,7 +192,7 @@ class Encoder(Plugin, nn.Module, ABC):
         position_ids: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
-        """Hidden states ``[h_0 .. h_L]`` of packed rows (API 1.6): several documents per row,
+        """Hidden states ``[h_0 .. h_L]`` of packed rows (API 1.7): several documents per row,
         ``document_ids`` ``[B, L]`` numbering them (1, 2, ...; 0: padding), each attending only
         within itself, with ``position_ids`` restarting per document (:func:`objkit.pack_documents`
         builds such rows). Every token's hidden state is the one it has in a row of its own.
