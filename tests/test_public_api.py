@@ -121,7 +121,7 @@ def test_minor_bump_keeps_1_0_plugins_loading():
     assert PLUGIN_API_VERSION == "1.7"
     assert api_compatible("1.0") and api_compatible("1.1") and api_compatible("1.2") and api_compatible("1.3")
     assert api_compatible("1.4") and api_compatible("1.5") and api_compatible("1.6") and api_compatible("1.7")
-    assert not api_compatible("1.7") and not api_compatible("2.0")
+    assert not api_compatible("1.8") and not api_compatible("2.0")
 
 
 def test_gather_rows_detached_or_through_the_local_shard():

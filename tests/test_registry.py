@@ -174,12 +174,12 @@ def test_api_mismatch_names_plugin_distribution_and_both_versions():
     message = str(err.value)
     assert '"future"' in message and "objkit-future 3.1" in message
     assert "plugin API 2.0" in message and f"provides plugin API {PLUGIN_API_VERSION}" in message
-    with pytest.raises(PluginError, match=rf"needs objkit plugin API 1\.7, but objkit .* provides plugin API {re.escape(PLUGIN_API_VERSION)}"):
-        registry.add(_objective("newer_minor", api="1.7"), distribution="d", version="1")
+    with pytest.raises(PluginError, match=rf"needs objkit plugin API 1\.8, but objkit .* provides plugin API {re.escape(PLUGIN_API_VERSION)}"):
+        registry.add(_objective("newer_minor", api="1.8"), distribution="d", version="1")
 
 
 def test_undeclared_or_malformed_api_version_is_an_error():
-    with pytest.raises(PluginError, match=r'declares no plugin API version; add plugin_api = "1\.6"'):
+    with pytest.raises(PluginError, match=r'declares no plugin API version; add plugin_api = "1\.7"'):
         Registry().add(_objective("silent", api=None), distribution="d", version="1")
     with pytest.raises(PluginError, match="must be \"MAJOR.MINOR\""):
         Registry().add(_objective("odd", api="v1"), distribution="d", version="1")
