@@ -287,10 +287,7 @@ def main(argv: list[str] | None = None) -> None:
         (args.output / "results.md").write_text(markdown(results))
         print(markdown(results))
         if args.update_readme:
-            from run import publish
-
-            publish(markdown(results), README_BEGIN, README_END)
-            SEEDS_FILE.write_text(json.dumps(seed_record(results), indent=1) + "\n", encoding="utf-8")
+            publish_table(results)
         return
 
     overrides = data_overrides(args)  # dies on a language without parallel text
@@ -378,10 +375,16 @@ def main(argv: list[str] | None = None) -> None:
     (out / "results.md").write_text(markdown(results))
     print(markdown(results))
     if args.update_readme:
-        from run import publish
+        publish_table(results)
 
-        publish(markdown(results), README_BEGIN, README_END)
-        SEEDS_FILE.write_text(json.dumps(seed_record(results), indent=1) + "\n", encoding="utf-8")
+
+def publish_table(results: dict[str, Any]) -> None:
+    """``--update-readme``: the table into the README and its docs page, every seed into
+    :data:`SEEDS_FILE`."""
+    from run import publish
+
+    publish(markdown(results), README_BEGIN, README_END)
+    SEEDS_FILE.write_text(json.dumps(seed_record(results), indent=1) + "\n", encoding="utf-8")
 
 
 def seed_record(results: dict[str, Any]) -> dict[str, Any]:
