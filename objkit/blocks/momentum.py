@@ -35,6 +35,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
+from objkit.blocks.master_weights import master_of
 from objkit.contract.defaults import make_momentum_copy  # public here (objkit.make_momentum_copy)
 from objkit.contract.interfaces import PluginConfig
 
@@ -134,7 +135,6 @@ class MomentumTracker:
         for src, dst in zip(self.sources, self.targets, strict=True):
             if src.shape != dst.shape:
                 raise ValueError(f"shape mismatch: source {tuple(src.shape)} vs target {tuple(dst.shape)}")
-        self._same_dtype = all(s.dtype == t.dtype for s, t in zip(self.sources, self.targets, strict=True))
         self.last_momentum: float | None = None
 
     @classmethod
@@ -149,9 +149,13 @@ class MomentumTracker:
         return cls((s for s, _ in pairs), (t for _, t in pairs))
 
     def _sources(self) -> list[torch.Tensor]:
-        if self._same_dtype:
-            return [_local(s.detach()) for s in self.sources]
-        return [_local(s.detach()).to(t.dtype) for s, t in zip(self.sources, self.targets, strict=True)]
+        """The sources as the EMA reads them: a source kept in bf16 by ``train.param_dtype`` is
+        read from its fp32 master (:func:`objkit.blocks.master_weights.master_of`), and a source
+        of another dtype than its target is cast to the target's."""
+        sources = [_local(master_of(s).detach()) for s in self.sources]
+        if all(s.dtype == t.dtype for s, t in zip(sources, self.targets, strict=True)):
+            return sources
+        return [s.to(t.dtype) for s, t in zip(sources, self.targets, strict=True)]
 
     @torch.no_grad()
     def update(self, momentum: float) -> None:

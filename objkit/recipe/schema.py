@@ -116,6 +116,12 @@ class TrainConfig(Strict):
     optimizer: OptimizerConfig = OptimizerConfig()
     clip_norm: float | None = Field(1.0, gt=0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    param_dtype: Literal["fp32", "bf16"] = Field(
+        "fp32", description="the dtype of the trained weights during the step: fp32, or bf16 (autocast then casts "
+        "no weight; the optimizer updates fp32 master copies with fp32 moments and the bf16 weights are rounded "
+        "from them; checkpoints and the export hold the fp32 masters); bf16 needs precision bf16 (or auto on a "
+        "CUDA device with bf16) and parallelism ddp or one process (objkit/blocks/master_weights.py)"
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = Field(1, ge=0, le=2**63 - 1, description="0 to 2**63 - 1 (a TOML integer)")
     time_budget: float | None = Field(
@@ -188,6 +194,9 @@ class TrainConfig(Strict):
     def _micro_divides(self) -> TrainConfig:
         if self.micro_batch_size is not None and self.micro_batch_size > self.batch_size:
             raise ValueError("micro_batch_size must not exceed batch_size")
+        if self.param_dtype == "bf16" and self.precision in ("fp32", "fp16"):
+            raise ValueError(f"param_dtype = \"bf16\" computes in bf16: it needs precision \"bf16\" or \"auto\" "
+                             f"(got precision {self.precision!r})")
         return self
 
 

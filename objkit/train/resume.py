@@ -28,22 +28,23 @@ class ResumeFromCheckpoint:
         trainer_state = data.trainer
         streamed = sorted(name for name, stream in self.streams.items() if stream.per_rank)
         distributed.check_resumable(data.path, trainer_state, self.world, self.strategy.mode, streamed)
-        if data.sharded:
-            saved_world = int(trainer_state.get("world_size", 1))
-            if saved_world != self.world.world_size:
-                raise UserError(f"{data.path}: a sharded checkpoint written by {saved_world} rank(s) resumes on "
-                                f"{saved_world} (this run has {self.world.world_size}): run with --nproc {saved_world}")
-            states = sharded.load_sharded(data.path, self.strategy.module, self.optimizer, self._objective_states(),
-                                          data.objectives)
-            for built in self.objectives:
-                built.objective.load_state_dict(states.get(built.name, {}))
-        else:
-            model = self.strategy.model_for_load()
-            ckpt.apply_model_state(model, data.model, data.path)
-            self.strategy.finish_model_load(model)
-            for built in self.objectives:
-                self.strategy.load_objective_state(built.objective, data.objectives.get(built.name, {}))
-            self.strategy.load_optimizer_state(self.optimizer, data.optimizer["optimizer"])
+        with self.fp32_weights():  # train.param_dtype = "bf16": what is loaded lands in the fp32 masters
+            if data.sharded:
+                saved_world = int(trainer_state.get("world_size", 1))
+                if saved_world != self.world.world_size:
+                    raise UserError(f"{data.path}: a sharded checkpoint written by {saved_world} rank(s) resumes on "
+                                    f"{saved_world} (this run has {self.world.world_size}): run with --nproc {saved_world}")
+                states = sharded.load_sharded(data.path, self.strategy.module, self.optimizer, self._objective_states(),
+                                              data.objectives)
+                for built in self.objectives:
+                    built.objective.load_state_dict(states.get(built.name, {}))
+            else:
+                model = self.strategy.model_for_load()
+                ckpt.apply_model_state(model, data.model, data.path)
+                self.strategy.finish_model_load(model)
+                for built in self.objectives:
+                    self.strategy.load_objective_state(built.objective, data.objectives.get(built.name, {}))
+                self.strategy.load_optimizer_state(self.optimizer, data.optimizer["optimizer"])
         self.scheduler.load_state_dict(data.optimizer["scheduler"])
         self.scaler.load_state_dict(data.optimizer["scaler"])
         rank, world_size = self.world.rank, self.world.world_size

@@ -34,7 +34,7 @@ from objkit.data.bucketing import BucketedStream
 from objkit.contract.interfaces import StepContext, WorldInfo
 from objkit.train.prefetch import StepPrefetcher
 from objkit.distributed.processes import quiet_rank  # objkit run --nproc: its launcher says what ends the run
-from objkit.train.memory import apply_train_options, encoder_run_options
+from objkit.train.memory import MasterWeightsHook, apply_train_options, encoder_run_options, master_weights_for
 from objkit.recipe.loader import ResolvedRecipe
 from objkit.contract.registry import Registry
 from objkit.contract.events import Callback, Events, FitState
@@ -99,6 +99,10 @@ class Trainer(ResumeFromCheckpoint):
         self.objectives = build_objectives(
             resolved, registry, self.encoder, self.tokenizer, self.device, self.world, self.precision
         )
+        # train.param_dtype = "bf16": bf16 weights in the step, fp32 masters for the optimizer; made before
+        # DDP wraps the parameters (its buckets take their dtype)
+        self.master_weights = master_weights_for(self.train_cfg, self.precision, self.encoder,
+                                                 [b.objective for b in self.objectives], self.world)
         self.streams = self._build_streams()
         self.strategy = distributed.parallelize(
             self.encoder, [b.objective for b in self.objectives], self.world, self.device,
@@ -107,6 +111,10 @@ class Trainer(ResumeFromCheckpoint):
         memory_hooks = apply_train_options(self.encoder, self.strategy, [b.objective for b in self.objectives],
                                            self.train_cfg, self.device)
         params = self.params = self.strategy.parameters()
+        if self.master_weights is not None:  # the optimizer, clipping and the non-finite check see fp32 masters
+            params = self.params = self.master_weights.master_for(params)
+            memory_hooks = [*memory_hooks, MasterWeightsHook(self.master_weights,
+                                                             every_backward=self.strategy.mode == "single")]
         if self.world.world_size > 1:  # same initial weights everywhere (above); own dropout masks per rank
             torch.manual_seed(derive_seed(self.train_cfg.seed, "rank", self.world.rank))
         self.optimizer = build_optimizer(resolved, registry, params)
@@ -198,6 +206,16 @@ class Trainer(ResumeFromCheckpoint):
         """Write a checkpoint of the current step. Every rank calls this (FSDP gathers full
         tensors, every rank's RNG state is collected); rank 0 alone writes, unless
         ``train.checkpoint_format = "sharded"`` (every rank writes its shard)."""
+        with self.fp32_weights():
+            return self._save()
+
+    def fp32_weights(self) -> contextlib.AbstractContextManager[Any]:
+        """Within it the model holds its fp32 weights: the masters under ``train.param_dtype =
+        "bf16"`` (:meth:`objkit.blocks.master_weights.MasterWeights.swapped_in`), else as it is.
+        Checkpoints, resumes, the export and evaluation callbacks see these."""
+        return self.master_weights.swapped_in() if self.master_weights is not None else contextlib.nullcontext()
+
+    def _save(self) -> Path | None:
         if self.train_cfg.checkpoint_format == "sharded":
             return self._save_sharded()
         model = self.strategy.model_for_save()
@@ -255,7 +273,8 @@ class Trainer(ResumeFromCheckpoint):
         sharded checkpoint of the current step in the background (:attr:`pending_save`); the
         step loop goes on once this rank's tensors are copied to host memory. Every rank calls it."""
         self.await_save()
-        self.pending_save = self._save_sharded(asynchronous=True)
+        with self.fp32_weights():  # the tensors are copied to host memory before it returns
+            self.pending_save = self._save_sharded(asynchronous=True)
         return self.pending_save
 
     def await_save(self) -> Path | None:
@@ -336,7 +355,7 @@ class Trainer(ResumeFromCheckpoint):
         self.budget_spent = self.train_cfg.time_budget is not None and self.train_seconds >= self.train_cfg.time_budget
         state = FitState(run_dir=self.run_dir, total_steps=self.train_cfg.steps, world=self.world,
                          encoder=self.encoder, tokenizer=self.tokenizer, step=self.step, device=self.device)
-        state._full_weights = self.strategy.full_weights
+        state._full_weights = self._full_weights
         builtin = [ProgressBar(self.progress), MetricsReport(self.train_cfg.report_to)]
         events = Events([*builtin, *self.callbacks, *callbacks], state)
         window: list[StepStats] = []
@@ -388,6 +407,13 @@ class Trainer(ResumeFromCheckpoint):
                     pending.wait()
             events.fit_end()
 
+    @contextlib.contextmanager
+    def _full_weights(self, on: str = "every_rank") -> Any:
+        """:meth:`objkit.contract.events.FitState.full_weights`: the strategy's full weights, fp32
+        (:meth:`fp32_weights`)."""
+        with self.fp32_weights(), self.strategy.full_weights(on) as model:
+            yield model
+
     def _close_prefetcher(self) -> None:
         """Stop collating ahead and put the streams back where the last trained step left them."""
         if self.prefetcher is None:
@@ -421,6 +447,10 @@ class Trainer(ResumeFromCheckpoint):
         card and the recipe (:func:`objkit.train.export.write_export`, which ``objkit export`` uses too);
         written whole, and refused (nothing touched) when ``export/`` holds files objkit did not
         write. Every rank calls this (FSDP gathers the weights); rank 0 alone writes."""
+        with self.fp32_weights():
+            return self._export()
+
+    def _export(self) -> Path | None:
         import tomllib
 
         from objkit.train.export import export_record, objkit_version, write_export
