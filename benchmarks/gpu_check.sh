@@ -86,9 +86,11 @@ stage tests 130 "$OUT/pytest.log" \
   $PY -m pytest -m gpu -rs -p no:cacheprovider --continue-on-collection-errors --junitxml="$OUT/junit.xml" tests
 
 # ---------------------------------------------------------------- 3. the GPU benchmark rows
-# gpu_mfu, checkpointing and chunked-head ratios at the XLM-R-base shape (L = 512, bf16, B = 8)
-stage bench_gpu 100 "$OUT/bench_gpu.log" \
-  $PY benchmarks/run.py "${DEVICE_ARGS[@]}" --only gpu_mfu,checkpointing_step_ratio,chunked_head_time_ratio \
+# gpu_mfu (bf16 weights), checkpointing and chunked-head ratios, bf16 weights against fp32 weights under
+# autocast, at the XLM-R-base shape (L = 512, bf16, B = 8)
+stage bench_gpu 150 "$OUT/bench_gpu.log" \
+  $PY benchmarks/run.py "${DEVICE_ARGS[@]}" \
+  --only gpu_mfu,bf16_weights_step_speedup,checkpointing_step_ratio,chunked_head_time_ratio \
   --json "$OUT/bench_gpu.json"
 # torch.compile against eager (compilation in untimed warm-up steps), quickstart and base shape
 stage bench_compile 90 "$OUT/bench_compile.log" \

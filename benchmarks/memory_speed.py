@@ -206,6 +206,38 @@ def compile_speedup(ws: Any, bench: Any) -> dict[str, Any]:
     return out
 
 
+# ---------------------------------------------------------------------------- bf16 weights on a GPU
+def bf16_weights_step_speedup(ws: Any, bench: Any) -> dict[str, Any]:
+    """The MLM step at the base shape with fp32 weights under bf16 autocast (every matmul casts its
+    weight first) / with ``train.param_dtype = "bf16"`` (bf16 weights, fp32 masters in the
+    optimizer: no casts); the first step's losses of both are reported beside the times."""
+    s = ws.settings
+    if s.device != "cuda" or not torch.cuda.is_available():
+        raise RuntimeError("bf16_weights_step_speedup needs --device cuda on a machine with a CUDA device")
+    plain = _mlm_trainer(ws, bench, "model.dropout=0.0")
+    bf16 = _mlm_trainer(ws, bench, "model.dropout=0.0", "train.param_dtype=bf16")
+    first = {"fp32_weights": _losses(_step(plain, s.device)), "bf16_weights": _losses(_step(bf16, s.device))}
+    times = bench.alternate({"fp32_weights": lambda: _step(plain, s.device),
+                             "bf16_weights": lambda: _step(bf16, s.device)}, s.head_reps)
+    peak = {}
+    for name, trainer in (("fp32_weights", plain), ("bf16_weights", bf16)):
+        torch.cuda.reset_peak_memory_stats()
+        _step(trainer, s.device)
+        peak[name] = torch.cuda.max_memory_allocated()
+    result = {
+        "value": bench.median_ratio(times["fp32_weights"], times["bf16_weights"]),
+        "first_step_losses": first,
+        "max_memory_allocated_bytes": peak,
+        "model": {"layers": s.head_layers, "hidden": s.head_hidden, "vocab": s.head_vocab},
+        "batch": f"{s.head_batch} x {s.head_length}",
+        "device": s.device,
+        "times": {k: bench.summary(v) for k, v in times.items()},
+    }
+    del plain, bf16
+    gc.collect()
+    return result
+
+
 # ---------------------------------------------------------------------------- MFU on a GPU
 def gpu_mfu(ws: Any, bench: Any) -> dict[str, Any]:
     """Model FLOP utilisation of the XLM-R-base-shaped MLM step (``recipes/xlmr_mlm.toml`` through
@@ -215,7 +247,8 @@ def gpu_mfu(ws: Any, bench: Any) -> dict[str, Any]:
     s = ws.settings
     if s.device != "cuda" or not torch.cuda.is_available():
         raise RuntimeError("gpu_mfu needs --device cuda on a machine with a CUDA device")
-    trainer = _mlm_trainer(ws, bench, layers=s.head_layers)
+    sets = [f"train.param_dtype={s.mfu_param_dtype}"]
+    trainer = _mlm_trainer(ws, bench, *sets, layers=s.head_layers)
     masked: list[int] = []
     for _ in range(2):  # warm-up
         _step(trainer, "cuda")
@@ -240,6 +273,7 @@ def gpu_mfu(ws: Any, bench: Any) -> dict[str, Any]:
         "step_s": seconds,
         "tflop_per_step": flops / 1e12,
         "precision": trainer.precision,
+        "param_dtype": s.mfu_param_dtype,
         "fused_adamw": bool(trainer.optimizer.defaults.get("fused")),
         "attention": trainer.encoder.mlm.config._attn_implementation,
         "model": {"layers": s.head_layers, "hidden": s.head_hidden, "vocab": s.head_vocab,
@@ -421,7 +455,11 @@ def describe(key: str, d: dict[str, Any]) -> str:
                 f"peak; without the options {without}")
     if key == "gpu_mfu":
         return (f"{d['achieved_tflops']:.0f} TFLOP/s of {d['peak_bf16_tflops'] or '?'} on {d['device_name']}; "
-                f"{d['step_s'] * 1000:.0f} ms per step, B×L {d['model']['batch'].replace(' x ', '×')}")
+                f"{d['step_s'] * 1000:.0f} ms per step, B×L {d['model']['batch'].replace(' x ', '×')}, "
+                f"{d.get('param_dtype', 'fp32')} weights")
+    if key == "bf16_weights_step_speedup":
+        return (f"{ms(t, 'bf16_weights')} vs {ms(t, 'fp32_weights')} per step (param_dtype bf16 vs fp32 under "
+                f"autocast); MLM, {d['model']['layers']} layers, B×L {d['batch'].replace(' x ', '×')}")
     return ""
 
 
@@ -439,6 +477,8 @@ ROWS = [
     _row("chunked_head_time_ratio", "<=", 1.1, "MLM step with the chunked LM head / head in one piece (base shape)",
          ("cpu", "cuda")),
     _row("compile_speedup", ">=", 1.0, "eager MLM step / train.compile step (base shape)", ("cpu", "cuda")),
+    _row("bf16_weights_step_speedup", ">=", 1.05,
+         "MLM step with fp32 weights under bf16 autocast / with train.param_dtype = bf16 (base shape)", ("cuda",)),
     _row("gpu_mfu", ">=", 0.40, "model FLOP/s of an XLM-R-base MLM step (L=512, bf16) / the card's peak bf16",
          ("cuda",)),
 ]

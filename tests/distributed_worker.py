@@ -10,6 +10,7 @@ backward passes per step, DDP gradient-synchronisation calls per step, ...).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -25,8 +26,24 @@ from objkit.contract.registry import default_registry
 from objkit.train.trainer import Trainer
 
 
+def fp32_master_weights() -> None:
+    """``OBJKIT_TEST_FP32_MASTERS=1``: the trainer's master-weights path (``train.param_dtype``)
+    with fp32 "low-precision" weights, which CPU ranks can run (objkit refuses bf16 on a CPU)."""
+    import torch
+
+    from objkit.blocks.master_weights import MasterWeights
+    from objkit.train import trainer
+
+    def masters(train, precision, encoder, objectives, world):  # noqa: ANN001, ANN202
+        return MasterWeights([p for p in encoder.parameters() if p.requires_grad], torch.float32)
+
+    trainer.master_weights_for = masters
+
+
 def main() -> None:
     recipe, run_dir, dump_dir, *overrides = sys.argv[1:]
+    if os.environ.get("OBJKIT_TEST_FP32_MASTERS") == "1":
+        fp32_master_weights()
     dump = Path(dump_dir)
     dump.mkdir(parents=True, exist_ok=True)
     saves: list[int] = []
@@ -69,7 +86,7 @@ def main() -> None:
 
         trainer.resume = recording_resume
         info: dict = {"rank": trainer.world.rank, "world_size": trainer.world.world_size,
-                      "mode": trainer.strategy.mode, "steps": {}, "sync_calls": {}}
+                      "mode": trainer.strategy.mode, "master_weights": trainer.master_weights is not None, "steps": {}, "sync_calls": {}}
         ddp = getattr(trainer.strategy, "ddp", None)
         if ddp is not None:  # count gradient all-reduce calls (one per bucket) per step
             from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook

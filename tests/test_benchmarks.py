@@ -92,7 +92,15 @@ def test_gpu_peak_table_and_rows(run, monkeypatch):
     assert "gpu_mfu" not in run.BENCHMARKS and run.GOALS["gpu_mfu"][:2] == (">=", 0.40)
     row = {"achieved_tflops": 400.0, "peak_bf16_tflops": 989.0, "device_name": "NVIDIA H100 80GB HBM3",
            "step_s": 0.1, "model": {"batch": "8 x 512"}}
-    assert run.describe("gpu_mfu", row) == "400 TFLOP/s of 989.0 on NVIDIA H100 80GB HBM3; 100 ms per step, B×L 8×512"
+    # a record from before train.param_dtype measured fp32 weights under autocast
+    assert run.describe("gpu_mfu", row) == ("400 TFLOP/s of 989.0 on NVIDIA H100 80GB HBM3; 100 ms per step, "
+                                            "B×L 8×512, fp32 weights")
+    assert run.describe("gpu_mfu", {**row, "param_dtype": "bf16"}).endswith("B×L 8×512, bf16 weights")
+    assert "bf16_weights_step_speedup" in run.GPU_BENCHMARKS and "bf16_weights_step_speedup" in run.CUDA_ROWS
+    assert run.GOALS["bf16_weights_step_speedup"][:2] == (">=", 1.05)
+    times = {"bf16_weights": {"median_s": 0.09}, "fp32_weights": {"median_s": 0.1}}
+    assert run.describe("bf16_weights_step_speedup", {"times": times, "model": {"layers": 12}, "batch": "8 x 512"}) == (
+        "90 ms vs 100 ms per step (param_dtype bf16 vs fp32 under autocast); MLM, 12 layers, B×L 8×512")
 
 
 def test_rows_come_from_the_row_modules_in_order(run):
@@ -102,9 +110,11 @@ def test_rows_come_from_the_row_modules_in_order(run):
 
     declared = [row.key for name in run.ROW_MODULES for row in importlib.import_module(name).ROWS]
     assert declared == list(run.ROWS) == list(run.GOALS)
-    assert list(run.BENCHMARKS) == [k for k in declared if k != "gpu_mfu"] and list(run.GPU_BENCHMARKS) == ["gpu_mfu"]
+    gpu_only = ["bf16_weights_step_speedup", "gpu_mfu"]
+    assert list(run.BENCHMARKS) == [k for k in declared if k not in gpu_only] and list(run.GPU_BENCHMARKS) == gpu_only
     assert run.GOALS["mlm_head_speedup"] == (">=", 1.7, "HF full-vocab MLM step / objkit masked-only MLM step")
-    assert run.CUDA_ROWS == ("checkpointing_step_ratio", "chunked_head_time_ratio", "compile_speedup", "gpu_mfu")
+    assert run.CUDA_ROWS == ("checkpointing_step_ratio", "chunked_head_time_ratio", "compile_speedup",
+                             "bf16_weights_step_speedup", "gpu_mfu")
     enqueue = {"median_us_per_enqueue": {"size_131072": 12.0, "size_1024": 10.0}, "keys_per_enqueue": 128}
     assert run.describe("enqueue_ratio", enqueue) == "12 µs vs 10 µs per enqueue of 128 keys"
     with pytest.raises(ValueError, match="direction"):

@@ -58,12 +58,12 @@ keep_checkpoints = 3
 LOSSES = ("mlm/loss", "tlm/loss", "xlco/loss")
 
 
-def _launch(nproc: int, recipe: Path, out: Path, *overrides: str) -> Path:
+def _launch(nproc: int, recipe: Path, out: Path, *overrides: str, env: dict[str, str] | None = None) -> Path:
     """Run the worker (under torchrun when nproc > 1); returns the run directory."""
     prefix = [sys.executable]
     if nproc > 1:
         prefix += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     done = subprocess.run(
         [*prefix, str(WORKER), str(recipe), str(out / "run"), str(out / "dump"), *overrides],
         env=env, capture_output=True, text=True, timeout=TIMEOUT,
@@ -110,6 +110,25 @@ def test_two_ranks_log_the_losses_of_one(runs, mode):
     assert "xlco/loss" not in single[0] and all("xlco/loss" in m for m in single[1:])  # the queue filled at step 0
     _assert_losses_close(single, multi, rel=1e-5)
     assert _info(runs[mode], 0)["mode"] == mode and _info(runs[mode], 1)["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_ddp_with_master_weights_trains_the_same_bits(runs, recipe, tmp_path):
+    """``train.param_dtype``'s path under DDP (master copies made before DDP wraps the encoder,
+    DDP's reduced gradients moved into them at ``synced``), run with fp32 "low-precision"
+    weights: the same losses, export and momentum encoder as plain DDP, bit for bit."""
+    mastered = _launch(2, recipe, tmp_path, "train.micro_batch_size=4", env={"OBJKIT_TEST_FP32_MASTERS": "1"})
+    assert _info(tmp_path, 0)["master_weights"] and not _info(runs["ddp"], 0)["master_weights"]
+
+    def losses(run: Path) -> list[dict]:
+        return [{k: v for k, v in m.items() if k.endswith("loss")} for m in read_metrics(run / "metrics.jsonl")]
+
+    assert losses(mastered) == losses(runs["ddp"] / "run") and len(losses(mastered)) == 6
+    for name in ("run/export/model.safetensors", "dump/rank0.safetensors", "dump/rank1.safetensors"):
+        got, want = load_file(str(tmp_path / name)), load_file(str(runs["ddp"] / name))
+        assert got.keys() == want.keys()
+        for key in got:
+            assert torch.equal(got[key], want[key]), (name, key)
 
 
 @pytest.mark.slow

@@ -36,6 +36,23 @@ def test_bf16_step_on_cuda_with_fused_adamw_and_sdpa(recipe_path, tmp_path):
     assert all(p.dtype == torch.float32 for p in key.parameters())  # the momentum encoder stays fp32
 
 
+def test_bf16_weights_on_cuda_track_the_fp32_weights_run(recipe_path, tmp_path):
+    """``train.param_dtype = "bf16"`` on the card: bf16 encoder weights, fp32 masters with fused
+    AdamW, the momentum encoder fp32; the losses follow those of fp32 weights under autocast."""
+    sets = ("train.device=cuda", "train.precision=bf16", "model.dropout=0.0")
+    autocast, _ = _train(recipe_path, tmp_path / "autocast", 3, *sets)
+    losses, trainer = _train(recipe_path, tmp_path / "bf16w", 3, *sets, "train.param_dtype=bf16")
+    assert trainer.master_weights is not None
+    assert all(p.dtype == torch.bfloat16 for p in trainer.encoder.parameters() if p.requires_grad)
+    assert all(p.device.type == "cuda" and p.dtype == torch.float32 for p in trainer.params)
+    assert trainer.optimizer.defaults.get("fused") is True
+    key = next(b.objective for b in trainer.objectives if b.name == "xlco").key_body
+    assert all(p.dtype == torch.float32 for p in key.parameters())
+    for a, b in zip(autocast, losses, strict=True):
+        for name in a:
+            assert abs(a[name] - b[name]) <= 0.05 * abs(a[name]) + 1e-3, (name, a[name], b[name])
+
+
 def test_checkpointing_and_chunked_head_on_cuda_equal_without(recipe_path, tmp_path):
     sets = ("train.device=cuda", "train.precision=fp32")
     plain = _train(recipe_path, tmp_path / "plain", 3, *sets)

@@ -247,3 +247,66 @@ def test_param_dtype_needs_bf16_compute_and_refuses_fsdp(tmp_path):
     train = _recipe(tmp_path, "train.param_dtype=bf16", "train.parallelism=fsdp").recipe.train
     with pytest.raises(UserError, match="under 'fsdp' set param_dtype"):
         memory.master_weights_for(train, "bf16", trainer.encoder, [], WorldInfo(rank=0, world_size=2))
+
+
+OBJECTIVES = {
+    "infoxlm_queue_mixup": """
+[objectives.mlm]
+data = "mono"
+[objectives.tlm]
+data = "parallel"
+[objectives.xlco]
+data = "parallel"
+layer = 1
+momentum = 0.9
+[objectives.xlco.negatives.momentum_queue]
+size = 8
+[objectives.xlco.augment.mixup]
+""",
+    "xlm_align": """
+[objectives.xlm_align]
+data = "parallel"
+wa_layer = 1
+align_enable_step = 0
+""",
+    "xlm_e": """
+[objectives.mrtd]
+data = "mono"
+[objectives.trtd]
+data = "parallel"
+generator_depth = 0.5
+""",
+    "ernie_m": """
+[objectives.camlm]
+data = "parallel"
+[objectives.btmlm]
+data = "mono"
+""",
+}
+
+
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+def test_every_built_in_objective_trains_with_bf16_weights(tmp_path, cpu_bf16, name):
+    """Each built-in objective's forward and backward take bf16 encoder weights (nothing they
+    compute outside autocast meets a bf16 weight with an fp32 input); the masters move."""
+    path = tmp_path / "r.toml"
+    path.write_text(tiny_recipe(name, dropout=0.0) + OBJECTIVES[name] + """
+[train]
+steps = 3
+batch_size = 8
+lr = 3e-3
+param_dtype = "bf16"
+checkpoint_every = 100
+""")
+    trainer = Trainer(load_recipe(path), tmp_path / "run", default_registry(), progress=False)
+    assert trainer.master_weights is not None
+    before = [m.detach().clone() for m in trainer.master_weights.masters]
+    for _ in range(3):
+        stats = trainer.train_step()
+        assert "skipped" not in stats.values
+        losses = {k: float(v) for k, v in stats.sums.items() if k.endswith("/loss")}
+        assert losses and all(torch.isfinite(torch.tensor(v)) for v in losses.values()), losses
+    moved = [not torch.equal(b, m) for b, m in zip(before, trainer.master_weights.masters, strict=True)]
+    assert sum(moved) >= len(moved) // 2
+    for param, master in zip(trainer.master_weights.params, trainer.master_weights.masters, strict=True):
+        assert param.dtype == torch.bfloat16 and torch.equal(param.data, master.detach().to(torch.bfloat16))

@@ -23,7 +23,8 @@ ROW_MODULES: tuple[str, ...] = (
     "suite.throughput",  # data_pipeline_margin, vs_hf_trainer
     "padding_fraction",  # padding_fraction
     "packed_attention",  # packed_tokens_per_s_ratio
-    "memory_speed",  # large_peak_vs_analytic, checkpointing_step_ratio, chunked_head_time_ratio, compile_speedup, gpu_mfu
+    "memory_speed",  # large_peak_vs_analytic, checkpointing_step_ratio, chunked_head_time_ratio, compile_speedup,
+    # bf16_weights_step_speedup, gpu_mfu
     "data_bench",  # tokenizer_throughput, cache_startup_speedup, sampler_bytes_per_row
     "cpu_step",  # cpu_step_speedup
 )

@@ -75,6 +75,7 @@ class Settings:
     compile_warmup: int = 2
     compile_reps: int = 5
     mfu_reps: int = 10
+    mfu_param_dtype: str = "bf16"  # gpu_mfu's train.param_dtype: bf16 weights, fp32 masters (bf16_weights_step_speedup)
     lean_batch: int = 8  # large_peak_vs_analytic: micro-batch × length of the infoxlm_large step
     lean_length: int = 512
     lean_steps: int = 2  # the first allocates AdamW's moments; the peak is the steady state's

@@ -221,6 +221,11 @@ def plan_with_memory(
     )
     joint = recipe.train.backward == "joint" and n_obj > 1
     static = {"weights": weights, "gradients": weights, "adamw": optimizer, "objective_state": extra_bytes + copies}
+    # train.param_dtype = "bf16" (one process, DDP): bf16 encoder weights and their bf16 gradients beside the
+    # fp32 masters (the fp32 weights and gradients above) -- under DDP both gradients live at once
+    low_precision = recipe.train.param_dtype != "fp32" and precision == recipe.train.param_dtype and not sharded
+    if low_precision:
+        static["bf16_weights"] = static["bf16_gradients"] = 2 * encoder_params
     chunk = recipe.train.lm_head_chunk_rows or 0
     fused = encoder.lm_head_parts() is not None
     head = {"graphs": n_obj if joint else 1, "fused_head": fused, "grad_in_place": not sharded,
@@ -232,11 +237,18 @@ def plan_with_memory(
     lean = estimate_memory(shape, micro, max_len, precision, static, checkpointing=True,
                            chunk_rows=chunk or SUGGESTED_CHUNK_ROWS, **head)
     rows.append(("precision", precision))
+    if recipe.train.param_dtype != "fp32":
+        rows.append(("param dtype", f"{recipe.train.param_dtype} encoder weights, fp32 masters in the optimizer"
+                     if low_precision else f"fp32 (param_dtype {recipe.train.param_dtype} needs precision "
+                     f"{recipe.train.param_dtype} and one process or ddp)"))
     if world.world_size > 1:
         layout = "FSDP2, sharded over" if sharded else "DDP, replicated on"
         rows.append(("parallelism", f"{recipe.train.parallelism} ({layout} {world.world_size} ranks)"))
     rows.append(("memory: weights + grads (fp32)", f"{2 * weights / GiB:.2f} GiB"))
     rows.append(("memory: AdamW moments (fp32)", f"{optimizer / GiB:.2f} GiB"))
+    if low_precision:
+        rows.append(("memory: bf16 encoder weights + grads (train.param_dtype)",
+                     f"{4 * encoder_params / GiB:.2f} GiB (the fp32 ones above are the optimizer's masters)"))
     extra_bytes += copies
     rows.append(("memory: objective state", f"{extra_bytes / GiB:.2f} GiB"))
     setting = "on" if run.checkpointing else "off"
