@@ -117,7 +117,7 @@ class TrainConfig(Strict):
     clip_norm: float | None = Field(1.0, gt=0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     param_dtype: Literal["fp32", "bf16"] = Field(
-        "fp32", description="the dtype of the trained weights during the step: fp32, or bf16 (autocast then casts "
+        "fp32", description="the dtype of the encoder's trained weights during the step: fp32, or bf16 (autocast then casts "
         "no weight; the optimizer updates fp32 master copies with fp32 moments and the bf16 weights are rounded "
         "from them; checkpoints and the export hold the fp32 masters); bf16 needs precision bf16 (or auto on a "
         "CUDA device with bf16) and parallelism ddp or one process (objkit/blocks/master_weights.py)"

@@ -27,8 +27,9 @@ method (unit)                         option                                 ins
 
 Each unit's docstring is its method card (what it follows, what it costs, what it saves, with the
 figures measured in docs/results/performance.md); docs/guides/memory.md carries the same cards.
-Losses and gradients are unchanged by every method up to float rounding; parameter names,
-``state_dict``, checkpoints and the export are unchanged.
+Losses and gradients are unchanged by every method up to float rounding (``param_dtype``: up to
+the bf16 rounding autocast applies to the weights anyway, and that of the lookups and layer
+norms); parameter names, checkpoints and the export are unchanged.
 """
 
 from __future__ import annotations
