@@ -310,3 +310,31 @@ checkpoint_every = 100
     assert sum(moved) >= len(moved) // 2
     for param, master in zip(trainer.master_weights.params, trainer.master_weights.masters, strict=True):
         assert param.dtype == torch.bfloat16 and torch.equal(param.data, master.detach().to(torch.bfloat16))
+
+
+def test_the_dry_run_counts_autocast_copies_or_the_bf16_weights(tmp_path):
+    """Under bf16 autocast with fp32 weights the backward keeps a bf16 copy of every cast weight
+    (the matmul weights of every block, of one when checkpointed, and the decoder); with
+    ``param_dtype = "bf16"`` those copies are the bf16 weights, counted with their gradients."""
+    from objkit.train.plan import ModelShape, estimate_memory, plan_with_memory
+
+    shape = ModelShape(layers=2, hidden=64, heads=2, ffn=128, vocab=1000)
+    block = 4 * 64 * 64 + 2 * 64 * 128
+
+    def copies(precision: str, checkpointing: bool, **kw: bool) -> int:
+        return estimate_memory(shape, 8, 128, precision, {}, checkpointing=checkpointing, chunk_rows=0,
+                               **kw).weight_copies
+
+    assert copies("bf16", False) == 2 * (1000 * 64 + 2 * block) and copies("bf16", True) == 2 * (1000 * 64 + block)
+    assert copies("fp32", False) == 0 and copies("bf16", False, low_precision_weights=True) == 0
+    rows, estimates = plan_with_memory(_recipe(tmp_path, "train.precision=bf16"), default_registry())
+    text = dict(rows)
+    assert "memory: autocast's bf16 weight copies (est.)" in text and "param dtype" not in text
+    assert estimates["run"].weight_copies > 0 and "bf16_weights" not in estimates["run"].static
+    rows, estimates = plan_with_memory(_recipe(tmp_path, "train.precision=bf16", "train.param_dtype=bf16"),
+                                       default_registry())
+    text = dict(rows)
+    assert text["param dtype"] == "bf16 encoder weights, fp32 masters in the optimizer"
+    static = estimates["run"].static
+    assert estimates["run"].weight_copies == 0 and static["bf16_weights"] == static["bf16_gradients"] > 0
+    assert static["bf16_weights"] * 2 < static["weights"]  # 2 bytes an encoder weight; the fp32 ones hold the heads too

@@ -66,15 +66,20 @@ class MemoryEstimate:
     sum and a chunk's). Measured with ``benchmarks/memory_phases.py`` on ``infoxlm_large``
     shapes (chunked, one process): the peak of a step is a backward pass, with one block's
     activations recomputed."""
+    weight_copies: int = 0
+    """Bytes of the bf16/fp16 copies autocast makes of fp32 weights for its matmuls, which the
+    backward keeps (the cast weight is saved): every block's matmul weights (one block's when
+    checkpointed: the others are cast again as they are recomputed) and the LM head's decoder.
+    None in fp32, nor with bf16 weights (``train.param_dtype``, counted in ``static``)."""
 
     @property
     def total(self) -> int:
-        return sum(self.static.values()) + self.activations + self.lm_head + self.tied_gradient
+        return sum(self.static.values()) + self.activations + self.lm_head + self.tied_gradient + self.weight_copies
 
     def as_dict(self) -> dict[str, int | bool]:
         return {**self.static, "activations": self.activations, "lm_head": self.lm_head, "head_rows": self.head_rows,
                 "chunk_rows": self.chunk_rows, "checkpointing": self.checkpointing,
-                "tied_gradient": self.tied_gradient, "total": self.total}
+                "tied_gradient": self.tied_gradient, "weight_copies": self.weight_copies, "total": self.total}
 
 
 def activation_elements(shape: ModelShape, batch: int, length: int, checkpointing: bool) -> int:
@@ -107,6 +112,7 @@ def estimate_memory(
     fused_head: bool = True,
     grad_in_place: bool = True,
     embedding_grad_in_place: bool = True,
+    low_precision_weights: bool = False,
 ) -> MemoryEstimate:
     """Static bytes plus the activations of ``graphs`` objectives' passes (1 with the default
     per-objective backward: one graph at a time) and the LM head's fp32 logits on 15% of the
@@ -115,8 +121,13 @@ def estimate_memory(
     take 4 bytes an element in fp32 and about 2 under bf16/fp16 autocast. ``fused_head``: the
     encoder has :meth:`Encoder.lm_head_parts`; ``grad_in_place``: its decoder gradient goes
     straight into ``.grad`` (not under FSDP2); ``embedding_grad_in_place``: so does the embedding
-    lookup's (one process); see :attr:`MemoryEstimate.tied_gradient`."""
+    lookup's (one process); see :attr:`MemoryEstimate.tied_gradient`. ``low_precision_weights``:
+    ``train.param_dtype = "bf16"``, so autocast copies no weight (:attr:`MemoryEstimate.weight_copies`)."""
     element = 2 if precision in ("bf16", "fp16") else 4
+    weight_copies = 0
+    if element == 2 and not low_precision_weights:
+        block = 4 * shape.hidden**2 + 2 * shape.hidden * shape.ffn
+        weight_copies = 2 * (shape.vocab * shape.hidden + (1 if checkpointing else shape.layers) * block)
     activations = graphs * element * activation_elements(shape, batch, length, checkpointing)
     rows = math.ceil(MASKED_FRACTION * batch * length)
     live = min(chunk_rows, rows) if chunk_rows else rows
@@ -132,7 +143,7 @@ def estimate_memory(
         tied_copies = 3
     return MemoryEstimate(static=dict(static), activations=activations, lm_head=lm_head, head_rows=rows,
                           chunk_rows=chunk_rows, checkpointing=checkpointing,
-                          tied_gradient=tied_copies * 4 * shape.vocab * shape.hidden)
+                          tied_gradient=tied_copies * 4 * shape.vocab * shape.hidden, weight_copies=weight_copies)
 
 
 def _count(module: torch.nn.Module) -> int:
@@ -222,14 +233,15 @@ def plan_with_memory(
     joint = recipe.train.backward == "joint" and n_obj > 1
     static = {"weights": weights, "gradients": weights, "adamw": optimizer, "objective_state": extra_bytes + copies}
     # train.param_dtype = "bf16" (one process, DDP): bf16 encoder weights and their bf16 gradients beside the
-    # fp32 masters (the fp32 weights and gradients above) -- under DDP both gradients live at once
+    # fp32 masters (the fp32 weights and gradients above) -- under DDP both gradients live at once; the
+    # bf16 weights take the place of the copies autocast makes of fp32 weights (MemoryEstimate.weight_copies)
     low_precision = recipe.train.param_dtype != "fp32" and precision == recipe.train.param_dtype and not sharded
     if low_precision:
         static["bf16_weights"] = static["bf16_gradients"] = 2 * encoder_params
     chunk = recipe.train.lm_head_chunk_rows or 0
     fused = encoder.lm_head_parts() is not None
     head = {"graphs": n_obj if joint else 1, "fused_head": fused, "grad_in_place": not sharded,
-            "embedding_grad_in_place": world.world_size == 1}
+            "embedding_grad_in_place": world.world_size == 1, "low_precision_weights": low_precision}
     run = estimate_memory(shape, micro, max_len, precision, static,
                           # a list that leaves out an objective: its graph may be the largest (conservative)
                           checkpointing={b.name for b in objectives} <= checkpointed, chunk_rows=chunk, **head)
@@ -263,6 +275,9 @@ def plan_with_memory(
     copies_text = (f"{tied} {'copy' if tied == 1 else 'copies'} of the tied embedding / decoder gradient beside .grad"
                    if tied else "the decoder's and the embedding lookup's gradients go straight into .grad")
     rows.append(("memory: embedding gradient in the backward (est.)", f"{run.tied_gradient / GiB:.2f} GiB ({copies_text})"))
+    if run.weight_copies:
+        rows.append(("memory: autocast's bf16 weight copies (est.)",
+                     f"{run.weight_copies / GiB:.2f} GiB (kept for the backward; none with train.param_dtype = \"bf16\")"))
     rows.append(("memory: total per rank (est.)", f"{run.total / GiB:.2f} GiB"))
     rows.append(("memory: without checkpointing or chunked head", f"{plain.total / GiB:.2f} GiB"))
     rows.append(("memory: with checkpointing + chunked head",
