@@ -40,10 +40,20 @@ def fp32_master_weights() -> None:
     trainer.master_weights_for = masters
 
 
+def cpu_bf16() -> None:
+    """``OBJKIT_TEST_CPU_BF16=1``: bf16 compute (CPU autocast) on these CPU ranks, which objkit
+    refuses outside tests (slow), to run ``train.param_dtype = "bf16"``."""
+    from objkit.train import trainer
+
+    trainer.resolve_precision = lambda precision, device: "bf16"
+
+
 def main() -> None:
     recipe, run_dir, dump_dir, *overrides = sys.argv[1:]
     if os.environ.get("OBJKIT_TEST_FP32_MASTERS") == "1":
         fp32_master_weights()
+    if os.environ.get("OBJKIT_TEST_CPU_BF16") == "1":
+        cpu_bf16()
     dump = Path(dump_dir)
     dump.mkdir(parents=True, exist_ok=True)
     saves: list[int] = []
@@ -86,7 +96,8 @@ def main() -> None:
 
         trainer.resume = recording_resume
         info: dict = {"rank": trainer.world.rank, "world_size": trainer.world.world_size,
-                      "mode": trainer.strategy.mode, "master_weights": trainer.master_weights is not None, "steps": {}, "sync_calls": {}}
+                      "mode": trainer.strategy.mode, "master_weights": trainer.master_weights is not None,
+                      "encoder_dtypes": sorted({str(p.dtype) for p in trainer.encoder.parameters()}), "steps": {}, "sync_calls": {}}
         ddp = getattr(trainer.strategy, "ddp", None)
         if ddp is not None:  # count gradient all-reduce calls (one per bucket) per step
             from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
@@ -97,6 +108,12 @@ def main() -> None:
 
             ddp.register_comm_hook(None, counting_hook)
             info["find_unused_parameters"] = trainer.strategy.find_unused_parameters
+        first_block = next(iter(trainer.encoder.shard_units()))
+
+        def weights_in_forward(module, args):  # noqa: ANN001, ANN202  (FSDP: the gathered weights)
+            info["block_dtype_in_forward"] = str(next(module.parameters()).dtype)
+
+        first_block.register_forward_pre_hook(weights_in_forward)
         step = trainer.train_step
 
         def recording_step(*args, **kwargs):  # noqa: ANN202

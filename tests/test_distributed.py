@@ -132,6 +132,26 @@ def test_ddp_with_master_weights_trains_the_same_bits(runs, recipe, tmp_path):
 
 
 @pytest.mark.slow
+def test_bf16_weights_under_ddp_and_fsdp_train_alike(recipe, tmp_path):
+    """``train.param_dtype = "bf16"`` on two ranks under CPU autocast: DDP with fp32 master
+    copies, FSDP2 gathering its fp32 shards in bf16 (``MixedPrecisionPolicy``); the losses follow
+    each other, both write fp32 checkpoints and exports."""
+    runs = {}
+    for mode in ("ddp", "fsdp"):
+        runs[mode] = _launch(2, recipe, tmp_path / mode, "train.micro_batch_size=4", f"train.parallelism={mode}",
+                             "train.param_dtype=bf16", env={"OBJKIT_TEST_CPU_BF16": "1"})
+    ddp, fsdp = _info(tmp_path / "ddp", 0), _info(tmp_path / "fsdp", 0)
+    assert ddp["master_weights"] and ddp["encoder_dtypes"] == ["torch.bfloat16"]
+    assert not fsdp["master_weights"] and fsdp["mode"] == "fsdp" and fsdp["encoder_dtypes"] == ["torch.float32"]
+    assert ddp["block_dtype_in_forward"] == fsdp["block_dtype_in_forward"] == "torch.bfloat16"  # no autocast casts
+    _assert_losses_close(read_metrics(runs["ddp"] / "metrics.jsonl"), read_metrics(runs["fsdp"] / "metrics.jsonl"),
+                         rel=0.02)
+    for mode in ("ddp", "fsdp"):
+        exported = load_file(str(runs[mode] / "export" / "model.safetensors"))
+        assert all(t.dtype == torch.float32 for t in exported.values())
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_queue_and_momentum_encoder_identical_on_every_rank(runs, mode):
     rank0 = load_file(str(runs[mode] / "dump" / "rank0.safetensors"))

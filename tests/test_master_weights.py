@@ -237,16 +237,17 @@ def test_bf16_weights_compute_what_autocast_computes_on_the_first_step(tmp_path,
         assert abs(a[name] - b[name]) <= 0.01 * abs(a[name]), (name, a[name], b[name])
 
 
-def test_param_dtype_needs_bf16_compute_and_refuses_fsdp(tmp_path):
+def test_param_dtype_needs_bf16_compute_and_leaves_fsdp_its_own_policy(tmp_path):
     with pytest.raises(UserError, match="param_dtype.*precision"):
         _recipe(tmp_path, "train.param_dtype=bf16", "train.precision=fp32")
     # precision auto on a CPU computes in fp32: the weights stay fp32 too
     trainer = Trainer(_recipe(tmp_path, "train.param_dtype=bf16", "train.steps=1"), tmp_path / "cpu",
                       default_registry(), progress=False)
     assert trainer.master_weights is None and all(p.dtype == torch.float32 for p in trainer.params)
+    # FSDP2 keeps fp32 shards and gathers them in bf16 itself: no master copies of ours
     train = _recipe(tmp_path, "train.param_dtype=bf16", "train.parallelism=fsdp").recipe.train
-    with pytest.raises(UserError, match="under 'fsdp' set param_dtype"):
-        memory.master_weights_for(train, "bf16", trainer.encoder, [], WorldInfo(rank=0, world_size=2))
+    assert memory.low_precision_dtype(train, "bf16") == torch.bfloat16 and memory.low_precision_dtype(train, "fp32") is None
+    assert memory.master_weights_for(train, "bf16", trainer.encoder, [], WorldInfo(rank=0, world_size=2)) is None
 
 
 OBJECTIVES = {

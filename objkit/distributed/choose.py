@@ -14,9 +14,12 @@ from objkit.distributed.strategy import DDPStrategy, ParallelStrategy
 
 
 def parallelize(
-    encoder: Encoder, objectives: Sequence[Objective], world: WorldInfo, device: torch.device, mode: str, precision: str
+    encoder: Encoder, objectives: Sequence[Objective], world: WorldInfo, device: torch.device, mode: str, precision: str,
+    param_dtype: torch.dtype | None = None,
 ) -> ParallelStrategy:
-    """The run's :class:`ParallelStrategy`: one process, else DDP or FSDP (``train.parallelism``)."""
+    """The run's :class:`ParallelStrategy`: one process, else DDP or FSDP (``train.parallelism``).
+    ``param_dtype`` (FSDP only; ``train.param_dtype``): the dtype FSDP2 gathers the encoder's fp32
+    shards in for the step (its ``MixedPrecisionPolicy``)."""
     if world.world_size <= 1:
         return ParallelStrategy(encoder, objectives, world)
     if mode == "fsdp":
@@ -27,7 +30,7 @@ def parallelize(
             )
         from objkit.distributed.fsdp import FSDPStrategy
 
-        return FSDPStrategy(encoder, objectives, world, device)
+        return FSDPStrategy(encoder, objectives, world, device, param_dtype=param_dtype)
     return DDPStrategy(encoder, objectives, world, device)
 
 

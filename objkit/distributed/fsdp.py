@@ -75,17 +75,33 @@ class FSDPStrategy(ParallelStrategy):
 
     mode = "fsdp"
 
-    def __init__(self, encoder: Encoder, objectives: Sequence[Objective], world: WorldInfo, device: torch.device) -> None:
+    def __init__(self, encoder: Encoder, objectives: Sequence[Objective], world: WorldInfo, device: torch.device,
+                 param_dtype: torch.dtype | None = None) -> None:
+        """``param_dtype`` (``train.param_dtype = "bf16"``): the encoder's shards stay fp32 (what the
+        optimizer, checkpoints and momentum copies see) and are gathered in this dtype for the
+        step, gradients reduced in fp32 (FSDP2's ``MixedPrecisionPolicy``); the objectives' own
+        modules are units of their own, gathered in fp32 (XLCO's projection computes in fp32)."""
         super().__init__(encoder, objectives, world)
         from torch.distributed.device_mesh import init_device_mesh
 
         self.template = _meta_copy(encoder)  # for full-weight checkpoints and exports
         self.mesh = init_device_mesh(device.type, (world.world_size,))
         self.device = device
+        self.param_dtype = param_dtype
         fully_shard = _fully_shard()
+        policy: dict[str, Any] = {}
+        if param_dtype is not None:
+            from torch.distributed.fsdp import MixedPrecisionPolicy
+
+            policy["mp_policy"] = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32,
+                                                       cast_forward_inputs=False)
+            encoder_params = {id(p) for p in encoder.parameters()}
+            for head in self.module.heads.values():
+                if not any(id(p) in encoder_params for p in head.parameters()):  # shared ones: the encoder's policy
+                    fully_shard(head, mesh=self.mesh)
         for unit in encoder.shard_units():
-            fully_shard(unit, mesh=self.mesh)
-        fully_shard(self.module, mesh=self.mesh)
+            fully_shard(unit, mesh=self.mesh, **policy)
+        fully_shard(self.module, mesh=self.mesh, **policy)
         for objective in objectives:
             objective.shard(self._shard_frozen)
 

@@ -119,8 +119,8 @@ class TrainConfig(Strict):
     param_dtype: Literal["fp32", "bf16"] = Field(
         "fp32", description="the dtype of the encoder's trained weights during the step: fp32, or bf16 (autocast then casts "
         "no weight; the optimizer updates fp32 master copies with fp32 moments and the bf16 weights are rounded "
-        "from them; checkpoints and the export hold the fp32 masters); bf16 needs precision bf16 (or auto on a "
-        "CUDA device with bf16) and parallelism ddp or one process (objkit/blocks/master_weights.py)"
+        "from them; checkpoints and the export hold the fp32 masters; under fsdp FSDP2 gathers its fp32 shards in bf16); "
+        "bf16 needs precision bf16, or auto on a CUDA device with bf16 (objkit/blocks/master_weights.py)"
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = Field(1, ge=0, le=2**63 - 1, description="0 to 2**63 - 1 (a TOML integer)")

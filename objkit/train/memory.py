@@ -381,6 +381,15 @@ PARAM_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16}
 """``train.param_dtype`` -> the dtype the trained weights are held in during the step."""
 
 
+def low_precision_dtype(train: TrainConfig, precision: str) -> torch.dtype | None:
+    """``train.param_dtype``'s dtype where the run computes in it (``precision`` resolved), else
+    None: with ``precision = "auto"`` on a device without bf16 (a CPU) the weights stay fp32, as
+    the compute does."""
+    if train.param_dtype == "fp32" or precision != train.param_dtype:
+        return None
+    return PARAM_DTYPES[train.param_dtype]
+
+
 def master_weights_for(train: TrainConfig, precision: str, encoder: Encoder, objectives: Sequence[Objective],
                        world: Any) -> MasterWeights | None:
     """``train.param_dtype``'s :class:`~objkit.blocks.master_weights.MasterWeights` over the encoder's
@@ -388,17 +397,12 @@ def master_weights_for(train: TrainConfig, precision: str, encoder: Encoder, obj
     own modules (projection heads, generators) stay fp32, optimized as they are: they are small,
     and some compute in fp32 outside autocast by design (XLCO's projection).
 
-    bf16 weights need bf16 compute: with ``precision = "auto"`` on a device without bf16 (a CPU)
-    the weights stay fp32, as the compute does. FSDP2 is refused: it keeps fp32 shards itself and
-    casts them for the all-gather (its ``MixedPrecisionPolicy``), which objkit does not yet set."""
-    if train.param_dtype == "fp32" or precision != train.param_dtype:
+    None too under FSDP2, whose fp32 shards are the masters: it gathers them in bf16 itself
+    (:func:`low_precision_dtype` given to :func:`objkit.distributed.parallelize`)."""
+    dtype = low_precision_dtype(train, precision)
+    if dtype is None or parallel_mode(train, world.world_size) == "fsdp":
         return None
-    if parallel_mode(train, world.world_size) == "fsdp":
-        raise UserError(
-            "train.param_dtype: bf16 weights with fp32 master copies run on one process or under "
-            "parallelism = 'ddp'; under 'fsdp' set param_dtype = \"fp32\" (got \"bf16\")"
-        )
-    return MasterWeights([p for p in encoder.parameters() if p.requires_grad], PARAM_DTYPES[train.param_dtype])
+    return MasterWeights([p for p in encoder.parameters() if p.requires_grad], dtype)
 
 
 def trained_parameters(encoder: Encoder, objectives: Sequence[Objective]) -> list[nn.Parameter]:
@@ -414,7 +418,8 @@ class MasterWeightsHook(StepHook):
     Megatron-LM's bf16 path (fp32 gradient accumulation into the masters). Departs: under DDP the
     gradients of a step's micro-batches accumulate, and are all-reduced, in bf16 (DDP's buckets take
     the parameters' dtype); on one process every backward's gradient is added into the fp32 master
-    gradient at once. Saves the per-forward fp32 → bf16 copy of every weight autocast makes (13% of
+    gradient at once; under FSDP2 this hook is not used (FSDP2's fp32 shards are the masters,
+    gathered in bf16: :class:`objkit.distributed.fsdp.FSDPStrategy`). Saves the per-forward fp32 → bf16 copy of every weight autocast makes (13% of
     GPU time in the H200 profile of an XLM-R-base step); costs 2 bytes per parameter for the bf16
     weights and one fp32 → bf16 rounding of the model per optimizer step.
 

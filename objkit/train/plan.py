@@ -232,11 +232,12 @@ def plan_with_memory(
     )
     joint = recipe.train.backward == "joint" and n_obj > 1
     static = {"weights": weights, "gradients": weights, "adamw": optimizer, "objective_state": extra_bytes + copies}
-    # train.param_dtype = "bf16" (one process, DDP): bf16 encoder weights and their bf16 gradients beside the
-    # fp32 masters (the fp32 weights and gradients above) -- under DDP both gradients live at once; the
-    # bf16 weights take the place of the copies autocast makes of fp32 weights (MemoryEstimate.weight_copies)
-    low_precision = recipe.train.param_dtype != "fp32" and precision == recipe.train.param_dtype and not sharded
-    if low_precision:
+    # train.param_dtype = "bf16": one process and DDP hold bf16 encoder weights and their bf16 gradients beside
+    # the fp32 masters (the fp32 weights and gradients above) -- under DDP both gradients live at once; the
+    # bf16 weights take the place of the copies autocast makes of fp32 weights (MemoryEstimate.weight_copies).
+    # FSDP2 gathers its fp32 shards in bf16 block by block instead: no copies kept beside them
+    low_precision = recipe.train.param_dtype != "fp32" and precision == recipe.train.param_dtype
+    if low_precision and not sharded:
         static["bf16_weights"] = static["bf16_gradients"] = 2 * encoder_params
     chunk = recipe.train.lm_head_chunk_rows or 0
     fused = encoder.lm_head_parts() is not None
@@ -250,15 +251,16 @@ def plan_with_memory(
                            chunk_rows=chunk or SUGGESTED_CHUNK_ROWS, **head)
     rows.append(("precision", precision))
     if recipe.train.param_dtype != "fp32":
-        rows.append(("param dtype", f"{recipe.train.param_dtype} encoder weights, fp32 masters in the optimizer"
-                     if low_precision else f"fp32 (param_dtype {recipe.train.param_dtype} needs precision "
-                     f"{recipe.train.param_dtype} and one process or ddp)"))
+        kept = (f"fp32 shards gathered in {recipe.train.param_dtype} (FSDP2's MixedPrecisionPolicy)" if sharded
+                else f"{recipe.train.param_dtype} encoder weights, fp32 masters in the optimizer")
+        rows.append(("param dtype", kept if low_precision else
+                     f"fp32 (param_dtype {recipe.train.param_dtype} needs precision {recipe.train.param_dtype})"))
     if world.world_size > 1:
         layout = "FSDP2, sharded over" if sharded else "DDP, replicated on"
         rows.append(("parallelism", f"{recipe.train.parallelism} ({layout} {world.world_size} ranks)"))
     rows.append(("memory: weights + grads (fp32)", f"{2 * weights / GiB:.2f} GiB"))
     rows.append(("memory: AdamW moments (fp32)", f"{optimizer / GiB:.2f} GiB"))
-    if low_precision:
+    if low_precision and not sharded:
         rows.append(("memory: bf16 encoder weights + grads (train.param_dtype)",
                      f"{4 * encoder_params / GiB:.2f} GiB (the fp32 ones above are the optimizer's masters)"))
     extra_bytes += copies

@@ -34,7 +34,13 @@ from objkit.data.bucketing import BucketedStream
 from objkit.contract.interfaces import StepContext, WorldInfo
 from objkit.train.prefetch import StepPrefetcher
 from objkit.distributed.processes import quiet_rank  # objkit run --nproc: its launcher says what ends the run
-from objkit.train.memory import MasterWeightsHook, apply_train_options, encoder_run_options, master_weights_for
+from objkit.train.memory import (
+    MasterWeightsHook,
+    apply_train_options,
+    encoder_run_options,
+    low_precision_dtype,
+    master_weights_for,
+)
 from objkit.recipe.loader import ResolvedRecipe
 from objkit.contract.registry import Registry
 from objkit.contract.events import Callback, Events, FitState
@@ -107,6 +113,7 @@ class Trainer(ResumeFromCheckpoint):
         self.strategy = distributed.parallelize(
             self.encoder, [b.objective for b in self.objectives], self.world, self.device,
             self.train_cfg.parallelism, self.precision,
+            param_dtype=low_precision_dtype(self.train_cfg, self.precision),  # FSDP2 only: gathers its shards in it
         )
         memory_hooks = apply_train_options(self.encoder, self.strategy, [b.objective for b in self.objectives],
                                            self.train_cfg, self.device)
