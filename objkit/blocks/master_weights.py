@@ -2,8 +2,8 @@
 
 Under bf16 autocast with fp32 weights, every matmul of every forward (and the recomputed
 forward of activation checkpointing) first casts its fp32 weight to bf16: a copy of the whole
-model per micro-batch, 13% of GPU time in the H200 profile of an XLM-R-base step (README,
-"Measured on a GPU"). :class:`MasterWeights` keeps the model's trained parameters *in* the
+model per micro-batch, 13% of GPU time in the H200 profile of an XLM-R-base step
+(docs/results/performance.md, "Measured on a GPU"). :class:`MasterWeights` keeps the model's trained parameters *in* the
 low-precision dtype, so autocast has nothing to cast (it casts a tensor only when its dtype
 differs: the ops it runs in fp32, layer norm and softmax, still upcast), and keeps an fp32
 **master copy** of each of them for the optimizer, whose moments are then fp32 too:
