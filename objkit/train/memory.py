@@ -419,9 +419,12 @@ class MasterWeightsHook(StepHook):
     gradients of a step's micro-batches accumulate, and are all-reduced, in bf16 (DDP's buckets take
     the parameters' dtype); on one process every backward's gradient is added into the fp32 master
     gradient at once; under FSDP2 this hook is not used (FSDP2's fp32 shards are the masters,
-    gathered in bf16: :class:`objkit.distributed.fsdp.FSDPStrategy`). Saves the per-forward fp32 → bf16 copy of every weight autocast makes (13% of
-    GPU time in the H200 profile of an XLM-R-base step); costs 2 bytes per parameter for the bf16
-    weights and one fp32 → bf16 rounding of the model per optimizer step.
+    gathered in bf16: :class:`objkit.distributed.fsdp.FSDPStrategy`).
+
+    Saves the per-forward fp32 → bf16 copy of every weight autocast makes (13% of GPU time in the
+    H200 profile of an XLM-R-base step, docs/results/performance.md). Costs 2 bytes per encoder
+    parameter for the bf16 weights (which take the place of autocast's copies the backward keeps)
+    and 2 for their gradients, and one fp32 → bf16 rounding of the encoder per optimizer step.
 
     At ``backward`` (one process) and ``synced`` the gradients go into the masters; at ``updated``
     the model's weights are rounded from the updated masters, and the masters' gradient storage
