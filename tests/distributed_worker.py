@@ -34,7 +34,7 @@ def fp32_master_weights() -> None:
     from objkit.blocks.master_weights import MasterWeights
     from objkit.train import trainer
 
-    def masters(train, precision, encoder, objectives, world):  # noqa: ANN001, ANN202
+    def masters(train, precision, encoder, world):  # noqa: ANN001, ANN202
         return MasterWeights([p for p in encoder.parameters() if p.requires_grad], torch.float32)
 
     trainer.master_weights_for = masters

@@ -140,8 +140,8 @@ def _recipe(tmp_path, *overrides: str):
 
 def _fp32_masters(monkeypatch) -> None:
     """The trainer's master-weights path with fp32 "low-precision" weights."""
-    monkeypatch.setattr(trainer_module, "master_weights_for", lambda train, precision, encoder, objectives, world:
-                        MasterWeights(memory.trained_parameters(encoder, objectives), torch.float32))
+    monkeypatch.setattr(trainer_module, "master_weights_for", lambda train, precision, encoder, world:
+                        MasterWeights([p for p in encoder.parameters() if p.requires_grad], torch.float32))
 
 
 def _train(trainer: Trainer, steps: int) -> list[dict[str, float]]:
@@ -247,7 +247,7 @@ def test_param_dtype_needs_bf16_compute_and_leaves_fsdp_its_own_policy(tmp_path)
     # FSDP2 keeps fp32 shards and gathers them in bf16 itself: no master copies of ours
     train = _recipe(tmp_path, "train.param_dtype=bf16", "train.parallelism=fsdp").recipe.train
     assert memory.low_precision_dtype(train, "bf16") == torch.bfloat16 and memory.low_precision_dtype(train, "fp32") is None
-    assert memory.master_weights_for(train, "bf16", trainer.encoder, [], WorldInfo(rank=0, world_size=2)) is None
+    assert memory.master_weights_for(train, "bf16", trainer.encoder, WorldInfo(rank=0, world_size=2)) is None
 
 
 OBJECTIVES = {

@@ -42,9 +42,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from objkit.distributed import ParallelStrategy
-from objkit.distributed.strategy import StepModule
 from objkit.contract.errors import UserError, first_line
-from objkit.contract.interfaces import Encoder, EncoderRunOptions, Objective
+from objkit.contract.interfaces import Encoder, EncoderRunOptions, Objective, WorldInfo
 from objkit.blocks.lm_head import grad_into
 from objkit.blocks.master_weights import MasterWeights
 from objkit.recipe.schema import TrainConfig
@@ -390,8 +389,7 @@ def low_precision_dtype(train: TrainConfig, precision: str) -> torch.dtype | Non
     return PARAM_DTYPES[train.param_dtype]
 
 
-def master_weights_for(train: TrainConfig, precision: str, encoder: Encoder, objectives: Sequence[Objective],
-                       world: Any) -> MasterWeights | None:
+def master_weights_for(train: TrainConfig, precision: str, encoder: Encoder, world: WorldInfo) -> MasterWeights | None:
     """``train.param_dtype``'s :class:`~objkit.blocks.master_weights.MasterWeights` over the encoder's
     trained parameters, made before the model is wrapped; None for fp32 weights. The objectives'
     own modules (projection heads, generators) stay fp32, optimized as they are: they are small,
@@ -403,12 +401,6 @@ def master_weights_for(train: TrainConfig, precision: str, encoder: Encoder, obj
     if dtype is None or parallel_mode(train, world.world_size) == "fsdp":
         return None
     return MasterWeights([p for p in encoder.parameters() if p.requires_grad], dtype)
-
-
-def trained_parameters(encoder: Encoder, objectives: Sequence[Objective]) -> list[nn.Parameter]:
-    """What the optimizer trains, in the strategy's order (:class:`objkit.distributed.strategy.StepModule`:
-    the encoder's parameters, then the objectives' trainable modules')."""
-    return [p for p in StepModule(encoder, objectives).parameters() if p.requires_grad]
 
 
 class MasterWeightsHook(StepHook):

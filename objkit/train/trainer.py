@@ -107,8 +107,7 @@ class Trainer(ResumeFromCheckpoint):
         )
         # train.param_dtype = "bf16": bf16 weights in the step, fp32 masters for the optimizer; made before
         # DDP wraps the parameters (its buckets take their dtype)
-        self.master_weights = master_weights_for(self.train_cfg, self.precision, self.encoder,
-                                                 [b.objective for b in self.objectives], self.world)
+        self.master_weights = master_weights_for(self.train_cfg, self.precision, self.encoder, self.world)
         self.streams = self._build_streams()
         self.strategy = distributed.parallelize(
             self.encoder, [b.objective for b in self.objectives], self.world, self.device,
