@@ -17,7 +17,7 @@ differs: the ops it runs in fp32, layer norm and softmax, still upcast), and kee
    (:meth:`MasterWeights.copy_to_model`).
 
 An update smaller than the weight's bf16 resolution (``lr = 1e-4`` on a weight of 0.5: bf16's
-step there is 2**-9 ≈ 0.002) is not lost: it accumulates in the master until the rounded weight
+step there is 2**-8 ≈ 0.004) is not lost: it accumulates in the master until the rounded weight
 moves. A parameter without a gradient in a step keeps ``.grad = None`` on its master, so AdamW
 leaves it alone as before. With ``dtype = torch.float32`` the masters are exact copies and the
 step computes what the plain fp32 step computes (``tests/test_master_weights.py``): that is how
@@ -63,7 +63,6 @@ class MasterWeights:
     def __init__(self, params: Sequence[nn.Parameter], dtype: torch.dtype) -> None:
         if len({id(p) for p in params}) != len(params):
             raise ValueError("MasterWeights: a parameter is listed twice")
-        self.dtype = dtype
         self.params = list(params)
         self.masters: list[nn.Parameter] = []
         for param in self.params:
@@ -122,9 +121,6 @@ class MasterWeights:
             for param, data in zip(self.params, kept, strict=True):
                 param.data = data
             self.copy_to_model()
-
-    def numel(self) -> int:
-        return sum(p.numel() for p in self.params)
 
 
 __all__ = ["MasterWeights", "master_of"]

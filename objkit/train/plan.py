@@ -21,6 +21,7 @@ from objkit.contract.interfaces import VocabInfo, WorldInfo
 from objkit.recipe.loader import ResolvedRecipe
 from objkit.recipe.schema import TokenizerTraining
 from objkit.contract.registry import Registry
+from objkit.train.memory import low_precision_dtype
 from objkit.train.build import (
     accumulation_steps,
     build_encoder,
@@ -236,7 +237,7 @@ def plan_with_memory(
     # the fp32 masters (the fp32 weights and gradients above) -- under DDP both gradients live at once; the
     # bf16 weights take the place of the copies autocast makes of fp32 weights (MemoryEstimate.weight_copies).
     # FSDP2 gathers its fp32 shards in bf16 block by block instead: no copies kept beside them
-    low_precision = recipe.train.param_dtype != "fp32" and precision == recipe.train.param_dtype
+    low_precision = low_precision_dtype(recipe.train, precision) is not None
     if low_precision and not sharded:
         static["bf16_weights"] = static["bf16_gradients"] = 2 * encoder_params
     chunk = recipe.train.lm_head_chunk_rows or 0
